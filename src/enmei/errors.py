@@ -1,0 +1,164 @@
+"""The error tree of enmei: every error enmei raises on purpose is an ``EnmeiError``.
+
+::
+
+    EnmeiError
+     +-- ConfigError          a config or policy file is wrong (file, key, line)
+     +-- StateError           an operation was asked in a lifecycle state that does not allow it
+     +-- VisorError           a backend could not run or control a unit (unit, action, cause)
+     |    +-- StartError      the unit could not be started
+     |    +-- StopError       the unit could not be stopped
+     |    +-- IdentityError   the pid no longer belongs to the process we started
+     +-- ProbeError           a probe could not observe (unit, probe, cause)
+     +-- RemedyError          a remedy failed or ran out of time (unit, remedy, cause)
+     +-- PolicyError          a policy failed to load or evaluate (file, line, column)
+     +-- BoxError             the journal could not be written or read
+          +-- IntegrityError  the journal's hash chain is broken (seq of the first bad record)
+
+Each error carries its fields as attributes and renders a sentence for a person in ``__str__``.
+Causes are chained with ``raise ... from exc``.
+
+This module is a leaf: it imports nothing from enmei.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BoxError",
+    "ConfigError",
+    "EnmeiError",
+    "IdentityError",
+    "IntegrityError",
+    "PolicyError",
+    "ProbeError",
+    "RemedyError",
+    "StartError",
+    "StateError",
+    "StopError",
+    "VisorError",
+]
+
+
+class EnmeiError(Exception):
+    """The root of every error enmei raises on purpose."""
+
+
+class ConfigError(EnmeiError):
+    """A configuration file is wrong. Names the file, the key path and, where known, the line."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.key = key
+        self.line = line
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            where += f": {self.key}"
+        return f"{where}: {self.message}"
+
+
+class StateError(EnmeiError):
+    """An operation needs a lifecycle state other than the current one."""
+
+    def __init__(self, what: str, current: str, required: str | tuple[str, ...]) -> None:
+        self.what = what
+        self.current = current
+        self.required = (required,) if isinstance(required, str) else required
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        need = " or ".join(self.required)
+        return f"{self.what} is {self.current}, needs {need}"
+
+
+class VisorError(EnmeiError):
+    """A backend could not run or control a unit."""
+
+    def __init__(self, unit: str, action: str, cause: str) -> None:
+        self.unit = unit
+        self.action = action
+        self.cause = cause
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"unit {self.unit!r}: {self.action} failed: {self.cause}"
+
+
+class StartError(VisorError):
+    """The unit could not be started (missing command, port in use, died at once...)."""
+
+
+class StopError(VisorError):
+    """The unit could not be stopped."""
+
+
+class IdentityError(VisorError):
+    """The pid no longer belongs to the process enmei started; nothing was signalled."""
+
+
+class ProbeError(EnmeiError):
+    """A probe could not observe its unit."""
+
+    def __init__(self, unit: str, probe: str, cause: str) -> None:
+        self.unit = unit
+        self.probe = probe
+        self.cause = cause
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"unit {self.unit!r}: probe {self.probe}: {self.cause}"
+
+
+class RemedyError(EnmeiError):
+    """A remedy failed or ran out of time."""
+
+    def __init__(self, unit: str, remedy: str, cause: str) -> None:
+        self.unit = unit
+        self.remedy = remedy
+        self.cause = cause
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"unit {self.unit!r}: remedy {self.remedy}: {self.cause}"
+
+
+class PolicyError(EnmeiError):
+    """A policy could not be loaded or evaluated. Names the file, and line:column where known."""
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 column: int | None = None) -> None:
+        self.message = message
+        self.file = file
+        self.line = line
+        self.column = column
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<policy>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class BoxError(EnmeiError):
+    """The journal (D-Box) could not be written or read."""
+
+
+class IntegrityError(BoxError):
+    """The journal's hash chain is broken; ``seq`` is the first record that fails."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"journal record {self.seq}: {self.reason}"
