@@ -1,0 +1,32 @@
+"""Configuration: ``enmei.toml`` read into validated, frozen models (see ``model`` for the keys)."""
+
+from enmei.config.load import LoadedConfig, check, load, load_text
+from enmei.config.model import (
+    Config,
+    HttpProbe,
+    LogProbe,
+    ProcessProbe,
+    ProcessUnit,
+    QemuUnit,
+    SupervisorConfig,
+    TcpProbe,
+    UnitConfig,
+    probe_name,
+)
+
+__all__ = [
+    "Config",
+    "HttpProbe",
+    "LoadedConfig",
+    "LogProbe",
+    "ProcessProbe",
+    "ProcessUnit",
+    "QemuUnit",
+    "SupervisorConfig",
+    "TcpProbe",
+    "UnitConfig",
+    "check",
+    "load",
+    "load_text",
+    "probe_name",
+]

@@ -1,0 +1,297 @@
+"""Read ``enmei.toml``: TOML -> validated frozen models, every problem named by file, key and line.
+
+``load(path)`` returns a ``LoadedConfig`` or raises ``ConfigError`` (the first problem; ``problems``
+holds them all). ``check(path)`` returns every problem without raising. Beyond the schema, the checks
+here look at the machine: a command that does not exist or is not executable, a ``cwd`` that is not a
+directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import shutil
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from enmei.config.model import Config, ProcessUnit
+from enmei.errors import ConfigError
+
+__all__ = ["LoadedConfig", "check", "load", "load_text"]
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config and where it came from; paths in it resolve against ``base_dir``."""
+
+    config: Config
+    path: Path
+    sha256: str
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.base_dir / self.config.supervisor.state_dir).resolve()
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / self.config.supervisor.journal
+
+    def unit_cwd(self, unit: ProcessUnit) -> Path:
+        return (self.base_dir / unit.cwd).resolve() if unit.cwd else self.base_dir.resolve()
+
+    @property
+    def policy_path(self) -> Path | None:
+        p = self.config.supervisor.policy
+        return (self.base_dir / p).resolve() if p else None
+
+
+class _Problems(ConfigError):
+    """A ConfigError that carries every problem found; ``str`` is the first, ``problems`` all."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(first.message, file=first.file, key=first.key, line=first.line)
+        self.problems = problems
+
+
+def load(path: str | os.PathLike[str]) -> LoadedConfig:
+    """Read and validate ``path``. Raises ``ConfigError`` naming file, key and line."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("no such file", file=str(p)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", file=str(p)) from exc
+    return load_text(text, p)
+
+
+def load_text(text: str, path: Path) -> LoadedConfig:
+    """Validate config ``text`` as if read from ``path`` (relative paths resolve against it)."""
+    problems = _problems(text, path)
+    if problems:
+        raise _Problems(problems)
+    cfg = Config.model_validate(tomllib.loads(text))
+    return LoadedConfig(cfg, path.absolute(), hashlib.sha256(text.encode()).hexdigest())
+
+
+def check(path: str | os.PathLike[str]) -> list[ConfigError]:
+    """Every problem in ``path``, in file order; an empty list means the file is good."""
+    try:
+        load(path)
+    except _Problems as exc:
+        return exc.problems
+    except ConfigError as exc:
+        return [exc]
+    return []
+
+
+def _problems(text: str, path: Path) -> list[ConfigError]:
+    file = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
+        line = int(m.group(1)) if m else None
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        return [ConfigError(f"not valid TOML: {msg}", file=file, line=line)]
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        found = [_from_pydantic(err, data, text, file) for err in exc.errors()]
+        return sorted(found, key=lambda e: e.line if e.line is not None else 1 << 30)
+    return _machine_problems(cfg, data, text, path)
+
+
+def _from_pydantic(err: Mapping[str, Any], data: Mapping[str, Any], text: str, file: str) -> ConfigError:
+    loc = _real_loc(tuple(err["loc"]), data)
+    key = _dotted(loc)
+    msg = str(err["msg"])
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], data)
+        msg = f"unknown key {loc[-1]!r}"
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        elif allowed:
+            msg += f"; allowed here: {', '.join(sorted(allowed))}"
+    elif err["type"] == "missing":
+        msg = f"missing required key {loc[-1]!r}"
+    elif err["type"] == "union_tag_invalid":
+        msg = msg.replace("Input tag", "value")
+    msg = msg.removeprefix("Value error, ")
+    return ConfigError(msg, file=file, key=key or None, line=_locate(text, loc))
+
+
+def _real_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
+    """Drop the discriminator tags pydantic puts into a location (e.g. 'process', 'http')."""
+    out: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, Mapping) and part in node:
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif isinstance(node, Mapping) and isinstance(part, str) and part.startswith(("function-", "lax-")):
+            continue
+        elif isinstance(node, Mapping) and part in ("process", "qemu", "http", "tcp", "log"):
+            continue  # a union tag, not a key of the file
+        else:
+            out.append(part)
+            node = None
+    return tuple(out)
+
+
+def _dotted(loc: Sequence[Any]) -> str:
+    s = ""
+    for part in loc:
+        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
+    return s
+
+
+def _allowed_keys(loc: Sequence[Any], data: Mapping[str, Any]) -> list[str]:
+    """The keys the model allows at ``loc`` (best effort; [] when it cannot tell)."""
+    model: Any = Config
+    node: Any = data
+    for part in loc:
+        if isinstance(node, Mapping):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+        model = _step(model, part, node)
+        if model is None:
+            return []
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _step(model: Any, part: Any, node: Any) -> Any:
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        field = model.model_fields.get(str(part))
+        return _unwrap(field.annotation if field else None, node)
+    origin = typing.get_origin(model)
+    if origin in (dict, list):
+        args = typing.get_args(model)
+        return _unwrap(args[-1] if args else None, node)
+    return None
+
+
+def _unwrap(annotation: Any, node: Any) -> Any:
+    """Resolve Annotated/Optional/discriminated unions to the model the data ``node`` selects."""
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        models = [a for a in options if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(node, Mapping):
+            for m in models:
+                for tag in ("backend", "kind"):
+                    f = m.model_fields.get(tag)
+                    if f is not None and node.get(tag, "process" if tag == "backend" else None) in (
+                        typing.get_args(f.annotation) or ()
+                    ):
+                        return m
+        if len(options) == 1:
+            return _unwrap(options[0], node)
+        return models[0] if len(models) == 1 else (options[0] if options else None)
+    return annotation
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+
+
+def _split_key(key: str) -> list[str]:
+    return [p.strip().strip("\"'") for p in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", key)]
+
+
+def _locate(text: str, loc: Sequence[Any]) -> int | None:
+    """The line of ``loc`` in the file: the deepest table header or key that matches it."""
+    if not loc:
+        return None
+    want = [str(p) for p in loc]
+    best: tuple[int, int] | None = None  # (matched depth, line)
+    table: list[str] = []
+    arrays: dict[tuple[str, ...], int] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        h = _HEADER.match(line)
+        if h:
+            parts = _split_key(h.group(2))
+            if h.group(1) == "[[":
+                idx = arrays.get(tuple(parts), -1) + 1
+                arrays[tuple(parts)] = idx
+                table = [*parts, str(idx)]
+            else:
+                table = parts
+            path = table
+        else:
+            k = _KEY.match(line)
+            if not k:
+                continue
+            path = table + _split_key(k.group(1))
+        depth = 0
+        for a, b in zip(path, want, strict=False):
+            if a != b:
+                break
+            depth += 1
+        if depth == len(path) and depth > 0 and (best is None or depth > best[0]):
+            best = (depth, lineno)
+    return best[1] if best else None
+
+
+def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Path) -> list[ConfigError]:
+    """Checks that need the machine: commands that exist and run, directories that exist."""
+    problems: list[ConfigError] = []
+    base = path.absolute().parent
+    for name, unit in cfg.units.items():
+        if not isinstance(unit, ProcessUnit):
+            continue
+        cwd = (base / unit.cwd) if unit.cwd else base
+        if unit.cwd and not cwd.is_dir():
+            problems.append(ConfigError(f"{str(cwd)!r} is not a directory", file=str(path),
+                                        key=f"units.{name}.cwd", line=_locate(text, ("units", name, "cwd"))))
+        exe = unit.command[0]
+        found = _resolve_command(exe, cwd, unit.env, unit.inherit_env)
+        if found is None:
+            why = "does not exist" if "/" in exe else "is not on PATH"
+            problems.append(ConfigError(f"command {exe!r} {why}", file=str(path),
+                                        key=f"units.{name}.command",
+                                        line=_locate(text, ("units", name, "command"))))
+        elif not os.access(found, os.X_OK) or found.is_dir():
+            problems.append(ConfigError(f"command {str(found)!r} is not executable", file=str(path),
+                                        key=f"units.{name}.command",
+                                        line=_locate(text, ("units", name, "command"))))
+    ac = cfg.supervisor.alert_command
+    if ac and _resolve_command(ac[0], base, {}, True) is None:
+        problems.append(ConfigError(f"alert command {ac[0]!r} not found", file=str(path),
+                                    key="supervisor.alert_command",
+                                    line=_locate(text, ("supervisor", "alert_command"))))
+    return problems
+
+
+def _resolve_command(exe: str, cwd: Path, env: Mapping[str, str], inherit: bool) -> Path | None:
+    if "/" in exe:
+        p = Path(exe) if os.path.isabs(exe) else cwd / exe
+        return p if p.exists() else None
+    search = env.get("PATH") or (os.environ.get("PATH", os.defpath) if inherit else os.defpath)
+    found = shutil.which(exe, path=search)
+    return Path(found) if found else None

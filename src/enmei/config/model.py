@@ -1,0 +1,295 @@
+"""The shape of ``enmei.toml``: frozen pydantic models, every key with its unit in its name.
+
+A config file looks like this (every key but ``command`` has a default)::
+
+    [supervisor]
+    state_dir = ".enmei"            # journal, unit state and logs; relative to the config file
+
+    [units.web]
+    backend = "process"
+    command = ["python3", "-m", "http.server", "8080", "--bind", "127.0.0.1"]
+    listen = ["127.0.0.1:8080"]     # checked free before start: a clear error instead of a crash loop
+
+    [[units.web.probes]]
+    kind = "http"
+    url = "http://127.0.0.1:8080/"
+    interval_s = 1.0
+
+Unknown keys are errors (``extra="forbid"``): a typo never becomes a silent default.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "Config",
+    "EscalateConfig",
+    "HttpProbe",
+    "LogConfig",
+    "LogProbe",
+    "ProbeConfig",
+    "ProcessProbe",
+    "ProcessUnit",
+    "QemuUnit",
+    "RejuvenateConfig",
+    "RestartConfig",
+    "SupervisorConfig",
+    "TcpProbe",
+    "UnitBase",
+    "UnitConfig",
+    "probe_name",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SupervisorConfig(_Model):
+    """``[supervisor]``: where enmei keeps its state, and how it keeps its journal."""
+
+    state_dir: str = ".enmei"
+    journal: str = "journal.sqlite"
+    policy: str | None = None  # a Starlark policy file; None = the shipped default library
+    samples_retention_s: float = Field(default=86_400.0, gt=0)
+    summary_every_s: float = Field(default=60.0, gt=0)
+    alert_command: list[str] | None = None  # run for every alert, the alert as JSON on stdin
+    tick_s: float = Field(default=1.0, gt=0, le=60)
+
+
+class LogConfig(_Model):
+    """``[units.NAME.log]``: captured stdout/stderr, rotated by size (copy-truncate)."""
+
+    max_bytes: ByteSize = Field(default=ByteSize(10 * 2**20), gt=1024)
+    keep: int = Field(default=3, ge=0, le=100)
+
+
+class RestartConfig(_Model):
+    """``[units.NAME.restart]``: exponential backoff and a budget per window.
+
+    The first restart after a crash is immediate; the n-th within ``window_s`` waits
+    ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-2))``. When ``budget`` restarts are
+    spent within ``window_s``, the unit is escalated (see ``EscalateConfig``): never a tight loop,
+    never a silent give-up.
+    """
+
+    backoff_first_s: float = Field(default=0.5, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    backoff_max_s: float = Field(default=30.0, ge=0)
+    budget: int = Field(default=5, ge=1)
+    window_s: float = Field(default=300.0, gt=0)
+    deadline_s: float = Field(default=60.0, gt=0)  # a restart that takes longer has TIMED_OUT
+
+
+class EscalateConfig(_Model):
+    """``[units.NAME.escalate]``: what happens once the restart budget is spent."""
+
+    retry_every_s: float = Field(default=60.0, gt=0)  # the slower retries
+    alert: bool = True
+
+
+class RejuvenateConfig(_Model):
+    """``[units.NAME.rejuvenate]``: planned graceful restarts at a low-load moment.
+
+    Every ``every_s`` (if set), or when asked by a decision, enmei watches the unit's load for up to
+    ``window_s`` and restarts it at the quietest moment seen (the lowest ``load_metric`` of the window,
+    judged against the recent distribution), or at the end of the window at the latest.
+    """
+
+    every_s: float | None = Field(default=None, gt=0)
+    window_s: float = Field(default=60.0, ge=0)
+    load_metric: str = "latency_s"
+    quiet_quantile: float = Field(default=0.2, gt=0, lt=1)
+
+
+class DetectConfig(_Model):
+    """``[units.NAME.detect]``: which detectors watch this unit."""
+
+    latency: bool = True  # a control chart per HTTP probe
+    aging_limits: dict[str, float] = Field(default_factory=dict)  # e.g. {rss_bytes = 536870912}
+    learn_samples: int = Field(default=30, ge=5)
+
+
+class HttpProbe(_Model):
+    kind: Literal["http"]
+    name: str | None = None
+    url: str
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+    fail_after: int = Field(default=3, ge=1)  # consecutive failures before a verdict
+
+    @field_validator("url")
+    @classmethod
+    def _loopback(cls, url: str) -> str:
+        m = re.match(r"^http://(\[[^\]]+\]|[^/:]+)(:\d+)?(/.*)?$", url)
+        if not m:
+            raise ValueError(f"{url!r} is not an http:// URL")
+        host = m.group(1).strip("[]")
+        if not _is_loopback(host):
+            raise ValueError(f"{url!r}: enmei probes loopback only (127.0.0.0/8, ::1, localhost)")
+        return url
+
+
+class TcpProbe(_Model):
+    kind: Literal["tcp"]
+    name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    interval_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=1.0, gt=0)
+    fail_after: int = Field(default=3, ge=1)
+
+    @field_validator("host")
+    @classmethod
+    def _loopback(cls, host: str) -> str:
+        if not _is_loopback(host):
+            raise ValueError(f"{host!r}: enmei probes loopback only (127.0.0.0/8, ::1, localhost)")
+        return host
+
+
+class ProcessProbe(_Model):
+    """Resource use of the unit (rss, cpu, fds, threads, I/O), from outside."""
+
+    kind: Literal["process"]
+    name: str | None = None
+    interval_s: float = Field(default=1.0, gt=0)
+
+
+class LogProbe(_Model):
+    """Rate of captured log lines (all, or those matching ``pattern``) per second."""
+
+    kind: Literal["log"]
+    name: str | None = None
+    stream: Literal["stdout", "stderr", "console"] = "stderr"
+    pattern: str | None = None
+    interval_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, pattern: str | None) -> str | None:
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from exc
+        return pattern
+
+
+ProbeConfig = Annotated[HttpProbe | TcpProbe | ProcessProbe | LogProbe, Field(discriminator="kind")]
+
+
+def probe_name(probe: HttpProbe | TcpProbe | ProcessProbe | LogProbe) -> str:
+    """A probe's name: its ``name`` key, else derived from its kind (``http``, ``proc``...)."""
+    if probe.name:
+        return probe.name
+    if isinstance(probe, ProcessProbe):
+        return "proc"
+    return probe.kind
+
+
+class _UnitBase(_Model):
+    stop_timeout_s: float = Field(default=10.0, gt=0)
+    start_s: float = Field(default=1.0, ge=0)  # must stay up this long to count as started
+    listen: list[str] = Field(default_factory=list)  # "127.0.0.1:8080": must be free at start
+    autostart: bool = True
+    probes: list[ProbeConfig] = Field(default_factory=list)
+    log: LogConfig = Field(default_factory=LogConfig)
+    restart: RestartConfig = Field(default_factory=RestartConfig)
+    escalate: EscalateConfig = Field(default_factory=EscalateConfig)
+    rejuvenate: RejuvenateConfig = Field(default_factory=RejuvenateConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _addresses(cls, items: list[str]) -> list[str]:
+        for item in items:
+            host, _, port = item.rpartition(":")
+            if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+                raise ValueError(f"{item!r} is not HOST:PORT")
+        return items
+
+    @model_validator(mode="after")
+    def _unique_probe_names(self) -> _UnitBase:
+        seen: set[str] = set()
+        for p in self.probes:
+            n = probe_name(p)
+            if n in seen:
+                raise ValueError(f"two probes are named {n!r}: give one a distinct 'name'")
+            seen.add(n)
+        return self
+
+
+class ProcessUnit(_UnitBase):
+    """``[units.NAME]`` with ``backend = "process"``: any command, in its own session."""
+
+    backend: Literal["process"] = "process"
+    command: list[str] = Field(min_length=1)
+    cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    inherit_env: bool = True
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            import shlex
+
+            return shlex.split(v)
+        return v
+
+
+UnitBase = _UnitBase  # the keys every backend shares
+
+from enmei.config.qemu import QemuUnit  # noqa: E402 - it builds on _UnitBase above
+
+UnitConfig = Annotated[ProcessUnit | QemuUnit, Field(discriminator="backend")]
+
+
+class Config(_Model):
+    """The whole file. ``source`` is where it was read from (set by ``load``; not a TOML key)."""
+
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    units: dict[str, UnitConfig] = Field(default_factory=dict)
+
+    @field_validator("units", mode="before")
+    @classmethod
+    def _default_backend(cls, v: Any) -> Any:
+        # ``backend`` may be left out for the embedded default, the process backend.
+        if isinstance(v, Mapping):
+            out: dict[str, Any] = {}
+            for name, unit in v.items():
+                if isinstance(unit, Mapping) and "backend" not in unit:
+                    unit = {"backend": "process", **unit}
+                out[name] = unit
+            return out
+        return v
+
+    @field_validator("units")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not _NAME.match(name):
+                raise ValueError(
+                    f"unit name {name!r}: use letters, digits, '_', '.', '-' (64 at most), "
+                    "starting with a letter or digit"
+                )
+        return v
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
