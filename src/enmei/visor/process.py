@@ -1,0 +1,336 @@
+"""The process backend, enmei's embedded default: any command as a unit.
+
+Promises:
+
+* Each unit runs in its own session and process group; a stop reaches the whole group.
+* stdout and stderr go straight to files opened ``O_APPEND`` (``<state>/logs/<unit>.<stream>.log``), so
+  output survives a supervisor crash; rotation is copy-then-truncate by size, ``keep`` old files.
+* Identity is pid + create time, checked when a pidfd is opened; every signal goes through that pidfd
+  (``pidfd_send_signal``) or to a process group whose leader was just re-checked, so a recycled pid is
+  never signalled.
+* An exit is seen at once: the pidfd becomes readable and ``EXITED`` is emitted with the exit code (for
+  our own children), the signal, the uptime and the last lines of stderr.
+* Stop is SIGTERM to the group, ``timeout_s``, then SIGKILL to the group, then a typed ``StopError``.
+* Units still running when the supervisor restarts are adopted again from their saved ``Identity``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import psutil
+
+from enmei.config.model import ProcessUnit
+from enmei.errors import IdentityError, StartError, StopError, VisorError
+from enmei.model import UnitEvent, UnitEventKind
+from enmei.visor.base import Backend, Capability, Identity
+
+__all__ = ["ProcessBackend", "port_owner", "tail_lines"]
+
+log = logging.getLogger(__name__)
+
+_CREATE_TIME_TOLERANCE_S = 0.05
+
+
+@dataclass
+class _Running:
+    """One running unit: its identity, its pidfd, and how it ends."""
+
+    identity: Identity
+    pidfd: int
+    popen: subprocess.Popen[bytes] | None  # None when adopted (not our child: no exit code)
+    proc: psutil.Process
+    spec: ProcessUnit
+    started_mono: float
+    stopping: bool = False
+    done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ProcessBackend(Backend):
+    kind: ClassVar[str] = "process"
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS, Capability.LOGS})
+
+    def __init__(self, *, clock: Any, state_dir: Path, emit: Any, base_dir: Path | None = None) -> None:
+        super().__init__(clock=clock, state_dir=state_dir, emit=emit)
+        self.base_dir = base_dir or Path.cwd()
+        self.log_dir = state_dir / "logs"
+        self._units: dict[str, _Running] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self, name: str, spec: Any) -> Identity:
+        if not isinstance(spec, ProcessUnit):
+            raise StartError(name, "start", f"not a process unit: {type(spec).__name__}")
+        if name in self._units:
+            raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
+        for addr in spec.listen:
+            _check_free(name, addr)
+        cwd = (self.base_dir / spec.cwd).resolve() if spec.cwd else self.base_dir
+        env = dict(os.environ) if spec.inherit_env else {}
+        env.update(spec.env)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out_fd = os.open(self._log_file(name, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        err_fd = os.open(self._log_file(name, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            popen = subprocess.Popen(
+                spec.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
+                start_new_session=True, close_fds=True,
+            )
+        except FileNotFoundError as exc:
+            raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc
+        except PermissionError as exc:
+            raise StartError(name, "start", f"command {spec.command[0]!r} is not executable") from exc
+        except OSError as exc:
+            raise StartError(name, "start", f"{spec.command[0]!r}: {exc}") from exc
+        finally:
+            os.close(out_fd)
+            os.close(err_fd)
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+            proc = psutil.Process(popen.pid)
+            create_time = proc.create_time()
+        except (OSError, psutil.Error) as exc:  # it died already and was reaped? keep the exit code
+            popen.wait()
+            raise StartError(name, "start", f"exited at once with code {popen.returncode}") from exc
+        identity = Identity(unit=name, backend=self.kind, pid=popen.pid, create_time=create_time,
+                            started_wall=self.clock.wall(), extra={"pgid": popen.pid})
+        self._watch(name, _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic()))
+        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(),
+                            {"pid": popen.pid, "command": list(spec.command)}))
+        return identity
+
+    async def adopt(self, name: str, spec: Any, identity: Identity) -> bool:
+        if not isinstance(spec, ProcessUnit) or name in self._units:
+            return False
+        try:
+            proc = psutil.Process(identity.pid)
+            if abs(proc.create_time() - identity.create_time) > _CREATE_TIME_TOLERANCE_S:
+                return False  # the pid was recycled: not ours
+            pidfd = os.pidfd_open(identity.pid)
+            # Re-check after opening: from here on the pidfd pins this exact process.
+            if abs(psutil.Process(identity.pid).create_time() - identity.create_time) > _CREATE_TIME_TOLERANCE_S:
+                os.close(pidfd)
+                return False
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                os.close(pidfd)
+                return False
+        except (psutil.Error, OSError):
+            return False
+        self._watch(name, _Running(identity, pidfd, None, proc, spec, self.clock.monotonic()))
+        self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
+        return True
+
+    async def stop(self, name: str, *, timeout_s: float) -> None:
+        run = self._units.get(name)
+        if run is None:
+            return
+        run.stopping = True
+        self._signal_group(run, signal.SIGTERM)
+        if await self._wait_done(run, timeout_s):
+            return
+        log.warning("unit %s did not stop within %.1fs of SIGTERM: SIGKILL", name, timeout_s)
+        self._signal_group(run, signal.SIGKILL)
+        if await self._wait_done(run, 5.0):
+            return
+        raise StopError(name, "stop", f"pid {run.identity.pid} survived SIGKILL for 5 s")
+
+    def alive(self, name: str) -> bool:
+        run = self._units.get(name)
+        return run is not None and not run.done.done()
+
+    def identity(self, name: str) -> Identity | None:
+        run = self._units.get(name)
+        return run.identity if run else None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        for run in list(self._units.values()):
+            with contextlib.suppress(Exception):
+                loop.remove_reader(run.pidfd)
+            with contextlib.suppress(OSError):
+                os.close(run.pidfd)
+        self._units.clear()
+
+    # -- monitor API -------------------------------------------------------------------------------
+
+    async def stats(self, name: str) -> dict[str, float]:
+        run = self._units.get(name)
+        if run is None:
+            raise VisorError(name, "stats", "not running")
+        return process_stats(run.proc)
+
+    def log_path(self, name: str, stream: str) -> Path | None:
+        if stream not in ("stdout", "stderr"):
+            return None
+        return self._log_file(name, stream)
+
+    def maintain(self) -> None:
+        """Rotate log files past their size (copy, then truncate: the writer keeps its O_APPEND fd)."""
+        for name, run in list(self._units.items()):
+            for stream in ("stdout", "stderr"):
+                rotate(self._log_file(name, stream), int(run.spec.log.max_bytes), run.spec.log.keep)
+
+    # -- internals ---------------------------------------------------------------------------------
+
+    def _log_file(self, name: str, stream: str) -> Path:
+        return self.log_dir / f"{name}.{stream}.log"
+
+    def _watch(self, name: str, run: _Running) -> None:
+        self._units[name] = run
+        asyncio.get_running_loop().add_reader(run.pidfd, self._on_exit, name, run)
+
+    def _on_exit(self, name: str, run: _Running) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(run.pidfd)
+        code: int | None = None
+        sig: int | None = None
+        if run.popen is not None:
+            rc = run.popen.wait()
+            if rc < 0:
+                sig = -rc
+            else:
+                code = rc
+        os.close(run.pidfd)
+        if self._units.get(name) is run:
+            del self._units[name]
+        # Stragglers of the group (children the leader left) are ended too: a unit is its group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.identity.pid, signal.SIGKILL)
+        uptime = self.clock.monotonic() - run.started_mono
+        detail: dict[str, Any] = {"pid": run.identity.pid, "code": code,
+                                  "signal": signal.Signals(sig).name if sig else None,
+                                  "uptime_s": round(uptime, 3)}
+        if not run.stopping:
+            detail["stderr_tail"] = tail_lines(self._log_file(name, "stderr"), 5)
+        if not run.done.done():
+            run.done.set_result(detail)
+        kind = UnitEventKind.STOPPED if run.stopping else UnitEventKind.EXITED
+        self.emit(UnitEvent(name, kind, self.clock.monotonic(), detail))
+
+    async def _wait_done(self, run: _Running, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(run.done), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _signal_group(self, run: _Running, sig: signal.Signals) -> None:
+        """Signal the unit's process group, after checking through the pidfd that the leader is ours."""
+        if run.done.done():
+            return
+        try:
+            # pidfd_send_signal with signal 0 fails if the pinned process has exited: the group id
+            # (= leader pid) cannot have been reused while that pidfd is open and the leader alive.
+            signal.pidfd_send_signal(run.pidfd, 0)
+        except ProcessLookupError:
+            return
+        except OSError as exc:
+            raise IdentityError(run.identity.unit, f"signal {sig.name}", str(exc)) from exc
+        try:
+            os.killpg(run.identity.pid, sig)
+        except ProcessLookupError:
+            return
+        except PermissionError:
+            # Not a group leader any more (setsid in the child?): signal the pinned process alone.
+            signal.pidfd_send_signal(run.pidfd, sig)
+
+
+def process_stats(proc: psutil.Process) -> dict[str, float]:
+    """Resource use of one process; names carry units. Missing counters are left out."""
+    out: dict[str, float] = {}
+    with proc.oneshot():
+        try:
+            mem = proc.memory_info()
+            out["rss_bytes"] = float(mem.rss)
+            out["vms_bytes"] = float(mem.vms)
+            out["cpu_percent"] = proc.cpu_percent(None)
+            out["num_threads"] = float(proc.num_threads())
+            out["num_fds"] = float(proc.num_fds())
+            io = proc.io_counters()
+            out["read_bytes"] = float(io.read_bytes)
+            out["write_bytes"] = float(io.write_bytes)
+        except (psutil.AccessDenied, AttributeError):
+            pass
+    return out
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 4096) -> list[str]:
+    """The last ``n`` lines of a file (reading at most ``max_bytes``); [] if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [ln[:300] for ln in lines[-n:]]
+
+
+def rotate(path: Path, max_bytes: int, keep: int) -> bool:
+    """Copy-truncate ``path`` if it is larger than ``max_bytes``; keeps ``keep`` old files (.1 newest)."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+    except FileNotFoundError:
+        return False
+    if keep > 0:
+        for i in range(keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+        with open(path, "rb") as src, open(path.with_name(f"{path.name}.1"), "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+    os.truncate(path, 0)
+    return True
+
+
+def _check_free(name: str, addr: str) -> None:
+    """Raise ``StartError`` naming the owner if ``addr`` (HOST:PORT) is already bound."""
+    host, _, port_s = addr.rpartition(":")
+    host = host.strip("[]")
+    port = int(port_s)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise StartError(name, "start", f"cannot bind {addr}: {exc.strerror}") from exc
+            owner = port_owner(port)
+            who = f" by pid {owner[0]} ({owner[1]})" if owner else ""
+            raise StartError(name, "start", f"port {addr} is already in use{who}") from exc
+
+
+def port_owner(port: int) -> tuple[int, str] | None:
+    """(pid, name) of the process listening on ``port``, if it can be found."""
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                try:
+                    return conn.pid, psutil.Process(conn.pid).name()
+                except psutil.Error:
+                    return conn.pid, "?"
+    except (psutil.AccessDenied, OSError):
+        return None
+    return None
+
+
+def identity_matches(identity: Identity, saved: Mapping[str, Any]) -> bool:
+    """Whether a saved identity (JSON form) names the same process as ``identity``."""
+    return (int(saved.get("pid", -1)) == identity.pid
+            and abs(float(saved.get("create_time", 0.0)) - identity.create_time) <= _CREATE_TIME_TOLERANCE_S)
