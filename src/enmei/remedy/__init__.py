@@ -1,0 +1,22 @@
+"""Life-extension mechanisms (延命処置): each remedy repairs a unit, with a deadline and a typed result.
+
+``REMEDIES`` maps a decision's ``action`` to its remedy class. Backends add their own (the QEMU backend:
+cold and phase-based reboot) with ``register``.
+"""
+
+from __future__ import annotations
+
+from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.budget import RestartBudget
+from enmei.remedy.rejuvenate import Rejuvenate
+from enmei.remedy.restart import Escalate, Restart, Start, Stop
+
+__all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "register"]
+
+REMEDIES: dict[str, type[Remedy]] = {r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate)}
+
+
+def register(remedy: type[Remedy]) -> type[Remedy]:
+    """Add a remedy class under its ``name`` (usable as a class decorator)."""
+    REMEDIES[remedy.name] = remedy
+    return remedy

@@ -1,0 +1,108 @@
+"""The remedy seam: a mechanism that repairs a unit, with a deadline and a typed result.
+
+A remedy acts only through ``UnitControl`` (implemented by the engine's unit runtime): start, stop,
+wait until a start holds, set the lifecycle state, raise an alert, read recent load. It never judges
+and never decides what comes next: it returns a ``Result`` and the policy sees it as an ``Outcome``.
+
+The engine runs each remedy under ``deadline_s``: PENDING -> RUNNING -> SUCCEEDED | FAILED | TIMED_OUT
+(or CANCELLED when an operator stops the unit). One remedy runs per unit at a time.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from enmei.clock import Clock
+from enmei.model import RemedyState, Severity, UnitState
+from enmei.visor.base import Backend
+
+__all__ = ["Remedy", "Result", "UnitControl"]
+
+
+class UnitControl(Protocol):
+    """What a remedy may do to its unit."""
+
+    name: str
+    clock: Clock
+    backend: Backend
+
+    @property
+    def spec(self) -> Any: ...
+
+    @property
+    def state(self) -> UnitState: ...
+
+    def set_state(self, state: UnitState, reason: str) -> None: ...
+
+    def alive(self) -> bool: ...
+
+    async def start(self) -> None:
+        """Start the unit (state STARTING). Raises ``StartError``; the unit is then EXITED."""
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop gracefully, then forced (state STOPPING -> STOPPED). Raises ``StopError``."""
+
+    async def wait_stable(self, start_s: float | None = None) -> str | None:
+        """Wait out the start grace period: None if the unit is still up (now RUNNING), else why not."""
+
+    def alert(self, message: str, severity: Severity, data: Mapping[str, Any] | None = None) -> None: ...
+
+    def load_history(self, metric: str, since_mono: float) -> list[tuple[float, float]]:
+        """(mono, value) of one observed metric of this unit since ``since_mono``, oldest first."""
+
+
+@dataclass(frozen=True)
+class Result:
+    state: RemedyState
+    detail: str = ""
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def ok(cls, detail: str = "", **data: Any) -> Result:
+        return cls(RemedyState.SUCCEEDED, detail, data)
+
+    @classmethod
+    def failed(cls, detail: str, **data: Any) -> Result:
+        return cls(RemedyState.FAILED, detail, data)
+
+
+class Remedy(abc.ABC):
+    """One kind of repair. Subclasses set ``name`` and implement ``run`` and ``deadline_s``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    #: argument names a decision may pass, with their types; anything else is a malformed decision
+    arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
+    #: which backend kinds support it (None: all)
+    backends: ClassVar[frozenset[str] | None] = None
+
+    @abc.abstractmethod
+    def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
+        """How long the whole remedy may take before it is TIMED_OUT."""
+
+    @abc.abstractmethod
+    async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
+        """Do the repair. Raising an ``EnmeiError`` counts as FAILED with its message."""
+
+    @classmethod
+    def check_args(cls, args: Mapping[str, Any]) -> str | None:
+        """Why ``args`` are not acceptable, or None."""
+        for key, value in args.items():
+            want = cls.arguments.get(key)
+            if want is None:
+                allowed = ", ".join(sorted(cls.arguments)) or "none"
+                return f"remedy {cls.name!r} takes no argument {key!r} (allowed: {allowed})"
+            if isinstance(value, bool) and want is not bool and (isinstance(want, type) or bool not in want):
+                return f"remedy {cls.name!r}: argument {key!r} must be {_tname(want)}, not a bool"
+            if not isinstance(value, want):
+                return f"remedy {cls.name!r}: argument {key!r} must be {_tname(want)}, not {type(value).__name__}"
+        return None
+
+
+def _tname(want: type | tuple[type, ...]) -> str:
+    if isinstance(want, tuple):
+        return " or ".join(t.__name__ for t in want)
+    return want.__name__
