@@ -1,0 +1,537 @@
+"""The engine: one asyncio loop that owns time, tasks and ordering.
+
+Everything that happens reaches one queue and is handled in order, by one consumer::
+
+    probe tasks ---- Observation --.
+    backends ------- UnitEvent ----+--> queue --> detectors --> verdicts --> policy --> decisions
+    remedy tasks --- Outcome ------+                                                       |
+    tick task ------ Tick ---------+                          remedy tasks  <--------------'
+    operators ------ Command ------'
+    every step --> journal (D-Box)
+
+Promises: a unit that dies is seen within one loop turn (the backend's exit watch), so well within 1 s;
+a broken probe, detector, policy or remedy is journaled and never stops the loop; on ``stop()`` every
+unit is stopped gracefully (or left running with ``leave_running``), the journal is flushed and closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from enmei.box.store import Journal
+from enmei.clock import Clock, SystemClock
+from enmei.config.load import LoadedConfig
+from enmei.config.model import UnitBase
+from enmei.engine.remedies import RemedyRun
+from enmei.engine.summary import Summaries
+from enmei.engine.unit import UnitRuntime
+from enmei.errors import EnmeiError
+from enmei.model import (
+    Decision,
+    Event,
+    Health,
+    Observation,
+    Outcome,
+    RecordKind,
+    RemedyState,
+    Severity,
+    Tick,
+    UnitEvent,
+    UnitEventKind,
+    UnitState,
+    Verdict,
+    VerdictKind,
+    as_dict,
+)
+from enmei.monitor import make_probes
+from enmei.monitor.base import Probe
+from enmei.policy.base import Policy, View
+from enmei.policy.builtin import BuiltinPolicy
+from enmei.remedy import REMEDIES
+from enmei.visor.base import Backend, Identity
+from enmei.visor.process import ProcessBackend
+from enmei.visor.state import StateFile
+
+__all__ = ["Command", "Engine", "Subscriber"]
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[int, str, str, Mapping[str, Any]], None]
+JudgeFactory = Callable[[str, UnitBase], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    """An operator's request (CLI, web): run ``action`` on ``unit`` now, outside the policy."""
+
+    action: str
+    unit: str
+    args: Mapping[str, Any]
+    by: str = "operator"
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        journal: Journal,
+        clock: Clock | None = None,
+        policy: Policy | None = None,
+        backends: Mapping[str, Backend] | None = None,
+        judge_factory: JudgeFactory | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = loaded.config
+        self.clock: Clock = clock or SystemClock()
+        self.journal = journal
+        self.policy: Policy = policy or BuiltinPolicy()
+        self.state_dir = loaded.state_dir
+        self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
+        self.subscribers: list[Subscriber] = []
+        self._backends: dict[str, Backend] = dict(backends or {})
+        self._judge_factory = judge_factory
+        self.units: dict[str, UnitRuntime] = {}
+        self.judges: dict[str, Any] = {}
+        self.probes: dict[str, list[Probe]] = {}
+        self._identities: dict[str, Identity] = {}
+        self._statefile = StateFile(self.state_dir / "units.json")
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._remedy_tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = asyncio.Event()
+        self._leave_running = False
+        self._summaries = Summaries()
+        self._next_summary = 0.0
+        self.started = asyncio.Event()
+        self.handled = 0
+
+    # -- public ------------------------------------------------------------------------------------
+
+    def subscribe(self, fn: Subscriber) -> None:
+        """Call ``fn(seq, kind, unit, body)`` for every journal record the engine writes."""
+        self.subscribers.append(fn)
+
+    def stop(self, *, leave_running: bool = False) -> None:
+        """Ask the engine to finish: stop the units (or leave them running for adoption), then return."""
+        self._leave_running = leave_running
+        self._stopping.set()
+
+    def submit(self, action: str, unit: str, args: Mapping[str, Any] | None = None, by: str = "operator") -> None:
+        """Queue an operator's request; it is journaled as a decision of ``by``."""
+        self.queue.put_nowait(Command(action, unit, dict(args or {}), by))
+
+    def view(self) -> View:
+        now = self.clock.monotonic()
+        return View(now, {name: u.view(now) for name, u in self.units.items()})
+
+    def record(self, kind: str, unit: str | None, body: Mapping[str, Any]) -> int:
+        """Journal one record and tell the subscribers."""
+        seq = self.journal.append(kind, unit, body)
+        for fn in self.subscribers:
+            try:
+                fn(seq, kind, unit or "", body)
+            except Exception:  # a broken display must not break supervision
+                log.exception("subscriber failed")
+        return seq
+
+    async def run(self) -> None:
+        """Supervise until ``stop()``. Returns after the units are stopped and the journal flushed."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.journal.on_trouble = lambda err: loop.call_soon_threadsafe(self._journal_trouble, err)
+        self.record(RecordKind.SUPERVISOR, None, {
+            "event": "started", "pid": os.getpid(), "config": str(self.loaded.path),
+            "config_sha256": self.loaded.sha256, "units": sorted(self.config.units),
+            "policy": self.policy.version,
+        })
+        self._build_units()
+        await self._adopt_or_start()
+        self._spawn(self._tick_loop(), "tick")
+        for name, probes in self.probes.items():
+            for probe in probes:
+                self._spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
+        self.started.set()
+        consumer = asyncio.create_task(self._consume(), name="enmei-consumer")
+        stopper = asyncio.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({consumer, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if consumer in done:
+                consumer.result()  # re-raise a crash of the consumer itself
+        finally:
+            consumer.cancel()
+            stopper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await consumer
+            await self._shutdown()
+
+    # -- building ----------------------------------------------------------------------------------
+
+    def backend(self, kind: str) -> Backend:
+        b = self._backends.get(kind)
+        if b is None:
+            if kind == "process":
+                b = ProcessBackend(clock=self.clock, state_dir=self.state_dir, emit=self._emit,
+                                   base_dir=self.loaded.base_dir)
+            elif kind == "qemu":
+                from enmei.visor.qemu import QemuBackend  # heavy and optional: only when used
+
+                b = QemuBackend(clock=self.clock, state_dir=self.state_dir, emit=self._emit,
+                                verdict=self._emit_verdict)
+            else:
+                raise EnmeiError(f"unknown backend {kind!r}")
+            self._backends[kind] = b
+        return b
+
+    def _build_units(self) -> None:
+        for name, spec in self.config.units.items():
+            backend = self.backend(spec.backend)
+            unit = UnitRuntime(name, spec, backend, self.clock, record=self.record, alert=self.alert,
+                               identity_changed=self._identity_changed)
+            self.units[name] = unit
+            self.probes[name] = make_probes(name, spec, backend, self.clock)
+            if self._judge_factory is not None:
+                self.judges[name] = self._judge_factory(name, spec)
+
+    async def _adopt_or_start(self) -> None:
+        saved = self._statefile.load()
+        self._identities = {}
+        for name, ident in saved.items():
+            unit = self.units.get(name)
+            if unit is None:
+                self.record(RecordKind.ALERT, name, {
+                    "severity": "warning", "message": f"unit {name} (pid {ident.pid}) was left running by an "
+                    "earlier supervisor but is not in the config any more: not adopted, not stopped"})
+                continue
+            if ident.backend == unit.backend.kind and await unit.backend.adopt(name, unit.spec, ident):
+                self._identities[name] = ident
+                unit.adopted(ident)
+        self._save_identities()
+        await self._resolve_interrupted()
+        for name, unit in self.units.items():
+            if unit.state is UnitState.PENDING:
+                if unit.spec.autostart:
+                    self._execute(Decision("start", name, "autostart", policy="engine", rule="autostart"), None)
+                else:
+                    unit.set_state(UnitState.STOPPED, "autostart = false")
+
+    async def _resolve_interrupted(self) -> None:
+        """Journal remedies whose intent was written but whose outcome never was (a supervisor crash)."""
+        from enmei.engine.recovery import interrupted_remedies
+
+        for rec in await asyncio.to_thread(interrupted_remedies, self.journal.path):
+            unit = self.units.get(rec["unit"])
+            self.record(RecordKind.REMEDY_OUTCOME, rec["unit"], {
+                "remedy_id": rec["remedy_id"], "action": rec["action"], "state": str(RemedyState.CANCELLED),
+                "detail": "interrupted by a supervisor restart; not repeated",
+                "unit_alive": bool(unit and unit.alive()), "started_seq": rec["seq"]})
+
+    # -- the loop ----------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _emit(self, event: UnitEvent) -> None:
+        self.queue.put_nowait(event)
+
+    def _emit_verdict(self, verdict: Verdict) -> None:
+        self.queue.put_nowait(verdict)
+
+    async def _consume(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                self._handle(item)
+            except Exception:  # one bad event must not end supervision
+                log.exception("handling %r failed", item)
+                with contextlib.suppress(Exception):
+                    self.record(RecordKind.ALERT, getattr(item, "unit", None),
+                                {"severity": "critical", "message": f"internal error handling {type(item).__name__}"})
+            self.handled += 1
+
+    def _handle(self, item: Event | Observation | Command) -> None:
+        if isinstance(item, Observation):
+            self._on_observation(item)
+        elif isinstance(item, UnitEvent):
+            self._on_unit_event(item)
+        elif isinstance(item, Outcome):
+            self._decide(item, None)
+        elif isinstance(item, Verdict):
+            seq = self.record(RecordKind.VERDICT, item.unit, as_dict(item))
+            self._decide(item, seq)
+        elif isinstance(item, Tick):
+            self._on_tick(item)
+        elif isinstance(item, Command):
+            self._on_command(item)
+
+    def _on_unit_event(self, ev: UnitEvent) -> None:
+        seq = self.record(RecordKind.UNIT_EVENT, ev.unit, {"event": str(ev.kind), **ev.detail})
+        unit = self.units.get(ev.unit)
+        if unit is None:
+            return
+        if ev.kind is UnitEventKind.EXITED:
+            unit.on_exit(ev.detail)
+            if unit.remedy is None:
+                self._decide(ev, seq)
+        elif ev.kind is UnitEventKind.STOPPED:
+            self._identity_changed(ev.unit, None)
+
+    def _on_observation(self, obs: Observation) -> None:
+        unit = self.units.get(obs.unit)
+        if unit is None:
+            return
+        self._summaries.add(obs)
+        wall = obs.wall
+        rows = [(obs.unit, f"{obs.probe}.{k}", wall, float(v)) for k, v in obs.values.items()]
+        rows.append((obs.unit, f"{obs.probe}.ok", wall, 1.0 if obs.ok else 0.0))
+        self.journal.add_samples(rows)
+        unit.observe_load(obs.mono, obs.values)
+        if unit.state is not UnitState.RUNNING or unit.remedy is not None:
+            return  # a unit starting or under repair is not judged
+        verdicts: list[Verdict] = []
+        tracker = unit.failures.get(obs.probe)
+        if tracker is not None:
+            v = tracker.update(obs)
+            if v is not None:
+                verdicts.append(v)
+            if tracker.fired:
+                unit.set_health(Health.FAILING, f"probe {obs.probe}: {obs.error}")
+            elif not obs.ok:
+                unit.set_health(Health.DEGRADED, f"probe {obs.probe}: {obs.error}")
+            elif all(not t.streak for t in unit.failures.values()):
+                unit.set_health(Health.OK, f"probe {obs.probe} passes")
+        judge = self.judges.get(obs.unit)
+        if judge is not None:
+            try:
+                verdicts.extend(judge.feed(obs))
+            except Exception:
+                log.exception("detector for %s failed", obs.unit)
+        for v in verdicts:
+            seq = self.record(RecordKind.VERDICT, v.unit, as_dict(v))
+            if v.kind is VerdictKind.PROBE_RECOVERED:
+                continue
+            self._decide(v, seq)
+
+    def _on_tick(self, tick: Tick) -> None:
+        for backend in self._backends.values():
+            try:
+                backend.maintain()
+            except Exception:
+                log.exception("backend %s housekeeping failed", backend.kind)
+        if tick.mono >= self._next_summary:
+            if self._next_summary:
+                for unit, body in self._summaries.drain(tick.mono):
+                    self.record(RecordKind.SAMPLES, unit, body)
+            else:
+                self._summaries.drain(tick.mono)
+            self._next_summary = tick.mono + self.config.supervisor.summary_every_s
+        self._decide(tick, None)
+
+    def _on_command(self, cmd: Command) -> None:
+        unit = self.units.get(cmd.unit)
+        if unit is not None and cmd.action == "stop" and unit.remedy is not None and unit.remedy.task:
+            unit.remedy.task.cancel()  # an operator's stop overrides a running repair
+        self._execute(Decision(cmd.action, cmd.unit, f"requested by {cmd.by}", cmd.args, policy=cmd.by,
+                               rule="manual"), None)
+
+    # -- policy and remedies -----------------------------------------------------------------------
+
+    def _decide(self, event: Event, cause_seq: int | None) -> None:
+        try:
+            decisions = self.policy.decide(event, self.view())
+        except Exception as exc:
+            log.exception("policy %s failed", self.policy.version)
+            self.record(RecordKind.POLICY, getattr(event, "unit", None), {
+                "event": "error", "policy": self.policy.version, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        for d in decisions:
+            self._execute(d, cause_seq)
+
+    def _execute(self, d: Decision, cause_seq: int | None) -> None:
+        body: dict[str, Any] = {"action": d.action, "reason": d.reason, "args": dict(d.args), "policy": d.policy,
+                                "rule": d.rule, "cause_seq": cause_seq, "not_before": d.not_before}
+        unit = self.units.get(d.unit)
+        problem: str | None = None
+        remedy_cls = REMEDIES.get(d.action)
+        if unit is None:
+            problem = f"no unit named {d.unit!r}"
+        elif d.action == "alert":
+            seq = self.record(RecordKind.DECISION, d.unit, body)
+            self.alert(d.unit, d.reason, Severity(str(d.args.get("severity", "warning"))), {"decision_seq": seq})
+            return
+        elif d.action == "none":
+            self.record(RecordKind.DECISION, d.unit, body)
+            return
+        elif remedy_cls is None:
+            problem = f"no remedy named {d.action!r} (known: {', '.join(sorted(REMEDIES))})"
+        elif remedy_cls.backends is not None and unit.backend.kind not in remedy_cls.backends:
+            problem = f"remedy {d.action!r} does not apply to {unit.backend.kind} units"
+        else:
+            problem = remedy_cls.check_args(d.args)
+        if problem is not None:
+            body["rejected"] = problem
+            self.record(RecordKind.DECISION, d.unit, body)
+            log.warning("decision rejected: %s", problem)
+            return
+        assert unit is not None and remedy_cls is not None
+        if unit.remedy is not None:
+            body["suppressed"] = f"remedy {unit.remedy.remedy_id} ({unit.remedy.action}) is running"
+            self.record(RecordKind.DECISION, d.unit, body)
+            return
+        seq = self.record(RecordKind.DECISION, d.unit, body)
+        run = RemedyRun(f"{d.unit}-{seq}", remedy_cls(), unit, d.args, seq, d.not_before)
+        unit.remedy = run
+        if d.action in ("restart", "escalate"):
+            unit.restarts.append(self.clock.monotonic())
+        task = asyncio.create_task(self._run_remedy(unit, run), name=f"remedy {run.remedy_id}")
+        run.task = task
+        self._remedy_tasks.add(task)
+        task.add_done_callback(self._remedy_tasks.discard)
+
+    async def _intent(self, run: RemedyRun) -> None:
+        self.record(RecordKind.REMEDY_START, run.unit.name, {
+            "remedy_id": run.remedy_id, "action": run.action, "args": dict(run.args),
+            "decision_seq": run.decision_seq, "deadline_s": run.remedy.deadline_s(run.unit, run.args)})
+        await self.journal.aflush(timeout_s=5.0)
+
+    async def _run_remedy(self, unit: UnitRuntime, run: RemedyRun) -> Outcome:
+        try:
+            outcome = await run.execute(self._intent)
+        finally:
+            if unit.remedy is run:
+                unit.remedy = None
+        self.record(RecordKind.REMEDY_OUTCOME, unit.name, {
+            **as_dict(outcome), "decision_seq": run.decision_seq, "duration_s": round(outcome.duration_s, 4),
+            "unit_state": str(unit.state)})
+        if outcome.state is not RemedyState.CANCELLED:
+            self.queue.put_nowait(outcome)
+        return outcome
+
+    # -- alerts, identities, journal trouble -------------------------------------------------------
+
+    def alert(self, unit: str | None, message: str, severity: Severity, data: Mapping[str, Any]) -> None:
+        """Raise an alert: journaled, logged, and sent to ``alert_command`` if one is configured."""
+        body = {"severity": str(severity), "message": message, **data}
+        seq = self.record(RecordKind.ALERT, unit, body)
+        log.log(logging.ERROR if severity is Severity.CRITICAL else logging.WARNING, "ALERT %s", message)
+        cmd = self.config.supervisor.alert_command
+        if cmd:
+            self._spawn(self._run_alert_command(cmd, {"seq": seq, "unit": unit, **body}), "alert command")
+
+    async def _run_alert_command(self, cmd: list[str], payload: Mapping[str, Any]) -> None:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, cwd=self.loaded.base_dir)
+            try:
+                async with asyncio.timeout(10.0):
+                    _, err = await proc.communicate(json.dumps(payload, default=str).encode())
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+                raise
+            if proc.returncode:
+                raise EnmeiError(f"exit code {proc.returncode}: {err.decode(errors='replace')[-200:]}")
+        except (OSError, EnmeiError, TimeoutError) as exc:
+            self.record(RecordKind.ALERT, payload.get("unit"), {
+                "severity": "warning", "message": f"alert command {cmd[0]} failed: {exc or 'timed out'}"})
+
+    def _identity_changed(self, name: str, identity: Identity | None) -> None:
+        if identity is None:
+            if self._identities.pop(name, None) is None:
+                return
+        else:
+            self._identities[name] = identity
+        self._save_identities()
+
+    def _save_identities(self) -> None:
+        try:
+            self._statefile.save(self._identities)
+        except OSError as exc:
+            log.error("cannot save unit state: %s", exc)
+
+    def _journal_trouble(self, error: str | None) -> None:
+        if error:
+            self.alert(None, f"journal cannot be written ({error}); records are kept in memory until it can",
+                       Severity.CRITICAL, {"journal": str(self.journal.path)})
+        else:
+            self.alert(None, "journal is being written again", Severity.INFO, {"journal": str(self.journal.path)})
+
+    # -- periodic tasks ----------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        period = self.config.supervisor.tick_s
+        while True:
+            await self.clock.sleep(period)
+            self.queue.put_nowait(Tick(self.clock.monotonic(), self.clock.wall()))
+
+    async def _probe_loop(self, unit: UnitRuntime, probe: Probe) -> None:
+        clock = self.clock
+        next_at = clock.monotonic() + probe.interval_s
+        while True:
+            await clock.sleep(next_at - clock.monotonic())
+            now = clock.monotonic()
+            # Drift-free schedule; after a long stall, skip the missed slots rather than burst.
+            next_at += probe.interval_s
+            if next_at < now:
+                next_at = now + probe.interval_s
+            if unit.state not in (UnitState.RUNNING, UnitState.STARTING) or not unit.alive():
+                continue
+            try:
+                obs = await probe.observe()
+            except Exception as exc:  # a broken probe is journaled, and keeps trying
+                log.exception("probe %s/%s failed", unit.name, probe.name)
+                obs = Observation(unit.name, probe.name, False, clock.monotonic(), clock.wall(), {},
+                                  f"probe error: {type(exc).__name__}: {exc}")
+            self.queue.put_nowait(obs)
+
+    # -- shutdown ----------------------------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._remedy_tasks):
+            task.cancel()
+        await asyncio.gather(*self._remedy_tasks, return_exceptions=True)
+        if not self._leave_running:
+            self.record(RecordKind.SUPERVISOR, None, {"event": "stopping", "units": sorted(self.units)})
+
+            async def stop_one(unit: UnitRuntime) -> None:
+                try:
+                    await unit.stop()
+                except EnmeiError as exc:
+                    self.record(RecordKind.ALERT, unit.name, {"severity": "critical",
+                                                              "message": f"could not stop at shutdown: {exc}"})
+
+            await asyncio.gather(*(stop_one(u) for u in self.units.values() if u.alive()))
+            # Handle what the backends reported while stopping (STOPPED events) before the end record.
+            while not self.queue.empty():
+                item = self.queue.get_nowait()
+                if isinstance(item, UnitEvent):
+                    self.record(RecordKind.UNIT_EVENT, item.unit, {"event": str(item.kind), **item.detail})
+        for probes in self.probes.values():
+            for probe in probes:
+                with contextlib.suppress(Exception):
+                    await probe.aclose()
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                await backend.close()
+        self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": self._leave_running and [
+            n for n, u in self.units.items() if u.alive()] or []})
+        await self.journal.aflush(timeout_s=10.0)
+
+
+def journal_for(loaded: LoadedConfig) -> Journal:
+    """The journal a config names, not yet opened."""
+    return Journal(loaded.journal_path, samples_retention_s=loaded.config.supervisor.samples_retention_s)
+

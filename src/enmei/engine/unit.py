@@ -1,0 +1,223 @@
+"""One unit as the engine keeps it: its lifecycle state machine, health, history, and the control a
+remedy acts through.
+
+The lifecycle arcs (anything else is a ``StateError``, so no sequence of events reaches an undefined
+state)::
+
+    PENDING  -> STARTING (start) | RUNNING (adopted) | STOPPED (stop asked before any start)
+    STARTING -> RUNNING (start held) | EXITED (died during start) | STOPPING
+    RUNNING  -> STOPPING | EXITED (crash, kill)
+    STOPPING -> STOPPED | EXITED (ended on its own while stopping)
+    STOPPED  -> STARTING | BACKOFF | ESCALATED
+    EXITED   -> STARTING | BACKOFF | ESCALATED | STOPPED
+    BACKOFF  -> STARTING | STOPPED | ESCALATED
+    ESCALATED -> STARTING | STOPPED | BACKOFF
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from enmei.clock import Clock
+from enmei.config.model import UnitBase, probe_name
+from enmei.detect.failures import ProbeFailures
+from enmei.errors import StartError, StateError
+from enmei.model import Health, RecordKind, Severity, UnitState
+from enmei.policy.base import UnitView
+from enmei.remedy.budget import RestartBudget
+from enmei.visor.base import Backend, Identity
+
+if TYPE_CHECKING:
+    from enmei.engine.remedies import RemedyRun
+
+__all__ = ["ARCS", "UnitRuntime"]
+
+S = UnitState
+ARCS: Mapping[UnitState, frozenset[UnitState]] = {
+    S.PENDING: frozenset({S.STARTING, S.RUNNING, S.STOPPED}),
+    S.STARTING: frozenset({S.RUNNING, S.EXITED, S.STOPPING}),
+    S.RUNNING: frozenset({S.STOPPING, S.EXITED}),
+    S.STOPPING: frozenset({S.STOPPED, S.EXITED}),
+    S.STOPPED: frozenset({S.STARTING, S.BACKOFF, S.ESCALATED}),
+    S.EXITED: frozenset({S.STARTING, S.BACKOFF, S.ESCALATED, S.STOPPED}),
+    S.BACKOFF: frozenset({S.STARTING, S.STOPPED, S.ESCALATED}),
+    S.ESCALATED: frozenset({S.STARTING, S.STOPPED, S.BACKOFF}),
+}
+
+RecordFn = Callable[[str, str | None, Mapping[str, Any]], int]
+AlertFn = Callable[[str, str, Severity, Mapping[str, Any]], None]
+
+_LOAD_KEEP = 1200  # observations of each metric kept for rejuvenation timing (20 min at 1 Hz)
+
+
+class UnitRuntime:
+    """A unit under supervision. Implements ``enmei.remedy.UnitControl``."""
+
+    def __init__(self, name: str, spec: UnitBase, backend: Backend, clock: Clock, *, record: RecordFn,
+                 alert: AlertFn, identity_changed: Callable[[str, Identity | None], None]) -> None:
+        self.name = name
+        self._spec = spec
+        self.backend = backend
+        self.clock = clock
+        self._record = record
+        self._alert = alert
+        self._identity_changed = identity_changed
+        self._state = UnitState.PENDING
+        self.state_since = clock.monotonic()
+        self.health = Health.UNKNOWN
+        self.started_mono: float | None = None
+        self.restarts: deque[float] = deque(maxlen=max(64, spec.restart.budget * 4))
+        self.remedy: RemedyRun | None = None
+        self._exit: asyncio.Future[Mapping[str, Any]] | None = None
+        self.failures: dict[str, ProbeFailures] = {
+            probe_name(p): ProbeFailures(name, probe_name(p), getattr(p, "fail_after", 3))
+            for p in spec.probes if getattr(p, "kind", "") in ("http", "tcp")
+        }
+        self.load: dict[str, deque[tuple[float, float]]] = {}
+        self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
+                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def spec(self) -> UnitBase:
+        return self._spec
+
+    @property
+    def state(self) -> UnitState:
+        return self._state
+
+    def set_state(self, state: UnitState, reason: str) -> None:
+        """Move along one arc of the lifecycle (journaled); a move to the same state is a no-op."""
+        old = self._state
+        if state is old:
+            return
+        if state not in ARCS[old]:
+            raise StateError(f"unit {self.name}", str(old), tuple(str(s) for s in sorted(ARCS[old])))
+        self._state = state
+        self.state_since = self.clock.monotonic()
+        if state in (UnitState.STARTING,):
+            self.started_mono = self.state_since
+        elif state in (UnitState.EXITED, UnitState.STOPPED):
+            self.started_mono = None
+        self._record(RecordKind.UNIT_STATE, self.name, {"from": str(old), "to": str(state), "reason": reason})
+
+    def set_health(self, health: Health, reason: str) -> None:
+        if health is self.health:
+            return
+        old, self.health = self.health, health
+        self._record(RecordKind.HEALTH, self.name, {"from": str(old), "to": str(health), "reason": reason})
+
+    def view(self, now: float) -> UnitView:
+        recent = self.budget.in_window(self.restarts, now)
+        spec = self._spec
+        return UnitView(
+            name=self.name, backend=self.backend.kind, state=self._state, health=self.health, alive=self.alive(),
+            uptime_s=(now - self.started_mono) if self.started_mono is not None and self.alive() else None,
+            remedy=self.remedy.action if self.remedy else None, restarts_in_window=recent,
+            budget=spec.restart.budget, window_s=spec.restart.window_s, next_delay_s=self.budget.next_delay_s(recent),
+            escalate_retry_s=spec.escalate.retry_every_s, rejuvenate_every_s=spec.rejuvenate.every_s,
+            rejuvenate_window_s=spec.rejuvenate.window_s, stop_timeout_s=spec.stop_timeout_s,
+            capabilities=frozenset(str(c) for c in self.backend.capabilities),
+        )
+
+    # -- control (what remedies use) ---------------------------------------------------------------
+
+    def alive(self) -> bool:
+        return self.backend.alive(self.name)
+
+    async def start(self) -> None:
+        self.set_state(UnitState.STARTING, "starting")
+        self._exit = asyncio.get_running_loop().create_future()
+        for tracker in self.failures.values():
+            tracker.reset()
+        self.set_health(Health.UNKNOWN, "new instance")
+        try:
+            identity = await self.backend.start(self.name, self._spec)
+        except StartError as exc:
+            self._record(RecordKind.UNIT_EVENT, self.name, {"event": "start_failed", "cause": exc.cause})
+            self.set_state(UnitState.EXITED, f"start failed: {exc.cause}")
+            if not self._exit.done():
+                self._exit.set_result({"start_failed": exc.cause})
+            raise
+        self._identity_changed(self.name, identity)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        if not self.alive():
+            if self._state in (UnitState.STARTING, UnitState.RUNNING):
+                self.set_state(UnitState.EXITED, "gone before the stop")
+            return
+        self.set_state(UnitState.STOPPING, "stopping")
+        await self.backend.stop(self.name, timeout_s=self._spec.stop_timeout_s if timeout_s is None else timeout_s)
+        if self._state is UnitState.STOPPING:
+            self.set_state(UnitState.STOPPED, "stopped")
+        self._identity_changed(self.name, None)
+
+    async def wait_stable(self, start_s: float | None = None) -> str | None:
+        hold = self._spec.start_s if start_s is None else start_s
+        fut = self._exit
+        if fut is None:
+            return "was not started"
+        try:
+            detail = await asyncio.wait_for(asyncio.shield(fut), timeout=hold) if hold > 0 else None
+        except TimeoutError:
+            detail = None
+        if detail is None and fut.done():
+            detail = fut.result()
+        if detail is not None:
+            if "start_failed" in detail:
+                return f"start failed: {detail['start_failed']}"
+            return f"died during start ({_describe_exit(detail)})"
+        if not self.alive():
+            return "not running after start"
+        if self._state is UnitState.STARTING:
+            self.set_state(UnitState.RUNNING, f"up for {hold:g}s")
+        return None
+
+    def alert(self, message: str, severity: Severity, data: Mapping[str, Any] | None = None) -> None:
+        self._alert(self.name, message, severity, data or {})
+
+    def load_history(self, metric: str, since_mono: float) -> list[tuple[float, float]]:
+        series = self.load.get(metric)
+        if not series:
+            return []
+        return [(t, v) for t, v in series if t >= since_mono]
+
+    # -- facts from the backend --------------------------------------------------------------------
+
+    def on_exit(self, detail: Mapping[str, Any]) -> None:
+        """The instance ended on its own (or while being stopped)."""
+        if self._state in (UnitState.STARTING, UnitState.RUNNING, UnitState.STOPPING):
+            self.set_state(UnitState.EXITED, _describe_exit(detail))
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result(detail)
+        self.set_health(Health.UNKNOWN, "not running")
+        self._identity_changed(self.name, None)
+
+    def adopted(self, identity: Identity) -> None:
+        self._exit = asyncio.get_running_loop().create_future()
+        self.set_state(UnitState.RUNNING, f"adopted pid {identity.pid} from an earlier supervisor")
+        self.started_mono = self.clock.monotonic() - max(0.0, self.clock.wall() - identity.started_wall)
+
+    def observe_load(self, mono: float, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            series = self.load.get(key)
+            if series is None:
+                series = self.load[key] = deque(maxlen=_LOAD_KEEP)
+            series.append((mono, value))
+
+
+def _describe_exit(detail: Mapping[str, Any]) -> str:
+    if detail.get("signal"):
+        s = f"killed by {detail['signal']}"
+    elif detail.get("code") is not None:
+        s = f"exit code {detail['code']}"
+    else:
+        s = str(detail.get("reason") or "exited")
+    tail = detail.get("stderr_tail")
+    if tail:
+        s += f"; stderr: {tail[-1]}"
+    return s
