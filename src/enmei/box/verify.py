@@ -10,10 +10,11 @@ with the reason. It only reads: a journal that is being written can be verified 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
+import json
 import os
 import sqlite3
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,9 +64,19 @@ def verify(path: str | Path, *, workers: int | None = None) -> VerifyResult:
     if n <= 1 or hi < _PARALLEL_FROM:
         return verify_range(str(path), 1, hi)
     step = -(-hi // n)
-    ranges = [(str(path), a, min(hi, a + step - 1)) for a in range(1, hi + 1, step)]
-    with ProcessPoolExecutor(max_workers=len(ranges), mp_context=mp.get_context("spawn")) as pool:
-        parts = list(pool.map(_verify_range_args, ranges))
+    ranges = [(a, min(hi, a + step - 1)) for a in range(1, hi + 1, step)]
+    # Worker processes run ``python -m enmei.box.verify`` (not multiprocessing: that would re-import the
+    # caller's main module, which breaks scripts without a ``__main__`` guard).
+    procs = [subprocess.Popen([sys.executable, "-m", "enmei.box.verify", str(path), str(a), str(b)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for a, b in ranges]
+    parts: list[VerifyResult] = []
+    for proc in procs:
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise BoxError(f"{path}: verify worker failed: {err.decode(errors='replace')[-300:]}")
+        d = json.loads(out)
+        parts.append(VerifyResult(d["records"], d["last_seq"], bytes.fromhex(d["last_hash"]), d["first_bad"],
+                                  d["reason"]))
     total = 0
     for part in parts:
         if not part.ok:
@@ -73,10 +84,6 @@ def verify(path: str | Path, *, workers: int | None = None) -> VerifyResult:
         total += part.records
     last = parts[-1]
     return VerifyResult(total, last.last_seq, last.last_hash)
-
-
-def _verify_range_args(args: tuple[str, int, int]) -> VerifyResult:
-    return verify_range(*args)
 
 
 def verify_range(path: str, lo: int, hi: int) -> VerifyResult:
@@ -125,3 +132,9 @@ def verify_rows(cur: sqlite3.Cursor, *, start_seq: int = 1, prev: bytes = GENESI
             expect += 1
             count += 1
     return VerifyResult(count, expect - 1, prev)
+
+
+if __name__ == "__main__":  # a worker of ``verify``: PATH LO HI -> one JSON object
+    _r = verify_range(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    print(json.dumps({"records": _r.records, "last_seq": _r.last_seq, "last_hash": _r.last_hash.hex(),
+                      "first_bad": _r.first_bad, "reason": _r.reason}))
