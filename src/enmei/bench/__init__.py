@@ -1,0 +1,1 @@
+"""Benchmarks behind ``enmei bench``: each module has ``run(...) -> dict`` with the figures it names."""

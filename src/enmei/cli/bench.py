@@ -1,0 +1,47 @@
+"""``enmei bench``: benchmarks that print their figures (``--json`` for machines)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from enmei.cli.common import console
+
+app = typer.Typer(help="Benchmarks; each prints its figures (--json: one JSON object).", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object")]
+
+
+def emit(title: str, result: Mapping[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    t = Table(title=title, title_justify="left")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    for k, v in result.items():
+        t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
+    console.print(t)
+
+
+@app.command(name="box")
+def box_cmd(as_json: JsonOpt = False,
+            records: Annotated[int, typer.Option(help="Records to append and verify")] = 1_000_000) -> None:
+    """Journal: durable appends per second (group commit) and verified records per second."""
+    from enmei.bench import box
+
+    emit("enmei bench box", box.run(records), as_json)
+
+
+@app.command()
+def overhead(as_json: JsonOpt = False,
+             units: Annotated[int, typer.Option(help="Demo services to supervise")] = 10,
+             seconds: Annotated[float, typer.Option(help="Measurement period")] = 60.0) -> None:
+    """The supervisor's own CPU with N units probed at 1 Hz (percent of one core)."""
+    from enmei.bench import overhead as ov
+
+    emit("enmei bench overhead", ov.run(units, seconds), as_json)

@@ -1,0 +1,133 @@
+"""``enmei box``: read and check the journal (tail, show, verify, export)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from enmei.box import Reader, Record, verify
+from enmei.cli.common import Exit, console, fail, resolve_journal
+from enmei.errors import BoxError
+
+app = typer.Typer(help="Read and check the journal (D-Box).", no_args_is_help=True)
+
+JournalOpt = Annotated[Path | None, typer.Option("--journal", "-j", help="Journal file (default: from the config)")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Config whose journal to read")]
+
+
+def _open(journal: Path | None, config: Path | None) -> Reader:
+    path = resolve_journal(journal, config)
+    try:
+        return Reader(path)
+    except BoxError as exc:
+        fail(str(exc), Exit.START)
+
+
+def _line(rec: Record) -> str:
+    ts = datetime.fromtimestamp(rec.wall).strftime("%H:%M:%S.%f")[:-3]
+    body = rec.body if len(rec.body) <= 160 else rec.body[:157] + "..."
+    return f"{rec.seq:>7} {ts} {rec.kind:<15} {rec.unit or '-':<12} {body}"
+
+
+@app.command()
+def tail(
+    n: Annotated[int, typer.Option("-n", help="How many records")] = 20,
+    unit: Annotated[str | None, typer.Option(help="Only this unit")] = None,
+    kind: Annotated[list[str] | None, typer.Option(help="Only these kinds (repeatable)")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new records")] = False,
+    journal: JournalOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Print the newest records; with -f, keep following."""
+    with _open(journal, config) as r:
+        last = 0
+        for rec in r.tail(n, unit=unit, kinds=kind):
+            console.print(_line(rec), highlight=False, soft_wrap=True)
+            last = rec.seq
+        if not follow:
+            return
+        last = max(last, r.last_seq())
+        try:
+            while True:
+                time.sleep(0.5)
+                for rec in r.records(unit=unit, kinds=kind, since_seq=last):
+                    console.print(_line(rec), highlight=False, soft_wrap=True)
+                    last = rec.seq
+        except KeyboardInterrupt:
+            raise typer.Exit(int(Exit.OK)) from None
+
+
+@app.command()
+def show(seq: int, journal: JournalOpt = None, config: ConfigOpt = None) -> None:
+    """Print one record in full, with its hashes."""
+    with _open(journal, config) as r:
+        rec = r.get(seq)
+        if rec is None:
+            fail(f"no record {seq} in {r.path} (last is {r.last_seq()})")
+        console.print_json(json.dumps(rec.to_json()))
+
+
+@app.command(name="verify")
+def verify_cmd(journal: JournalOpt = None, config: ConfigOpt = None,
+               as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False) -> None:
+    """Check the hash chain; name the first bad record. Exit code 4 if it is broken."""
+    path = resolve_journal(journal, config)
+    t0 = time.perf_counter()
+    try:
+        res = verify(path)
+    except BoxError as exc:
+        fail(str(exc), Exit.START)
+    dt = time.perf_counter() - t0
+    if as_json:
+        print(json.dumps({"journal": str(path), "ok": res.ok, "records": res.records, "first_bad": res.first_bad,
+                          "reason": res.reason, "seconds": round(dt, 3)}))
+    elif res.ok:
+        console.print(f"[green]ok[/]: {res.records} records verified in {dt:.2f}s; chain head "
+                      f"{res.last_hash.hex()[:16]}… ({path})", highlight=False)
+    else:
+        console.print(f"[bold red]BROKEN[/] at record {res.first_bad}: {res.reason} "
+                      f"({res.records} records good before it; {path})", highlight=False)
+    if not res.ok:
+        raise typer.Exit(int(Exit.INTEGRITY))
+
+
+@app.command()
+def export(
+    jsonl: Annotated[bool, typer.Option("--jsonl", help="One JSON object per line (the only format)")] = True,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="File to write (default: stdout)")] = None,
+    since: Annotated[int, typer.Option(help="Only records after this seq")] = 0,
+    journal: JournalOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Write the records as JSON lines, with their hashes."""
+    del jsonl
+    with _open(journal, config) as r:
+        f = open(out, "w", encoding="utf-8") if out else sys.stdout  # noqa: SIM115
+        try:
+            n = 0
+            for rec in r.records(since_seq=since):
+                f.write(json.dumps(rec.to_json(), separators=(",", ":")) + "\n")
+                n += 1
+        finally:
+            if out:
+                f.close()
+        if out:
+            console.print(f"{n} records written to {out}")
+
+
+@app.command()
+def stats(journal: JournalOpt = None, config: ConfigOpt = None) -> None:
+    """Counts of records by kind and unit."""
+    with _open(journal, config) as r:
+        rows = r.conn.execute("SELECT kind, unit, COUNT(*) FROM records GROUP BY kind, unit ORDER BY kind, unit")
+        t = Table("kind", "unit", "records")
+        for kind, unit, n in rows:
+            t.add_row(kind, unit or "-", str(n))
+        console.print(t)

@@ -1,0 +1,120 @@
+"""The ``enmei`` command: check a config, run a supervisor, run the demo; ``box`` and ``bench`` groups."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from enmei import __version__
+from enmei.cli import bench, box
+from enmei.cli.common import Exit, console, err_console, fail
+from enmei.config.load import check as check_config
+from enmei.config.load import load
+from enmei.errors import BoxError, ConfigError
+
+app = typer.Typer(
+    name="enmei",
+    help="enmei (延命): keep services alive on an OS that is assumed to fail.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(box.app, name="box")
+app.add_typer(bench.app, name="bench")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"enmei {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-vv: debug)")] = 0,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    level = logging.WARNING if verbose == 0 else (logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def check(config: Annotated[Path, typer.Argument(help="The config file (enmei.toml)")]) -> None:
+    """Validate a config file: every problem with file, line and key. Exit code 3 if any."""
+    problems = check_config(config)
+    if problems:
+        for p in problems:
+            err_console.print(f"[bold red]error[/] {p}", highlight=False, soft_wrap=True)
+        err_console.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {config}")
+        raise typer.Exit(int(Exit.CONFIG))
+    loaded = load(config)
+    units = loaded.config.units
+    console.print(f"[green]ok[/]: {config} — {len(units)} unit{'s' if len(units) != 1 else ''} "
+                  f"({', '.join(units) or 'none'}); journal {loaded.journal_path}", highlight=False)
+
+
+@app.command()
+def up(
+    config: Annotated[Path, typer.Argument(help="The config file (enmei.toml)")],
+    plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live table")] = False,
+) -> None:
+    """Supervise the units of CONFIG until Ctrl-C or SIGTERM (units are then stopped gracefully)."""
+    from enmei.cli.live import LiveView, PlainLog
+    from enmei.engine.run import supervise
+
+    try:
+        loaded = load(config)
+    except ConfigError as exc:
+        problems = getattr(exc, "problems", [exc])
+        for p in problems:
+            err_console.print(f"[bold red]error[/] {p}", highlight=False, soft_wrap=True)
+        raise typer.Exit(int(Exit.CONFIG)) from None
+
+    live = not plain and sys.stdout.isatty()
+    view: LiveView | None = None
+
+    def attach(engine: object) -> None:
+        nonlocal view
+        from enmei.engine import Engine
+
+        assert isinstance(engine, Engine)
+        if live:
+            view = LiveView(engine, console, title=f"enmei — {config}")
+            engine.subscribe(view)
+            view.__enter__()
+        else:
+            engine.subscribe(PlainLog(console))
+
+    console.print(f"enmei {__version__}: supervising {', '.join(loaded.config.units) or 'nothing'}; "
+                  f"journal {loaded.journal_path}; Ctrl-C to stop", highlight=False)
+    try:
+        asyncio.run(supervise(loaded, on_start=attach))
+    except BoxError as exc:
+        fail(str(exc), Exit.START)
+    finally:
+        if view is not None:
+            view.__exit__(None, None, None)
+    console.print(f"stopped; journal: {loaded.journal_path} (enmei box verify -j {loaded.journal_path})",
+                  highlight=False)
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="Upper bound on the scenario's length")] = 110.0,
+    out: Annotated[Path, typer.Option(help="Where the demo keeps its journal and logs")] = Path(".enmei/demo"),
+    plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live table")] = False,
+) -> None:
+    """A bounded scenario: the demo service is crashed and hung, and enmei keeps it alive."""
+    from enmei.demo.scenario import run_demo
+
+    code = run_demo(out, max_seconds=seconds, live=not plain and sys.stdout.isatty())
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    app()
