@@ -1,0 +1,90 @@
+"""Combinations of detectors, and restoring any detector of this package from its state.
+
+:class:`MaxOf` runs several detectors on the same samples and reports the highest score with the
+evidence of the detector that gave it (``evidence()["detector"]`` names its kind). Since each chart's
+score is ``1 - nominal alpha``, the maximum is the strongest evidence; its own nominal false-alarm rate
+is at most the sum of the members' (a union bound).
+
+:func:`detector_from_state` rebuilds any detector kind of this package from ``state()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from enmei.detect.base import StateFormatError, StreamingDetector, check_state
+
+__all__ = ["MaxOf", "detector_from_state", "detector_kinds"]
+
+
+def detector_kinds() -> dict[str, type[StreamingDetector]]:
+    """Every detector kind this package can restore, by its ``kind`` name."""
+    from enmei.detect.aging import TrendDetector
+    from enmei.detect.baselines import WindowedGaussian
+    from enmei.detect.charts import CUSUM, EWMA, Shewhart
+    from enmei.detect.novelty import NoveltyDetector
+
+    classes: list[type[StreamingDetector]] = [Shewhart, EWMA, CUSUM, MaxOf, WindowedGaussian,
+                                              NoveltyDetector, TrendDetector]
+    return {cls.kind: cls for cls in classes}
+
+
+def detector_from_state(state: Mapping[str, Any]) -> StreamingDetector:
+    """The detector that saved ``state``; StateFormatError if its kind is unknown or the state bad."""
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    cls = detector_kinds().get(str(kind))
+    if cls is None:
+        raise StateFormatError(str(kind), "unknown detector kind")
+    return cls.from_state(state)
+
+
+class MaxOf(StreamingDetector):
+    """The highest score of several detectors fed the same samples."""
+
+    kind: ClassVar[str] = "max_of"
+
+    def __init__(self, members: Sequence[StreamingDetector]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("MaxOf needs at least one member")
+        self.members = list(members)
+        levels = [getattr(m, "alarm_level", None) for m in self.members]
+        known = [lv for lv in levels if isinstance(lv, float)]
+        #: The lowest alarm level of the members: at or above it, at least one member alarms.
+        self.alarm_level = min(known) if known else 1.0
+
+    def _step(self, x: float, t: float) -> float:
+        best = -1.0
+        best_ev: dict[str, Any] = {}
+        for m in self.members:
+            s = m.update(x, t)
+            if s > best:
+                best = s
+                best_ev = m.evidence()
+                best_ev["detector"] = m.kind
+        self._ev = best_ev
+        return best
+
+    def _params(self) -> dict[str, Any]:
+        return {}
+
+    def _dump(self) -> Any:
+        return [m.state() for m in self.members]
+
+    def _load(self, data: Any) -> None:
+        raise AssertionError("MaxOf is restored by from_state")
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> MaxOf:
+        _, data = check_state(state, cls.kind, cls.version)
+        try:
+            members = [detector_from_state(s) for s in data["body"]]
+            obj = cls(members)
+            t_last = data["t_last"]
+            obj._t_last = -float("inf") if t_last is None else float(t_last)
+        except StateFormatError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateFormatError(cls.kind, f"malformed body: {exc!r}") from exc
+        return obj
