@@ -3,7 +3,8 @@
 Every chart starts with a **learning phase** (Phase I): the first ``learning`` samples (for X̄, subgroup
 means) only estimate the in-control centre and standard deviation and score 0. The estimate is robust
 by default (median and 1.4826 × MAD; if more than half the samples are equal, the mean absolute
-deviation from the median × 1.2533) or classic (``robust=False``: mean, and for individuals the average
+deviation from the median × 1.2533), refined by the standard deviation of the samples within 3.5 such sigmas
+(see :func:`robust_centre_sigma`) — or classic (``robust=False``: mean, and for individuals the average
 moving range / 1.128, for X̄ the standard deviation of the subgroup means). The spread is floored at
 ``max(min_sigma, 1e-6 × |centre|, 1e-12)`` so that a constant series still has limits, and a change
 from it scores high but finite. Then the limits are fixed (Phase II) until the detector is replaced.
@@ -85,13 +86,24 @@ _RULE_WINDOW = {"beyond_limit": 1, "2of3_beyond_2s": 3, "4of5_beyond_1s": 5, "8_
 
 
 def robust_centre_sigma(values: Sequence[float]) -> tuple[float, float]:
-    """Median and a MAD-based standard deviation (falls back to the mean absolute deviation)."""
+    """Median, and the standard deviation of the values within 3.5 robust sigmas of it.
+
+    The robust sigma is 1.4826 × MAD (the mean absolute deviation × 1.2533 when the MAD is 0). Keeping
+    only the values within 3.5 of those and taking their standard deviation is as robust to outliers
+    and almost as efficient as the standard deviation on clean normal data (the MAD alone needs
+    about 2.7 times more samples for the same precision, which matters for tight limits).
+    """
     med = statistics.median(values)
     dev = [abs(v - med) for v in values]
     mad = statistics.median(dev)
-    if mad > 0.0:
-        return med, 1.4826 * mad
-    return med, 1.2533 * (math.fsum(dev) / len(dev))
+    sigma0 = 1.4826 * mad if mad > 0.0 else 1.2533 * (math.fsum(dev) / len(dev))
+    if sigma0 <= 0.0:
+        return med, 0.0
+    kept = [v for v in values if abs(v - med) <= 3.5 * sigma0]
+    if len(kept) < 3:
+        return med, sigma0
+    # 0.99767: the standard deviation of a normal truncated at ±3.5 sigma, relative to sigma.
+    return med, statistics.pstdev(kept, med) / 0.99767
 
 
 def classic_centre_sigma(values: Sequence[float], individuals: bool) -> tuple[float, float]:
@@ -322,7 +334,8 @@ class CUSUM(_Chart):
     ``k`` and ``h`` are in sigmas (0.5 and 5 by default: ARL0 ≈ 465 two-sided, detects a one-sigma
     shift in about 10 samples). The score is ``1 - 1/ARL0(max(S+, S-))``; the rule ``cusum_up`` or
     ``cusum_down`` fires when the statistic passes ``h``. The statistic is not reset after an alarm: it
-    stays high while the shift lasts and drains by ``k`` per in-control sample.
+    stays high while the shift lasts and drains by ``k`` per in-control sample. Evidence ``since`` is the
+change-point estimate: the time the deviating side last left zero.
     """
 
     kind: ClassVar[str] = "cusum"
@@ -337,6 +350,8 @@ class CUSUM(_Chart):
         self.alarm_level = 1.0 - 1.0 / cusum_arl0(self.h, self.k)
         self._up = 0.0
         self._down = 0.0
+        self._up_since: float | None = None
+        self._down_since: float | None = None
 
     def _step(self, x: float, t: float) -> float:
         if not self._learn_one(x, t, True):
@@ -344,12 +359,22 @@ class CUSUM(_Chart):
         z = (x - self.centre) / self.sigma
         self._up = max(0.0, self._up + z - self.k)
         self._down = max(0.0, self._down - z - self.k)
+        # The classic change-point estimate: the last time each side left zero.
+        if self._up == 0.0:
+            self._up_since = None
+        elif self._up_since is None:
+            self._up_since = t
+        if self._down == 0.0:
+            self._down_since = None
+        elif self._down_since is None:
+            self._down_since = t
         stat = max(self._up, self._down)
         up = self._up >= self._down
         rule = ("cusum_up" if up else "cusum_down") if stat > self.h else "none"
         self._ev = {"value": x, "t": t, "centre": self.centre, "lower": -self.h, "upper": self.h,
                     "z": z, "rule": rule, "window": 1, "statistic": stat if up else -stat,
-                    "limit": self.h, "up": self._up, "down": self._down}
+                    "limit": self.h, "up": self._up, "down": self._down,
+                    "since": self._up_since if up else self._down_since}
         if stat <= 0.0:
             return 0.0
         return 1.0 - 1.0 / cusum_arl0(stat, self.k)
@@ -358,9 +383,12 @@ class CUSUM(_Chart):
         return {**self._base_params(), "k": self.k, "h": self.h}
 
     def _dump(self) -> Any:
-        return {**self._base_dump(), "up": self._up, "down": self._down}
+        return {**self._base_dump(), "up": self._up, "down": self._down,
+                "up_since": self._up_since, "down_since": self._down_since}
 
     def _load(self, data: Any) -> None:
         self._base_load(data)
         self._up = float(data["up"])
         self._down = float(data["down"])
+        self._up_since = None if data["up_since"] is None else float(data["up_since"])
+        self._down_since = None if data["down_since"] is None else float(data["down_since"])

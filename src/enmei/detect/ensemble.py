@@ -1,7 +1,8 @@
 """Combinations of detectors, and restoring any detector of this package from its state.
 
 :class:`MaxOf` runs several detectors on the same samples and reports the highest score with the
-evidence of the detector that gave it (``evidence()["detector"]`` names its kind). Since each chart's
+evidence of the detector that gave it (``evidence()["detector"]`` names its kind; ``since`` is the
+earliest change-point estimate any member gives, e.g. a CUSUM's, or None). Since each chart's
 score is ``1 - nominal alpha``, the maximum is the strongest evidence; its own nominal false-alarm rate
 is at most the sum of the members' (a union bound).
 
@@ -57,12 +58,18 @@ class MaxOf(StreamingDetector):
     def _step(self, x: float, t: float) -> float:
         best = -1.0
         best_ev: dict[str, Any] = {}
+        since: float | None = None
         for m in self.members:
             s = m.update(x, t)
+            ev = m.evidence()
+            ms = ev.get("since")
+            if isinstance(ms, (int, float)) and (since is None or ms < since):
+                since = float(ms)
             if s > best:
                 best = s
-                best_ev = m.evidence()
+                best_ev = ev
                 best_ev["detector"] = m.kind
+        best_ev["since"] = since
         self._ev = best_ev
         return best
 
