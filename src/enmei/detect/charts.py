@@ -91,7 +91,8 @@ def robust_centre_sigma(values: Sequence[float]) -> tuple[float, float]:
     The robust sigma is 1.4826 × MAD (the mean absolute deviation × 1.2533 when the MAD is 0). Keeping
     only the values within 3.5 of those and taking their standard deviation is as robust to outliers
     and almost as efficient as the standard deviation on clean normal data (the MAD alone needs
-    about 2.7 times more samples for the same precision, which matters for tight limits).
+    about 2.7 times more samples for the same precision, which matters for tight limits). If that
+    leaves no spread (most values equal), the robust sigma is kept.
     """
     med = statistics.median(values)
     dev = [abs(v - med) for v in values]
@@ -100,10 +101,9 @@ def robust_centre_sigma(values: Sequence[float]) -> tuple[float, float]:
     if sigma0 <= 0.0:
         return med, 0.0
     kept = [v for v in values if abs(v - med) <= 3.5 * sigma0]
-    if len(kept) < 3:
-        return med, sigma0
     # 0.99767: the standard deviation of a normal truncated at ±3.5 sigma, relative to sigma.
-    return med, statistics.pstdev(kept, med) / 0.99767
+    refined = statistics.pstdev(kept, med) / 0.99767 if len(kept) >= 3 else 0.0
+    return med, refined if refined > 0.0 else sigma0
 
 
 def classic_centre_sigma(values: Sequence[float], individuals: bool) -> tuple[float, float]:
@@ -334,19 +334,23 @@ class CUSUM(_Chart):
     ``k`` and ``h`` are in sigmas (0.5 and 5 by default: ARL0 ≈ 465 two-sided, detects a one-sigma
     shift in about 10 samples). The score is ``1 - 1/ARL0(max(S+, S-))``; the rule ``cusum_up`` or
     ``cusum_down`` fires when the statistic passes ``h``. The statistic is not reset after an alarm: it
-    stays high while the shift lasts and drains by ``k`` per in-control sample. Evidence ``since`` is the
-change-point estimate: the time the deviating side last left zero.
+    stays high while the shift lasts and drains by ``k`` per in-control sample; it is capped at
+``cap * h`` (2h by default; None: no cap) so that after a long or huge shift the chart is back in
+control within about ``(cap - 1) * h / k`` in-control samples. Evidence ``since`` is the change-point
+estimate: the time the deviating side last left zero.
     """
 
     kind: ClassVar[str] = "cusum"
 
     def __init__(self, learning: int = 100, k: float = 0.5, h: float = 5.0, robust: bool = True,
-                 min_sigma: float = 0.0) -> None:
+                 min_sigma: float = 0.0, cap: float | None = 2.0) -> None:
         super().__init__(learning, robust, min_sigma)
-        if k < 0.0 or h <= 0.0:
-            raise ValueError("k must be >= 0 and h > 0")
+        if k < 0.0 or h <= 0.0 or (cap is not None and cap < 1.0):
+            raise ValueError("k must be >= 0, h > 0 and cap >= 1")
         self.k = float(k)
         self.h = float(h)
+        self.cap = None if cap is None else float(cap)
+        self._max = math.inf if cap is None else float(cap) * self.h
         self.alarm_level = 1.0 - 1.0 / cusum_arl0(self.h, self.k)
         self._up = 0.0
         self._down = 0.0
@@ -357,8 +361,8 @@ change-point estimate: the time the deviating side last left zero.
         if not self._learn_one(x, t, True):
             return 0.0
         z = (x - self.centre) / self.sigma
-        self._up = max(0.0, self._up + z - self.k)
-        self._down = max(0.0, self._down - z - self.k)
+        self._up = min(max(0.0, self._up + z - self.k), self._max)
+        self._down = min(max(0.0, self._down - z - self.k), self._max)
         # The classic change-point estimate: the last time each side left zero.
         if self._up == 0.0:
             self._up_since = None
@@ -380,7 +384,7 @@ change-point estimate: the time the deviating side last left zero.
         return 1.0 - 1.0 / cusum_arl0(stat, self.k)
 
     def _params(self) -> dict[str, Any]:
-        return {**self._base_params(), "k": self.k, "h": self.h}
+        return {**self._base_params(), "k": self.k, "h": self.h, "cap": self.cap}
 
     def _dump(self) -> Any:
         return {**self._base_dump(), "up": self._up, "down": self._down,

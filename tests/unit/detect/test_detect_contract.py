@@ -1,0 +1,176 @@
+"""The contract every streaming detector keeps (see enmei.detect.base), run over every detector."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from enmei.detect.aging import TrendDetector
+from enmei.detect.base import StateFormatError, StreamingDetector
+from enmei.detect.baselines import WindowedGaussian
+from enmei.detect.charts import CUSUM, EWMA, Shewhart
+from enmei.detect.ensemble import MaxOf, detector_from_state, detector_kinds
+from enmei.detect.novelty import NoveltyDetector
+
+Factory = Callable[[], StreamingDetector]
+
+FACTORIES: dict[str, Factory] = {
+    "shewhart_we": lambda: Shewhart(learning=20),
+    "shewhart_nelson": lambda: Shewhart(learning=20, rules="nelson"),
+    "xbar": lambda: Shewhart(learning=10, subgroup=4),
+    "ewma": lambda: EWMA(learning=20),
+    "cusum": lambda: CUSUM(learning=20),
+    "classic_ewma": lambda: EWMA(learning=20, robust=False),
+    "max_of": lambda: MaxOf([Shewhart(learning=20), EWMA(learning=20), CUSUM(learning=20)]),
+    "windowed_gaussian": lambda: WindowedGaussian(window=50),
+    "novelty": lambda: NoveltyDetector(learning=60, resolutions=(4, 8), rest=10, season_s=20 * 60.0),
+    "aging": lambda: TrendDetector(limit=500.0, bucket_s=1200.0, window=12, min_buckets=9, warmup_s=20.0),
+}
+ALL = sorted(FACTORIES)
+
+
+def series(n: int = 600, seed: int = 0) -> list[tuple[float, float]]:
+    """A seasonal, slightly trending, noisy series with a spike and a level shift; 60 s apart."""
+    r = random.Random(seed)
+    out = []
+    for i in range(n):
+        v = 100 + 10 * math.sin(2 * math.pi * i / 20) + 0.2 * i + r.gauss(0, 1)
+        if i == n // 2:
+            v += 60
+        if i > 3 * n // 4:
+            v += 15
+        out.append((v, 60.0 * i))
+    return out
+
+
+def run(det: StreamingDetector, data: list[tuple[float, float]]) -> list[float]:
+    return [det.update(v, t) for v, t in data]
+
+
+def roundtrip(det: StreamingDetector) -> StreamingDetector:
+    text = json.dumps(det.state(), allow_nan=False)
+    return detector_from_state(json.loads(text))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_scores_are_finite_and_in_unit_interval(name: str) -> None:
+    scores = run(FACTORIES[name](), series())
+    assert all(0.0 <= s <= 1.0 and math.isfinite(s) for s in scores)
+    assert max(scores) > 0.0
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_round_trip_gives_identical_scores(name: str) -> None:
+    data = series(700, seed=1)
+    reference = run(FACTORIES[name](), data)
+    for cut in (0, 5, 61, 300, 555):
+        det = FACTORIES[name]()
+        head = run(det, data[:cut])
+        restored = roundtrip(det)
+        assert head + run(restored, data[cut:]) == reference, f"diverged after restoring at {cut}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_restore_in_place(name: str) -> None:
+    data = series(300, seed=2)
+    a = FACTORIES[name]()
+    run(a, data[:150])
+    b = FACTORIES[name]()
+    b.restore(json.loads(json.dumps(a.state())))
+    assert run(a, data[150:]) == run(b, data[150:])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_look_ahead(name: str) -> None:
+    data = series(500, seed=3)
+    full = run(FACTORIES[name](), data)
+    for k in (1, 77, 250, 499):
+        assert run(FACTORIES[name](), data[:k]) == full[:k]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_states_are_refused(name: str) -> None:
+    det = FACTORIES[name]()
+    run(det, series(120))
+    good = det.state()
+    other = "ewma" if good["kind"] != "ewma" else "cusum"
+    for bad in ({**good, "kind": other}, {**good, "version": 99}, {**good, "format": "pickle"},
+                {**good, "params": None}, {**good, "data": {"t_last": None, "body": {"nonsense": 1}}}):
+        with pytest.raises(StateFormatError):
+            type(det).from_state(bad)
+    with pytest.raises(StateFormatError):
+        detector_from_state({**good, "kind": "no-such-detector"})
+
+
+def test_every_kind_is_restorable() -> None:
+    kinds = {f().kind for f in FACTORIES.values()}
+    assert kinds == set(detector_kinds())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_cost_per_sample_does_not_grow(name: str) -> None:
+    """O(1): the state stays bounded and late samples cost no more than early ones."""
+    r = random.Random(4)
+    data = [(float(r.randrange(20)) + 50.0 * (i % 40 < 20), 60.0 * i) for i in range(8000)]
+    det = FACTORIES[name]()
+    run(det, data[:1000])
+    early = time.perf_counter()
+    run(det, data[1000:3000])
+    early = time.perf_counter() - early
+    size_early = len(json.dumps(det.state()))
+    run(det, data[3000:6000])
+    late = time.perf_counter()
+    run(det, data[6000:8000])
+    late = time.perf_counter() - late
+    size_late = len(json.dumps(det.state()))
+    assert size_late <= 1.3 * size_early + 2000
+    assert late <= 4.0 * early + 0.05
+
+
+finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
+values = st.one_of(finite, st.just(math.nan), st.just(math.inf), st.just(-math.inf),
+                   st.sampled_from([1e308, -1e308, 1e-308, 0.0, 1e150, -1e200]))
+stamps = st.one_of(st.floats(min_value=-1e12, max_value=1e12), st.just(math.nan), st.just(math.inf))
+
+
+@pytest.mark.parametrize("name", ALL)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.lists(st.tuples(values, stamps), min_size=0, max_size=150))
+def test_bad_input_never_crashes(name: str, data: list[tuple[float, float]]) -> None:
+    det = FACTORIES[name]()
+    for v, t in data:
+        before = json.dumps(det.state(), allow_nan=False) if not math.isfinite(v) else None
+        s = det.update(v, t)
+        assert 0.0 <= s <= 1.0
+        assert math.isfinite(s)
+        if before is not None:
+            assert s == 0.0
+            assert det.evidence()["skipped"] is True
+            assert json.dumps(det.state(), allow_nan=False) == before
+    json.dumps(det.state(), allow_nan=False)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_constant_series_then_a_change(name: str) -> None:
+    det = FACTORIES[name]()
+    scores = [det.update(7.0, 60.0 * i) for i in range(400)]
+    assert all(math.isfinite(s) for s in scores)
+    # A ramp away from the constant: a change for the charts, a trend for the aging detector.
+    after = [det.update(7.0 + 0.05 * (i + 1), 60.0 * (400 + i)) for i in range(400)]
+    assert max(after) > max(scores[100:] or [0.0])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_clock_never_runs_backwards(name: str) -> None:
+    det = FACTORIES[name]()
+    data = series(200)
+    shuffled = [(v, t if i % 7 else t - 1e6) for i, (v, t) in enumerate(data)]
+    scores = run(det, shuffled)
+    assert all(0.0 <= s <= 1.0 for s in scores)

@@ -1,0 +1,159 @@
+"""The engine seam: UnitJudge turns observations into ANOMALY and AGING verdicts."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import time
+
+import pytest
+
+from enmei.detect.base import StateFormatError
+from enmei.detect.charts import cusum_arl0
+from enmei.detect.pipeline import UnitJudge, cusum_h_for_arl0
+from enmei.model import Observation, VerdictKind
+
+LIMITS = {"rss_bytes": 512 * 2**20, "num_fds": 1024.0}
+
+
+def http(t: float, latency: float, probe: str = "http", ok: bool = True) -> Observation:
+    return Observation("web", probe, ok, t, 1e9 + t, {"latency_s": latency, "status": 200.0})
+
+
+def proc(t: float, rss: float, fds: float = 30.0) -> Observation:
+    return Observation("web", "proc", True, t, 1e9 + t,
+                       {"rss_bytes": rss, "num_fds": fds, "cpu_percent": 2.0, "num_threads": 8.0})
+
+
+def lat(r: random.Random, median: float = 0.02) -> float:
+    return math.exp(r.gauss(math.log(median), 0.25))
+
+
+def test_latency_shift_gives_one_anomaly_naming_the_suspect() -> None:
+    judge = UnitJudge("web", learning=200)
+    r = random.Random(0)
+    verdicts = []
+    for s in range(2000):
+        slow_items = s >= 1000
+        slow_root = s >= 1004
+        verdicts += judge.feed(http(s, lat(r) * (4 if slow_items else 1), "http:/api/items"))
+        verdicts += judge.feed(http(s, lat(r) * (1.8 if slow_root else 1), "http"))
+        verdicts += judge.feed(http(s, lat(r), "http:/api/users"))
+    assert len(verdicts) == 1
+    v = verdicts[0]
+    assert v.kind == VerdictKind.ANOMALY
+    assert v.unit == "web"
+    assert 1000 <= v.mono <= 1010
+    ev = v.evidence
+    assert ev["suspect"] == "http:/api/items"
+    assert ev["lower"] < ev["centre"] < ev["upper"] < ev["value"]
+    assert {"rule", "window", "component", "detector", "z", "ranking", "metric"} <= set(ev)
+    json.dumps(ev, allow_nan=False)
+
+
+def test_no_false_alarms_in_control() -> None:
+    judge = UnitJudge("web")
+    r = random.Random(1)
+    verdicts = [v for s in range(5000) for v in judge.feed(http(s, lat(r)))]
+    assert verdicts == []
+
+
+def test_hold_off_then_rearm() -> None:
+    judge = UnitJudge("web", learning=100, hold_off_s=60.0, quiet_s=10.0)
+    r = random.Random(2)
+    times = []
+    for s in range(600):
+        bad = 200 <= s < 300 or 400 <= s < 420
+        for v in judge.feed(http(s, lat(r) * (10 if bad else 1))):
+            times.append(v.mono)
+    assert len(times) == 2
+    assert 200 <= times[0] < 205
+    assert 400 <= times[1] < 405
+
+
+def test_failed_probes_and_bad_values_are_ignored() -> None:
+    judge = UnitJudge("web", learning=50)
+    r = random.Random(3)
+    for s in range(100):
+        judge.feed(http(s, lat(r)))
+    assert judge.feed(http(100, 50.0, ok=False)) == []
+    assert judge.feed(http(101, math.nan)) == []
+    assert judge.feed(http(102, math.inf)) == []
+    assert judge.feed(Observation("web", "tcp", True, 103.0, 0.0, {"connect_s": 9.0})) == []
+    assert judge.feed(http(99.0, lat(r))) == []  # time going backwards
+
+
+def test_leak_gives_aging_with_exhaustion_time_and_repeats_hourly() -> None:
+    judge = UnitJudge("web", aging_limits=LIMITS)
+    r = random.Random(4)
+    verdicts = []
+    rss = 100 * 2**20
+    for s in range(5 * 3600):
+        if s > 1800:
+            rss += 20_000
+        verdicts += judge.feed(proc(float(s), rss + r.gauss(0, 2**20), 30 + r.randint(0, 4)))
+    aging = [v for v in verdicts if v.kind == VerdictKind.AGING]
+    assert aging
+    assert all(v.evidence["metric"] == "rss_bytes" for v in aging)
+    first = aging[0]
+    assert first.mono - 1800 < 3600
+    ev = first.evidence
+    assert ev["exhaust_in_s"] > 0
+    assert ev["limit"] == LIMITS["rss_bytes"]
+    assert ev["slope_per_s"] == pytest.approx(20_000, rel=0.2)
+    gaps = [b.mono - a.mono for a, b in itertools.pairwise(aging)]
+    assert all(g >= 3600 for g in gaps)
+
+
+def test_reset_forgets_aging() -> None:
+    judge = UnitJudge("web", aging_limits=LIMITS)
+    for s in range(1000):
+        judge.feed(proc(float(s), 1e8 + 1000 * s))
+    assert judge.aging
+    judge.reset()
+    assert not judge.aging
+    judge.reset(latency=True)
+    assert not judge.narrower.detectors
+
+
+def test_state_round_trip_gives_identical_verdicts() -> None:
+    def stream(judge: UnitJudge, start: int, stop: int) -> list[tuple[float, str, str]]:
+        r = random.Random(start)
+        out = []
+        for s in range(start, stop):
+            out += judge.feed(http(s, lat(r) * (5 if s > 900 else 1)))
+            out += judge.feed(proc(float(s), 1e8 + 30_000 * s + r.gauss(0, 1e6)))
+        return [(v.mono, v.kind.value, v.summary) for v in out]
+
+    a = UnitJudge("web", aging_limits=LIMITS, learning=200)
+    stream(a, 0, 800)
+    b = UnitJudge.from_state(json.loads(json.dumps(a.state(), allow_nan=False)))
+    c = UnitJudge("other")
+    c.restore(a.state())
+    tail_a, tail_b, tail_c = stream(a, 800, 5000), stream(b, 800, 5000), stream(c, 800, 5000)
+    assert tail_a
+    assert tail_a == tail_b == tail_c
+    with pytest.raises(StateFormatError):
+        UnitJudge.from_state({**a.state(), "kind": "novelty"})
+
+
+def test_cost_per_observation() -> None:
+    judge = UnitJudge("web", aging_limits=LIMITS)
+    r = random.Random(5)
+    obs = []
+    for s in range(3000):
+        obs.append(http(s, lat(r), "http:/a"))
+        obs.append(http(s, lat(r), "http:/b"))
+        obs.append(proc(float(s), 1e8 + r.gauss(0, 1e6)))
+    started = time.perf_counter()
+    for o in obs:
+        judge.feed(o)
+    per = (time.perf_counter() - started) / len(obs)
+    assert per < 200e-6  # the aim is < 50 µs; leave room for a loaded test machine
+
+
+def test_cusum_limit_for_arl() -> None:
+    h = cusum_h_for_arl0(1e6)
+    assert cusum_arl0(h, 0.5) == pytest.approx(1e6, rel=1e-6)
