@@ -8,10 +8,14 @@ This module is a leaf: it imports nothing from enmei.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Protocol, runtime_checkable
+from collections.abc import Awaitable
+from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "SystemClock"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "within"]
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -72,3 +76,26 @@ class FakeClock(SystemClock):
         for _, fut in sorted(due, key=lambda p: p[0]):
             if not fut.done():
                 fut.set_result(None)
+
+
+async def within(clock: Clock, aw: Awaitable[T], timeout_s: float) -> T:
+    """Await ``aw`` for at most ``timeout_s`` of ``clock`` time; on timeout cancel it, raise ``TimeoutError``.
+
+    Like ``asyncio.wait_for``, but on the injected clock, so a ``FakeClock`` drives deadlines too. Pass
+    ``asyncio.shield(fut)`` to keep a future alive past the timeout.
+    """
+    task = asyncio.ensure_future(aw)
+    timer = asyncio.ensure_future(clock.sleep(timeout_s))
+    try:
+        done, _ = await asyncio.wait({task, timer}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        timer.cancel()
+        raise
+    if task in done:
+        timer.cancel()
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise TimeoutError(f"not done within {timeout_s:g}s")

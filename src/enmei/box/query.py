@@ -56,7 +56,7 @@ class Reader:
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
     def get(self, seq: int) -> Record | None:
-        row = self.conn.execute(f"SELECT {_COLS} FROM records WHERE seq = ?", (seq,)).fetchone()
+        row = self.conn.execute(f"SELECT {_COLS} FROM records WHERE seq = ?", (seq,)).fetchone()  # noqa: S608
         return _record(row) if row else None
 
     def last_seq(self) -> int:
@@ -70,8 +70,8 @@ class Reader:
     def tail(self, n: int = 20, *, unit: str | None = None, kinds: list[str] | None = None) -> list[Record]:
         """The newest ``n`` records (oldest first), optionally of one unit and some kinds."""
         where, args = self._where(unit, kinds, None, None)
-        rows = self.conn.execute(f"SELECT {_COLS} FROM records{where} ORDER BY seq DESC LIMIT ?",
-                                 (*args, n)).fetchall()
+        sql = f"SELECT {_COLS} FROM records{where} ORDER BY seq DESC LIMIT ?"  # noqa: S608 - placeholders only
+        rows = self.conn.execute(sql, (*args, n)).fetchall()
         return [_record(r) for r in reversed(rows)]
 
     def records(self, *, unit: str | None = None, kinds: list[str] | None = None,
@@ -79,7 +79,7 @@ class Reader:
                 limit: int | None = None) -> Iterator[Record]:
         """Records in seq order after ``since_seq`` / from ``since_wall``, filtered."""
         where, args = self._where(unit, kinds, since_seq, since_wall)
-        sql = f"SELECT {_COLS} FROM records{where} ORDER BY seq"
+        sql = f"SELECT {_COLS} FROM records{where} ORDER BY seq"  # noqa: S608 - placeholders only
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)

@@ -32,7 +32,7 @@ from typing import Any
 from enmei.box.record import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
 from enmei.errors import BoxError
 
-__all__ = ["Journal", "SCHEMA"]
+__all__ = ["SCHEMA", "Journal"]
 
 log = logging.getLogger(__name__)
 

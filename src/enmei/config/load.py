@@ -105,8 +105,8 @@ def _problems(text: str, path: Path) -> list[ConfigError]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(exc))
-        line = int(m.group(1)) if m else None
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(exc))
+        line = int(m.group(1)) if m else (len(text.splitlines()) or 1 if "end of document" in str(exc) else None)
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         return [ConfigError(f"not valid TOML: {msg}", file=file, line=line)]
     try:
         cfg = Config.model_validate(data)
@@ -141,10 +141,8 @@ def _real_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     out: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, Mapping) and part in node:
-            out.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if (isinstance(node, Mapping) and part in node) or in_list:
             out.append(part)
             node = node[part]
         elif isinstance(node, Mapping) and isinstance(part, str) and part.startswith(("function-", "lax-")):

@@ -265,22 +265,17 @@ class Config(_Model):
         # ``backend`` may be left out for the embedded default, the process backend.
         if isinstance(v, Mapping):
             out: dict[str, Any] = {}
-            for name, unit in v.items():
+            for name, raw in v.items():
+                unit = raw
+                if not _NAME.match(str(name)):
+                    raise ValueError(
+                        f"unit name {name!r}: use letters, digits, '_', '.', '-' (64 at most), "
+                        "starting with a letter or digit"
+                    )
                 if isinstance(unit, Mapping) and "backend" not in unit:
                     unit = {"backend": "process", **unit}
                 out[name] = unit
             return out
-        return v
-
-    @field_validator("units")
-    @classmethod
-    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for name in v:
-            if not _NAME.match(name):
-                raise ValueError(
-                    f"unit name {name!r}: use letters, digits, '_', '.', '-' (64 at most), "
-                    "starting with a letter or digit"
-                )
         return v
 
 

@@ -1,14 +1,33 @@
-"""``[units.NAME]`` with ``backend = "qemu"``: the keys of a virtual-machine unit."""
+"""``[units.NAME]`` with ``backend = "qemu"``: the keys of a virtual-machine unit.
+
+A VM unit looks like this (every key has a default)::
+
+    [units.vm]
+    backend = "qemu"
+    image = "default"             # built by ``enmei image build``, or a path to an image directory
+    memory_mib = 256
+    accel = "auto"                # probe KVM once with a bounded test boot, else TCG
+    forward = ["8080:80"]         # host 127.0.0.1:8080 -> guest port 80 (host side is loopback only)
+    phase_snapshot = "service-ready"
+
+Guest networking is QEMU user mode with ``restrict=on``: the guest reaches nothing on the host or
+beyond, except the forwarded ports (host to guest, on 127.0.0.1) and the ``guestfwd`` commands (guest
+connections to 10.0.2.100:PORT go to a local command's stdin/stdout).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
 
 from enmei.config.model import _UnitBase
 
-__all__ = ["QemuUnit"]
+__all__ = ["GUEST_PHASES", "QemuUnit"]
+
+# The boot phases the guest's init prints, in order (see ``enmei.visor.qemu.guest``).
+GUEST_PHASES = ("kernel", "userspace", "network", "service-ready")
 
 
 class QemuUnit(_UnitBase):
@@ -20,16 +39,50 @@ class QemuUnit(_UnitBase):
     cpus: int = Field(default=1, ge=1, le=64)
     accel: Literal["auto", "tcg", "kvm"] = "auto"
     forward: list[str] = Field(default_factory=list)  # "HOSTPORT:GUESTPORT", host side on 127.0.0.1
-    ready_timeout_s: float = Field(default=60.0, gt=0)
+    guestfwd: list[str] = Field(default_factory=list)  # "GUESTPORT=COMMAND": 10.0.2.100:PORT -> command
+    ready_timeout_s: float = Field(default=60.0, gt=0)  # boot to service-ready (and data-ready)
     phase_snapshot: str | None = "service-ready"  # boot phase to snapshot for phase-based reboot
-    data_disk_mib: int = Field(default=64, ge=1)
+    data_disk_mib: int = Field(default=64, ge=1, le=1_048_576)
+    panic_action: Literal["pause", "exit"] = "pause"  # what QEMU does when the guest panics
+    kernel_args: list[str] = Field(default_factory=list)  # appended to the guest kernel command line
+    qmp_timeout_s: float = Field(default=10.0, gt=0)  # bound on any one QMP command
     extra_args: list[str] = Field(default_factory=list)
 
     @field_validator("forward")
     @classmethod
     def _forwards(cls, items: list[str]) -> list[str]:
+        hosts: set[str] = set()
         for item in items:
             a, sep, b = item.partition(":")
             if not sep or not a.isdigit() or not b.isdigit():
                 raise ValueError(f"{item!r} is not HOSTPORT:GUESTPORT")
+            if not (0 < int(a) < 65536 and 0 < int(b) < 65536):
+                raise ValueError(f"{item!r}: ports are 1..65535")
+            if a in hosts:
+                raise ValueError(f"host port {a} is forwarded twice")
+            hosts.add(a)
+        return items
+
+    @field_validator("guestfwd")
+    @classmethod
+    def _guestfwd(cls, items: list[str]) -> list[str]:
+        for item in items:
+            port, sep, command = item.partition("=")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not command.strip():
+                raise ValueError(f"{item!r} is not GUESTPORT=COMMAND")
+        return items
+
+    @field_validator("phase_snapshot")
+    @classmethod
+    def _phase(cls, phase: str | None) -> str | None:
+        if phase is not None and phase not in GUEST_PHASES:
+            raise ValueError(f"{phase!r} is not a boot phase; use one of {', '.join(GUEST_PHASES)}")
+        return phase
+
+    @field_validator("kernel_args")
+    @classmethod
+    def _kernel_args(cls, items: list[str]) -> list[str]:
+        for item in items:
+            if not item or re.search(r"\s", item):
+                raise ValueError(f"{item!r}: one kernel argument per item, without spaces")
         return items

@@ -44,6 +44,7 @@ class Faults:
         self.latency_endpoint: str | None = None
         self.error_rate = 0.0
         self.hung = threading.Event()
+        self.ignore_term = threading.Event()
         self.leaked: list[bytearray] = []
         self.leaked_bytes = 0
 
@@ -81,7 +82,7 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def log_message(self, format: str, *args: Any) -> None:
-            sys.stderr.write("%s %s\n" % (time.strftime("%H:%M:%S"), format % args))
+            sys.stderr.write(f"{time.strftime('%H:%M:%S')} {format % args}\n")
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
             data = (json.dumps(body) + "\n").encode()
@@ -104,8 +105,8 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
                 self._admin(url.path, q)
                 return
             if faults.hung.is_set():
-                faults.hung.wait(3600)  # never answers while hung
-                return
+                while True:  # never answers while hung (the connection stays open)
+                    time.sleep(3600)
             with faults.lock:
                 latency = faults.latency_ms
                 endpoint = faults.latency_endpoint
@@ -148,7 +149,7 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
                     _crash(how)
                 elif path == "/admin/hang":
                     if q.get("ignore_term") in ("1", "true", "yes"):
-                        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                        faults.ignore_term.set()  # the SIGTERM handler (main thread) checks it
                     faults.hung.set()
                     self._send(200, {"hung": True})
                 elif path == "/admin/reset":
@@ -182,10 +183,12 @@ def serve(port: int, faults: Faults | None = None) -> None:
     threading.Thread(target=faults.leak_loop, daemon=True, name="leak").start()
 
     def _term(signum: int, frame: object) -> None:
+        if faults.ignore_term.is_set():
+            sys.stderr.write("demo service: SIGTERM ignored (hung on purpose)\n")
+            return
         threading.Thread(target=server.shutdown, daemon=True).start()
 
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGTERM, _term)
     sys.stderr.write(f"demo service {VERSION} listening on 127.0.0.1:{port} (pid {os.getpid()})\n")
     sys.stderr.flush()
     try:

@@ -65,6 +65,23 @@ log = logging.getLogger(__name__)
 
 Subscriber = Callable[[int, str, str, Mapping[str, Any]], None]
 JudgeFactory = Callable[[str, UnitBase], Any]
+BackendFactory = Callable[["Engine"], Backend]
+
+
+def _process_backend(engine: Engine) -> Backend:
+    return ProcessBackend(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit,
+                          base_dir=engine.loaded.base_dir)
+
+
+def _qemu_backend(engine: Engine) -> Backend:
+    from enmei.visor.qemu import QemuBackend  # heavy and optional: only when a VM unit exists
+
+    backend: Backend = QemuBackend(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit,
+                                   verdict=engine.emit_verdict)
+    return backend
+
+
+DEFAULT_BACKENDS: dict[str, BackendFactory] = {"process": _process_backend, "qemu": _qemu_backend}
 
 
 @dataclass(frozen=True)
@@ -85,7 +102,7 @@ class Engine:
         journal: Journal,
         clock: Clock | None = None,
         policy: Policy | None = None,
-        backends: Mapping[str, Backend] | None = None,
+        backends: Mapping[str, BackendFactory] | None = None,
         judge_factory: JudgeFactory | None = None,
     ) -> None:
         self.loaded = loaded
@@ -96,7 +113,8 @@ class Engine:
         self.state_dir = loaded.state_dir
         self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
         self.subscribers: list[Subscriber] = []
-        self._backends: dict[str, Backend] = dict(backends or {})
+        self._factories: dict[str, BackendFactory] = {**DEFAULT_BACKENDS, **(backends or {})}
+        self._backends: dict[str, Backend] = {}
         self._judge_factory = judge_factory
         self.units: dict[str, UnitRuntime] = {}
         self.judges: dict[str, Any] = {}
@@ -145,7 +163,10 @@ class Engine:
         """Supervise until ``stop()``. Returns after the units are stopped and the journal flushed."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        self.journal.on_trouble = lambda err: loop.call_soon_threadsafe(self._journal_trouble, err)
+        def trouble(err: str | None) -> None:  # called from the journal's writer thread
+            loop.call_soon_threadsafe(self._journal_trouble, err)
+
+        self.journal.on_trouble = trouble
         self.record(RecordKind.SUPERVISOR, None, {
             "event": "started", "pid": os.getpid(), "config": str(self.loaded.path),
             "config_sha256": self.loaded.sha256, "units": sorted(self.config.units),
@@ -174,19 +195,13 @@ class Engine:
     # -- building ----------------------------------------------------------------------------------
 
     def backend(self, kind: str) -> Backend:
+        """The backend for units of ``kind``, made on first use."""
         b = self._backends.get(kind)
         if b is None:
-            if kind == "process":
-                b = ProcessBackend(clock=self.clock, state_dir=self.state_dir, emit=self._emit,
-                                   base_dir=self.loaded.base_dir)
-            elif kind == "qemu":
-                from enmei.visor.qemu import QemuBackend  # heavy and optional: only when used
-
-                b = QemuBackend(clock=self.clock, state_dir=self.state_dir, emit=self._emit,
-                                verdict=self._emit_verdict)
-            else:
+            factory = self._factories.get(kind)
+            if factory is None:
                 raise EnmeiError(f"unknown backend {kind!r}")
-            self._backends[kind] = b
+            b = self._backends[kind] = factory(self)
         return b
 
     def _build_units(self) -> None:
@@ -240,10 +255,12 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _emit(self, event: UnitEvent) -> None:
+    def emit(self, event: UnitEvent) -> None:
+        """Where backends report facts about units (thread-unsafe: call from the loop)."""
         self.queue.put_nowait(event)
 
-    def _emit_verdict(self, verdict: Verdict) -> None:
+    def emit_verdict(self, verdict: Verdict) -> None:
+        """Where backends report their own judgements (a guest's panic)."""
         self.queue.put_nowait(verdict)
 
     async def _consume(self) -> None:
@@ -382,7 +399,8 @@ class Engine:
             self.record(RecordKind.DECISION, d.unit, body)
             log.warning("decision rejected: %s", problem)
             return
-        assert unit is not None and remedy_cls is not None
+        assert unit is not None
+        assert remedy_cls is not None
         if unit.remedy is not None:
             body["suppressed"] = f"remedy {unit.remedy.remedy_id} ({unit.remedy.action}) is running"
             self.record(RecordKind.DECISION, d.unit, body)
@@ -526,8 +544,8 @@ class Engine:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()
-        self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": self._leave_running and [
-            n for n, u in self.units.items() if u.alive()] or []})
+        self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": (self._leave_running and [
+            n for n, u in self.units.items() if u.alive()]) or []})
         await self.journal.aflush(timeout_s=10.0)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from enmei.clock import within
 from enmei.errors import EnmeiError, StateError
 from enmei.model import Outcome, RemedyState
 from enmei.remedy.base import Remedy, Result, UnitControl
@@ -65,8 +66,7 @@ class RemedyRun:
             self.started_mono = clock.monotonic()
             deadline = self.remedy.deadline_s(self.unit, self.args)
             try:
-                async with asyncio.timeout(deadline):
-                    result = await self.remedy.run(self.unit, self.args)
+                result = await within(clock, self.remedy.run(self.unit, self.args), deadline)
             except TimeoutError:
                 result = Result(RemedyState.TIMED_OUT, f"did not finish within {deadline:g}s")
             except EnmeiError as exc:

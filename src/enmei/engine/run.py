@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from enmei.clock import Clock
 from enmei.config.load import LoadedConfig
@@ -17,7 +18,7 @@ from enmei.policy.base import Policy
 
 __all__ = ["supervise"]
 
-Hook = Callable[[Engine], Awaitable[None]]
+Hook = Callable[[Engine], Coroutine[Any, Any, None]]
 
 
 async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock: Clock | None = None,

@@ -27,10 +27,8 @@ class _Stat:
     def add(self, v: float) -> None:
         self.count += 1
         self.total += v
-        if v < self.min:
-            self.min = v
-        if v > self.max:
-            self.max = v
+        self.min = min(self.min, v)
+        self.max = max(self.max, v)
         self.last = v
 
 

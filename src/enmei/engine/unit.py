@@ -21,7 +21,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from enmei.clock import Clock
+from enmei.clock import Clock, within
 from enmei.config.model import UnitBase, probe_name
 from enmei.detect.failures import ProbeFailures
 from enmei.errors import StartError, StateError
@@ -162,7 +162,7 @@ class UnitRuntime:
         if fut is None:
             return "was not started"
         try:
-            detail = await asyncio.wait_for(asyncio.shield(fut), timeout=hold) if hold > 0 else None
+            detail = await within(self.clock, asyncio.shield(fut), hold) if hold > 0 else None
         except TimeoutError:
             detail = None
         if detail is None and fut.done():

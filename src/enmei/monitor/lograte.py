@@ -6,6 +6,7 @@ again from its start. At most ``max_read`` bytes are read per observation, so a 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from pathlib import Path
@@ -41,9 +42,7 @@ class LogProbe(Probe):
             self._offset = 0 if self._offset is not None else size
         data = b""
         if size > self._offset:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read(min(size - self._offset, self.max_read))
+            data = await asyncio.to_thread(self._read, self.path, self._offset, min(size - self._offset, self.max_read))
             self._offset += len(data)
         elapsed = now - self._last if self._last is not None else self.interval_s
         self._last = now
@@ -53,3 +52,9 @@ class LogProbe(Probe):
             matching = sum(1 for line in data.splitlines() if self.pattern.search(line))
             values["matches_per_s"] = matching / max(elapsed, 1e-6)
         return self._obs(True, values, None, now)
+
+    @staticmethod
+    def _read(path: Path, offset: int, n: int) -> bytes:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read(n)

@@ -45,10 +45,10 @@ class BuiltinPolicy:
                 return [Decision("rejuvenate", unit.name, f"aging: {event.summary}", {"window_s": window},
                                  policy=self.version, rule="aging-rejuvenate")]
             return []
-        if isinstance(event, Outcome):
-            if event.state is not RemedyState.SUCCEEDED and event.action in _RETRY_AFTER and not unit.alive:
-                return [self._restart_or_escalate(unit, "retry-after-failure",
-                                                  f"{event.action} {event.state}: {event.detail}")]
+        if (isinstance(event, Outcome) and event.state is not RemedyState.SUCCEEDED
+                and event.action in _RETRY_AFTER and not unit.alive):
+            return [self._restart_or_escalate(unit, "retry-after-failure",
+                                              f"{event.action} {event.state}: {event.detail}")]
         return []
 
     def _restart_or_escalate(self, unit: UnitView, rule: str, reason: str) -> Decision:

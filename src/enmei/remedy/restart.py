@@ -39,7 +39,8 @@ class Restart(Remedy):
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
-        return float(args.get("delay_s", 0.0)) + spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s
+        delay = float(args.get("delay_s", 0.0))
+        return delay + float(spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         delay = float(args.get("delay_s", 0.0))
@@ -60,7 +61,7 @@ class Start(Remedy):
     description: ClassVar[str] = "start a unit that is not running"
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
-        return unit.spec.start_s + unit.spec.restart.deadline_s
+        return float(unit.spec.start_s + unit.spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         if unit.alive():
@@ -95,7 +96,7 @@ class Escalate(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         retry = float(args.get("retry_in_s", spec.escalate.retry_every_s))
-        return retry + spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s
+        return retry + float(spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         spec = unit.spec

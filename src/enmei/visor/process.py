@@ -24,13 +24,13 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import psutil
 
+from enmei.clock import within
 from enmei.config.model import ProcessUnit
 from enmei.errors import IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
@@ -48,9 +48,9 @@ class _Running:
     """One running unit: its identity, its pidfd, and how it ends."""
 
     identity: Identity
-    pidfd: int
+    pidfd: int  # pins the process (a fake backend keeps -1)
     popen: subprocess.Popen[bytes] | None  # None when adopted (not our child: no exit code)
-    proc: psutil.Process
+    proc: psutil.Process | None
     spec: ProcessUnit
     started_mono: float
     stopping: bool = False
@@ -83,51 +83,27 @@ class ProcessBackend(Backend):
         out_fd = os.open(self._log_file(name, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         err_fd = os.open(self._log_file(name, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         try:
-            popen = subprocess.Popen(
-                spec.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                start_new_session=True, close_fds=True,
-            )
-        except FileNotFoundError as exc:
-            raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc
-        except PermissionError as exc:
-            raise StartError(name, "start", f"command {spec.command[0]!r} is not executable") from exc
-        except OSError as exc:
-            raise StartError(name, "start", f"{spec.command[0]!r}: {exc}") from exc
+            pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_fd, err_fd)
         finally:
             os.close(out_fd)
             os.close(err_fd)
-        try:
-            pidfd = os.pidfd_open(popen.pid)
-            proc = psutil.Process(popen.pid)
-            create_time = proc.create_time()
-        except (OSError, psutil.Error) as exc:  # it died already and was reaped? keep the exit code
-            popen.wait()
-            raise StartError(name, "start", f"exited at once with code {popen.returncode}") from exc
-        identity = Identity(unit=name, backend=self.kind, pid=popen.pid, create_time=create_time,
-                            started_wall=self.clock.wall(), extra={"pgid": popen.pid})
-        self._watch(name, _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic()))
+        identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=create_time,
+                            started_wall=self.clock.wall(), extra={"pgid": pid})
+        self._units[name] = run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
+        self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(),
-                            {"pid": popen.pid, "command": list(spec.command)}))
+                            {"pid": pid, "command": list(spec.command)}))
         return identity
 
     async def adopt(self, name: str, spec: Any, identity: Identity) -> bool:
         if not isinstance(spec, ProcessUnit) or name in self._units:
             return False
-        try:
-            proc = psutil.Process(identity.pid)
-            if abs(proc.create_time() - identity.create_time) > _CREATE_TIME_TOLERANCE_S:
-                return False  # the pid was recycled: not ours
-            pidfd = os.pidfd_open(identity.pid)
-            # Re-check after opening: from here on the pidfd pins this exact process.
-            if abs(psutil.Process(identity.pid).create_time() - identity.create_time) > _CREATE_TIME_TOLERANCE_S:
-                os.close(pidfd)
-                return False
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                os.close(pidfd)
-                return False
-        except (psutil.Error, OSError):
+        pinned = self._pin(identity)
+        if pinned is None:
             return False
-        self._watch(name, _Running(identity, pidfd, None, proc, spec, self.clock.monotonic()))
+        pidfd, proc = pinned
+        self._units[name] = run = _Running(identity, pidfd, None, proc, spec, self.clock.monotonic())
+        self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
         return True
 
@@ -154,12 +130,8 @@ class ProcessBackend(Backend):
         return run.identity if run else None
 
     async def close(self) -> None:
-        loop = asyncio.get_running_loop()
         for run in list(self._units.values()):
-            with contextlib.suppress(Exception):
-                loop.remove_reader(run.pidfd)
-            with contextlib.suppress(OSError):
-                os.close(run.pidfd)
+            self._unwatch(run)
         self._units.clear()
 
     # -- monitor API -------------------------------------------------------------------------------
@@ -168,7 +140,7 @@ class ProcessBackend(Backend):
         run = self._units.get(name)
         if run is None:
             raise VisorError(name, "stats", "not running")
-        return process_stats(run.proc)
+        return self._stats(run)
 
     def log_path(self, name: str, stream: str) -> Path | None:
         if stream not in ("stdout", "stderr"):
@@ -186,27 +158,13 @@ class ProcessBackend(Backend):
     def _log_file(self, name: str, stream: str) -> Path:
         return self.log_dir / f"{name}.{stream}.log"
 
-    def _watch(self, name: str, run: _Running) -> None:
-        self._units[name] = run
-        asyncio.get_running_loop().add_reader(run.pidfd, self._on_exit, name, run)
-
     def _on_exit(self, name: str, run: _Running) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(run.pidfd)
-        code: int | None = None
-        sig: int | None = None
-        if run.popen is not None:
-            rc = run.popen.wait()
-            if rc < 0:
-                sig = -rc
-            else:
-                code = rc
-        os.close(run.pidfd)
+        """The unit's leader ended: reap it, end its stragglers, tell the engine."""
+        self._unwatch(run)
+        code, sig = self._reap(run)
         if self._units.get(name) is run:
             del self._units[name]
-        # Stragglers of the group (children the leader left) are ended too: a unit is its group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.identity.pid, signal.SIGKILL)
+        self._end_group(run)
         uptime = self.clock.monotonic() - run.started_mono
         detail: dict[str, Any] = {"pid": run.identity.pid, "code": code,
                                   "signal": signal.Signals(sig).name if sig else None,
@@ -220,10 +178,80 @@ class ProcessBackend(Backend):
 
     async def _wait_done(self, run: _Running, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(asyncio.shield(run.done), timeout=timeout_s)
+            await within(self.clock, asyncio.shield(run.done), timeout_s)
         except TimeoutError:
             return False
         return True
+
+    # -- the operating-system edge (a fake backend overrides only these) ---------------------------
+
+    def _spawn(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], out_fd: int,
+               err_fd: int) -> tuple[int, subprocess.Popen[bytes] | None, int, psutil.Process | None, float]:
+        """Start the command in a new session; returns (pid, popen, pidfd, psutil handle, create time)."""
+        try:
+            popen = subprocess.Popen(
+                spec.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
+                start_new_session=True, close_fds=True,
+            )
+        except FileNotFoundError as exc:
+            raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc
+        except PermissionError as exc:
+            raise StartError(name, "start", f"command {spec.command[0]!r} is not executable") from exc
+        except OSError as exc:
+            raise StartError(name, "start", f"{spec.command[0]!r}: {exc}") from exc
+        try:
+            pidfd = os.pidfd_open(popen.pid)
+            proc = psutil.Process(popen.pid)
+            create_time = proc.create_time()
+        except (OSError, psutil.Error) as exc:  # already gone: keep the exit code
+            popen.wait()
+            raise StartError(name, "start", f"exited at once with code {popen.returncode}") from exc
+        return popen.pid, popen, pidfd, proc, create_time
+
+    def _pin(self, identity: Identity) -> tuple[int, psutil.Process | None] | None:
+        """A pidfd and psutil handle for a saved identity, or None if that process is gone or not ours."""
+        try:
+            proc = psutil.Process(identity.pid)
+            if abs(proc.create_time() - identity.create_time) > _CREATE_TIME_TOLERANCE_S:
+                return None  # the pid was recycled: not ours
+            pidfd = os.pidfd_open(identity.pid)
+            # Re-check after opening: from here on the pidfd pins this exact process.
+            same = abs(psutil.Process(identity.pid).create_time() - identity.create_time) <= _CREATE_TIME_TOLERANCE_S
+            if not same or proc.status() == psutil.STATUS_ZOMBIE:
+                os.close(pidfd)
+                return None
+        except (psutil.Error, OSError):
+            return None
+        return pidfd, proc
+
+    def _watch(self, name: str, run: _Running) -> None:
+        """Call ``_on_exit`` when the process ends (the pidfd becomes readable)."""
+        asyncio.get_running_loop().add_reader(run.pidfd, self._on_exit, name, run)
+
+    def _unwatch(self, run: _Running) -> None:
+        with contextlib.suppress(Exception):
+            asyncio.get_running_loop().remove_reader(run.pidfd)
+        with contextlib.suppress(OSError):
+            os.close(run.pidfd)
+
+    def _reap(self, run: _Running) -> tuple[int | None, int | None]:
+        """(exit code, signal number) of an ended process; both None for an adopted one."""
+        if run.popen is None:
+            return None, None
+        rc = run.popen.wait()
+        return (None, -rc) if rc < 0 else (rc, None)
+
+    def _end_group(self, run: _Running) -> None:
+        """End what the leader left in its group (a unit is its whole group)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(run.identity.pid, signal.SIGKILL)
+
+    def _stats(self, run: _Running) -> dict[str, float]:
+        assert run.proc is not None
+        try:
+            return process_stats(run.proc)
+        except psutil.Error as exc:
+            raise VisorError(run.identity.unit, "stats", str(exc)) from exc
 
     def _signal_group(self, run: _Running, sig: signal.Signals) -> None:
         """Signal the unit's process group, after checking through the pidfd that the leader is ours."""
@@ -328,9 +356,3 @@ def port_owner(port: int) -> tuple[int, str] | None:
     except (psutil.AccessDenied, OSError):
         return None
     return None
-
-
-def identity_matches(identity: Identity, saved: Mapping[str, Any]) -> bool:
-    """Whether a saved identity (JSON form) names the same process as ``identity``."""
-    return (int(saved.get("pid", -1)) == identity.pid
-            and abs(float(saved.get("create_time", 0.0)) - identity.create_time) <= _CREATE_TIME_TOLERANCE_S)

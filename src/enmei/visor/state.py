@@ -8,6 +8,7 @@ old or the new file, never half of one. A file that cannot be read is set aside 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -38,10 +39,8 @@ class StateFile:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             log.error("unit state %s unreadable (%s); moved to %s", self.path, exc, aside)
-            try:
+            with contextlib.suppress(OSError):
                 os.replace(self.path, aside)
-            except OSError:
-                pass
             return {}
 
     def save(self, units: dict[str, Identity]) -> None:
