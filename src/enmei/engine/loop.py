@@ -127,6 +127,7 @@ class Engine:
         self._leave_running = False
         self._summaries = Summaries()
         self._next_summary = 0.0
+        self._outcome_seq: dict[str, int] = {}
         self.started = asyncio.Event()
         self.handled = 0
 
@@ -281,7 +282,7 @@ class Engine:
         elif isinstance(item, UnitEvent):
             self._on_unit_event(item)
         elif isinstance(item, Outcome):
-            self._decide(item, None)
+            self._decide(item, self._outcome_seq.pop(item.remedy_id, None))
         elif isinstance(item, Verdict):
             seq = self.record(RecordKind.VERDICT, item.unit, as_dict(item))
             self._decide(item, seq)
@@ -363,19 +364,24 @@ class Engine:
     # -- policy and remedies -----------------------------------------------------------------------
 
     def _decide(self, event: Event, cause_seq: int | None) -> None:
+        view = self.view()
         try:
-            decisions = self.policy.decide(event, self.view())
+            decisions = self.policy.decide(event, view)
         except Exception as exc:
             log.exception("policy %s failed", self.policy.version)
             self.record(RecordKind.POLICY, getattr(event, "unit", None), {
                 "event": "error", "policy": self.policy.version, "error": f"{type(exc).__name__}: {exc}"})
             return
         for d in decisions:
-            self._execute(d, cause_seq)
+            self._execute(d, cause_seq, view)
 
-    def _execute(self, d: Decision, cause_seq: int | None) -> None:
+    def _execute(self, d: Decision, cause_seq: int | None, view: View | None = None) -> None:
         body: dict[str, Any] = {"action": d.action, "reason": d.reason, "args": dict(d.args), "policy": d.policy,
                                 "rule": d.rule, "cause_seq": cause_seq, "not_before": d.not_before}
+        if view is not None and d.unit in view.units:
+            # The evidence the policy saw: replay feeds the same event and view to another policy.
+            body["view"] = view.units[d.unit].as_dict()
+            body["now"] = view.now
         unit = self.units.get(d.unit)
         problem: str | None = None
         remedy_cls = REMEDIES.get(d.action)
@@ -427,10 +433,11 @@ class Engine:
         finally:
             if unit.remedy is run:
                 unit.remedy = None
-        self.record(RecordKind.REMEDY_OUTCOME, unit.name, {
+        seq = self.record(RecordKind.REMEDY_OUTCOME, unit.name, {
             **as_dict(outcome), "decision_seq": run.decision_seq, "duration_s": round(outcome.duration_s, 4),
             "unit_state": str(unit.state)})
         if outcome.state is not RemedyState.CANCELLED:
+            self._outcome_seq[run.remedy_id] = seq
             self.queue.put_nowait(outcome)
         return outcome
 
