@@ -11,19 +11,22 @@ How a score is made, one sample at a time:
    ``round(season_s / interval)`` with the range of the seasonal differences seen so far. Then it
    replays the stored samples through step 2 to learn their contexts. (That one sample costs
    O(learning); every other costs O(1).)
-2. **Contexts.** For each grid resolution ``r`` in ``resolutions`` the sample yields keys in several
-   families: the value's cell; the cells of the last three values; the cell of the mean of the last 16;
-   the (hour of day, cell) pair. Plus, once: the log-scaled spread of the last 16 values, and for the
-   seasonal view the cell of ``x - x[lag]`` (how the value differs from one season ago).
-   Cells are unbounded integers, so a value far outside the learning range lands in a new cell.
+2. **Contexts.** Each sample yields keys in several *families*. For each grid resolution ``r`` in
+   ``resolutions`` (cells of width ``(hi - lo) / r``): ``sequence``, the cells of the last three
+   values; ``mean``, the cell of the mean of the last 16; ``hour``, the pair (hour of day, cell).
+   Once: ``spread``, the log-scaled range of the last 16 values; ``trend``, the cell (resolution 8)
+   of the mean of the last 128; ``season``, the cell of ``x - x[lag]``, how the value differs from
+   one season ago; and, with weight 0 by default, ``value``, the value's own cell. Cells are
+   unbounded integers, so a value far outside the learning range lands in a new cell.
 3. **Surprise.** Each family counts its keys. A key never seen before scores ``-ln((N1 + 1)/(n + 2))``
    (Good–Turing: ``N1`` keys seen exactly once among ``n`` observations estimate how likely *some* new
-   key is); a known key scores 0. Family surprises are averaged over resolutions and summed; the sum
-   divided by ``theta`` is the evidence ``e``.
+   key is); a known key scores 0. Family surprises (averaged over resolutions) are weighted
+   (``weights``) and summed; the sum divided by ``theta`` is the evidence ``e``.
 4. **Range break.** If the value leaves the running ``[min, max]`` of everything seen by more than
-   ``tolerance`` of its width, ``e += 1 + 10 * excess`` (excess in widths).
+   ``tolerance`` of its width, ``e += range_base + range_slope * excess`` (excess in widths).
 5. **Score** ``e / (1 + e)`` in [0, 1), reported only if it beats every score of the previous
-   ``rest`` samples (else 0): one alarm per episode, whatever threshold is put on it.
+   ``rest`` samples (else 0): one alarm per episode, whatever threshold is put on it. ``rest`` is
+   0.3 × ``learning`` by default.
 
 Bad input follows :mod:`enmei.detect.base` (NaN/inf skipped, clamping, monotone clock). Timestamps are
 used for the hour of day (UTC) and for the sampling interval; the seasonal comparison counts samples,
@@ -31,7 +34,7 @@ so gaps make it compare with a slightly different time of the previous season (l
 wrong). The key tables are capped at ``max_keys`` per family: when one overflows, its keys seen only
 once are forgotten (they count as new again if they come back).
 
-Memory: the learning buffer, one season of samples, and the key tables.
+Memory: the learning buffer, one season of samples, 128 recent values and the key tables.
 """
 
 from __future__ import annotations
@@ -152,10 +155,16 @@ class NoveltyDetector(StreamingDetector):
     kind: ClassVar[str] = "novelty"
 
     _SHORT = 16  # samples in the short history (mean, spread)
+    _LONG = 128  # samples in the long history (trend)
+    #: Families and their default weights in the evidence (0: not computed).
+    WEIGHTS: ClassVar[dict[str, float]] = {"value": 0.0, "sequence": 1.0, "mean": 1.0, "hour": 1.0,
+                                           "spread": 1.0, "trend": 1.0, "season": 1.0}
 
     def __init__(self, learning: int = 750, resolutions: tuple[int, ...] | list[int] = (5, 7, 9, 11),
                  seasonal_resolution: int = 8, theta: float = 8.0, rest: int | None = None,
-                 tolerance: float = 0.02, season_s: float = 86400.0, max_keys: int = 200_000) -> None:
+                 tolerance: float = 0.02, season_s: float = 86400.0, max_keys: int = 200_000,
+                 weights: dict[str, float] | None = None, range_base: float = 1.0,
+                 range_slope: float = 10.0) -> None:
         super().__init__()
         if learning < 2:
             raise ValueError("learning must be >= 2 samples")
@@ -165,16 +174,26 @@ class NoveltyDetector(StreamingDetector):
         self.resolutions = tuple(int(r) for r in resolutions)
         self.seasonal_resolution = int(seasonal_resolution)
         self.theta = float(theta)
-        self.rest = max(1, self.learning // 5) if rest is None else max(1, int(rest))
+        self.rest = max(1, (3 * self.learning) // 10) if rest is None else max(1, int(rest))
         self.tolerance = float(tolerance)
         self.season_s = float(season_s)
         self.max_keys = int(max_keys)
+        self.weights = dict(self.WEIGHTS if weights is None else weights)
+        unknown = set(self.weights) - set(self.WEIGHTS)
+        if unknown:
+            raise ValueError(f"unknown families {sorted(unknown)}; known: {sorted(self.WEIGHTS)}")
+        self._w = {f: float(self.weights.get(f, 0.0)) for f in self.WEIGHTS}
+        self.range_base = float(range_base)
+        self.range_slope = float(range_slope)
         self._learn_x: list[float] | None = []
         self._learn_t: list[float] = []
         self._grid: _Grid | None = None
         self._sgrid: _Grid | None = None
         self._lag = 0
         self._short: deque[float] = deque(maxlen=self._SHORT)
+        self._long: deque[float] = deque(maxlen=self._LONG)
+        self._long_sum = 0.0
+        self._long_age = 0  # samples since the running sum was last recomputed exactly
         self._season: deque[float] = deque(maxlen=1)
         self._fams: dict[str, _Family] = {}
         self._i = 0  # samples scored after learning
@@ -233,59 +252,78 @@ class NoveltyDetector(StreamingDetector):
         grid = self._grid
         assert grid is not None
         mk = self.max_keys
+        w = self._w
+        fam = self._fam
         short = self._short
         short.append(x)
         full = len(short) == self._SHORT
         hour = int(t // 3600.0) % 24
-        total = 0.0
-        novel: list[str] = []
         mean = sum(short) / len(short)
+        sv = ss = sm = sh = 0.0
         for res in self.resolutions:
             c = grid.cell(x, res)
-            s = self._fam(f"v{res}").see(c, mk)
-            if len(short) >= 3:
-                s += self._fam(f"s{res}").see((grid.cell(short[-3], res), grid.cell(short[-2], res), c), mk)
-            if full:
-                s += self._fam(f"m{res}").see(grid.cell(mean, res), mk)
-            s += self._fam(f"h{res}").see((hour, c), mk)
-            total += s
-        total /= len(self.resolutions)
-        if total > 0.0:
-            novel.append("context")
-        if full:
+            if w["value"]:
+                sv += fam(f"v{res}").see(c, mk)
+            if w["sequence"] and len(short) >= 3:
+                ss += fam(f"s{res}").see((grid.cell(short[-3], res), grid.cell(short[-2], res), c), mk)
+            if w["mean"] and full:
+                sm += fam(f"m{res}").see(grid.cell(mean, res), mk)
+            if w["hour"]:
+                sh += fam(f"h{res}").see((hour, c), mk)
+        k = len(self.resolutions)
+        surprises = {"value": sv / k, "sequence": ss / k, "mean": sm / k, "hour": sh / k}
+        if w["spread"] and full:
             spread = max(short) - min(short)
-            s = self._fam("spread").see(math.floor(2.0 * math.log2(spread / grid.width + 1e-6)), mk)
-            if s > 0.0:
-                novel.append("spread")
-            total += s
+            surprises["spread"] = fam("spread").see(
+                math.floor(2.0 * math.log2(spread / grid.width + 1e-6)), mk)
+        long_mean = self._push_long(x)
+        if w["trend"] and long_mean is not None:
+            surprises["trend"] = fam("trend").see(grid.cell(long_mean, 8), mk)
         diff = math.nan
         if self._lag:
             season = self._season
             season.append(x)
-            if len(season) > self._lag and self._sgrid is not None:
+            if w["season"] and len(season) > self._lag and self._sgrid is not None:
                 diff = x - season[0]
-                s = self._fam("season").see(self._sgrid.cell(diff, self.seasonal_resolution), mk)
-                if s > 0.0:
-                    novel.append("season")
-                total += s
+                surprises["season"] = fam("season").see(
+                    self._sgrid.cell(diff, self.seasonal_resolution), mk)
+        total = 0.0
+        for f, v in surprises.items():
+            total += w[f] * v
         e = total / self.theta
         excess = grid.excess(x)
+        novel = [f for f, v in surprises.items() if v > 0.0 and w[f]]
         rule = "novel_context" if novel else "none"
         if excess > self.tolerance:
-            e += 1.0 + 10.0 * excess
+            e += self.range_base + self.range_slope * excess
             rule = "range_break"
         ev: dict[str, Any] = {
             "value": x, "t": t, "centre": mean, "lower": grid.mn, "upper": grid.mx, "rule": rule,
-            "window": len(short), "surprise": total, "range_excess": excess, "novel": novel,
-            "seasonal_diff": None if math.isnan(diff) else diff,
+            "window": len(short), "surprise": total, "surprises": surprises, "range_excess": excess,
+            "novel": novel, "seasonal_diff": None if math.isnan(diff) else diff,
         }
         return e, ev
+
+    def _push_long(self, x: float) -> float | None:
+        """Append to the long history; its mean once full (a running sum, re-summed exactly)."""
+        long = self._long
+        if len(long) == self._LONG:
+            self._long_sum -= long[0]
+        long.append(x)
+        self._long_sum += x
+        self._long_age += 1
+        if self._long_age >= self._LONG:
+            self._long_sum = math.fsum(long)
+            self._long_age = 0
+        return self._long_sum / self._LONG if len(long) == self._LONG else None
 
     # -- state ----------------------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
         return {"learning": self.learning, "resolutions": list(self.resolutions),
                 "seasonal_resolution": self.seasonal_resolution, "theta": self.theta, "rest": self.rest,
-                "tolerance": self.tolerance, "season_s": self.season_s, "max_keys": self.max_keys}
+                "tolerance": self.tolerance, "season_s": self.season_s, "max_keys": self.max_keys,
+                "weights": dict(self.weights), "range_base": self.range_base,
+                "range_slope": self.range_slope}
 
     def _dump(self) -> Any:
         return {
@@ -293,6 +331,7 @@ class NoveltyDetector(StreamingDetector):
             "grid": None if self._grid is None else self._grid.dump(),
             "sgrid": None if self._sgrid is None else self._sgrid.dump(),
             "lag": self._lag, "short": list(self._short), "season": list(self._season),
+            "long": list(self._long), "long_sum": self._long_sum, "long_age": self._long_age,
             "fams": {k: f.dump() for k, f in self._fams.items()}, "i": self._i,
             "peaks": [[i, s] for i, s in self._peaks],
         }
@@ -306,6 +345,9 @@ class NoveltyDetector(StreamingDetector):
         self._lag = int(data["lag"])
         self._short = deque((float(v) for v in data["short"]), maxlen=self._SHORT)
         self._season = deque((float(v) for v in data["season"]), maxlen=self._lag + 1)
+        self._long = deque((float(v) for v in data["long"]), maxlen=self._LONG)
+        self._long_sum = float(data["long_sum"])
+        self._long_age = int(data["long_age"])
         self._fams = {str(k): _Family.load(v) for k, v in data["fams"].items()}
         self._i = int(data["i"])
         self._peaks = deque((int(i), float(s)) for i, s in data["peaks"])
