@@ -46,7 +46,8 @@ from typing import Any, ClassVar
 
 from enmei.detect.base import StreamingDetector
 
-__all__ = ["CUSUM", "EWMA", "SHEWHART_RULES", "Shewhart", "cusum_arl0", "normal_two_sided_tail"]
+__all__ = ["CUSUM", "EWMA", "SHEWHART_RULES", "Shewhart", "classic_centre_sigma", "cusum_arl0",
+           "normal_two_sided_tail", "robust_centre_sigma"]
 
 
 def normal_two_sided_tail(z: float) -> float:
