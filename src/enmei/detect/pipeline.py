@@ -18,8 +18,8 @@ or so at 1 Hz; real latencies are heavier-tailed than normal, so expect somewhat
 (``ok`` false) are left to the failure detector.
 
 When a component's score reaches ``1 - alpha`` the judge emits one ANOMALY verdict for the unit, with
-evidence: component, probe, metric, value / centre / lower / upper in seconds (the individuals limits
-``exp(centre ± L sigma)``), rule, detector (``shewhart``, ``ewma`` or ``cusum``), z, statistic,
+evidence: component, probe, metric, value / centre / lower / upper / limits in seconds (the
+individuals limits ``exp(centre ± L sigma)``), rule, detector (``shewhart``, ``ewma`` or ``cusum``), z, statistic,
 window, score, and the narrowing: ``suspect`` (the component whose deviation began first —
 at the early-warning level ``1 - onset_alpha`` — strongest among those that began within 5 s) and
 ``ranking`` (up to 5 components in an episode).
@@ -40,8 +40,8 @@ a :class:`~enmei.detect.base.Threshold`: after a verdict it is disarmed; it re-a
 **Cost.** About 15-30 µs per latency observation and a few µs per aging metric (plus, once per
 ``aging_bucket_s`` per metric, a bounded O(window²) numpy test well under a millisecond).
 
-**Bad input.** Non-finite values are skipped (no verdict, no learning); observations of other probes or
-without the metrics are ignored; timestamps (``obs.mono``) that go backwards are treated as the last
+**Bad input.** Non-finite or non-numeric values are skipped (no verdict, no learning); observations of
+other probes or without the metrics are ignored; timestamps (``obs.mono``) that go backwards are treated as the last
 one. **State.** ``state()`` / ``restore()``: a versioned plain dict holding every detector's state.
 Call ``reset()`` when the unit restarts: aging starts over (a restart frees leaked memory); pass
 ``latency=True`` to relearn the latency charts too (e.g. after an update changed the service).
@@ -74,6 +74,14 @@ def cusum_h_for_arl0(arl0: float, k: float = 0.5) -> float:
         else:
             hi = mid
     return hi
+
+
+def _number(raw: Any) -> float:
+    """A reported value as a float; anything that is not a number becomes NaN (and is skipped)."""
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 class UnitJudge:
@@ -144,12 +152,13 @@ class UnitJudge:
         values = obs.values
         t = obs.mono
         if obs.ok and self.latency_metric in values:
-            v = self._latency(obs, float(values[self.latency_metric]), t)
+            latency = _number(values[self.latency_metric])
+            v = self._latency(obs, latency, t)
             if v is not None:
                 out.append(v)
         for metric in self.aging_limits:
             if metric in values:
-                v = self._aging(obs, metric, float(values[metric]), t)
+                v = self._aging(obs, metric, _number(values[metric]), t)
                 if v is not None:
                     out.append(v)
         return out
@@ -176,6 +185,7 @@ class UnitJudge:
             "value": latency, "centre": math.exp(centre),
             "lower": math.exp(centre - self._sigmas * sigma),
             "upper": math.exp(centre + self._sigmas * sigma),
+            "limits": [math.exp(centre - self._sigmas * sigma), math.exp(centre + self._sigmas * sigma)],
             "rule": alarm.rule, "detector": ev.get("detector"), "z": ev.get("z"),
             "statistic": ev.get("statistic"), "window": ev.get("window"), "score": score,
             "alpha": self.alpha, "scale": "log", "suspect": suspect,

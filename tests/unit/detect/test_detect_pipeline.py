@@ -9,6 +9,8 @@ import random
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enmei.detect.base import StateFormatError
 from enmei.detect.charts import cusum_arl0
@@ -157,3 +159,24 @@ def test_cost_per_observation() -> None:
 def test_cusum_limit_for_arl() -> None:
     h = cusum_h_for_arl0(1e6)
     assert cusum_arl0(h, 0.5) == pytest.approx(1e6, rel=1e-6)
+
+
+bad_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.just(-1.0), st.just(0.0),
+                       st.just(1e308), st.none(), st.text(max_size=3))
+observations = st.lists(st.tuples(
+    st.sampled_from(["http", "http:/a", "proc", "tcp"]), st.booleans(),
+    st.floats(min_value=-1e6, max_value=1e6) | st.just(math.nan), bad_values, bad_values),
+    max_size=120)
+
+
+@settings(max_examples=40, deadline=None)
+@given(obs=observations)
+def test_bad_observations_never_crash(obs: list[tuple[str, bool, float, object, object]]) -> None:
+    judge = UnitJudge("web", aging_limits=LIMITS, learning=5, aging_warmup_s=0.0, aging_bucket_s=1.0,
+                      aging_min_buckets=6, aging_window=12)
+    for probe, ok, mono, a, b in obs:
+        values = {"latency_s": a, "rss_bytes": b, "num_fds": a}
+        for v in judge.feed(Observation("web", probe, ok, mono, 0.0, values)):  # type: ignore[arg-type]
+            assert v.kind in (VerdictKind.ANOMALY, VerdictKind.AGING)
+            json.dumps(v.evidence, allow_nan=False)
+    json.dumps(judge.state(), allow_nan=False)
