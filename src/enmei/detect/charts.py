@@ -118,6 +118,14 @@ def classic_centre_sigma(values: Sequence[float], individuals: bool) -> tuple[fl
     return mean, statistics.stdev(values)
 
 
+def _clipped(x: float, centre: float, sigma: float, clip: float | None) -> float:
+    """``x`` limited to ``centre ± clip * sigma`` (unchanged if ``clip`` is None)."""
+    if clip is None:
+        return x
+    lim = clip * sigma
+    return min(max(x, centre - lim), centre + lim)
+
+
 class _Chart(StreamingDetector):
     """Learning phase and the shared parameters of the charts."""
 
@@ -270,17 +278,22 @@ class EWMA(_Chart):
     """EWMA chart: ``z = lam * x + (1 - lam) * z``, limits ``centre ± L sigma_z(i)`` (exact variance).
 
     The score is ``1 - 2 Q(|z - centre| / sigma_z)``; the rule ``ewma_beyond_limit`` fires beyond
-    ``sigmas`` (so :attr:`alarm_level` is ``1 - 2 Q(sigmas)``).
+    ``sigmas`` (so :attr:`alarm_level` is ``1 - 2 Q(sigmas)``). With ``clip`` (sigmas), each value is
+    first limited to ``centre ± clip * sigma``: one wild sample then moves the statistic by at most
+    ``lam * clip`` sigmas, while a sustained shift is still found (evidence ``value`` is unclipped).
     """
 
     kind: ClassVar[str] = "ewma"
 
     def __init__(self, learning: int = 100, lam: float = 0.2, sigmas: float = 3.0, robust: bool = True,
-                 min_sigma: float = 0.0) -> None:
+                 min_sigma: float = 0.0, clip: float | None = None) -> None:
         super().__init__(learning, robust, min_sigma)
         if not 0.0 < lam <= 1.0:
             raise ValueError("lam must be in (0, 1]")
+        if clip is not None and clip <= 0.0:
+            raise ValueError("clip must be > 0 sigmas")
         self.lam = float(lam)
+        self.clip = None if clip is None else float(clip)
         self.sigmas = float(sigmas)
         self.alarm_level = 1.0 - normal_two_sided_tail(self.sigmas)
         self._z = math.nan
@@ -290,7 +303,9 @@ class EWMA(_Chart):
         if not self._learn_one(x, t, True):
             return 0.0
         lam = self.lam
-        self._z = self.centre + lam * (x - self.centre) if self._i == 0 else lam * x + (1 - lam) * self._z
+        x_in = _clipped(x, self.centre, self.sigma, self.clip)
+        self._z = (self.centre + lam * (x_in - self.centre) if self._i == 0
+                   else lam * x_in + (1 - lam) * self._z)
         self._i += 1
         var_factor = lam / (2 - lam) * (1 - (1 - lam) ** (2 * min(self._i, 10_000)))
         sd = self.sigma * math.sqrt(var_factor)
@@ -303,7 +318,7 @@ class EWMA(_Chart):
         return 1.0 - normal_two_sided_tail(zz)
 
     def _params(self) -> dict[str, Any]:
-        return {**self._base_params(), "lam": self.lam, "sigmas": self.sigmas}
+        return {**self._base_params(), "lam": self.lam, "sigmas": self.sigmas, "clip": self.clip}
 
     def _dump(self) -> Any:
         return {**self._base_dump(), "z": None if math.isnan(self._z) else self._z, "i": self._i}
@@ -338,16 +353,20 @@ class CUSUM(_Chart):
     stays high while the shift lasts and drains by ``k`` per in-control sample; it is capped at
 ``cap * h`` (2h by default; None: no cap) so that after a long or huge shift the chart is back in
 control within about ``(cap - 1) * h / k`` in-control samples. Evidence ``since`` is the change-point
-estimate: the time the deviating side last left zero.
+estimate: the time the deviating side last left zero. ``clip`` (sigmas) limits each standardised
+value before it is added, as for :class:`EWMA`: an isolated outlier cannot signal on its own.
     """
 
     kind: ClassVar[str] = "cusum"
 
     def __init__(self, learning: int = 100, k: float = 0.5, h: float = 5.0, robust: bool = True,
-                 min_sigma: float = 0.0, cap: float | None = 2.0) -> None:
+                 min_sigma: float = 0.0, cap: float | None = 2.0, clip: float | None = None) -> None:
         super().__init__(learning, robust, min_sigma)
         if k < 0.0 or h <= 0.0 or (cap is not None and cap < 1.0):
             raise ValueError("k must be >= 0, h > 0 and cap >= 1")
+        if clip is not None and clip <= 0.0:
+            raise ValueError("clip must be > 0 sigmas")
+        self.clip = None if clip is None else float(clip)
         self.k = float(k)
         self.h = float(h)
         self.cap = None if cap is None else float(cap)
@@ -361,7 +380,7 @@ estimate: the time the deviating side last left zero.
     def _step(self, x: float, t: float) -> float:
         if not self._learn_one(x, t, True):
             return 0.0
-        z = (x - self.centre) / self.sigma
+        z = (_clipped(x, self.centre, self.sigma, self.clip) - self.centre) / self.sigma
         self._up = min(max(0.0, self._up + z - self.k), self._max)
         self._down = min(max(0.0, self._down - z - self.k), self._max)
         # The classic change-point estimate: the last time each side left zero.
@@ -385,7 +404,7 @@ estimate: the time the deviating side last left zero.
         return 1.0 - 1.0 / cusum_arl0(stat, self.k)
 
     def _params(self) -> dict[str, Any]:
-        return {**self._base_params(), "k": self.k, "h": self.h, "cap": self.cap}
+        return {**self._base_params(), "k": self.k, "h": self.h, "cap": self.cap, "clip": self.clip}
 
     def _dump(self) -> Any:
         return {**self._base_dump(), "up": self._up, "down": self._down,

@@ -10,16 +10,17 @@
 **Latency (ANOMALY).** Each probe that reports ``latency_metric`` (``latency_s``) and ``ok`` is a
 component (``"http"``, ``"http:/api/items"``...). Its latencies, on a log scale (``ln(max(latency,
 latency_floor_s))``: latencies are skewed, their logarithm much less), feed one chart per component:
-an individuals chart (``beyond_limit`` at ``L = z(1 - alpha/2)``), an EWMA (λ 0.2, same L) and a
-two-sided CUSUM (k 0.5, h such that ARL0 = 1/alpha), after a robust learning phase of ``learning``
-samples (median/MAD of the component's own latencies). With ``alpha`` = 1e-4 the nominal false-alarm
-rate is about one per 3,000 in-control samples per component (union of the three), i.e. one per hour
-or so at 1 Hz; real latencies are heavier-tailed than normal, so expect somewhat more. Failed probes
-(``ok`` false) are left to the failure detector.
+an EWMA (λ 0.2, limits at ``L = z(1 - alpha/2)`` sigmas) and a two-sided CUSUM (k 0.5, h such that
+ARL0 = 1/alpha), after a robust learning phase of ``learning`` samples (median and trimmed spread
+of the component's own log latencies). Each value is clipped to ``clip_sigmas`` (4) before it enters
+the statistics: an isolated slow request cannot alarm on its own, a sustained slowdown does (a 2x
+slowdown with a log-spread of 0.3 in about ten samples). With ``alpha`` = 1e-6 the nominal
+false-alarm rate is below one a day per component at 1 Hz; real latencies are heavier-tailed than
+normal, which the clipping absorbs. Failed probes (``ok`` false) are left to the failure detector.
 
 When a component's score reaches ``1 - alpha`` the judge emits one ANOMALY verdict for the unit, with
-evidence: component, probe, metric, value / centre / lower / upper / limits in seconds (the
-individuals limits ``exp(centre ± L sigma)``), rule, detector (``shewhart``, ``ewma`` or ``cusum``), z, statistic,
+evidence: component, probe, metric, value / centre / lower / upper / limits in seconds (the limits
+``exp(centre ± L sigma)`` of a single value), rule, detector (``ewma`` or ``cusum``), z, statistic,
 window, score, and the narrowing: ``suspect`` (the component whose deviation began first —
 at the early-warning level ``1 - onset_alpha`` — strongest among those that began within 5 s) and
 ``ranking`` (up to 5 components in an episode).
@@ -56,7 +57,7 @@ from typing import Any, ClassVar
 
 from enmei.detect.aging import TrendDetector
 from enmei.detect.base import STATE_FORMAT, StateFormatError, Threshold, check_state
-from enmei.detect.charts import CUSUM, EWMA, Shewhart, cusum_arl0
+from enmei.detect.charts import CUSUM, EWMA, cusum_arl0
 from enmei.detect.ensemble import MaxOf, detector_from_state
 from enmei.detect.narrow import Narrower
 from enmei.model import Observation, Severity, Verdict, VerdictKind
@@ -92,6 +93,7 @@ class UnitJudge:
     def __init__(self, unit: str, *, latency_metric: str = "latency_s",
                  aging_limits: Mapping[str, float] | None = None, learning: int = 300,
                  alpha: float = 1e-6, onset_alpha: float = 1e-3, latency_floor_s: float = 1e-4,
+                 clip_sigmas: float | None = 4.0,
                  hold_off_s: float = 300.0, quiet_s: float = 30.0,
                  aging_alpha: float = 1e-3, aging_horizon_s: float = 86400.0,
                  aging_bucket_s: float = 60.0, aging_window: int = 120, aging_min_buckets: int = 20,
@@ -103,7 +105,9 @@ class UnitJudge:
         self.params: dict[str, Any] = {
             "latency_metric": latency_metric, "aging_limits": dict(aging_limits or {}),
             "learning": int(learning), "alpha": float(alpha), "onset_alpha": float(onset_alpha),
-            "latency_floor_s": float(latency_floor_s), "hold_off_s": float(hold_off_s),
+            "latency_floor_s": float(latency_floor_s),
+            "clip_sigmas": None if clip_sigmas is None else float(clip_sigmas),
+            "hold_off_s": float(hold_off_s),
             "quiet_s": float(quiet_s), "aging_alpha": float(aging_alpha),
             "aging_horizon_s": float(aging_horizon_s), "aging_bucket_s": float(aging_bucket_s),
             "aging_window": int(aging_window), "aging_min_buckets": int(aging_min_buckets),
@@ -116,6 +120,7 @@ class UnitJudge:
         self.learning = int(learning)
         self.alpha = float(alpha)
         self.latency_floor_s = float(latency_floor_s)
+        self.clip = None if clip_sigmas is None else float(clip_sigmas)
         self.critical_exhaust_s = float(critical_exhaust_s)
         self._sigmas = NormalDist().inv_cdf(1.0 - self.alpha / 2.0)
         self._cusum_h = cusum_h_for_arl0(1.0 / self.alpha)
@@ -126,11 +131,10 @@ class UnitJudge:
 
     # -- construction of the detectors ----------------------------------------------------------
     def _make_chart(self) -> MaxOf:
-        n = self.learning
+        n, clip = self.learning, self.clip
         return MaxOf([
-            Shewhart(learning=n, sigmas=self._sigmas, rules=("beyond_limit",)),
-            EWMA(learning=n, lam=0.2, sigmas=self._sigmas),
-            CUSUM(learning=n, k=0.5, h=self._cusum_h),
+            EWMA(learning=n, lam=0.2, sigmas=self._sigmas, clip=clip),
+            CUSUM(learning=n, k=0.5, h=self._cusum_h, clip=clip),
         ])
 
     def _aging_for(self, metric: str) -> tuple[TrendDetector, Threshold]:
@@ -176,8 +180,8 @@ class UnitJudge:
         alarm = self.latency_gate.judge(score, t, ev)
         if alarm is None:
             return None
-        shew = det.members[0] if isinstance(det, MaxOf) else det
-        centre, sigma = getattr(shew, "centre", math.nan), getattr(shew, "sigma", math.nan)
+        first = det.members[0] if isinstance(det, MaxOf) else det
+        centre, sigma = getattr(first, "centre", math.nan), getattr(first, "sigma", math.nan)
         ranking = self.narrower.ranking()
         suspect = ranking[0].component if ranking else component
         evidence = {
