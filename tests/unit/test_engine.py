@@ -225,3 +225,24 @@ async def test_autostart_false_leaves_unit_stopped(tmp_path: Path, autostart: bo
         assert rig.backend.spawned == []
     finally:
         await rig.close()
+
+
+async def test_monitor_decisions_change_a_probe_interval_and_bad_ones_are_rejected(tmp_path: Path) -> None:
+    cfg = ONE + '[[units.a.probes]]\nkind = "process"\ninterval_s = 5\n'
+    rig = await start_rig(tmp_path, cfg)
+    try:
+        await rig.advance(1.2)
+        probe = rig.engine.probes["a"][0]
+        rig.engine.submit("monitor", "a", {"probe": "proc", "interval_s": 0.5, "for_s": 10})
+        rig.engine.submit("monitor", "a", {"probe": "nope", "interval_s": 0.5})
+        rig.engine.submit("monitor", "a", {"probe": "proc", "interval_s": 0.0})
+        await rig.quiesce()
+        assert probe.interval_s == 0.5
+        rejected = [b["rejected"] for b in rig.bodies("decision", "a") if "rejected" in b]
+        assert any("has no probe 'nope'" in r for r in rejected)
+        assert any("'interval_s' must be" in r for r in rejected)
+        await rig.advance(11)
+        assert probe.interval_s == 5
+        assert rig.bodies("decision", "a")[-1]["rule"] == "monitor-expired"
+    finally:
+        await rig.close()

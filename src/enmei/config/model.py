@@ -28,8 +28,12 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 
 __all__ = [
     "Config",
+    "DegradeMode",
     "EscalateConfig",
+    "HttpInjector",
     "HttpProbe",
+    "InjectorConfig",
+    "KeysInjector",
     "LogConfig",
     "LogProbe",
     "ProbeConfig",
@@ -186,6 +190,59 @@ class LogProbe(_Model):
 ProbeConfig = Annotated[HttpProbe | TcpProbe | ProcessProbe | LogProbe, Field(discriminator="kind")]
 
 
+class DegradeMode(_Model):
+    """``[units.NAME.degrade.MODE]``: how to put the unit into a degraded mode (a command, or a URL)."""
+
+    command: list[str] | None = None
+    url: str | None = None
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _loopback(cls, url: str | None) -> str | None:
+        return None if url is None else HttpProbe._loopback(url)
+
+    @model_validator(mode="after")
+    def _one(self) -> DegradeMode:
+        if (self.command is None) == (self.url is None):
+            raise ValueError("give exactly one of 'command' or 'url'")
+        return self
+
+
+class HttpInjector(_Model):
+    """``[[units.NAME.injectors]] kind = "http"``: a synthetic request; the answer is the reaction."""
+
+    kind: Literal["http"]
+    name: str
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    body: str = ""
+    expect_status: list[int] = Field(default_factory=lambda: [200])
+    expect_body: str | None = None  # a substring the answer must contain
+    timeout_s: float = Field(default=2.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _loopback(cls, url: str) -> str:
+        return HttpProbe._loopback(url)
+
+
+class KeysInjector(_Model):
+    """``[[units.NAME.injectors]] kind = "keys"``: type ``text`` into the unit (a VM's keyboard) and watch
+    how much a counter moves within ``react_s`` (e.g. block writes: a guest that writes whenever someone
+    types). The reaction is out of bounds past ``max_reaction``."""
+
+    kind: Literal["keys"]
+    name: str
+    text: str
+    react_s: float = Field(default=2.0, gt=0, le=60)
+    watch: str = "wr_bytes"
+    max_reaction: float | None = None
+
+
+InjectorConfig = Annotated[HttpInjector | KeysInjector, Field(discriminator="kind")]
+
+
 def probe_name(probe: HttpProbe | TcpProbe | ProcessProbe | LogProbe) -> str:
     """A probe's name: its ``name`` key, else derived from its kind (``http``, ``proc``...)."""
     if probe.name:
@@ -206,6 +263,8 @@ class _UnitBase(_Model):
     escalate: EscalateConfig = Field(default_factory=EscalateConfig)
     rejuvenate: RejuvenateConfig = Field(default_factory=RejuvenateConfig)
     detect: DetectConfig = Field(default_factory=DetectConfig)
+    degrade: dict[str, DegradeMode] = Field(default_factory=dict)
+    injectors: list[InjectorConfig] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -224,6 +283,10 @@ class _UnitBase(_Model):
             if n in seen:
                 raise ValueError(f"two probes are named {n!r}: give one a distinct 'name'")
             seen.add(n)
+        for inj in self.injectors:
+            if inj.name in seen:
+                raise ValueError(f"injector {inj.name!r} has the name of a probe or another injector")
+            seen.add(inj.name)
         return self
 
 

@@ -11,6 +11,7 @@ Admin endpoints (POST; also GET, so that ``curl`` is enough):
   add L ms to every request (or to one endpoint), answer 500 to a fraction P of requests.
 * ``/admin/crash?how=exit|abort|segv`` — die now.
 * ``/admin/hang?ignore_term=1`` — stop answering anything (and, with ignore_term, ignore SIGTERM).
+* ``/admin/degrade?on=1`` — degraded mode: ``/api/search`` answers 503, the rest works.
 * ``/admin/reset`` — clear every fault; ``/admin/state`` — the knobs and the leaked bytes.
 """
 
@@ -43,6 +44,7 @@ class Faults:
         self.latency_ms = 0.0
         self.latency_endpoint: str | None = None
         self.error_rate = 0.0
+        self.degraded = False  # degraded mode: the expensive endpoint (/api/search) is switched off
         self.hung = threading.Event()
         self.ignore_term = threading.Event()
         self.leaked: list[bytearray] = []
@@ -52,7 +54,7 @@ class Faults:
         with self.lock:
             return {"leak_mib_s": self.leak_mib_s, "latency_ms": self.latency_ms,
                     "latency_endpoint": self.latency_endpoint, "error_rate": self.error_rate,
-                    "hung": self.hung.is_set(), "leaked_bytes": self.leaked_bytes}
+                    "hung": self.hung.is_set(), "leaked_bytes": self.leaked_bytes, "degraded": self.degraded}
 
     def reset(self) -> None:
         with self.lock:
@@ -123,6 +125,8 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
                 self._send(200, {"ok": True})
             elif url.path == "/api/items":
                 self._send(200, {"items": [{"id": i, "name": f"item-{i}"} for i in range(20)]})
+            elif url.path == "/api/search" and faults.degraded:
+                self._send(503, {"error": "degraded: search is off"})
             elif url.path == "/api/search":
                 term = q.get("q", "item")
                 hits = [i for i in range(200) if term in f"item-{i}"][:20]
@@ -152,6 +156,10 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
                         faults.ignore_term.set()  # the SIGTERM handler (main thread) checks it
                     faults.hung.set()
                     self._send(200, {"hung": True})
+                elif path == "/admin/degrade":
+                    with faults.lock:
+                        faults.degraded = q.get("on", "1") in ("1", "true", "yes")
+                    self._send(200, faults.state())
                 elif path == "/admin/reset":
                     faults.reset()
                     self._send(200, faults.state())

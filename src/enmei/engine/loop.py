@@ -52,6 +52,7 @@ from enmei.model import (
 )
 from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
+from enmei.monitor.inject import make_injector
 from enmei.policy.base import Policy, View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.remedy import REMEDIES
@@ -128,6 +129,8 @@ class Engine:
         self._summaries = Summaries()
         self._next_summary = 0.0
         self._outcome_seq: dict[str, int] = {}
+        self._probe_intervals: dict[tuple[str, str], float] = {}
+        self.injectors: dict[str, dict[str, Probe]] = {}
         self.started = asyncio.Event()
         self.handled = 0
 
@@ -212,6 +215,7 @@ class Engine:
                                identity_changed=self._identity_changed)
             self.units[name] = unit
             self.probes[name] = make_probes(name, spec, backend, self.clock)
+            self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
             if self._judge_factory is not None:
                 self.judges[name] = self._judge_factory(name, spec)
 
@@ -394,6 +398,11 @@ class Engine:
         elif d.action == "none":
             self.record(RecordKind.DECISION, d.unit, body)
             return
+        elif d.action in ("monitor", "inject"):
+            problem = self._monitor(unit, d.args) if d.action == "monitor" else self._inject(unit, d.args)
+            if problem is None:
+                self.record(RecordKind.DECISION, d.unit, body)
+                return
         elif remedy_cls is None:
             problem = f"no remedy named {d.action!r} (known: {', '.join(sorted(REMEDIES))})"
         elif remedy_cls.backends is not None and unit.backend.kind not in remedy_cls.backends:
@@ -420,6 +429,67 @@ class Engine:
         run.task = task
         self._remedy_tasks.add(task)
         task.add_done_callback(self._remedy_tasks.discard)
+
+    def _monitor(self, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
+        """``monitor``: run probe ``probe`` every ``interval_s`` (for ``for_s``, then back to the config)."""
+        probe = next((p for p in self.probes.get(unit.name, []) if p.name == args.get("probe")), None)
+        if probe is None:
+            names = ", ".join(p.name for p in self.probes.get(unit.name, [])) or "none"
+            return f"unit {unit.name} has no probe {args.get('probe')!r} (probes: {names})"
+        interval = args.get("interval_s")
+        for_s = args.get("for_s")
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 3600:
+            return "monitor: 'interval_s' must be a number of seconds from 0.1 to 3600"
+        if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or for_s <= 0):
+            return "monitor: 'for_s' must be a positive number of seconds"
+        unknown = set(args) - {"probe", "interval_s", "for_s"}
+        if unknown:
+            return f"monitor takes no argument {sorted(unknown)[0]!r} (allowed: probe, interval_s, for_s)"
+        configured = self._probe_intervals.setdefault((unit.name, probe.name), probe.interval_s)
+        probe.interval_s = float(interval)
+        if for_s is not None:
+            async def back() -> None:
+                await self.clock.sleep(float(for_s))
+                probe.interval_s = configured
+                self.record(RecordKind.DECISION, unit.name, {
+                    "action": "monitor", "args": {"probe": probe.name, "interval_s": configured},
+                    "reason": f"back to the configured interval after {for_s:g}s", "policy": "engine",
+                    "rule": "monitor-expired", "cause_seq": None, "not_before": None})
+
+            self._spawn(back(), f"monitor {unit.name}/{probe.name}")
+        return None
+
+    def _inject(self, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
+        """``inject``: run injector ``injector`` ``count`` times, ``every_s`` apart (default once)."""
+        injector = self.injectors.get(unit.name, {}).get(str(args.get("injector")))
+        if injector is None:
+            names = ", ".join(self.injectors.get(unit.name, {})) or "none"
+            return f"unit {unit.name} has no injector {args.get('injector')!r} (injectors: {names})"
+        count, every = args.get("count", 1), args.get("every_s", 0.0)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
+            return "inject: 'count' must be a whole number from 1 to 1000"
+        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every <= 86400:
+            return "inject: 'every_s' must be a number of seconds from 0 to 86400"
+        unknown = set(args) - {"injector", "count", "every_s"}
+        if unknown:
+            return f"inject takes no argument {sorted(unknown)[0]!r} (allowed: injector, count, every_s)"
+
+        async def runs() -> None:
+            for i in range(count):
+                if i:
+                    await self.clock.sleep(float(every))
+                if not unit.alive():
+                    return
+                try:
+                    obs = await injector.observe()
+                except Exception as exc:
+                    log.exception("injector %s/%s failed", unit.name, injector.name)
+                    obs = Observation(unit.name, injector.name, False, self.clock.monotonic(), self.clock.wall(),
+                                      {}, f"injector error: {type(exc).__name__}: {exc}")
+                self.queue.put_nowait(obs)
+
+        self._spawn(runs(), f"inject {unit.name}/{injector.name}")
+        return None
 
     async def _intent(self, run: RemedyRun) -> None:
         self.record(RecordKind.REMEDY_START, run.unit.name, {

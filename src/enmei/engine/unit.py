@@ -76,6 +76,8 @@ class UnitRuntime:
             probe_name(p): ProbeFailures(name, probe_name(p), getattr(p, "fail_after", 3))
             for p in spec.probes if getattr(p, "kind", "") in ("http", "tcp")
         }
+        for inj in spec.injectors:  # one unexpected reaction to an injection is a verdict
+            self.failures[inj.name] = ProbeFailures(name, inj.name, 1)
         self.load: dict[str, deque[tuple[float, float]]] = {}
         self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
                                     spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)

@@ -17,7 +17,7 @@ from enmei.clock import Clock
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 
-__all__ = ["HttpProbe", "http_get"]
+__all__ = ["HttpError", "HttpProbe", "http_get"]
 
 
 class HttpError(Exception):
@@ -25,14 +25,15 @@ class HttpError(Exception):
 
 
 async def http_get(host: str, port: int, target: str, *, timeout_s: float, max_body: int = 65536,
-                   host_header: str | None = None) -> tuple[int, bytes]:
-    """GET ``target`` from ``host:port``; returns (status, body). Raises ``TimeoutError``, ``OSError`` or
-    ``HttpError`` (a reply that is not HTTP)."""
+                   host_header: str | None = None, method: str = "GET", body: bytes = b"") -> tuple[int, bytes]:
+    """``method`` ``target`` on ``host:port``; returns (status, body). Raises ``TimeoutError``, ``OSError``
+    or ``HttpError`` (a reply that is not HTTP)."""
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(f"GET {target} HTTP/1.1\r\nHost: {host_header or host}\r\nUser-Agent: enmei-probe\r\n"
-                         "Accept: */*\r\nConnection: close\r\n\r\n".encode("latin-1"))
+            clen = f"Content-Length: {len(body)}\r\n" if body or method != "GET" else ""
+            writer.write(f"{method} {target} HTTP/1.1\r\nHost: {host_header or host}\r\nUser-Agent: enmei-probe\r\n"
+                         f"Accept: */*\r\n{clen}Connection: close\r\n\r\n".encode("latin-1") + body)
             status_line = await reader.readline()
             parts = status_line.split(None, 2)
             if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():

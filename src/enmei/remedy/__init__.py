@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from enmei.remedy.base import Remedy, Result, UnitControl
 from enmei.remedy.budget import RestartBudget
+from enmei.remedy.degrade import Degrade
 from enmei.remedy.rejuvenate import Rejuvenate
 from enmei.remedy.restart import Escalate, Restart, Start, Stop
 
 __all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "register"]
 
-REMEDIES: dict[str, type[Remedy]] = {r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate)}
+REMEDIES: dict[str, type[Remedy]] = {r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade)}
 
 
 def register(remedy: type[Remedy]) -> type[Remedy]:
