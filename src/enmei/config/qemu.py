@@ -42,6 +42,7 @@ class QemuUnit(_UnitBase):
     guestfwd: list[str] = Field(default_factory=list)  # "GUESTPORT=COMMAND": 10.0.2.100:PORT -> command
     ready_timeout_s: float = Field(default=60.0, gt=0)  # boot to service-ready (and data-ready)
     phase_snapshot: str | None = "service-ready"  # boot phase to snapshot for phase-based reboot
+    phase_settle_s: float = Field(default=0.3, ge=0, le=60)  # wait after the phase, then snapshot
     data_disk_mib: int = Field(default=64, ge=1, le=1_048_576)
     panic_action: Literal["pause", "exit"] = "pause"  # what QEMU does when the guest panics
     kernel_args: list[str] = Field(default_factory=list)  # appended to the guest kernel command line

@@ -1,0 +1,217 @@
+"""Benchmark: downtime of a guest kernel panic repaired by a cold reboot vs a phase-based reboot.
+
+The same guest (the demo image, one VM unit, a forwarded port) and the same service. An external
+prober sends ``GET /version`` to the forwarded port every ``probe_interval_s`` (10 ms; each probe in
+its own connection, bounded by ``probe_timeout_s``). ``/version`` is the service's static version
+page: the CGI endpoint costs about 15 ms of guest CPU per request under TCG, so probing it 100 times a
+second would saturate the guest's one vCPU and measure the prober rather than the outage. Each run injects a kernel panic in the guest
+(``/cgi-bin/fault?panic=1``, sysrq ``c``); the panic reaches the host as a QMP ``GUEST_PANICKED``
+event (pvpanic), which the backend turns into a ``PANIC`` verdict; the benchmark, playing the policy,
+answers it with ``cold_reboot`` or ``phase_reboot``.
+
+Downtime of one run = from the fault (QEMU's timestamp of ``GUEST_PANICKED``, mapped onto the
+monotonic clock) to the first good answer (HTTP 200 with the service's version) of a probe sent after
+the fault. ``run`` returns the medians over ``runs`` runs of each kind and ``ratio`` = phase / cold.
+
+    python -m enmei.bench.reboot --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import socket
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enmei.clock import SystemClock
+from enmei.config.qemu import QemuUnit
+from enmei.model import Verdict, VerdictKind
+from enmei.visor.qemu import QemuBackend
+from enmei.visor.qemu import image as images
+
+__all__ = ["run"]
+
+_UNIT = "bench-vm"
+
+
+@dataclass
+class _Probe:
+    sent: float
+    done: float = 0.0
+    ok: bool = False
+
+
+@dataclass
+class _Prober:
+    """Fires a probe every ``interval_s`` in its own task; keeps every result."""
+
+    port: int
+    interval_s: float
+    timeout_s: float
+    results: list[_Probe] = field(default_factory=list)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def loop(self) -> None:
+        next_at = time.monotonic()
+        while True:
+            probe = _Probe(time.monotonic())
+            self.results.append(probe)
+            task = asyncio.create_task(self._one(probe))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            next_at += self.interval_s
+            await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    async def _one(self, probe: _Probe) -> None:
+        writer = None
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection("127.0.0.1", self.port), self.timeout_s)
+            writer.write(b"GET /version HTTP/1.0\r\nHost: bench\r\n\r\n")
+            left = self.timeout_s - (time.monotonic() - probe.sent)
+            data = await asyncio.wait_for(reader.read(), max(0.001, left))
+            probe.ok = data.startswith(b"HTTP/1.") and b" 200 " in data[:16] and b"enmei-demo" in data
+        except (OSError, TimeoutError):
+            probe.ok = False
+        finally:
+            probe.done = time.monotonic()
+            if writer is not None:
+                writer.close()
+
+    def first_good_after(self, t: float) -> float | None:
+        times = [p.done for p in self.results if p.ok and p.sent >= t]
+        return min(times) if times else None
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def run(runs: int = 5, *, memory_mib: int = 256, accel: str = "auto", probe_interval_s: float = 0.01,
+        probe_timeout_s: float = 0.3, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Measure both remedies ``runs`` times each; returns medians, ratio and the per-run figures.
+
+    Builds the demo image first if needed (cached). Starts one QEMU and always stops it.
+    """
+    return asyncio.run(_run(runs, memory_mib, accel, probe_interval_s, probe_timeout_s, cache_dir))
+
+
+async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeout_s: float,
+               cache_dir: Path | None) -> dict[str, Any]:
+    info = await asyncio.to_thread(images.build, cache_dir=cache_dir)
+    port = _free_port()
+    verdicts: asyncio.Queue[Verdict] = asyncio.Queue()
+    with tempfile.TemporaryDirectory(prefix="enmei-bench-") as tmp:
+        backend = QemuBackend(clock=SystemClock(), state_dir=Path(tmp), emit=lambda e: None,
+                              verdict=verdicts.put_nowait, cache_dir=cache_dir)
+        spec = QemuUnit(backend="qemu", image=info.directory, memory_mib=memory_mib, accel=accel,
+                        forward=[f"{port}:80"])
+        prober = _Prober(port, interval_s, timeout_s)
+        prober_task: asyncio.Task[None] | None = None
+        try:
+            identity = await backend.start(_UNIT, spec)
+            prober_task = asyncio.create_task(prober.loop())
+            out: dict[str, list[dict[str, float]]] = {"cold": [], "phase": []}
+            for kind in ("cold", "phase"):
+                for _ in range(runs):
+                    out[kind].append(await _one_run(backend, prober, verdicts, port, kind))
+            cold = statistics.median(r["downtime_s"] for r in out["cold"])
+            phase = statistics.median(r["downtime_s"] for r in out["phase"])
+            result: dict[str, Any] = {
+                "cold_downtime_s": round(cold, 4), "phase_downtime_s": round(phase, 4),
+                "ratio": round(phase / cold, 4), "runs": runs}
+            for kind in ("cold", "phase"):
+                for key in ("downtime_s", "detect_s", "remedy_s", "answer_s"):
+                    result[f"{kind}_{key.removesuffix('_s')}_runs_s"] = [round(r[key], 4) for r in out[kind]]
+            result.update({
+                "accel": str(identity.extra.get("accel")), "memory_mib": memory_mib,
+                "probe_interval_s": interval_s, "probe_timeout_s": timeout_s,
+                "probes": len(prober.results), "kernel": info.kernel_package,
+                "image": info.inputs_hash[:12]})
+            return result
+        finally:
+            if prober_task is not None:
+                prober_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await prober_task
+            await prober.close()
+            with contextlib.suppress(Exception):
+                await backend.stop(_UNIT, timeout_s=5.0)
+            await backend.close()
+
+
+async def _one_run(backend: QemuBackend, prober: _Prober, verdicts: asyncio.Queue[Verdict], port: int,
+                   kind: str) -> dict[str, float]:
+    """One fault and its repair: the downtime and where it went."""
+    await _until_good(prober, time.monotonic(), 30.0)
+    await _until_phase(backend, "data-ready", 30.0)
+    while not verdicts.empty():
+        verdicts.get_nowait()
+    await _inject_panic(port)
+    verdict = await asyncio.wait_for(verdicts.get(), 30.0)
+    seen = time.monotonic()
+    assert verdict.kind == VerdictKind.PANIC
+    # QEMU's wall-clock timestamp of the panic, mapped onto the monotonic clock.
+    fault = seen - (time.time() - float(verdict.evidence["qemu_wall"]))
+    if kind == "cold":
+        await backend.cold_reboot(_UNIT)
+    else:
+        await backend.phase_reboot(_UNIT)
+    repaired = time.monotonic()
+    good = await _until_good(prober, fault, 60.0)
+    await asyncio.sleep(0.3)  # let the service settle before the next fault
+    return {"downtime_s": good - fault, "detect_s": seen - fault, "remedy_s": repaired - seen,
+            "answer_s": good - repaired}
+
+
+async def _until_phase(backend: QemuBackend, phase: str, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while phase not in backend.phases(_UNIT):
+        if time.monotonic() > end:
+            raise TimeoutError(f"the guest did not reach {phase} within {timeout_s:.0f} s")
+        await asyncio.sleep(0.01)
+
+
+async def _until_good(prober: _Prober, after: float, timeout_s: float) -> float:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        t = prober.first_good_after(after)
+        if t is not None:
+            return t
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"the service gave no good answer within {timeout_s:.0f} s")
+
+
+async def _inject_panic(port: int) -> None:
+    with contextlib.suppress(OSError, TimeoutError):
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+        writer.write(b"GET /cgi-bin/fault?panic=1 HTTP/1.0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="downtime: cold reboot vs phase-based reboot")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--memory-mib", type=int, default=256)
+    parser.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    args = parser.parse_args()
+    print(json.dumps(run(args.runs, memory_mib=args.memory_mib, accel=args.accel), indent=2))
+
+
+if __name__ == "__main__":
+    main()

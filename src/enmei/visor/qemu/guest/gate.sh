@@ -1,0 +1,21 @@
+#!/bin/sh
+# The data-disk gate. The host takes its phase snapshot when it sees service-ready, and only then
+# writes "go" to the second serial port (ttyS1, a unix socket on the host). Until then the data
+# disk is never opened, so no snapshot holds any cached state of it; after a phase reboot the guest
+# comes back here, waiting, and mounts the data disk as it is now.
+export PATH=/bin
+stty -F /dev/ttyS1 raw -echo clocal 2>/dev/console
+exec 3< /dev/ttyS1
+read -r up _ < /proc/uptime
+echo "enmei-phase: service-ready t=$up" > /dev/console
+while read -r line <&3; do
+    case "$line" in *go*) break ;; esac
+done
+exec 3<&-
+disk=$(findfs LABEL=enmei-data 2>/dev/null || echo /dev/vda)
+if mount -t ext4 -o commit=1 "$disk" /data 2>/dev/console; then
+    read -r up _ < /proc/uptime
+    echo "enmei-phase: data-ready t=$up" > /dev/console
+else
+    echo "enmei: data disk $disk did not mount" > /dev/console
+fi

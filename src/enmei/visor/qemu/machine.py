@@ -1,0 +1,386 @@
+"""One running QEMU of a VM unit: its process, QMP monitor, console, gate and boot phases.
+
+A ``Machine`` is made for a QEMU that already runs (``launch`` starts one daemonized: it is never the
+supervisor's child, so it outlives the supervisor, and a started and an adopted VM are watched the same
+way). ``attach`` pins the process with a pidfd (after checking its create time), connects QMP and
+starts two tasks:
+
+* the console task reads ``console.log`` every 20 ms, keeps the boot phases, takes the phase snapshot
+  when the configured phase appears (once per QEMU), and opens the data-disk gate when
+  ``service-ready`` appears;
+* the QMP event pump (in ``Monitor``) feeds ``_on_event``: GUEST_PANICKED, SHUTDOWN, RESET, STOP,
+  RESUME are recorded and passed on to the backend's ``on_fact``.
+
+When the process exits (the pidfd becomes readable) the tasks end, the monitor closes and
+``on_exit(machine)`` is called once. Nothing here emits ``UnitEvent``: the backend does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from enmei.clock import Clock
+from enmei.config.qemu import GUEST_PHASES, QemuUnit
+from enmei.errors import IdentityError, StartError, StopError
+from enmei.visor.qemu.cmdline import MachinePaths, build_cmdline
+from enmei.visor.qemu.console import ConsoleReader, PhaseMark
+from enmei.visor.qemu.errors import QmpError
+from enmei.visor.qemu.netcount import PcapCounter
+from enmei.visor.qemu.qmp import Monitor
+
+__all__ = ["CREATE_TIME_TOLERANCE_S", "Machine", "launch", "phase_tag"]
+
+log = logging.getLogger(__name__)
+
+CREATE_TIME_TOLERANCE_S = 0.05
+_POLL_S = 0.02
+_GATE_RETRY_S = 0.1
+_LAUNCH_TIMEOUT_S = 60.0
+
+
+def phase_tag(phase: str) -> str:
+    """The internal snapshot tag of the phase snapshot taken at ``phase``."""
+    return f"enmei-phase-{phase}"
+
+
+async def launch(name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths,
+                 accel: str, binary: str, incoming: bool = False) -> int:
+    """Start QEMU daemonized; returns its pid once QEMU is initialized (QMP listening).
+
+    Raises ``StartError`` with the tail of ``qemu.log`` if QEMU refused to start.
+    """
+    argv = build_cmdline(spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel, binary=binary,
+                         incoming=incoming)
+    paths.sock_dir.mkdir(parents=True, exist_ok=True)
+    for sock in (paths.qmp, paths.gate):
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        paths.pidfile.unlink()
+    with open(paths.qemu_log, "ab") as logf:  # noqa: ASYNC230 - a local file, opened once
+        logf.write(f"--- {' '.join(argv)}\n".encode())
+        logf.flush()
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=logf, stderr=logf)
+        except FileNotFoundError as exc:
+            raise StartError(name, "start", f"{binary} not found; run: apt-get install -y qemu-system-x86"
+                             ) from exc
+        try:
+            rc = await asyncio.wait_for(proc.wait(), timeout=_LAUNCH_TIMEOUT_S)
+        except TimeoutError as exc:
+            proc.kill()
+            await proc.wait()
+            raise StartError(name, "start", f"QEMU did not finish starting in {_LAUNCH_TIMEOUT_S:.0f} s"
+                             ) from exc
+    if rc != 0:
+        raise StartError(name, "start", f"QEMU exited with {rc}: {' | '.join(tail(paths.qemu_log, 3))}")
+    try:
+        return int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError) as exc:
+        raise StartError(name, "start", f"QEMU left no readable pid file at {paths.pidfile}") from exc
+
+
+def tail(path: Path, n: int, max_bytes: int = 8192) -> list[str]:
+    """The last ``n`` lines of a file; [] if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    return [ln[:300] for ln in data.decode("utf-8", "replace").splitlines()[-n:]]
+
+
+FactFn = Callable[["Machine", str, Mapping[str, Any], float], None]
+
+
+@dataclass
+class Machine:
+    """The live state of one QEMU process of unit ``name``."""
+
+    name: str
+    spec: QemuUnit
+    kernel: str
+    initrd: str
+    paths: MachinePaths
+    accel: str
+    clock: Clock
+    on_fact: FactFn  # (machine, QMP event name, data, QEMU wall time)
+    on_exit: Callable[[Machine], None]
+    console_offset: int = 0
+    pid: int = 0
+    create_time: float = 0.0
+    started_mono: float = 0.0
+    proc: psutil.Process | None = None
+    pidfd: int = -1
+    monitor: Monitor | None = None
+    console: ConsoleReader = field(init=False)
+    stopping: bool = False
+    replaced: bool = False  # replaced by a restored QEMU: its exit is not reported
+    panicked: bool = False
+    panic_wall: float | None = None
+    shutdown_reason: str | None = None
+    resets: int = 0
+    panics: int = 0
+    phase_snapshot: str | None = None  # the tag, once the phase snapshot exists
+    snapshot_phases: dict[str, PhaseMark] = field(default_factory=dict)
+    snapshot_error: str | None = None
+    gate_opened_mono: float | None = None
+    vcpu_tids: list[int] = field(default_factory=list)
+    net: dict[str, PcapCounter] = field(default_factory=lambda: {"tx": PcapCounter(), "rx": PcapCounter()})
+    events: collections.deque[tuple[float, str, dict[str, Any]]] = field(
+        default_factory=lambda: collections.deque(maxlen=100))
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _gate_task: asyncio.Task[None] | None = None
+    _closing: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.console = ConsoleReader(self.paths.console, offset=self.console_offset)
+
+    # -- attach / detach ----------------------------------------------------------------------------
+
+    async def attach(self, pid: int, *, create_time: float | None = None, replay: bool = False) -> None:
+        """Pin process ``pid`` (checking ``create_time`` if given), connect QMP, start watching.
+
+        Raises ``IdentityError`` if the pid is gone or is another process, ``QmpError`` if QMP does
+        not answer (the pidfd is released again in both cases). ``replay`` reads the console from
+        ``console_offset`` without acting on old markers (adoption).
+        """
+        try:
+            proc = psutil.Process(pid)
+            ct = proc.create_time()
+            if create_time is not None and abs(ct - create_time) > CREATE_TIME_TOLERANCE_S:
+                raise IdentityError(self.name, "attach", f"pid {pid} is another process now")
+            pidfd = os.pidfd_open(pid)
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                os.close(pidfd)
+                raise IdentityError(self.name, "attach", f"pid {pid} has exited")
+        except (psutil.Error, OSError) as exc:
+            raise IdentityError(self.name, "attach", f"pid {pid}: {exc}") from exc
+        self.pid, self.create_time, self.proc, self.pidfd = pid, ct, proc, pidfd
+        self.started_mono = self.clock.monotonic()
+        self.monitor = Monitor(self.name, self.paths.qmp, timeout_s=self.spec.qmp_timeout_s,
+                               on_event=self._on_event)
+        try:
+            await self.monitor.connect(deadline_s=max(5.0, self.spec.qmp_timeout_s))
+            cpus = await self.monitor.execute("query-cpus-fast")
+            status = await self.monitor.execute("query-status")
+        except QmpError:
+            await self.monitor.close()
+            os.close(self.pidfd)
+            self.pidfd = -1
+            raise
+        self.vcpu_tids = [int(c["thread-id"]) for c in cpus if "thread-id" in c]
+        self.panicked = status.get("status") == "guest-panicked"
+        if replay:
+            self.console.poll(self.clock.monotonic())
+        asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
+        self._tasks.append(asyncio.create_task(self._watch_console(), name=f"console-{self.name}"))
+
+    def _exited(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = -1
+        self.console.poll(self.clock.monotonic())  # the last lines (a panic trace...)
+        for t in [*self._tasks, self._gate_task]:
+            if t is not None:
+                t.cancel()
+        if self.monitor is not None:
+            self._closing = loop.create_task(self.monitor.close())
+        if not self.done.done():
+            self.done.set_result(None)
+        self.on_exit(self)
+
+    async def detach(self) -> None:
+        """Stop watching without touching QEMU (it keeps running). Never raises."""
+        if self.pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self.pidfd)
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = -1
+        for t in [*self._tasks, self._gate_task]:
+            if t is not None:
+                t.cancel()
+        if self.monitor is not None:
+            await self.monitor.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.pidfd >= 0 and not self.done.done()
+
+    def qmp(self) -> Monitor:
+        assert self.monitor is not None
+        return self.monitor
+
+    # -- phases, snapshot, gate -------------------------------------------------------------------
+
+    async def _watch_console(self) -> None:
+        while True:
+            for mark in self.console.poll(self.clock.monotonic()):
+                await self._on_phase(mark)
+            await self.clock.sleep(_POLL_S)
+
+    async def _on_phase(self, mark: PhaseMark) -> None:
+        if mark.phase == "kernel":
+            self.panicked = False
+        want = self.spec.phase_snapshot
+        if want is not None and mark.phase == want and self.phase_snapshot is None:
+            # Let the guest settle first, so the snapshot holds an idle guest (less work to redo
+            # after every load).
+            await self.clock.sleep(self.spec.phase_settle_s)
+            await self.take_phase_snapshot(want)
+        if mark.phase == "service-ready":
+            self.open_gate()
+
+    async def take_phase_snapshot(self, phase: str) -> None:
+        """Save the phase snapshot now; on failure note why in ``snapshot_error`` (never raises)."""
+        tag = phase_tag(phase)
+        try:
+            await self.qmp().run_job("snapshot-save", {"tag": tag, "vmstate": "sys", "devices": ["sys"]},
+                                     timeout_s=max(30.0, self.spec.qmp_timeout_s))
+        except QmpError as exc:
+            self.snapshot_error = exc.cause
+            log.warning("unit %s: phase snapshot at %s failed: %s", self.name, phase, exc.cause)
+            return
+        self.phase_snapshot = tag
+        self.snapshot_error = None
+        order = list(GUEST_PHASES)
+        self.snapshot_phases = {k: v for k, v in self.console.phases.items()
+                                if k in order and order.index(k) <= order.index(phase)}
+
+    def open_gate(self) -> None:
+        """Tell the guest (``go`` on ttyS1) to mount its data disk; retried until ``data-ready``."""
+        if self._gate_task is not None and not self._gate_task.done():
+            return
+        self.gate_opened_mono = self.clock.monotonic()
+        self._gate_task = asyncio.create_task(self._gate(self.gate_opened_mono), name=f"gate-{self.name}")
+
+    async def _gate(self, since: float) -> None:
+        deadline = since + self.spec.ready_timeout_s
+        while self.clock.monotonic() < deadline:
+            mark = self.console.phases.get("data-ready")
+            if mark is not None and mark.mono >= since:
+                return
+            try:
+                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.paths.gate)), 1.0)
+                writer.write(b"go\n")
+                await writer.drain()
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            except (OSError, TimeoutError) as exc:
+                log.debug("unit %s: gate: %s", self.name, exc)
+            await self.clock.sleep(_GATE_RETRY_S)
+            self.console.poll(self.clock.monotonic())
+        log.warning("unit %s: the guest did not mount its data disk within %.0f s of the gate opening",
+                    self.name, self.spec.ready_timeout_s)
+
+    async def wait_phase(self, phase: str, *, since: float, timeout_s: float, what: str) -> float:
+        """Wait until ``phase`` is seen at or after ``since``; returns its mono time.
+
+        Raises ``TimeoutError`` (with ``what`` and the console tail) if it does not come in time, or
+        ``ProcessLookupError`` if QEMU exits meanwhile.
+        """
+        deadline = self.clock.monotonic() + timeout_s
+        while True:
+            mark = self.console.phases.get(phase)
+            if mark is not None and mark.mono >= since:
+                return mark.mono
+            if not self.alive:
+                raise ProcessLookupError(f"QEMU exited while waiting for {phase}")
+            if self.clock.monotonic() >= deadline:
+                seen = ", ".join(self.console.phases) or "none"
+                raise TimeoutError(f"{what}: no {phase!r} within {timeout_s:.1f} s (phases seen: {seen};"
+                                   f" console: {' | '.join(self.console.tail(3))})")
+            await self.clock.sleep(_POLL_S)
+
+    def restored_to_snapshot(self) -> None:
+        """After a snapshot load: the guest is back at the snapshot's phase, before the gate."""
+        self.console.poll(self.clock.monotonic())
+        self.console.phases = dict(self.snapshot_phases)
+        self.panicked = False
+        if self._gate_task is not None:
+            self._gate_task.cancel()
+            self._gate_task = None
+
+    # -- QMP events ---------------------------------------------------------------------------------
+
+    def _on_event(self, event: str, data: Mapping[str, Any], wall: float) -> None:
+        self.events.append((wall, event, dict(data)))
+        if event == "GUEST_PANICKED":
+            self.panics += 1
+            self.panicked = True
+            self.panic_wall = wall
+        elif event == "SHUTDOWN":
+            self.shutdown_reason = str(data.get("reason", "unknown"))
+        elif event == "RESET":
+            self.resets += 1
+            self.panicked = False
+        elif event == "RESUME":
+            self.panicked = False
+        self.on_fact(self, event, data, wall)
+
+    # -- stop ---------------------------------------------------------------------------------------
+
+    async def stop(self, timeout_s: float) -> None:
+        """ACPI power button, ``timeout_s``; then ``quit``, 5 s; then SIGKILL, 5 s; then ``StopError``.
+
+        The power button is skipped when the guest cannot act on it (paused, panicked) or QMP is gone.
+        """
+        self.stopping = True
+        if not self.alive:
+            return
+        graceful = False
+        with contextlib.suppress(QmpError):
+            status = await self.qmp().execute("query-status", timeout_s=2.0)
+            if status.get("running"):
+                await self.qmp().execute("system_powerdown", timeout_s=2.0)
+                graceful = True
+        if graceful and await self._wait_done(timeout_s):
+            return
+        with contextlib.suppress(QmpError):
+            await self.qmp().execute("quit", timeout_s=2.0)
+        if await self._wait_done(5.0):
+            return
+        log.warning("unit %s: QEMU pid %d ignored quit: SIGKILL", self.name, self.pid)
+        self.kill()
+        if await self._wait_done(5.0):
+            return
+        raise StopError(self.name, "stop", f"QEMU pid {self.pid} survived SIGKILL for 5 s")
+
+    def kill(self) -> None:
+        """SIGKILL through the pidfd (never a recycled pid). Does nothing if QEMU already exited."""
+        if self.pidfd < 0:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def _wait_done(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        await self.wait_closed()
+        return True
+
+    async def wait_closed(self) -> None:
+        """Wait until the monitor of an exited QEMU is closed (it is closed in the background)."""
+        if self._closing is not None:
+            with contextlib.suppress(Exception):
+                await self._closing
