@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -45,3 +46,22 @@ def overhead(as_json: JsonOpt = False,
     from enmei.bench import overhead as ov
 
     emit("enmei bench overhead", ov.run(units, seconds), as_json)
+
+
+@app.command()
+def nab(as_json: JsonOpt = False,
+        data: Annotated[Path | None, typer.Option(help="NAB directory (default ../shared/data/nab or $ENMEI_NAB_DIR)")]
+        = None) -> None:
+    """NAB v1.1: enmei's streaming detector scored with NAB's own rules (three profiles), and the
+    windowed-Gaussian baseline beside it."""
+    from enmei.bench import nab as bench_nab
+
+    emit("enmei bench nab", bench_nab.run(data), as_json)
+
+
+@app.command()
+def aging(as_json: JsonOpt = False, seed: Annotated[int, typer.Option(help="Generator seed")] = 0) -> None:
+    """Aging detection on generated memory series: leaks under noise, and controls that do not leak."""
+    from enmei.bench import aging as bench_aging
+
+    emit("enmei bench aging", bench_aging.run(seed), as_json)

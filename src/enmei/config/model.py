@@ -114,11 +114,37 @@ class RejuvenateConfig(_Model):
 
 
 class DetectConfig(_Model):
-    """``[units.NAME.detect]``: which detectors watch this unit."""
+    """``[units.NAME.detect]``: the detectors that watch this unit (see ``enmei.detect.pipeline``).
 
-    latency: bool = True  # a control chart per HTTP probe
-    aging_limits: dict[str, float] = Field(default_factory=dict)  # e.g. {rss_bytes = 536870912}
-    learn_samples: int = Field(default=30, ge=5)
+    Latency: one control chart (EWMA + CUSUM on log latency) per HTTP probe, after a learning phase of
+    ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample. Aging: a Mann–Kendall
+    trend test per metric of ``aging_limits`` (``rss_bytes = "512MiB"``, ``num_fds = 1024``), on
+    ``aging_bucket_s`` buckets, judged from ``aging_min_buckets`` buckets on, ignoring the first
+    ``aging_warmup_s``; a verdict when exhaustion is predicted within ``aging_horizon_s``. The defaults
+    suit services that leak over hours; the demo uses seconds.
+    """
+
+    latency: bool = True
+    latency_learning: int = Field(default=300, ge=10)
+    latency_alpha: float = Field(default=1e-6, gt=0, lt=0.5)
+    latency_hold_off_s: float = Field(default=300.0, ge=0)
+    aging_limits: dict[str, float] = Field(default_factory=dict)
+    aging_bucket_s: float = Field(default=60.0, gt=0)
+    aging_min_buckets: int = Field(default=20, ge=6, le=120)
+    aging_warmup_s: float = Field(default=600.0, ge=0)
+    aging_horizon_s: float = Field(default=86_400.0, gt=0)
+    aging_hold_off_s: float = Field(default=1800.0, ge=0)
+
+    @field_validator("aging_limits", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        # Sizes may be written with units: rss_bytes = "512MiB".
+        if isinstance(v, Mapping):
+            from pydantic import TypeAdapter
+
+            adapter = TypeAdapter(ByteSize)
+            return {k: float(adapter.validate_python(x)) if isinstance(x, str) else x for k, x in v.items()}
+        return v
 
 
 class HttpProbe(_Model):

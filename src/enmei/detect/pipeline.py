@@ -216,11 +216,11 @@ class UnitJudge:
             "rule": alarm.rule, "probe": obs.probe, "repeat": bool(alarm.evidence.get("repeat")),
         }
         crit = isinstance(exhaust, (int, float)) and exhaust <= self.critical_exhaust_s
-        hours = f"{exhaust / 3600:.1f} h" if isinstance(exhaust, (int, float)) else "unknown time"
+        when = _duration(exhaust) if isinstance(exhaust, (int, float)) else "an unknown time"
         return Verdict(self.unit, f"aging:{metric}", VerdictKind.AGING,
                        Severity.CRITICAL if crit else Severity.WARNING, t,
-                       f"{metric} grows {ev.get('slope_per_s', 0.0):.4g}/s and reaches its limit "
-                       f"{ev.get('limit')} in {hours}", evidence)
+                       f"{metric} grows {_amount(metric, float(ev.get('slope_per_s') or 0.0))}/s and reaches its "
+                       f"limit {_amount(metric, float(ev.get('limit') or 0.0))} in {when}", evidence)
 
     # -- lifecycle and state --------------------------------------------------------------------
     def reset(self, *, latency: bool = False, aging: bool = True) -> None:
@@ -267,3 +267,21 @@ class UnitJudge:
         other = UnitJudge.from_state(state)
         vars(self).clear()
         vars(self).update(vars(other))
+
+
+def _amount(metric: str, value: float) -> str:
+    """A value for a person: bytes in KiB/MiB/GiB, other counts as they are."""
+    if metric.endswith("_bytes"):
+        for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+            if abs(value) >= size:
+                return f"{value / size:.3g} {unit}"
+        return f"{value:.3g} B"
+    return f"{value:.4g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

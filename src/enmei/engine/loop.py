@@ -217,7 +217,9 @@ class Engine:
             self.probes[name] = make_probes(name, spec, backend, self.clock)
             self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
             if self._judge_factory is not None:
-                self.judges[name] = self._judge_factory(name, spec)
+                judge = self._judge_factory(name, spec)
+                if judge is not None:
+                    self.judges[name] = judge
 
     async def _adopt_or_start(self) -> None:
         saved = self._statefile.load()
@@ -306,6 +308,10 @@ class Engine:
                 self._decide(ev, seq)
         elif ev.kind is UnitEventKind.STOPPED:
             self._identity_changed(ev.unit, None)
+        elif ev.kind is UnitEventKind.STARTED:
+            judge = self.judges.get(ev.unit)
+            if judge is not None:
+                judge.reset()  # a new instance: aging starts over (a restart frees what leaked)
 
     def _on_observation(self, obs: Observation) -> None:
         unit = self.units.get(obs.unit)

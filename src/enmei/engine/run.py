@@ -27,9 +27,11 @@ async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock
 
     ``companion`` runs next to the engine (a web server, a scenario) and is cancelled when it ends.
     """
+    from enmei.detect.wiring import judge_factory
+
     journal = journal_for(loaded).open()
     try:
-        engine = Engine(loaded, journal=journal, policy=policy, clock=clock)
+        engine = Engine(loaded, journal=journal, policy=policy, clock=clock, judge_factory=judge_factory)
         if on_start is not None:
             on_start(engine)
         loop = asyncio.get_running_loop()
