@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from enmei.box.anchor import Anchors
 from enmei.box.record import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
 from enmei.errors import BoxError
 
@@ -93,6 +94,9 @@ class Journal:
         samples_retention_s: float = 86_400.0,
         max_buffered_samples: int = 100_000,
         on_trouble: TroubleFn | None = None,
+        anchors: Anchors | None = None,
+        anchor_every_s: float = 10.0,
+        head_every_s: float = 0.5,
     ) -> None:
         self.path = Path(path)
         self._wall_ns = wall_ns
@@ -101,6 +105,12 @@ class Journal:
         self.samples_retention_s = samples_retention_s
         self.max_buffered_samples = max_buffered_samples
         self.on_trouble = on_trouble
+        self.anchors = anchors
+        self.anchor_every_s = anchor_every_s
+        self.head_every_s = head_every_s
+        self._last_anchor = time.monotonic()
+        self._anchored_seq = 0
+        self._last_head = 0.0
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._durable = threading.Condition(self._lock)
@@ -154,7 +164,10 @@ class Journal:
         return self
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Write what is pending (waiting up to ``timeout_s``), stop the writer, release the lock."""
+        """Write what is pending (waiting up to ``timeout_s``), stop the writer, release the lock.
+        With anchors, a last anchor record signs the chain and the head file is written."""
+        if self.anchors is not None and self._thread is not None and not self._closing and self._seq:
+            self._anchor()
         with self._lock:
             self._closing = True
             self._wake.notify_all()
@@ -320,6 +333,8 @@ class Journal:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.05
+            if batch and self.anchors is not None:
+                self._after_commit(batch[-1][0], batch[-1][7], closing)
             with self._lock:
                 if batch:
                     self._durable_seq = batch[-1][0]
@@ -331,6 +346,29 @@ class Journal:
                 self._tell(None)
             if not closing and self.commit_interval_s > 0:
                 time.sleep(self.commit_interval_s)  # let the next batch gather: group commit
+
+    def _anchor(self) -> None:
+        """Append an anchor record signing the hash of the newest record."""
+        assert self.anchors is not None
+        with self._lock:
+            seq, digest = self._seq, self._hash
+        self._anchored_seq = seq
+        self._last_anchor = time.monotonic()
+        self.append("anchor", None, {"upto": seq, "hash": digest.hex(), "hmac": self.anchors.sign(seq, digest)})
+
+    def _after_commit(self, seq: int, digest: bytes, closing: bool) -> None:
+        """Anchors after a commit: the head file (at most every ``head_every_s``, and at close) and, every
+        ``anchor_every_s`` with new records, an anchor record."""
+        assert self.anchors is not None
+        now = time.monotonic()
+        if closing or now - self._last_head >= self.head_every_s:
+            try:
+                self.anchors.write_head(seq, digest)
+                self._last_head = now
+            except OSError as exc:
+                log.error("journal %s: cannot write the head file: %s", self.path, exc)
+        if not closing and now - self._last_anchor >= self.anchor_every_s and seq > self._anchored_seq + 1:
+            self._anchor()
 
     def _commit(self, batch: list[tuple[Any, ...]], samples: list[tuple[str, str, float, float]]) -> None:
         conn = self._conn

@@ -18,11 +18,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from enmei.box.anchor import Anchors
 from enmei.box.record import GENESIS
 from enmei.box.store import connect
 from enmei.errors import BoxError
 
-__all__ = ["VerifyResult", "verify", "verify_range", "verify_rows"]
+__all__ = ["VerifyResult", "check_anchors", "verify", "verify_range", "verify_rows"]
 
 _SEP = "\x1f"
 _BATCH = 20_000
@@ -42,8 +43,9 @@ class VerifyResult:
         return self.first_bad is None
 
 
-def verify(path: str | Path, *, workers: int | None = None) -> VerifyResult:
-    """Verify the whole chain of the journal at ``path``.
+def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | None = None) -> VerifyResult:
+    """Verify the whole chain of the journal at ``path``; with ``anchors``, also its signed anchors and
+    head file, which catch a cut-off tail and a tail rewritten with recomputed hashes.
 
     Large journals are cut into seq ranges checked in parallel by ``workers`` processes (default: the
     CPUs available); each range starts from the stored hash of the record before it, which the range
@@ -60,6 +62,13 @@ def verify(path: str | Path, *, workers: int | None = None) -> VerifyResult:
     lo, hi, count = (int(row[0] or 1), int(row[1] or 0), int(row[2]))
     if lo != 1 and count:
         return VerifyResult(0, 0, GENESIS, 1, f"expected record 1, found {lo}: records missing")
+    chain = _verify_chain(path, hi, workers)
+    if not chain.ok or anchors is None:
+        return chain
+    return check_anchors(path, chain, anchors)
+
+
+def _verify_chain(path: Path, hi: int, workers: int | None) -> VerifyResult:
     n = workers if workers is not None else len(os.sched_getaffinity(0))
     if n <= 1 or hi < _PARALLEL_FROM:
         return verify_range(str(path), 1, hi)
@@ -84,6 +93,57 @@ def verify(path: str | Path, *, workers: int | None = None) -> VerifyResult:
         total += part.records
     last = parts[-1]
     return VerifyResult(total, last.last_seq, last.last_hash)
+
+
+def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors) -> VerifyResult:
+    """Check every anchor record and the head file against a chain that verified as ``chain``.
+
+    A rewrite that recomputed the hashes leaves the chain consistent, so the first bad record cannot be
+    known exactly: it is named as the first record after the last anchor that still holds.
+    """
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute("SELECT seq, body FROM records WHERE kind = 'anchor' ORDER BY seq").fetchall()
+        good_upto = 0
+        for seq, body in rows:
+            try:
+                a = json.loads(body)
+                upto, digest, mac = int(a["upto"]), bytes.fromhex(a["hash"]), str(a["hmac"])
+            except (ValueError, KeyError, TypeError):
+                return _rewritten(chain, good_upto, f"anchor record {seq} is malformed")
+            if not anchors.valid(upto, digest, mac):
+                return _rewritten(chain, good_upto, f"anchor record {seq} does not carry a valid signature")
+            held = conn.execute("SELECT hash FROM records WHERE seq = ?", (upto,)).fetchone()
+            if held is None or bytes(held[0]) != digest:
+                return _rewritten(chain, good_upto, f"record {upto} is not the one anchor record {seq} signed")
+            good_upto = upto
+        head = anchors.read_head()
+        if head is None:
+            if chain.records:
+                return _rewritten(chain, good_upto, f"the head file {anchors.head_path} is missing: the tail "
+                                                    "cannot be checked")
+            return chain
+        if not anchors.valid(head.seq, head.hash, head.mac):
+            return _rewritten(chain, good_upto, f"the head file {anchors.head_path} has an invalid signature")
+        if head.seq > chain.last_seq:
+            unconfirmed = (f"; records after {good_upto}, the last one an anchor still signs, are not confirmed "
+                           "either") if good_upto < chain.last_seq else ""
+            return VerifyResult(chain.records, chain.last_seq, chain.last_hash, chain.last_seq + 1,
+                                f"records {chain.last_seq + 1} to {head.seq} are missing: the journal was cut "
+                                f"(the signed head names record {head.seq}){unconfirmed}")
+        held = conn.execute("SELECT hash FROM records WHERE seq = ?", (head.seq,)).fetchone()
+        if held is None or bytes(held[0]) != head.hash:
+            return _rewritten(chain, good_upto, f"record {head.seq} is not the one the signed head names")
+    except sqlite3.DatabaseError as exc:
+        raise BoxError(f"{path}: cannot read the journal: {exc}") from exc
+    finally:
+        conn.close()
+    return chain
+
+
+def _rewritten(chain: VerifyResult, good_upto: int, why: str) -> VerifyResult:
+    return VerifyResult(chain.records, chain.last_seq, chain.last_hash, good_upto + 1,
+                        f"{why}; the chain was rewritten after record {good_upto}")
 
 
 def verify_range(path: str, lo: int, hi: int) -> VerifyResult:

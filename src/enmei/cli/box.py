@@ -12,7 +12,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from enmei.box import Reader, Record, verify
+from enmei.box import Anchors, Reader, Record, head_path, verify
+from enmei.box.anchor import default_key_path
 from enmei.cli.common import Exit, console, fail, resolve_journal
 from enmei.errors import BoxError
 
@@ -76,20 +77,38 @@ def show(seq: int, journal: JournalOpt = None, config: ConfigOpt = None) -> None
 
 @app.command(name="verify")
 def verify_cmd(journal: JournalOpt = None, config: ConfigOpt = None,
-               as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False) -> None:
-    """Check the hash chain; name the first bad record. Exit code 4 if it is broken."""
+               as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
+               key: Annotated[Path | None, typer.Option(help="Anchor key (default: from the config, or "
+                                                             "anchor.key next to the journal)")] = None,
+               no_anchors: Annotated[bool, typer.Option("--no-anchors", help="Check the chain only")] = False,
+               ) -> None:
+    """Check the hash chain, and with the anchor key the signed anchors and head (a cut or rewritten
+    tail); name the first bad record. Exit code 4 if it is broken."""
     path = resolve_journal(journal, config)
+    if key is None and not no_anchors:
+        key = default_key_path(path)
+        if config is not None or (journal is None and Path("enmei.toml").exists()):
+            from enmei.config.load import load
+
+            key = load(config or Path("enmei.toml")).anchor_key_path
+    anchors = None
+    if not no_anchors and key is not None and key.exists():
+        try:
+            anchors = Anchors.from_files(key, head_path(path), create=False)
+        except BoxError as exc:
+            fail(str(exc), Exit.START)
     t0 = time.perf_counter()
     try:
-        res = verify(path)
+        res = verify(path, anchors=anchors)
     except BoxError as exc:
         fail(str(exc), Exit.START)
     dt = time.perf_counter() - t0
     if as_json:
         print(json.dumps({"journal": str(path), "ok": res.ok, "records": res.records, "first_bad": res.first_bad,
-                          "reason": res.reason, "seconds": round(dt, 3)}))
+                          "reason": res.reason, "seconds": round(dt, 3), "anchors": anchors is not None}))
     elif res.ok:
-        console.print(f"[green]ok[/]: {res.records} records verified in {dt:.2f}s; chain head "
+        what = "chain, anchors and signed head" if anchors else "chain (no anchor key: the tail is not checked)"
+        console.print(f"[green]ok[/]: {res.records} records verified in {dt:.2f}s — {what}; head "
                       f"{res.last_hash.hex()[:16]}… ({path})", highlight=False)
     else:
         console.print(f"[bold red]BROKEN[/] at record {res.first_bad}: {res.reason} "

@@ -49,6 +49,13 @@ class LoadedConfig:
     def journal_path(self) -> Path:
         return self.state_dir / self.config.supervisor.journal
 
+    @property
+    def anchor_key_path(self) -> Path | None:
+        sup = self.config.supervisor
+        if not sup.anchors:
+            return None
+        return (self.base_dir / sup.anchor_key).resolve() if sup.anchor_key else self.state_dir / "anchor.key"
+
     def unit_cwd(self, unit: ProcessUnit) -> Path:
         return (self.base_dir / unit.cwd).resolve() if unit.cwd else self.base_dir.resolve()
 

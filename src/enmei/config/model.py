@@ -61,6 +61,10 @@ class SupervisorConfig(_Model):
 
     state_dir: str = ".enmei"
     journal: str = "journal.sqlite"
+    # HMAC key for the journal's anchors; keep it where whoever could tamper with the journal cannot
+    # write (relative to the config file; default: anchor.key in state_dir). anchors = false: none.
+    anchor_key: str | None = None
+    anchors: bool = True
     policy: str | None = None  # a Starlark policy file; None = the shipped default library
     samples_retention_s: float = Field(default=86_400.0, gt=0)
     summary_every_s: float = Field(default=60.0, gt=0)

@@ -25,7 +25,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from enmei.box import Reader, verify
+from enmei.box import Anchors, Reader, head_path, verify
 from enmei.cli.live import LiveView, PlainLog
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
@@ -291,15 +291,17 @@ def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, consol
             return await supervise(loaded, on_start=attach, companion=companion)
 
     try:
-        engine = asyncio.run(main())
+        asyncio.run(main())
     finally:
         if view is not None:
             view.__exit__(None, None, None)
-    return _summary(console, engine, loaded.journal_path, incidents, watcher, time.monotonic() - started)
+    key = loaded.anchor_key_path
+    anchors = Anchors.from_files(key, head_path(loaded.journal_path), create=False) if key else None
+    return _summary(console, loaded.journal_path, anchors, incidents, watcher, time.monotonic() - started)
 
 
-def _summary(console: Console, engine: Engine, journal: Path, incidents: list[Incident], watcher: Watcher,
-             elapsed: float) -> int:
+def _summary(console: Console, journal: Path, anchors: Anchors | None, incidents: list[Incident],
+             watcher: Watcher, elapsed: float) -> int:
     t = Table(title=f"enmei demo: {len(incidents)} incidents in {elapsed:.0f}s", title_justify="left")
     for col in ("incident", "detected by", "detection", "remedy", "outcome", "downtime"):
         t.add_column(col)
@@ -320,7 +322,7 @@ def _summary(console: Console, engine: Engine, journal: Path, incidents: list[In
     alerts = sum(1 for k, _ in flaky if k == "alert")
     console.print(f"flaky: {starts} starts, every one failed; backoff then escalation ({escalations}x) with "
                   f"{alerts} alert(s); still retried every 15 s — no tight loop, no silent give-up", highlight=False)
-    res = verify(journal)
+    res = verify(journal, anchors=anchors)
     with Reader(journal) as r:
         count = r.count()
         for inc in incidents:
@@ -331,7 +333,8 @@ def _summary(console: Console, engine: Engine, journal: Path, incidents: list[In
                     console.print(f"leak: rss peaked at {max(rss) / 2**20:.0f} MiB, below the "
                                   f"{LEAK_LIMIT_MIB} MiB limit — rejuvenated before it hurt", highlight=False)
     if res.ok:
-        console.print(f"journal: [green]verified[/] — {res.records} records, hash chain intact "
+        what = "hash chain, signed anchors and head intact" if anchors else "hash chain intact"
+        console.print(f"journal: [green]verified[/] — {res.records} records, {what} "
                       f"(head {res.last_hash.hex()[:16]}…)", highlight=False)
     else:
         good = False

@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from enmei.box.anchor import Anchors, head_path
 from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
@@ -633,6 +634,9 @@ class Engine:
 
 
 def journal_for(loaded: LoadedConfig) -> Journal:
-    """The journal a config names, not yet opened."""
-    return Journal(loaded.journal_path, samples_retention_s=loaded.config.supervisor.samples_retention_s)
+    """The journal a config names, with its anchors (the key is made on first use), not yet opened."""
+    key = loaded.anchor_key_path
+    anchors = Anchors.from_files(key, head_path(loaded.journal_path)) if key is not None else None
+    return Journal(loaded.journal_path, samples_retention_s=loaded.config.supervisor.samples_retention_s,
+                   anchors=anchors)
 
