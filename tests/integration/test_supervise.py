@@ -211,3 +211,32 @@ def test_sigterm_to_enmei_stops_units_gracefully_and_kill9_leaves_them_for_adopt
         kinds = [(x.kind, x.data().get("event")) for x in reader.tail(5)]
     assert ("supervisor", "stopped") in kinds
     assert json.loads(state.read_text())["units"] == {}
+
+
+async def test_instances_started_just_before_a_crash_are_recovered_not_duplicated(
+        tmp_path: Path, procs: Procs) -> None:
+    """enmei killed between starting a unit and saving its identity: the next one finds the unit by its
+    environment marks, adopts the oldest instance and ends a duplicate."""
+    from enmei.visor.process import ENV_SUPERVISOR, ENV_UNIT, ProcessBackend
+
+    (port,) = free_ports(1)
+    loaded = load_text(web_config(port), tmp_path / "enmei.toml")
+    instance = ProcessBackend(clock=None, state_dir=loaded.state_dir, emit=None).instance
+    env = {**os.environ, ENV_UNIT: "web", ENV_SUPERVISOR: instance}
+    first = procs.popen([PY, "-m", "enmei.demo.service", "--port", str(port)], env=env)
+    await asyncio.sleep(0.3)
+    second = procs.popen([PY, "-c", "import time; time.sleep(60)"], env=env)  # a duplicate start
+    journal = journal_for(loaded).open()
+    engine = Engine(loaded, journal=journal)
+    r = Running(engine, asyncio.create_task(engine.run()))
+    try:
+        assert await r.until(lambda: "web" in engine.units and r.unit().state is UnitState.RUNNING)
+        assert r.pid() == first.pid
+        recovered = r.first("unit.event", event="recovered")
+        assert recovered and recovered[1]["duplicates_ended"] == [second.pid]
+        assert await r.until(lambda: second.poll() is not None, 5)
+        assert not [b for _, _, k, _, b in r.records if k == "unit.event" and b.get("event") == "started"]
+    finally:
+        engine.stop()
+        await asyncio.wait_for(r.task, 30)
+        journal.close()

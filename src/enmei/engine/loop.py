@@ -235,6 +235,15 @@ class Engine:
             if ident.backend == unit.backend.kind and await unit.backend.adopt(name, unit.spec, ident):
                 self._identities[name] = ident
                 unit.adopted(ident)
+        for name, unit in self.units.items():
+            if unit.state is UnitState.PENDING:
+                found = await unit.backend.recover(name, unit.spec)
+                if found is not None:
+                    self._identities[name] = found
+                    unit.adopted(found)
+                    self.record(RecordKind.UNIT_EVENT, name, {
+                        "event": "recovered", "pid": found.pid,
+                        "duplicates_ended": list(found.extra.get("duplicates_ended", []))})
         self._save_identities()
         await self._resolve_interrupted()
         for name, unit in self.units.items():

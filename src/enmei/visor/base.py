@@ -94,6 +94,11 @@ class Backend(abc.ABC):
     async def adopt(self, name: str, spec: Any, identity: Identity) -> bool:
         """Take over a unit left running by an earlier supervisor; False if it is gone or not ours."""
 
+    async def recover(self, name: str, spec: Any) -> Identity | None:
+        """Find and adopt an instance of ``name`` that no saved identity names (a supervisor killed
+        between starting it and saving its identity). None if there is none; the default finds none."""
+        return None
+
     @abc.abstractmethod
     def alive(self, name: str) -> bool:
         """Whether unit ``name`` is running under this backend now."""

@@ -38,6 +38,8 @@ class SimProcess:
     sig: int | None = None
     ignore_term: bool = False
     rss: float = 50e6
+    unit: str = ""
+    instance: str = ""
 
 
 class FakeBackend(ProcessBackend):
@@ -72,7 +74,8 @@ class FakeBackend(ProcessBackend):
             self.fail_starts -= 1
             raise StartError(name, "start", f"command {spec.command[0]!r} not found (simulated)")
         pid = next(self._pids)
-        proc = SimProcess(pid, self.clock.wall(), self.clock.monotonic(), ignore_term=self.ignore_term)
+        proc = SimProcess(pid, self.clock.wall(), self.clock.monotonic(), ignore_term=self.ignore_term, unit=name,
+                          instance=self.instance)
         self.world[pid] = proc
         self.spawned.append(pid)
         if self.die_after_s is not None:
@@ -84,6 +87,10 @@ class FakeBackend(ProcessBackend):
         if proc is None or not proc.alive or abs(proc.create_time - identity.create_time) > 0.05:
             return None
         return -1, None
+
+    def _find_marked(self, name: str) -> list[tuple[int, float]]:
+        return [(p.pid, p.create_time) for p in self.world.values()
+                if p.alive and p.unit == name and p.instance == self.instance]
 
     def _watch(self, name: str, run: _Running) -> None:
         pass  # exits are delivered by crash() and _signal_group()

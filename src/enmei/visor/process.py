@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import signal
@@ -36,7 +37,10 @@ from enmei.errors import IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 
-__all__ = ["ProcessBackend", "port_owner", "tail_lines"]
+__all__ = ["ENV_SUPERVISOR", "ENV_UNIT", "ProcessBackend", "port_owner", "tail_lines"]
+
+ENV_UNIT = "ENMEI_UNIT"
+ENV_SUPERVISOR = "ENMEI_SUPERVISOR"
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ class ProcessBackend(Backend):
         self.base_dir = base_dir or Path.cwd()
         self.log_dir = state_dir / "logs"
         self._units: dict[str, _Running] = {}
+        self.instance = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -79,6 +84,10 @@ class ProcessBackend(Backend):
         cwd = (self.base_dir / spec.cwd).resolve() if spec.cwd else self.base_dir
         env = dict(os.environ) if spec.inherit_env else {}
         env.update(spec.env)
+        # Marks of origin, inherited by the whole group: a supervisor killed before it saved this
+        # unit's identity finds it again by them (``recover``), instead of starting a duplicate.
+        env[ENV_UNIT] = name
+        env[ENV_SUPERVISOR] = self.instance
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_fd = os.open(self._log_file(name, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         err_fd = os.open(self._log_file(name, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
@@ -106,6 +115,41 @@ class ProcessBackend(Backend):
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
         return True
+
+    async def recover(self, name: str, spec: Any) -> Identity | None:
+        """Adopt the leader of a group this supervisor's state dir started for ``name``, found by its
+        environment marks. If there are several (a start repeated across a crash), the oldest is kept
+        and the others are ended (SIGKILL to their groups)."""
+        if not isinstance(spec, ProcessUnit) or name in self._units:
+            return None
+        found = self._find_marked(name)
+        if not found:
+            return None
+        found.sort(key=lambda p: p[1])
+        for pid, _ in found[1:]:
+            log.warning("unit %s: a second instance (pid %d) from before a crash: ending it", name, pid)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        pid, ctime = found[0]
+        identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=ctime, started_wall=ctime,
+                            extra={"pgid": pid, "recovered": True, "duplicates_ended": [p for p, _ in found[1:]]})
+        return identity if await self.adopt(name, spec, identity) else None
+
+    def _find_marked(self, name: str) -> list[tuple[int, float]]:
+        """(pid, create time) of session leaders carrying this supervisor's marks for ``name``."""
+        out: list[tuple[int, float]] = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                pid = proc.pid
+                if os.getsid(pid) != pid:
+                    continue  # not a leader: a child of a unit carries the marks too
+                env = proc.environ()
+                if env.get(ENV_UNIT) == name and env.get(ENV_SUPERVISOR) == self.instance:
+                    if proc.status() != psutil.STATUS_ZOMBIE:
+                        out.append((pid, proc.create_time()))
+            except (psutil.Error, OSError):
+                continue
+        return out
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
         run = self._units.get(name)
