@@ -144,9 +144,9 @@ class ProcessBackend(Backend):
                 if os.getsid(pid) != pid:
                     continue  # not a leader: a child of a unit carries the marks too
                 env = proc.environ()
-                if env.get(ENV_UNIT) == name and env.get(ENV_SUPERVISOR) == self.instance:
-                    if proc.status() != psutil.STATUS_ZOMBIE:
-                        out.append((pid, proc.create_time()))
+                ours = env.get(ENV_UNIT) == name and env.get(ENV_SUPERVISOR) == self.instance
+                if ours and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append((pid, proc.create_time()))
             except (psutil.Error, OSError):
                 continue
         return out
