@@ -77,6 +77,10 @@ class Anchors:
             raise BoxError(f"{key_path}: cannot read the anchor key: {exc.strerror}") from exc
         return cls(key, head_path)
 
+    def for_head(self, head: Path) -> Anchors:
+        """The same key, for another journal's head file (a copy of the journal)."""
+        return Anchors(self._key, head)
+
     def sign(self, seq: int, digest: bytes) -> str:
         return hmac.new(self._key, f"{seq}:{digest.hex()}".encode(), hashlib.sha256).hexdigest()
 

@@ -65,3 +65,24 @@ def aging(as_json: JsonOpt = False, seed: Annotated[int, typer.Option(help="Gene
     from enmei.bench import aging as bench_aging
 
     emit("enmei bench aging", bench_aging.run(seed), as_json)
+
+
+@app.command()
+def crash(as_json: JsonOpt = False,
+          points: Annotated[int, typer.Option(help="How many times to kill -9 the supervisor")] = 200,
+          seed: Annotated[int, typer.Option(help="Random seed for the kill instants")] = 0) -> None:
+    """Kill -9 a real supervisor at random instants (mid-remedy, mid-commit) and count what broke."""
+    from enmei.bench import crash as bench_crash
+
+    emit("enmei bench crash", bench_crash.run(points, seed), as_json)
+
+
+@app.command()
+def tamper(as_json: JsonOpt = False,
+           trials: Annotated[int, typer.Option(help="Tampered copies to verify")] = 600,
+           seed: Annotated[int, typer.Option(help="Random seed")] = 0) -> None:
+    """Tamper with a journal (byte flips, deletions, reordering, cut and rewritten tails) and count
+    what verify detects."""
+    from enmei.bench import tamper as bench_tamper
+
+    emit("enmei bench tamper", bench_tamper.run(trials, seed=seed), as_json)

@@ -1,0 +1,248 @@
+"""``enmei bench crash``: kill -9 the supervisor at random instants and check what survives.
+
+A real ``enmei up`` supervises two demo services and a unit that keeps crashing (so that remedies are
+always under way). At each of ``points`` random instants — some just after a unit was killed, so the
+supervisor dies in the middle of a remedy, others wherever the journal happens to be committing — the
+supervisor is killed with SIGKILL and started again. Counted:
+
+* ``lost_records``: records that were durable (committed, visible to a reader) when the supervisor died
+  and are missing or different afterwards;
+* ``duplicate_remedies``: remedies started twice for one decision, or two instances of one unit alive;
+* ``unadopted_units``: after the restart settles, a unit instance the new supervisor does not own
+  (an orphan) or a second instance of a unit;
+* ``verify_failures``: journal verifications (chain, anchors, signed head) that fail after a restart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from enmei.box import Anchors, Reader, head_path, verify
+from enmei.config.load import load_text
+from enmei.demo.ports import free_ports
+from enmei.errors import BoxError
+from enmei.visor.process import ENV_SUPERVISOR, ENV_UNIT, ProcessBackend
+
+__all__ = ["config_text", "run"]
+
+_UNITS = ("web1", "web2")
+
+
+def config_text(ports: list[int]) -> str:
+    py = sys.executable
+    parts = ['[supervisor]\nstate_dir = "state"\nsummary_every_s = 2\n']
+    for name, port in zip(_UNITS, ports, strict=True):
+        parts.append(f"""
+[units.{name}]
+command = ["{py}", "-m", "enmei.demo.service", "--port", "{port}"]
+listen = ["127.0.0.1:{port}"]
+start_s = 0.3
+stop_timeout_s = 2
+[units.{name}.restart]
+backoff_first_s = 0.1
+backoff_max_s = 0.5
+budget = 1000
+window_s = 60
+[[units.{name}.probes]]
+kind = "http"
+url = "http://127.0.0.1:{port}/health"
+interval_s = 0.2
+timeout_s = 0.5
+[[units.{name}.probes]]
+kind = "process"
+interval_s = 0.2
+""")
+    parts.append(f"""
+[units.flaky]
+command = ["{py}", "-c", "import random, time; time.sleep(random.uniform(0.1, 0.8)); raise SystemExit(1)"]
+start_s = 0.05
+[units.flaky.restart]
+backoff_first_s = 0.05
+backoff_max_s = 0.3
+budget = 100000
+window_s = 60
+""")
+    return "".join(parts)
+
+
+class _Run:
+    def __init__(self, workdir: Path, rng: random.Random) -> None:
+        self.workdir = workdir
+        self.rng = rng
+        self.cfg = workdir / "enmei.toml"
+        self.cfg.write_text(config_text(free_ports(len(_UNITS))))
+        self.loaded = load_text(self.cfg.read_text(), self.cfg)
+        self.journal = self.loaded.journal_path
+        self.instance = ProcessBackend(clock=None, state_dir=self.loaded.state_dir, emit=None).instance
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.durable: dict[int, bytes] = {}
+        self.counts = {"lost_records": 0, "duplicate_remedies": 0, "unadopted_units": 0, "verify_failures": 0}
+        self.notes: list[str] = []
+
+    # -- the supervisor --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        last = self._last_start_seq()
+        log = open(self.workdir / "up.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "enmei", "up", "--plain", str(self.cfg)],
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        end = time.monotonic() + 30
+        while self._last_start_seq() <= last:
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise RuntimeError(f"enmei up did not start; see {self.workdir / 'up.log'}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def _last_start_seq(self) -> int:
+        if not self.journal.exists():
+            return 0
+        try:
+            with Reader(self.journal) as r:
+                recs = r.tail(1, kinds=["supervisor"])
+                starts = [x.seq for x in recs if x.data().get("event") == "started"]
+                if starts:
+                    return starts[-1]
+                older = [x.seq for x in r.records(kinds=["supervisor"]) if x.data().get("event") == "started"]
+                return older[-1] if older else 0
+        except BoxError:
+            return 0
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def snapshot_durable(self) -> None:
+        """Everything a reader can see now is committed: remember each record's hash."""
+        with Reader(self.journal) as r:
+            since = max(self.durable) if self.durable else 0
+            for rec in r.records(since_seq=since):
+                self.durable[rec.seq] = rec.hash
+
+    def check_durable(self) -> None:
+        with Reader(self.journal) as r:
+            rows = dict(r.conn.execute("SELECT seq, hash FROM records"))
+        lost = sum(1 for seq, h in self.durable.items() if bytes(rows.get(seq, b"")) != h)
+        if lost:
+            self.notes.append(f"{lost} durable records missing or changed")
+        self.counts["lost_records"] += lost
+        self.durable = {}  # checked: the next point checks what becomes durable after this
+
+    def check_verify(self) -> None:
+        key = self.loaded.anchor_key_path
+        anchors = Anchors.from_files(key, head_path(self.journal), create=False) if key else None
+        res = verify(self.journal, anchors=anchors)
+        if not res.ok:
+            self.counts["verify_failures"] += 1
+            self.notes.append(f"verify: record {res.first_bad}: {res.reason}")
+
+    def instances(self, unit: str) -> list[int]:
+        out = []
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(p.pid) != p.pid or p.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                env = p.environ()
+                if env.get(ENV_UNIT) == unit and env.get(ENV_SUPERVISOR) == self.instance:
+                    out.append(p.pid)
+            except (psutil.Error, OSError):
+                continue
+        return out
+
+    def check_adoption(self) -> None:
+        try:
+            owned = json.loads((self.loaded.state_dir / "units.json").read_text())["units"]
+        except (OSError, ValueError, KeyError):
+            owned = {}
+        for unit in _UNITS:
+            alive = self.instances(unit)
+            if len(alive) > 1:
+                self.counts["unadopted_units"] += len(alive) - 1
+                self.counts["duplicate_remedies"] += 1
+                self.notes.append(f"{unit}: {len(alive)} instances alive: {alive}")
+            elif len(alive) == 1 and int((owned.get(unit) or {}).get("pid", -1)) != alive[0]:
+                self.counts["unadopted_units"] += 1
+                self.notes.append(f"{unit}: pid {alive[0]} alive but not owned by the supervisor")
+
+    def check_remedies(self) -> None:
+        with Reader(self.journal) as r:
+            rows = r.conn.execute(
+                "SELECT json_extract(body, '$.decision_seq'), COUNT(*) FROM records WHERE kind = 'remedy.start'"
+                " GROUP BY 1 HAVING COUNT(*) > 1").fetchall()
+        for decision, n in rows:
+            self.counts["duplicate_remedies"] += n - 1
+            self.notes.append(f"decision {decision} started {n} remedies")
+
+    def kill_a_unit(self) -> None:
+        pids = self.instances(self.rng.choice(_UNITS))
+        for pid in pids[:1]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        self.stop()
+        for unit in (*_UNITS, "flaky"):
+            for pid in self.instances(unit):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+
+
+def run(points: int = 200, seed: int = 0, settle_s: float = 1.0, keep: bool = False) -> dict[str, Any]:
+    rng = random.Random(seed)
+    tmp = Path(tempfile.mkdtemp(prefix="enmei-bench-crash-"))
+    bench = _Run(tmp, rng)
+    t0 = time.monotonic()
+    mid_remedy = 0
+    try:
+        bench.start()
+        for i in range(points):
+            time.sleep(rng.uniform(0.3, 1.5))
+            if i % 3 == 0:  # kill a unit, then the supervisor while it repairs it
+                bench.kill_a_unit()
+                time.sleep(rng.uniform(0.0, 0.25))
+                mid_remedy += 1
+            bench.kill()
+            bench.snapshot_durable()
+            bench.start()
+            time.sleep(settle_s)
+            bench.check_durable()
+            bench.check_verify()
+            bench.check_adoption()
+        bench.stop()
+        bench.snapshot_durable()
+        bench.check_durable()
+        bench.check_verify()
+        bench.check_remedies()
+        with Reader(bench.journal) as r:
+            records = r.count()
+        return {"points": points, **bench.counts, "mid_remedy_points": mid_remedy, "journal_records": records,
+                "seconds": round(time.monotonic() - t0, 1), "notes": bench.notes[:20]}
+    finally:
+        bench.cleanup()
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
