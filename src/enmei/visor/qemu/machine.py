@@ -330,7 +330,8 @@ class Machine:
         elif event == "SHUTDOWN":
             self.shutdown_reason = str(data.get("reason", "unknown"))
         elif event == "RESET":
-            self.resets += 1
+            if data.get("reason") != "snapshot-load":  # a snapshot load resets the machine first
+                self.resets += 1
             self.panicked = False
         elif event == "RESUME":
             self.panicked = False
