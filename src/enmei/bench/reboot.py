@@ -129,8 +129,8 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
     with tempfile.TemporaryDirectory(prefix="enmei-bench-") as tmp:
         backend = QemuBackend(clock=SystemClock(), state_dir=Path(tmp), emit=lambda e: None,
                               verdict=verdicts.put_nowait, cache_dir=cache_dir)
-        spec = QemuUnit(backend="qemu", image=info.directory, memory_mib=memory_mib, accel=accel,
-                        forward=[f"{port}:80"])
+        spec = QemuUnit.model_validate({"backend": "qemu", "image": info.directory, "memory_mib": memory_mib,
+                                        "accel": accel, "forward": [f"{port}:80"]})
         prober = _Prober(port, interval_s, timeout_s, max_in_flight)
         prober_task: asyncio.Task[None] | None = None
         try:
