@@ -13,8 +13,7 @@ from enmei.model import Decision, Event, UnitState
 from enmei.policy.base import View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.remedy import REMEDIES, Remedy, Result, UnitControl
-
-from .harness import start_rig
+from support.harness import start_rig
 
 ONE = """
 [units.a]

@@ -249,7 +249,7 @@ class Journal:
                                           timeout=timeout_s) and self._durable_seq >= target
 
     async def aflush(self, timeout_s: float | None = None) -> bool:
-        """``flush`` without blocking the event loop."""
+        """``flush`` without blocking the event loop; returns False at once if commits are failing."""
         with self._lock:
             target = self._seq
             if self._durable_seq >= target:
@@ -258,7 +258,8 @@ class Journal:
 
     def _wait_for(self, target: int, timeout_s: float | None) -> bool:
         with self._lock:
-            return self._durable.wait_for(lambda: self._durable_seq >= target, timeout=timeout_s)
+            self._durable.wait_for(lambda: self._durable_seq >= target or self._error is not None, timeout=timeout_s)
+            return self._durable_seq >= target
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ class Journal:
                     self._dropped_samples += max(0, len(samples) - max(room, 0))
                     first_failure = self._error is None
                     self._error = f"{type(exc).__name__}: {exc}"
+                    self._durable.notify_all()  # async waiters give up rather than wait out a full disk
                 if first_failure:
                     log.error("journal %s: commit failed, buffering in memory: %s", self.path, exc)
                     self._tell(self._error)

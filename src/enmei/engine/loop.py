@@ -511,7 +511,10 @@ class Engine:
         self.record(RecordKind.REMEDY_START, run.unit.name, {
             "remedy_id": run.remedy_id, "action": run.action, "args": dict(run.args),
             "decision_seq": run.decision_seq, "deadline_s": run.remedy.deadline_s(run.unit, run.args)})
-        await self.journal.aflush(timeout_s=5.0)
+        if self.journal.status == "ok":
+            # The intent is made durable before acting. While the journal cannot be written (disk full),
+            # repair does not wait for it: the intent stays queued in order, and an alert is out.
+            await self.journal.aflush(timeout_s=5.0)
 
     async def _run_remedy(self, unit: UnitRuntime, run: RemedyRun) -> Outcome:
         try:

@@ -54,11 +54,21 @@ class Rig:
             self.clock.advance(seconds / n)
             await self.quiesce()
 
+    async def advance_until(self, pred: Any, max_s: float, step: float = 0.1) -> bool:
+        """Advance the fake clock step by step until ``pred()`` holds (at most ``max_s`` of fake time)."""
+        t = 0.0
+        while not pred():
+            if t >= max_s:
+                return False
+            await self.advance(step, step)
+            t += step
+        return True
+
     async def quiesce(self) -> None:
         """Wait for the journal to catch up (intents are flushed before a remedy acts), then settle."""
         for _ in range(2):
             await self.settle(2)
-            if self.journal.durable_seq < self.journal.last_seq:
+            if self.journal.durable_seq < self.journal.last_seq and self.journal.status == "ok":
                 await self.until(lambda: self.journal.durable_seq >= self.journal.last_seq)
 
     def kinds(self, unit: str | None = None) -> list[str]:
