@@ -446,7 +446,7 @@ class QemuBackend(MonitorApi, Backend):
     def _identity(self, machine: Machine) -> Identity:
         return Identity(unit=machine.name, backend=self.kind, pid=machine.pid,
                         create_time=machine.create_time,
-                        started_wall=self.clock.wall() - (self.clock.monotonic() - machine.started_mono),
+                        started_wall=machine.started_wall,
                         extra={"qmp": str(machine.paths.qmp), "gate": str(machine.paths.gate),
                                "dir": str(machine.paths.dir), "console_offset": machine.console_offset,
                                "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel})
@@ -470,6 +470,7 @@ class QemuBackend(MonitorApi, Backend):
         evidence: dict[str, Any] = {
             "action": action, "info": dict(data.get("info") or {}), "qemu_wall": wall,
             "pid": machine.pid, "phases": list(machine.console.phases),
+            "panic_message": _panic_message(machine),
             "console_tail": tail(machine.paths.console, 15),
             "phase_snapshot": machine.phase_snapshot}
         verdict = Verdict(unit=machine.name, detector="qemu.pvpanic", kind=VerdictKind.PANIC,
@@ -494,9 +495,19 @@ class QemuBackend(MonitorApi, Backend):
             "panics": machine.panics, "resets": machine.resets}
         if not machine.stopping:
             detail["console_tail"] = tail(machine.paths.console, 15)
+            if reason == "guest-panicked":
+                detail["panic_message"] = _panic_message(machine)
             detail["qemu_log_tail"] = tail(machine.paths.qemu_log, 5)
         kind = UnitEventKind.STOPPED if machine.stopping else UnitEventKind.EXITED
         self.emit(UnitEvent(machine.name, kind, self.clock.monotonic(), detail))
+
+
+def _panic_message(machine: Machine) -> str | None:
+    """The kernel's ``Kernel panic - not syncing: ...`` line of this boot, if the console has it."""
+    for line in reversed(tail(machine.paths.console, 200, max_bytes=32768)):
+        if "Kernel panic" in line:
+            return line.strip()
+    return None
 
 
 def machine_phase_tag(spec: QemuUnit) -> str | None:

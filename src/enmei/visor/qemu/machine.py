@@ -124,6 +124,7 @@ class Machine:
     pid: int = 0
     create_time: float = 0.0
     started_mono: float = 0.0
+    started_wall: float = 0.0
     proc: psutil.Process | None = None
     pidfd: int = -1
     monitor: Monitor | None = None
@@ -173,6 +174,7 @@ class Machine:
             raise IdentityError(self.name, "attach", f"pid {pid}: {exc}") from exc
         self.pid, self.create_time, self.proc, self.pidfd = pid, ct, proc, pidfd
         self.started_mono = self.clock.monotonic()
+        self.started_wall = self.clock.wall()
         self.monitor = Monitor(self.name, self.paths.qmp, timeout_s=self.spec.qmp_timeout_s,
                                on_event=self._on_event)
         try:
