@@ -1,0 +1,232 @@
+"""The dashboard in a real browser (Debian's chromium, headless) over a real supervisor and real units:
+see the units, watch a detection land on the chart and in the timeline, restart a unit from the UI
+with confirmation, and see the timeline update live. Screenshots go to ``artifacts/screenshots/``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from enmei.config.load import load_text
+from enmei.demo.ports import free_ports
+from enmei.engine.loop import Engine
+from enmei.engine.run import supervise
+from enmei.model import UnitState
+from enmei.monitor.http import http_get
+from enmei.web import serve
+from enmei.web.views import live_limits_now
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SHOTS = Path(__file__).resolve().parents[3] / "artifacts" / "screenshots"
+PY = sys.executable
+
+
+def config(port: int) -> str:
+    return f"""
+[supervisor]
+state_dir = "state"
+tick_s = 0.5
+
+[units.web]
+command = ["{PY}", "-m", "enmei.demo.service", "--port", "{port}"]
+listen = ["127.0.0.1:{port}"]
+stop_timeout_s = 2
+start_s = 0.3
+
+[units.web.detect]
+latency_learning = 20
+latency_hold_off_s = 5
+
+[[units.web.probes]]
+kind = "http"
+url = "http://127.0.0.1:{port}/health"
+interval_s = 0.1
+timeout_s = 0.5
+
+[[units.web.probes]]
+kind = "process"
+interval_s = 0.5
+
+[units.worker]
+command = ["{PY}", "-c", "import time; time.sleep(3600)"]
+start_s = 0.2
+stop_timeout_s = 2
+"""
+
+
+@dataclass
+class Live:
+    engine: Engine
+    url: str
+    token: str
+    port: int
+    records: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    def pid(self) -> int:
+        ident = self.engine.units["web"].backend.identity("web")
+        assert ident is not None
+        return int(ident.pid)
+
+    def has(self, record_kind: str, **match: Any) -> bool:
+        return any(k == record_kind and all(b.get(x) == v for x, v in match.items()) for _, k, _, b in self.records)
+
+
+async def until(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return bool(pred())
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    port, wport = free_ports(2)
+    loaded = load_text(config(port), tmp_path / "enmei.toml")
+    ready: asyncio.Future[Live] = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def companion(engine: Engine) -> None:
+        state = Live(engine, f"http://127.0.0.1:{wport}", "", port)
+        engine.subscribe(lambda s, k, u, b: state.records.append((s, k, u, dict(b))))
+        web = asyncio.create_task(serve(engine, f"127.0.0.1:{wport}", loaded.state_dir / "web.token",
+                                        say=lambda _m: None))
+        try:
+            assert await until(lambda: all(u.state is UnitState.RUNNING for u in engine.units.values()), 20)
+            state.token = (loaded.state_dir / "web.token").read_text().strip()
+            ready.set_result(state)
+            await done.wait()
+        finally:
+            web.cancel()
+            await asyncio.gather(web, return_exceptions=True)
+            engine.stop()
+
+    task = asyncio.create_task(supervise(loaded, companion=companion))
+    try:
+        yield await asyncio.wait_for(asyncio.shield(ready), 30)
+    finally:
+        done.set()
+        if not ready.done():
+            task.cancel()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (make test does)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, browser: Any) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    ctx = await browser.new_context(viewport={"width": 1400, "height": 1000})
+    problems: list[str] = []
+    try:
+        page, timeline = await ctx.new_page(), await ctx.new_page()
+        for p in (page, timeline):
+            p.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+            p.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+
+        # the overview: the units, their state and health; the token arrives in the URL's fragment
+        await page.goto(f"{live.url}/#token={live.token}")
+        row = page.locator('tr[data-unit="web"]')
+        await row.locator(".state .badge").filter(has_text="running").wait_for(timeout=5000)
+        await page.locator("#live-status").filter(has_text="live").wait_for(timeout=5000)
+        assert await page.locator('tr[data-unit="worker"]').count() == 1
+        assert await page.evaluate("localStorage.getItem('enmei-token')") == live.token
+        assert "#token" not in page.url
+        await page.screenshot(path=str(SHOTS / "overview.png"), full_page=True)
+
+        # the timeline is open in another tab while things happen
+        await timeline.goto(f"{live.url}/timeline?window=15m")
+        await timeline.locator("#live-status").filter(has_text="live").wait_for(timeout=5000)
+
+        # a latency fault: the control chart leaves its limits; a detection lands on the chart and the timeline
+        assert await until(lambda: "http" in live_limits_now(live.engine, "web"), 20), "detector did not learn"
+        await http_get("127.0.0.1", live.port, "/admin/fault?latency_ms=60", timeout_s=2)
+        assert await until(lambda: live.has("verdict", kind="anomaly"), 15), "no anomaly verdict"
+        await http_get("127.0.0.1", live.port, "/admin/reset", timeout_s=2)
+        await timeline.locator('li.incident[data-kind="anomaly"]').first.wait_for(timeout=10_000)
+
+        await page.goto(f"{live.url}/units/web")
+        chart = page.locator("#chart-http_latency_s .main-svg").first
+        await chart.wait_for(timeout=15_000)
+        traces = await page.evaluate(
+            "() => document.getElementById('chart-http_latency_s').data.map(t => t.name)")
+        assert {"http.latency_s", "centre", "upper limit", "detections"} <= set(traces), traces
+        await page.screenshot(path=str(SHOTS / "unit-detection.png"), full_page=True)
+
+        # restart from the UI, with confirmation
+        old = live.pid()
+        await page.locator('button.action[data-action="restart"]').click()
+        dialog = page.locator("#confirm-dialog")
+        await dialog.wait_for(state="visible", timeout=5000)
+        assert (await page.locator("#confirm-title").inner_text()) == "restart web?"
+        await page.screenshot(path=str(SHOTS / "confirm-restart.png"))
+        await page.locator("#confirm-ok").click()
+        await page.locator("#toast").filter(has_text="queued").wait_for(timeout=5000)
+        assert await until(lambda: live.has("remedy.outcome", action="restart", state="succeeded"), 15)
+        assert live.has("decision", action="restart", policy="operator:web", rule="manual")
+        assert await until(lambda: live.engine.units["web"].state is UnitState.RUNNING, 5)
+        assert live.pid() != old
+
+        # the unit page and the other tab update by themselves (server-sent events), no reload
+        await page.locator('#unit-live li.incident[data-kind="manual"] .badge.succeeded').first.wait_for(
+            timeout=10_000)
+        item = timeline.locator('li.incident[data-kind="manual"]').filter(has_text="operator:web")
+        await item.locator(".badge.succeeded").first.wait_for(timeout=10_000)
+        text = (await item.first.inner_text()).lower()
+        assert "restart" in text and "observed" in text and "decided" in text and "outcome" in text
+        await page.wait_for_timeout(600)  # let the charts redraw the remedy line
+        await page.screenshot(path=str(SHOTS / "unit-after-restart.png"), full_page=True)
+        await timeline.bring_to_front()  # a background tab draws no frames to capture
+        await timeline.screenshot(path=str(SHOTS / "timeline.png"), full_page=True)
+        await page.bring_to_front()
+
+        await page.goto(f"{live.url}/journal")
+        await page.locator("#verify-now").click()
+        await page.locator("#toast").filter(has_text="intact").wait_for(timeout=10_000)
+        await page.screenshot(path=str(SHOTS / "journal.png"), full_page=True)
+        assert problems == []
+    finally:
+        with contextlib.suppress(Exception):
+            await ctx.close()
+
+
+async def test_an_action_without_the_token_asks_for_it(live: Live, browser: Any) -> None:
+    ctx = await browser.new_context()
+    try:
+        page = await ctx.new_page()
+        await page.goto(f"{live.url}/units/worker")
+        await page.locator('button.action[data-action="restart"]').click()
+        await page.locator("#confirm-ok").click()
+        await page.locator("#token-dialog").wait_for(state="visible", timeout=5000)
+        await page.locator("#toast").filter(has_text="needs the token").wait_for(timeout=5000)
+        await page.fill("#token-input", "wrong")
+        await page.locator('#token-dialog button[value="save"]').click()
+        await page.locator("#toast").filter(has_text="wrong token").wait_for(timeout=5000)  # 403, said once
+        assert await page.locator("#token-dialog").is_hidden()
+        assert not live.has("decision", policy="operator:web")
+    finally:
+        await ctx.close()
