@@ -82,3 +82,18 @@ async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
         engine.stop()
         await asyncio.wait_for(task, 30)
         journal.close()
+
+
+async def test_tcp_probe_sees_a_listener_and_its_absence() -> None:
+    from enmei.clock import SystemClock
+    from enmei.monitor.tcp import TcpProbe
+
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    probe = TcpProbe("u", "tcp", 1.0, SystemClock(), host="127.0.0.1", port=port, timeout_s=1.0)
+    obs = await probe.observe()
+    assert obs.ok and obs.values["connect_s"] >= 0
+    server.close()
+    await server.wait_closed()
+    obs = await probe.observe()
+    assert not obs.ok and obs.error
