@@ -114,7 +114,7 @@ class QemuBackend(MonitorApi, Backend):
             left = spec.ready_timeout_s - (self.clock.monotonic() - machine.started_mono)
             await machine.wait_phase("data-ready", since=0.0, timeout_s=max(1.0, left), what="data disk")
         except (TimeoutError, ProcessLookupError) as exc:
-            machine.stopping = True
+            machine.stopping = machine.quiet_exit = True
             machine.kill()
             await machine._wait_done(5.0)
             self._vms.pop(name, None)
@@ -313,7 +313,7 @@ class QemuBackend(MonitorApi, Backend):
             raise VisorError(name, "state restore", f"{files['meta']} is unreadable: {exc}") from exc
         old = self._vms.get(name)
         if old is not None:
-            old.replaced = True
+            old.quiet_exit = True
             await old.stop(0.0)
             self._vms.pop(name, None)
         paths = MachinePaths.for_unit(self.state_dir, name)
@@ -365,7 +365,7 @@ class QemuBackend(MonitorApi, Backend):
                 await machine.qmp().execute("cont")
             tags = await self.snapshot_list(name)
         except (QmpError, VisorError) as exc:
-            machine.stopping = True
+            machine.stopping = machine.quiet_exit = True
             machine.kill()
             await machine._wait_done(5.0)
             self._vms.pop(name, None)
@@ -484,7 +484,7 @@ class QemuBackend(MonitorApi, Backend):
     def _on_exit(self, machine: Machine) -> None:
         if self._vms.get(machine.name) is machine:
             del self._vms[machine.name]
-        if machine.replaced:
+        if machine.quiet_exit:
             return
         reason = machine.shutdown_reason
         if reason == "guest-panic" or (reason is None and machine.panicked):

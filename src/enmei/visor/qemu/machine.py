@@ -130,7 +130,7 @@ class Machine:
     monitor: Monitor | None = None
     console: ConsoleReader = field(init=False)
     stopping: bool = False
-    replaced: bool = False  # replaced by a restored QEMU: its exit is not reported
+    quiet_exit: bool = False  # its exit is not reported (a failed start, a QEMU replaced by a restore)
     panicked: bool = False
     panic_wall: float | None = None
     shutdown_reason: str | None = None

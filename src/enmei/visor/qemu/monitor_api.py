@@ -177,10 +177,13 @@ class MonitorApi:
     async def snapshot_load(self, name: str, tag: str) -> None:
         """Load snapshot ``tag``; the guest runs afterwards (also if it was paused or panicked).
 
-        The data disk is not rolled back. ``QmpError`` if the tag is unknown or its state is corrupt
-        (the guest is then in an undefined state: reboot it)."""
+        The data disk is not rolled back. An unknown tag raises ``VisorError`` and changes nothing. A
+        load that fails (a corrupt snapshot) raises ``QmpError`` and leaves the guest paused, since
+        its state may be half loaded: ``cold_reboot`` or another load makes it run again."""
         machine = self._require(name, "snapshot load")
         _check_tag(name, tag)
+        if tag not in await self.snapshot_list(name):
+            raise VisorError(name, "snapshot load", f"no snapshot {tag!r}")
         await machine.qmp().run_job("snapshot-load", {"tag": tag, "vmstate": "sys", "devices": ["sys"]},
                                     timeout_s=max(30.0, machine.spec.qmp_timeout_s))
         machine.console.forget_phases()

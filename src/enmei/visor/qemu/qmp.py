@@ -58,6 +58,12 @@ class Monitor:
         end = loop.time() + deadline_s
         last: BaseException | None = None
         while True:
+            if not self.path.exists():  # (no client: qemu.qmp would log every failed attempt)
+                last = FileNotFoundError(f"no socket at {self.path}")
+                if loop.time() >= end or self._closed:
+                    break
+                await asyncio.sleep(0.02)
+                continue
             client = QMPClient(f"enmei-{self.unit}")
             try:
                 await asyncio.wait_for(client.connect(str(self.path)), timeout=max(0.1, end - loop.time()))
