@@ -1,0 +1,55 @@
+"""The image build (cached), the real KVM probe, and a one-run smoke of the reboot benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from enmei.visor.qemu import ImageInfo, build
+from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
+
+pytestmark = [pytest.mark.integration, pytest.mark.qemu]
+
+
+def test_an_unchanged_image_is_not_rebuilt(qemu_image: ImageInfo) -> None:
+    before = os.stat(qemu_image.initrd).st_mtime_ns
+    steps: list[tuple[str, float, float]] = []
+    again = build(progress=lambda d, c, t: steps.append((d, c, t)))
+    assert again.inputs_hash == qemu_image.inputs_hash and again.directory == qemu_image.directory
+    assert os.stat(qemu_image.initrd).st_mtime_ns == before
+    assert steps[-1][1:] == (100.0, 100.0)
+    assert Path(qemu_image.kernel).stat().st_size > 1 << 20
+    meta = json.loads((Path(qemu_image.directory) / "image.json").read_text())
+    assert meta["kernel_package"].startswith("linux-image-") and meta["format"] == 1
+
+
+async def test_the_kvm_probe_is_bounded_and_its_verdict_cached(qemu_image: ImageInfo, tmp_path: Path) -> None:
+    calls = 0
+
+    async def probe() -> bool:
+        nonlocal calls
+        calls += 1
+        return await probe_kvm(qemu_image.kernel, qemu_image.initrd, timeout_s=10.0)
+
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    key = accel_key()
+    first = await choose_accel("auto", cache_file=tmp_path / "accel.json", key=key, probe=probe)
+    assert loop.time() - t < 20
+    assert first in ("tcg", "kvm")
+    assert await choose_accel("auto", cache_file=tmp_path / "accel.json", key=key, probe=probe) == first
+    assert calls <= 1  # 0 when /dev/kvm is not usable at all
+
+
+def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
+    from enmei.bench.reboot import run
+
+    result = run(runs=1, accel="tcg")
+    assert set(result) >= {"cold_downtime_s", "phase_downtime_s", "ratio", "runs"}
+    assert result["runs"] == 1
+    assert 0 < result["phase_downtime_s"] < result["cold_downtime_s"]
+    assert result["ratio"] == pytest.approx(result["phase_downtime_s"] / result["cold_downtime_s"], rel=0.01)
