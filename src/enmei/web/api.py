@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from enmei import __version__
-from enmei.errors import BoxError, VisorError
+from enmei.errors import BoxError, PolicyError, VisorError
 from enmei.remedy import REMEDIES
 from enmei.report.data import incidents_between, unit_figures
 from enmei.report.incidents import filter_incidents
@@ -28,6 +28,7 @@ from enmei.visor.base import Capability
 from enmei.web.deps import Ctx, Token, unit_or_404
 from enmei.web.events import TooManyClients
 from enmei.web.metrics import Snapshot, journal_size, render
+from enmei.web.policy import ReplayUnavailable, policy_now, run_replay
 from enmei.web.views import action_problem, live_limits_now, log_tail, unit_now
 
 __all__ = ["router"]
@@ -210,9 +211,27 @@ async def verify_journal(ctx: Ctx) -> JournalStatus:
 
 @router.get("/api/policy", tags=["policy"], summary="The policy in force and its journal records")
 async def get_policy(ctx: Ctx, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> dict[str, Any]:
-    from enmei.web.policy import policy_now
-
     return await policy_now(ctx, limit)
+
+
+@router.post("/api/policy/replay", tags=["policy"], dependencies=[Token],
+             summary="Dry-run replay: what the config's policy would have decided over a window of the journal",
+             responses={401: {"description": "No token"}, 403: {"description": "Wrong token"},
+                        409: {"description": "The policy does not load, or a replay is running"},
+                        501: {"description": "This enmei has no policy replay"}})
+async def replay_policy(ctx: Ctx, window_s: Window = 3600.0) -> dict[str, Any]:
+    if ctx.replaying:
+        raise HTTPException(409, "a replay is running; try again when it is done")
+    ctx.replaying = True
+    try:
+        return await ctx.blocking(run_replay, ctx.engine.loaded.policy_path, ctx.engine.journal.path,
+                                  time.time() - window_s)
+    except ReplayUnavailable as exc:
+        raise HTTPException(501, str(exc)) from None
+    except PolicyError as exc:
+        raise HTTPException(409, f"the policy does not load: {exc}") from exc
+    finally:
+        ctx.replaying = False
 
 
 # -- live ------------------------------------------------------------------------------------------

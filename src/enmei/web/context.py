@@ -50,6 +50,7 @@ class WebContext:
         self.verify_error: str | None = None
         self._verifying: asyncio.Future[VerifyResult] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.replaying = False  # one policy replay at a time
         self.closed = False
         engine.subscribe(self.events)
         engine.subscribe(self.tally)

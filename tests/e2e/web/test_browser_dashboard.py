@@ -197,7 +197,7 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
         item = timeline.locator('li.incident[data-kind="manual"]').filter(has_text="operator:web")
         await item.locator(".badge.succeeded").first.wait_for(timeout=10_000)
         text = (await item.first.inner_text()).lower()
-        assert "restart" in text and "observed" in text and "decided" in text and "outcome" in text
+        assert "restart" in text and "requested" in text and "decided" in text and "outcome" in text
         await page.wait_for_timeout(600)  # let the charts redraw the remedy line
         await page.screenshot(path=str(SHOTS / "unit-after-restart.png"), full_page=True)
         await timeline.bring_to_front()  # a background tab draws no frames to capture

@@ -270,3 +270,20 @@ async def test_refused_addresses_and_ports_in_use_are_clear_and_journaled(tmp_pa
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         assert "new API token" not in said[0] and "API token in" in said[0]  # made once, printed once
+
+
+async def test_policy_dry_run_replay_over_real_http(tmp_path: Path) -> None:
+    from enmei.web.policy import replay_status
+
+    (port,) = free_ports(1)
+    async with served(tmp_path, web_config(port)) as s, httpx.AsyncClient(base_url=s.url, timeout=60) as c:
+        os.kill(s.pid(), signal.SIGKILL)
+        assert await until(lambda: s.first("remedy.outcome", 0, action="restart") is not None, 10)
+        await s.engine.journal.aflush(timeout_s=5)
+        r = await c.post("/api/policy/replay", headers={"Authorization": f"Bearer {s.token}"})
+        if replay_status()["available"]:
+            assert r.status_code == 200, r.text
+            summary = r.json()["summary"]
+            assert summary["evaluations"] >= 1 and summary["decisions_original"] >= 1
+        else:  # this enmei has no enmei.policy.replay: the endpoint says so
+            assert r.status_code == 501 and "no replay" in r.json()["detail"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -300,3 +301,72 @@ async def test_a_handler_that_raises_is_a_500_and_supervision_goes_on(rig: WebRi
         r = await c.get("/boom")
     assert r.status_code == 500
     await rig.crash_and_recover("web", code=1)
+
+
+# -- policy replay ---------------------------------------------------------------------------------
+
+class FakePolicy:
+    version = "candidate-1"
+    closed = False
+
+    def close(self) -> None:
+        FakePolicy.closed = True
+
+
+class FakeReport:
+    def __init__(self, records: list[object]) -> None:
+        self.records = records
+        agree = SimpleNamespace(agree=True, seq=1, kind="exit", unit="web", original=[], replayed=[])
+        differ = SimpleNamespace(agree=False, seq=9, kind="verdict", unit="web", original=[{"action": "restart"}],
+                                 replayed=[])
+        self.points = [agree, differ]
+        self.errors: list[dict[str, object]] = []
+
+    def summary(self) -> dict[str, object]:
+        return {"policy": "candidate-1", "evaluations": 2, "evaluations_agreeing": 1}
+
+
+async def test_policy_replay_runs_a_fresh_policy_off_the_loop(rig: WebRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enmei.web.policy as wp
+
+    seen: dict[str, object] = {}
+
+    def open_policy(path: object) -> FakePolicy:
+        seen["path"] = path
+        return FakePolicy()
+
+    def replay_records(policy: FakePolicy, records: list[object], journal: str) -> FakeReport:
+        seen["records"] = len(records)
+        return FakeReport(records)
+
+    monkeypatch.setattr(wp, "replay_functions", lambda: (open_policy, replay_records))
+    assert (await rig.client.post("/api/policy/replay")).status_code == 401
+    assert (await rig.client.post("/api/policy/replay", headers={"Authorization": "Bearer no"})).status_code == 403
+    r = await rig.client.post("/api/policy/replay", headers=rig.auth, params={"window_s": 3600})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["summary"]["evaluations"] == 2 and body["records"] == seen["records"] == rig.journal.durable_seq
+    assert [d["seq"] for d in body["disagreements"]] == [9]
+    assert seen["path"] is None and FakePolicy.closed
+    assert (await rig.client.get("/api/policy")).json()["replay"]["available"] is True
+    assert (await rig.client.post("/api/policy/replay", headers=rig.auth, params={"window_s": 0})).status_code == 422
+
+
+async def test_policy_replay_unavailable_or_broken(rig: WebRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import enmei.web.policy as wp
+    from enmei.errors import PolicyError
+
+    def missing() -> None:
+        raise wp.ReplayUnavailable("enmei.policy offers no replay (test)")
+
+    monkeypatch.setattr(wp, "replay_functions", missing)
+    r = await rig.client.post("/api/policy/replay", headers=rig.auth)
+    assert r.status_code == 501 and "no replay" in r.json()["detail"]
+    assert (await rig.client.get("/api/policy")).json()["replay"]["available"] is False
+
+    def broken(path: object) -> None:
+        raise PolicyError("syntax error", file="policy.star", line=3, column=7)
+
+    monkeypatch.setattr(wp, "replay_functions", lambda: (broken, None))
+    r = await rig.client.post("/api/policy/replay", headers=rig.auth)
+    assert r.status_code == 409 and r.json()["detail"] == "the policy does not load: policy.star:3:7: syntax error"

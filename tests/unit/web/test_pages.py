@@ -59,7 +59,7 @@ async def test_timeline_filters(rig: WebRig) -> None:
     assert r.text.count('class="incident ') == 3  # two autostarts and the exit
     r = await rig.client.get("/timeline", params={"kind": "exited"})
     assert r.text.count('class="incident ') == 1 and '<option value="exited" selected>' in r.text
-    assert "observed" in r.text and "decided" in r.text and "outcome" in r.text
+    assert "observed" in r.text and "decided" in r.text and "outcome" in r.text and "exited: exit code 3" in r.text
     r = await rig.client.get("/timeline", params={"state": "failed"})
     assert r.text.count('class="incident ') == 0 and "No incidents." in r.text
     # the filter form sends every field, "" meaning any
@@ -88,3 +88,21 @@ async def test_journal_policy_and_api_pages(rig: WebRig) -> None:
 
 async def test_a_page_for_an_unknown_unit_is_404(rig: WebRig) -> None:
     assert (await rig.client.get("/units/ghost")).status_code == 404
+
+
+async def test_a_verdict_is_shown_as_judged_and_its_limits_reach_the_charts(rig: WebRig) -> None:
+    from enmei.model import Severity, Verdict, VerdictKind
+    from enmei.report.data import latest_limits
+
+    rig.engine.emit_verdict(Verdict("web", "charts:latency_s", VerdictKind.ANOMALY, Severity.WARNING,
+                                    rig.clock.monotonic(), "latency_s of http out of control",
+                                    {"probe": "http", "component": "http", "metric": "latency_s", "value": 0.2,
+                                     "centre": 0.01, "lower": 0.004, "upper": 0.03}))
+    await rig.settle()
+    r = await rig.client.get("/timeline", params={"kind": "anomaly"})
+    assert "judged" in r.text and "latency_s of http out of control" in r.text and "by charts:latency_s" in r.text
+    with rig.ctx.reader() as reader:
+        lim = latest_limits(reader, "web", "http")
+        assert lim is not None and (lim.centre, lim.lower, lim.upper) == (0.01, 0.004, 0.03)
+        assert lim.source.startswith("verdict #")
+        assert latest_limits(reader, "web", "proc") is None

@@ -182,6 +182,31 @@
     }).catch(function () { /* the next tick retries */ });
   }
 
+  // -- policy replay --------------------------------------------------------------------------
+  function showReplay(out, r) {
+    var s = r.summary || {};
+    var rows = [["policy replayed", s.policy], ["decisions taken by", (s.original_policies || []).join(", ")],
+                ["records", r.records], ["evaluations", s.evaluations], ["agreeing", s.evaluations_agreeing],
+                ["decisions taken", s.decisions_original], ["decisions replayed", s.decisions_replayed],
+                ["agreement", s.agreement], ["policy errors", s.policy_errors], ["seconds", r.seconds]];
+    var table = document.createElement("table");
+    table.className = "records";
+    rows.forEach(function (row) {
+      var tr = table.insertRow();
+      tr.insertCell().textContent = row[0];
+      tr.insertCell().textContent = row[1] === undefined ? "–" : String(row[1]);
+    });
+    out.innerHTML = "";
+    out.appendChild(table);
+    (r.disagreements || []).forEach(function (d) {
+      var p = document.createElement("pre");
+      p.className = "tail";
+      p.textContent = "#" + d.seq + " " + d.kind + " " + (d.unit || "") + "\n  taken:    " +
+        JSON.stringify(d.original) + "\n  replayed: " + JSON.stringify(d.replayed);
+      out.appendChild(p);
+    });
+  }
+
   // -- wiring -----------------------------------------------------------------------------------
   document.addEventListener("DOMContentLoaded", function () {
     takeTokenFromHash();
@@ -208,6 +233,16 @@
         toast(v.ok ? "hash chain intact over " + v.records + " records" : "hash chain BROKEN at record " + v.first_bad, !v.ok);
         setTimeout(function () { location.reload(); }, 800);
       }).catch(function (e) { toast(e.message, true); }).then(function () { verify.disabled = false; });
+    });
+    var replay = document.getElementById("replay-now");
+    if (replay) replay.addEventListener("click", function () {
+      var out = document.getElementById("replay-result");
+      replay.disabled = true;
+      out.textContent = "replaying…";
+      post("/api/policy/replay?window_s=" + document.getElementById("replay-window").value, {}, true)
+        .then(function (r) { showReplay(out, r); })
+        .catch(function (e) { out.textContent = ""; toast(e.message, true); })
+        .then(function () { replay.disabled = false; });
     });
     charts = document.getElementById("charts");
     if (charts) { loadCharts(); setInterval(loadCharts, 5000); }
