@@ -12,7 +12,8 @@ A VM unit looks like this (every key has a default)::
 
 Guest networking is QEMU user mode with ``restrict=on``: the guest reaches nothing on the host or
 beyond, except the forwarded ports (host to guest, on 127.0.0.1) and the ``guestfwd`` commands (guest
-connections to 10.0.2.100:PORT go to a local command's stdin/stdout).
+connections to 10.0.2.100:PORT go to a local command's stdin/stdout; QEMU splits the command into
+words like a shell but runs it without one: write ``sh -c '...'`` for redirections).
 """
 
 from __future__ import annotations
