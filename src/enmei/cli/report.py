@@ -62,7 +62,11 @@ def report(
     Exit codes: 0 written; 4 written, but the journal's hash chain is broken; 5 no readable journal.
     """
     from enmei.box import verify
-    from enmei.report.html import build_report, write_report
+
+    try:
+        from enmei.report.html import build_report, write_report
+    except ImportError as exc:  # jinja2 and plotly come with the web extra
+        fail(f"enmei report needs the web extra ({exc.name} is missing): pip install 'enmei[web]'", Exit.START)
 
     start = _since(since)
     end = _since(until) if until is not None else time.time()

@@ -37,7 +37,7 @@ class WebContext:
     """The web layer's state for one engine. ``close()`` unsubscribes and ends every event stream."""
 
     def __init__(self, engine: Engine, *, token: str, token_path: Path, workers: int = 2,
-                 verify_every_s: float = 600.0) -> None:
+                 verify_every_s: float = 600.0, verify_first_s: float = 10.0) -> None:
         self.engine = engine
         self.token = token
         self.token_path = token_path
@@ -45,6 +45,7 @@ class WebContext:
         self.events = Broadcaster()
         self.tally = Tally(after_seq=engine.journal.last_seq)
         self.verify_every_s = verify_every_s
+        self.verify_first_s = verify_first_s
         self.verified: VerifyResult | None = None
         self.verified_wall: float | None = None
         self.verify_error: str | None = None
@@ -84,7 +85,8 @@ class WebContext:
     # -- background work ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Seed the metrics counters from the journal and verify it now and every ``verify_every_s``."""
+        """Seed the metrics counters from the journal; verify the journal's chain ``verify_first_s`` after
+        start (not during the supervisor's own start-up) and every ``verify_every_s`` after that."""
         self._spawn(self._seed())
         self._spawn(self._verify_loop())
 
@@ -114,6 +116,7 @@ class WebContext:
             t.durations[action] = [a + b for a, b in zip(mine, counts, strict=True)]
 
     async def _verify_loop(self) -> None:
+        await asyncio.sleep(self.verify_first_s)
         while not self.closed:
             with contextlib.suppress(Exception):
                 await self.verify()

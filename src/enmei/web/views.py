@@ -40,7 +40,7 @@ __all__ = [
 
 #: The order actions appear in on a unit's page; remedies not listed follow, sorted by name.
 ACTION_ORDER = ("restart", "rejuvenate", "stop", "start", "snapshot", "restore", "shadow_update",
-                "phase_reboot", "degrade")
+                "phase_reboot", "cold_reboot", "degrade")
 #: Decided by policy only: a button for it would bypass the budget it reports on.
 NOT_FOR_OPERATORS = frozenset({"escalate"})
 

@@ -101,14 +101,15 @@ class WebRig:
 
 
 @asynccontextmanager
-async def web_rig(tmp_path: Path, config: str = CONFIG) -> AsyncIterator[WebRig]:
+async def web_rig(tmp_path: Path, config: str = CONFIG,
+                  backend_cls: type[FakeBackend] = FakeBackend) -> AsyncIterator[WebRig]:
     loaded = load_text(config, tmp_path / "enmei.toml")
     loaded.state_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(loaded.journal_path).open()
     clock = FakeClock(start=1000.0, wall_offset=time.time() - 1000.0 - 300.0)  # 5 min behind: never ahead
 
     def fake(engine: Engine) -> FakeBackend:
-        return FakeBackend(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit)
+        return backend_cls(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit)
 
     engine = Engine(loaded, journal=journal, clock=clock, backends={"process": fake})
     token_path = loaded.state_dir / "web.token"

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from enmei.errors import VisorError
 from enmei.model import UnitState
+from enmei.remedy import REMEDIES, Remedy, Result, UnitControl
+from enmei.visor.base import Capability
+from enmei.visor.fake import FakeBackend
 
 from .rig import WebRig, web_rig
 
@@ -370,3 +376,58 @@ async def test_policy_replay_unavailable_or_broken(rig: WebRig, monkeypatch: pyt
     monkeypatch.setattr(wp, "replay_functions", lambda: (broken, None))
     r = await rig.client.post("/api/policy/replay", headers=rig.auth)
     assert r.status_code == 409 and r.json()["detail"] == "the policy does not load: policy.star:3:7: syntax error"
+
+
+# -- what a backend supports -----------------------------------------------------------------------
+
+class _VmOnly(Remedy):
+    name: ClassVar[str] = "phase_reboot"
+    description: ClassVar[str] = "load the boot-phase snapshot"
+    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+
+    def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
+        return 10.0
+
+    async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
+        return Result.ok()
+
+
+class _Snapshot(_VmOnly):
+    name: ClassVar[str] = "snapshot"
+    description: ClassVar[str] = "take a snapshot"
+    arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"tag": str}
+    backends: ClassVar[frozenset[str] | None] = frozenset({"process"})
+
+
+class SnapshottingBackend(FakeBackend):
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS, Capability.SNAPSHOT})
+
+    async def snapshot_list(self, name: str) -> list[str]:
+        if name == "batch":
+            raise VisorError(name, "snapshot list", "the monitor does not answer")
+        return ["boot-phase", "before-update"]
+
+
+async def test_only_supported_actions_are_offered_and_accepted(rig: WebRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REMEDIES, "phase_reboot", _VmOnly)
+    monkeypatch.setitem(REMEDIES, "snapshot", _Snapshot)
+    actions = [a["name"] for a in (await rig.client.get("/api/units/web")).json()["actions"]]
+    assert "phase_reboot" not in actions and actions.index("snapshot") == 4
+    html = (await rig.client.get("/units/web")).text
+    assert 'data-action="snapshot"' in html and 'data-action="phase_reboot"' not in html
+    r = await rig.client.post("/api/units/web/actions/phase_reboot", headers=rig.auth)
+    assert r.status_code == 422
+    assert r.json()["detail"].startswith("action 'phase_reboot' does not apply to process units (unit web supports:")
+    r = await rig.client.post("/api/units/web/actions/snapshot", headers=rig.auth, json={"args": {"tag": 3}})
+    assert r.status_code == 422 and "argument 'tag' must be str" in r.json()["detail"]
+
+
+async def test_snapshots_are_listed_for_backends_that_have_them(tmp_path: Path) -> None:
+    async with web_rig(tmp_path, backend_cls=SnapshottingBackend) as rig:
+        r = await rig.client.get("/api/units/web/snapshots")
+        assert r.json() == {"supported": True, "tags": ["boot-phase", "before-update"]}
+        r = await rig.client.get("/api/units/batch/snapshots")
+        assert r.status_code == 409 and "the monitor does not answer" in r.json()["detail"]
+        html = (await rig.client.get("/units/web")).text
+        assert "<h2>Snapshots</h2>" in html and "<code>before-update</code>" in html
+        assert "the monitor does not answer" in (await rig.client.get("/units/batch")).text

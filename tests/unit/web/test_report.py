@@ -122,3 +122,20 @@ def test_parse_since() -> None:
     assert parse_since("2025-01-31T08:00") > 1.7e9
     with pytest.raises(ValueError, match="is not a time"):
         parse_since("-1h")
+
+
+def test_long_windows_are_reduced_in_sqlite_keeping_spikes(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    t0 = float(int(time.time()) - 20_000)  # recent: older samples are pruned past their retention
+    with Journal(path) as j:
+        rows = [("web", "http.latency_s", t0 + i, 0.01) for i in range(10_000)]
+        rows[6_543] = ("web", "http.latency_s", t0 + 6_543, 2.5)
+        j.add_samples(rows)
+        j.append("supervisor", None, {"event": "started"})
+        j.flush(5)
+    with Reader(path) as r:
+        pts = metric_points(r, "web", "http.latency_s", t0 - 5_000, t0 + 15_000, max_points=400)
+        assert len(pts) <= 400 and max(v for _, v in pts) == 2.5
+        assert [w for w, _ in pts] == sorted(w for w, _ in pts)
+        raw = metric_points(r, "web", "http.latency_s", t0, t0 + 99.5, max_points=400)
+        assert len(raw) == 100 and raw[0] == (t0, 0.01)

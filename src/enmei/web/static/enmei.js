@@ -245,7 +245,15 @@
         .then(function () { replay.disabled = false; });
     });
     charts = document.getElementById("charts");
-    if (charts) { loadCharts(); setInterval(loadCharts, 5000); }
+    if (charts) {
+      // Poll for new samples (they are not journal records, so no event announces them); a longer
+      // window changes less per second and is fetched less often.
+      var tick = function () {
+        loadCharts();
+        setTimeout(tick, Math.max(5000, Number(charts.dataset.window) * 1000 / 180));
+      };
+      tick();
+    }
     connect();
   });
 })();
