@@ -1,0 +1,244 @@
+"""Crossing into Starlark and back: events and views as one JSON payload, results as checked decisions.
+
+The payload is ``[handler, now, event, unit, units, history]``, with units and events as
+positional lists that the generated driver (``DRIVER``) turns into structs: decoding lists is several
+times cheaper than decoding dicts with the same keys, and this crossing is most of an evaluation's cost.
+Values a policy sees are bounded (``plain``): strings cut at 512 characters, containers at 32 items and 3
+levels; infinities become +-1e308 and NaN becomes None, since JSON has neither.
+
+``decisions_from`` turns a handler's result into ``Decision`` objects or raises ``EvalFailure`` (kind
+"decision") naming the first thing wrong: not a list of decisions, an unknown action or unit, arguments
+the action does not take.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from enmei.model import Decision, Event, Outcome, Tick, UnitEventKind, Verdict
+from enmei.policy.base import UnitView, View
+from enmei.policy.core import EvalFailure
+from enmei.remedy import REMEDIES
+
+__all__ = [
+    "DRIVER",
+    "ENGINE_ACTIONS",
+    "MAX_DECISIONS",
+    "UNIT_FIELDS",
+    "decisions_from",
+    "event_row",
+    "handler_for",
+    "payload",
+    "plain",
+    "remedies_for",
+    "unit_row",
+]
+
+#: the fields of a unit as a policy sees it (``UnitView.as_dict()``), in payload order
+UNIT_FIELDS = (
+    "name", "backend", "state", "health", "alive", "uptime_s", "remedy", "restarts_in_window", "budget",
+    "budget_left", "window_s", "next_delay_s", "escalate_retry_s", "rejuvenate_every_s", "rejuvenate_window_s",
+    "stop_timeout_s", "capabilities",
+)
+#: actions the engine carries out itself (everything else is a remedy from ``enmei.remedy.REMEDIES``)
+ENGINE_ACTIONS = ("alert", "none", "monitor", "inject")
+MAX_DECISIONS = 32
+_SEVERITIES = ("info", "warning", "critical")
+_DECISION_KEYS = frozenset({"action", "unit", "args", "at", "rule", "reason"})
+_MAX_STR = 512
+_MAX_ITEMS = 32
+_MAX_DEPTH = 3
+
+DRIVER = """
+#LOADS#
+_HANDLERS = {#TABLE#}
+_REMEDIES = #REMEDIES#
+
+def _unit(v):
+    return struct(#FIELDS#)
+
+def _event(h, e):
+    if h == "on_verdict":
+        return struct(type = "verdict", unit = e[0], detector = e[1], kind = e[2], severity = e[3], mono = e[4],
+                      summary = e[5], evidence = e[6])
+    if h == "on_outcome":
+        return struct(type = "outcome", remedy_id = e[0], unit = e[1], action = e[2], state = e[3],
+                      started_mono = e[4], ended_mono = e[5], duration_s = e[5] - e[4], detail = e[6], data = e[7])
+    if h == "on_tick":
+        return struct(type = "tick", unit = None, mono = e[0], wall = e[1])
+    return struct(type = "unit_event", unit = e[0], kind = e[1], mono = e[2], detail = e[3])
+
+def dispatch(payload):
+    p = json.decode(payload)
+    units = {n: _unit(v) for n, v in p[4].items()}
+    unit = units.get(p[3]) if p[3] != None else None
+    ctx = struct(now = p[1], unit = unit, units = units, history = p[5], remedies = _REMEDIES, memo = {})
+    return json.encode(_HANDLERS[p[0]](_event(p[0], p[2]), ctx))
+""".replace("#FIELDS#", ", ".join(f"{name} = v[{i}]" for i, name in enumerate(UNIT_FIELDS)))
+
+
+def handler_for(event: Event) -> str:
+    """The handler an event goes to."""
+    if isinstance(event, Verdict):
+        return "on_verdict"
+    if isinstance(event, Outcome):
+        return "on_outcome"
+    if isinstance(event, Tick):
+        return "on_tick"
+    if event.kind in (UnitEventKind.EXITED, UnitEventKind.START_FAILED):
+        return "on_exit"
+    return "on_event"
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as bounded JSON data (see the module docstring)."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return None if math.isnan(value) else math.copysign(1e308, value)
+    if isinstance(value, str):
+        return value if len(value) <= _MAX_STR else value[:_MAX_STR]
+    if depth >= _MAX_DEPTH:
+        return None
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= _MAX_ITEMS:
+                break
+            out[str(k)[:_MAX_STR]] = plain(v, depth + 1)
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return [plain(v, depth + 1) for v in list(items)[:_MAX_ITEMS]]
+    return str(value)[:_MAX_STR]
+
+
+def unit_row(u: UnitView) -> list[Any]:
+    """One unit as the positional list the driver expects (the order of ``UNIT_FIELDS``)."""
+    return [u.name, u.backend, str(u.state), str(u.health), u.alive, u.uptime_s, u.remedy, u.restarts_in_window,
+            u.budget, u.budget_left, u.window_s, u.next_delay_s, u.escalate_retry_s, u.rejuvenate_every_s,
+            u.rejuvenate_window_s, u.stop_timeout_s, sorted(u.capabilities)]
+
+
+def event_row(event: Event) -> list[Any]:
+    """One event as the positional list the driver expects."""
+    if isinstance(event, Verdict):
+        return [event.unit, event.detector, str(event.kind), str(event.severity), event.mono, event.summary,
+                plain(event.evidence)]
+    if isinstance(event, Outcome):
+        return [event.remedy_id, event.unit, event.action, str(event.state), event.started_mono, event.ended_mono,
+                plain(event.detail), plain(event.data)]
+    if isinstance(event, Tick):
+        return [event.mono, event.wall]
+    return [event.unit, str(event.kind), event.mono, plain(event.detail)]
+
+
+_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+_encode = _ENCODER.encode
+
+
+def _dumps(value: Any) -> str:
+    try:
+        return _encode(value)
+    except ValueError:  # a non-finite float somewhere: JSON (and Starlark's decoder) has none
+        return _encode(plain(value, -100))
+
+
+def remedies_for() -> dict[str, list[str]]:
+    """For each backend kind a remedy names (and "*" for any other), the actions a decision may take."""
+    backends = {"process", *(b for cls in REMEDIES.values() if cls.backends for b in cls.backends)}
+    out = {b: [*ENGINE_ACTIONS, *sorted(n for n, cls in REMEDIES.items() if cls.backends is None or b in cls.backends)]
+           for b in sorted(backends)}
+    out["*"] = [*ENGINE_ACTIONS, *sorted(n for n, cls in REMEDIES.items() if cls.backends is None)]
+    return out
+
+
+def payload(handler: str, event: Event, view: View, history: str) -> str:
+    """The JSON text for one evaluation. ``history`` is the JSON object of each unit's history as a JSON
+    string (``History.payload``): a policy decodes a unit's history only if it asks for it."""
+    unit = getattr(event, "unit", None)
+    units = _dumps({name: unit_row(u) for name, u in view.units.items()})
+    now = view.now if math.isfinite(view.now) else 0.0
+    return f"[\"{handler}\",{now!r},{_dumps(event_row(event))},{_encode(unit)},{units},{history}]"
+
+
+def _fail(message: str) -> EvalFailure:
+    return EvalFailure("decision", message)
+
+
+def _check_args(action: str, args: Mapping[str, Any], unit: UnitView | None) -> str | None:
+    if action == "alert":
+        sev = args.get("severity", "warning")
+        if set(args) - {"severity"} or sev not in _SEVERITIES:
+            return f"alert takes only severity = {' | '.join(_SEVERITIES)}"
+        return None
+    if action == "none":
+        return "none takes no arguments" if args else None
+    if action == "monitor":
+        interval = args.get("interval_s")
+        if not isinstance(args.get("probe"), str) or isinstance(interval, bool) or not isinstance(interval,
+                                                                                                  (int, float)):
+            return "monitor needs probe (a name) and interval_s (seconds)"
+        unknown = set(args) - {"probe", "interval_s", "for_s"}
+        return f"monitor takes no argument {sorted(unknown)[0]!r}" if unknown else None
+    if action == "inject":
+        if not isinstance(args.get("injector"), str):
+            return "inject needs injector (a name)"
+        unknown = set(args) - {"injector", "count", "every_s"}
+        return f"inject takes no argument {sorted(unknown)[0]!r}" if unknown else None
+    cls = REMEDIES.get(action)
+    if cls is None:
+        known = ", ".join([*ENGINE_ACTIONS, *sorted(REMEDIES)])
+        return f"no action or remedy named {action!r} (known: {known})"
+    if unit is not None and cls.backends is not None and unit.backend not in cls.backends:
+        return f"remedy {action!r} does not apply to {unit.backend} units"
+    return cls.check_args(args)
+
+
+def decisions_from(text: str, view: View, *, policy: str, handler: str, check_units: bool = True) -> list[Decision]:
+    """The decisions in a handler's JSON result; raises ``EvalFailure`` (kind "decision") when malformed."""
+    try:
+        result = json.loads(text)
+    except ValueError as exc:
+        raise _fail(f"the result is not data: {exc}") from None
+    if result is None:
+        return []
+    if isinstance(result, dict):
+        result = [result]
+    if not isinstance(result, list):
+        raise _fail(f"{handler} must return a list of decisions (or None), not {type(result).__name__}")
+    if len(result) > MAX_DECISIONS:
+        raise _fail(f"{handler} returned {len(result)} decisions; at most {MAX_DECISIONS} are allowed")
+    out: list[Decision] = []
+    for i, d in enumerate(result):
+        where = f"{handler}: decision {i + 1}"
+        if not isinstance(d, dict) or not isinstance(d.get("action"), str) or not isinstance(d.get("unit"), str):
+            raise _fail(f"{where}: not a decision (build it with remedy(), restart(), alert()...): {str(d)[:120]}")
+        extra = set(d) - _DECISION_KEYS
+        if extra:
+            raise _fail(f"{where}: unknown key {sorted(extra)[0]!r}")
+        action, name = d["action"], d["unit"]
+        args = d.get("args") or {}
+        if not isinstance(args, dict):
+            raise _fail(f"{where}: args must be a dict")
+        unit = view.units.get(name)
+        if unit is None and check_units:
+            raise _fail(f"{where}: {action} for unknown unit {name!r} (units: {', '.join(sorted(view.units))})")
+        problem = _check_args(action, args, unit)
+        if problem is not None:
+            raise _fail(f"{where}: {problem}")
+        at, rule, reason = d.get("at"), d.get("rule"), d.get("reason")
+        if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float))):
+            raise _fail(f"{where}: at must be a time (ctx.now + seconds) or None")
+        if rule is not None and not isinstance(rule, str):
+            raise _fail(f"{where}: rule must be a string")
+        if reason is not None and not isinstance(reason, str):
+            raise _fail(f"{where}: the reason (why) must be a string")
+        out.append(Decision(action, name, reason or rule or handler, args,
+                            None if at is None else float(at), policy=policy, rule=rule or handler))
+    return out
