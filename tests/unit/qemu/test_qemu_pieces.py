@@ -107,3 +107,18 @@ def test_text_becomes_key_chords() -> None:
     assert text_to_qcodes("a Z-?\n") == [["a"], ["spc"], ["shift", "z"], ["minus"], ["shift", "slash"], ["ret"]]
     with pytest.raises(ValueError, match="no key"):
         text_to_qcodes("é")
+
+
+def test_console_reader_follows_a_rotated_file(tmp_path: Path) -> None:
+    from enmei.visor.qemu.rotate import rotate
+
+    con = tmp_path / "console.log"
+    con.write_bytes(b"enmei-phase: kernel t=1\n" + b"x" * 200 + b"\n")
+    reader = ConsoleReader(con)
+    reader.poll(1.0)
+    assert rotate(con, 100, keep=1)
+    assert (tmp_path / "console.log.1").exists() and con.stat().st_size == 0
+    with open(con, "ab") as f:
+        f.write(b"enmei-phase: userspace t=2\n")
+    assert [m.phase for m in reader.poll(2.0)] == ["userspace"]
+    assert list(reader.phases) == ["kernel", "userspace"]

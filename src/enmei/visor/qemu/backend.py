@@ -61,7 +61,8 @@ from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import ImageError, QmpError
 from enmei.visor.qemu.machine import Machine, launch, phase_tag, tail
-from enmei.visor.qemu.monitor_api import MonitorApi
+from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
+from enmei.visor.qemu.rotate import rotate
 
 __all__ = ["QemuBackend", "VerdictFn"]
 
@@ -91,6 +92,7 @@ class QemuBackend(MonitorApi, Backend):
         self.binary = binary
         self.kvm_probe_timeout_s = kvm_probe_timeout_s
         self._vms: dict[str, Machine] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -185,6 +187,23 @@ class QemuBackend(MonitorApi, Backend):
         for machine in list(self._vms.values()):
             await machine.detach()
         self._vms.clear()
+
+    def maintain(self) -> None:
+        """Rotate each VM's console log past ``log.max_bytes`` (copy, then truncate: QEMU appends),
+        keeping ``log.keep`` old files; start the network counters' dump files afresh when large."""
+        for machine in list(self._vms.values()):
+            if rotate(machine.paths.console, int(machine.spec.log.max_bytes), machine.spec.log.keep):
+                machine.console.poll(self.clock.monotonic())
+            if machine.alive and any(machine.paths.net_dump(d).exists() and
+                                     machine.paths.net_dump(d).stat().st_size > DUMP_ROTATE_BYTES
+                                     for d in ("tx", "rx")):
+                task = asyncio.get_running_loop().create_task(self._quiet_net_stats(machine.name))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _quiet_net_stats(self, name: str) -> None:
+        with contextlib.suppress(VisorError):
+            await self.net_stats(name)
 
     def log_path(self, name: str, stream: str) -> Path | None:
         """``console`` (the guest's serial console) or ``qemu`` (QEMU's own messages)."""

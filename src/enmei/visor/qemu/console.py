@@ -61,6 +61,9 @@ class ConsoleReader:
         """
         try:
             with open(self.path, "rb") as f:
+                if f.seek(0, 2) < self.offset:  # rotated (copied, then truncated): start over
+                    self.offset = 0
+                    self._partial = b""
                 f.seek(self.offset)
                 data = f.read(_MAX_READ)
         except OSError:

@@ -29,10 +29,10 @@ from enmei.visor.qemu.cmdline import dump_object
 from enmei.visor.qemu.errors import QmpError
 from enmei.visor.qemu.machine import Machine
 
-__all__ = ["MAX_MEMORY_READ", "MonitorApi", "text_to_qcodes"]
+__all__ = ["DUMP_ROTATE_BYTES", "MAX_MEMORY_READ", "MonitorApi", "text_to_qcodes"]
 
 MAX_MEMORY_READ = 64 * 2**20
-_DUMP_ROTATE_BYTES = 16 * 2**20
+DUMP_ROTATE_BYTES = 16 * 2**20
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 # US layout: characters typed without shift, and those that need it (with their base key).
@@ -121,7 +121,7 @@ class MonitorApi:
             path = machine.paths.net_dump(direction)
             counter = machine.net[direction]
             await asyncio.to_thread(counter.read_file, path)
-            if counter.offset > _DUMP_ROTATE_BYTES:
+            if counter.offset > DUMP_ROTATE_BYTES:
                 await machine.qmp().execute("object-del", {"id": f"dump-{direction}"})
                 await asyncio.to_thread(counter.read_file, path)
                 counter.restart()

@@ -9,8 +9,7 @@ Why this method: QEMU 7.2 exposes no per-netdev counters over QMP, and anything 
 not trusted (the monitor stays outside). The files grow by 80 bytes per frame at most; the backend
 starts a fresh file past a size limit (see ``QemuBackend.net_stats``).
 
->>> import builtins
-import struct
+>>> import struct
 >>> hdr = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 64, 1)
 >>> rec = struct.pack("<IIII", 0, 0, 4, 1500) + b"abcd"
 >>> c = PcapCounter()

@@ -12,6 +12,9 @@ while read -r line <&3; do
     case "$line" in *go*) break ;; esac
 done
 exec 3<&-
+# Lowest priority from here on: after a phase reboot the service answers first, the mount (and the
+# journal replay it may need) uses what CPU is left.
+renice -n 19 -p $$ >/dev/null 2>&1
 disk=$(findfs LABEL=enmei-data 2>/dev/null || echo /dev/vda)
 if mount -t ext4 -o commit=1 "$disk" /data 2>/dev/console; then
     read -r up _ < /proc/uptime
