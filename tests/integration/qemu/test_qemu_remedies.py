@@ -70,6 +70,15 @@ async def test_panic_verdict_phase_reboot_keeps_data_cold_reboot_too(vmh: VmHarn
     assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before-fault\nafter-phase-reboot\n"
     assert vmh.kinds("vm") == [UnitEventKind.STARTED]
 
+    # a panicked guest cannot act on the power button: stop goes straight to quit
+    await _panic(port)
+    await vmh.wait_for("a third verdict", lambda: len(vmh.verdicts) == 3)
+    t = loop.time()
+    await b.stop("vm", timeout_s=30)
+    assert loop.time() - t < 5
+    assert vmh.kinds("vm") == [UnitEventKind.STARTED, UnitEventKind.STOPPED]
+    assert vmh.events[-1].detail["reason"] == "host-qmp-quit"
+
 
 async def test_panic_that_ends_qemu_is_an_exit_with_its_reason(vmh: VmHarness) -> None:
     b = vmh.backend()
