@@ -154,8 +154,10 @@ class Incident:
 
     @property
     def state(self) -> str:
-        """``observed`` when nothing was decided, else the state of the last step."""
-        return self.steps[-1].state if self.steps else "observed"
+        """The state of the last step; with none, ``judged`` (a verdict nobody acted on) or ``observed``."""
+        if self.steps:
+            return self.steps[-1].state
+        return "judged" if self.cause is not None and self.cause.kind == "verdict" else "observed"
 
     @property
     def summary(self) -> str:

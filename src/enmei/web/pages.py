@@ -197,6 +197,10 @@ async def api_page(ctx: Ctx, request: Request) -> HTMLResponse:
 def record_line(rec: Rec) -> str:
     """A one-line rendering of a record's body for tables."""
     b = rec.body
+    if rec.kind in ("unit.state", "unit.health") and "to" in b:
+        return f"{b.get('from')} → {b.get('to')}: {b.get('reason', '')}"
+    if rec.kind == "decision":
+        return f"{b.get('action')} by {b.get('policy')} ({b.get('rule')}): {b.get('reason', '')}"
     for key in ("summary", "reason", "message", "detail"):
         if b.get(key):
             return str(b[key])

@@ -51,7 +51,7 @@ def test_decisions_without_a_cause_and_their_states() -> None:
     incs = {i.key: i for i in build_incidents(CHAIN)}
     assert incs[12].kind == "manual" and incs[12].state == "suppressed" and incs[12].cause is None
     assert incs[14].state == "rejected"
-    assert incs[13].kind == "probe_recovered" and incs[13].state == "observed" and not incs[13].steps
+    assert incs[13].kind == "probe_recovered" and incs[13].state == "judged" and not incs[13].steps
 
 
 def test_order_of_input_does_not_matter() -> None:

@@ -244,6 +244,7 @@
         .catch(function (e) { out.textContent = ""; toast(e.message, true); })
         .then(function () { replay.disabled = false; });
     });
+    document.querySelectorAll("#logs pre.tail").forEach(function (pre) { pre.scrollTop = pre.scrollHeight; });
     charts = document.getElementById("charts");
     if (charts) {
       // Poll for new samples (they are not journal records, so no event announces them); a longer
