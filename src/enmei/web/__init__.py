@@ -8,6 +8,6 @@ supervision, :mod:`enmei.web.api` for the endpoints.
 
 from enmei.web.app import create_app
 from enmei.web.auth import WebError, load_or_create_token
-from enmei.web.server import DEFAULT_LISTEN, parse_listen, serve
+from enmei.web.server import DEFAULT_LISTEN, bind_listen, parse_listen, serve
 
-__all__ = ["DEFAULT_LISTEN", "WebError", "create_app", "load_or_create_token", "parse_listen", "serve"]
+__all__ = ["DEFAULT_LISTEN", "WebError", "bind_listen", "create_app", "load_or_create_token", "parse_listen", "serve"]

@@ -35,7 +35,7 @@ from enmei.web.app import create_app
 from enmei.web.auth import WebError, load_or_create_token
 from enmei.web.context import WebContext
 
-__all__ = ["DEFAULT_LISTEN", "parse_listen", "serve"]
+__all__ = ["DEFAULT_LISTEN", "bind_listen", "parse_listen", "serve"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,13 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return str(ip), int(port)
 
 
+def bind_listen(listen: str) -> socket.socket:
+    """A listening socket on ``listen`` (see ``parse_listen``), for a caller that wants a port in use to
+    stop it before supervision starts (``enmei up``): pass it to ``serve(..., sock=)``. Raises ``WebError``.
+    """
+    return _bind(*parse_listen(listen))
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -99,23 +106,27 @@ def _say(message: str) -> None:
 
 
 async def serve(engine: Engine, listen: str, token_path: Path, *, say: Callable[[str], None] | None = None,
-                grace_s: float = 2.0) -> None:
+                grace_s: float = 2.0, sock: socket.socket | None = None) -> None:
     """Serve the dashboard, API and ``/metrics`` for ``engine`` on ``listen`` until cancelled.
 
     ``say`` gets the lines meant for the operator (default: stderr): where the server listens, and the
-    token — printed once, when it is made; later starts name only the file. See the module docstring
-    for failures.
+    token — printed once, when it is made; later starts name only the file. ``sock``: a socket from
+    ``bind_listen(listen)`` to serve on (it is closed at the end); without it ``serve`` binds its own.
+    See the module docstring for failures.
     """
     say = say or _say
     try:
         host, port = parse_listen(listen)
         token, created = load_or_create_token(token_path)
-        sock = _bind(host, port)
+        if sock is None:
+            sock = _bind(host, port)
     except WebError as exc:
+        if sock is not None:
+            sock.close()
         with contextlib.suppress(Exception):
             engine.alert(None, f"web server not started: {exc}", Severity.CRITICAL, {"listen": listen})
         raise
-    bound_port = sock.getsockname()[1]
+    host, bound_port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}/"
     app = create_app(engine, token=token, token_path=token_path)
     ctx: WebContext = app.state.ctx

@@ -25,7 +25,7 @@ from enmei.demo.ports import free_ports
 from enmei.demo.scenario import demo_config
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
-from enmei.web import WebError, serve
+from enmei.web import WebError, bind_listen, serve
 from enmei.web.events import Broadcaster
 
 from ..conftest import PY
@@ -264,11 +264,20 @@ async def test_refused_addresses_and_ports_in_use_are_clear_and_journaled(tmp_pa
             await serve(s.engine, f"127.0.0.1:{busy}", token_path)
         alerts = [b["message"] for _, _, k, _, b in s.records if k == "alert"]
         assert any("web server not started" in a and "0.0.0.0" in a for a in alerts)
+        with pytest.raises(WebError, match=f"cannot listen on 127.0.0.1:{busy}"):
+            bind_listen(f"127.0.0.1:{busy}")  # what `enmei up` can check before supervising
+        sock = bind_listen("127.0.0.1:0")
+        bound = sock.getsockname()[1]
         said: list[str] = []
-        task = asyncio.create_task(serve(s.engine, "127.0.0.1:0", s.token_path, say=said.append))
+        task = asyncio.create_task(serve(s.engine, "127.0.0.1:0", s.token_path, say=said.append, sock=sock))
         assert await until(lambda: bool(said), 5)
+        async with httpx.AsyncClient() as c:
+            r = await c.get(f"http://127.0.0.1:{bound}/api/units")
+            assert r.status_code == 200
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        assert sock.fileno() == -1  # closed with the server
+        assert f"http://127.0.0.1:{bound}/" in said[0]
         assert "new API token" not in said[0] and "API token in" in said[0]  # made once, printed once
 
 
