@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -229,5 +231,35 @@ async def test_an_action_without_the_token_asks_for_it(live: Live, browser: Any)
         await page.locator("#toast").filter(has_text="wrong token").wait_for(timeout=5000)  # 403, said once
         assert await page.locator("#token-dialog").is_hidden()
         assert not live.has("decision", policy="operator:web")
+    finally:
+        await ctx.close()
+
+
+async def test_the_report_opens_from_a_file_and_draws_its_charts(live: Live, browser: Any, tmp_path: Path) -> None:
+    from enmei.box import verify
+    from enmei.report import build_report, write_report
+
+    os.kill(live.pid(), signal.SIGKILL)
+    assert await until(lambda: live.has("remedy.outcome", action="restart", state="succeeded"), 10)
+    await live.engine.journal.aflush(timeout_s=5)
+    path = tmp_path / "report.html"
+    write_report(path, build_report(live.engine.journal.path, time.time() - 600,
+                                    check=verify(live.engine.journal.path)))
+    ctx = await browser.new_context(viewport={"width": 1300, "height": 1000}, offline=True)
+    try:
+        page = await ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        await page.goto(path.as_uri())
+        charts = page.locator("div.chart[data-fig]")
+        n = await charts.count()
+        assert n >= 4
+        await page.wait_for_function(f"document.querySelectorAll('div.chart .main-svg').length >= {n}",
+                                     timeout=15_000)
+        text = await page.locator("#incidents").inner_text()
+        assert "exited: killed by SIGKILL" in text and "restart" in text
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        await page.screenshot(path=str(SHOTS / "report.png"), full_page=True)
+        assert errors == []
     finally:
         await ctx.close()
