@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from enmei.box.anchor import Anchors
+from enmei.box.anchor import Anchors, Head
 from enmei.box.record import GENESIS
 from enmei.box.store import connect
 from enmei.errors import BoxError
@@ -52,6 +52,9 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     before has itself checked, so the result is the same as one pass, only faster.
     """
     path = Path(path)
+    # The head first: it is written only after a commit, so every record it names is in what we read
+    # next, even while a supervisor goes on writing.
+    head = anchors.read_head() if anchors is not None else None
     conn = connect(path, readonly=True)
     try:
         row = conn.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM records").fetchone()
@@ -65,7 +68,7 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     chain = _verify_chain(path, hi, workers)
     if not chain.ok or anchors is None:
         return chain
-    return check_anchors(path, chain, anchors)
+    return check_anchors(path, chain, anchors, head)
 
 
 def _verify_chain(path: Path, hi: int, workers: int | None) -> VerifyResult:
@@ -95,15 +98,17 @@ def _verify_chain(path: Path, hi: int, workers: int | None) -> VerifyResult:
     return VerifyResult(total, last.last_seq, last.last_hash)
 
 
-def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors) -> VerifyResult:
-    """Check every anchor record and the head file against a chain that verified as ``chain``.
+def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors, head: Head | None) -> VerifyResult:
+    """Check every anchor record, and the ``head`` read from the head file before the chain was read,
+    against a chain that verified as ``chain``.
 
     A rewrite that recomputed the hashes leaves the chain consistent, so the first bad record cannot be
     known exactly: it is named as the first record after the last anchor that still holds.
     """
     conn = connect(path, readonly=True)
     try:
-        rows = conn.execute("SELECT seq, body FROM records WHERE kind = 'anchor' ORDER BY seq").fetchall()
+        rows = conn.execute("SELECT seq, body FROM records WHERE kind = 'anchor' AND seq <= ? ORDER BY seq",
+                            (chain.last_seq,)).fetchall()
         good_upto = 0
         for seq, body in rows:
             try:
@@ -117,7 +122,6 @@ def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors) -> VerifyRe
             if held is None or bytes(held[0]) != digest:
                 return _rewritten(chain, good_upto, f"record {upto} is not the one anchor record {seq} signed")
             good_upto = upto
-        head = anchors.read_head()
         if head is None:
             if chain.records:
                 return _rewritten(chain, good_upto, f"the head file {anchors.head_path} is missing: the tail "
