@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from enmei import __version__
 from enmei.cli import bench, box
+from enmei.cli import report as report_cmd
 from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
@@ -26,6 +28,7 @@ app = typer.Typer(
 )
 app.add_typer(box.app, name="box")
 app.add_typer(bench.app, name="bench")
+app.command(name="report")(report_cmd.report)
 
 
 def _version(value: bool) -> None:
@@ -62,6 +65,8 @@ def check(config: Annotated[Path, typer.Argument(help="The config file (enmei.to
 def up(
     config: Annotated[Path, typer.Argument(help="The config file (enmei.toml)")],
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live table")] = False,
+    listen: Annotated[str | None, typer.Option(
+        "--listen", help="Serve the dashboard, API and /metrics on loopback HOST:PORT, e.g. 127.0.0.1:8470")] = None,
 ) -> None:
     """Supervise the units of CONFIG until Ctrl-C or SIGTERM (units are then stopped gracefully)."""
     from enmei.cli.live import LiveView, PlainLog
@@ -90,10 +95,27 @@ def up(
         else:
             engine.subscribe(PlainLog(console))
 
+    companion = None
+    if listen is not None:
+        from enmei.web import WebError, bind_listen, serve
+
+        try:
+            sock = bind_listen(listen)  # refuses non-loopback addresses and taken ports before supervising
+        except WebError as exc:
+            fail(str(exc), Exit.USAGE)
+        token_path = loaded.state_dir / "web.token"
+
+        def companion(engine: object) -> Coroutine[Any, Any, None]:
+            from enmei.engine import Engine
+
+            assert isinstance(engine, Engine)
+            return serve(engine, listen, token_path, sock=sock,
+                         say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
     console.print(f"enmei {__version__}: supervising {', '.join(loaded.config.units) or 'nothing'}; "
                   f"journal {loaded.journal_path}; Ctrl-C to stop", highlight=False)
     try:
-        asyncio.run(supervise(loaded, on_start=attach))
+        asyncio.run(supervise(loaded, on_start=attach, companion=companion))
     except BoxError as exc:
         fail(str(exc), Exit.START)
     finally:
@@ -108,11 +130,12 @@ def demo(
     seconds: Annotated[float, typer.Option(help="Upper bound on the scenario's length")] = 110.0,
     out: Annotated[Path, typer.Option(help="Where the demo keeps its journal and logs")] = Path(".enmei/demo"),
     plain: Annotated[bool, typer.Option("--plain", help="Log lines instead of the live table")] = False,
+    listen: Annotated[str, typer.Option(help="Dashboard and /metrics address ('' for none)")] = "127.0.0.1:8470",
 ) -> None:
-    """A bounded scenario: the demo service is crashed and hung, and enmei keeps it alive."""
+    """A bounded scenario: the demo service is crashed, hung and leaks, and enmei keeps it alive."""
     from enmei.demo.scenario import run_demo
 
-    code = run_demo(out, max_seconds=seconds, live=not plain and sys.stdout.isatty())
+    code = run_demo(out, max_seconds=seconds, live=not plain and sys.stdout.isatty(), listen=listen or None)
     raise typer.Exit(code)
 
 

@@ -249,7 +249,8 @@ async def _scenario(engine: Engine, port: int, watcher: Watcher, prober: Prober,
         engine.stop()
 
 
-def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, console: Console | None = None) -> int:
+def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, console: Console | None = None,
+             listen: str | None = "127.0.0.1:8470") -> int:
     """Run the scenario; print the summary; 0 if every incident was repaired and the journal verifies."""
     console = console or Console()
     out = out.absolute()
@@ -285,7 +286,20 @@ def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, consol
 
     async def main() -> Engine:
         async def companion(engine: Engine) -> None:
-            await _scenario(engine, port, watcher, prober, incidents, say, max_seconds)
+            web: asyncio.Task[None] | None = None
+            if listen:
+                from enmei.web import serve
+
+                # The dashboard and /metrics while the demo runs; if the port is taken, serve journals
+                # an alert and the demo goes on without it.
+                web = asyncio.create_task(serve(engine, listen, out / "web.token",
+                                                say=lambda m: console.print(m, highlight=False, soft_wrap=True)))
+            try:
+                await _scenario(engine, port, watcher, prober, incidents, say, max_seconds)
+            finally:
+                if web is not None:
+                    web.cancel()
+                    await asyncio.gather(web, return_exceptions=True)
 
         async with asyncio.timeout(max_seconds + 30):
             return await supervise(loaded, on_start=attach, companion=companion)
