@@ -1,13 +1,23 @@
 """D-Visor for virtual machines: QEMU units controlled over QMP, and the guest images they boot.
 
->>> from enmei.visor.qemu import QemuBackend, build, resolve   # doctest: +SKIP
->>> info = build(progress=lambda what, done, total: None)      # doctest: +SKIP
->>> backend = QemuBackend(clock=SystemClock(), state_dir=Path(".enmei"), emit=print,
-...                       verdict=print)                        # doctest: +SKIP
->>> await backend.start("vm", QemuUnit(backend="qemu", forward=["8080:80"]))  # doctest: +SKIP
+A sketch (the real wiring belongs to the engine)::
 
-See ``backend`` for the promises, ``image`` for how images are built, ``monitor_api`` for what can
-be observed and done from outside the guest.
+    from enmei.clock import SystemClock
+    from enmei.config.qemu import QemuUnit
+    from enmei.visor.qemu import QemuBackend, build
+
+    build(progress=lambda what, done, total: print(f"{done:5.1f}% {what}"))   # cached after once
+    backend = QemuBackend(clock=SystemClock(), state_dir=Path(".enmei"),
+                          emit=events.append,          # UnitEvent: STARTED, EXITED, STOPPED...
+                          verdict=verdicts.append)     # Verdict(kind=PANIC) while QEMU stays up
+    identity = await backend.start("vm", QemuUnit(backend="qemu", forward=["8080:80"]))
+    await backend.phase_reboot("vm")                   # after a panic: back to service-ready
+    await backend.cold_reboot("vm")                    # or boot again
+    await backend.stop("vm", timeout_s=10)
+
+See ``backend`` for the promises (and how the data disk stays consistent), ``image`` for how images
+are built, ``monitor_api`` for what can be observed and done from outside the guest, ``cli`` for the
+``enmei image`` commands.
 """
 
 from enmei.visor.qemu.backend import QemuBackend, VerdictFn

@@ -14,7 +14,9 @@ Promises:
 * A guest kernel panic while QEMU stays up (``panic_action = "pause"``, the default; the guest is
   frozen for inspection) is *not* a unit event: it is a ``Verdict(kind=PANIC)`` passed to the
   ``verdict`` callback given to the constructor (the engine puts it on its queue, like a detector's
-  verdict). Its evidence holds QEMU's panic data and timestamp, and the console tail.
+  verdict). Its evidence holds QEMU's panic data and wall-clock timestamp (``qemu_wall``), the
+  kernel's panic line (``panic_message``), the console tail and the phase snapshot's tag. The callback
+  runs on the event loop and must not block; an exception in it is logged, never raised.
 * Stop is the ACPI power button, then ``quit``, then SIGKILL through a pidfd, then ``StopError``.
 * Every QMP command is bounded (``qmp_timeout_s``); failures are ``QmpError`` (a ``VisorError``) and
   concern only that unit: the backend goes on serving the others.
@@ -24,13 +26,17 @@ RAM, so it belongs to every snapshot. The persistent data disk (ext4, ``data.qco
 an internal snapshot, and the guest mounts it only after the host opens a gate on ttyS1, which the host
 does only after the phase snapshot is taken. No snapshot therefore holds any cached state of the data
 disk: after ``phase_reboot`` the guest comes back before the gate, the host opens it again, and the
-guest mounts the disk as it is now (ext4's journal repairs what the failure interrupted). Data the
-service synced before the failure survives a phase reboot exactly as it survives a cold reboot.
+guest mounts the disk as it is now (ext4's journal repairs what the failure interrupted; the mount
+runs at the lowest priority, so the service answers first). Data the service synced before the
+failure survives a phase reboot exactly as it survives a cold reboot; what it had not synced is lost
+in both. Guest RAM (``/run``: knobs, caches, sessions) goes back to the snapshot.
 Whole-state saves (``state_save``, ``clone``) are different: their RAM holds the mounted file system,
 so they copy both disks too, while QEMU has them flushed and inactive at the end of the migration.
 
 Remedy mechanisms (the lead's remedies wrap them): ``cold_reboot`` (reset, boot again, wait for the
-service) and ``phase_reboot`` (load the phase snapshot taken at ``phase_snapshot`` of the first boot).
+service) and ``phase_reboot`` (load the phase snapshot taken at ``phase_snapshot`` of the first boot);
+a failed ``phase_reboot`` (``VisorError``) leaves the guest paused and calls for ``cold_reboot``.
+Also: ``phases(name)`` (the current boot's phases), ``events(name)`` (recent QMP events).
 """
 
 from __future__ import annotations
