@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from enmei.model import Decision, Event, Health, UnitState
 
-__all__ = ["Policy", "UnitView", "View"]
+__all__ = ["Policy", "ReloadablePolicy", "UnitView", "View"]
 
 
 @dataclass(frozen=True)
@@ -65,3 +65,20 @@ class Policy(Protocol):
     version: str
 
     def decide(self, event: Event, view: View) -> list[Decision]: ...
+
+
+@runtime_checkable
+class ReloadablePolicy(Policy, Protocol):
+    """A policy loaded from a file (``enmei.policy.manager.PolicyManager``): it can reload itself, and it
+    reports what the journal should hold as ``policy`` records instead of raising.
+
+    ``check_reload()`` is called on every tick: the notices of a reload (``reloaded``, ``rejected``), usually
+    none. ``drain_notices()`` returns the other notices not yet taken (``loaded``, ``error``), to be called
+    after every ``decide``. ``close()`` ends whatever the policy runs in (its sandbox process).
+    """
+
+    def check_reload(self) -> list[dict[str, Any]]: ...
+
+    def drain_notices(self) -> list[dict[str, Any]]: ...
+
+    def close(self) -> None: ...

@@ -178,7 +178,7 @@ class Program:
         self._loading: list[str] = []
         self._load_failure: EvalFailure | None = None
         self._loader = sl.FileLoader(self._load)
-        self._load("policy")
+        self._frozen_module("policy")
         self.handlers = [h for h in HANDLERS if self._defines(h)]
         self.history_s = self._history_s()
         loads = "".join(f', "{h}"' for h in self.handlers)
@@ -210,22 +210,27 @@ class Program:
         return module.freeze()
 
     def _load(self, name: str) -> sl.FrozenModule:
+        """The FileLoader's callback: the interpreter turns its exception into a plain message, so the
+        failure itself is kept aside (``_load_failure``) for ``_module`` to raise."""
+        try:
+            return self._frozen_module(name)
+        except EvalFailure as failure:
+            self._load_failure = self._load_failure or failure
+            raise ValueError(failure.message) from None
+
+    def _frozen_module(self, name: str) -> sl.FrozenModule:
         done = self._frozen.get(name)
         if done is not None:
             return done
         text = self.sources.get(name)
         if text is None:
             known = ", ".join(sorted(n for n in self.sources if n.startswith("@"))) or "none"
-            raise ValueError(f"cannot load {name!r}: a policy may load only enmei's modules ({known})")
+            raise EvalFailure("load", f"cannot load {name!r}: a policy may load only enmei's modules ({known})")
         if name in self._loading:
-            raise ValueError(f"modules load each other in a cycle: {' -> '.join([*self._loading, name])}")
+            raise EvalFailure("load", f"modules load each other in a cycle: {' -> '.join([*self._loading, name])}")
         self._loading.append(name)
         try:
             frozen = self._module(self.filenames.get(name, name), text)
-        except EvalFailure as failure:
-            # Kept aside: the interpreter turns a loader's exception into a plain message.
-            self._load_failure = self._load_failure or failure
-            raise ValueError(failure.message) from None
         finally:
             self._loading.pop()
         self._frozen[name] = frozen
@@ -261,7 +266,11 @@ class Program:
         except sl.StarlarkError as exc:
             if guard.reason is not None:
                 raise guard.failure() from None
-            raise located("runtime", exc) from None
+            failure = located("runtime", exc)
+            if failure.file == "<driver>" and "serialize" in failure.message:
+                raise EvalFailure("result", "a handler returned something that is not data (decisions hold only "
+                                            f"strings, numbers, lists and dicts): {failure.message}") from None
+            raise failure from None
         except BaseException as exc:  # a panic inside the interpreter (pyo3 PanicException)
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -338,6 +347,8 @@ def serve(rfd: int = 0, wfd: int = 1, cap: Callable[[int], None] = _cap_memory) 
             _write(wfd, ERROR, json.dumps(failure.as_dict()).encode())
         except MemoryError:
             _write(wfd, ERROR, json.dumps({"kind": "memory", "message": "out of memory"}).encode())
+        except Exception as exc:  # a bug here must answer, not leave the supervisor waiting
+            _write(wfd, ERROR, json.dumps({"kind": "crash", "message": f"{type(exc).__name__}: {exc}"}).encode())
 
 
 if __name__ == "__main__" and sys.argv[1:] == ["--serve"]:

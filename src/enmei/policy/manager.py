@@ -46,11 +46,11 @@ from enmei.model import (
 )
 from enmei.policy.base import Policy, UnitView, View
 from enmei.policy.builtin import BuiltinPolicy
-from enmei.policy.core import EvalFailure
+from enmei.policy.core import EvalFailure, Limits
 from enmei.policy.encode import decisions_from, handler_for, payload
 from enmei.policy.history import History
 from enmei.policy.program import ProgramSpec, build
-from enmei.policy.sandbox import Limits, PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
+from enmei.policy.sandbox import PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
 from enmei.remedy import REMEDIES
 
 __all__ = ["BUILTIN", "PolicyManager", "load_default", "open_policy", "smoke_events", "smoke_view"]

@@ -37,7 +37,7 @@ from enmei.policy.core import HEADER, EvalFailure, Limits, Program
 from enmei.policy.encode import DRIVER
 from enmei.policy.program import ProgramSpec, failure_error
 
-__all__ = ["InProcessSandbox", "Limits", "PolicyFailure", "Sandbox", "SandboxFactory", "WorkerSandbox"]
+__all__ = ["InProcessSandbox", "PolicyFailure", "Sandbox", "SandboxFactory", "WorkerSandbox"]
 
 CORE_PATH = Path(core.__file__)
 
@@ -80,6 +80,7 @@ class InProcessSandbox:
             self.program = Program(spec.sources, spec.filenames, DRIVER, limits, request["remedies"])
         except EvalFailure as failure:
             raise failure_error(failure, spec.filenames["policy"]) from None
+        self.file = spec.filenames["policy"]
         self.handlers = self.program.handlers
         self.history_s = self.program.history_s
 
@@ -87,7 +88,7 @@ class InProcessSandbox:
         try:
             return self.program.call(payload)
         except EvalFailure as failure:
-            raise failure_error(failure) from None
+            raise failure_error(failure, self.file) from None
 
     def close(self) -> None:
         pass
@@ -119,6 +120,7 @@ class WorkerSandbox:
     def __init__(self, spec: ProgramSpec, limits: Limits, *, kill_after_s: float | None = None,
                  load_timeout_s: float = 20.0, python: str = sys.executable) -> None:
         self.spec = spec
+        self.file = spec.filenames["policy"]
         self.limits = limits
         self.kill_after_s = kill_after_s if kill_after_s is not None else 2 * limits.time_s + 1.0
         self.load_timeout_s = load_timeout_s
@@ -196,7 +198,8 @@ class WorkerSandbox:
         except TimeoutError:
             self._stop()
             raise PolicyFailure("time", f"no answer within {timeout_s:g}s; the sandbox process was killed "
-                                        "(the policy will be loaded again for the next evaluation)") from None
+                                        "(the policy will be loaded again for the next evaluation)",
+                                file=self.file) from None
         except (_Gone, OSError):
             raise self._death() from None
 
@@ -230,17 +233,20 @@ class WorkerSandbox:
                 code = proc.wait(timeout=2.0)
         tail = self._stderr()
         self._stop()
-        last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        lines = [ln.strip() for ln in tail.splitlines() if ln.strip() and "RUST_BACKTRACE" not in ln]
+        last = next((ln for ln in lines if "memory" in ln), lines[-1] if lines else "")
         if "memory allocation" in tail or "out of memory" in tail or code == -signal.SIGABRT:
             return PolicyFailure("memory", f"the evaluation ran out of memory (limit {self.limits.memory_mib} MiB)"
-                                           f" and the sandbox process ended{': ' + last if last else ''}")
+                                           f" and the sandbox process ended{': ' + last if last else ''}",
+                                 file=self.file)
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-        return PolicyFailure("crash", f"the sandbox process ended ({how}){': ' + last if last else ''}")
+        return PolicyFailure("crash", f"the sandbox process ended ({how}){': ' + last if last else ''}",
+                             file=self.file)
 
     def _error(self, body: bytes) -> PolicyFailure:
         failure = EvalFailure.from_dict(json.loads(body))
         self._stderr()  # keep the pipe drained (panics write there)
-        err = failure_error(failure)
+        err = failure_error(failure, self.file)
         assert isinstance(err, PolicyFailure)
         return err
 

@@ -55,7 +55,7 @@ from enmei.policy.base import UnitView, View
 from enmei.policy.manager import PolicyManager, smoke_view
 from enmei.policy.sandbox import SandboxFactory, WorkerSandbox
 
-__all__ = ["ScenarioResult", "StepResult", "decision_dict", "load_scenario", "run_scenario"]
+__all__ = ["ScenarioResult", "StepResult", "as_json", "decision_dict", "load_scenario", "run_scenario"]
 
 _EVENT_KEYS = ("verdict", "exit", "event", "outcome", "tick")
 _STEP_KEYS = {*_EVENT_KEYS, "after_s", "at", "set", "expect"}

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from support.harness import Rig, start_rig
-
 from enmei.model import Severity, Verdict, VerdictKind
 from enmei.policy.manager import load_default
 from enmei.policy.replay import replay
 from enmei.policy.sandbox import InProcessSandbox
+from support.harness import Rig, start_rig
 
 TWO = """
 [supervisor]
@@ -34,6 +33,12 @@ budget = 2
 window_s = 600
 [units.b.rejuvenate]
 window_s = 5
+[units.c]
+command = ["/bin/true"]
+start_s = 1.0
+[units.c.rejuvenate]
+every_s = 30
+window_s = 0
 """
 
 
@@ -75,12 +80,13 @@ async def test_replay_of_an_engine_journal_agrees_with_every_decision(tmp_path: 
     decided = [b for b in rig.bodies("decision") if b["policy"] == policy.version]
     rules = {b["rule"] for b in decided}
     assert {"exit-restart", "flapping/open", "probe-restart", "budget-alert", "anomaly-watch",
-            "aging-rejuvenate", "log-alert"} <= rules, rules
+            "aging-rejuvenate", "log-alert", "scheduled-rejuvenate"} <= rules, rules
     assert all("view" in b for b in decided)
 
     again = load_default(sandbox=InProcessSandbox)
     report = replay(again, rig.journal.path)
     summary = report.summary()
+    assert {p.kind for p in report.points} == {"exit", "verdict", "outcome", "tick"}
     bad = [p for p in report.points if not p.agree]
     assert not bad, bad[:3]
     assert summary["agreement"] == 1.0

@@ -1,0 +1,207 @@
+"""The shipped default library, path by path: it does at least what the built-in policy does, and more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import pytest
+
+from enmei.model import (
+    Decision,
+    Event,
+    Outcome,
+    RemedyState,
+    Severity,
+    Tick,
+    UnitEvent,
+    UnitEventKind,
+    UnitState,
+    Verdict,
+    VerdictKind,
+)
+from enmei.policy.builtin import BuiltinPolicy
+from enmei.policy.manager import PolicyManager
+from enmei.remedy import REMEDIES, Remedy, Result, UnitControl
+
+from .common import unit, view
+
+Make = Callable[..., PolicyManager]
+
+
+def _exit(t: float, name: str = "api") -> UnitEvent:
+    return UnitEvent(name, UnitEventKind.EXITED, t, {"code": 3, "signal": None, "uptime_s": 12.5})
+
+
+def _verdict(kind: VerdictKind, t: float, severity: Severity = Severity.WARNING, **evidence: Any) -> Verdict:
+    return Verdict("api", f"test:{kind}", kind, severity, t, f"{kind} seen", evidence)
+
+
+def _brief(ds: list[Decision]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(d.action, d.rule, dict(d.args)) for d in ds]
+
+
+def test_exit_restarts_after_the_backoff_delay_then_escalates_when_the_budget_is_spent(manager: Make) -> None:
+    m = manager()
+    down = unit(state=UnitState.EXITED, alive=False, uptime_s=None)
+    d = m.decide(_exit(1000.0), view(1000.0, down))
+    assert _brief(d) == [("restart", "exit-restart", {"delay_s": 0.0})]
+    assert d[0].reason == "exited with code 3 after 12.5s"
+    d = m.decide(_exit(1100.0), view(1100.0, unit(state=UnitState.EXITED, alive=False, next_delay_s=4.0,
+                                                     restarts_in_window=2)))
+    assert _brief(d) == [("restart", "exit-restart", {"delay_s": 4.0})]
+    spent = unit(state=UnitState.EXITED, alive=False, restarts_in_window=3, escalate_retry_s=90.0)
+    d = m.decide(_exit(1200.0), view(1200.0, spent))
+    assert [(x.action, x.rule, x.args["retry_in_s"]) for x in d] == [("escalate", "budget-escalate", 90.0)]
+    assert "restart budget spent (3 restarts in 300s)" in d[0].reason
+
+
+def test_a_burst_of_failures_opens_the_circuit_breaker_with_a_cool_down(manager: Make) -> None:
+    m = manager()
+    down = unit(state=UnitState.EXITED, alive=False, budget=100)
+    rules = [m.decide(_exit(1000.0 + 10 * i), view(1000.0 + 10 * i, down))[0].rule for i in range(4)]
+    assert rules == ["exit-restart"] * 3 + ["flapping/open"]
+    # Failing again soon after the cool-down (on probation) re-opens it; long after, it is closed.
+    d = m.decide(_exit(1000.0 + 30 + 300 + 50), view(1000.0 + 30 + 300 + 50, down))
+    assert [(x.action, x.rule, x.args["retry_in_s"]) for x in d] == [("escalate", "flapping/open", 300.0)]
+    assert "failed again on probation" in d[0].reason
+    later = 1380.0 + 300 + 120 + 1
+    assert m.decide(_exit(later), view(later, down))[0].rule == "exit-restart"
+
+
+def test_failed_repairs_count_towards_the_breaker(manager: Make) -> None:
+    m = manager()
+    down = unit(state=UnitState.EXITED, alive=False, budget=100)
+    m.decide(_exit(1000.0), view(1000.0, down))
+    rules = []
+    for i in range(3):
+        t = 1010.0 + 10 * i
+        o = Outcome(f"api-{i}", "api", "restart", RemedyState.FAILED, t - 5, t, "died during start", {})
+        rules.append(m.decide(o, view(t, down))[0].rule)
+    assert rules == ["retry-after-failure", "retry-after-failure", "flapping/open"]
+
+
+def test_probe_failures_restart_then_degrade_and_alert_once_the_budget_is_spent(manager: Make) -> None:
+    m = manager()
+    v = _verdict(VerdictKind.PROBE_FAILED, 1000.0, Severity.CRITICAL, probe="http")
+    assert _brief(m.decide(v, view(1000.0, unit(next_delay_s=0.5)))) == [("restart", "probe-restart",
+                                                                          {"delay_s": 0.5})]
+    spent = unit(restarts_in_window=3)
+    d = m.decide(_verdict(VerdictKind.PROBE_FAILED, 1010.0, Severity.CRITICAL), view(1010.0, spent))
+    assert [(x.action, x.rule) for x in d] == [("alert", "budget-alert"), ("degrade", "budget-degrade")]
+    assert d[0].args == {"severity": "critical"} and "restart budget spent" in d[0].reason
+    # Again within the alert interval: said on the record, not alerted again.
+    d = m.decide(_verdict(VerdictKind.PROBE_FAILED, 1020.0, Severity.CRITICAL), view(1020.0, spent))
+    assert [(x.action, x.rule) for x in d] == [("none", "budget-quiet")]
+    # A degrade that failed is alerted and not tried again for a while.
+    failed = Outcome("api-9", "api", "degrade", RemedyState.FAILED, 1025.0, 1026.0, "no degrade mode", {})
+    assert [(x.action, x.rule) for x in m.decide(failed, view(1026.0, spent))] == [("alert", "degrade-failed")]
+    d = m.decide(_verdict(VerdictKind.PROBE_FAILED, 1400.0, Severity.CRITICAL), view(1400.0, spent))
+    assert [(x.action, x.rule) for x in d] == [("alert", "budget-alert")]
+
+
+def test_a_probe_failure_of_a_dead_unit_is_handled_like_its_exit(manager: Make) -> None:
+    m = manager()
+    v = _verdict(VerdictKind.PROBE_FAILED, 1000.0, Severity.CRITICAL)
+    d = m.decide(v, view(1000.0, unit(alive=False, state=UnitState.EXITED, restarts_in_window=3)))
+    assert [(x.action, x.rule) for x in d] == [("escalate", "budget-escalate")]
+
+
+def test_a_latency_warning_is_watched_closer_first_then_repaired(manager: Make) -> None:
+    m = manager()
+    d = m.decide(_verdict(VerdictKind.ANOMALY, 1000.0, probe="http"), view(1000.0))
+    assert _brief(d) == [("monitor", "anomaly-watch", {"probe": "http", "interval_s": 0.5, "for_s": 300.0})]
+    d = m.decide(_verdict(VerdictKind.ANOMALY, 1060.0, probe="http"), view(1060.0))
+    assert _brief(d) == [("restart", "anomaly/0", {"delay_s": 0.0})]
+    # The restart step is used for this hour: the next one degrades and alerts (a process has no phases).
+    d = m.decide(_verdict(VerdictKind.ANOMALY, 1500.0, Severity.CRITICAL), view(1500.0))
+    assert [(x.action, x.rule) for x in d] == [("alert", "anomaly/exhausted"), ("degrade", "anomaly/exhausted")]
+
+
+class _PhaseReboot(Remedy):
+    name: ClassVar[str] = "phase_reboot"
+    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+
+    def deadline_s(self, unit: UnitControl, args: Any) -> float:
+        return 60.0
+
+    async def run(self, unit: UnitControl, args: Any) -> Result:
+        return Result.ok()
+
+
+@pytest.fixture
+def phase_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(REMEDIES, "phase_reboot", _PhaseReboot)
+
+
+@pytest.mark.usefixtures("phase_reboot")
+def test_a_vm_with_a_latency_anomaly_gets_a_phase_based_reboot_after_a_restart(manager: Make) -> None:
+    m = manager()
+    vm = unit(backend="qemu")
+    crit = Severity.CRITICAL
+    assert m.decide(_verdict(VerdictKind.ANOMALY, 1000.0, crit), view(1000.0, vm))[0].rule == "anomaly/0"
+    d = m.decide(_verdict(VerdictKind.ANOMALY, 1100.0, crit), view(1100.0, vm))
+    assert _brief(d) == [("phase_reboot", "anomaly/1", {})]
+    failed = Outcome("api-2", "api", "phase_reboot", RemedyState.FAILED, 1100.0, 1130.0, "no snapshot", {})
+    assert m.decide(failed, view(1130.0, vm)) == []  # no cold_reboot registered: not offered
+    # A process unit never gets one.
+    assert m.decide(_verdict(VerdictKind.ANOMALY, 1200.0, crit), view(1200.0, unit()))[0].rule != "anomaly/1"
+
+
+def test_aging_rejuvenates_at_a_quiet_moment_before_exhaustion(manager: Make) -> None:
+    m = manager()
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=3600.0, metric="rss_bytes"),
+                 view(1000.0, unit(rejuvenate_window_s=600.0)))
+    assert [(x.action, x.rule, x.args["window_s"]) for x in d] == [("rejuvenate", "aging-rejuvenate", 600.0)]
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=800.0), view(1000.0, unit(rejuvenate_window_s=600.0)))
+    assert d[0].args["window_s"] == 200.0  # a quarter of the time left
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=30.0), view(1000.0))
+    assert d[0].args["window_s"] == 0.0 and "at once" in d[0].reason
+    assert m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=30.0), view(1000.0, unit(remedy="restart"))) == []
+
+
+def test_log_anomalies_are_alerted_at_most_once_per_interval(manager: Make) -> None:
+    m = manager()
+    first = m.decide(_verdict(VerdictKind.LOG_ANOMALY, 1000.0), view(1000.0))
+    assert [(x.action, x.args["severity"]) for x in first] == [("alert", "warning")]
+    assert m.decide(_verdict(VerdictKind.LOG_ANOMALY, 1100.0), view(1100.0)) == []
+    assert len(m.decide(_verdict(VerdictKind.LOG_ANOMALY, 1400.0), view(1400.0))) == 1
+
+
+def test_ticks_rejuvenate_on_schedule_and_restart_a_stranded_unit(manager: Make) -> None:
+    m = manager()
+    old = unit(name="old", rejuvenate_every_s=3600.0, uptime_s=3700.0)
+    down = unit(name="down", state=UnitState.EXITED, alive=False, uptime_s=None)
+    busy = unit(name="busy", state=UnitState.EXITED, alive=False, remedy="restart")
+    d = m.decide(Tick(1000.0, 0.0), view(1000.0, old, down, busy))
+    assert sorted((x.unit, x.action, x.rule) for x in d) == [("down", "restart", "stranded-restart"),
+                                                             ("old", "rejuvenate", "scheduled-rejuvenate")]
+    # The stranded unit is not restarted again while its last decision is recent.
+    d = m.decide(Tick(1001.0, 0.0), view(1001.0, down))
+    assert d == []
+
+
+@pytest.mark.parametrize("event", [
+    _exit(1000.0),
+    _verdict(VerdictKind.PROBE_FAILED, 1000.0, Severity.CRITICAL),
+    _verdict(VerdictKind.PANIC, 1000.0, Severity.CRITICAL),
+    _verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=7200.0),
+    Outcome("api-1", "api", "restart", RemedyState.FAILED, 995.0, 1000.0, "died", {}),
+    Tick(1000.0, 0.0),
+])
+@pytest.mark.parametrize("state", ["running", "exited", "spent", "busy"])
+def test_never_less_than_the_builtin_policy(manager: Make, event: Event, state: str) -> None:
+    """Wherever the built-in policy acts, the library acts too (never a silent give-up)."""
+    u = {"running": unit(rejuvenate_every_s=30.0), "exited": unit(state=UnitState.EXITED, alive=False, uptime_s=None),
+         "spent": unit(restarts_in_window=3, state=UnitState.EXITED, alive=False),
+         "busy": unit(remedy="restart")}[state]
+    v = view(1000.0, u)
+    builtin = BuiltinPolicy().decide(event, v)
+    ours = manager().decide(event, v)
+    if builtin:
+        assert ours, (event, state, builtin)
+    assert not m_errors(ours)
+
+
+def m_errors(decisions: list[Decision]) -> list[Decision]:
+    return [d for d in decisions if d.policy == "builtin-1"]  # a fallback would mean the library failed
