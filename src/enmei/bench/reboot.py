@@ -173,8 +173,7 @@ async def _one_run(backend: QemuBackend, prober: _Prober, verdicts: asyncio.Queu
     await _until_phase(backend, "data-ready", 30.0)
     while not verdicts.empty():
         verdicts.get_nowait()
-    await _inject_panic(port)
-    verdict = await asyncio.wait_for(verdicts.get(), 30.0)
+    verdict = await _panic_until_verdict(port, verdicts)
     seen = time.monotonic()
     assert verdict.kind == VerdictKind.PANIC
     # QEMU's wall-clock timestamp of the panic, mapped onto the monotonic clock.
@@ -208,12 +207,25 @@ async def _until_good(prober: _Prober, after: float, timeout_s: float) -> float:
     raise TimeoutError(f"the service gave no good answer within {timeout_s:.0f} s")
 
 
-async def _inject_panic(port: int) -> None:
-    with contextlib.suppress(OSError, TimeoutError):
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
-        writer.write(b"GET /cgi-bin/fault?panic=1 HTTP/1.0\r\n\r\n")
-        await writer.drain()
-        writer.close()
+async def _panic_until_verdict(port: int, verdicts: asyncio.Queue[Verdict], tries: int = 6) -> Verdict:
+    """Ask the guest to panic (``/cgi-bin/fault?panic=1``) until the panic verdict comes.
+
+    The request's connection stays open until then: a busy guest still reads it. Retried every 5 s.
+    """
+    for _ in range(tries):
+        writer = None
+        with contextlib.suppress(OSError, TimeoutError):
+            _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2.0)
+            writer.write(b"GET /cgi-bin/fault?panic=1 HTTP/1.0\r\n\r\n")
+            await writer.drain()
+        try:
+            return await asyncio.wait_for(verdicts.get(), 5.0)
+        except TimeoutError:
+            continue
+        finally:
+            if writer is not None:
+                writer.close()
+    raise TimeoutError(f"no panic verdict after {tries} requests to panic")
 
 
 def _free_port() -> int:
