@@ -1,14 +1,19 @@
 """``enmei bench policy``: evaluations per second of the shipped default library, as the engine runs it.
 
-The policy runs as in the supervisor: a ``PolicyManager`` over the shipped library in its sandbox process,
-each evaluation a full ``decide(event, view)`` (payload, round trip, result checks, history). The stream
-is a busy supervisor's: four units (three processes, one VM), a tick per simulated second and, between
-ticks, exits, verdicts of every kind and remedy outcomes, at a seeded random mix; the units' views move
-with it (states, restarts in the window, running remedies), and the history the policy reads fills up
-as it would. The first ``warmup`` evaluations are not timed.
+Each evaluation is a full ``PolicyManager.decide(event, view)``: payload, evaluation under the limits,
+result checks, history. The engine runs the shipped library in its own process (``sandbox: in-process``);
+a policy *file* runs in a sandbox process, and ``sandboxed`` measures the same library that way.
 
-Result: ``evaluations_per_s`` (sequential, one at a time as the engine calls them), ``p50_ms``, ``p99_ms``
-and ``max_ms`` of single evaluations, and what was measured (sandbox, evaluations, decisions made).
+Two seeded streams of events and views for four units (three processes, one VM) whose views move with the
+events (states, restarts in the window, running remedies) and whose histories fill as they would:
+
+* ``troubled`` (the headline): a tick each second, and each unit in trouble about once a minute (a latency
+  anomaly, an aging or probe verdict, a crash, a remedy's outcome): a bad hour for a supervisor;
+* ``incidents``: three evaluations in four are incidents, 30 s apart on average (the handlers that do
+  the work, back to back; histories as full as they get).
+
+Figures: ``evaluations_per_s`` (one at a time, as the engine calls them), ``p50_ms``, ``p99_ms``, ``max_ms``,
+per handler too. The first ``warmup`` evaluations of each run are not timed.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from enmei.model import (
     VerdictKind,
 )
 from enmei.policy.base import UnitView, View
+from enmei.policy.encode import handler_for
 from enmei.policy.manager import load_default
 from enmei.policy.sandbox import InProcessSandbox, SandboxFactory, WorkerSandbox
 
@@ -77,47 +83,66 @@ def _verdict(rng: random.Random, unit: str, now: float) -> Verdict:
                    {"templates": ["E <*> timeout", "W retry <*>"], "score": 4.2})
 
 
-def stream(n: int, seed: int = 0, *, gap_s: float = 30.0, tick_share: float = 0.25) -> list[tuple[Event, View]]:
-    """``n`` (event, view) pairs of a troubled supervisor (see the module docstring).
+def _incident(rng: random.Random, units: dict[str, UnitView], i: int, now: float) -> tuple[Event, str]:
+    name = rng.choice(list(units))
+    u = units[name]
+    roll = rng.random()
+    if roll < 0.4:
+        event: Event = _verdict(rng, name, now)
+    elif roll < 0.7:
+        u = dataclasses.replace(u, state=UnitState.EXITED, alive=False, uptime_s=None, remedy=None)
+        event = UnitEvent(name, UnitEventKind.EXITED, now,
+                          {"code": rng.choice([1, 2, None]), "signal": rng.choice([None, "SIGKILL"]),
+                           "uptime_s": round(rng.uniform(0.5, 900.0), 3), "stderr_tail": ["panic: boom"]})
+    else:
+        action = rng.choice(["restart", "restart", "rejuvenate", "escalate", "degrade", "start"])
+        state = rng.choice([RemedyState.SUCCEEDED, RemedyState.SUCCEEDED, RemedyState.FAILED, RemedyState.TIMED_OUT])
+        alive = state is RemedyState.SUCCEEDED
+        u = dataclasses.replace(u, state=UnitState.RUNNING if alive else UnitState.EXITED, alive=alive,
+                                uptime_s=1.0 if alive else None, remedy=None)
+        event = Outcome(f"{name}-{i}", name, action, state, now - 2.0, now,
+                        "running" if alive else "died during start (exit code 1)", {"delay_s": 0.5})
+    restarts = min(u.budget + 1, max(0, u.restarts_in_window + rng.choice([-1, 0, 0, 1])))
+    units[name] = dataclasses.replace(u, restarts_in_window=restarts, next_delay_s=0.5 * 2 ** max(0, restarts - 1),
+                                      remedy=rng.choice([None, None, None, None, "restart"]))
+    return event, name
 
-    Between evaluations the clock moves on by ``gap_s`` on average (exponentially distributed), so each of
-    the four units has an incident every couple of minutes and the histories fill as they would; a
-    share ``tick_share`` of the evaluations are ticks, the rest exits, verdicts and outcomes.
-    """
+
+def _age(units: dict[str, UnitView], dt: float) -> None:
+    for name, u in units.items():
+        if u.alive and u.uptime_s is not None:
+            units[name] = dataclasses.replace(u, uptime_s=u.uptime_s + dt)
+        elif not u.alive and u.remedy is None and u.state is UnitState.EXITED:
+            # A restart brings it back a little later.
+            units[name] = dataclasses.replace(u, state=UnitState.RUNNING, alive=True, uptime_s=0.0)
+
+
+def stream(n: int, seed: int = 0, *, kind: str = "troubled") -> list[tuple[Event, View]]:
+    """``n`` (event, view) pairs of the ``troubled`` or the ``incidents`` stream (see the module docstring)."""
     rng = random.Random(seed)
     units = _units()
-    names = list(units)
     now, wall = 10_000.0, 1_700_000_000.0
     out: list[tuple[Event, View]] = []
-    for i in range(n):
-        now += rng.expovariate(1.0 / gap_s)
-        name = rng.choice(names)
-        u = units[name]
-        roll = rng.random()
-        if roll < tick_share:
-            event: Event = Tick(now, wall + now)
-        elif roll < tick_share + (1 - tick_share) * 0.4:
-            event = _verdict(rng, name, now)
-        elif roll < tick_share + (1 - tick_share) * 0.7:
-            u = dataclasses.replace(u, state=UnitState.EXITED, alive=False, uptime_s=None, remedy=None)
-            event = UnitEvent(name, UnitEventKind.EXITED, now,
-                              {"code": rng.choice([1, 2, None]), "signal": rng.choice([None, "SIGKILL"]),
-                               "uptime_s": round(rng.uniform(0.5, 900.0), 3), "stderr_tail": ["panic: boom"]})
+    i = 0
+    while len(out) < n:
+        i += 1
+        if kind == "troubled":
+            now += 1.0
+            _age(units, 1.0)
+            out.append((Tick(now, wall + now), View(now, dict(units))))
+            for _ in range(len(units)):
+                if rng.random() < 1 / 60 and len(out) < n:
+                    event, _name = _incident(rng, units, i, now)
+                    out.append((event, View(now, dict(units))))
         else:
-            action = rng.choice(["restart", "restart", "rejuvenate", "escalate", "degrade", "start"])
-            state = rng.choice([RemedyState.SUCCEEDED, RemedyState.SUCCEEDED, RemedyState.FAILED,
-                                RemedyState.TIMED_OUT])
-            alive = state is RemedyState.SUCCEEDED
-            u = dataclasses.replace(u, state=UnitState.RUNNING if alive else UnitState.EXITED, alive=alive,
-                                    uptime_s=1.0 if alive else None, remedy=None)
-            event = Outcome(f"{name}-{i}", name, action, state, now - 2.0, now,
-                            "running" if alive else "died during start (exit code 1)", {"delay_s": 0.5})
-        restarts = min(u.budget + 1, max(0, u.restarts_in_window + rng.choice([-1, 0, 0, 1])))
-        up = None if not u.alive else (u.uptime_s or 0.0) + gap_s
-        u = dataclasses.replace(u, restarts_in_window=restarts, next_delay_s=0.5 * 2 ** max(0, restarts - 1),
-                                uptime_s=up, remedy=rng.choice([None, None, None, None, "restart"]))
-        units[name] = u
-        out.append((event, View(now, dict(units))))
+            dt = rng.expovariate(1 / 30.0)
+            now += dt
+            _age(units, dt)
+            if rng.random() < 0.25:
+                out.append((Tick(now, wall + now), View(now, dict(units))))
+            else:
+                event, _name = _incident(rng, units, i, now)
+                out.append((event, View(now, dict(units))))
     return out
 
 
@@ -129,30 +154,41 @@ def _measure(sandbox: SandboxFactory, events: list[tuple[Event, View]], warmup: 
             decide(event, view)
         timed = events[warmup:]
         lat: list[float] = []
+        by: dict[str, list[float]] = {}
         decisions = 0
         clock = time.perf_counter
         start = clock()
         for event, view in timed:
             t0 = clock()
             decisions += len(decide(event, view))
-            lat.append(clock() - t0)
+            dt = clock() - t0
+            lat.append(dt)
+            by.setdefault(handler_for(event), []).append(dt)
         elapsed = clock() - start
         errors = [n for n in manager.drain_notices() if n.get("event") == "error"]
     finally:
         manager.close()
-    lat.sort()
+    return {**_figures(lat, elapsed), "evaluations": len(lat), "decisions": decisions, "policy": manager.version,
+            "policy_errors": len(errors),
+            "by_handler": {h: {**_figures(v, sum(v)), "evaluations": len(v)} for h, v in sorted(by.items())}}
+
+
+def _figures(lat: list[float], elapsed: float) -> dict[str, float]:
+    lat = sorted(lat)
     n = len(lat)
-    return {
-        "evaluations_per_s": round(n / elapsed, 1), "p50_ms": round(lat[n // 2] * 1e3, 4),
-        "p99_ms": round(lat[min(n - 1, int(n * 0.99))] * 1e3, 4), "max_ms": round(lat[-1] * 1e3, 4),
-        "evaluations": n, "decisions": decisions, "policy": manager.version, "policy_errors": len(errors),
-    }
+    return {"evaluations_per_s": round(n / elapsed, 1), "p50_ms": round(lat[n // 2] * 1e3, 4),
+            "p99_ms": round(lat[min(n - 1, int(n * 0.99))] * 1e3, 4), "max_ms": round(lat[-1] * 1e3, 4)}
 
 
-def run(evaluations: int = 20_000, *, warmup: int = 2_000, seed: int = 0, in_process: bool = False) -> dict[str, Any]:
-    """Measure (see the module docstring). ``in_process`` measures the in-process sandbox instead."""
-    events = stream(evaluations + warmup, seed)
-    sandbox: SandboxFactory = InProcessSandbox if in_process else WorkerSandbox
-    result = _measure(sandbox, events, warmup)
-    return {**result, "sandbox": "in-process" if in_process else "process", "units": len(_units()),
-            "goal_per_s": GOAL_PER_S, "meets_goal": result["evaluations_per_s"] >= GOAL_PER_S}
+def run(evaluations: int = 20_000, *, warmup: int = 2_000, seed: int = 0) -> dict[str, Any]:
+    """Measure (see the module docstring): the headline stream as the engine runs the library, then the
+    incident stream, then the headline stream in a sandbox process."""
+    troubled = stream(evaluations + warmup, seed, kind="troubled")
+    head = _measure(InProcessSandbox, troubled, warmup)
+    incidents = _measure(InProcessSandbox, stream(evaluations + warmup, seed, kind="incidents"), warmup)
+    sandboxed = _measure(WorkerSandbox, troubled, warmup)
+    keep = ("evaluations_per_s", "p50_ms", "p99_ms", "max_ms", "evaluations", "by_handler")
+    return {**head, "sandbox": "in-process", "stream": "troubled", "units": len(_units()),
+            "goal_per_s": GOAL_PER_S, "meets_goal": head["evaluations_per_s"] >= GOAL_PER_S,
+            "incidents": {k: incidents[k] for k in keep},
+            "sandboxed": {k: sandboxed[k] for k in keep}}

@@ -3,8 +3,9 @@
 The payload is ``[handler, now, event, unit, units, history]``, with units and events as
 positional lists that the generated driver (``DRIVER``) turns into structs: decoding lists is several
 times cheaper than decoding dicts with the same keys, and this crossing is most of an evaluation's cost.
-Values a policy sees are bounded (``plain``): strings cut at 512 characters, containers at 32 items and 3
-levels; infinities become +-1e308 and NaN becomes None, since JSON has neither.
+Evidence and details a policy sees are bounded: what encodes to more than 4 KiB of JSON (or holds other
+than JSON data) goes through ``plain``: strings cut at 512 characters, containers at 32 items and 3
+levels, infinities as +-1e308 and NaN as None, since JSON has neither.
 
 ``decisions_from`` turns a handler's result into ``Decision`` objects or raises ``EvalFailure`` (kind
 "decision") naming the first thing wrong: not a list of decisions, an unknown action or unit, arguments
@@ -29,6 +30,7 @@ __all__ = [
     "MAX_DECISIONS",
     "UNIT_FIELDS",
     "decisions_from",
+    "event_json",
     "event_row",
     "handler_for",
     "payload",
@@ -51,6 +53,7 @@ _DECISION_KEYS = frozenset({"action", "unit", "args", "at", "rule", "reason"})
 _MAX_STR = 512
 _MAX_ITEMS = 32
 _MAX_DEPTH = 3
+_SMALL_JSON = 4096
 
 DRIVER = """
 #LOADS#
@@ -75,7 +78,7 @@ def dispatch(payload):
     p = json.decode(payload)
     units = {n: _unit(v) for n, v in p[4].items()}
     unit = units.get(p[3]) if p[3] != None else None
-    ctx = struct(now = p[1], unit = unit, units = units, history = p[5], remedies = _REMEDIES, memo = {})
+    ctx = struct(now = p[1], unit = unit, units = units, history = p[5], remedies = _REMEDIES)
     return json.encode(_HANDLERS[p[0]](_event(p[0], p[2]), ctx))
 """.replace("#FIELDS#", ", ".join(f"{name} = v[{i}]" for i, name in enumerate(UNIT_FIELDS)))
 
@@ -125,21 +128,67 @@ def unit_row(u: UnitView) -> list[Any]:
             u.rejuvenate_window_s, u.stop_timeout_s, sorted(u.capabilities)]
 
 
-def event_row(event: Event) -> list[Any]:
-    """One event as the positional list the driver expects."""
+def _data_json(value: Any) -> str:
+    """Evidence or detail as JSON a policy sees: as is when it is small, finite JSON; else ``plain``."""
+    try:
+        text = _encode(value)
+        if len(text) <= _SMALL_JSON:
+            return text
+    except (TypeError, ValueError):
+        pass
+    return _encode(plain(value))
+
+
+_CAPS: dict[frozenset[str], str] = {}
+
+
+def _num(x: float | None) -> str:
+    if x is None:
+        return "null"
+    if math.isfinite(x):
+        return repr(x)
+    return "null" if math.isnan(x) else repr(math.copysign(1e308, x))
+
+
+def _unit_json(u: UnitView) -> str:
+    """``unit_row`` as JSON, written out by hand: this runs for every unit on every evaluation."""
+    caps = _CAPS.get(u.capabilities)
+    if caps is None:
+        if len(_CAPS) >= 256:
+            _CAPS.clear()
+        caps = _CAPS[u.capabilities] = _encode(sorted(u.capabilities))
+    s = _string
+    return (f"[{s(u.name)},{s(u.backend)},{s(u.state.value)},{s(u.health.value)},{'true' if u.alive else 'false'},"
+            f"{_num(u.uptime_s)},{'null' if u.remedy is None else s(u.remedy)},{int(u.restarts_in_window)},"
+            f"{int(u.budget)},{int(u.budget_left)},{_num(u.window_s)},{_num(u.next_delay_s)},"
+            f"{_num(u.escalate_retry_s)},{_num(u.rejuvenate_every_s)},{_num(u.rejuvenate_window_s)},"
+            f"{_num(u.stop_timeout_s)},{caps}]")
+
+
+def event_json(event: Event) -> str:
+    """One event as the positional list the driver expects, as JSON."""
     if isinstance(event, Verdict):
-        return [event.unit, event.detector, str(event.kind), str(event.severity), event.mono, event.summary,
-                plain(event.evidence)]
+        head = _dumps([event.unit, event.detector, str(event.kind), str(event.severity), event.mono, event.summary])
+        return f"{head[:-1]},{_data_json(event.evidence)}]"
     if isinstance(event, Outcome):
-        return [event.remedy_id, event.unit, event.action, str(event.state), event.started_mono, event.ended_mono,
-                plain(event.detail), plain(event.data)]
+        head = _dumps([event.remedy_id, event.unit, event.action, str(event.state), event.started_mono,
+                       event.ended_mono, plain(event.detail)])
+        return f"{head[:-1]},{_data_json(event.data)}]"
     if isinstance(event, Tick):
-        return [event.mono, event.wall]
-    return [event.unit, str(event.kind), event.mono, plain(event.detail)]
+        return _dumps([event.mono, event.wall])
+    head = _dumps([event.unit, str(event.kind), event.mono])
+    return f"{head[:-1]},{_data_json(event.detail)}]"
+
+
+def event_row(event: Event) -> list[Any]:
+    """``event_json`` as data."""
+    row: list[Any] = json.loads(event_json(event))
+    return row
 
 
 _ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
 _encode = _ENCODER.encode
+_string = json.encoder.encode_basestring_ascii
 
 
 def _dumps(value: Any) -> str:
@@ -162,9 +211,9 @@ def payload(handler: str, event: Event, view: View, history: str) -> str:
     """The JSON text for one evaluation. ``history`` is the JSON object of each unit's history as a JSON
     string (``History.payload``): a policy decodes a unit's history only if it asks for it."""
     unit = getattr(event, "unit", None)
-    units = _dumps({name: unit_row(u) for name, u in view.units.items()})
+    units = "{" + ",".join(f"{_encode(name)}:{_unit_json(u)}" for name, u in view.units.items()) + "}"
     now = view.now if math.isfinite(view.now) else 0.0
-    return f"[\"{handler}\",{now!r},{_dumps(event_row(event))},{_encode(unit)},{units},{history}]"
+    return f"[\"{handler}\",{now!r},{event_json(event)},{_encode(unit)},{units},{history}]"
 
 
 def _fail(message: str) -> EvalFailure:

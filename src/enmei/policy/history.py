@@ -37,13 +37,28 @@ def _ms(t: float) -> int:
 
 
 class _Unit:
-    __slots__ = ("json", "oldest", "recent", "tables")
+    __slots__ = ("frags", "json", "oldest", "recent", "tables")
 
     def __init__(self, recent: int) -> None:
         self.tables: dict[str, dict[str, deque[int]]] = {"d": {}, "a": {}, "v": {}, "e": {}, "o": {}}
+        # Each key's JSON, kept until that key changes: one event re-encodes one key, not the unit.
+        self.frags: dict[str, dict[str, str]] = {t: {} for t in self.tables}
         self.recent: deque[list[Any]] = deque(maxlen=recent)
         self.json: str | None = None
         self.oldest: int | None = None  # the oldest time held, to know cheaply when something expires
+
+    def tables_json(self) -> str:
+        parts = []
+        for name, tab in self.tables.items():
+            frags = self.frags[name]
+            items = []
+            for key, ts in tab.items():
+                frag = frags.get(key)
+                if frag is None:
+                    frag = frags[key] = f"{_string(key)}:[{','.join(map(str, ts))}]"
+                items.append(frag)
+            parts.append(f'"{name}":{{{",".join(items)}}}')
+        return "{" + ",".join(parts) + "}"
 
 
 class History:
@@ -64,7 +79,6 @@ class History:
             if len(self._units) >= self.max_units:
                 return None
             u = self._units[name] = _Unit(self.recent)
-        u.json = None
         return u
 
     def _add(self, u: _Unit, table: str, key: str, when: float) -> None:
@@ -77,8 +91,10 @@ class History:
             if len(tab) >= self.keys:
                 stalest = min(tab, key=lambda k: tab[k][-1] if tab[k] else -1)
                 del tab[stalest]
+                u.frags[table].pop(stalest, None)
             times = tab[key] = deque(maxlen=self.per_key)
         times.append(t)
+        u.frags[table].pop(key, None)
         u.json = None
         if u.oldest is None or t < u.oldest:
             u.oldest = t
@@ -89,12 +105,16 @@ class History:
         """Drop what is older than the horizon (and stale recent verdicts); note the oldest time left."""
         horizon = now_ms - _ms(self.horizon_s)
         oldest: int | None = None
-        for tab in u.tables.values():
+        for name, tab in u.tables.items():
+            frags = u.frags[name]
             for key in [k for k, ts in tab.items() if not ts or ts[-1] < horizon]:
                 del tab[key]
-            for ts in tab.values():
-                while ts[0] < horizon:
-                    ts.popleft()
+                frags.pop(key, None)
+            for key, ts in tab.items():
+                if ts[0] < horizon:
+                    frags.pop(key, None)
+                    while ts[0] < horizon:
+                        ts.popleft()
                 if oldest is None or ts[0] < oldest:
                     oldest = ts[0]
         while u.recent and u.recent[0][0] < horizon:
@@ -135,8 +155,8 @@ class History:
                     self._add(u, table, key, now)
 
     def payload(self, units: Iterable[str], now: float) -> str:
-        """A JSON object: each named unit -> ``[tables, recent]``, each JSON *text* (a JSON string), or ""
-        for a unit with no history; nothing older than the horizon at ``now`` is in it."""
+        """A JSON object: each named unit -> ``[tables, recent]`` (``recent`` as JSON *text*, decoded only if
+        asked for), or "" for a unit with no history; nothing older than the horizon at ``now`` is in it."""
         parts: list[str] = []
         now_ms = _ms(now) if math.isfinite(now) else None
         horizon = _ms(self.horizon_s)
@@ -148,9 +168,7 @@ class History:
             if now_ms is not None and u.oldest is not None and u.oldest < now_ms - horizon:
                 self._expire(u, now_ms)
             if u.json is None:
-                tables = _compact({t: {k: list(v) for k, v in tab.items()} for t, tab in u.tables.items()})
-                recent = _compact(list(u.recent))
-                u.json = f"{_string(name)}:[{_string(tables)},{_string(recent)}]"
+                u.json = f"{_string(name)}:[{u.tables_json()},{_string(_compact(list(u.recent)))}]"
             parts.append(u.json)
         return "{" + ",".join(parts) + "}"
 

@@ -17,6 +17,10 @@
   content is not tried again until the file changes once more.
 * ``drain_notices()`` returns (and forgets) the notices not yet taken: ``loaded`` at start, then errors.
 
+Where it runs: the shipped default library in this process (``InProcessSandbox``: it is enmei's own code,
+with bounded inputs; the step and time limits still apply), a policy file in a sandbox process of its own
+(``WorkerSandbox``: memory capped too). ``sandbox=`` chooses otherwise.
+
 Start-up is strict: a policy that does not load raises ``PolicyError`` from the constructor, so a
 supervisor with a broken policy file refuses to start rather than running something else silently.
 """
@@ -50,7 +54,7 @@ from enmei.policy.core import EvalFailure, Limits
 from enmei.policy.encode import decisions_from, handler_for, payload
 from enmei.policy.history import History
 from enmei.policy.program import ProgramSpec, build
-from enmei.policy.sandbox import PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
+from enmei.policy.sandbox import InProcessSandbox, PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
 from enmei.remedy import REMEDIES
 
 __all__ = ["BUILTIN", "PolicyManager", "load_default", "open_policy", "smoke_events", "smoke_view"]
@@ -105,7 +109,7 @@ def smoke_events(unit: str, now: float) -> list[Event]:
 class PolicyManager:
     """A policy file (or the shipped default) run safely; see the module docstring for the promises."""
 
-    def __init__(self, path: Path | None = None, *, sandbox: SandboxFactory = WorkerSandbox,
+    def __init__(self, path: Path | None = None, *, sandbox: SandboxFactory | None = None,
                  limits: Limits | None = None, fallback: Policy | None = BUILTIN, history: History | None = None,
                  smoke: bool = True, error_every_s: float = 60.0) -> None:
         self.path = path
@@ -114,7 +118,10 @@ class PolicyManager:
         self.history = history or History()
         self.smoke = smoke
         self.error_every_s = error_every_s
-        self._factory = sandbox
+        # The shipped library is enmei's own code, its inputs bounded: it runs in this process (step and
+        # time limits still apply). A policy file is the operator's: it runs in a sandbox process, whose
+        # memory is capped. A round trip to that process costs about as much as an evaluation.
+        self._factory: SandboxFactory = sandbox or (InProcessSandbox if path is None else WorkerSandbox)
         self._remedy_names = tuple(REMEDIES)
         self._last_view: View | None = None
         self._errors: dict[tuple[Any, ...], list[float]] = {}  # key -> [last noticed at, repeats since]
@@ -156,15 +163,17 @@ class PolicyManager:
     def _evaluate(self, box: Sandbox, handler: str, event: Event, view: View, version: str, *,
                   check_units: bool = True) -> list[Decision]:
         unit = getattr(event, "unit", None)
-        # The event's unit's history travels with the evaluation (a tick's: every unit's); a policy that
-        # asks for another unit's fails with NEED_HISTORY and runs again with all of them (policies are
-        # pure: the second run answers as the first would have).
+        # The event's unit's history travels with the evaluation; a policy that asks for another unit's
+        # fails with NEED_HISTORY and runs again with all of them (policies are pure: the second run
+        # answers as the first would have). Which histories go first changes the cost, never the answer.
         hist = self.history
-        first = view.units if unit is None else ([unit] if unit in view.units else [])
+        # A tick's first guess: the units not running (a tick handler looks at the ones in trouble).
+        first = ([n for n, u in view.units.items() if u.state is not UnitState.RUNNING] if unit is None
+                 else [unit] if unit in view.units else [])
         try:
             result = box.call(payload(handler, event, view, hist.payload(first, view.now)))
         except PolicyFailure as failure:
-            if unit is None or NEED_HISTORY not in failure.message:
+            if NEED_HISTORY not in failure.message:
                 raise
             result = box.call(payload(handler, event, view, hist.payload(view.units, view.now)))
         try:

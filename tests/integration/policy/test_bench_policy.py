@@ -12,15 +12,19 @@ pytestmark = pytest.mark.integration
 
 def test_a_short_run_reports_its_figures() -> None:
     result = run(400, warmup=100)
-    assert result["evaluations"] == 400 and result["sandbox"] == "process"
+    assert result["evaluations"] == 400 and result["sandbox"] == "in-process" and result["stream"] == "troubled"
     assert result["evaluations_per_s"] > 0 and 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["policy_errors"] == 0 and result["decisions"] > 0
     assert result["goal_per_s"] == GOAL_PER_S and result["meets_goal"] == (result["evaluations_per_s"] >= GOAL_PER_S)
+    for part in ("incidents", "sandboxed"):
+        assert result[part]["evaluations"] == 400 and result[part]["evaluations_per_s"] > 0
+    assert set(result["incidents"]["by_handler"]) == {"on_exit", "on_verdict", "on_outcome", "on_tick"}
 
 
-def test_the_stream_is_seeded_and_mixed() -> None:
-    a, b = stream(300, seed=1), stream(300, seed=1)
+@pytest.mark.parametrize(("kind", "ticks"), [("troubled", (0.85, 0.99)), ("incidents", (0.15, 0.35))])
+def test_the_streams_are_seeded_and_mixed(kind: str, ticks: tuple[float, float]) -> None:
+    a, b = stream(600, seed=1, kind=kind), stream(600, seed=1, kind=kind)
     assert a == b
-    kinds = {type(e).__name__ for e, _ in a}
-    assert kinds == {"Tick", "Verdict", "UnitEvent", "Outcome"}
-    assert 0.15 < sum(isinstance(e, Tick) for e, _ in a) / len(a) < 0.35
+    assert {type(e).__name__ for e, _ in a} == {"Tick", "Verdict", "UnitEvent", "Outcome"}
+    share = sum(isinstance(e, Tick) for e, _ in a) / len(a)
+    assert ticks[0] < share < ticks[1]

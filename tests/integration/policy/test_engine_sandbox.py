@@ -1,5 +1,5 @@
-"""The engine with the default library in its sandbox process: it supervises, and replaying its journal
-(in another sandbox process) reproduces every decision."""
+"""The engine with the default library in a sandbox process (as a policy file would run): it supervises,
+and replaying its journal (in another sandbox process) reproduces every decision."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_engine_on_the_sandboxed_default_library_and_its_replay(tmp_path: Path) -> None:
-    policy = load_default()
+    policy = load_default(sandbox=WorkerSandbox)
     assert isinstance(policy._box, WorkerSandbox)
     rig = await start_rig(tmp_path, TWO, policy=policy)
     try:
@@ -26,7 +26,7 @@ async def test_engine_on_the_sandboxed_default_library_and_its_replay(tmp_path: 
         await rig.close()
         policy.close()
     assert not [n for n in policy.drain_notices() if n["event"] == "error"]
-    again = load_default()
+    again = load_default(sandbox=WorkerSandbox)
     try:
         summary = replay(again, rig.journal.path).summary()
     finally:

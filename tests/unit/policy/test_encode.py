@@ -15,7 +15,7 @@ from enmei.policy import base, core, encode, history, manager, program, replay, 
 from enmei.policy.core import EvalFailure
 from enmei.policy.encode import UNIT_FIELDS, decisions_from, event_row, payload, plain, unit_row
 
-from .common import UNIT, view
+from .common import UNIT, unit, view
 
 
 def test_unit_fields_are_the_views_fields_in_order() -> None:
@@ -57,3 +57,12 @@ def test_all_names_exactly_what_the_module_defines(module: ModuleType) -> None:
                if not n.startswith("_") and (inspect.isclass(v) or inspect.isfunction(v))
                and v.__module__ == module.__name__}
     assert defined <= set(module.__all__), defined - set(module.__all__)
+
+
+def test_the_hand_written_unit_json_is_the_unit_row() -> None:
+    from enmei.policy.encode import _unit_json
+
+    odd = unit(name='we"ird\\name', uptime_s=math.inf, rejuvenate_every_s=None, remedy="restart",
+               capabilities=frozenset({"b", "a"}))
+    for u in (UNIT, odd, unit(alive=False, uptime_s=None, next_delay_s=math.nan)):
+        assert json.loads(_unit_json(u)) == json.loads(json.dumps(plain(unit_row(u))))

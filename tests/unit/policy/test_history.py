@@ -42,16 +42,18 @@ def test_bounds_per_key_keys_and_horizon() -> None:
     assert h.snapshot()["api"]["d"] == {}
 
 
-def test_payload_sends_history_as_text_and_drops_what_expired() -> None:
+def test_payload_holds_the_tables_and_recent_verdicts_as_text_and_drops_what_expired() -> None:
     h = History(horizon_s=60.0)
     h.observe(_exit(10.0))
+    h.observe(Verdict("api", "d", VerdictKind.PANIC, Severity.CRITICAL, 11.0, "oops", {}))
     text = h.payload(["api", "db"], 20.0)
     data = json.loads(text)
     assert data["db"] == ""
     tables, recent = data["api"]
-    assert json.loads(tables)["e"] == {"exited": [10_000]} and json.loads(recent) == []
+    assert tables["e"] == {"exited": [10_000]} and json.loads(recent) == [[11_000, "panic", "d", "critical", "oops"]]
     assert h.payload(["api"], 20.0) == h.payload(["api"], 20.0)
-    assert json.loads(json.loads(h.payload(["api"], 100.0))["api"][0])["e"] == {}
+    later = json.loads(h.payload(["api"], 100.0))["api"]
+    assert later[0]["e"] == {} and json.loads(later[1]) == []
 
 
 def test_non_finite_times_are_ignored() -> None:
