@@ -230,9 +230,13 @@ def replay_records(policy: PolicyManager, records: Iterable[Record], journal: st
     return report
 
 
+_TIME_KEY: dict[str, str] = {RecordKind.DECISION: "now", RecordKind.VERDICT: "mono",
+                             RecordKind.REMEDY_OUTCOME: "ended_mono", RecordKind.UNIT_EVENT: "mono"}
+
+
 def _engine_time(r: Record, b: Mapping[str, Any]) -> float | None:
-    key = {RecordKind.DECISION: "now", RecordKind.VERDICT: "mono", RecordKind.REMEDY_OUTCOME: "ended_mono",
-           RecordKind.UNIT_EVENT: "mono"}.get(RecordKind(r.kind)) if r.kind in RecordKind.__members__.values() else None
+    """The engine's clock reading a record carries, if any (the journal's own clock may differ)."""
+    key = _TIME_KEY.get(r.kind)
     value = b.get(key) if key else None
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 

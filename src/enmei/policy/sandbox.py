@@ -118,7 +118,7 @@ class WorkerSandbox:
     kind = "process"
 
     def __init__(self, spec: ProgramSpec, limits: Limits, *, kill_after_s: float | None = None,
-                 load_timeout_s: float = 20.0, python: str = sys.executable) -> None:
+                 load_timeout_s: float = 10.0, python: str = sys.executable) -> None:
         self.spec = spec
         self.file = spec.filenames["policy"]
         self.limits = limits
