@@ -11,6 +11,7 @@ from pathlib import Path
 
 from enmei.box.record import Record
 from enmei.box.store import connect
+from enmei.errors import BoxError
 
 __all__ = ["Reader"]
 
@@ -25,8 +26,14 @@ class Reader:
     """A read-only view of one journal file."""
 
     def __init__(self, path: str | Path) -> None:
+        """Open ``path`` read-only. Raises ``BoxError`` if it is missing or not (yet) a journal."""
         self.path = Path(path)
         self.conn: sqlite3.Connection = connect(self.path, readonly=True)
+        try:
+            self.conn.execute("SELECT seq FROM records LIMIT 1").fetchall()
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise BoxError(f"{self.path}: not a journal (or not yet): {exc}") from exc
 
     def close(self) -> None:
         self.conn.close()
