@@ -14,7 +14,9 @@ view. Times of records without one of the engine's clock readings are estimated 
 that has one. A supervisor start (``supervisor`` started) starts a fresh history, as it did.
 
 Decisions agree when action, unit, rule, arguments and ``not_before`` are equal; the report counts the
-evaluations and decisions that agree and lists those that do not. Nothing is executed.
+evaluations and decisions that agree and lists those that do not. One policy replays the whole journal;
+the versions the supervisor ran (started with, reloaded to) are listed as ``original_policies``. The
+journal is read whole into memory. Nothing is executed.
 """
 
 from __future__ import annotations
@@ -211,7 +213,9 @@ def replay_records(policy: PolicyManager, records: Iterable[Record], journal: st
     policies: list[str] = []
     for r in recs:
         b = bodies[r.seq]
-        if r.kind == RecordKind.SUPERVISOR and b.get("event") == "started" and str(b.get("policy")) not in policies:
+        ran = ((r.kind == RecordKind.SUPERVISOR and b.get("event") == "started")
+               or (r.kind == RecordKind.POLICY and b.get("event") in ("loaded", "reloaded")))
+        if ran and b.get("policy") is not None and str(b.get("policy")) not in policies:
             policies.append(str(b.get("policy")))
         if r.kind == RecordKind.DECISION and isinstance(b.get("view"), Mapping) and r.unit not in first_views:
             with contextlib.suppress(KeyError, ValueError, TypeError):

@@ -148,3 +148,12 @@ def test_the_default_library_loads_with_every_handler() -> None:
     assert m.handlers == ["on_exit", "on_verdict", "on_outcome", "on_tick"]
     assert m.history.horizon_s == 3600.0  # its HISTORY_S
     assert m.check_reload() == []
+
+
+def test_the_history_carries_over_a_reload(running: tuple[PolicyManager, Path]) -> None:
+    m, path = running
+    m.decide(EXIT, view())
+    _write(path, 'load("@enmei", "decisions", "none")\ndef on_exit(event, ctx):\n'
+                 '    return [none(ctx.unit, str(decisions(ctx, ctx.unit, rule = "r1")))]\n')
+    assert m.check_reload()[0]["event"] == "reloaded"
+    assert _reason(m) == "1"
