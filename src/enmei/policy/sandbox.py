@@ -165,7 +165,11 @@ class WorkerSandbox:
         self._stop()
         raise self._error(body)
 
-    def _stop(self) -> None:
+    def _stop(self, *, kill: bool = False) -> None:
+        proc = self._proc
+        if kill and proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)  # it is busy, not reading: closing its input would not stop it
         if self._finalizer is not None:
             self._finalizer()
         self._proc = None
@@ -196,7 +200,7 @@ class WorkerSandbox:
             size, reply = HEADER.unpack(head)
             return reply, self._read(proc.stdout.fileno(), size, deadline)
         except TimeoutError:
-            self._stop()
+            self._stop(kill=True)
             raise PolicyFailure("time", f"no answer within {timeout_s:g}s; the sandbox process was killed "
                                         "(the policy will be loaded again for the next evaluation)",
                                 file=self.file) from None

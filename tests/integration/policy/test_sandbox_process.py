@@ -91,7 +91,7 @@ def test_an_evaluation_that_never_answers_is_killed_and_the_policy_reloaded(
     t0 = time.monotonic()
     notice = _error(m)
     assert notice["kind"] == "time" and "was killed" in str(notice["error"])
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 0.5
     assert (pid is not None and not psutil.pid_exists(pid)) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     _still_answers(m)
     assert box.restarts == 1
