@@ -1,17 +1,19 @@
 """What a policy may know of the past: a bounded memory per unit, kept by the manager from what it sees.
 
 Policies are pure and their globals are frozen, so escalation ladders, rate limits and circuit breakers
-cannot count in policy variables. The manager counts for them instead, from the events it passes to the
-policy and the decisions the policy returns, and hands the counts in with every evaluation
-(``ctx.history``). Because the history is a function of the evaluations alone, replaying a journal's
-events through the same policy rebuilds the same history, and so the same decisions.
+cannot count in policy variables. The manager remembers for them instead, from the events it passes to
+the policy and the decisions the policy returns, and hands the history in with each evaluation
+(``ctx.history``: the event's unit's, for a tick the units' not running; a policy that asks for another
+unit's has the evaluation run again with all of them). Because the history is a function of the
+evaluations alone, replaying a journal's events through the same policy rebuilds the same history, and
+so the same decisions.
 
 Per unit: the times (whole milliseconds of the monotonic clock, oldest first: integers decode several
 times faster than floats on the Starlark side) of decisions per rule and per action (a rule or action
 counts once per evaluation however many decisions carry it), of verdicts per kind, of unit events per
 kind, of outcomes per ``action:state``; and the last ``recent`` verdicts in brief. Bounds: ``per_key`` times
 per key, ``keys`` keys per table (the stalest key goes), entries older than ``horizon_s`` dropped,
-``max_units`` units. Each unit's JSON is cached until the unit's history changes.
+``max_units`` units. Each key's JSON is cached until that key changes, each unit's until the unit's does.
 """
 
 from __future__ import annotations
