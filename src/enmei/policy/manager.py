@@ -129,16 +129,13 @@ class PolicyManager:
         self._rejected: str | None = None
         self._stat = _stat(path)
         self.spec: ProgramSpec = build(path)
+        self.version = self.spec.version  # the running version's (a content hash), in every decision
         self._box: Sandbox = self._load(self.spec)
         self._horizon()
         self._notices.append({"event": "loaded", "policy": self.version, "file": self._file(),
                               "handlers": list(self._box.handlers), "sandbox": self._box.kind})
 
     # -- the Policy protocol -----------------------------------------------------------------------
-
-    @property
-    def version(self) -> str:
-        return self.spec.version
 
     @property
     def handlers(self) -> list[str]:
@@ -268,7 +265,7 @@ class PolicyManager:
             self._rejected = spec.sha256
             return [self._rejection(base, err, spec.version)]
         old, previous = self._box, self.version
-        self._box, self.spec, self._rejected = box, spec, None
+        self._box, self.spec, self.version, self._rejected = box, spec, spec.version, None
         old.close()
         self._horizon()
         return [{"event": "reloaded", **base, "policy": self.version, "previous": previous,
