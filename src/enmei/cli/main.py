@@ -31,6 +31,15 @@ app.add_typer(bench.app, name="bench")
 app.command(name="report")(report_cmd.report)
 
 
+def _image_app() -> typer.Typer:
+    from enmei.visor.qemu.cli import app as image_app
+
+    return image_app
+
+
+app.add_typer(_image_app(), name="image", help="Guest images for QEMU units (built from Debian packages).")
+
+
 def _version(value: bool) -> None:
     if value:
         console.print(f"enmei {__version__}")

@@ -213,7 +213,7 @@ class Engine:
         for name, spec in self.config.units.items():
             backend = self.backend(spec.backend)
             unit = UnitRuntime(name, spec, backend, self.clock, record=self.record, alert=self.alert,
-                               identity_changed=self._identity_changed)
+                               identity_changed=self._identity_changed, on_fresh=self._fresh_instance)
             self.units[name] = unit
             self.probes[name] = make_probes(name, spec, backend, self.clock)
             self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
@@ -445,6 +445,11 @@ class Engine:
         run.task = task
         self._remedy_tasks.add(task)
         task.add_done_callback(self._remedy_tasks.discard)
+
+    def _fresh_instance(self, name: str) -> None:
+        judge = self.judges.get(name)
+        if judge is not None:
+            judge.reset()
 
     def _monitor(self, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
         """``monitor``: run probe ``probe`` every ``interval_s`` (for ``for_s``, then back to the config)."""

@@ -57,7 +57,8 @@ class UnitRuntime:
     """A unit under supervision. Implements ``enmei.remedy.UnitControl``."""
 
     def __init__(self, name: str, spec: UnitBase, backend: Backend, clock: Clock, *, record: RecordFn,
-                 alert: AlertFn, identity_changed: Callable[[str, Identity | None], None]) -> None:
+                 alert: AlertFn, identity_changed: Callable[[str, Identity | None], None],
+                 on_fresh: Callable[[str], None] | None = None) -> None:
         self.name = name
         self._spec = spec
         self.backend = backend
@@ -65,6 +66,7 @@ class UnitRuntime:
         self._record = record
         self._alert = alert
         self._identity_changed = identity_changed
+        self._on_fresh = on_fresh
         self._state = UnitState.PENDING
         self.state_since = clock.monotonic()
         self.health = Health.UNKNOWN
@@ -178,6 +180,15 @@ class UnitRuntime:
         if self._state is UnitState.STARTING:
             self.set_state(UnitState.RUNNING, f"up for {hold:g}s")
         return None
+
+    def fresh_instance(self, health: Health = Health.UNKNOWN) -> None:
+        """The same process or VM now holds a new instance of the service (a restored or rebooted guest):
+        forget failure streaks and say so in the health."""
+        for tracker in self.failures.values():
+            tracker.reset()
+        self.set_health(health, "new instance")
+        if self._on_fresh is not None:
+            self._on_fresh(self.name)
 
     def alert(self, message: str, severity: Severity, data: Mapping[str, Any] | None = None) -> None:
         self._alert(self.name, message, severity, data or {})

@@ -7,6 +7,8 @@ Rules (each decision names its rule):
 * ``retry-after-failure``: a start/restart/escalation failed and the unit is down -> restart with
   backoff, or escalate.
 * ``budget-escalate``: no budget left -> escalate (alert, then slow retries). Never a silent give-up.
+* ``panic-phase-reboot``: a guest kernel panicked -> phase-based reboot (VMs with snapshots);
+  ``phase-then-cold``: that failed -> cold reboot; ``cold-then-restart``: that failed too -> restart.
 * ``aging-rejuvenate``: a resource trends to exhaustion -> rejuvenate within the time left.
 * ``scheduled-rejuvenate``: ``rejuvenate.every_s`` has passed since the unit started -> rejuvenate.
 """
@@ -38,6 +40,9 @@ class BuiltinPolicy:
             if event.kind is VerdictKind.PROBE_FAILED:
                 return [self._restart_or_escalate(unit, "probe-restart", event.summary)]
             if event.kind is VerdictKind.PANIC:
+                if unit.backend == "qemu" and "snapshot" in unit.capabilities:
+                    return [Decision("phase_reboot", unit.name, f"guest panic: {event.summary}",
+                                     policy=self.version, rule="panic-phase-reboot")]
                 return [self._restart_or_escalate(unit, "panic-restart", event.summary)]
             if event.kind is VerdictKind.AGING and unit.alive:
                 left = float(event.evidence.get("exhaust_in_s", unit.rejuvenate_window_s * 4))
@@ -45,6 +50,11 @@ class BuiltinPolicy:
                 return [Decision("rejuvenate", unit.name, f"aging: {event.summary}", {"window_s": window},
                                  policy=self.version, rule="aging-rejuvenate")]
             return []
+        if isinstance(event, Outcome) and event.state is not RemedyState.SUCCEEDED and event.action == "phase_reboot":
+            return [Decision("cold_reboot", unit.name, f"phase reboot {event.state}: {event.detail}",
+                             policy=self.version, rule="phase-then-cold")]
+        if isinstance(event, Outcome) and event.state is not RemedyState.SUCCEEDED and event.action == "cold_reboot":
+            return [self._restart_or_escalate(unit, "cold-then-restart", f"cold reboot {event.state}: {event.detail}")]
         if (isinstance(event, Outcome) and event.state is not RemedyState.SUCCEEDED
                 and event.action in _RETRY_AFTER and not unit.alive):
             return [self._restart_or_escalate(unit, "retry-after-failure",

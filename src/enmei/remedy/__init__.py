@@ -11,10 +11,13 @@ from enmei.remedy.budget import RestartBudget
 from enmei.remedy.degrade import Degrade
 from enmei.remedy.rejuvenate import Rejuvenate
 from enmei.remedy.restart import Escalate, Restart, Start, Stop
+from enmei.remedy.vm import ColdReboot, PhaseReboot
 
 __all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "register"]
 
-REMEDIES: dict[str, type[Remedy]] = {r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade)}
+REMEDIES: dict[str, type[Remedy]] = {
+    r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot)
+}
 
 
 def register(remedy: type[Remedy]) -> type[Remedy]:

@@ -138,6 +138,15 @@ class Backend(abc.ABC):
     async def snapshot_delete(self, name: str, tag: str) -> None:
         raise self._unsupported(name, "snapshot delete")
 
+    async def phase_reboot(self, name: str) -> float:
+        """Bring the unit back to the boot phase it was snapshotted at (instead of rebooting);
+        returns the seconds it took."""
+        raise self._unsupported(name, "phase reboot")
+
+    async def cold_reboot(self, name: str) -> float:
+        """Reset the unit's machine and boot it again; returns the seconds it took."""
+        raise self._unsupported(name, "cold reboot")
+
     async def state_save(self, name: str, path: Path) -> None:
         raise self._unsupported(name, "state save")
 
