@@ -41,7 +41,7 @@ from enmei.policy.encode import handler_for
 from enmei.policy.manager import load_default
 from enmei.policy.sandbox import InProcessSandbox, SandboxFactory, WorkerSandbox
 
-__all__ = ["GOAL_PER_S", "run", "stream"]
+__all__ = ["GOAL_PER_S", "main", "run", "stream"]
 
 GOAL_PER_S = 10_000
 
@@ -192,3 +192,19 @@ def run(evaluations: int = 20_000, *, warmup: int = 2_000, seed: int = 0) -> dic
             "goal_per_s": GOAL_PER_S, "meets_goal": head["evaluations_per_s"] >= GOAL_PER_S,
             "incidents": {k: incidents[k] for k in keep},
             "sandboxed": {k: sandboxed[k] for k in keep}}
+
+
+def main() -> None:
+    """``python -m enmei.bench.policy``: run and print one JSON object (``enmei bench policy --json``)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description="policy evaluations per second (shipped default library)")
+    parser.add_argument("--evaluations", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(json.dumps(run(args.evaluations, seed=args.seed)))
+
+
+if __name__ == "__main__":
+    main()
