@@ -86,3 +86,12 @@ def tamper(as_json: JsonOpt = False,
     from enmei.bench import tamper as bench_tamper
 
     emit("enmei bench tamper", bench_tamper.run(trials, seed=seed), as_json)
+
+
+@app.command()
+def reboot(as_json: JsonOpt = False,
+           runs: Annotated[int, typer.Option(help="Panics repaired by each kind of reboot")] = 5) -> None:
+    """Downtime after a guest kernel panic: cold reboot vs phase-based reboot (QEMU, medians)."""
+    from enmei.bench import reboot as bench_reboot
+
+    emit("enmei bench reboot", bench_reboot.run(runs), as_json)
