@@ -49,8 +49,6 @@ __all__ = ["compile_rules"]
 
 PER_KEY = History().per_key
 UNLIMITED = 10**9
-#: remedies the QEMU backend registers when it is loaded (accepted before it is)
-BACKEND_REMEDIES = ("phase_reboot", "cold_reboot")
 _HANDLER = {"verdict": "on_verdict", "exit": "on_exit", "outcome": "on_outcome"}
 _KEYS = {"id", "on", "kind", "unit", "severity", "backend", "remedy", "state", "times", "within_s", "do", "args",
          "max", "per_s", "then", "then_args", "why", "fallthrough"}
@@ -128,12 +126,12 @@ class _Lines:
 
 
 def _known_action(name: str) -> bool:
-    return name in ENGINE_ACTIONS or name in REMEDIES or name in BACKEND_REMEDIES
+    return name in ENGINE_ACTIONS or name in REMEDIES
 
 
 def _action_problem(key: str, action: Any, args: Any) -> str | None:
     if not isinstance(action, str) or not _known_action(action):
-        known = ", ".join([*ENGINE_ACTIONS, *sorted({*REMEDIES, *BACKEND_REMEDIES})])
+        known = ", ".join([*ENGINE_ACTIONS, *sorted(REMEDIES)])
         return f"{key} = {action!r}: no such action or remedy (known: {known})"
     if not isinstance(args, Mapping):
         return f"{key}_args must be a table" if key == "then" else "args must be a table"

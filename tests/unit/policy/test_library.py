@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -22,7 +22,6 @@ from enmei.model import (
 )
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.policy.manager import PolicyManager
-from enmei.remedy import REMEDIES, Remedy, Result, UnitControl
 
 from .common import unit, view
 
@@ -118,34 +117,33 @@ def test_a_latency_warning_is_watched_closer_first_then_repaired(manager: Make) 
     assert [(x.action, x.rule) for x in d] == [("alert", "anomaly/exhausted"), ("degrade", "anomaly/exhausted")]
 
 
-class _PhaseReboot(Remedy):
-    name: ClassVar[str] = "phase_reboot"
-    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
-
-    def deadline_s(self, unit: UnitControl, args: Any) -> float:
-        return 60.0
-
-    async def run(self, unit: UnitControl, args: Any) -> Result:
-        return Result.ok()
+VM = unit(backend="qemu", capabilities=frozenset({"stats", "snapshot", "panic"}))
 
 
-@pytest.fixture
-def phase_reboot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(REMEDIES, "phase_reboot", _PhaseReboot)
-
-
-@pytest.mark.usefixtures("phase_reboot")
 def test_a_vm_with_a_latency_anomaly_gets_a_phase_based_reboot_after_a_restart(manager: Make) -> None:
     m = manager()
-    vm = unit(backend="qemu")
     crit = Severity.CRITICAL
-    assert m.decide(_verdict(VerdictKind.ANOMALY, 1000.0, crit), view(1000.0, vm))[0].rule == "anomaly/0"
-    d = m.decide(_verdict(VerdictKind.ANOMALY, 1100.0, crit), view(1100.0, vm))
-    assert _brief(d) == [("phase_reboot", "anomaly/1", {})]
+    assert m.decide(_verdict(VerdictKind.ANOMALY, 1000.0, crit), view(1000.0, VM))[0].rule == "anomaly/0"
+    d = m.decide(_verdict(VerdictKind.ANOMALY, 1100.0, crit), view(1100.0, VM))
+    assert [(x.action, x.rule) for x in d] == [("phase_reboot", "anomaly/1")]
     failed = Outcome("api-2", "api", "phase_reboot", RemedyState.FAILED, 1100.0, 1130.0, "no snapshot", {})
-    assert m.decide(failed, view(1130.0, vm)) == []  # no cold_reboot registered: not offered
-    # A process unit never gets one.
-    assert m.decide(_verdict(VerdictKind.ANOMALY, 1200.0, crit), view(1200.0, unit()))[0].rule != "anomaly/1"
+    assert [(x.action, x.rule) for x in m.decide(failed, view(1130.0, VM))] == [("cold_reboot", "phase-then-cold")]
+    cold = Outcome("api-3", "api", "cold_reboot", RemedyState.FAILED, 1130.0, 1200.0, "no boot", {})
+    assert [(x.action, x.rule) for x in m.decide(cold, view(1200.0, VM))] == [("restart", "cold-then-restart")]
+    # A process unit (or a VM without snapshots) never gets one.
+    for other in (unit(), unit(backend="qemu")):
+        assert m.decide(_verdict(VerdictKind.ANOMALY, 1300.0, crit), view(1300.0, other))[0].rule != "anomaly/1"
+
+
+def test_a_guest_panic_gets_phase_based_reboots_then_a_cold_one_then_a_restart(manager: Make) -> None:
+    m = manager()
+    rules = []
+    for i in range(5):
+        t = 1000.0 + 60 * i
+        d = m.decide(_verdict(VerdictKind.PANIC, t, Severity.CRITICAL), view(t, VM))
+        rules.append([(x.action, x.rule) for x in d])
+    assert rules == [[("phase_reboot", "panic/0")]] * 3 + [[("cold_reboot", "panic/1")],
+                                                           [("restart", "panic/exhausted")]]
 
 
 def test_aging_rejuvenates_at_a_quiet_moment_before_exhaustion(manager: Make) -> None:
@@ -187,14 +185,16 @@ def test_ticks_rejuvenate_on_schedule_and_restart_a_stranded_unit(manager: Make)
     _verdict(VerdictKind.PANIC, 1000.0, Severity.CRITICAL),
     _verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=7200.0),
     Outcome("api-1", "api", "restart", RemedyState.FAILED, 995.0, 1000.0, "died", {}),
+    Outcome("api-2", "api", "phase_reboot", RemedyState.FAILED, 995.0, 1000.0, "no snapshot", {}),
+    Outcome("api-3", "api", "cold_reboot", RemedyState.TIMED_OUT, 995.0, 1000.0, "no boot", {}),
     Tick(1000.0, 0.0),
 ])
-@pytest.mark.parametrize("state", ["running", "exited", "spent", "busy"])
+@pytest.mark.parametrize("state", ["running", "exited", "spent", "busy", "vm"])
 def test_never_less_than_the_builtin_policy(manager: Make, event: Event, state: str) -> None:
     """Wherever the built-in policy acts, the library acts too (never a silent give-up)."""
     u = {"running": unit(rejuvenate_every_s=30.0), "exited": unit(state=UnitState.EXITED, alive=False, uptime_s=None),
          "spent": unit(restarts_in_window=3, state=UnitState.EXITED, alive=False),
-         "busy": unit(remedy="restart")}[state]
+         "busy": unit(remedy="restart"), "vm": VM}[state]
     v = view(1000.0, u)
     builtin = BuiltinPolicy().decide(event, v)
     ours = manager().decide(event, v)

@@ -117,8 +117,8 @@ def test_handlers_it_does_not_define_decide_nothing(running: tuple[PolicyManager
     assert m.decide(Tick(1000.0, 0.0), view()) == []
 
 
-class _Cold(Remedy):
-    name: ClassVar[str] = "cold_reboot"
+class _Isolate(Remedy):
+    name: ClassVar[str] = "isolate"
     backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
 
     def deadline_s(self, unit: UnitControl, args: Any) -> float:
@@ -131,13 +131,13 @@ class _Cold(Remedy):
 def test_remedies_registered_later_become_visible(policy_file: Callable[..., Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     src = ('load("@enmei", "can", "none")\ndef on_exit(event, ctx):\n'
-           '    return [none(ctx.unit, str(can(ctx, ctx.unit, "cold_reboot")))]\n')
+           '    return [none(ctx.unit, str(can(ctx, ctx.unit, "isolate")))]\n')
     from .common import unit
 
     m = PolicyManager(policy_file(src), sandbox=InProcessSandbox)
     vm = view(1000.0, unit(backend="qemu"))
     assert m.decide(EXIT, vm)[0].reason == "False"
-    monkeypatch.setitem(REMEDIES, "cold_reboot", _Cold)
+    monkeypatch.setitem(REMEDIES, "isolate", _Isolate)
     assert m.decide(EXIT, vm)[0].reason == "True"
     assert m.decide(EXIT, view())[0].reason == "False"  # not for process units
 
