@@ -14,7 +14,7 @@
   version, loads it in a new sandbox and runs it once on canned events (each handler, ``smoke``); only
   if all of that passes does it replace the running version (notice ``reloaded``). Otherwise the running
   version stays and the notice is ``rejected`` with the error and its file:line:column. A rejected
-  content is not tried again until the file changes once more.
+  content is not tried again until the file changes once more. The history carries over a reload.
 * ``drain_notices()`` returns (and forgets) the notices not yet taken: ``loaded`` at start, then errors.
 
 Where it runs: the shipped default library in this process (``InProcessSandbox``: it is enmei's own code,
@@ -120,7 +120,8 @@ class PolicyManager:
         self.error_every_s = error_every_s
         # The shipped library is enmei's own code, its inputs bounded: it runs in this process (step and
         # time limits still apply). A policy file is the operator's: it runs in a sandbox process, whose
-        # memory is capped. A round trip to that process costs about as much as an evaluation.
+        # memory is capped. A round trip to that process costs more than the evaluation itself (measured:
+        # 0.1-0.15 ms when both cores are idle, because each side is woken on the other core).
         self._factory: SandboxFactory = sandbox or (InProcessSandbox if path is None else WorkerSandbox)
         self._remedy_names = tuple(REMEDIES)
         self._last_view: View | None = None
