@@ -44,7 +44,8 @@ _KEYS = {"standard": "standard", "reward_low_FP_rate": "reward_low_fp",
 
 
 def default_nab_dir() -> Path:
-    """Where the NAB corpus is: ``$ENMEI_NAB_DIR``, else ``../shared/data/nab`` from cwd or repo root."""
+    """Where the NAB corpus is: ``$ENMEI_NAB_DIR``, else ``../shared/data/nab`` from cwd or repo root,
+    else the workspace's ``/work/shared/data/nab`` (a clone made elsewhere, e.g. under /tmp)."""
     env = os.environ.get("ENMEI_NAB_DIR")
     if env:
         return Path(env)
@@ -53,6 +54,7 @@ def default_nab_dir() -> Path:
         if (parent / "pyproject.toml").exists():
             candidates.append(parent / ".." / "shared" / "data" / "nab")
             break
+    candidates.append(Path("/work/shared/data/nab"))
     for c in candidates:
         if (c / "labels" / "combined_windows.json").exists():
             return c.resolve()
