@@ -95,3 +95,12 @@ def reboot(as_json: JsonOpt = False,
     from enmei.bench import reboot as bench_reboot
 
     emit("enmei bench reboot", bench_reboot.run(runs), as_json)
+
+
+@app.command()
+def policy(as_json: JsonOpt = False,
+           evaluations: Annotated[int, typer.Option(help="Timed evaluations per stream")] = 20_000) -> None:
+    """Evaluations per second of the shipped default policy library, and their p99 latency."""
+    from enmei.bench import policy as bench_policy
+
+    emit("enmei bench policy", bench_policy.run(evaluations), as_json)

@@ -13,11 +13,12 @@ import typer
 
 from enmei import __version__
 from enmei.cli import bench, box
+from enmei.cli import policy as policy_cmd
 from enmei.cli import report as report_cmd
 from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
-from enmei.errors import BoxError, ConfigError
+from enmei.errors import BoxError, ConfigError, PolicyError
 
 app = typer.Typer(
     name="enmei",
@@ -28,6 +29,7 @@ app = typer.Typer(
 )
 app.add_typer(box.app, name="box")
 app.add_typer(bench.app, name="bench")
+app.add_typer(policy_cmd.app, name="policy")
 app.command(name="report")(report_cmd.report)
 
 
@@ -65,9 +67,18 @@ def check(config: Annotated[Path, typer.Argument(help="The config file (enmei.to
         err_console.print(f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {config}")
         raise typer.Exit(int(Exit.CONFIG))
     loaded = load(config)
+    if loaded.policy_path is not None:
+        from enmei.policy.manager import open_policy
+
+        try:
+            open_policy(loaded.policy_path).close()
+        except PolicyError as exc:
+            err_console.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(int(Exit.CONFIG)) from None
     units = loaded.config.units
+    policy = str(loaded.policy_path) if loaded.policy_path else "the shipped default library"
     console.print(f"[green]ok[/]: {config} — {len(units)} unit{'s' if len(units) != 1 else ''} "
-                  f"({', '.join(units) or 'none'}); journal {loaded.journal_path}", highlight=False)
+                  f"({', '.join(units) or 'none'}); policy {policy}; journal {loaded.journal_path}", highlight=False)
 
 
 @app.command()
@@ -127,6 +138,8 @@ def up(
         asyncio.run(supervise(loaded, on_start=attach, companion=companion))
     except BoxError as exc:
         fail(str(exc), Exit.START)
+    except PolicyError as exc:
+        fail(str(exc), Exit.CONFIG)
     finally:
         if view is not None:
             view.__exit__(None, None, None)

@@ -180,7 +180,7 @@ class Watcher:
             inc.outcome = f"{body.get('state')} in {body.get('duration_s')}s"
             data = body.get("data") or {}
             if inc.remedy == "rejuvenate" and data:
-                inc.notes.append(f"restarted at a {data.get('reason')}")
+                inc.notes.append(f"restart chosen: {data.get('reason')}")
 
 
 async def _wait_for(pred: Callable[[], bool], limit_s: float, step: float = 0.1) -> bool:
@@ -332,10 +332,13 @@ def _summary(console: Console, journal: Path, anchors: Anchors | None, incidents
     console.print(t)
     flaky = [(k, b) for _, _, k, u, b in watcher.records if u == "flaky"]
     starts = sum(1 for k, b in flaky if k == "unit.event" and b.get("event") in ("started", "start_failed"))
-    escalations = sum(1 for k, b in flaky if k == "decision" and b.get("action") == "escalate")
+    escalations = [b for k, b in flaky if k == "decision" and b.get("action") == "escalate"]
     alerts = sum(1 for k, _ in flaky if k == "alert")
-    console.print(f"flaky: {starts} starts, every one failed; backoff then escalation ({escalations}x) with "
-                  f"{alerts} alert(s); still retried every 15 s — no tight loop, no silent give-up", highlight=False)
+    retry = (escalations[-1].get("args") or {}).get("retry_in_s") if escalations else None
+    then = f"escalated ({len(escalations)}x, {alerts} alert(s)), next try every {retry:g} s" if retry else (
+        "not escalated yet")
+    console.print(f"flaky: {starts} starts, every one failed; backoff, then {then} — no tight loop, no silent "
+                  "give-up", highlight=False)
     res = verify(journal, anchors=anchors)
     with Reader(journal) as r:
         count = r.count()

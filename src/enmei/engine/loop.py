@@ -54,7 +54,7 @@ from enmei.model import (
 from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
 from enmei.monitor.inject import make_injector
-from enmei.policy.base import Policy, View
+from enmei.policy.base import Policy, ReloadablePolicy, View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.remedy import REMEDIES
 from enmei.visor.base import Backend, Identity
@@ -177,6 +177,7 @@ class Engine:
             "config_sha256": self.loaded.sha256, "units": sorted(self.config.units),
             "policy": self.policy.version,
         })
+        self._policy_notices()
         self._build_units()
         await self._adopt_or_start()
         self._spawn(self._tick_loop(), "tick")
@@ -308,7 +309,7 @@ class Engine:
             self._on_command(item)
 
     def _on_unit_event(self, ev: UnitEvent) -> None:
-        seq = self.record(RecordKind.UNIT_EVENT, ev.unit, {"event": str(ev.kind), **ev.detail})
+        seq = self.record(RecordKind.UNIT_EVENT, ev.unit, {"event": str(ev.kind), "mono": ev.mono, **ev.detail})
         unit = self.units.get(ev.unit)
         if unit is None:
             return
@@ -372,7 +373,19 @@ class Engine:
             else:
                 self._summaries.drain(tick.mono)
             self._next_summary = tick.mono + self.config.supervisor.summary_every_s
+        if isinstance(self.policy, ReloadablePolicy):
+            try:
+                self._policy_notices(self.policy.check_reload())  # hot reload: one stat per tick
+            except Exception:
+                log.exception("policy reload check failed")
         self._decide(tick, None)
+
+    def _policy_notices(self, notices: list[dict[str, Any]] | None = None) -> None:
+        """Journal what a file policy reports: loaded, reloaded, rejected (file:line:column), error."""
+        if not isinstance(self.policy, ReloadablePolicy):
+            return
+        for n in self.policy.drain_notices() if notices is None else notices:
+            self.record(RecordKind.POLICY, n.get("unit"), n)
 
     def _on_command(self, cmd: Command) -> None:
         unit = self.units.get(cmd.unit)
@@ -392,6 +405,7 @@ class Engine:
             self.record(RecordKind.POLICY, getattr(event, "unit", None), {
                 "event": "error", "policy": self.policy.version, "error": f"{type(exc).__name__}: {exc}"})
             return
+        self._policy_notices()  # an error the policy survived is journaled before the fallback's decisions
         for d in decisions:
             self._execute(d, cause_seq, view)
 
@@ -645,6 +659,9 @@ class Engine:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()
+        if isinstance(self.policy, ReloadablePolicy):
+            with contextlib.suppress(Exception):
+                self.policy.close()
         self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": (self._leave_running and [
             n for n, u in self.units.items() if u.alive()]) or []})
         await self.journal.aflush(timeout_s=10.0)

@@ -23,12 +23,18 @@ Hook = Callable[[Engine], Coroutine[Any, Any, None]]
 
 async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock: Clock | None = None,
                     on_start: Callable[[Engine], None] | None = None, companion: Hook | None = None) -> Engine:
-    """Supervise until SIGTERM/SIGINT (or ``engine.stop()``). Raises ``BoxError`` if the journal can't open.
+    """Supervise until SIGTERM/SIGINT (or ``engine.stop()``). Raises ``BoxError`` if the journal can't open,
+    ``PolicyError`` if the policy file does not load (nothing is started then).
 
-    ``companion`` runs next to the engine (a web server, a scenario) and is cancelled when it ends.
+    The policy is ``policy`` if given, else ``[supervisor] policy`` (a Starlark or TOML rules file, run in
+    a sandbox process), else the shipped default library. ``companion`` runs next to the engine (a web
+    server, a scenario) and is cancelled when it ends.
     """
     from enmei.detect.wiring import judge_factory
+    from enmei.policy.manager import open_policy
 
+    if policy is None:
+        policy = open_policy(loaded.policy_path)
     journal = journal_for(loaded).open()
     try:
         engine = Engine(loaded, journal=journal, policy=policy, clock=clock, judge_factory=judge_factory)
