@@ -1,7 +1,8 @@
 """``enmei bench overhead``: the supervisor's own CPU while it watches ``units`` demo services.
 
 Each unit is a real demo service with an HTTP probe and a process-stats probe at 1 Hz. The engine runs
-in this process; its CPU time (user + system, not the children's) is measured over ``seconds`` after
+in this process as ``enmei up`` runs it (the shipped policy library, the latency and aging detectors, the
+anchored journal); its CPU time (user + system, not the children's) is measured over ``seconds`` after
 every unit is running, and reported as a percentage of one core.
 """
 
@@ -19,8 +20,10 @@ import psutil
 
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
+from enmei.detect.wiring import judge_factory
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
+from enmei.policy.manager import open_policy
 
 __all__ = ["config_text", "run"]
 
@@ -49,7 +52,8 @@ interval_s = {interval_s}
 async def _measure(units: int, seconds: float, workdir: Path) -> dict[str, Any]:
     loaded = load_text(config_text(free_ports(units)), workdir / "enmei.toml")
     journal = journal_for(loaded).open()
-    engine = Engine(loaded, journal=journal)
+    # What `enmei up` runs: the shipped Starlark policy library, the detectors, the anchored journal.
+    engine = Engine(loaded, journal=journal, policy=open_policy(None), judge_factory=judge_factory)
     task = asyncio.create_task(engine.run())
     try:
         deadline = time.monotonic() + 60
