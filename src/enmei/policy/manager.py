@@ -223,8 +223,17 @@ class PolicyManager:
                     self._evaluate(box, handler, event, view, spec.version, check_units=False)
         except PolicyFailure as failure:
             box.close()
-            raise PolicyFailure(failure.kind, f"fails on a trial {handler} event: {failure.message}",
-                                file=failure.file, line=failure.line, column=failure.column) from None
+            file, line, column = failure.file, failure.line, failure.column
+            message = failure.message
+            if file is None or file.startswith("<"):
+                # Not located inside the policy (the driver calling the handler, or the check of what it
+                # returned): point at the handler's definition in the operator's file instead.
+                file = self._file()
+                line, column = _def_line(spec.text or spec.sources.get("policy", ""), handler)
+                if "extra positional argument" in message or "Missing parameter" in message:
+                    message = f"{handler} must take two parameters, (event, ctx): {message}"
+            raise PolicyFailure(failure.kind, f"fails on a trial {handler} event: {message}",
+                                file=file, line=line, column=column) from None
         return box
 
     def _horizon(self) -> None:
@@ -298,3 +307,12 @@ def open_policy(path: str | Path | None = None, **kwargs: Any) -> PolicyManager:
 def load_default(**kwargs: Any) -> PolicyManager:
     """A manager running the shipped default library (``enmei/policy/library/default.star``)."""
     return PolicyManager(None, **kwargs)
+
+
+def _def_line(source: str, handler: str) -> tuple[int | None, int | None]:
+    """(line, column) of ``def handler(`` in ``source``, if it is there."""
+    for number, text in enumerate(source.splitlines(), start=1):
+        stripped = text.lstrip()
+        if stripped.startswith(f"def {handler}(") or stripped.startswith(f"def {handler} ("):
+            return number, len(text) - len(stripped) + 1
+    return None, None

@@ -23,6 +23,7 @@ __all__ = ["ConsoleReader", "PhaseMark", "parse_phase"]
 
 _PHASE = re.compile(r"enmei-phase: ([a-z-]+)(?: t=([0-9.]+))?")
 _MAX_READ = 1 << 20
+_MAX_LINE = 1 << 16
 
 
 def parse_phase(line: str) -> tuple[str, float | None] | None:
@@ -30,7 +31,11 @@ def parse_phase(line: str) -> tuple[str, float | None] | None:
     m = _PHASE.search(line)
     if not m:
         return None
-    return m.group(1), float(m.group(2)) if m.group(2) else None
+    try:  # the console is the guest's: "t=1.2.3" from a broken or hostile guest is no uptime, not a crash
+        uptime = float(m.group(2)) if m.group(2) else None
+    except ValueError:
+        uptime = None
+    return m.group(1), uptime
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,9 @@ class ConsoleReader:
         self.offset += len(data)
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()
+        if len(self._partial) > _MAX_LINE:  # a guest that never ends its line: cut it, keep memory bounded
+            chunks.append(self._partial[:_MAX_LINE])
+            self._partial = b""
         marks: list[PhaseMark] = []
         for raw in chunks:
             line = raw.decode("utf-8", "replace").rstrip("\r")

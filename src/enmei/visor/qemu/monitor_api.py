@@ -99,18 +99,22 @@ class MonitorApi:
     async def block_stats(self, name: str) -> dict[str, dict[str, float]]:
         machine = self._require(name, "block stats")
         out: dict[str, dict[str, float]] = {}
-        for entry in await machine.qmp().execute("query-blockstats"):
-            key = entry.get("node-name") or entry.get("device") or entry.get("qdev") or "?"
-            st = entry.get("stats", {})
-            out[key] = {
-                "rd_bytes": float(st.get("rd_bytes", 0)), "wr_bytes": float(st.get("wr_bytes", 0)),
-                "rd_operations": float(st.get("rd_operations", 0)),
-                "wr_operations": float(st.get("wr_operations", 0)),
-                "flush_operations": float(st.get("flush_operations", 0)),
-                "rd_total_time_s": st.get("rd_total_time_ns", 0) / 1e9,
-                "wr_total_time_s": st.get("wr_total_time_ns", 0) / 1e9,
-                "wr_highest_offset": float(st.get("wr_highest_offset", 0)),
-            }
+        reply = await machine.qmp().execute("query-blockstats")
+        try:
+            for entry in reply:
+                key = str(entry.get("node-name") or entry.get("device") or entry.get("qdev") or "?")
+                st = entry.get("stats") or {}
+                out[key] = {
+                    "rd_bytes": float(st.get("rd_bytes", 0)), "wr_bytes": float(st.get("wr_bytes", 0)),
+                    "rd_operations": float(st.get("rd_operations", 0)),
+                    "wr_operations": float(st.get("wr_operations", 0)),
+                    "flush_operations": float(st.get("flush_operations", 0)),
+                    "rd_total_time_s": float(st.get("rd_total_time_ns", 0)) / 1e9,
+                    "wr_total_time_s": float(st.get("wr_total_time_ns", 0)) / 1e9,
+                    "wr_highest_offset": float(st.get("wr_highest_offset", 0)),
+                }
+        except (AttributeError, TypeError, ValueError, OverflowError) as exc:
+            raise VisorError(name, "block stats", f"unexpected QMP reply: {str(reply)[:200]}") from exc
         return out
 
     async def net_stats(self, name: str) -> dict[str, float]:
@@ -120,12 +124,15 @@ class MonitorApi:
         for direction in ("tx", "rx"):
             path = machine.paths.net_dump(direction)
             counter = machine.net[direction]
-            await asyncio.to_thread(counter.read_file, path)
-            if counter.offset > DUMP_ROTATE_BYTES:
-                await machine.qmp().execute("object-del", {"id": f"dump-{direction}"})
+            try:
                 await asyncio.to_thread(counter.read_file, path)
-                counter.restart()
-                await machine.qmp().execute("object-add", dump_object(machine.paths, direction))
+                if counter.offset > DUMP_ROTATE_BYTES:
+                    await machine.qmp().execute("object-del", {"id": f"dump-{direction}"})
+                    await asyncio.to_thread(counter.read_file, path)
+                    counter.restart()
+                    await machine.qmp().execute("object-add", dump_object(machine.paths, direction))
+            except ValueError as exc:  # not a pcap file (QEMU writes it; a damaged one is an error, not a crash)
+                raise VisorError(name, "network stats", f"{path}: {exc}") from exc
             out[f"{direction}_packets"] = float(counter.packets)
             out[f"{direction}_bytes"] = float(counter.bytes)
         return out
