@@ -71,7 +71,8 @@ def test_a_changed_file_is_reloaded(running: tuple[PolicyManager, Path]) -> None
 @pytest.mark.parametrize(("text", "line", "column", "kind"), [
     ("def on_exit(event, ctx:\n    return []\n", 2, 5, "syntax"),
     ('load("@enmei", "restart")\ndef on_exit(event, ctx):\n    return [restart(ctx.unit)] + 1\n', 3, 12, "runtime"),
-    ('def on_exit(event, ctx):\n    return [{"action": "explode", "unit": ctx.unit.name}]\n', None, None, "decision"),
+    # a bad decision is located at the handler that returned it
+    ('def on_exit(event, ctx):\n    return [{"action": "explode", "unit": ctx.unit.name}]\n', 1, 1, "decision"),
     ("X = 1\nfor i in range(1 << 30):\n    X += i\n", None, None, "steps|time"),
 ])
 def test_a_bad_version_is_rejected_and_the_running_one_stays(running: tuple[PolicyManager, Path], text: str,
