@@ -168,7 +168,10 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
         assert await until(lambda: "http" in live_limits_now(live.engine, "web"), 20), "detector did not learn"
         await http_get("127.0.0.1", live.port, "/admin/fault?latency_ms=60", timeout_s=2)
         assert await until(lambda: live.has("verdict", kind="anomaly"), 15), "no anomaly verdict"
-        await http_get("127.0.0.1", live.port, "/admin/reset", timeout_s=2)
+        # The shipped policy answers a latency anomaly with a restart, which also clears the fault; if the
+        # restart is under way the reset finds no one to answer, which is fine.
+        with contextlib.suppress(OSError, TimeoutError):
+            await http_get("127.0.0.1", live.port, "/admin/reset", timeout_s=2)
         await timeline.locator('li.incident[data-kind="anomaly"]').first.wait_for(timeout=10_000)
 
         await page.goto(f"{live.url}/units/web")
