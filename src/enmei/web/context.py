@@ -123,13 +123,17 @@ class WebContext:
             await asyncio.sleep(self.verify_every_s)
 
     async def verify(self) -> VerifyResult:
-        """Verify the journal's hash chain in the pool (one run at a time; callers share a running one).
+        """Verify the journal in the pool (one run at a time; callers share a running one): its hash chain,
+        and with the supervisor's anchor key its signed anchors and head (read before the records, so a
+        journal still being written never looks cut).
 
         Raises ``BoxError`` if the journal cannot be read (also kept in ``verify_error``).
         """
         if self._verifying is None or self._verifying.done():
             loop = asyncio.get_running_loop()
-            self._verifying = loop.run_in_executor(self.pool, verify, self.engine.journal.path)
+            anchors = self.engine.journal.anchors
+            self._verifying = loop.run_in_executor(
+                self.pool, functools.partial(verify, self.engine.journal.path, anchors=anchors))
         try:
             res = await asyncio.shield(self._verifying)
         except Exception as exc:
