@@ -87,8 +87,8 @@ class LiveView:
         self.console = console
         self.title = title
         self.events: deque[tuple[float, int, str, str, str]] = deque(maxlen=lines)
-        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
         self.footer = ""
+        self.live = Live(self._render(), console=console, refresh_per_second=4, transient=False)
 
     def __call__(self, seq: int, kind: str, unit: str, body: Mapping[str, Any]) -> None:
         text = describe(kind, body)
