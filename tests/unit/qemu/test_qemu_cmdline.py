@@ -51,12 +51,50 @@ def test_command_line_devices_and_daemon(tmp_path: Path) -> None:
     assert any(v.startswith("unix:") and v.endswith("qmp.sock,server=on,wait=off") for v in _value(argv, "-qmp"))
     blockdevs = _value(argv, "-blockdev")
     assert any("node-name=sys," in b and "qcow2" in b for b in blockdevs)
-    assert _value(argv, "-device").count("virtio-blk-pci,drive=data,id=data0") == 1
+    assert "driver=raw,node-name=data,file=data-file" in blockdevs  # no image metadata to go stale
+    assert any(b.endswith(f"filename={tmp_path.absolute()}/qemu/vm/data.img") for b in blockdevs)
+    # the unit keeps a warm standby by default: the data disk's lock is shared by its two QEMUs
+    assert _value(argv, "-device").count("virtio-blk-pci,drive=data,id=data0,share-rw=on") == 1
+    assert "-S" not in argv
     assert not any("drive=sys" in d for d in _value(argv, "-device"))  # the guest never sees sys
     assert "pvpanic" in _value(argv, "-device")
     assert _value(argv, "-action") == ["panic=pause"]
     assert len([o for o in _value(argv, "-object") if o.startswith("filter-dump")]) == 2
     assert "-incoming" not in argv
+
+
+def test_without_a_standby_the_data_disk_lock_is_exclusive(tmp_path: Path) -> None:
+    argv = _argv(_spec(phase_standby=False), tmp_path)
+    assert _value(argv, "-device").count("virtio-blk-pci,drive=data,id=data0") == 1
+
+
+def test_a_standby_starts_paused_in_its_slot_with_its_own_console(tmp_path: Path) -> None:
+    unit = MachinePaths.for_unit(tmp_path, "vm")
+    paths = unit.with_slot("a")
+    argv = build_cmdline(_spec(forward=["40000:80"]), kernel="/k", initrd="/i", paths=paths, accel="tcg",
+                         standby=True)
+    assert "-S" in argv and "-incoming" not in argv
+    assert _value(argv, "-pidfile") == [str(unit.dir / "qemu-a.pid")]
+    assert any(v.startswith(f"unix:{unit.dir}/qmp-a.sock,") for v in _value(argv, "-qmp"))
+    chardevs = _value(argv, "-chardev")
+    assert f"file,id=console,path={unit.dir}/console-a.log,append=on" in chardevs
+    assert any(c.startswith(f"socket,id=gate,path={unit.dir}/gate-a.sock,") for c in chardevs)
+    blockdevs = _value(argv, "-blockdev")
+    assert any(b.endswith(f"filename={unit.dir}/sys-a.qcow2") for b in blockdevs)
+    assert any(b.endswith(f"filename={unit.dir}/data.img") for b in blockdevs)  # the unit's one data disk
+
+
+def test_slots_share_the_unit_files_and_keep_their_own() -> None:
+    unit = MachinePaths(Path("/s/qemu/vm"), Path("/s/qemu/vm"))
+    a = unit.with_slot("a")
+    for shared in ("console", "qemu_log", "data_disk", "phase_image"):
+        assert getattr(a, shared) == getattr(unit, shared)
+    assert unit.slot_console == unit.console and a.slot_console == Path("/s/qemu/vm/console-a.log")
+    assert [f.name for f in unit.slot_files()] == ["qmp.sock", "gate.sock", "qemu.pid", "sys.qcow2",
+                                                   "net-tx.pcap", "net-rx.pcap"]
+    assert [f.name for f in a.slot_files()] == ["qmp-a.sock", "gate-a.sock", "qemu-a.pid", "sys-a.qcow2",
+                                                "net-tx-a.pcap", "net-rx-a.pcap", "console-a.log"]
+    assert unit.data_disk not in a.slot_files() and unit.console not in a.slot_files()
 
 
 def test_kvm_incoming_exit_on_panic_and_extra_args(tmp_path: Path) -> None:

@@ -20,6 +20,15 @@ def test_defaults() -> None:
     assert (u.image, u.memory_mib, u.accel, u.phase_snapshot, u.panic_action) == (
         "default", 256, "auto", "service-ready", "pause")
     assert u.forward == [] and u.guestfwd == [] and u.kernel_args == []
+    assert u.phase_standby and u.uses_standby
+    assert u.phase_standby_warm == ["/version", "/cgi-bin/app"] and u.phase_standby_warm_rounds == 10
+
+
+def test_the_standby_needs_the_gate_phase() -> None:
+    assert not _unit(phase_standby=False).uses_standby
+    assert not _unit(phase_snapshot=None).uses_standby
+    assert not _unit(phase_snapshot="network").uses_standby  # it would boot on while it waits
+    assert _unit(phase_standby_warm=[], phase_standby_warm_rounds=0).uses_standby
 
 
 @pytest.mark.parametrize("bad", [
@@ -27,6 +36,7 @@ def test_defaults() -> None:
     {"forward": ["8080:80", "8080:81"]}, {"guestfwd": ["514"]}, {"guestfwd": ["x=cmd"]},
     {"guestfwd": ["514=  "]}, {"phase_snapshot": "booted"}, {"kernel_args": ["a b"]},
     {"memory_mib": 16}, {"accel": "hvf"}, {"panic_action": "ignore"}, {"typo_key": 1},
+    {"phase_standby_warm": ["version"]}, {"phase_standby_warm": ["/a b"]}, {"phase_standby_warm_rounds": -1},
 ])
 def test_bad_values_are_refused(bad: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):

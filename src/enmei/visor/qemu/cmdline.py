@@ -8,12 +8,18 @@ The machine (``pc``, no default devices) has:
   ttyS1 = the data-disk gate, a unix socket the host writes ``go`` to (see ``guest/gate.sh``);
 * a qcow2 node ``sys`` with no device: the guest never sees it; it holds the internal snapshots and
   their machine state (the guest's root file system is its initramfs, in RAM);
-* a qcow2 node ``data`` on a virtio-blk device: the guest's persistent data disk (ext4), never part of
-  an internal snapshot;
+* a raw node ``data`` on a virtio-blk device: the guest's persistent data disk (ext4, ``data.img``),
+  never part of an internal snapshot. Raw, so that a QEMU that opened it earlier holds no image
+  metadata that could go stale (a standby); with a standby its image lock is shared (``share-rw``);
 * user-mode networking with ``restrict=on``: host forwards on 127.0.0.1 only, ``guestfwd`` to local
   commands, and two ``filter-dump`` objects that record every frame's header (64 bytes at most) in each
   direction, counted by ``netcount``;
 * QMP on a unix socket; ``-daemonize`` so that QEMU outlives the supervisor (it is not our child).
+
+Each QEMU of a unit runs in a *slot*: ``""`` for the one ``start`` makes, ``"a"``/``"b"`` for warm
+standbys. Per slot: QMP and gate sockets, pid file, snapshot disk, network dumps. Per unit: the data
+disk, the console log (a standby writes to its own until it takes over), QEMU's log, the phase image.
+A standby is launched paused (``-S``), with its forwards on temporary loopback ports.
 """
 
 from __future__ import annotations
@@ -50,27 +56,40 @@ class MachinePaths:
 
     dir: Path
     sock_dir: Path
+    slot: str = ""
 
     @classmethod
-    def for_unit(cls, state_dir: Path, unit: str) -> MachinePaths:
+    def for_unit(cls, state_dir: Path, unit: str, slot: str = "") -> MachinePaths:
         """Paths under ``state_dir``; sockets go to a short folder in /tmp if the path is too long."""
         d = state_dir.absolute() / "qemu" / unit
         sock_dir = d
-        if len(str(d / "qmp.sock")) > _SOCK_MAX:
+        if len(str(d / "qmp-a.sock")) > _SOCK_MAX:
             sock_dir = Path("/tmp") / f"enmei-{hashlib.sha256(str(d).encode()).hexdigest()[:16]}"
-        return cls(d, sock_dir)
+        return cls(d, sock_dir, slot)
+
+    def with_slot(self, slot: str) -> MachinePaths:
+        return MachinePaths(self.dir, self.sock_dir, slot)
+
+    def _s(self, stem: str, suffix: str) -> str:
+        return f"{stem}-{self.slot}{suffix}" if self.slot else f"{stem}{suffix}"
 
     @property
     def qmp(self) -> Path:
-        return self.sock_dir / "qmp.sock"
+        return self.sock_dir / self._s("qmp", ".sock")
 
     @property
     def gate(self) -> Path:
-        return self.sock_dir / "gate.sock"
+        return self.sock_dir / self._s("gate", ".sock")
 
     @property
     def console(self) -> Path:
+        """The unit's console log (whichever QEMU runs the unit's guest writes it)."""
         return self.dir / "console.log"
+
+    @property
+    def slot_console(self) -> Path:
+        """Where a standby's console goes until it takes over (the unit's console for slot ``""``)."""
+        return self.dir / self._s("console", ".log")
 
     @property
     def qemu_log(self) -> Path:
@@ -78,19 +97,34 @@ class MachinePaths:
 
     @property
     def pidfile(self) -> Path:
-        return self.dir / "qemu.pid"
+        return self.dir / self._s("qemu", ".pid")
 
     @property
     def sys_disk(self) -> Path:
-        return self.dir / "sys.qcow2"
+        return self.dir / self._s("sys", ".qcow2")
 
     @property
     def data_disk(self) -> Path:
+        return self.dir / "data.img"
+
+    @property
+    def legacy_data_disk(self) -> Path:
+        """Where enmei kept the data disk before it was raw (converted on the next start)."""
         return self.dir / "data.qcow2"
+
+    @property
+    def phase_image(self) -> Path:
+        """A copy of the snapshot disk holding the phase snapshot: what standbys start from."""
+        return self.dir / "phase-sys.qcow2"
 
     def net_dump(self, direction: str) -> Path:
         """``direction`` is ``tx`` (frames the guest sent) or ``rx`` (frames it received)."""
-        return self.dir / f"net-{direction}.pcap"
+        return self.dir / self._s(f"net-{direction}", ".pcap")
+
+    def slot_files(self) -> list[Path]:
+        """The files of this slot's QEMU (removed once it is gone; never the unit's shared files)."""
+        files = [self.qmp, self.gate, self.pidfile, self.sys_disk, self.net_dump("tx"), self.net_dump("rx")]
+        return [*files, self.slot_console] if self.slot else files
 
 
 def kernel_append(spec: QemuUnit) -> str:
@@ -128,9 +162,10 @@ def dump_object(paths: MachinePaths, direction: str) -> dict[str, object]:
 
 def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths, accel: str,
                   binary: str = "qemu-system-x86_64", incoming: bool = False,
-                  daemonize: bool = True) -> list[str]:
+                  daemonize: bool = True, standby: bool = False) -> list[str]:
     """The full argv. ``accel`` is ``tcg`` or ``kvm`` (already chosen). ``incoming`` starts the machine
-    waiting for ``migrate-incoming`` (whole-state restore)."""
+    waiting for ``migrate-incoming`` (whole-state restore). ``standby`` starts it paused (``-S``, to
+    load the phase snapshot into), its console going to the slot's own file."""
     if accel not in ("tcg", "kvm"):
         raise ValueError(f"accel must be tcg or kvm here, not {accel!r}")
     argv = [binary, "-name", f"enmei-{paths.dir.name},debug-threads=on", "-machine", "pc",
@@ -141,7 +176,8 @@ def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePat
         "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", kernel, "-initrd", initrd, "-append", kernel_append(spec),
-        "-chardev", f"file,id=console,path={_opt(str(paths.console))},append=on",
+        "-chardev", f"file,id=console,path={_opt(str(paths.slot_console if standby else paths.console))},"
+                    "append=on",
         "-serial", "chardev:console",
         "-chardev", f"socket,id={GATE_ID},path={_opt(str(paths.gate))},server=on,wait=off",
         "-serial", f"chardev:{GATE_ID}",
@@ -149,8 +185,8 @@ def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePat
         "-blockdev", f"driver=file,node-name={SYS_NODE}-file,filename={_opt(str(paths.sys_disk))}",
         "-blockdev", f"driver=qcow2,node-name={SYS_NODE},file={SYS_NODE}-file",
         "-blockdev", f"driver=file,node-name={DATA_NODE}-file,filename={_opt(str(paths.data_disk))}",
-        "-blockdev", f"driver=qcow2,node-name={DATA_NODE},file={DATA_NODE}-file",
-        "-device", f"virtio-blk-pci,drive={DATA_NODE},id={DATA_NODE}0",
+        "-blockdev", f"driver=raw,node-name={DATA_NODE},file={DATA_NODE}-file",
+        "-device", f"virtio-blk-pci,drive={DATA_NODE},id={DATA_NODE}0" + (",share-rw=on" if spec.uses_standby else ""),
         "-netdev", netdev_arg(spec),
         "-device", f"virtio-net-pci,netdev={NET_DEV},id=nic0",
     ]
@@ -162,6 +198,8 @@ def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePat
              "-action", "panic=pause" if spec.panic_action == "pause" else "panic=shutdown"]
     if incoming:
         argv += ["-incoming", "defer"]
+    if standby:
+        argv += ["-S"]
     if daemonize:
         argv += ["-daemonize", "-pidfile", str(paths.pidfile)]
     argv += list(spec.extra_args)

@@ -209,11 +209,12 @@ def build(name: str = "default", *, cache_dir: Path | None = None, kernel_packag
     return info
 
 
-def data_disk(path: Path, size_mib: int, *, unit: str = "?") -> None:
-    """Create an empty ext4 data disk (qcow2) of ``size_mib`` at ``path`` unless it exists.
+def data_disk(path: Path, size_mib: int, *, unit: str = "?", legacy: Path | None = None) -> None:
+    """Create an empty ext4 data disk (a raw, sparse file) of ``size_mib`` at ``path`` unless it exists.
 
     The file system is made on the host (``mkfs.ext4`` from e2fsprogs, with a journal so that a
-    guest that panics leaves a disk the kernel repairs on the next mount). Raises
+    guest that panics leaves a disk the kernel repairs on the next mount). If ``legacy`` (a qcow2
+    data disk of an earlier enmei) exists instead, it is converted to raw and removed. Raises
     ``MissingToolError`` if qemu-img or mkfs.ext4 is missing, ``ImageError`` if a step fails; a
     half-made disk is removed.
     """
@@ -224,18 +225,21 @@ def data_disk(path: Path, size_mib: int, *, unit: str = "?") -> None:
             raise MissingToolError(unit, "data disk", tool, [pkg])
     mkfs = shutil.which("mkfs.ext4") or "/sbin/mkfs.ext4"
     path.parent.mkdir(parents=True, exist_ok=True)
-    raw = path.with_name(path.name + ".raw.tmp")
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(raw, "wb") as f:
+        if legacy is not None and legacy.exists():
+            _run(unit, "data disk", ["qemu-img", "convert", "-q", "-f", "qcow2", "-O", "raw", str(legacy),
+                                     str(tmp)])
+            os.replace(tmp, path)
+            legacy.unlink()
+            return
+        with open(tmp, "wb") as f:
             f.truncate(size_mib * 2**20)
-        _run(unit, "data disk", [mkfs, "-q", "-F", "-L", "enmei-data", "-E", "nodiscard", str(raw)])
-        _run(unit, "data disk", ["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)])
+        _run(unit, "data disk", [mkfs, "-q", "-F", "-L", "enmei-data", "-E", "nodiscard", str(tmp)])
         os.replace(tmp, path)
     finally:
-        for p in (raw, tmp):
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
 
 
 # -- steps ----------------------------------------------------------------------------------------
