@@ -90,8 +90,10 @@ class VmHarness:
         return b
 
     def spec(self, **kw: Any) -> QemuUnit:
+        """A unit spec; without a warm standby unless asked (``phase_standby=True``): one QEMU per unit
+        keeps the other tests light on two cores."""
         data: dict[str, Any] = {"backend": "qemu", "image": self.image.directory, "accel": "tcg",
-                                "forward": [f"{free_port()}:80"], "ready_timeout_s": 60.0}
+                                "forward": [f"{free_port()}:80"], "ready_timeout_s": 60.0, "phase_standby": False}
         data.update(kw)
         return QemuUnit.model_validate(data)
 

@@ -25,7 +25,7 @@ async def test_state_save_restore_and_clone(vmh: VmHarness, tmp_path: Path) -> N
     state = tmp_path / "saved" / "vm.state"
     await b.state_save("vm", state)
     assert state.stat().st_size > 1 << 20
-    assert all(state.with_name(state.name + s).exists() for s in (".sys.qcow2", ".data.qcow2", ".json"))
+    assert all(state.with_name(state.name + s).exists() for s in (".sys.qcow2", ".data.img", ".json"))
     assert b.alive("vm")
     assert (await until_answer(port)).startswith("enmei-demo")  # the guest runs on after the save
     assert await http_get(port, "/cgi-bin/data?put=after-save") == (200, "stored\n")

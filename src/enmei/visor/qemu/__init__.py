@@ -11,12 +11,13 @@ A sketch (the real wiring belongs to the engine)::
                           emit=events.append,          # UnitEvent: STARTED, EXITED, STOPPED...
                           verdict=verdicts.append)     # Verdict(kind=PANIC) while QEMU stays up
     identity = await backend.start("vm", QemuUnit(backend="qemu", forward=["8080:80"]))
-    await backend.phase_reboot("vm")                   # after a panic: back to service-ready
+    await backend.phase_reboot("vm")                   # after a panic: back to service-ready (warm standby)
     await backend.cold_reboot("vm")                    # or boot again
     await backend.stop("vm", timeout_s=10)
 
-See ``backend`` for the promises (and how the data disk stays consistent), ``image`` for how images
-are built, ``monitor_api`` for what can be observed and done from outside the guest, ``cli`` for the
+See ``backend`` for the promises (and how the data disk stays consistent), ``standby`` for the warm
+standby that makes phase reboots take milliseconds, ``image`` for how images are built,
+``monitor_api`` for what can be observed and done from outside the guest, ``cli`` for the
 ``enmei image`` commands.
 """
 

@@ -22,31 +22,49 @@ Promises:
   concern only that unit: the backend goes on serving the others.
 
 Data-disk consistency (see ``guest/gate.sh``): the guest's root file system is its initramfs, in
-RAM, so it belongs to every snapshot. The persistent data disk (ext4, ``data.qcow2``) is never part of
-an internal snapshot, and the guest mounts it only after the host opens a gate on ttyS1, which the host
-does only after the phase snapshot is taken. No snapshot therefore holds any cached state of the data
-disk: after ``phase_reboot`` the guest comes back before the gate, the host opens it again, and the
-guest mounts the disk as it is now (ext4's journal repairs what the failure interrupted; the mount
-runs at the lowest priority, so the service answers first). Data the service synced before the
-failure survives a phase reboot exactly as it survives a cold reboot; what it had not synced is lost
-in both. Guest RAM (``/run``: knobs, caches, sessions) goes back to the snapshot.
-Whole-state saves (``state_save``, ``clone``) are different: their RAM holds the mounted file system,
-so they copy both disks too, while QEMU has them flushed and inactive at the end of the migration.
+RAM, so it belongs to every snapshot. The persistent data disk (ext4, a raw file ``data.img``) is never
+part of an internal snapshot, and the guest mounts it only after the host opens a gate on ttyS1, which
+the host does only after the phase snapshot is taken. No snapshot therefore holds any state of the
+mounted file system; the one thing the guest read from the disk before the snapshot is its first blocks
+(the kernel's partition scan at boot), and the gate script drops every cached block of the disk
+(``blockdev --flushbufs``, ``drop_caches``) before it mounts. After ``phase_reboot`` the guest comes
+back before the gate, the host opens it again, and the guest mounts the disk as it is now (ext4's
+journal repairs what the failure interrupted; the mount runs at the lowest priority, so the service
+answers first). Data the service synced before the failure survives a phase reboot exactly as it
+survives a cold reboot; what it had not synced is lost in both. Guest RAM (``/run``: knobs, caches,
+sessions) goes back to the snapshot.
+
+Warm standby (``phase_standby``, on by default; ``enmei.visor.qemu.standby``): a second, paused QEMU
+of the unit holds the guest at the phase snapshot, already warmed; ``phase_reboot`` switches to it
+(milliseconds of downtime) and prepares the next one in the background, and loads the snapshot in
+place when no standby is ready. Two QEMUs then have the data disk open, and the rules that keep it
+consistent are: (1) the disk is *raw*, so a QEMU holds no image metadata (no qcow2 L2 or refcount
+cache) that another could make stale, and QEMU's image lock is shared (``share-rw``) by the unit's
+QEMUs; (2) a standby's guest never passes its gate while it is a standby, so it never reads or writes
+the disk; (3) the failed QEMU is killed and *waited for until its process is gone* before the standby
+is resumed and its gate opened, so at any time at most one guest uses the disk; (4) that guest drops
+any cached block of the disk before mounting it (above); (5) a ``start`` or ``adopt`` first kills any
+other QEMU of the unit still running (found by the slots' pid files, confirmed by their command line:
+a standby left behind by a supervisor that died), since QEMU's lock no longer keeps two of them apart.
+Whole-state saves (``state_save``, ``clone``; ``enmei.visor.qemu.wholestate``) are different: their
+RAM holds the mounted file system, so they copy both disks too, while QEMU has them flushed and
+inactive at the end of the migration.
 
 Remedy mechanisms (the lead's remedies wrap them): ``cold_reboot`` (reset, boot again, wait for the
-service) and ``phase_reboot`` (load the phase snapshot taken at ``phase_snapshot`` of the first boot);
-a failed ``phase_reboot`` (``VisorError``) leaves the guest paused and calls for ``cold_reboot``.
-Also: ``phases(name)`` (the current boot's phases), ``events(name)`` (recent QMP events).
+service) and ``phase_reboot`` (switch to the warm standby, or load the phase snapshot taken at
+``phase_snapshot`` of the first boot in place); a failed in-place ``phase_reboot`` (``VisorError``)
+leaves the guest paused and calls for ``cold_reboot``. A standby taking over is a new QEMU: ``STARTED``
+is emitted with ``detail["via"] = "phase-standby"`` and ``replaced_pid``, and ``identity`` changes.
+Also: ``phases(name)`` (the current boot's phases), ``events(name)`` (recent QMP events),
+``standby(name)`` (the standby's state), ``reboot_report(name)`` (how the last phase reboot went).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -57,7 +75,7 @@ from typing import Any, ClassVar
 import psutil
 
 from enmei.clock import Clock
-from enmei.config.qemu import GUEST_PHASES, QemuUnit
+from enmei.config.qemu import QemuUnit
 from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
 from enmei.visor.base import Backend, Capability, EmitFn, Identity
@@ -69,16 +87,17 @@ from enmei.visor.qemu.errors import ImageError, QmpError
 from enmei.visor.qemu.machine import Machine, launch, phase_tag, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
 from enmei.visor.qemu.rotate import rotate
+from enmei.visor.qemu.standby import Standby, StandbyMixin, StandbyState, _Unusable
+from enmei.visor.qemu.wholestate import WholeStateMixin, phases_upto
 
 __all__ = ["QemuBackend", "VerdictFn"]
 
 log = logging.getLogger(__name__)
 
 VerdictFn = Callable[[Verdict], None]
-_STATE_FORMAT = 1
 
 
-class QemuBackend(MonitorApi, Backend):
+class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
     """Runs ``QemuUnit`` units. ``verdict`` receives guest panics (see the module docstring).
 
     ``cache_dir`` is where images and the accelerator verdict are cached (default: the user's cache,
@@ -98,6 +117,8 @@ class QemuBackend(MonitorApi, Backend):
         self.binary = binary
         self.kvm_probe_timeout_s = kvm_probe_timeout_s
         self._vms: dict[str, Machine] = {}
+        self._standbys: dict[str, Standby] = {}
+        self._reboots: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -109,9 +130,11 @@ class QemuBackend(MonitorApi, Backend):
             raise StartError(name, "start", f"already running as QEMU pid {self._vms[name].pid}")
         paths = MachinePaths.for_unit(self.state_dir, name)
         try:
+            await self._drop_standby(name)
+            await self._reap_strays(name, paths, keep_pid=None)
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
-        except (StartError, ImageError) as exc:
+        except (StartError, ImageError, VisorError) as exc:
             self._start_failed(name, str(exc))
             if isinstance(exc, StartError):
                 raise
@@ -147,14 +170,20 @@ class QemuBackend(MonitorApi, Backend):
             return False
         if str(qmp_path) not in cmdline:
             return False
-        paths = MachinePaths(Path(str(extra["dir"])), qmp_path.parent)
+        paths = MachinePaths(Path(str(extra["dir"])), qmp_path.parent, str(extra.get("slot", "")))
         machine = self._machine(name, spec, str(extra.get("kernel", "")), str(extra.get("initrd", "")),
                                 str(extra.get("accel", "tcg")), paths, int(extra.get("console_offset", 0)))
+        machine.data_shared = extra.get("data_disk") == "raw-shared"
+        image_id = extra.get("phase_image")
+        machine.phase_image_id = str(image_id) if image_id else None
         try:
             await machine.attach(identity.pid, create_time=identity.create_time, replay=True)
         except IdentityError:
             return False
         self._vms[name] = machine
+        # a standby (or any other QEMU of this unit) left by the earlier supervisor goes: it is not adopted
+        with contextlib.suppress(VisorError):
+            await self._reap_strays(name, paths, keep_pid=identity.pid)
         tag = machine_phase_tag(spec)
         if tag is not None:
             with contextlib.suppress(QmpError):
@@ -162,7 +191,7 @@ class QemuBackend(MonitorApi, Backend):
                     now = self.clock.monotonic()
                     machine.phase_snapshot = tag
                     machine.snapshot_phases = {p: machine.console.phases.get(p) or PhaseMark(p, now, None, 1)
-                                               for p in _phases_upto(spec)}
+                                               for p in phases_upto(spec)}
         machine.console.poll(self.clock.monotonic())
         phases = machine.console.phases
         if "service-ready" in phases and "data-ready" not in phases:
@@ -170,11 +199,17 @@ class QemuBackend(MonitorApi, Backend):
             if spec.phase_snapshot and machine.phase_snapshot is None:
                 await machine.take_phase_snapshot(spec.phase_snapshot)
             machine.open_gate()
+        elif extra.get("promoted") and "data-ready" not in phases:
+            # a standby that took over, its gate not yet open when the earlier supervisor died
+            machine.console.phases = dict(machine.snapshot_phases)
+            machine.open_gate()
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(),
                             {"pid": identity.pid, "phase_snapshot": machine.phase_snapshot}))
+        self._want_standby(name)
         return True
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
+        await self._drop_standby(name)
         machine = self._vms.get(name)
         if machine is None:
             return
@@ -189,7 +224,10 @@ class QemuBackend(MonitorApi, Backend):
         return self._identity(machine) if machine else None
 
     async def close(self) -> None:
-        """Stop watching every VM; the QEMUs keep running (adopt them later)."""
+        """Stop watching every VM; the QEMUs keep running (adopt them later). Standbys are killed: a
+        new supervisor prepares new ones."""
+        for name in list(self._standbys):
+            await self._drop_standby(name)
         for machine in list(self._vms.values()):
             await machine.detach()
         self._vms.clear()
@@ -250,30 +288,61 @@ class QemuBackend(MonitorApi, Backend):
             raise VisorError(name, "cold reboot", str(exc)) from exc
         return self.clock.monotonic() - start
 
-    async def phase_reboot(self, name: str, *, wait_data: bool = False) -> float:
-        """Load the phase snapshot (the guest as it was at ``phase_snapshot`` of its first boot) and
-        run it; returns the seconds it took. The data disk keeps its present state (module docstring).
+    async def phase_reboot(self, name: str, *, wait_data: bool = False, standby: bool = True) -> float:
+        """Bring the guest back to the phase snapshot (as it was at ``phase_snapshot`` of its first boot)
+        and run it; returns the seconds it took. The data disk keeps its present state (module docstring).
 
-        ``wait_data`` also waits for the data disk to be mounted again. Raises ``VisorError`` if there
-        is no phase snapshot or loading it fails (a corrupt snapshot...): the guest is then in an
-        undefined state and the next step is ``cold_reboot``.
+        With a ready warm standby (and ``standby``), the standby takes over: the unit's QEMU is replaced
+        (``STARTED`` with ``via = "phase-standby"``). Otherwise the snapshot is loaded in place.
+        ``reboot_report(name)`` says which and how long each step took. ``wait_data`` also waits for the
+        data disk to be mounted again. Raises ``VisorError`` if there is no phase snapshot or loading it
+        fails (a corrupt snapshot...): the guest is then in an undefined state and the next step is
+        ``cold_reboot``; or if a standby failed after the old QEMU was ended (``EXITED`` was emitted).
         """
         machine = self._require(name, "phase reboot")
         if machine.phase_snapshot is None:
             why = f" (saving it failed: {machine.snapshot_error})" if machine.snapshot_error else ""
             raise VisorError(name, "phase reboot", f"no phase snapshot{why}")
         start = self.clock.monotonic()
-        await self._load(machine, machine.phase_snapshot, "phase reboot")
-        machine.restored_to_snapshot()
-        if "service-ready" in machine.console.phases:
-            machine.open_gate()
+        report: dict[str, Any] = {"via": "in-place"}
+        sb = self._standbys.get(name)
+        if standby and sb is not None and sb.state is StandbyState.READY:
+            del self._standbys[name]
+            try:
+                machine, report = await self._take_over(name, machine, sb)
+            except _Unusable as exc:
+                log.warning("unit %s: the standby cannot take over (%s): loading the snapshot in place",
+                            name, exc)
+                report["standby_unusable"] = str(exc)
+                await self._kill_standby_machine(sb)
+                self._want_standby(name)
+        elif sb is not None:
+            report["standby"] = str(sb.state)
+        if report["via"] == "in-place":
+            tag = machine.phase_snapshot
+            assert tag is not None
+            await self._load(machine, tag, "phase reboot")
+            machine.restored_to_snapshot()
+            if "service-ready" in machine.console.phases:
+                machine.open_gate()
+        took = self.clock.monotonic() - start
+        report["took_s"] = round(took, 4)
+        self._reboots[name] = report
         if wait_data:
             try:
                 await machine.wait_phase("data-ready", since=start, timeout_s=machine.spec.ready_timeout_s,
                                          what="phase reboot")
             except (TimeoutError, ProcessLookupError) as exc:
                 raise VisorError(name, "phase reboot", str(exc)) from exc
-        return self.clock.monotonic() - start
+            took = self.clock.monotonic() - start
+        return took
+
+    def reboot_report(self, name: str) -> dict[str, Any] | None:
+        """How the unit's last phase reboot went: ``via`` (``standby`` or ``in-place``), ``took_s``, and
+        for a standby the seconds to end the old QEMU (``kill_s``), move the ports (``forward_s``) and
+        resume (``cont_s``)."""
+        report = self._reboots.get(name)
+        return dict(report) if report is not None else None
 
     async def _load(self, machine: Machine, tag: str, action: str) -> None:
         try:
@@ -284,142 +353,6 @@ class QemuBackend(MonitorApi, Backend):
                 await machine.qmp().execute("cont")
         except QmpError as exc:
             raise VisorError(machine.name, action, exc.cause) from exc
-
-    # -- whole-state save, restore, clone ----------------------------------------------------------
-
-    async def state_save(self, name: str, path: Path) -> None:
-        """Save the whole machine (RAM, devices, both disks) to ``path`` (+ ``.sys.qcow2``,
-        ``.data.qcow2``, ``.json``). The guest pauses for the end of the migration and the disk copy,
-        then runs on. Raises ``VisorError``; a failed save leaves no files at ``path``."""
-        machine = self._require(name, "state save")
-        path = _absolute(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        files = _state_files(path)
-        tmp = path.with_name(path.name + ".part")
-        qmp = machine.qmp()
-        try:
-            was_running = bool((await qmp.execute("query-status")).get("running"))
-            await qmp.execute("migrate-set-parameters", {"max-bandwidth": 10 * 2**30})
-            await qmp.execute("migrate", {"uri": f"exec:cat > {_shq(str(tmp))}"})
-            await self._wait_migration(machine, "state save")
-            await asyncio.to_thread(shutil.copyfile, machine.paths.sys_disk, files["sys"])
-            await asyncio.to_thread(shutil.copyfile, machine.paths.data_disk, files["data"])
-            meta = {"format": _STATE_FORMAT, "unit": name, "spec": machine.spec.model_dump(mode="json"),
-                    "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel,
-                    "phase_snapshot": machine.phase_snapshot, "phases": list(machine.console.phases),
-                    "saved_wall": self.clock.wall()}
-            files["meta"].write_text(json.dumps(meta, indent=2) + "\n")
-            os.replace(tmp, path)
-        except (QmpError, OSError) as exc:
-            for f in (tmp, *files.values()):
-                with contextlib.suppress(OSError):
-                    f.unlink()
-            raise VisorError(name, "state save", getattr(exc, "cause", str(exc))) from exc
-        finally:
-            with contextlib.suppress(QmpError):
-                status = await qmp.execute("query-status")
-                if was_running and not status.get("running"):
-                    await qmp.execute("cont")
-
-    async def state_restore(self, name: str, path: Path, *, spec: QemuUnit | None = None) -> None:
-        """Replace the unit's QEMU (if running) by a fresh one restored from ``state_save`` files.
-
-        The replaced QEMU is quit without a ``STOPPED`` event; ``STARTED`` is emitted with
-        ``detail["via"] = "state-restore"``. Raises ``VisorError`` (no unit is left running then).
-        """
-        path = _absolute(path)
-        files = _state_files(path)
-        try:
-            meta = json.loads(files["meta"].read_text())
-            if meta.get("format") != _STATE_FORMAT:
-                raise ValueError(f"format {meta.get('format')!r}")
-            use = spec or QemuUnit.model_validate(meta["spec"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise VisorError(name, "state restore", f"{files['meta']} is unreadable: {exc}") from exc
-        old = self._vms.get(name)
-        if old is not None:
-            old.quiet_exit = True
-            await old.stop(0.0)
-            self._vms.pop(name, None)
-        paths = MachinePaths.for_unit(self.state_dir, name)
-        paths.dir.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(shutil.copyfile, files["sys"], paths.sys_disk)
-        await asyncio.to_thread(shutil.copyfile, files["data"], paths.data_disk)
-        await self._restore(name, use, str(meta["kernel"]), str(meta["initrd"]), str(meta["accel"]),
-                            paths, path, meta, via="state-restore")
-
-    async def clone(self, name: str, new_name: str, *, spec: QemuUnit | None = None) -> Identity:
-        """A running copy of unit ``name`` as unit ``new_name``, with copies of both disks.
-
-        ``spec`` defaults to the original's without forwarded ports (two QEMUs cannot listen on one
-        port). The original pauses for the end of a migration and the disk copy. Emits ``STARTED`` for
-        the clone with ``detail["clone_of"]``. Raises ``VisorError``.
-        """
-        machine = self._require(name, "clone")
-        if new_name in self._vms:
-            raise VisorError(new_name, "clone", "a unit of that name is running")
-        paths = MachinePaths.for_unit(self.state_dir, new_name)
-        paths.dir.mkdir(parents=True, exist_ok=True)
-        state = paths.dir / "clone-source.state"
-        await self.state_save(name, state)
-        files = _state_files(state)
-        try:
-            os.replace(files["sys"], paths.sys_disk)
-            os.replace(files["data"], paths.data_disk)
-            meta = json.loads(files["meta"].read_text())
-            use = spec or machine.spec.model_copy(update={"forward": []})
-            return await self._restore(new_name, use, machine.kernel, machine.initrd, machine.accel, paths,
-                                       state, meta, via="clone", clone_of=name)
-        finally:
-            for f in (state, *files.values()):
-                with contextlib.suppress(OSError):
-                    f.unlink()
-
-    async def _restore(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                       paths: MachinePaths, state: Path, meta: Mapping[str, Any], *, via: str,
-                       clone_of: str | None = None) -> Identity:
-        try:
-            machine = await self._launch(name, spec, kernel, initrd, accel, paths, incoming=True)
-        except StartError as exc:
-            raise VisorError(name, via, exc.cause) from exc
-        try:
-            await machine.qmp().execute("migrate-incoming", {"uri": f"exec:cat {_shq(str(state))}"})
-            await self._wait_migration(machine, via)
-            status = await machine.qmp().execute("query-status")
-            if not status.get("running"):
-                await machine.qmp().execute("cont")
-            tags = await self.snapshot_list(name)
-        except (QmpError, VisorError) as exc:
-            machine.stopping = machine.quiet_exit = True
-            machine.kill()
-            await machine._wait_done(5.0)
-            self._vms.pop(name, None)
-            raise VisorError(name, via, getattr(exc, "cause", str(exc))) from exc
-        if meta.get("phase_snapshot") in tags:
-            machine.phase_snapshot = str(meta["phase_snapshot"])
-            now = self.clock.monotonic()
-            machine.snapshot_phases = {p: PhaseMark(p, now, None, 1) for p in _phases_upto(spec)}
-            machine.console.phases = {p: PhaseMark(p, now, None, 1) for p in meta.get("phases", [])}
-        detail: dict[str, Any] = {"pid": machine.pid, "accel": accel, "via": via}
-        if clone_of:
-            detail["clone_of"] = clone_of
-        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), detail))
-        return self._identity(machine)
-
-    async def _wait_migration(self, machine: Machine, action: str, timeout_s: float = 300.0) -> None:
-        deadline = self.clock.monotonic() + timeout_s
-        while True:
-            info = await machine.qmp().execute("query-migrate")
-            status = info.get("status")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise VisorError(machine.name, action, f"migration {status}: {info.get('error-desc', '')}")
-            if self.clock.monotonic() > deadline:
-                with contextlib.suppress(QmpError):
-                    await machine.qmp().execute("migrate_cancel")
-                raise VisorError(machine.name, action, f"migration not done within {timeout_s:.0f} s")
-            await self.clock.sleep(0.01)
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -434,7 +367,11 @@ class QemuBackend(MonitorApi, Backend):
         paths.dir.mkdir(parents=True, exist_ok=True)
         if fresh_sys:
             await asyncio.to_thread(_make_sys_disk, name, paths.sys_disk)
-        await asyncio.to_thread(images.data_disk, paths.data_disk, spec.data_disk_mib, unit=name)
+            for old in (paths.phase_image, paths.phase_image.with_suffix(".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    old.unlink()  # a new first boot makes a new phase image
+        await asyncio.to_thread(images.data_disk, paths.data_disk, spec.data_disk_mib, unit=name,
+                                legacy=paths.legacy_data_disk)
 
         async def probe() -> bool:
             return await probe_kvm(info.kernel, info.initrd, timeout_s=self.kvm_probe_timeout_s,
@@ -446,35 +383,46 @@ class QemuBackend(MonitorApi, Backend):
         return info.kernel, info.initrd, accel
 
     async def _launch(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                      paths: MachinePaths, *, incoming: bool = False) -> Machine:
+                      paths: MachinePaths, *, incoming: bool = False, standby: bool = False) -> Machine:
+        """Launch and attach a QEMU. It becomes the unit's machine, except a ``standby`` (paused, its
+        console task not started, its facts and exit handled as a standby's)."""
         offset = paths.console.stat().st_size if paths.console.exists() else 0
         for direction in ("tx", "rx"):
             with contextlib.suppress(FileNotFoundError):
                 paths.net_dump(direction).unlink()
         pid = await launch(name, spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
-                           binary=self.binary, incoming=incoming)
-        machine = self._machine(name, spec, kernel, initrd, accel, paths, offset)
+                           binary=self.binary, incoming=incoming, standby=standby)
+        machine = self._machine(name, spec, kernel, initrd, accel, paths, offset, standby=standby)
         try:
-            await machine.attach(pid)
+            await machine.attach(pid, watch_console=not standby)
         except (IdentityError, QmpError) as exc:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, 9)  # just started by us, not yet watched: the pid cannot be recycled yet
             raise StartError(name, "start", f"QEMU pid {pid}: {exc}") from exc
-        self._vms[name] = machine
+        if not standby:
+            self._vms[name] = machine
         return machine
 
     def _machine(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                 paths: MachinePaths, offset: int) -> Machine:
+                 paths: MachinePaths, offset: int, *, standby: bool = False) -> Machine:
+        if standby:
+            return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
+                           clock=self.clock, on_fact=self._on_standby_fact, on_exit=self._on_standby_exit,
+                           console_offset=offset)
         return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
-                       clock=self.clock, on_fact=self._on_fact, on_exit=self._on_exit, console_offset=offset)
+                       clock=self.clock, on_fact=self._on_fact, on_exit=self._on_exit, console_offset=offset,
+                       on_snapshot=self._on_phase_snapshot, data_shared=spec.uses_standby)
 
     def _identity(self, machine: Machine) -> Identity:
         return Identity(unit=machine.name, backend=self.kind, pid=machine.pid,
                         create_time=machine.create_time,
                         started_wall=machine.started_wall,
                         extra={"qmp": str(machine.paths.qmp), "gate": str(machine.paths.gate),
-                               "dir": str(machine.paths.dir), "console_offset": machine.console_offset,
-                               "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel})
+                               "dir": str(machine.paths.dir), "slot": machine.paths.slot,
+                               "console_offset": machine.console_offset,
+                               "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel,
+                               "data_disk": "raw-shared" if machine.data_shared else "raw",
+                               "phase_image": machine.phase_image_id, "promoted": bool(machine.paths.slot)})
 
     def _require(self, name: str, action: str) -> Machine:
         machine = self._vms.get(name)
@@ -509,6 +457,10 @@ class QemuBackend(MonitorApi, Backend):
     def _on_exit(self, machine: Machine) -> None:
         if self._vms.get(machine.name) is machine:
             del self._vms[machine.name]
+            if not machine.quiet_exit and machine.name in self._standbys:
+                task = asyncio.get_running_loop().create_task(self._drop_standby(machine.name))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
         if machine.quiet_exit:
             return
         reason = machine.shutdown_reason
@@ -539,30 +491,12 @@ def machine_phase_tag(spec: QemuUnit) -> str | None:
     return phase_tag(spec.phase_snapshot) if spec.phase_snapshot else None
 
 
-def _phases_upto(spec: QemuUnit) -> list[str]:
-    if spec.phase_snapshot is None:
-        return []
-    return list(GUEST_PHASES[: GUEST_PHASES.index(spec.phase_snapshot) + 1])
-
-
 def psutil_cmdline(pid: int) -> list[str]:
     """The command line of ``pid``; ``ProcessLookupError`` if it cannot be read."""
     try:
         return psutil.Process(pid).cmdline()
     except psutil.Error as exc:
         raise ProcessLookupError(pid) from exc
-
-
-def _state_files(path: Path) -> dict[str, Path]:
-    return {"sys": path.with_name(path.name + ".sys.qcow2"),
-            "data": path.with_name(path.name + ".data.qcow2"),
-            "meta": path.with_name(path.name + ".json")}
-
-
-def _shq(text: str) -> str:
-    if re.fullmatch(r"[\w./+-]+", text):
-        return text
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def _make_sys_disk(name: str, path: Path) -> None:
@@ -587,8 +521,3 @@ def _check_port_free(name: str, port: int) -> None:
         except OSError as exc:
             raise StartError(name, "start", f"forwarded port 127.0.0.1:{port} is in use ({exc.strerror})"
                              ) from exc
-
-
-
-def _absolute(path: Path) -> Path:
-    return path.absolute()

@@ -6,8 +6,9 @@ way). ``attach`` pins the process with a pidfd (after checking its create time),
 starts two tasks:
 
 * the console task reads ``console.log`` every 20 ms, keeps the boot phases, takes the phase snapshot
-  when the configured phase appears (once per QEMU), and opens the data-disk gate when
-  ``service-ready`` appears;
+  when the configured phase appears (once per QEMU; then ``on_snapshot`` runs), and opens the
+  data-disk gate when ``service-ready`` appears. A warm standby is attached without it (its guest is
+  not the unit's yet); ``watch`` starts it when the standby takes over;
 * the QMP event pump (in ``Monitor``) feeds ``_on_event``: GUEST_PANICKED, SHUTDOWN, RESET, STOP,
   RESUME are recorded and passed on to the backend's ``on_fact``.
 
@@ -23,7 +24,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,13 @@ def phase_tag(phase: str) -> str:
 
 
 async def launch(name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths,
-                 accel: str, binary: str, incoming: bool = False) -> int:
+                 accel: str, binary: str, incoming: bool = False, standby: bool = False) -> int:
     """Start QEMU daemonized; returns its pid once QEMU is initialized (QMP listening).
 
     Raises ``StartError`` with the tail of ``qemu.log`` if QEMU refused to start.
     """
     argv = build_cmdline(spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel, binary=binary,
-                         incoming=incoming)
+                         incoming=incoming, standby=standby)
     paths.sock_dir.mkdir(parents=True, exist_ok=True)
     for sock in (paths.qmp, paths.gate):
         with contextlib.suppress(FileNotFoundError):
@@ -105,6 +106,7 @@ def tail(path: Path, n: int, max_bytes: int = 8192) -> list[str]:
 
 
 FactFn = Callable[["Machine", str, Mapping[str, Any], float], None]
+SnapshotFn = Callable[["Machine"], Awaitable[None]]
 
 
 @dataclass
@@ -121,6 +123,9 @@ class Machine:
     on_fact: FactFn  # (machine, QMP event name, data, QEMU wall time)
     on_exit: Callable[[Machine], None]
     console_offset: int = 0
+    on_snapshot: SnapshotFn | None = None  # after the phase snapshot was taken (before the gate opens)
+    data_shared: bool = False  # the data disk is raw and shareable (launched for a unit with a standby)
+    phase_image_id: str | None = None  # the unit's phase image made from this guest's phase snapshot
     pid: int = 0
     create_time: float = 0.0
     started_mono: float = 0.0
@@ -154,12 +159,14 @@ class Machine:
 
     # -- attach / detach ----------------------------------------------------------------------------
 
-    async def attach(self, pid: int, *, create_time: float | None = None, replay: bool = False) -> None:
+    async def attach(self, pid: int, *, create_time: float | None = None, replay: bool = False,
+                     watch_console: bool = True) -> None:
         """Pin process ``pid`` (checking ``create_time`` if given), connect QMP, start watching.
 
         Raises ``IdentityError`` if the pid is gone or is another process, ``QmpError`` if QMP does
         not answer (the pidfd is released again in both cases). ``replay`` reads the console from
-        ``console_offset`` without acting on old markers (adoption).
+        ``console_offset`` without acting on old markers (adoption). Without ``watch_console`` (a
+        standby) the console task is started later by ``watch``.
         """
         try:
             proc = psutil.Process(pid)
@@ -191,6 +198,11 @@ class Machine:
         if replay:
             self.console.poll(self.clock.monotonic())
         asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
+        if watch_console:
+            self.watch()
+
+    def watch(self) -> None:
+        """Start the console task (phases, phase snapshot, gate)."""
         self._tasks.append(asyncio.create_task(self._watch_console(), name=f"console-{self.name}"))
 
     def _exited(self) -> None:
@@ -265,6 +277,11 @@ class Machine:
         order = list(GUEST_PHASES)
         self.snapshot_phases = {k: v for k, v in self.console.phases.items()
                                 if k in order and order.index(k) <= order.index(phase)}
+        if self.on_snapshot is not None:
+            try:
+                await self.on_snapshot(self)
+            except Exception:  # the hook's trouble must not keep the gate closed
+                log.exception("unit %s: after the phase snapshot", self.name)
 
     def open_gate(self) -> None:
         """Tell the guest (``go`` on ttyS1) to mount its data disk; retried until ``data-ready``."""
@@ -373,6 +390,14 @@ class Machine:
             return
         with contextlib.suppress(ProcessLookupError):
             signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    async def wait_gone(self, timeout_s: float) -> bool:
+        """Wait until the QEMU process has exited (its files, sockets and ports are closed then)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), timeout=timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     async def _wait_done(self, timeout_s: float) -> bool:
         try:
