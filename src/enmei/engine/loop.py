@@ -323,6 +323,11 @@ class Engine:
             judge = self.judges.get(ev.unit)
             if judge is not None:
                 judge.reset()  # a new instance: aging starts over (a restart frees what leaked)
+            # A backend may replace the instance by itself (a VM's warm standby taking over in a phase
+            # reboot, a whole-state restore): the saved identity must name the running one, for adoption.
+            identity = unit.backend.identity(ev.unit)
+            if identity is not None and identity != self._identities.get(ev.unit):
+                self._identity_changed(ev.unit, identity)
 
     def _on_observation(self, obs: Observation) -> None:
         unit = self.units.get(obs.unit)
