@@ -1,9 +1,11 @@
 """Remedies for virtual machines: phase-based reboot and cold reboot (the QEMU backend's mechanisms).
 
 ``phase_reboot``: the guest goes back to the boot phase the backend snapshotted on its first boot
-(``service-ready``) instead of booting again; the data disk keeps its present state (see
-``enmei.visor.qemu.backend``). If it fails (no snapshot, a corrupt one), the outcome says so and the
-policy's next step is ``cold_reboot``: reset, boot again, wait until the guest is ready.
+(``service-ready``) instead of booting again — through the unit's warm standby QEMU when one is ready,
+else by loading the snapshot in place; the outcome's ``via`` says which (and the standby's step timings).
+The data disk keeps its present state (see ``enmei.visor.qemu.backend``). If it fails (no snapshot, a
+corrupt one), the outcome says so and the policy's next step is ``cold_reboot``: reset, boot again,
+wait until the guest is ready.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ class PhaseReboot(Remedy):
         except VisorError as exc:
             return Result.failed(exc.cause)
         _fresh(unit)
-        return Result.ok(f"back at the phase snapshot in {took:.3f}s", seconds=round(took, 4))
+        report_fn = getattr(unit.backend, "reboot_report", None)
+        report = dict(report_fn(unit.name) or {}) if callable(report_fn) else {}
+        report.pop("took_s", None)
+        via = report.get("via")
+        how = f" through the {via}" if via == "standby" else f" ({via})" if via else ""
+        return Result.ok(f"back at the phase snapshot{how} in {took:.3f}s", seconds=round(took, 4), **report)
 
 
 class ColdReboot(Remedy):

@@ -1,0 +1,167 @@
+"""A VM unit under a real engine: a kernel panic in the guest is seen through QMP, the built-in policy
+answers with a phase-based reboot, the warm standby takes over, the service answers again with its data,
+and the journal holds the whole chain (verdict -> decision -> remedy start -> outcome), verified."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from enmei.box import verify
+from enmei.config.load import load_text
+from enmei.demo.ports import free_ports
+from enmei.engine import Engine, journal_for
+from enmei.model import UnitState
+from enmei.monitor.http import HttpError, http_get
+from enmei.visor.qemu import ImageInfo, QemuBackend, build
+from enmei.visor.state import StateFile
+
+pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
+
+
+def config(image: str, port: int) -> str:
+    return f"""
+[supervisor]
+state_dir = "state"
+tick_s = 0.5
+
+[units.vm]
+backend = "qemu"
+image = "{image}"
+accel = "tcg"
+forward = ["{port}:80"]
+ready_timeout_s = 60
+start_s = 0.5
+stop_timeout_s = 10
+
+[[units.vm.probes]]
+kind = "http"
+url = "http://127.0.0.1:{port}/version"
+interval_s = 0.2
+timeout_s = 0.5
+fail_after = 3
+"""
+
+
+@dataclass
+class Rig:
+    engine: Engine
+    port: int
+    records: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def backend(self) -> QemuBackend:
+        b = self.engine.units["vm"].backend
+        assert isinstance(b, QemuBackend)
+        return b
+
+    def find(self, record_kind: str, **match: Any) -> list[tuple[int, dict[str, Any]]]:
+        return [(seq, body) for seq, k, _, body in self.records
+                if k == record_kind and all(body.get(key) == value for key, value in match.items())]
+
+    async def until(self, what: str, pred: Any, timeout_s: float = 30.0) -> None:
+        end = time.monotonic() + timeout_s
+        while not pred():
+            if time.monotonic() > end:
+                tail = [(s, k, b.get("event") or b.get("action") or b.get("kind")) for s, k, _, b in self.records[-15:]]
+                raise AssertionError(f"timed out waiting for {what}; last records: {tail}")
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def qemu_image() -> ImageInfo:
+    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
+        pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
+    return build()
+
+
+def _our_qemus(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            cmd = p.info["cmdline"] or []
+            if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
+                    and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+    return out
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, qemu_image: ImageInfo) -> AsyncIterator[Rig]:
+    (port,) = free_ports(1)
+    loaded = load_text(config(qemu_image.directory, port), tmp_path / "enmei.toml")
+    journal = journal_for(loaded).open()
+    engine = Engine(loaded, journal=journal)
+    r = Rig(engine, port)
+    engine.subscribe(lambda seq, kind, unit, body: r.records.append((seq, kind, unit, dict(body))))
+    task = asyncio.create_task(engine.run())
+    try:
+        await r.until("the VM unit running", lambda: "vm" in engine.units
+                      and engine.units["vm"].state is UnitState.RUNNING, 90)
+        yield r
+    finally:
+        engine.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 60)
+        journal.close()
+        for p in _our_qemus(str(tmp_path)):  # every QEMU this test started ends, also on failure
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+                os.kill(p.pid, signal.SIGKILL)
+    assert _our_qemus(str(tmp_path)) == [], "a QEMU survived the engine's stop"
+    assert verify(loaded.journal_path).ok
+
+
+async def test_a_guest_panic_is_repaired_by_a_phase_reboot_through_the_engine(rig: Rig) -> None:
+    port = rig.port
+    assert await rig.backend.wait_standby("vm", 60), rig.backend.standby("vm")
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?put=kept", timeout_s=5) == (200, b"stored\n")
+    old = rig.backend.identity("vm")
+    assert old is not None
+
+    # a kernel panic inside the guest (sysrq c): its connection dies with the guest's QEMU
+    with pytest.raises((OSError, TimeoutError, HttpError)):
+        await http_get("127.0.0.1", port, "/cgi-bin/fault?panic=1", timeout_s=1.0)
+    await rig.until("the remedy's outcome", lambda: rig.find("remedy.outcome", action="phase_reboot"))
+
+    # QMP's GUEST_PANICKED became a verdict; the policy chose a phase reboot because of it
+    ((v_seq, verdict),) = rig.find("verdict", kind="panic")
+    assert verdict["unit"] == "vm" and verdict["detector"] == "qemu.pvpanic"
+    assert "Kernel panic" in (verdict["evidence"]["panic_message"] or "")
+    ((d_seq, decision),) = rig.find("decision", action="phase_reboot")
+    assert decision["rule"] == "panic-phase-reboot" and decision["cause_seq"] == v_seq
+    ((s_seq, start),) = rig.find("remedy.start", action="phase_reboot")
+    assert start["decision_seq"] == d_seq and s_seq > d_seq
+    ((o_seq, outcome),) = rig.find("remedy.outcome", action="phase_reboot")
+    assert outcome["state"] == "succeeded" and outcome["decision_seq"] == d_seq
+    assert outcome["remedy_id"] == start["remedy_id"] and o_seq > s_seq
+    assert outcome["data"]["via"] == "standby"  # the warm standby took over
+
+    # the service answers again, with the data it synced before the panic
+    status, body = await http_get("127.0.0.1", port, "/version", timeout_s=2)
+    assert status == 200 and body.startswith(b"enmei-demo")
+    await rig.until("the data disk mounted", lambda: "data-ready" in rig.backend.phases("vm"))
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?get", timeout_s=5) == (200, b"kept\n")
+
+    # a new QEMU serves the unit now: its identity is what the engine saved (for adoption)
+    new = rig.backend.identity("vm")
+    assert new is not None and new.pid != old.pid and new.extra["promoted"]
+    assert rig.find("unit.event", event="started", via="phase-standby", replaced_pid=old.pid)
+    await rig.until("the identity saved", lambda: StateFile(rig.engine.state_dir / "units.json").load().get(
+        "vm") == new)
+    # nothing else was needed: no cold reboot, no restart; the unit stayed running
+    assert not [b for _, b in rig.find("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
+    assert rig.engine.units["vm"].state is UnitState.RUNNING
+    await rig.until("the probe passing again", lambda: any(s > o_seq for s, _ in rig.find("unit.health", to="ok")),
+                    10)
