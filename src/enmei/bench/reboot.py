@@ -3,24 +3,40 @@
 The same guest (the demo image, one VM unit, a forwarded port) and the same service. Each run injects
 a kernel panic in the guest (``/cgi-bin/fault?panic=1``, sysrq ``c``); the panic reaches the host as a
 QMP ``GUEST_PANICKED`` event (pvpanic), which the backend turns into a ``PANIC`` verdict; the
-benchmark, playing the policy, answers it with ``cold_reboot`` or ``phase_reboot``.
+benchmark, playing the policy, answers it with one of three repairs, ``runs`` times each:
+
+* ``cold``: ``cold_reboot`` (reset, boot again);
+* ``phase_inplace``: ``phase_reboot(standby=False)``: the phase snapshot loaded into the same QEMU;
+* ``phase_standby``: ``phase_reboot()`` as the backend does it by default (``phase_standby = true``):
+  the warm standby QEMU takes over. Before each run the benchmark waits until the standby is ready
+  (the one used by the previous run is replaced in the background in about a second);
+  ``phase_standby_via_runs`` says what each run really used.
+
+``phase_downtime_s`` is the default (the standby) and ``ratio`` = phase / cold;
+``phase_inplace_ratio`` and ``phase_standby_ratio`` are given too.
 
 An external prober sends ``GET /version`` to the forwarded port every ``probe_interval_s`` (10 ms),
-each probe in its own connection and bounded by ``probe_timeout_s``, whether or not earlier probes
-have answered (a tick is skipped only while ``max_in_flight`` probes are waiting): a connection made
-while the guest is frozen is lost with the guest's state, and waiting for it would measure the probe
-timeout. ``/version`` is the service's static version page: the CGI endpoint costs more guest CPU per
-request under TCG, and probing it 100 times a second would saturate the guest's one vCPU. Right after
-a restore TCG translates the guest's code again (a load flushes its translation cache), so the first
-requests are slow, and the probes that keep arriving meanwhile slow them further: that is part of the
-measured phase downtime.
+each probe in its own connection and bounded by ``probe_timeout_s`` (0.3 s), whether or not earlier
+probes have answered: a connection made while the guest is frozen is lost with the guest's state, and
+waiting for it would measure the probe timeout. Each probe lives about its timeout at most, so about
+``timeout / interval`` (30) can be waiting at once, while the guest is frozen or booting; a tick is
+skipped only while ``max_in_flight`` probes are waiting, and the default is twice that natural bound,
+``2 * ceil(timeout / interval)`` (60): the cap does not thin the probing (``probe_ticks_skipped``
+shows it) even when the event loop runs a little late, and still bounds the sockets if the host falls
+far behind. ``/version`` is the service's static version
+page: the CGI endpoint costs more guest CPU per request under TCG, and probing it 100 times a second
+would saturate the guest's one vCPU. Right after an in-place load TCG translates the guest's code
+again (a load flushes its translation cache), so the first requests are slow, and the probes that keep
+arriving meanwhile slow them further: that is part of the measured in-place downtime.
 
 Downtime of one run = from the fault (QEMU's timestamp of ``GUEST_PANICKED``, mapped onto the
 monotonic clock) to the first good answer (HTTP 200 with the service's version) received after the
 host learnt of the panic (the guest is frozen from the panic on, so such an answer comes from the
-repaired guest). ``run`` returns the medians over ``runs`` runs of each kind and ``ratio`` = phase /
-cold, with the per-run figures split into detect (fault to verdict), remedy (the remedy call) and
-answer (remedy done to first good answer).
+repaired guest). ``run`` returns the medians over the runs of each kind, with the per-run figures
+split into detect (fault to verdict), remedy (the remedy call) and answer (remedy done to first good
+answer: negative when the service answered before the remedy call returned — a cold reboot returns
+once the data disk is mounted, a standby takeover once its gate is open); the standby's preparation
+time and resident memory while it waits are reported too.
 
     python -m enmei.bench.reboot --runs 5
 """
@@ -31,6 +47,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import socket
 import statistics
 import tempfile
@@ -64,7 +81,7 @@ class _Prober:
     port: int
     interval_s: float
     timeout_s: float
-    max_in_flight: int = 1
+    max_in_flight: int
     skipped: int = 0
     results: list[_Probe] = field(default_factory=list)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -110,13 +127,19 @@ class _Prober:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def run(runs: int = 5, *, memory_mib: int = 256, accel: str = "auto", probe_interval_s: float = 0.01,
-        probe_timeout_s: float = 0.3, max_in_flight: int = 100, cache_dir: Path | None = None
-        ) -> dict[str, Any]:
-    """Measure both remedies ``runs`` times each; returns medians, ratio and the per-run figures.
+KINDS = ("cold", "phase_inplace", "phase_standby")
 
-    Builds the demo image first if needed (cached). Starts one QEMU and always stops it.
+
+def run(runs: int = 5, *, memory_mib: int = 256, accel: str = "auto", probe_interval_s: float = 0.01,
+        probe_timeout_s: float = 0.3, max_in_flight: int | None = None, cache_dir: Path | None = None
+        ) -> dict[str, Any]:
+    """Measure the three repairs ``runs`` times each; returns medians, ratios and the per-run figures.
+
+    Builds the demo image first if needed (cached). Starts one QEMU (and its standby) and always stops
+    them. ``max_in_flight`` defaults to ``2 * ceil(probe_timeout_s / probe_interval_s)``.
     """
+    if max_in_flight is None:
+        max_in_flight = 2 * math.ceil(probe_timeout_s / probe_interval_s)
     return asyncio.run(_run(runs, memory_mib, accel, probe_interval_s, probe_timeout_s, max_in_flight,
                             cache_dir))
 
@@ -136,19 +159,31 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
         try:
             identity = await backend.start(_UNIT, spec)
             prober_task = asyncio.create_task(prober.loop())
-            out: dict[str, list[dict[str, float]]] = {"cold": [], "phase": []}
-            for kind in ("cold", "phase"):
+            out: dict[str, list[dict[str, Any]]] = {k: [] for k in KINDS}
+            standby_rss: list[float] = []
+            for kind in KINDS:
                 for _ in range(runs):
+                    rss = await _standby_ready(backend)
+                    if kind == "phase_standby":
+                        standby_rss.append(rss)
                     out[kind].append(await _one_run(backend, prober, verdicts, port, kind))
-            cold = statistics.median(r["downtime_s"] for r in out["cold"])
-            phase = statistics.median(r["downtime_s"] for r in out["phase"])
+            med = {k: statistics.median(r["downtime_s"] for r in out[k]) for k in KINDS}
+            cold = med["cold"]
             result: dict[str, Any] = {
-                "cold_downtime_s": round(cold, 4), "phase_downtime_s": round(phase, 4),
-                "ratio": round(phase / cold, 4), "runs": runs}
-            for kind in ("cold", "phase"):
+                "cold_downtime_s": round(cold, 4), "phase_downtime_s": round(med["phase_standby"], 4),
+                "ratio": round(med["phase_standby"] / cold, 4), "runs": runs, "phase_default": "standby",
+                "phase_inplace_downtime_s": round(med["phase_inplace"], 4),
+                "phase_inplace_ratio": round(med["phase_inplace"] / cold, 4),
+                "phase_standby_downtime_s": round(med["phase_standby"], 4),
+                "phase_standby_ratio": round(med["phase_standby"] / cold, 4)}
+            for kind in KINDS:
                 for key in ("downtime_s", "detect_s", "remedy_s", "answer_s"):
                     result[f"{kind}_{key.removesuffix('_s')}_runs_s"] = [round(r[key], 4) for r in out[kind]]
+            result["phase_standby_via_runs"] = [r["via"] for r in out["phase_standby"]]
+            result["phase_inplace_via_runs"] = [r["via"] for r in out["phase_inplace"]]
+            result["phase_standby_prepare_runs_s"] = [r["standby_prepare_s"] for r in out["phase_standby"]]
             result.update({
+                "standby_rss_mib": round(statistics.median(standby_rss), 1) if standby_rss else None,
                 "accel": str(identity.extra.get("accel")), "memory_mib": memory_mib,
                 "probe_interval_s": interval_s, "probe_timeout_s": timeout_s,
                 "probe_max_in_flight": max_in_flight, "probes": len(prober.results),
@@ -166,11 +201,20 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
             await backend.close()
 
 
+async def _standby_ready(backend: QemuBackend) -> float:
+    """Wait until the unit's standby is ready; its resident memory (MiB) then."""
+    if not await backend.wait_standby(_UNIT, 60.0):
+        raise RuntimeError(f"the standby did not get ready: {backend.standby(_UNIT)}")
+    status = backend.standby(_UNIT) or {}
+    return float(status.get("rss_bytes") or 0.0) / 2**20
+
+
 async def _one_run(backend: QemuBackend, prober: _Prober, verdicts: asyncio.Queue[Verdict], port: int,
-                   kind: str) -> dict[str, float]:
+                   kind: str) -> dict[str, Any]:
     """One fault and its repair: the downtime and where it went."""
     await _until_good(prober, time.monotonic(), 30.0)
     await _until_phase(backend, "data-ready", 30.0)
+    await asyncio.sleep(0.3)  # let the service settle before the fault
     while not verdicts.empty():
         verdicts.get_nowait()
     verdict = await _panic_until_verdict(port, verdicts)
@@ -178,15 +222,19 @@ async def _one_run(backend: QemuBackend, prober: _Prober, verdicts: asyncio.Queu
     assert verdict.kind == VerdictKind.PANIC
     # QEMU's wall-clock timestamp of the panic, mapped onto the monotonic clock.
     fault = seen - (time.time() - float(verdict.evidence["qemu_wall"]))
+    prepare: float | None = None
     if kind == "cold":
         await backend.cold_reboot(_UNIT)
+        via = "cold"
     else:
-        await backend.phase_reboot(_UNIT)
+        await backend.phase_reboot(_UNIT, standby=kind == "phase_standby")
+        report = backend.reboot_report(_UNIT) or {}
+        via = str(report.get("via"))
+        prepare = report.get("standby_prepare_s")
     repaired = time.monotonic()
     good = await _until_good(prober, seen, 60.0)
-    await asyncio.sleep(0.3)  # let the service settle before the next fault
     return {"downtime_s": good - fault, "detect_s": seen - fault, "remedy_s": repaired - seen,
-            "answer_s": good - repaired}
+            "answer_s": good - repaired, "via": via, "standby_prepare_s": prepare}
 
 
 async def _until_phase(backend: QemuBackend, phase: str, timeout_s: float) -> None:
@@ -239,7 +287,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
-    parser.add_argument("--max-in-flight", type=int, default=100)
+    parser.add_argument("--max-in-flight", type=int, default=None,
+                        help="default: 2 * ceil(probe timeout / probe interval)")
     args = parser.parse_args()
     print(json.dumps(run(args.runs, memory_mib=args.memory_mib, accel=args.accel,
                          max_in_flight=args.max_in_flight), indent=2))

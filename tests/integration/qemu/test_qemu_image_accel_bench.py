@@ -49,7 +49,12 @@ def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
     from enmei.bench.reboot import run
 
     result = run(runs=1, accel="tcg")
-    assert set(result) >= {"cold_downtime_s", "phase_downtime_s", "ratio", "runs"}
+    assert set(result) >= {"cold_downtime_s", "phase_downtime_s", "ratio", "runs", "phase_inplace_downtime_s",
+                           "phase_standby_downtime_s", "phase_inplace_ratio", "phase_standby_ratio"}
     assert result["runs"] == 1
-    assert 0 < result["phase_downtime_s"] < result["cold_downtime_s"]
+    # each kind of run did what it says: the standby runs went through a ready standby
+    assert result["phase_standby_via_runs"] == ["standby"] and result["phase_inplace_via_runs"] == ["in-place"]
+    assert result["phase_downtime_s"] == result["phase_standby_downtime_s"]  # the backend's default
+    assert 0 < result["phase_standby_downtime_s"] < result["phase_inplace_downtime_s"] < result["cold_downtime_s"]
     assert result["ratio"] == pytest.approx(result["phase_downtime_s"] / result["cold_downtime_s"], rel=0.01)
+    assert result["probe_max_in_flight"] == 60 and result["standby_rss_mib"] > 0
