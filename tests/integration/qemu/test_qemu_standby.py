@@ -5,6 +5,7 @@ supervisor's successor."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -93,10 +94,11 @@ async def test_the_standby_takes_over_keeps_the_data_and_the_disk_stays_clean(vm
     assert await b.wait_standby("vm", 60)
     st = b.standby("vm")
     assert st is not None and st["slot"] == "b" and st["pid"] != standby_pid
+    assert await http_get(port, "/cgi-bin/data?put=while-b-waits") == (200, "stored\n")
     await _panic(vmh, port)
     await b.phase_reboot("vm", wait_data=True)
     assert (b.reboot_report("vm") or {})["via"] == "standby"
-    assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\nafter-standby\n"
+    assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\nafter-standby\nwhile-b-waits\n"
     assert await http_get(port, "/cgi-bin/data?put=after-second") == (200, "stored\n")
 
     # without the standby (or none ready) the snapshot is loaded in place; same data
@@ -104,7 +106,7 @@ async def test_the_standby_takes_over_keeps_the_data_and_the_disk_stays_clean(vm
     pid = b.identity("vm").pid  # type: ignore[union-attr]
     await b.phase_reboot("vm", wait_data=True, standby=False)
     assert (b.reboot_report("vm") or {})["via"] == "in-place" and b.identity("vm").pid == pid  # type: ignore[union-attr]
-    assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\nafter-standby\nafter-second\n"
+    assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\nafter-standby\nwhile-b-waits\nafter-second\n"
     assert len(vmh.our_qemus()) == 2  # the unit's QEMU and one standby, never more
 
     await b.stop("vm", timeout_s=20)
@@ -151,6 +153,18 @@ async def test_an_unusable_standby_is_not_used_and_is_made_again(vmh: VmHarness)
         if not _gone(hung):
             os.kill(hung, signal.SIGCONT)
     assert await b.wait_standby("vm", 60)
+
+    # a phase reboot cancelled (an operator's stop...) is never left half-done: the takeover finishes
+    ready = b.standby("vm")["pid"]  # type: ignore[index]
+    await _panic(vmh, port)
+    task = asyncio.create_task(b.phase_reboot("vm"))
+    await asyncio.sleep(0.002)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert b.identity("vm").pid == ready and _gone(first.pid)  # type: ignore[union-attr]
+    assert (await until_answer(port, "/version")).startswith("enmei-demo")
+    assert len(vmh.our_qemus()) <= 2
     await b.stop("vm", timeout_s=20)
     assert vmh.our_qemus() == []
 

@@ -87,7 +87,7 @@ from enmei.visor.qemu.errors import ImageError, QmpError
 from enmei.visor.qemu.machine import Machine, launch, phase_tag, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
 from enmei.visor.qemu.rotate import rotate
-from enmei.visor.qemu.standby import Standby, StandbyMixin, StandbyState, _Unusable
+from enmei.visor.qemu.standby import SLOTS, Standby, StandbyMixin, StandbyState, _Unusable, remove_files
 from enmei.visor.qemu.wholestate import WholeStateMixin, phases_upto
 
 __all__ = ["QemuBackend", "VerdictFn"]
@@ -132,6 +132,7 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
         try:
             await self._drop_standby(name)
             await self._reap_strays(name, paths, keep_pid=None)
+            await asyncio.to_thread(remove_files, [f for s in SLOTS[1:] for f in paths.with_slot(s).slot_files()])
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except (StartError, ImageError, VisorError) as exc:
@@ -308,8 +309,16 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
         sb = self._standbys.get(name)
         if standby and sb is not None and sb.state is StandbyState.READY:
             del self._standbys[name]
+            # Never left half-done (the old QEMU killed, the standby not yet running): a cancel waits.
+            takeover = asyncio.ensure_future(self._take_over(name, machine, sb))
             try:
-                machine, report = await self._take_over(name, machine, sb)
+                machine, report = await asyncio.shield(takeover)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await takeover
+                if not takeover.cancelled() and isinstance(takeover.exception(), _Unusable):
+                    await self._kill_standby_machine(sb)
+                raise
             except _Unusable as exc:
                 log.warning("unit %s: the standby cannot take over (%s): loading the snapshot in place",
                             name, exc)

@@ -68,7 +68,8 @@ from enmei.visor.qemu.errors import QmpError
 from enmei.visor.qemu.machine import Machine
 
 __all__ = ["SLOTS", "Standby", "StandbyMixin", "StandbyState", "free_port", "image_key", "image_problem",
-           "kill_process", "save_phase_image", "slot_qemu", "warm"]
+           "kill_process", "remove_files", "save_phase_image", "slot_qemu",
+           "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,8 @@ async def kill_process(proc: psutil.Process, timeout_s: float = 5.0) -> bool:
         os.close(pidfd)
 
 
-def _remove(files: list[Path]) -> None:
+def remove_files(files: list[Path]) -> None:
+    """Remove these files; those already gone are no error."""
     for f in files:
         with contextlib.suppress(FileNotFoundError):
             f.unlink()
@@ -432,7 +434,7 @@ class StandbyMixin:
             if stray is not None:
                 log.warning("unit %s: killing a stray QEMU (pid %d) in slot %r", primary.name, stray.pid, slot)
                 await kill_process(stray)
-            await asyncio.to_thread(_remove, paths.slot_files())
+            await asyncio.to_thread(remove_files, paths.slot_files())
 
     async def _reap_strays(self, name: str, base: MachinePaths, keep_pid: int | None) -> None:
         """Kill every QEMU of unit ``name`` but ``keep_pid`` (found by the slots' pid files): two QEMUs of
@@ -457,7 +459,7 @@ class StandbyMixin:
             stray = slot_qemu(sb.paths)  # launched, but not attached (yet)
             if stray is not None:
                 await kill_process(stray)
-            await asyncio.to_thread(_remove, sb.paths.slot_files())
+            await asyncio.to_thread(remove_files, sb.paths.slot_files())
 
     async def _drop_standby(self, name: str) -> None:
         """Kill the unit's standby (preparing or ready), if it has one. Never raises."""
