@@ -171,11 +171,11 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
             cold = med["cold"]
             result: dict[str, Any] = {
                 "cold_downtime_s": round(cold, 4), "phase_downtime_s": round(med["phase_standby"], 4),
-                "ratio": round(med["phase_standby"] / cold, 4), "runs": runs, "phase_default": "standby",
+                "ratio": round(med["phase_standby"] / cold, 5), "runs": runs, "phase_default": "standby",
                 "phase_inplace_downtime_s": round(med["phase_inplace"], 4),
-                "phase_inplace_ratio": round(med["phase_inplace"] / cold, 4),
+                "phase_inplace_ratio": round(med["phase_inplace"] / cold, 5),
                 "phase_standby_downtime_s": round(med["phase_standby"], 4),
-                "phase_standby_ratio": round(med["phase_standby"] / cold, 4)}
+                "phase_standby_ratio": round(med["phase_standby"] / cold, 5)}
             for kind in KINDS:
                 for key in ("downtime_s", "detect_s", "remedy_s", "answer_s"):
                     result[f"{kind}_{key.removesuffix('_s')}_runs_s"] = [round(r[key], 4) for r in out[kind]]
