@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
 from enmei.config.model import UnitBase
+from enmei.engine.actions import inject, monitor, run_alert_command
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
 from enmei.engine.unit import UnitRuntime
@@ -130,7 +130,7 @@ class Engine:
         self._summaries = Summaries()
         self._next_summary = 0.0
         self._outcome_seq: dict[str, int] = {}
-        self._probe_intervals: dict[tuple[str, str], float] = {}
+        self.probe_intervals: dict[tuple[str, str], float] = {}
         self.injectors: dict[str, dict[str, Probe]] = {}
         self.started = asyncio.Event()
         self.handled = 0
@@ -180,10 +180,10 @@ class Engine:
         self._policy_notices()
         self._build_units()
         await self._adopt_or_start()
-        self._spawn(self._tick_loop(), "tick")
+        self.spawn(self._tick_loop(), "tick")
         for name, probes in self.probes.items():
             for probe in probes:
-                self._spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
+                self.spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
         self.started.set()
         consumer = asyncio.create_task(self._consume(), name="enmei-consumer")
         stopper = asyncio.create_task(self._stopping.wait())
@@ -267,7 +267,8 @@ class Engine:
 
     # -- the loop ----------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the engine owns (cancelled at shutdown)."""
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -434,7 +435,7 @@ class Engine:
             self.record(RecordKind.DECISION, d.unit, body)
             return
         elif d.action in ("monitor", "inject"):
-            problem = self._monitor(unit, d.args) if d.action == "monitor" else self._inject(unit, d.args)
+            problem = monitor(self, unit, d.args) if d.action == "monitor" else inject(self, unit, d.args)
             if problem is None:
                 self.record(RecordKind.DECISION, d.unit, body)
                 return
@@ -470,67 +471,6 @@ class Engine:
         if judge is not None:
             judge.reset()
 
-    def _monitor(self, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
-        """``monitor``: run probe ``probe`` every ``interval_s`` (for ``for_s``, then back to the config)."""
-        probe = next((p for p in self.probes.get(unit.name, []) if p.name == args.get("probe")), None)
-        if probe is None:
-            names = ", ".join(p.name for p in self.probes.get(unit.name, [])) or "none"
-            return f"unit {unit.name} has no probe {args.get('probe')!r} (probes: {names})"
-        interval = args.get("interval_s")
-        for_s = args.get("for_s")
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 3600:
-            return "monitor: 'interval_s' must be a number of seconds from 0.1 to 3600"
-        if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or for_s <= 0):
-            return "monitor: 'for_s' must be a positive number of seconds"
-        unknown = set(args) - {"probe", "interval_s", "for_s"}
-        if unknown:
-            return f"monitor takes no argument {sorted(unknown)[0]!r} (allowed: probe, interval_s, for_s)"
-        configured = self._probe_intervals.setdefault((unit.name, probe.name), probe.interval_s)
-        probe.interval_s = float(interval)
-        if for_s is not None:
-            async def back() -> None:
-                await self.clock.sleep(float(for_s))
-                probe.interval_s = configured
-                self.record(RecordKind.DECISION, unit.name, {
-                    "action": "monitor", "args": {"probe": probe.name, "interval_s": configured},
-                    "reason": f"back to the configured interval after {for_s:g}s", "policy": "engine",
-                    "rule": "monitor-expired", "cause_seq": None, "not_before": None})
-
-            self._spawn(back(), f"monitor {unit.name}/{probe.name}")
-        return None
-
-    def _inject(self, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
-        """``inject``: run injector ``injector`` ``count`` times, ``every_s`` apart (default once)."""
-        injector = self.injectors.get(unit.name, {}).get(str(args.get("injector")))
-        if injector is None:
-            names = ", ".join(self.injectors.get(unit.name, {})) or "none"
-            return f"unit {unit.name} has no injector {args.get('injector')!r} (injectors: {names})"
-        count, every = args.get("count", 1), args.get("every_s", 0.0)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-            return "inject: 'count' must be a whole number from 1 to 1000"
-        if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every <= 86400:
-            return "inject: 'every_s' must be a number of seconds from 0 to 86400"
-        unknown = set(args) - {"injector", "count", "every_s"}
-        if unknown:
-            return f"inject takes no argument {sorted(unknown)[0]!r} (allowed: injector, count, every_s)"
-
-        async def runs() -> None:
-            for i in range(count):
-                if i:
-                    await self.clock.sleep(float(every))
-                if not unit.alive():
-                    return
-                try:
-                    obs = await injector.observe()
-                except Exception as exc:
-                    log.exception("injector %s/%s failed", unit.name, injector.name)
-                    obs = Observation(unit.name, injector.name, False, self.clock.monotonic(), self.clock.wall(),
-                                      {}, f"injector error: {type(exc).__name__}: {exc}")
-                self.queue.put_nowait(obs)
-
-        self._spawn(runs(), f"inject {unit.name}/{injector.name}")
-        return None
-
     async def _intent(self, run: RemedyRun) -> None:
         self.record(RecordKind.REMEDY_START, run.unit.name, {
             "remedy_id": run.remedy_id, "action": run.action, "args": dict(run.args),
@@ -563,25 +503,12 @@ class Engine:
         log.log(logging.ERROR if severity is Severity.CRITICAL else logging.WARNING, "ALERT %s", message)
         cmd = self.config.supervisor.alert_command
         if cmd:
-            self._spawn(self._run_alert_command(cmd, {"seq": seq, "unit": unit, **body}), "alert command")
+            self.spawn(self._alert_command(cmd, {"seq": seq, "unit": unit, **body}), "alert command")
 
-    async def _run_alert_command(self, cmd: list[str], payload: Mapping[str, Any]) -> None:
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.PIPE, cwd=self.loaded.base_dir)
-            try:
-                async with asyncio.timeout(10.0):
-                    _, err = await proc.communicate(json.dumps(payload, default=str).encode())
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-                raise
-            if proc.returncode:
-                raise EnmeiError(f"exit code {proc.returncode}: {err.decode(errors='replace')[-200:]}")
-        except (OSError, EnmeiError, TimeoutError) as exc:
-            self.record(RecordKind.ALERT, payload.get("unit"), {
-                "severity": "warning", "message": f"alert command {cmd[0]} failed: {exc or 'timed out'}"})
+    async def _alert_command(self, cmd: list[str], payload: Mapping[str, Any]) -> None:
+        problem = await run_alert_command(cmd, payload, self.loaded.base_dir)
+        if problem is not None:
+            self.record(RecordKind.ALERT, payload.get("unit"), {"severity": "warning", "message": problem})
 
     def _identity_changed(self, name: str, identity: Identity | None) -> None:
         if identity is None:
