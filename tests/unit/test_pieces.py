@@ -18,7 +18,7 @@ from enmei.monitor.lograte import LogProbe
 from enmei.remedy import REMEDIES
 from enmei.remedy.rejuvenate import quiet_threshold
 from enmei.visor.base import Identity
-from enmei.visor.process import rotate, tail_lines
+from enmei.visor.logs import rotate, tail_lines
 from enmei.visor.state import StateFile
 
 

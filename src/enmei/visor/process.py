@@ -36,8 +36,9 @@ from enmei.config.model import ProcessUnit
 from enmei.errors import IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
+from enmei.visor.logs import rotate, tail_lines
 
-__all__ = ["ENV_SUPERVISOR", "ENV_UNIT", "ProcessBackend", "port_owner", "tail_lines"]
+__all__ = ["ENV_SUPERVISOR", "ENV_UNIT", "ProcessBackend", "port_owner"]
 
 ENV_UNIT = "ENMEI_UNIT"
 ENV_SUPERVISOR = "ENMEI_SUPERVISOR"
@@ -335,39 +336,6 @@ def process_stats(proc: psutil.Process) -> dict[str, float]:
         except (psutil.AccessDenied, AttributeError):
             pass
     return out
-
-
-def tail_lines(path: Path, n: int, max_bytes: int = 4096) -> list[str]:
-    """The last ``n`` lines of a file (reading at most ``max_bytes``); [] if it cannot be read."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except OSError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    return [ln[:300] for ln in lines[-n:]]
-
-
-def rotate(path: Path, max_bytes: int, keep: int) -> bool:
-    """Copy-truncate ``path`` if it is larger than ``max_bytes``; keeps ``keep`` old files (.1 newest)."""
-    try:
-        if path.stat().st_size <= max_bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    if keep > 0:
-        for i in range(keep - 1, 0, -1):
-            older = path.with_name(f"{path.name}.{i}")
-            if older.exists():
-                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-        with open(path, "rb") as src, open(path.with_name(f"{path.name}.1"), "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-    os.truncate(path, 0)
-    return True
 
 
 def _check_free(name: str, addr: str) -> None:

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 MODULES = ["enmei.visor.qemu", "enmei.visor.qemu.console", "enmei.visor.qemu.cpio",
-           "enmei.visor.qemu.netcount", "enmei.visor.qemu.monitor_api", "enmei.visor.qemu.rotate"]
+           "enmei.visor.qemu.netcount", "enmei.visor.qemu.monitor_api", "enmei.visor.logs"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -110,7 +110,7 @@ def test_text_becomes_key_chords() -> None:
 
 
 def test_console_reader_follows_a_rotated_file(tmp_path: Path) -> None:
-    from enmei.visor.qemu.rotate import rotate
+    from enmei.visor.logs import rotate
 
     con = tmp_path / "console.log"
     con.write_bytes(b"enmei-phase: kernel t=1\n" + b"x" * 200 + b"\n")

@@ -79,6 +79,7 @@ from enmei.config.qemu import QemuUnit
 from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
 from enmei.visor.base import Backend, Capability, EmitFn, Identity
+from enmei.visor.logs import rotate
 from enmei.visor.qemu import image as images
 from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
 from enmei.visor.qemu.cmdline import MachinePaths
@@ -86,7 +87,6 @@ from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import ImageError, QmpError
 from enmei.visor.qemu.machine import Machine, launch, phase_tag, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
-from enmei.visor.qemu.rotate import rotate
 from enmei.visor.qemu.standby import SLOTS, Standby, StandbyMixin, StandbyState, _Unusable, remove_files
 from enmei.visor.qemu.wholestate import WholeStateMixin, phases_upto
 

@@ -1,4 +1,5 @@
-"""Copy-then-truncate rotation of a log file another process appends to (QEMU's console file).
+"""Captured logs: copy-then-truncate rotation of a file another process appends to (a unit's stdout and
+stderr, QEMU's console), and the tail of a log for a person.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -16,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["rotate"]
+__all__ = ["rotate", "tail_lines"]
 
 
 def rotate(path: Path, max_bytes: int, keep: int) -> bool:
@@ -38,3 +39,17 @@ def rotate(path: Path, max_bytes: int, keep: int) -> bool:
         shutil.copyfile(path, path.with_name(f"{path.name}.1"))
     os.truncate(path, 0)
     return True
+
+
+def tail_lines(path: Path, n: int, max_bytes: int = 4096) -> list[str]:
+    """The last ``n`` lines of a file (reading at most ``max_bytes``); [] if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [ln[:300] for ln in lines[-n:]]
