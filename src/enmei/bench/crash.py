@@ -21,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -41,7 +42,7 @@ __all__ = ["config_text", "run"]
 _UNITS = ("web1", "web2")
 
 
-def config_text(ports: list[int]) -> str:
+def config_text(ports: list[int], vm_port: int | None = None) -> str:
     py = sys.executable
     parts = ['[supervisor]\nstate_dir = "state"\nsummary_every_s = 2\n']
     for name, port in zip(_UNITS, ports, strict=True):
@@ -75,15 +76,28 @@ backoff_max_s = 0.3
 budget = 100000
 window_s = 60
 """)
+    if vm_port is not None:
+        parts.append(f"""
+[units.vm]
+backend = "qemu"
+forward = ["{vm_port}:80"]
+[[units.vm.probes]]
+kind = "http"
+url = "http://127.0.0.1:{vm_port}/version"
+interval_s = 0.5
+timeout_s = 0.5
+""")
     return "".join(parts)
 
 
 class _Run:
-    def __init__(self, workdir: Path, rng: random.Random) -> None:
+    def __init__(self, workdir: Path, rng: random.Random, vm: bool = False) -> None:
         self.workdir = workdir
         self.rng = rng
         self.cfg = workdir / "enmei.toml"
-        self.cfg.write_text(config_text(free_ports(len(_UNITS))))
+        ports = free_ports(len(_UNITS) + 1)
+        self.vm_port = ports[-1] if vm else None
+        self.cfg.write_text(config_text(ports[:len(_UNITS)], self.vm_port))
         self.loaded = load_text(self.cfg.read_text(), self.cfg)
         self.journal = self.loaded.journal_path
         self.instance = ProcessBackend(clock=None, state_dir=self.loaded.state_dir, emit=None).instance
@@ -189,6 +203,48 @@ class _Run:
                 self.counts["unadopted_units"] += 1
                 self.notes.append(f"{unit}: pid {alive[0]} alive but not owned by the supervisor")
 
+    def vm_qemus(self) -> list[int]:
+        """Pids of the QEMUs (the VM and its standby) started for the ``vm`` unit of this state dir."""
+        mark = str(self.loaded.state_dir / "qemu" / "vm")
+        out = []
+        for p in psutil.process_iter(["pid", "name"]):
+            try:
+                if "qemu" in (p.info["name"] or "") and p.status() != psutil.STATUS_ZOMBIE and any(
+                        mark in arg for arg in p.cmdline()):
+                    out.append(p.pid)
+            except (psutil.Error, OSError):
+                continue
+        return out
+
+    def check_vm(self, settle_s: float = 60.0) -> None:
+        """The VM is owned (its QEMU is the one units.json names) and at most one standby is beside it.
+
+        A VM being booted again (after a crash in the middle of a takeover, the new supervisor starts it
+        afresh rather than guess) is owned once its start is done: wait for that, up to ``settle_s``."""
+        end = time.monotonic() + settle_s
+        while True:
+            try:
+                owned = json.loads((self.loaded.state_dir / "units.json").read_text())["units"]
+            except (OSError, ValueError, KeyError):
+                owned = {}
+            alive = self.vm_qemus()
+            pid = int((owned.get("vm") or {}).get("pid", -1))
+            if not alive or pid in alive or time.monotonic() > end:
+                break
+            time.sleep(0.5)
+        if alive and pid not in alive:
+            self.counts["unadopted_units"] += 1
+            self.notes.append(f"vm: QEMU {alive} alive, but the supervisor owns {pid}")
+        if len(alive) > 2:
+            self.counts["duplicate_remedies"] += 1
+            self.counts["unadopted_units"] += len(alive) - 2
+            self.notes.append(f"vm: {len(alive)} QEMUs alive: {alive}")
+
+    def panic_the_vm(self) -> None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", int(self.vm_port or 0)),
+                                                                     timeout=0.5) as s:
+            s.sendall(b"GET /cgi-bin/fault?panic=1 HTTP/1.0\r\n\r\n")
+
     def check_remedies(self) -> None:
         with Reader(self.journal) as r:
             rows = r.conn.execute(
@@ -210,19 +266,34 @@ class _Run:
             for pid in self.instances(unit):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
+        if self.vm_port is not None:
+            for pid in self.vm_qemus():  # a QEMU is daemonized: it is ours by its state dir in the command line
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
 
-def run(points: int = 200, seed: int = 0, settle_s: float = 1.0, keep: bool = False) -> dict[str, Any]:
+def run(points: int = 200, seed: int = 0, settle_s: float = 1.0, keep: bool = False,
+        vm: bool = False) -> dict[str, Any]:
+    """``vm``: also a QEMU unit (needs a built image); some kills then land in the middle of its phase
+    reboot, and after each restart its QEMU must be the one the supervisor owns."""
     rng = random.Random(seed)
     tmp = Path(tempfile.mkdtemp(prefix="enmei-bench-crash-"))
-    bench = _Run(tmp, rng)
+    bench = _Run(tmp, rng, vm=vm)
     t0 = time.monotonic()
     mid_remedy = 0
     try:
         bench.start()
+        if vm:  # the first boot, its phase snapshot and standby take a while under TCG
+            end = time.monotonic() + 120
+            while time.monotonic() < end and not _answers(int(bench.vm_port or 0)):
+                time.sleep(0.5)
         for i in range(points):
             time.sleep(rng.uniform(0.3, 1.5))
-            if i % 3 == 0:  # kill a unit, then the supervisor while it repairs it
+            if vm and i % 3 == 1:  # panic the guest, then kill the supervisor during its phase reboot
+                bench.panic_the_vm()
+                time.sleep(rng.uniform(0.0, 0.1))
+                mid_remedy += 1
+            elif i % 3 == 0:  # kill a unit, then the supervisor while it repairs it
                 bench.kill_a_unit()
                 time.sleep(rng.uniform(0.0, 0.25))
                 mid_remedy += 1
@@ -233,6 +304,8 @@ def run(points: int = 200, seed: int = 0, settle_s: float = 1.0, keep: bool = Fa
             bench.check_durable()
             bench.check_verify()
             bench.check_adoption()
+            if vm:
+                bench.check_vm()
         bench.stop()
         bench.snapshot_durable()
         bench.check_durable()
@@ -241,8 +314,17 @@ def run(points: int = 200, seed: int = 0, settle_s: float = 1.0, keep: bool = Fa
         with Reader(bench.journal) as r:
             records = r.count()
         return {"points": points, **bench.counts, "mid_remedy_points": mid_remedy, "journal_records": records,
-                "seconds": round(time.monotonic() - t0, 1), "notes": bench.notes[:20]}
+                "vm": vm, "seconds": round(time.monotonic() - t0, 1), "notes": bench.notes[:20]}
     finally:
         bench.cleanup()
         if not keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"GET /version HTTP/1.0\r\n\r\n")
+            return b" 200 " in s.recv(64)
+    except OSError:
+        return False

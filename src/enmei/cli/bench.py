@@ -70,11 +70,13 @@ def aging(as_json: JsonOpt = False, seed: Annotated[int, typer.Option(help="Gene
 @app.command()
 def crash(as_json: JsonOpt = False,
           points: Annotated[int, typer.Option(help="How many times to kill -9 the supervisor")] = 200,
-          seed: Annotated[int, typer.Option(help="Random seed for the kill instants")] = 0) -> None:
+          seed: Annotated[int, typer.Option(help="Random seed for the kill instants")] = 0,
+          vm: Annotated[bool, typer.Option("--vm", help="Also a QEMU unit, panicked before some kills")] = False,
+          ) -> None:
     """Kill -9 a real supervisor at random instants (mid-remedy, mid-commit) and count what broke."""
     from enmei.bench import crash as bench_crash
 
-    emit("enmei bench crash", bench_crash.run(points, seed), as_json)
+    emit("enmei bench crash", bench_crash.run(points, seed, vm=vm), as_json)
 
 
 @app.command()

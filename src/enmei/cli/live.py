@@ -53,7 +53,8 @@ def describe(kind: str, body: Mapping[str, Any]) -> str:
     if kind == "remedy.start":
         return f"remedy {body.get('action')} started ({body.get('remedy_id')})"
     if kind == "remedy.outcome":
-        return (f"remedy {body.get('action')} {body.get('state')} in {body.get('duration_s')}s"
+        took = f" in {body['duration_s']}s" if body.get("duration_s") is not None else ""
+        return (f"remedy {body.get('action')} {body.get('state')}{took}"
                 f"{': ' + str(body['detail']) if body.get('detail') else ''}")
     if kind == "alert":
         return f"ALERT [{body.get('severity')}] {body.get('message')}"
