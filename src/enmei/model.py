@@ -35,6 +35,7 @@ __all__ = [
     "Verdict",
     "VerdictKind",
     "as_dict",
+    "describe_exit",
 ]
 
 
@@ -195,6 +196,19 @@ class Outcome:
 
 
 Event = UnitEvent | Verdict | Outcome | Tick
+
+
+def describe_exit(detail: Mapping[str, Any]) -> str:
+    """How a unit ended, for a person: "killed by SIGKILL", "exited with code 3", or the backend's reason.
+
+    >>> describe_exit({"signal": "SIGSEGV", "code": None}), describe_exit({"code": 3})
+    ('killed by SIGSEGV', 'exited with code 3')
+    """
+    if detail.get("signal"):
+        return f"killed by {detail['signal']}"
+    if detail.get("code") is not None:
+        return f"exited with code {detail['code']}"
+    return str(detail.get("reason") or "exited")
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

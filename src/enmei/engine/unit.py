@@ -25,7 +25,7 @@ from enmei.clock import Clock, within
 from enmei.config.model import UnitBase, probe_name
 from enmei.detect.failures import ProbeFailures
 from enmei.errors import StartError, StateError
-from enmei.model import Health, RecordKind, Severity, UnitState
+from enmei.model import Health, RecordKind, Severity, UnitState, describe_exit
 from enmei.policy.base import UnitView
 from enmei.remedy.budget import RestartBudget
 from enmei.visor.base import Backend, Identity
@@ -224,12 +224,7 @@ class UnitRuntime:
 
 
 def _describe_exit(detail: Mapping[str, Any]) -> str:
-    if detail.get("signal"):
-        s = f"killed by {detail['signal']}"
-    elif detail.get("code") is not None:
-        s = f"exit code {detail['code']}"
-    else:
-        s = str(detail.get("reason") or "exited")
+    s = describe_exit(detail)
     tail = detail.get("stderr_tail")
     if tail:
         s += f"; stderr: {tail[-1]}"

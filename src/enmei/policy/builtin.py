@@ -15,7 +15,18 @@ Rules (each decision names its rule):
 
 from __future__ import annotations
 
-from enmei.model import Decision, Event, Outcome, RemedyState, Tick, UnitEvent, UnitEventKind, Verdict, VerdictKind
+from enmei.model import (
+    Decision,
+    Event,
+    Outcome,
+    RemedyState,
+    Tick,
+    UnitEvent,
+    UnitEventKind,
+    Verdict,
+    VerdictKind,
+    describe_exit,
+)
 from enmei.policy.base import UnitView, View
 
 __all__ = ["BuiltinPolicy"]
@@ -80,11 +91,4 @@ class BuiltinPolicy:
 
 
 def _exit_reason(event: UnitEvent) -> str:
-    d = event.detail
-    if d.get("signal"):
-        how = f"killed by {d['signal']}"
-    elif d.get("code") is not None:
-        how = f"exited with code {d['code']}"
-    else:
-        how = str(d.get("reason") or "exited")
-    return f"{how} after {d.get('uptime_s', '?')}s"
+    return f"{describe_exit(event.detail)} after {event.detail.get('uptime_s', '?')}s"

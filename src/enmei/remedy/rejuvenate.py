@@ -16,8 +16,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from enmei.errors import StartError, StopError
+from enmei.errors import StopError
+from enmei.model import RemedyState
 from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.restart import start_and_hold
 
 __all__ = ["Rejuvenate", "quiet_threshold"]
 
@@ -81,11 +83,7 @@ class Rejuvenate(Remedy):
                 await unit.stop(spec.stop_timeout_s)
             except StopError as exc:
                 return Result.failed(f"could not stop: {exc.cause}", **data)
-        try:
-            await unit.start()
-        except StartError as exc:
-            return Result.failed(f"start failed: {exc.cause}", **data)
-        why = await unit.wait_stable()
-        if why is not None:
-            return Result.failed(why, **data)
+        started = await start_and_hold(unit)
+        if started.state is not RemedyState.SUCCEEDED:
+            return Result(started.state, started.detail, data)
         return Result.ok(f"rejuvenated after {waited:.1f}s ({reason})", **data)

@@ -16,12 +16,13 @@ from enmei.errors import StartError, StopError
 from enmei.model import Severity, UnitState
 from enmei.remedy.base import Remedy, Result, UnitControl
 
-__all__ = ["Escalate", "Restart", "Start", "Stop"]
+__all__ = ["Escalate", "Restart", "Start", "Stop", "start_and_hold"]
 
 _SLACK_S = 10.0
 
 
-async def _start_and_hold(unit: UnitControl) -> Result:
+async def start_and_hold(unit: UnitControl) -> Result:
+    """Start the unit and check that the start holds for its ``start_s``."""
     try:
         await unit.start()
     except StartError as exc:
@@ -52,7 +53,7 @@ class Restart(Remedy):
         if delay > 0:
             unit.set_state(UnitState.BACKOFF, f"waiting {delay:g}s before restarting")
             await unit.clock.sleep(delay)
-        result = await _start_and_hold(unit)
+        result = await start_and_hold(unit)
         return Result(result.state, result.detail, {**result.data, "delay_s": delay})
 
 
@@ -66,7 +67,7 @@ class Start(Remedy):
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         if unit.alive():
             return Result.ok("already running")
-        return await _start_and_hold(unit)
+        return await start_and_hold(unit)
 
 
 class Stop(Remedy):
@@ -113,7 +114,7 @@ class Escalate(Remedy):
             unit.alert(f"unit {unit.name}: {why}; retrying every {retry:g}s until it holds",
                        Severity.CRITICAL, {"retry_in_s": retry, "why": why})
         await unit.clock.sleep(retry)
-        result = await _start_and_hold(unit)
+        result = await start_and_hold(unit)
         if result.state.value == "succeeded" and spec.escalate.alert:
             unit.alert(f"unit {unit.name}: running again after escalation", Severity.INFO, {})
         return Result(result.state, result.detail, {**result.data, "retry_in_s": retry})
