@@ -9,6 +9,7 @@ stderr, QEMU's console), and the tail of a log for a person.
 (True, 0, 100)
 >>> rotate(log, 50, keep=2)
 False
+>>> import shutil; shutil.rmtree(d)
 """
 
 from __future__ import annotations
