@@ -7,12 +7,13 @@ from enmei.config.model import (
     LogProbe,
     ProcessProbe,
     ProcessUnit,
-    QemuUnit,
     SupervisorConfig,
     TcpProbe,
     UnitConfig,
+    config_model,
     probe_name,
 )
+from enmei.config.qemu import QemuUnit
 
 __all__ = [
     "Config",
@@ -26,6 +27,7 @@ __all__ = [
     "TcpProbe",
     "UnitConfig",
     "check",
+    "config_model",
     "load",
     "load_text",
     "probe_name",

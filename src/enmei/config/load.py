@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from enmei.config.model import Config, ProcessUnit
+from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, config_model
 from enmei.errors import ConfigError
 
 __all__ = ["LoadedConfig", "check", "load", "load_text"]
@@ -91,7 +91,7 @@ def load_text(text: str, path: Path) -> LoadedConfig:
     problems = _problems(text, path)
     if problems:
         raise _Problems(problems)
-    cfg = Config.model_validate(tomllib.loads(text))
+    cfg = config_model().model_validate(tomllib.loads(text))
     return LoadedConfig(cfg, path.absolute(), hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -116,7 +116,7 @@ def _problems(text: str, path: Path) -> list[ConfigError]:
         msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(exc))
         return [ConfigError(f"not valid TOML: {msg}", file=file, line=line)]
     try:
-        cfg = Config.model_validate(data)
+        cfg = config_model().model_validate(data)
     except ValidationError as exc:
         found = [_from_pydantic(err, data, text, file) for err in exc.errors()]
         return sorted(found, key=lambda e: e.line if e.line is not None else 1 << 30)
@@ -154,8 +154,8 @@ def _real_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
             node = node[part]
         elif isinstance(node, Mapping) and isinstance(part, str) and part.startswith(("function-", "lax-")):
             continue
-        elif isinstance(node, Mapping) and part in ("process", "qemu", "http", "tcp", "log"):
-            continue  # a union tag, not a key of the file
+        elif isinstance(node, Mapping) and part in (node.get("kind"), node.get("backend", DEFAULT_BACKEND)):
+            continue  # a union tag (a probe's kind, a unit's backend), not a key of the file
         else:
             out.append(part)
             node = None
@@ -171,7 +171,7 @@ def _dotted(loc: Sequence[Any]) -> str:
 
 def _allowed_keys(loc: Sequence[Any], data: Mapping[str, Any]) -> list[str]:
     """The keys the model allows at ``loc`` (best effort; [] when it cannot tell)."""
-    model: Any = Config
+    model: Any = config_model()
     node: Any = data
     for part in loc:
         if isinstance(node, Mapping):
@@ -211,7 +211,7 @@ def _unwrap(annotation: Any, node: Any) -> Any:
             for m in models:
                 for tag in ("backend", "kind"):
                     f = m.model_fields.get(tag)
-                    if f is not None and node.get(tag, "process" if tag == "backend" else None) in (
+                    if f is not None and node.get(tag, DEFAULT_BACKEND if tag == "backend" else None) in (
                         typing.get_args(f.annotation) or ()
                     ):
                         return m

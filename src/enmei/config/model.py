@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, create_model, field_validator, model_validator
 
 __all__ = [
     "Config",
@@ -39,13 +39,13 @@ __all__ = [
     "ProbeConfig",
     "ProcessProbe",
     "ProcessUnit",
-    "QemuUnit",
     "RejuvenateConfig",
     "RestartConfig",
     "SupervisorConfig",
     "TcpProbe",
     "UnitBase",
     "UnitConfig",
+    "config_model",
     "probe_name",
 ]
 
@@ -283,6 +283,10 @@ def probe_name(probe: HttpProbe | TcpProbe | ProcessProbe | LogProbe) -> str:
 
 
 class _UnitBase(_Model):
+    """The keys every unit has, whatever its backend. A backend's model subclasses it and narrows
+    ``backend`` to its kind (``backend: Literal["process"]``), the tag the config union is built on."""
+
+    backend: str
     stop_timeout_s: float = Field(default=10.0, gt=0)
     start_s: float = Field(default=1.0, ge=0)  # must stay up this long to count as started
     listen: list[str] = Field(default_factory=list)  # "127.0.0.1:8080": must be free at start
@@ -340,17 +344,19 @@ class ProcessUnit(_UnitBase):
 
 
 UnitBase = _UnitBase  # the keys every backend shares
-
-from enmei.config.qemu import QemuUnit  # noqa: E402 - it builds on _UnitBase above
-
-UnitConfig = Annotated[ProcessUnit | QemuUnit, Field(discriminator="backend")]
+# A unit's config, statically: every backend's model is a ``UnitBase`` (the union is built at run time).
+UnitConfig = _UnitBase
 
 
 class Config(_Model):
-    """The whole file. ``source`` is where it was read from (set by ``load``; not a TOML key)."""
+    """The whole file. ``source`` is where it was read from (set by ``load``; not a TOML key).
+
+    ``units`` holds each unit's model as its backend declares it (``enmei.visor.registry``): validate
+    a file's data with ``config_model().model_validate(data)``, which knows every registered backend.
+    """
 
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
-    units: dict[str, UnitConfig] = Field(default_factory=dict)
+    units: dict[str, UnitBase] = Field(default_factory=dict)
 
     @field_validator("units", mode="before")
     @classmethod
@@ -366,10 +372,34 @@ class Config(_Model):
                         "starting with a letter or digit"
                     )
                 if isinstance(unit, Mapping) and "backend" not in unit:
-                    unit = {"backend": "process", **unit}
+                    unit = {"backend": DEFAULT_BACKEND, **unit}
                 out[name] = unit
             return out
         return v
+
+
+DEFAULT_BACKEND = "process"
+_built: dict[int, type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """``Config`` with ``units`` validated as the union of every registered backend's model.
+
+    Built once per state of the registry (a backend registered later gets a new model). A unit whose
+    ``backend`` is not registered is an error naming the known ones.
+    """
+    from enmei.visor import registry  # the registry imports no config: no cycle
+
+    gen = registry.generation()
+    model = _built.get(gen)
+    if model is None:
+        models = tuple(registry.config_models())
+        union: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="backend")]  # noqa: UP007
+        model = create_model("Config", __base__=Config, __module__=__name__,
+                             units=(dict[str, union], Field(default_factory=dict)))
+        _built.clear()
+        _built[gen] = model
+    return model
 
 
 def _is_loopback(host: str) -> bool:

@@ -58,7 +58,7 @@ from enmei.policy.base import Policy, ReloadablePolicy, View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.remedy import REMEDIES
 from enmei.visor.base import Backend, Identity
-from enmei.visor.process import ProcessBackend
+from enmei.visor.registry import BackendContext, BackendFactory, make_backend
 from enmei.visor.state import StateFile
 
 __all__ = ["Command", "Engine", "Subscriber"]
@@ -67,23 +67,6 @@ log = logging.getLogger(__name__)
 
 Subscriber = Callable[[int, str, str, Mapping[str, Any]], None]
 JudgeFactory = Callable[[str, UnitBase], Any]
-BackendFactory = Callable[["Engine"], Backend]
-
-
-def _process_backend(engine: Engine) -> Backend:
-    return ProcessBackend(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit,
-                          base_dir=engine.loaded.base_dir)
-
-
-def _qemu_backend(engine: Engine) -> Backend:
-    from enmei.visor.qemu import QemuBackend  # heavy and optional: only when a VM unit exists
-
-    backend: Backend = QemuBackend(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit,
-                                   verdict=engine.emit_verdict)
-    return backend
-
-
-DEFAULT_BACKENDS: dict[str, BackendFactory] = {"process": _process_backend, "qemu": _qemu_backend}
 
 
 @dataclass(frozen=True)
@@ -104,7 +87,7 @@ class Engine:
         journal: Journal,
         clock: Clock | None = None,
         policy: Policy | None = None,
-        backends: Mapping[str, BackendFactory] | None = None,
+        backends: Mapping[str, BackendFactory] | None = None,  # kind -> factory, over the registry's
         judge_factory: JudgeFactory | None = None,
     ) -> None:
         self.loaded = loaded
@@ -115,7 +98,7 @@ class Engine:
         self.state_dir = loaded.state_dir
         self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
         self.subscribers: list[Subscriber] = []
-        self._factories: dict[str, BackendFactory] = {**DEFAULT_BACKENDS, **(backends or {})}
+        self._factories: dict[str, BackendFactory] = dict(backends or {})
         self._backends: dict[str, Backend] = {}
         self._judge_factory = judge_factory
         self.units: dict[str, UnitRuntime] = {}
@@ -201,13 +184,14 @@ class Engine:
     # -- building ----------------------------------------------------------------------------------
 
     def backend(self, kind: str) -> Backend:
-        """The backend for units of ``kind``, made on first use."""
+        """The backend for units of ``kind``, made on first use by its registered factory (or the one
+        given to the engine for that kind). Raises ``UnknownBackendError`` for a kind nobody registered."""
         b = self._backends.get(kind)
         if b is None:
+            ctx = BackendContext(clock=self.clock, state_dir=self.state_dir, base_dir=self.loaded.base_dir,
+                                 emit=self.emit, verdict=self.emit_verdict)
             factory = self._factories.get(kind)
-            if factory is None:
-                raise EnmeiError(f"unknown backend {kind!r}")
-            b = self._backends[kind] = factory(self)
+            b = self._backends[kind] = factory(ctx) if factory is not None else make_backend(kind, ctx)
         return b
 
     def _build_units(self) -> None:
