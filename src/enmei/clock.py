@@ -69,8 +69,34 @@ class FakeClock(SystemClock):
         await fut
 
     def advance(self, seconds: float) -> None:
-        """Move time forward and wake every sleeper whose deadline has come."""
+        """Move time forward by ``seconds`` at once and wake every sleeper whose deadline has come.
+
+        Sleepers due at different instants all see the final time; ``jump`` stops at each deadline instead.
+        """
         self._now += seconds
+        self._wake()
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline of a sleeper still waiting, or None when nobody sleeps."""
+        self._sleepers = [(t, f) for t, f in self._sleepers if not f.done()]  # cancelled sleeps drop out
+        return min((t for t, _ in self._sleepers), default=None)
+
+    def jump(self, limit: float) -> float:
+        """Move time straight to the next sleeper's deadline, but not past ``limit``; wake who is due.
+
+        Never moves time backwards: with no deadline before ``limit`` (an absolute ``monotonic`` value),
+        time becomes ``max(now, limit)``. Returns the new time. No real time passes.
+
+        >>> c = FakeClock(start=0.0)
+        >>> c.jump(5.0)
+        5.0
+        """
+        nxt = self.next_deadline()
+        self._now = max(self._now, limit if nxt is None else min(nxt, limit))
+        self._wake()
+        return self._now
+
+    def _wake(self) -> None:
         due = [(t, f) for t, f in self._sleepers if t <= self._now]
         self._sleepers = [(t, f) for t, f in self._sleepers if t > self._now]
         for _, fut in sorted(due, key=lambda p: p[0]):
