@@ -24,6 +24,7 @@ from enmei.engine import Engine
 from enmei.visor.fake import FakeBackend
 from enmei.web import create_app
 from enmei.web.context import WebContext
+from support.wait import counting_executor, idle, scaled
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -67,20 +68,27 @@ class WebRig:
         return b
 
     async def settle(self) -> None:
-        """Let the loop run and the journal's writer catch up (intents are flushed before remedies act)."""
-        for _ in range(3):
-            for _ in range(6):
-                await asyncio.sleep(0)
-            await asyncio.sleep(0.002)
-            end = time.monotonic() + 3
-            while self.journal.durable_seq < self.journal.last_seq and time.monotonic() < end:
-                await asyncio.sleep(0.005)
+        """Let the loop run until idle and the journal's writer catch up (no fake time passes)."""
+        await idle()
+        if self.journal.durable_seq < self.journal.last_seq and self.journal.status == "ok":
+            await asyncio.to_thread(self.journal.flush, scaled(10.0))
+            await idle()
 
-    async def advance(self, seconds: float, step: float = 0.25) -> None:
-        n = max(1, round(seconds / step))
-        for _ in range(n):
-            self.clock.advance(seconds / n)
-            await self.settle()
+    async def advance(self, seconds: float, step: float | None = None) -> None:
+        """Let ``seconds`` of fake time pass, jumping from one deadline to the next (``step``: ignored)."""
+        del step
+        await self._run_until(lambda: False, seconds)
+        await self.settle()
+
+    async def _run_until(self, pred: Any, seconds: float) -> bool:
+        await idle()
+        end = self.clock.monotonic() + seconds
+        while not pred():
+            if self.clock.monotonic() >= end:
+                return False
+            self.clock.jump(end)
+            await idle()
+        return True
 
     async def crash_and_recover(self, name: str, code: int = 3) -> None:
         """Crash unit ``name`` and advance until the engine has restarted it."""
@@ -92,12 +100,10 @@ class WebRig:
         assert await self.until(lambda: unit.state is UnitState.RUNNING and unit.remedy is None)
 
     async def until(self, pred: Any, fake_s: float = 30.0) -> bool:
-        """Advance the fake clock until ``pred()`` holds (at most ``fake_s`` fake seconds)."""
-        for _ in range(int(fake_s / 0.25)):
-            if pred():
-                return True
-            await self.advance(0.25)
-        return bool(pred())
+        """Let fake time pass until ``pred()`` holds (at most ``fake_s`` fake seconds); say if it held."""
+        held = await self._run_until(pred, fake_s)
+        await self.settle()
+        return held or bool(pred())
 
 
 @asynccontextmanager
@@ -115,6 +121,7 @@ async def web_rig(tmp_path: Path, config: str = CONFIG,
     token_path = loaded.state_dir / "web.token"
     app = create_app(engine, token=TOKEN, token_path=token_path)
     ctx: WebContext = app.state.ctx
+    counting_executor()  # before the engine's first to_thread, so that idle() sees every worker job
     task = asyncio.create_task(engine.run())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8470")
     rig = WebRig(engine, clock, journal, task, client, ctx, token_path)
@@ -126,10 +133,8 @@ async def web_rig(tmp_path: Path, config: str = CONFIG,
         await client.aclose()
         ctx.close()
         engine.stop()
-        for _ in range(400):
-            if task.done():
-                break
-            clock.advance(0.5)
-            await rig.settle()
+        await rig._run_until(task.done, 600.0)
+        if not task.done():
+            task.cancel()
         await task
         journal.close()
