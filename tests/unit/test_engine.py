@@ -44,8 +44,16 @@ async def test_autostart_then_running_after_start_grace(tmp_path: Path) -> None:
     assert verify(rig.journal.path).ok
 
 
-async def test_crash_is_restarted_at_once_then_with_growing_backoff_then_escalated(tmp_path: Path) -> None:
-    rig = await start_rig(tmp_path, ONE)
+@pytest.mark.parametrize(("policy", "rule", "message", "retry_s"), [
+    # The shipped library (what users get): the 4th failure within 120 s trips its flapping breaker first,
+    # whose circuit stays open for 300 s.
+    (None, "flapping/open", "flapping", 300),
+    # The built-in fallback policy: the restart budget (3 in 100 s) is spent; retries every 30 s.
+    (BuiltinPolicy(), "budget-escalate", "budget spent", 30),
+], ids=["library", "builtin"])
+async def test_crash_is_restarted_at_once_then_with_growing_backoff_then_escalated(
+        tmp_path: Path, policy: BuiltinPolicy | None, rule: str, message: str, retry_s: float) -> None:
+    rig = await start_rig(tmp_path, ONE, policy=policy)
     try:
         await rig.advance(1.2)
         delays = []
@@ -58,16 +66,16 @@ async def test_crash_is_restarted_at_once_then_with_growing_backoff_then_escalat
             await rig.advance(decision["args"]["delay_s"] + 1.2)
             assert rig.engine.units["a"].state is UnitState.RUNNING
         assert delays == [0.0, 1.0, 2.0]
-        # Budget (3 in 100 s) is spent: the next crash escalates, with an alert, and retries slowly.
+        # The next crash escalates, with an alert, and retries slowly.
         rig.backend.crash("a", code=2)
         await rig.quiesce()
         decision = rig.bodies("decision", "a")[-1]
-        assert decision["action"] == "escalate" and decision["rule"] == "budget-escalate"
+        assert decision["action"] == "escalate" and decision["rule"] == rule
         assert rig.engine.units["a"].state is UnitState.ESCALATED
         alerts = rig.bodies("alert", "a")
-        assert alerts and alerts[-1]["severity"] == "critical" and "budget spent" in alerts[-1]["message"]
-        await rig.advance(10)
-        assert rig.engine.units["a"].state is UnitState.ESCALATED  # no tight loop: waits 30 s
+        assert alerts and alerts[-1]["severity"] == "critical" and message in alerts[-1]["message"]
+        await rig.advance(retry_s - 20)
+        assert rig.engine.units["a"].state is UnitState.ESCALATED  # no tight loop: waits retry_s
         await rig.advance(22)
         assert rig.engine.units["a"].state is UnitState.RUNNING
         assert "running again after escalation" in rig.bodies("alert", "a")[-1]["message"]

@@ -55,7 +55,7 @@ from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
 from enmei.monitor.inject import make_injector
 from enmei.policy.base import Policy, ReloadablePolicy, View
-from enmei.policy.builtin import BuiltinPolicy
+from enmei.policy.manager import load_default
 from enmei.remedy import REMEDIES
 from enmei.visor.base import Backend, Identity
 from enmei.visor.registry import BackendContext, BackendFactory, make_backend
@@ -94,7 +94,9 @@ class Engine:
         self.config = loaded.config
         self.clock: Clock = clock or SystemClock()
         self.journal = journal
-        self.policy: Policy = policy or BuiltinPolicy()
+        # No policy given: the one users get when they name none, the shipped library (not BuiltinPolicy,
+        # which is only its fallback of last resort).
+        self.policy: Policy = policy if policy is not None else load_default()
         self.state_dir = loaded.state_dir
         self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
         self.subscribers: list[Subscriber] = []
