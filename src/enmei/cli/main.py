@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -19,6 +19,12 @@ from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
 from enmei.errors import BoxError, ConfigError, PolicyError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from enmei.cli.live import LiveView
+    from enmei.engine import Engine
 
 app = typer.Typer(
     name="enmei",
@@ -157,8 +163,21 @@ def demo(
     """A bounded scenario: the demo service is crashed, hung and leaks, and enmei keeps it alive."""
     from enmei.demo.scenario import run_demo
 
-    code = run_demo(out, max_seconds=seconds, live=not plain and sys.stdout.isatty(), listen=listen or None)
+    code = run_demo(out, max_seconds=seconds, live=not plain and sys.stdout.isatty(), listen=listen or None,
+                    view=_demo_view)
     raise typer.Exit(code)
+
+
+def _demo_view(engine: Engine, out: Console, live: bool) -> LiveView | None:
+    """The demo's view of the records: the live table, or plain lines."""
+    from enmei.cli.live import LiveView, PlainLog
+
+    if live:
+        view = LiveView(engine, out, title="enmei demo")
+        engine.subscribe(view)
+        return view
+    engine.subscribe(PlainLog(out))
+    return None
 
 
 def main() -> None:

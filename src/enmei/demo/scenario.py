@@ -20,13 +20,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
 
 from enmei.box import Anchors, Reader, head_path, verify
-from enmei.cli.live import LiveView, PlainLog
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine
@@ -35,7 +34,24 @@ from enmei.errors import EnmeiError
 from enmei.model import UnitState
 from enmei.monitor.http import http_get
 
-__all__ = ["Incident", "demo_config", "run_demo"]
+__all__ = ["Incident", "TerminalView", "ViewFactory", "demo_config", "run_demo"]
+
+
+class TerminalView(Protocol):
+    """What the scenario needs of a live terminal view (``enmei.cli.live.LiveView`` is one): a footer line
+    it shows, and a context that shows it."""
+
+    footer: str
+
+    def __enter__(self) -> object: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+#: Subscribes a view of the records to the engine; returns the live view (``live=True``), or None when the
+#: view is plain lines. The command line passes its own (the demo must not import ``enmei.cli``, which
+#: imports the demo).
+ViewFactory = Callable[[Engine, Console, bool], TerminalView | None]
 
 LEAK_LIMIT_MIB = 160
 
@@ -250,8 +266,12 @@ async def _scenario(engine: Engine, port: int, watcher: Watcher, prober: Prober,
 
 
 def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, console: Console | None = None,
-             listen: str | None = "127.0.0.1:8470") -> int:
-    """Run the scenario; print the summary; 0 if every incident was repaired and the journal verifies."""
+             listen: str | None = "127.0.0.1:8470", view: ViewFactory | None = None) -> int:
+    """Run the scenario; print the summary; 0 if every incident was repaired and the journal verifies.
+
+    ``view`` shows the records as they come (``live``: a live table); without one only the scenario's
+    own lines are printed.
+    """
     console = console or Console()
     out = out.absolute()
     if out.exists():
@@ -264,25 +284,23 @@ def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, consol
     loaded = load_text(text, cfg_path)
     watcher, prober = Watcher(), Prober(port)
     incidents: list[Incident] = []
-    view: LiveView | None = None
+    shown: TerminalView | None = None
     started = time.monotonic()
 
     def say(msg: str) -> None:
         stamp = f"[{time.monotonic() - started:5.1f}s] scenario: {msg}"
-        if view is not None:
-            view.footer = stamp
+        if shown is not None:
+            shown.footer = stamp
         else:
             console.print(f"[bold]{stamp}[/]", highlight=False)
 
     def attach(engine: Engine) -> None:
-        nonlocal view
+        nonlocal shown
         engine.subscribe(watcher)
-        if live:
-            view = LiveView(engine, console, title="enmei demo")
-            engine.subscribe(view)
-            view.__enter__()
-        else:
-            engine.subscribe(PlainLog(console))
+        if view is not None:
+            shown = view(engine, console, live)
+            if shown is not None:
+                shown.__enter__()
 
     async def main() -> Engine:
         async def companion(engine: Engine) -> None:
@@ -307,8 +325,8 @@ def run_demo(out: Path, *, max_seconds: float = 110.0, live: bool = True, consol
     try:
         asyncio.run(main())
     finally:
-        if view is not None:
-            view.__exit__(None, None, None)
+        if shown is not None:
+            shown.__exit__(None, None, None)
     key = loaded.anchor_key_path
     anchors = Anchors.from_files(key, head_path(loaded.journal_path), create=False) if key else None
     return _summary(console, loaded.journal_path, anchors, incidents, watcher, time.monotonic() - started)
