@@ -40,23 +40,29 @@ from enmei.policy.base import UnitView, View
 from enmei.policy.encode import handler_for
 from enmei.policy.manager import load_default
 from enmei.policy.sandbox import InProcessSandbox, SandboxFactory, WorkerSandbox
+from enmei.visor.registry import capabilities_of
 
 __all__ = ["GOAL_PER_S", "main", "run", "stream"]
 
 GOAL_PER_S = 10_000
 
 
+def _caps(kind: str) -> frozenset[str]:
+    """What a unit of backend ``kind`` shows the policy (as declared in the backend registry)."""
+    return frozenset(str(c) for c in capabilities_of(kind))
+
+
 def _units() -> dict[str, UnitView]:
     base = UnitView(name="api", backend="process", state=UnitState.RUNNING, health=Health.OK, alive=True,
                     uptime_s=600.0, remedy=None, restarts_in_window=0, budget=5, window_s=300.0, next_delay_s=0.0,
                     escalate_retry_s=60.0, rejuvenate_every_s=None, rejuvenate_window_s=60.0, stop_timeout_s=10.0,
-                    capabilities=frozenset({"stats", "logs", "signals"}))
+                    capabilities=_caps("process"))
     return {
         "api": base,
         "db": dataclasses.replace(base, name="db", budget=3, rejuvenate_every_s=86_400.0),
         "worker": dataclasses.replace(base, name="worker", window_s=600.0),
         "vm": dataclasses.replace(base, name="vm", backend="qemu", stop_timeout_s=30.0,
-                                  capabilities=frozenset({"stats", "snapshot", "keys", "panic"})),
+                                  capabilities=_caps("qemu")),
     }
 
 

@@ -427,8 +427,8 @@ class Engine:
                 return
         elif remedy_cls is None:
             problem = f"no remedy named {d.action!r} (known: {', '.join(sorted(REMEDIES))})"
-        elif remedy_cls.backends is not None and unit.backend.kind not in remedy_cls.backends:
-            problem = f"remedy {d.action!r} does not apply to {unit.backend.kind} units"
+        elif (refused := remedy_cls.refusal(unit.backend.capabilities, unit.backend.kind)) is not None:
+            problem = refused
         else:
             problem = remedy_cls.check_args(d.args)
         if problem is not None:

@@ -18,7 +18,7 @@ from enmei.errors import VisorError
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.http import HttpError, http_get
-from enmei.visor.base import Backend
+from enmei.visor.base import Backend, Capability, need
 
 __all__ = ["HttpInjection", "KeysInjection", "make_injector"]
 
@@ -55,14 +55,14 @@ class KeysInjection(Probe):
         self.backend = backend
 
     async def _counter(self) -> float:
-        totals = await self.backend.block_stats(self.unit)
+        totals = await need(self.backend, Capability.BLOCK_STATS, self.unit).block_stats(self.unit)
         return float(sum(dev.get(self.cfg.watch, 0.0) for dev in totals.values()))
 
     async def observe(self) -> Observation:
         t0 = self.clock.monotonic()
         try:
             before = await self._counter()
-            await self.backend.send_keys(self.unit, self.cfg.text)
+            await need(self.backend, Capability.INJECT_KEYS, self.unit).send_keys(self.unit, self.cfg.text)
             await self.clock.sleep(self.cfg.react_s)
             after = await self._counter()
         except VisorError as exc:

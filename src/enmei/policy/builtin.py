@@ -7,7 +7,7 @@ Rules (each decision names its rule):
 * ``retry-after-failure``: a start/restart/escalation failed and the unit is down -> restart with
   backoff, or escalate.
 * ``budget-escalate``: no budget left -> escalate (alert, then slow retries). Never a silent give-up.
-* ``panic-phase-reboot``: a guest kernel panicked -> phase-based reboot (VMs with snapshots);
+* ``panic-phase-reboot``: a guest kernel panicked -> phase-based reboot (backends with ``phase_reboot``);
   ``phase-then-cold``: that failed -> cold reboot; ``cold-then-restart``: that failed too -> restart.
 * ``aging-rejuvenate``: a resource trends to exhaustion -> rejuvenate within the time left.
 * ``scheduled-rejuvenate``: ``rejuvenate.every_s`` has passed since the unit started -> rejuvenate.
@@ -51,7 +51,7 @@ class BuiltinPolicy:
             if event.kind is VerdictKind.PROBE_FAILED:
                 return [self._restart_or_escalate(unit, "probe-restart", event.summary)]
             if event.kind is VerdictKind.PANIC:
-                if unit.backend == "qemu" and "snapshot" in unit.capabilities:
+                if "phase_reboot" in unit.capabilities:  # the capability the phase_reboot remedy needs
                     return [Decision("phase_reboot", unit.name, f"guest panic: {event.summary}",
                                      policy=self.version, rule="panic-phase-reboot")]
                 return [self._restart_or_escalate(unit, "panic-restart", event.summary)]

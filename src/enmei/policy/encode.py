@@ -199,12 +199,9 @@ def _dumps(value: Any) -> str:
 
 
 def remedies_for() -> dict[str, list[str]]:
-    """For each backend kind a remedy names (and "*" for any other), the actions a decision may take."""
-    backends = {"process", *(b for cls in REMEDIES.values() if cls.backends for b in cls.backends)}
-    out = {b: [*ENGINE_ACTIONS, *sorted(n for n, cls in REMEDIES.items() if cls.backends is None or b in cls.backends)]
-           for b in sorted(backends)}
-    out["*"] = [*ENGINE_ACTIONS, *sorted(n for n, cls in REMEDIES.items() if cls.backends is None)]
-    return out
+    """For each remedy, the backend capabilities a unit must have for it (``ctx.remedies``; the Starlark
+    ``can()`` tests a unit's ``capabilities`` against it)."""
+    return {n: sorted(str(c) for c in cls.needs) for n, cls in sorted(REMEDIES.items())}
 
 
 def payload(handler: str, event: Event, view: View, history: str) -> str:
@@ -244,8 +241,9 @@ def _check_args(action: str, args: Mapping[str, Any], unit: UnitView | None) -> 
     if cls is None:
         known = ", ".join([*ENGINE_ACTIONS, *sorted(REMEDIES)])
         return f"no action or remedy named {action!r} (known: {known})"
-    if unit is not None and cls.backends is not None and unit.backend not in cls.backends:
-        return f"remedy {action!r} does not apply to {unit.backend} units"
+    refused = None if unit is None else cls.refusal(unit.capabilities, unit.backend)
+    if refused is not None:
+        return f"{refused}, for unit {unit.name!r}" if unit is not None else refused
     return cls.check_args(args)
 
 

@@ -6,18 +6,22 @@ and never decides what comes next: it returns a ``Result`` and the policy sees i
 
 The engine runs each remedy under ``deadline_s``: PENDING -> RUNNING -> SUCCEEDED | FAILED | TIMED_OUT
 (or CANCELLED when an operator stops the unit). One remedy runs per unit at a time.
+
+A remedy that needs more of the backend than the lifecycle says so in ``needs`` (capabilities, see
+``enmei.visor.base``), never by a backend's name: ``refusal`` says why a unit's backend cannot have it,
+and the engine, ``enmei check``, ``enmei policy check`` and the Starlark ``can()`` all use that one test.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from enmei.clock import Clock
 from enmei.model import RemedyState, Severity, UnitState
-from enmei.visor.base import Backend
+from enmei.visor.base import Backend, Capability
 
 __all__ = ["Remedy", "Result", "UnitControl"]
 
@@ -76,8 +80,24 @@ class Remedy(abc.ABC):
     description: ClassVar[str] = ""
     #: argument names a decision may pass, with their types; anything else is a malformed decision
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
-    #: which backend kinds support it (None: all)
-    backends: ClassVar[frozenset[str] | None] = None
+    #: the capabilities a unit's backend must have for this remedy (empty: any backend)
+    needs: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "backends" in cls.__dict__:
+            raise TypeError(f"remedy {cls.__name__}: 'backends' (backend names) is gone; declare the capabilities "
+                            "it needs instead: needs = frozenset({Capability.SNAPSHOT, ...})")
+
+    @classmethod
+    def refusal(cls, capabilities: Iterable[str], backend: str) -> str | None:
+        """Why a unit whose ``backend`` has ``capabilities`` cannot have this remedy, or None."""
+        have = {str(c) for c in capabilities}
+        missing = sorted(str(c) for c in cls.needs if str(c) not in have)
+        if not missing:
+            return None
+        return (f"remedy {cls.name!r} needs {' and '.join(missing)}, which the {backend} backend lacks "
+                f"(it has: {', '.join(sorted(have)) or 'none'})")
 
     @abc.abstractmethod
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:

@@ -1,4 +1,5 @@
-"""Remedies for virtual machines: phase-based reboot and cold reboot (the QEMU backend's mechanisms).
+"""Remedies for machines: phase-based reboot and cold reboot (for any backend with the ``phase_reboot``
+or ``reboot`` capability; today the QEMU backend).
 
 ``phase_reboot``: the guest goes back to the boot phase the backend snapshotted on its first boot
 (``service-ready``) instead of booting again — through the unit's warm standby QEMU when one is ready,
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 from enmei.errors import VisorError
 from enmei.model import Health
 from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.visor.base import Capability, need
 
 __all__ = ["ColdReboot", "PhaseReboot"]
 
@@ -24,14 +26,14 @@ class PhaseReboot(Remedy):
     name: ClassVar[str] = "phase_reboot"
     description: ClassVar[str] = "restore the guest's service-ready phase instead of rebooting"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"why": str}
-    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.PHASE_REBOOT})
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         return 60.0
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         try:
-            took = await unit.backend.phase_reboot(unit.name)
+            took = await need(unit.backend, Capability.PHASE_REBOOT, unit.name).phase_reboot(unit.name)
         except VisorError as exc:
             return Result.failed(exc.cause)
         _fresh(unit)
@@ -47,14 +49,14 @@ class ColdReboot(Remedy):
     name: ClassVar[str] = "cold_reboot"
     description: ClassVar[str] = "reset the virtual machine and boot it again"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"why": str}
-    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.REBOOT})
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         return float(getattr(unit.spec, "ready_timeout_s", 60.0)) + 30.0
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         try:
-            took = await unit.backend.cold_reboot(unit.name)
+            took = await need(unit.backend, Capability.REBOOT, unit.name).cold_reboot(unit.name)
         except VisorError as exc:
             return Result.failed(exc.cause)
         _fresh(unit)

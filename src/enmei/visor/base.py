@@ -1,10 +1,29 @@
-"""The D-Visor seam: one abstract backend that runs units and exposes one monitor API.
+"""The D-Visor seam: a backend runs units (lifecycle) and exposes the monitor API by capability.
 
-A backend starts, stops and adopts units, reports facts about them as ``UnitEvent`` through the
-``emit`` callback it is given (``STARTED``, ``EXITED``, ``STOPPED``...), and answers the monitor API:
-``stats`` for every backend, and the capabilities listed in ``capabilities`` for the rest (snapshots,
-whole-state save, console, key injection, memory reads...). A method a backend does not support raises
-``VisorError`` naming the backend; ``capabilities`` says in advance which ones work.
+Every backend is a ``Backend``: it starts, stops and adopts units, reports facts about them as
+``UnitEvent`` through the ``emit`` callback it is given (``STARTED``, ``EXITED``, ``STOPPED``...), and
+answers ``stats`` (resource use) and ``log_path`` (None when it captures nothing). Beyond that, the monitor
+API is a set of small protocols, one per ``Capability``, and a backend implements the ones it has:
+
+=================  ==========================  =====================================================
+capability         protocol                    verbs
+=================  ==========================  =====================================================
+``snapshot``       ``Snapshots``               ``snapshot_save/load/list/delete``
+``phase_reboot``   ``PhaseRebootable``         ``phase_reboot`` (back to a snapshotted boot phase)
+``reboot``         ``Rebootable``              ``cold_reboot`` (reset, boot again)
+``save_state``     ``WholeState``              ``state_save``, ``state_restore``
+``clone``          ``Cloneable``               ``clone``
+``inject_keys``    ``KeyInjection``            ``send_keys``
+``read_memory``    ``MemoryReads``             ``read_memory``
+``block_stats``    ``BlockStats``              ``block_stats``
+``net_stats``      ``NetStats``                ``net_stats``
+=================  ==========================  =====================================================
+
+(``stats``, ``logs``, ``cpu_time`` and ``panic_events`` need no verbs beyond the base.) A backend class
+declares its ``capabilities``; ``need(backend, Capability.X, unit)`` returns it typed as the protocol, or
+raises ``VisorError`` naming the unit, the backend and what it lacks. ``missing_verbs`` lists the verbs a
+class declares but does not implement (the contract every registered backend is checked against).
+Remedies ask for capabilities (``Remedy.needs``), never for a backend's name.
 
 Backends never decide anything: restarts, backoff and escalation belong to remedies and policy.
 """
@@ -16,13 +35,31 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol, overload, runtime_checkable
 
 from enmei.clock import Clock
 from enmei.errors import VisorError
 from enmei.model import UnitEvent
 
-__all__ = ["Backend", "Capability", "EmitFn", "Identity"]
+__all__ = [
+    "PROTOCOLS",
+    "Backend",
+    "BlockStats",
+    "Capability",
+    "Cloneable",
+    "EmitFn",
+    "Identity",
+    "KeyInjection",
+    "MemoryReads",
+    "NetStats",
+    "PhaseRebootable",
+    "Rebootable",
+    "Snapshots",
+    "WholeState",
+    "missing_verbs",
+    "need",
+    "supports",
+]
 
 EmitFn = Callable[[UnitEvent], None]
 
@@ -41,6 +78,8 @@ class Capability(StrEnum):
     SAVE_STATE = "save_state"  # whole-state save and restore into a fresh instance
     CLONE = "clone"
     PANIC_EVENTS = "panic_events"
+    PHASE_REBOOT = "phase_reboot"  # back to a boot phase snapshotted earlier instead of booting again
+    REBOOT = "reboot"  # reset the machine and boot it again
 
 
 @dataclass(frozen=True)
@@ -70,7 +109,8 @@ class Identity:
 
 
 class Backend(abc.ABC):
-    """Runs units of one kind. Subclasses implement the abstract methods and what they support."""
+    """Runs units of one kind: the lifecycle every backend has. Subclasses implement the abstract
+    methods, declare ``capabilities``, and implement the protocol of each capability they declare."""
 
     kind: ClassVar[str]
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS})
@@ -126,44 +166,143 @@ class Backend(abc.ABC):
     def _unsupported(self, name: str, action: str) -> VisorError:
         return VisorError(name, action, f"not supported by the {self.kind} backend")
 
-    async def snapshot_save(self, name: str, tag: str) -> None:
-        raise self._unsupported(name, "snapshot save")
 
-    async def snapshot_load(self, name: str, tag: str) -> None:
-        raise self._unsupported(name, "snapshot load")
+# -- the monitor API by capability -------------------------------------------------------------------
 
-    async def snapshot_list(self, name: str) -> list[str]:
-        raise self._unsupported(name, "snapshot list")
 
-    async def snapshot_delete(self, name: str, tag: str) -> None:
-        raise self._unsupported(name, "snapshot delete")
+@runtime_checkable
+class Snapshots(Protocol):
+    """Internal snapshots of a unit: save, load, list, delete (by tag)."""
 
+    async def snapshot_save(self, name: str, tag: str) -> None: ...
+
+    async def snapshot_load(self, name: str, tag: str) -> None: ...
+
+    async def snapshot_list(self, name: str) -> list[str]: ...
+
+    async def snapshot_delete(self, name: str, tag: str) -> None: ...
+
+
+@runtime_checkable
+class PhaseRebootable(Protocol):
     async def phase_reboot(self, name: str) -> float:
         """Bring the unit back to the boot phase it was snapshotted at (instead of rebooting);
-        returns the seconds it took."""
-        raise self._unsupported(name, "phase reboot")
+        returns the seconds it took. Raises ``VisorError`` (no snapshot, a corrupt one...)."""
+        ...
 
+
+@runtime_checkable
+class Rebootable(Protocol):
     async def cold_reboot(self, name: str) -> float:
         """Reset the unit's machine and boot it again; returns the seconds it took."""
-        raise self._unsupported(name, "cold reboot")
+        ...
 
-    async def state_save(self, name: str, path: Path) -> None:
-        raise self._unsupported(name, "state save")
 
-    async def state_restore(self, name: str, path: Path) -> None:
-        raise self._unsupported(name, "state restore")
+@runtime_checkable
+class WholeState(Protocol):
+    """The whole state of a unit saved to a file, and restored into a fresh instance."""
 
+    async def state_save(self, name: str, path: Path) -> None: ...
+
+    async def state_restore(self, name: str, path: Path) -> None: ...
+
+
+@runtime_checkable
+class Cloneable(Protocol):
     async def clone(self, name: str, new_name: str) -> Identity:
-        raise self._unsupported(name, "clone")
+        """A running copy of unit ``name`` as unit ``new_name``."""
+        ...
 
+
+@runtime_checkable
+class KeyInjection(Protocol):
     async def send_keys(self, name: str, text: str) -> None:
-        raise self._unsupported(name, "key injection")
+        """Type ``text`` on the unit's keyboard."""
+        ...
 
+
+@runtime_checkable
+class MemoryReads(Protocol):
     async def read_memory(self, name: str, address: int, size: int) -> bytes:
-        raise self._unsupported(name, "memory read")
+        """``size`` bytes of the unit's (guest-physical) memory at ``address``."""
+        ...
 
+
+@runtime_checkable
+class BlockStats(Protocol):
     async def block_stats(self, name: str) -> dict[str, dict[str, float]]:
-        raise self._unsupported(name, "block stats")
+        """I/O counters per block device (``rd_bytes``, ``wr_bytes``...)."""
+        ...
 
+
+@runtime_checkable
+class NetStats(Protocol):
     async def net_stats(self, name: str) -> dict[str, float]:
-        raise self._unsupported(name, "network stats")
+        """Bytes and packets through the unit's network."""
+        ...
+
+
+#: The protocol of each capability that has verbs of its own.
+PROTOCOLS: dict[Capability, type] = {
+    Capability.SNAPSHOT: Snapshots,
+    Capability.PHASE_REBOOT: PhaseRebootable,
+    Capability.REBOOT: Rebootable,
+    Capability.SAVE_STATE: WholeState,
+    Capability.CLONE: Cloneable,
+    Capability.INJECT_KEYS: KeyInjection,
+    Capability.READ_MEMORY: MemoryReads,
+    Capability.BLOCK_STATS: BlockStats,
+    Capability.NET_STATS: NetStats,
+}
+
+
+def supports(backend: Backend, capability: Capability) -> bool:
+    """Whether ``backend`` declares ``capability``."""
+    return capability in backend.capabilities
+
+
+def missing_verbs(cls: type[Backend]) -> dict[Capability, list[str]]:
+    """For each capability ``cls`` declares, the verbs of its protocol that ``cls`` does not define."""
+    out: dict[Capability, list[str]] = {}
+    for cap in sorted(cls.capabilities):
+        proto = PROTOCOLS.get(cap)
+        if proto is None:
+            continue
+        verbs = [v for v in _verbs(proto) if not callable(getattr(cls, v, None))]
+        if verbs:
+            out[cap] = verbs
+    return out
+
+
+def _verbs(proto: type) -> list[str]:
+    return sorted(n for n, v in vars(proto).items() if not n.startswith("_") and callable(v))
+
+
+@overload
+def need(backend: Backend, capability: Literal[Capability.SNAPSHOT], unit: str) -> Snapshots: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.PHASE_REBOOT], unit: str) -> PhaseRebootable: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.REBOOT], unit: str) -> Rebootable: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.SAVE_STATE], unit: str) -> WholeState: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.CLONE], unit: str) -> Cloneable: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.INJECT_KEYS], unit: str) -> KeyInjection: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.READ_MEMORY], unit: str) -> MemoryReads: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.BLOCK_STATS], unit: str) -> BlockStats: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.NET_STATS], unit: str) -> NetStats: ...
+def need(backend: Backend, capability: Capability, unit: str) -> Any:
+    """``backend`` as the protocol of ``capability``, for acting on ``unit``.
+
+    Raises ``VisorError(unit, capability, ...)`` naming the backend and its capabilities when it does not
+    declare ``capability``: the same failure whoever asks (a remedy, an injector, the web).
+    """
+    if capability not in backend.capabilities:
+        have = ", ".join(sorted(str(c) for c in backend.capabilities)) or "none"
+        raise VisorError(unit, str(capability), f"not supported by the {backend.kind} backend (it has: {have})")
+    return backend

@@ -24,7 +24,7 @@ from enmei.errors import BoxError, PolicyError, VisorError
 from enmei.remedy import REMEDIES
 from enmei.report.data import incidents_between, unit_figures
 from enmei.report.incidents import filter_incidents
-from enmei.visor.base import Capability
+from enmei.visor.base import Capability, need
 from enmei.web.deps import Ctx, Token, unit_or_404
 from enmei.web.events import TooManyClients
 from enmei.web.metrics import Snapshot, journal_size, render
@@ -110,7 +110,7 @@ async def unit_snapshots(ctx: Ctx, name: UnitName) -> dict[str, Any]:
         return {"supported": False, "tags": []}
     try:
         async with asyncio.timeout(5.0):
-            tags = await unit.backend.snapshot_list(name)
+            tags = await need(unit.backend, Capability.SNAPSHOT, name).snapshot_list(name)
     except VisorError as exc:
         raise HTTPException(409, str(exc)) from exc
     except TimeoutError:

@@ -23,7 +23,7 @@ from enmei.errors import VisorError
 from enmei.report.charts import when
 from enmei.report.data import incidents_between
 from enmei.report.incidents import Incident, Rec, filter_incidents
-from enmei.visor.base import Capability
+from enmei.visor.base import Capability, need
 from enmei.web.api import journal_status
 from enmei.web.context import WebContext
 from enmei.web.deps import Ctx, unit_or_404
@@ -94,7 +94,8 @@ async def _snapshots(ctx: WebContext, name: str) -> dict[str, Any]:
         return {"supported": False, "tags": [], "error": None}
     try:
         async with asyncio.timeout(5.0):
-            return {"supported": True, "tags": await unit.backend.snapshot_list(name), "error": None}
+            tags = await need(unit.backend, Capability.SNAPSHOT, name).snapshot_list(name)
+            return {"supported": True, "tags": tags, "error": None}
     except (VisorError, TimeoutError) as exc:
         return {"supported": True, "tags": [], "error": str(exc) or "listing snapshots timed out"}
 

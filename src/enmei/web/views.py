@@ -67,7 +67,7 @@ def action_problem(unit: UnitRuntime, action: str) -> str | None:
     if cls is None:
         known = ", ".join(a.name for a in actions_for(unit)) or "none"
         return f"no action named {action!r} (unit {unit.name} supports: {known})"
-    if cls.backends is not None and unit.backend.kind not in cls.backends:
+    if cls.refusal(unit.backend.capabilities, unit.backend.kind) is not None:
         known = ", ".join(a.name for a in actions_for(unit)) or "none"
         return (f"action {action!r} does not apply to {unit.backend.kind} units "
                 f"(unit {unit.name} supports: {known})")
@@ -80,7 +80,7 @@ def actions_for(unit: UnitRuntime, *, all_remedies: bool = False) -> list[Action
     names = sorted(REMEDIES, key=lambda n: (ACTION_ORDER.index(n) if n in ACTION_ORDER else len(ACTION_ORDER), n))
     for name in names:
         cls = REMEDIES[name]
-        if cls.backends is not None and unit.backend.kind not in cls.backends:
+        if cls.refusal(unit.backend.capabilities, unit.backend.kind) is not None:
             continue
         if not all_remedies and name in NOT_FOR_OPERATORS:
             continue

@@ -117,7 +117,7 @@ def test_a_latency_warning_is_watched_closer_first_then_repaired(manager: Make) 
     assert [(x.action, x.rule) for x in d] == [("alert", "anomaly/exhausted"), ("degrade", "anomaly/exhausted")]
 
 
-VM = unit(backend="qemu", capabilities=frozenset({"stats", "snapshot", "panic"}))
+VM = unit(backend="qemu", capabilities=frozenset({"stats", "snapshot", "phase_reboot", "reboot", "panic_events"}))
 
 
 def test_a_vm_with_a_latency_anomaly_gets_a_phase_based_reboot_after_a_restart(manager: Make) -> None:

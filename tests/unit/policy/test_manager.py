@@ -15,6 +15,7 @@ from enmei.policy.base import ReloadablePolicy
 from enmei.policy.manager import PolicyManager, load_default
 from enmei.policy.sandbox import InProcessSandbox
 from enmei.remedy import REMEDIES, Remedy, Result, UnitControl
+from enmei.visor.base import Capability
 
 from .common import view
 
@@ -120,7 +121,7 @@ def test_handlers_it_does_not_define_decide_nothing(running: tuple[PolicyManager
 
 class _Isolate(Remedy):
     name: ClassVar[str] = "isolate"
-    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.CLONE})
 
     def deadline_s(self, unit: UnitControl, args: Any) -> float:
         return 1.0
@@ -136,11 +137,11 @@ def test_remedies_registered_later_become_visible(policy_file: Callable[..., Pat
     from .common import unit
 
     m = PolicyManager(policy_file(src), sandbox=InProcessSandbox)
-    vm = view(1000.0, unit(backend="qemu"))
+    vm = view(1000.0, unit(backend="qemu", capabilities=frozenset({"stats", "clone"})))
     assert m.decide(EXIT, vm)[0].reason == "False"
     monkeypatch.setitem(REMEDIES, "isolate", _Isolate)
     assert m.decide(EXIT, vm)[0].reason == "True"
-    assert m.decide(EXIT, view())[0].reason == "False"  # not for process units
+    assert m.decide(EXIT, view())[0].reason == "False"  # not for units whose backend cannot clone
 
 
 def test_the_default_library_loads_with_every_handler() -> None:

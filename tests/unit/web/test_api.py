@@ -383,7 +383,7 @@ async def test_policy_replay_unavailable_or_broken(rig: WebRig, monkeypatch: pyt
 class _VmOnly(Remedy):
     name: ClassVar[str] = "phase_reboot"
     description: ClassVar[str] = "load the boot-phase snapshot"
-    backends: ClassVar[frozenset[str] | None] = frozenset({"qemu"})
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.PHASE_REBOOT})
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         return 10.0
@@ -396,7 +396,7 @@ class _Snapshot(_VmOnly):
     name: ClassVar[str] = "snapshot"
     description: ClassVar[str] = "take a snapshot"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"tag": str}
-    backends: ClassVar[frozenset[str] | None] = frozenset({"process"})
+    needs: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS})
 
 
 class SnapshottingBackend(FakeBackend):
