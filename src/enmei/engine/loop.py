@@ -242,7 +242,7 @@ class Engine:
 
     async def _resolve_interrupted(self) -> None:
         """Journal remedies whose intent was written but whose outcome never was (a supervisor crash)."""
-        from enmei.engine.recovery import interrupted_remedies
+        from enmei.box.intents import interrupted_remedies
 
         for rec in await asyncio.to_thread(interrupted_remedies, self.journal.path):
             unit = self.units.get(rec["unit"])
