@@ -12,36 +12,48 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from enmei.clock import Clock
 from enmei.engine.unit import UnitRuntime
 from enmei.model import Observation, RecordKind
+from enmei.monitor.base import Probe
+from enmei.policy.actions import check_args
 
-if TYPE_CHECKING:
-    from enmei.engine.loop import Engine
-
-__all__ = ["inject", "monitor", "run_alert_command"]
+__all__ = ["Services", "inject", "monitor", "run_alert_command"]
 
 log = logging.getLogger(__name__)
 
 
-def monitor(engine: Engine, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
+class Services(Protocol):
+    """What these actions use of the engine (``enmei.engine.loop.Engine`` implements it)."""
+
+    clock: Clock
+    probes: dict[str, list[Probe]]
+    injectors: dict[str, dict[str, Probe]]
+    probe_intervals: dict[tuple[str, str], float]
+
+    @property
+    def queue(self) -> asyncio.Queue[Any]: ...
+
+    def record(self, kind: str, unit: str | None, body: Mapping[str, Any]) -> int: ...
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]: ...
+
+
+def monitor(engine: Services, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
     """``monitor``: run probe ``probe`` every ``interval_s`` (for ``for_s``, then back to the config)."""
+    problem = check_args("monitor", args)  # the vocabulary's types and bounds
+    if problem is not None:
+        return problem
     probe = next((p for p in engine.probes.get(unit.name, []) if p.name == args.get("probe")), None)
     if probe is None:
         names = ", ".join(p.name for p in engine.probes.get(unit.name, [])) or "none"
         return f"unit {unit.name} has no probe {args.get('probe')!r} (probes: {names})"
-    interval = args.get("interval_s")
+    interval = float(args["interval_s"])
     for_s = args.get("for_s")
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.1 <= interval <= 3600:
-        return "monitor: 'interval_s' must be a number of seconds from 0.1 to 3600"
-    if for_s is not None and (isinstance(for_s, bool) or not isinstance(for_s, (int, float)) or for_s <= 0):
-        return "monitor: 'for_s' must be a positive number of seconds"
-    unknown = set(args) - {"probe", "interval_s", "for_s"}
-    if unknown:
-        return f"monitor takes no argument {sorted(unknown)[0]!r} (allowed: probe, interval_s, for_s)"
     configured = engine.probe_intervals.setdefault((unit.name, probe.name), probe.interval_s)
-    probe.interval_s = float(interval)
+    probe.interval_s = interval
     if for_s is not None:
         async def back() -> None:
             await engine.clock.sleep(float(for_s))
@@ -54,20 +66,16 @@ def monitor(engine: Engine, unit: UnitRuntime, args: Mapping[str, Any]) -> str |
         engine.spawn(back(), f"monitor {unit.name}/{probe.name}")
     return None
 
-def inject(engine: Engine, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
+def inject(engine: Services, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
     """``inject``: run injector ``injector`` ``count`` times, ``every_s`` apart (default once)."""
+    problem = check_args("inject", args)  # the vocabulary's types and bounds
+    if problem is not None:
+        return problem
     injector = engine.injectors.get(unit.name, {}).get(str(args.get("injector")))
     if injector is None:
         names = ", ".join(engine.injectors.get(unit.name, {})) or "none"
         return f"unit {unit.name} has no injector {args.get('injector')!r} (injectors: {names})"
-    count, every = args.get("count", 1), args.get("every_s", 0.0)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 1000:
-        return "inject: 'count' must be a whole number from 1 to 1000"
-    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every <= 86400:
-        return "inject: 'every_s' must be a number of seconds from 0 to 86400"
-    unknown = set(args) - {"injector", "count", "every_s"}
-    if unknown:
-        return f"inject takes no argument {sorted(unknown)[0]!r} (allowed: injector, count, every_s)"
+    count, every = int(args.get("count", 1)), float(args.get("every_s", 0.0))
 
     async def runs() -> None:
         for i in range(count):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,9 +55,11 @@ from enmei.model import (
 from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
 from enmei.monitor.inject import make_injector
+from enmei.policy.actions import action as action_of
+from enmei.policy.actions import known as known_actions
 from enmei.policy.base import Policy, ReloadablePolicy, View
 from enmei.policy.manager import load_default
-from enmei.remedy import REMEDIES
+from enmei.remedy.base import MAX_SECONDS
 from enmei.visor.base import Backend, Identity
 from enmei.visor.registry import BackendContext, BackendFactory, make_backend
 from enmei.visor.state import StateFile
@@ -380,9 +383,15 @@ class Engine:
             self.record(RecordKind.POLICY, n.get("unit"), n)
 
     def _on_command(self, cmd: Command) -> None:
+        """An operator's stop, start or restart overrides a running repair (a restart waiting out a long
+        delay, an escalation's slow retry): the repair is cancelled, and the command carried out once the
+        cancelled one has let go of the unit. Any other command waits its turn like a policy's decision."""
         unit = self.units.get(cmd.unit)
-        if unit is not None and cmd.action == "stop" and unit.remedy is not None and unit.remedy.task:
-            unit.remedy.task.cancel()  # an operator's stop overrides a running repair
+        running = unit.remedy.task if unit is not None and unit.remedy is not None else None
+        if running is not None and cmd.action in _OVERRIDES and not running.done():
+            running.cancel()
+            running.add_done_callback(lambda _: self.queue.put_nowait(cmd))
+            return
         self._execute(Decision(cmd.action, cmd.unit, f"requested by {cmd.by}", cmd.args, policy=cmd.by,
                                rule="manual"), None)
 
@@ -402,6 +411,16 @@ class Engine:
             self._execute(d, cause_seq, view)
 
     def _execute(self, d: Decision, cause_seq: int | None, view: View | None = None) -> None:
+        """Journal decision ``d`` and carry it out: an engine action at once, a remedy as a task.
+
+        Whoever made it (a policy, the fallback, an operator), the decision is checked against the one
+        action vocabulary (``enmei.policy.actions``: name, scope, argument types and bounds) and refused,
+        on the record, when it does not fit; one remedy runs per unit at a time. The restart budget is
+        enforced here on every action that counts as a restart: a policy's restart of a unit whose
+        budget is spent is refused and the unit escalated instead (alert, slow retries), and an escalation
+        waits at least the configured ``escalate.retry_every_s``. An operator's command is counted in
+        the budget but not refused by it (an operator may always restart a unit by hand).
+        """
         body: dict[str, Any] = {"action": d.action, "reason": d.reason, "args": dict(d.args), "policy": d.policy,
                                 "rule": d.rule, "cause_seq": cause_seq, "not_before": d.not_before}
         if view is not None and d.unit in view.units:
@@ -409,48 +428,86 @@ class Engine:
             body["view"] = view.units[d.unit].as_dict()
             body["now"] = view.now
         unit = self.units.get(d.unit)
+        act = action_of(d.action)
         problem: str | None = None
-        remedy_cls = REMEDIES.get(d.action)
         if unit is None:
             problem = f"no unit named {d.unit!r}"
-        elif d.action == "alert":
-            seq = self.record(RecordKind.DECISION, d.unit, body)
-            self.alert(d.unit, d.reason, Severity(str(d.args.get("severity", "warning"))), {"decision_seq": seq})
-            return
-        elif d.action == "none":
-            self.record(RecordKind.DECISION, d.unit, body)
-            return
-        elif d.action in ("monitor", "inject"):
-            problem = monitor(self, unit, d.args) if d.action == "monitor" else inject(self, unit, d.args)
-            if problem is None:
+        elif act is None:
+            problem = f"no remedy named {d.action!r} (known: {', '.join(known_actions())})"
+        elif act.scope != "unit":
+            problem = f"{d.action} acts on the host, not on a unit"
+        elif act.engine:
+            problem = act.check_args(d.args)
+            if problem is None and d.action == "alert":
+                seq = self.record(RecordKind.DECISION, d.unit, body)
+                self.alert(d.unit, d.reason, Severity(str(d.args.get("severity", "warning"))),
+                           {"decision_seq": seq})
+                return
+            if problem is None and d.action == "none":
                 self.record(RecordKind.DECISION, d.unit, body)
                 return
-        elif remedy_cls is None:
-            problem = f"no remedy named {d.action!r} (known: {', '.join(sorted(REMEDIES))})"
-        elif (refused := remedy_cls.refusal(unit.backend.capabilities, unit.backend.kind)) is not None:
+            if problem is None:
+                problem = monitor(self, unit, d.args) if d.action == "monitor" else inject(self, unit, d.args)
+                if problem is None:
+                    self.record(RecordKind.DECISION, d.unit, body)
+                    return
+        elif act.remedy is not None and (
+                refused := act.remedy.refusal(unit.backend.capabilities, unit.backend.kind)) is not None:
             problem = refused
         else:
-            problem = remedy_cls.check_args(d.args)
+            problem = act.check_args(d.args)
+        if problem is None:
+            problem = self._check_not_before(d.not_before)
         if problem is not None:
             body["rejected"] = problem
             self.record(RecordKind.DECISION, d.unit, body)
             log.warning("decision rejected: %s", problem)
             return
         assert unit is not None
-        assert remedy_cls is not None
+        assert act is not None
+        assert act.remedy is not None
         if unit.remedy is not None:
             body["suppressed"] = f"remedy {unit.remedy.remedy_id} ({unit.remedy.action}) is running"
             self.record(RecordKind.DECISION, d.unit, body)
             return
+        now = self.clock.monotonic()
+        counted = act.counts_as_restart or (d.action == "start" and unit.state is UnitState.EXITED
+                                            and d.rule != "autostart")
+        args = dict(d.args)
+        if counted and not _by_operator(d) and unit.budget.spent(unit.restarts, now):
+            spent = (f"restart budget spent ({unit.budget.in_window(unit.restarts, now)} restarts in "
+                     f"{unit.budget.window_s:g}s, budget {unit.budget.budget})")
+            if d.action != "escalate":
+                body["rejected"] = f"{spent}: {d.action} refused by the engine; escalated instead"
+                seq = self.record(RecordKind.DECISION, d.unit, body)
+                why = f"{spent}; {d.policy} asked for {d.action}: {d.reason}"
+                self._execute(Decision("escalate", d.unit, why,
+                                       {"retry_in_s": unit.spec.escalate.retry_every_s, "why": why},
+                                       policy="engine", rule="budget-enforced"), seq)
+                return
+            floor = float(unit.spec.escalate.retry_every_s)
+            if float(args.get("retry_in_s", floor)) < floor:
+                args["retry_in_s"] = floor
+                body["args"] = dict(args)
+                body["budget"] = f"{spent}: retry_in_s raised to escalate.retry_every_s = {floor:g}"
+        if counted and not act.counts_as_restart:
+            body["counted_as_restart"] = True
         seq = self.record(RecordKind.DECISION, d.unit, body)
-        run = RemedyRun(f"{d.unit}-{seq}", remedy_cls(), unit, d.args, seq, d.not_before)
+        run = RemedyRun(f"{d.unit}-{seq}", act.remedy(), unit, args, seq, d.not_before)
         unit.remedy = run
-        if d.action in ("restart", "escalate"):
-            unit.restarts.append(self.clock.monotonic())
+        if counted:
+            unit.restarts.append(now)
         task = asyncio.create_task(self._run_remedy(unit, run), name=f"remedy {run.remedy_id}")
         run.task = task
         self._remedy_tasks.add(task)
         task.add_done_callback(self._remedy_tasks.discard)
+
+    def _check_not_before(self, not_before: float | None) -> str | None:
+        if not_before is None:
+            return None
+        if not math.isfinite(not_before) or not_before - self.clock.monotonic() > MAX_SECONDS:
+            return f"not before {not_before!r}: a decision may wait at most {MAX_SECONDS:g}s (a day)"
+        return None
 
     def _fresh_instance(self, name: str) -> None:
         judge = self.judges.get(name)
@@ -583,6 +640,14 @@ class Engine:
         self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": (self._leave_running and [
             n for n, u in self.units.items() if u.alive()]) or []})
         await self.journal.aflush(timeout_s=10.0)
+
+
+#: operator commands that cancel a running repair rather than wait for it
+_OVERRIDES = frozenset({"stop", "start", "restart"})
+
+
+def _by_operator(d: Decision) -> bool:
+    return d.rule == "manual"
 
 
 def journal_for(loaded: LoadedConfig) -> Journal:

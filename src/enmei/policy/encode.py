@@ -20,9 +20,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from enmei.model import Decision, Event, Outcome, Tick, UnitEventKind, Verdict
+from enmei.policy.actions import ENGINE_ACTIONS, HOST, actions, check_args, restart_actions
 from enmei.policy.base import UnitView, View
 from enmei.policy.core import EvalFailure
 from enmei.remedy import REMEDIES
+from enmei.remedy.base import MAX_SECONDS
 
 __all__ = [
     "DRIVER",
@@ -45,10 +47,8 @@ UNIT_FIELDS = (
     "budget_left", "window_s", "next_delay_s", "escalate_retry_s", "rejuvenate_every_s", "rejuvenate_window_s",
     "stop_timeout_s", "capabilities",
 )
-#: actions the engine carries out itself (everything else is a remedy from ``enmei.remedy.REMEDIES``)
-ENGINE_ACTIONS = ("alert", "none", "monitor", "inject")
 MAX_DECISIONS = 32
-_SEVERITIES = ("info", "warning", "critical")
+_MAX_REASON = 1024
 _DECISION_KEYS = frozenset({"action", "unit", "args", "at", "rule", "reason"})
 _MAX_STR = 512
 _MAX_ITEMS = 32
@@ -200,8 +200,15 @@ def _dumps(value: Any) -> str:
 
 def remedies_for() -> dict[str, list[str]]:
     """For each remedy, the backend capabilities a unit must have for it (``ctx.remedies``; the Starlark
-    ``can()`` tests a unit's ``capabilities`` against it)."""
-    return {n: sorted(str(c) for c in cls.needs) for n, cls in sorted(REMEDIES.items())}
+    ``can()`` tests a unit's ``capabilities`` against it); and, from the one action vocabulary
+    (``enmei.policy.actions``), three lists under names no remedy can have: "@engine" (the engine's own
+    actions, which apply to every unit), "@restart" (the actions counted against the restart budget) and
+    "@host" (the host-scope remedies)."""
+    out = {n: sorted(str(c) for c in cls.needs) for n, cls in sorted(REMEDIES.items())}
+    out["@engine"] = list(ENGINE_ACTIONS)
+    out["@restart"] = restart_actions()
+    out["@host"] = [n for n, a in actions().items() if a.scope == "host"]
+    return out
 
 
 def payload(handler: str, event: Event, view: View, history: str) -> str:
@@ -213,38 +220,32 @@ def payload(handler: str, event: Event, view: View, history: str) -> str:
     return f"[\"{handler}\",{now!r},{event_json(event)},{_encode(unit)},{units},{history}]"
 
 
+def _soon(at: float, now: float) -> bool:
+    """Whether ``at`` (a policy's number) is a finite time no later than a day after ``now``."""
+    try:
+        t = float(at)
+    except OverflowError:  # a Starlark integer past any float
+        return False
+    return math.isfinite(t) and t - now <= MAX_SECONDS
+
+
 def _fail(message: str) -> EvalFailure:
     return EvalFailure("decision", message)
 
 
-def _check_args(action: str, args: Mapping[str, Any], unit: UnitView | None) -> str | None:
-    if action == "alert":
-        sev = args.get("severity", "warning")
-        if set(args) - {"severity"} or sev not in _SEVERITIES:
-            return f"alert takes only severity = {' | '.join(_SEVERITIES)}"
-        return None
-    if action == "none":
-        return "none takes no arguments" if args else None
-    if action == "monitor":
-        interval = args.get("interval_s")
-        if not isinstance(args.get("probe"), str) or isinstance(interval, bool) or not isinstance(interval,
-                                                                                                  (int, float)):
-            return "monitor needs probe (a name) and interval_s (seconds)"
-        unknown = set(args) - {"probe", "interval_s", "for_s"}
-        return f"monitor takes no argument {sorted(unknown)[0]!r}" if unknown else None
-    if action == "inject":
-        if not isinstance(args.get("injector"), str):
-            return "inject needs injector (a name)"
-        unknown = set(args) - {"injector", "count", "every_s"}
-        return f"inject takes no argument {sorted(unknown)[0]!r}" if unknown else None
-    cls = REMEDIES.get(action)
-    if cls is None:
-        known = ", ".join([*ENGINE_ACTIONS, *sorted(REMEDIES)])
-        return f"no action or remedy named {action!r} (known: {known})"
-    refused = None if unit is None else cls.refusal(unit.capabilities, unit.backend)
-    if refused is not None:
-        return f"{refused}, for unit {unit.name!r}" if unit is not None else refused
-    return cls.check_args(args)
+def _check_args(action: str, args: Mapping[str, Any], unit: UnitView | None, target: str) -> str | None:
+    a = actions().get(action)
+    if a is None:
+        return check_args(action, args)
+    if a.scope == "host" and target != HOST:
+        return f"{action} acts on the host: its target must be {HOST!r}, not a unit"
+    if a.scope != "host" and target == HOST:
+        return f"{action} acts on a unit, not on {HOST!r}"
+    cls = a.remedy
+    refused = None if unit is None or cls is None else cls.refusal(unit.capabilities, unit.backend)
+    if refused is not None and unit is not None:
+        return f"{refused}, for unit {unit.name!r}"
+    return a.check_args(args)
 
 
 def decisions_from(text: str, view: View, *, policy: str, handler: str, check_units: bool = True) -> list[Decision]:
@@ -274,18 +275,22 @@ def decisions_from(text: str, view: View, *, policy: str, handler: str, check_un
         if not isinstance(args, dict):
             raise _fail(f"{where}: args must be a dict")
         unit = view.units.get(name)
-        if unit is None and check_units:
+        if unit is None and check_units and name != HOST:
             raise _fail(f"{where}: {action} for unknown unit {name!r} (units: {', '.join(sorted(view.units))})")
-        problem = _check_args(action, args, unit)
+        problem = _check_args(action, args, unit, name)
         if problem is not None:
             raise _fail(f"{where}: {problem}")
         at, rule, reason = d.get("at"), d.get("rule"), d.get("reason")
         if at is not None and (isinstance(at, bool) or not isinstance(at, (int, float))):
             raise _fail(f"{where}: at must be a time (ctx.now + seconds) or None")
+        if at is not None and not _soon(at, view.now):
+            raise _fail(f"{where}: at must be a finite time at most ctx.now + {MAX_SECONDS:g} (a day), not {at!r}")
         if rule is not None and not isinstance(rule, str):
             raise _fail(f"{where}: rule must be a string")
         if reason is not None and not isinstance(reason, str):
             raise _fail(f"{where}: the reason (why) must be a string")
+        if reason is not None and len(reason) > _MAX_REASON:
+            reason = reason[:_MAX_REASON]
         out.append(Decision(action, name, reason or rule or handler, args,
                             None if at is None else float(at), policy=policy, rule=rule or handler))
     return out

@@ -177,7 +177,13 @@ class PolicyManager:
         try:
             return decisions_from(result, view, policy=version, handler=handler, check_units=check_units)
         except EvalFailure as failure:
-            raise PolicyFailure(failure.kind, failure.message) from None
+            # What the handler returned is checked outside the interpreter: the refusal points at the
+            # handler's definition in the operator's file.
+            if version != self.spec.version:  # a candidate being tried: ``_load`` locates it
+                raise PolicyFailure(failure.kind, failure.message) from None
+            line, column = _def_line(self.spec.text or self.spec.sources.get("policy", ""), handler)
+            raise PolicyFailure(failure.kind, failure.message, file=self._file(), line=line,
+                                column=column) from None
 
     def _failed(self, failure: PolicyFailure, handler: str, event: Event, view: View) -> list[Decision]:
         unit = getattr(event, "unit", None)

@@ -47,6 +47,7 @@ from enmei.model import (
     Verdict,
     VerdictKind,
 )
+from enmei.policy.actions import action as action_of
 from enmei.policy.base import UnitView, View
 from enmei.policy.history import History
 from enmei.policy.manager import PolicyManager
@@ -55,7 +56,6 @@ __all__ = ["Point", "ReplayReport", "decision_key", "replay", "replay_records"]
 
 _NOT_POLICY = frozenset({"engine", "operator"})
 _ENGINE_RULES = frozenset({"manual", "autostart", "monitor-expired"})
-_ENGINE_ACTIONS = frozenset({"alert", "none", "monitor", "inject"})
 _ALIVE = frozenset({UnitState.STARTING, UnitState.RUNNING, UnitState.STOPPING})
 
 
@@ -270,9 +270,10 @@ def _track(r: Record, b: Mapping[str, Any], units: _Units, clock: list[float], p
             with contextlib.suppress(KeyError, ValueError, TypeError):
                 units.exact(unit, _view_of(b["view"]))
         action = str(b.get("action"))
-        if "rejected" not in b and "suppressed" not in b and action not in _ENGINE_ACTIONS:
+        kind = action_of(action)
+        if "rejected" not in b and "suppressed" not in b and (kind is None or not kind.engine):
             units.busy[unit] = (r.seq, action)
-            if action in ("restart", "escalate"):
+            if (kind is not None and kind.counts_as_restart) or b.get("counted_as_restart"):
                 units.restarts.setdefault(unit, deque(maxlen=256)).append(float(b.get("now", now)))
     elif r.kind == RecordKind.REMEDY_OUTCOME:
         busy = units.busy.get(unit)

@@ -41,9 +41,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from enmei.errors import PolicyError
-from enmei.policy.encode import ENGINE_ACTIONS
+from enmei.policy.actions import actions, known
 from enmei.policy.history import History
-from enmei.remedy import REMEDIES
 
 __all__ = ["compile_rules"]
 
@@ -125,21 +124,17 @@ class _Lines:
         return start
 
 
-def _known_action(name: str) -> bool:
-    return name in ENGINE_ACTIONS or name in REMEDIES
-
-
 def _action_problem(key: str, action: Any, args: Any) -> str | None:
-    if not isinstance(action, str) or not _known_action(action):
-        known = ", ".join([*ENGINE_ACTIONS, *sorted(REMEDIES)])
-        return f"{key} = {action!r}: no such action or remedy (known: {known})"
+    table = actions()
+    if not isinstance(action, str) or action not in table:
+        return f"{key} = {action!r}: no such action or remedy (known: {', '.join(known())})"
     if not isinstance(args, Mapping):
         return f"{key}_args must be a table" if key == "then" else "args must be a table"
     if action == "alert":
         sev = args.get("severity", "warning")
         return None if sev in ("info", "warning", "critical") and set(args) <= {"severity"} else \
             "an alert takes only severity = info | warning | critical"
-    cls = REMEDIES.get(action)
+    cls = table[action].remedy
     return cls.check_args(args) if cls is not None else None
 
 

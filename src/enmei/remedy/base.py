@@ -15,6 +15,7 @@ and the engine, ``enmei check``, ``enmei policy check`` and the Starlark ``can()
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -23,7 +24,12 @@ from enmei.clock import Clock
 from enmei.model import RemedyState, Severity, UnitState
 from enmei.visor.base import Backend, Capability
 
-__all__ = ["Remedy", "Result", "UnitControl"]
+__all__ = ["MAX_SECONDS", "MAX_TEXT", "Remedy", "Result", "UnitControl"]
+
+#: the default upper bound of a numeric argument (seconds): a day. A decision that would wait longer
+#: (``delay_s=1e300``) leaves a unit down with nothing to show for it; it is refused instead.
+MAX_SECONDS = 86_400.0
+MAX_TEXT = 1024
 
 
 class UnitControl(Protocol):
@@ -98,6 +104,13 @@ class Remedy(abc.ABC):
             return None
         return (f"remedy {cls.name!r} needs {' and '.join(missing)}, which the {backend} backend lacks "
                 f"(it has: {', '.join(sorted(have)) or 'none'})")
+    #: the range of each numeric argument; one not named here must be finite, from 0 to ``MAX_SECONDS``
+    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    #: whether a run counts against the unit's restart budget (the engine enforces the budget on it)
+    counts_as_restart: ClassVar[bool] = False
+    #: "unit": the decision names a unit and the remedy acts through ``UnitControl``; "host": it names
+    #: the host (``enmei.policy.actions.HOST``) and acts through ``HostControl``
+    scope: ClassVar[str] = "unit"
 
     @abc.abstractmethod
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
@@ -119,6 +132,12 @@ class Remedy(abc.ABC):
                 return f"remedy {cls.name!r}: argument {key!r} must be {_tname(want)}, not a bool"
             if not isinstance(value, want):
                 return f"remedy {cls.name!r}: argument {key!r} must be {_tname(want)}, not {type(value).__name__}"
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                low, high = cls.bounds.get(key, (0.0, MAX_SECONDS))
+                if (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
+                    return f"remedy {cls.name!r}: argument {key!r} must be from {low:g} to {high:g}, not {value!r}"
+            elif isinstance(value, str) and len(value) > MAX_TEXT:
+                return f"remedy {cls.name!r}: argument {key!r} is longer than {MAX_TEXT} characters"
         return None
 
 

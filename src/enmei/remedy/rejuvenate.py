@@ -44,6 +44,7 @@ class Rejuvenate(Remedy):
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {
         "window_s": (int, float), "metric": str, "quantile": float, "history_s": (int, float), "why": str,
     }
+    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"quantile": (0.0, 1.0)}
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec

@@ -37,6 +37,8 @@ class Restart(Remedy):
     name: ClassVar[str] = "restart"
     description: ClassVar[str] = "stop (if up), wait the backoff delay, start, and check that the start holds"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"delay_s": (int, float), "graceful": bool}
+    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"delay_s": (0.0, 3600.0)}
+    counts_as_restart: ClassVar[bool] = True
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
@@ -74,6 +76,7 @@ class Stop(Remedy):
     name: ClassVar[str] = "stop"
     description: ClassVar[str] = "stop a unit gracefully (SIGTERM, timeout, SIGKILL); it stays stopped"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"timeout_s": (int, float)}
+    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"timeout_s": (0.0, 3600.0)}
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         return float(args.get("timeout_s", unit.spec.stop_timeout_s)) + _SLACK_S
@@ -93,6 +96,7 @@ class Escalate(Remedy):
     name: ClassVar[str] = "escalate"
     description: ClassVar[str] = "budget spent: alert, then retry slowly (one start after retry_in_s)"
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {"retry_in_s": (int, float), "why": str}
+    counts_as_restart: ClassVar[bool] = True
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from enmei.policy.actions import ENGINE_ACTIONS
+
 __all__ = [
     "CHAIN_KINDS",
     "Incident",
@@ -35,7 +37,6 @@ __all__ = [
 CHAIN_KINDS = ("verdict", "decision", "remedy.start", "remedy.outcome", "unit.event")
 
 _CAUSE_EVENTS = frozenset({"exited", "start_failed"})
-_NO_REMEDY = frozenset({"alert", "none", "monitor", "inject"})
 
 
 class _RecordLike(Protocol):
@@ -104,7 +105,7 @@ class Step:
             return str(self.outcome.body.get("state", "?"))
         if self.start is not None:
             return "running"
-        if self.action in _NO_REMEDY:
+        if self.action in ENGINE_ACTIONS:
             return "noted"
         return "decided"
 
