@@ -101,6 +101,7 @@ class UnitEventKind(StrEnum):
     EXITED = "exited"
     STOPPED = "stopped"
     START_FAILED = "start_failed"
+    LOG_FLOOD = "log_flood"  # a captured stream passed its rate: {"stream", "phase": "begin" | "end", ...}
 
 
 class RecordKind(StrEnum):

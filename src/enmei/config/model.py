@@ -73,10 +73,12 @@ class SupervisorConfig(_Model):
 
 
 class LogConfig(_Model):
-    """``[units.NAME.log]``: captured stdout/stderr, rotated by size (copy-truncate)."""
+    """``[units.NAME.log]``: captured stdout/stderr, rotated by size (at most ``max_bytes * (keep + 1)``
+    per stream); output past ``max_bytes_per_s`` is dropped and counted (a journaled flood episode)."""
 
     max_bytes: ByteSize = Field(default=ByteSize(10 * 2**20), gt=1024)
     keep: int = Field(default=3, ge=0, le=100)
+    max_bytes_per_s: ByteSize = Field(default=ByteSize(8 * 2**20), ge=1024)
 
 
 class RestartConfig(_Model):

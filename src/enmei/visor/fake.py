@@ -23,7 +23,7 @@ import psutil
 from enmei.config.model import ProcessUnit
 from enmei.errors import StartError
 from enmei.visor.base import Identity
-from enmei.visor.process import ProcessBackend, _Running
+from enmei.visor.process import Launch, ProcessBackend, _Running
 
 __all__ = ["FakeBackend", "SimProcess"]
 
@@ -69,7 +69,7 @@ class FakeBackend(ProcessBackend):
     # -- the simulated OS edge ---------------------------------------------------------------------
 
     def _spawn(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], out_fd: int,
-               err_fd: int) -> tuple[int, None, int, psutil.Process | None, float]:
+               err_fd: int, launch: Launch) -> tuple[int, None, int, psutil.Process | None, float]:
         if self.fail_starts > 0:
             self.fail_starts -= 1
             raise StartError(name, "start", f"command {spec.command[0]!r} not found (simulated)")

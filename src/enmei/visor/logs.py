@@ -1,5 +1,6 @@
-"""Captured logs: copy-then-truncate rotation of a file another process appends to (a unit's stdout and
-stderr, QEMU's console), and the tail of a log for a person.
+"""Captured logs: a size-bounded file enmei writes itself (``RotatingFile``: a unit's stdout and stderr,
+read from a pipe by ``enmei.visor.capture``), copy-then-truncate rotation of a file another process
+appends to (QEMU's console, a unit adopted from before pipe capture), and the tail of a log for a person.
 
 >>> import tempfile, pathlib
 >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -18,7 +19,87 @@ import os
 import shutil
 from pathlib import Path
 
-__all__ = ["rotate", "tail_lines"]
+from enmei.fsafe import open_append
+
+__all__ = ["RotatingFile", "rotate", "tail_lines"]
+
+
+class RotatingFile:
+    """A log that enmei appends to and rotates by renaming, before a write would pass ``max_bytes``.
+
+    Promises: ``path`` never holds more than ``max_bytes`` (a file that was already bigger when opened,
+    left by an older enmei, is rotated before the first write); at most ``keep`` older files
+    ``path.1`` (newest) .. ``path.<keep>`` exist, each also at most ``max_bytes``, so the whole log takes
+    at most ``max_bytes * (keep + 1)``. A write is cut after its last newline that fits, so a line
+    starts a file unless it is longer than a whole file. Rotation is a rename (no copy): its cost does
+    not grow with the file. Files are opened without following a symlink (``enmei.fsafe``).
+
+    ``write`` raises ``OSError`` (a full disk...) after writing what it could; the caller counts the rest
+    as dropped. Not thread-safe: one writer (the capture thread) owns it.
+
+    >>> import tempfile, pathlib, shutil
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> f = RotatingFile(d / "u.stdout.log", max_bytes=10, keep=1)
+    >>> for _ in range(5):
+    ...     f.write(b"line one\\n")
+    >>> f.close()
+    >>> sorted(p.name for p in d.iterdir()), (d / "u.stdout.log").read_bytes()
+    (['u.stdout.log', 'u.stdout.log.1'], b'line one\\n')
+    >>> shutil.rmtree(d)
+    """
+
+    def __init__(self, path: Path, *, max_bytes: int, keep: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes}")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.rotations = 0
+        self._fd = open_append(path, "a captured log")
+        self.size = os.fstat(self._fd).st_size
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            room = self.max_bytes - self.size
+            if len(view) <= room:
+                self._write_all(view)
+                return
+            cut = bytes(view[:max(room, 0)]).rfind(b"\n") + 1 if room > 0 else 0
+            if cut == 0 and self.size == 0:
+                cut = room  # one line longer than a whole file: split it
+            if cut:
+                self._write_all(view[:cut])
+                view = view[cut:]
+            self._rotate()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            n = os.write(self._fd, view)
+            self.size += n
+            view = view[n:]
+
+    def _rotate(self) -> None:
+        """``path`` -> ``path.1`` -> ... -> ``path.<keep>`` (the oldest falls off), then a new ``path``."""
+        os.close(self._fd)
+        self._fd = -1
+        name = self.path.name
+        if self.keep > 0:
+            for i in range(self.keep - 1, 0, -1):
+                older = self.path.with_name(f"{name}.{i}")
+                if os.path.lexists(older):
+                    os.replace(older, self.path.with_name(f"{name}.{i + 1}"))
+            os.replace(self.path, self.path.with_name(f"{name}.1"))
+        else:
+            os.unlink(self.path)
+        self._fd = open_append(self.path, "a captured log")
+        self.size = os.fstat(self._fd).st_size
+        self.rotations += 1
 
 
 def rotate(path: Path, max_bytes: int, keep: int) -> bool:

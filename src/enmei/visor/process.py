@@ -3,8 +3,15 @@
 Promises:
 
 * Each unit runs in its own session and process group; a stop reaches the whole group.
-* stdout and stderr go straight to files opened ``O_APPEND`` (``<state>/logs/<unit>.<stream>.log``), so
-  output survives a supervisor crash; rotation is copy-then-truncate by size, ``keep`` old files.
+* stdout and stderr go through pipes that enmei reads in a thread of its own (``enmei.visor.capture``) into
+  ``<state>/logs/<unit>.<stream>.log``, rotated by rename before a write would pass ``log.max_bytes``,
+  ``keep`` old files: at most ``max_bytes * (keep + 1)`` per stream whatever the write rate; output
+  past ``log.max_bytes_per_s`` is dropped, counted and reported as a ``LOG_FLOOD`` event at the
+  beginning and the end of each episode. The unit holds a read end of its own pipes (never read), so
+  a supervisor crash makes its writes block once the pipe is full, never fail with EPIPE or SIGPIPE;
+  the next supervisor attaches to the same pipes through ``/proc/<pid>/fd`` on adoption and goes on.
+  A unit adopted from an enmei that wrote the files directly keeps its O_APPEND descriptors, rotated
+  copy-then-truncate by ``maintain`` as before, until it restarts.
 * Identity is pid + create time, checked when a pidfd is opened; every signal goes through that pidfd
   (``pidfd_send_signal``) or to a process group whose leader was just re-checked, so a recycled pid is
   never signalled.
@@ -36,6 +43,7 @@ from enmei.config.model import ProcessUnit
 from enmei.errors import IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
+from enmei.visor.capture import Capture, attach_existing, make_pipe
 from enmei.visor.logs import rotate, tail_lines
 
 __all__ = ["ENV_SUPERVISOR", "ENV_UNIT", "ProcessBackend", "port_owner"]
@@ -59,7 +67,16 @@ class _Running:
     spec: ProcessUnit
     started_mono: float
     stopping: bool = False
+    legacy_logs: tuple[str, ...] = ()  # streams the unit writes to the file itself (adopted from an old enmei)
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How ``_spawn`` starts a command beyond its spec: descriptors the child inherits as they are
+    (the read ends of its own output pipes, which keep a write from failing while no enmei reads)."""
+
+    pass_fds: tuple[int, ...] = ()
 
 
 class ProcessBackend(Backend):
@@ -72,6 +89,8 @@ class ProcessBackend(Backend):
         self.log_dir = state_dir / "logs"
         self._units: dict[str, _Running] = {}
         self.instance = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
+        self.capture = Capture(self._on_capture_event)
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -89,17 +108,26 @@ class ProcessBackend(Backend):
         # unit's identity finds it again by them (``recover``), instead of starting a duplicate.
         env[ENV_UNIT] = name
         env[ENV_SUPERVISOR] = self.instance
+        self._loop = asyncio.get_running_loop()
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        out_fd = os.open(self._log_file(name, "stdout"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-        err_fd = os.open(self._log_file(name, "stderr"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        out_r, out_w = make_pipe()
+        err_r, err_w = make_pipe()
         try:
-            pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_fd, err_fd)
+            pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w,
+                                                               Launch(pass_fds=(out_r, err_r)))
+        except BaseException:
+            os.close(out_r)
+            os.close(err_r)
+            raise
         finally:
-            os.close(out_fd)
-            os.close(err_fd)
+            os.close(out_w)
+            os.close(err_w)
+        # Where the child holds its read ends, and which pipes they are: a later enmei re-attaches by them.
+        held = {"stdout": [out_r, os.fstat(out_r).st_ino], "stderr": [err_r, os.fstat(err_r).st_ino]}
         identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=create_time,
-                            started_wall=self.clock.wall(), extra={"pgid": pid})
+                            started_wall=self.clock.wall(), extra={"pgid": pid, "capture": held})
         self._units[name] = run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
+        self._capture(name, spec, {"stdout": out_r, "stderr": err_r})
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(),
                             {"pid": pid, "command": list(spec.command)}))
@@ -112,10 +140,61 @@ class ProcessBackend(Backend):
         if pinned is None:
             return False
         pidfd, proc = pinned
+        self._loop = asyncio.get_running_loop()
         self._units[name] = run = _Running(identity, pidfd, None, proc, spec, self.clock.monotonic())
+        run.legacy_logs = self._reattach(name, spec, identity)
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
         return True
+
+    def _reattach(self, name: str, spec: ProcessUnit, identity: Identity) -> tuple[str, ...]:
+        """Capture an adopted unit's output again: a new read end of the pipes it was started with, found
+        through ``/proc/<pid>/fd`` (the read end it holds, else its fd 1 / 2), checked by inode when the
+        identity names them. Returns the streams it writes to a file itself (an older enmei's units)."""
+        held = identity.extra.get("capture") or {}
+        fds: dict[str, int] = {}
+        legacy: list[str] = []
+        for stream, std in (("stdout", 1), ("stderr", 2)):
+            info = held.get(stream) if isinstance(held, dict) else None
+            try:
+                where, ino = (int(info[0]), int(info[1])) if info else (None, None)
+            except (TypeError, ValueError, IndexError):
+                where, ino = None, None
+            fd = attach_existing(identity.pid, [std] if where is None else [where, std], ino)
+            if fd is not None:
+                fds[stream] = fd
+            elif self._writes_file(name, stream, identity.pid, std):
+                legacy.append(stream)
+            else:
+                log.warning("unit %s: its %s could not be captured again after adoption", name, stream)
+        self._capture(name, spec, fds)
+        return tuple(legacy)
+
+    def _writes_file(self, name: str, stream: str, pid: int, fd: int) -> bool:
+        """Whether ``pid``'s descriptor ``fd`` is the unit's log file itself (an older enmei's capture)."""
+        try:
+            return os.path.realpath(f"/proc/{pid}/fd/{fd}") == os.path.realpath(self._log_file(name, stream))
+        except OSError:
+            return False
+
+    def _capture(self, name: str, spec: ProcessUnit, fds: dict[str, int]) -> None:
+        """Hand ``fds`` (read ends, by stream) to the capture thread; a log that cannot be opened
+        (unsafe path, full disk) leaves that stream uncaptured, with a warning, and the unit running."""
+        for stream, fd in fds.items():
+            try:
+                self.capture.add(name, stream, fd, self._log_file(name, stream), max_bytes=int(spec.log.max_bytes),
+                                 keep=spec.log.keep, rate=float(spec.log.max_bytes_per_s))
+            except (OSError, VisorError) as exc:
+                log.warning("unit %s: cannot capture %s: %s", name, stream, exc)
+
+    def _on_capture_event(self, unit: str, stream: str, detail: dict[str, Any]) -> None:
+        """From the capture thread: a flood episode began or ended; hand it to the loop as a ``UnitEvent``."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        event = UnitEvent(unit, UnitEventKind.LOG_FLOOD, self.clock.monotonic(), {"stream": stream, **detail})
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody to tell
+            loop.call_soon_threadsafe(self.emit, event)
 
     async def recover(self, name: str, spec: Any) -> Identity | None:
         """Adopt the leader of a group this supervisor's state dir started for ``name``, found by its
@@ -178,6 +257,8 @@ class ProcessBackend(Backend):
         for run in list(self._units.values()):
             self._unwatch(run)
         self._units.clear()
+        # Units still running keep their pipes (they hold a read end): the next enmei attaches again.
+        await asyncio.to_thread(self.capture.close)
 
     # -- monitor API -------------------------------------------------------------------------------
 
@@ -193,9 +274,11 @@ class ProcessBackend(Backend):
         return self._log_file(name, stream)
 
     def maintain(self) -> None:
-        """Rotate log files past their size (copy, then truncate: the writer keeps its O_APPEND fd)."""
+        """Rotate the logs of units adopted from an enmei without pipe capture, which write the file
+        themselves (copy, then truncate: the writer keeps its O_APPEND fd). Captured logs rotate as
+        they are written, in the capture thread."""
         for name, run in list(self._units.items()):
-            for stream in ("stdout", "stderr"):
+            for stream in run.legacy_logs:
                 rotate(self._log_file(name, stream), int(run.spec.log.max_bytes), run.spec.log.keep)
 
     # -- internals ---------------------------------------------------------------------------------
@@ -210,6 +293,7 @@ class ProcessBackend(Backend):
         if self._units.get(name) is run:
             del self._units[name]
         self._end_group(run)
+        self.capture.remove(name)  # drains first: the files hold the unit's last words
         uptime = self.clock.monotonic() - run.started_mono
         detail: dict[str, Any] = {"pid": run.identity.pid, "code": code,
                                   "signal": signal.Signals(sig).name if sig else None,
@@ -231,12 +315,13 @@ class ProcessBackend(Backend):
     # -- the operating-system edge (a fake backend overrides only these) ---------------------------
 
     def _spawn(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], out_fd: int,
-               err_fd: int) -> tuple[int, subprocess.Popen[bytes] | None, int, psutil.Process | None, float]:
+               err_fd: int, launch: Launch
+               ) -> tuple[int, subprocess.Popen[bytes] | None, int, psutil.Process | None, float]:
         """Start the command in a new session; returns (pid, popen, pidfd, psutil handle, create time)."""
         try:
             popen = subprocess.Popen(
                 spec.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                start_new_session=True, close_fds=True,
+                start_new_session=True, close_fds=True, pass_fds=launch.pass_fds,
             )
         except FileNotFoundError as exc:
             raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc

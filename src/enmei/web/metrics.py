@@ -15,6 +15,9 @@ Series (every name starts with ``enmei_``):
   ``enmei_remedies_total{unit,action,state}`` (by outcome), ``enmei_alerts_total{severity}``, and the
   histogram ``enmei_remedy_duration_seconds{action}`` — counted over this supervisor's run (since its
   last ``supervisor started`` record, read back from the journal when the web server starts);
+* ``enmei_log_floods_total{unit,stream}`` (flood episodes of a captured output stream begun),
+  ``enmei_log_dropped_bytes_total{unit,stream}`` (dropped in episodes that ended) and
+  ``enmei_log_flooding{unit,stream}`` (1 while an episode lasts), from the ``log_flood`` unit events;
 * ``enmei_journal_records``, ``enmei_journal_durable_records``, ``enmei_journal_pending_records``,
   ``enmei_journal_size_bytes`` (file and WAL), ``enmei_journal_writable`` (0 while degraded),
   ``enmei_journal_dropped_samples``, ``enmei_journal_verify_ok`` and
@@ -56,6 +59,9 @@ class Tally:
     alerts: Counter[str] = field(default_factory=Counter)
     durations: dict[str, list[int]] = field(default_factory=dict)  # action -> counts per bucket (+Inf last)
     duration_sum: dict[str, float] = field(default_factory=dict)
+    floods: Counter[tuple[str, str]] = field(default_factory=Counter)  # (unit, stream) -> episodes begun
+    flood_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # bytes, episodes ended
+    flooding: dict[tuple[str, str], bool] = field(default_factory=dict)
     after_seq: int = 0  # live records at or below this seq are counted by ``seed_tally`` instead
 
     def __call__(self, seq: int, kind: str, unit: str, body: Mapping[str, Any]) -> None:
@@ -78,10 +84,21 @@ class Tally:
                 self.duration_sum[action] = self.duration_sum.get(action, 0.0) + float(d)
         elif kind == "alert":
             self.alerts[str(body.get("severity", "?"))] += 1
+        elif kind == "unit.event" and body.get("event") == "log_flood":
+            key = (unit, str(body.get("stream", "?")))
+            if body.get("phase") == "begin":
+                self.floods[key] += 1
+                self.flooding[key] = True
+            elif body.get("phase") == "end":
+                self.flooding[key] = False
+                d = body.get("dropped_bytes")
+                if isinstance(d, int) and not isinstance(d, bool) and d >= 0:
+                    self.flood_dropped[key] += d
 
     def copy(self) -> Tally:
         return Tally(Counter(self.verdicts), Counter(self.decisions), Counter(self.remedies), Counter(self.alerts),
-                     {k: list(v) for k, v in self.durations.items()}, dict(self.duration_sum), self.after_seq)
+                     {k: list(v) for k, v in self.durations.items()}, dict(self.duration_sum), Counter(self.floods),
+                     Counter(self.flood_dropped), dict(self.flooding), self.after_seq)
 
 
 def seed_tally(journal: Path, up_to_seq: int) -> Tally:
@@ -95,8 +112,9 @@ def seed_tally(journal: Path, up_to_seq: int) -> Tally:
                            "json_extract(body, '$.event') = 'started'", (up_to_seq,)).fetchone()
         first = int(row[0] or 1)
         for kind, unit, body in conn.execute(
-                "SELECT kind, unit, body FROM records WHERE seq >= ? AND seq <= ? AND kind IN "
-                "('verdict', 'decision', 'remedy.outcome', 'alert') ORDER BY seq", (first, up_to_seq)):
+                "SELECT kind, unit, body FROM records WHERE seq >= ? AND seq <= ? AND (kind IN "
+                "('verdict', 'decision', 'remedy.outcome', 'alert') OR (kind = 'unit.event' AND "
+                "json_extract(body, '$.event') = 'log_flood')) ORDER BY seq", (first, up_to_seq)):
             try:
                 data = json.loads(body)
             except ValueError:
@@ -193,6 +211,18 @@ class _Collector(Collector):
                 buckets.append((bound, float(cum)))
             hist.add_metric([action], buckets, t.duration_sum[action])
         yield from (verdicts, decisions, remedies, alerts, hist)
+        floods = CounterMetricFamily("enmei_log_floods", "Flood episodes of a captured output stream",
+                                     labels=["unit", "stream"])
+        for (u, st), n in sorted(t.floods.items()):
+            floods.add_metric([u, st], n)
+        dropped = CounterMetricFamily("enmei_log_dropped_bytes", "Output bytes dropped in ended flood episodes",
+                                      labels=["unit", "stream"])
+        for (u, st), n in sorted(t.flood_dropped.items()):
+            dropped.add_metric([u, st], n)
+        flooding = GaugeMetricFamily("enmei_log_flooding", "1 while a flood episode lasts", labels=["unit", "stream"])
+        for (u, st), on in sorted(t.flooding.items()):
+            flooding.add_metric([u, st], 1.0 if on else 0.0)
+        yield from (floods, dropped, flooding)
 
     @staticmethod
     def _journal(s: Snapshot) -> Iterator[Metric]:

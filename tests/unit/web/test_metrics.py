@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from enmei.box import Journal
-from enmei.web.metrics import BUCKETS, Tally, seed_tally
+from enmei.web.metrics import BUCKETS, Tally, _Collector, seed_tally
 
 
 def test_tally_counts_what_the_engine_writes() -> None:
@@ -42,3 +42,22 @@ def test_seed_counts_this_supervisor_run_only(tmp_path: Path) -> None:
     assert t.verdicts == {("web", "probe_failed"): 1}
     assert t.remedies == {("web", "restart", "succeeded"): 1}
     assert t.after_seq == last - 1
+
+
+def test_flood_episodes_are_counted_from_their_unit_events(tmp_path: Path) -> None:
+    t = Tally()
+    t(1, "unit.event", "web", {"event": "log_flood", "stream": "stdout", "phase": "begin"})
+    assert t.floods == {("web", "stdout"): 1} and t.flooding == {("web", "stdout"): True}
+    t(2, "unit.event", "web", {"event": "log_flood", "stream": "stdout", "phase": "end", "dropped_bytes": 5000})
+    t(3, "unit.event", "web", {"event": "exited", "stream": "stdout", "phase": "begin"})  # not a flood
+    assert t.flooding == {("web", "stdout"): False} and t.flood_dropped == {("web", "stdout"): 5000}
+    assert t.copy().floods == t.floods
+    metrics = {m.name: m for m in _Collector._counters(t)}
+    assert metrics["enmei_log_floods"].samples[0].value == 1
+    assert metrics["enmei_log_dropped_bytes"].samples[0].value == 5000
+    assert metrics["enmei_log_flooding"].samples[0].value == 0
+    with Journal(tmp_path / "j.sqlite") as j:
+        j.append("supervisor", None, {"event": "started"})
+        last = j.append("unit.event", "web", {"event": "log_flood", "stream": "stderr", "phase": "begin"})
+        j.flush(5)
+    assert seed_tally(tmp_path / "j.sqlite", last).flooding == {("web", "stderr"): True}
