@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
@@ -27,6 +27,7 @@ from enmei.report.incidents import filter_incidents
 from enmei.visor.base import Capability, need
 from enmei.web.deps import Ctx, Token, unit_or_404
 from enmei.web.events import TooManyClients
+from enmei.web.limits import GateTally
 from enmei.web.metrics import Snapshot, journal_size, render
 from enmei.web.policy import ReplayUnavailable, policy_now, run_replay
 from enmei.web.views import action_problem, live_limits_now, log_tail, unit_now
@@ -251,7 +252,7 @@ async def events(ctx: Ctx, unit: Annotated[str | None, Query(pattern=_NAME)] = N
 
 @router.get("/metrics", tags=["live"], summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(ctx: Ctx) -> Response:
+async def metrics(ctx: Ctx, request: Request) -> Response:
     e = ctx.engine
     view = e.view()
     v = ctx.verified
@@ -261,6 +262,6 @@ async def metrics(ctx: Ctx) -> Response:
         journal_path=e.journal.path, journal_last_seq=e.journal.last_seq, journal_durable_seq=e.journal.durable_seq,
         journal_pending=e.journal.pending, journal_ok=e.journal.status == "ok",
         journal_dropped_samples=e.journal.dropped_samples, verify_ok=None if v is None else v.ok,
-        verify_wall=ctx.verified_wall)
+        verify_wall=ctx.verified_wall, web_refused=dict(getattr(request.app.state, "gate_tally", GateTally()).counts))
     return Response(await ctx.blocking(render, snap), media_type=CONTENT_TYPE_LATEST)
 

@@ -34,6 +34,7 @@ from enmei.report.charts import plotly_js_path
 from enmei.web import api, pages
 from enmei.web.context import WebContext
 from enmei.web.deps import SafeJSON
+from enmei.web.limits import GateTally, RequestGate, WebLimits
 
 __all__ = ["create_app"]
 
@@ -136,9 +137,12 @@ async def _crash(request: Request, exc: Exception) -> SafeJSON:
     return SafeJSON({"detail": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
 
 
-def create_app(engine: Engine, *, token: str, token_path: Path) -> FastAPI:
+def create_app(engine: Engine, *, token: str, token_path: Path, limits: WebLimits | None = None,
+               tally: GateTally | None = None) -> FastAPI:
     """The web app for ``engine``, wrapped in its guards. ``app.state.ctx`` is its :class:`WebContext`:
-    call ``ctx.start()`` inside the running loop for background work, ``ctx.close()`` when done."""
+    call ``ctx.start()`` inside the running loop for background work, ``ctx.close()`` when done.
+    ``limits``: the request gate's figures (``enmei.web.limits``); what it refuses is counted in ``tally``
+    (also ``app.state.gate_tally``)."""
     ctx = WebContext(engine, token=token, token_path=token_path)
     app = FastAPI(title="enmei", version=__version__, description=_DESCRIPTION, docs_url=None, redoc_url=None,
                   openapi_url="/openapi.json", default_response_class=SafeJSON)
@@ -154,5 +158,9 @@ def create_app(engine: Engine, *, token: str, token_path: Path) -> FastAPI:
         return FileResponse(plotly_js_path(), media_type="text/javascript",
                             headers={"Cache-Control": "public, max-age=86400"})
 
+    tally = tally if tally is not None else GateTally()
+    app.state.gate_tally = tally
+    # Inside the host check, outside everything that reads a body: the token and the size come first.
+    app.add_middleware(RequestGate, token=token, token_path=str(token_path), limits=limits, tally=tally)
     app.add_middleware(Guard)
     return app

@@ -21,7 +21,9 @@ Series (every name starts with ``enmei_``):
 * ``enmei_journal_records``, ``enmei_journal_durable_records``, ``enmei_journal_pending_records``,
   ``enmei_journal_size_bytes`` (file and WAL), ``enmei_journal_writable`` (0 while degraded),
   ``enmei_journal_dropped_samples``, ``enmei_journal_verify_ok`` and
-  ``enmei_journal_verify_timestamp_seconds`` (the newest verification; absent before the first).
+  ``enmei_journal_verify_timestamp_seconds`` (the newest verification; absent before the first);
+* ``enmei_web_refused_total{reason}``: requests refused and connections closed by the web server's
+  limits (``enmei.web.limits``).
 """
 
 from __future__ import annotations
@@ -144,6 +146,7 @@ class Snapshot:
     journal_dropped_samples: int
     verify_ok: bool | None
     verify_wall: float | None
+    web_refused: Mapping[str, int] = field(default_factory=dict)  # reason -> requests/connections refused
 
 
 class _Collector(Collector):
@@ -186,6 +189,12 @@ class _Collector(Collector):
             (latency if what == "latency_s" else ok).add_metric([unit, probe], value)
         yield from (latency, ok)
         yield from self._counters(s.tally)
+        refused = CounterMetricFamily("enmei_web_refused", "Web requests refused and connections closed by the "
+                                      "limits (no_token, body_too_large, header_timeout, idle_per_client...)",
+                                      labels=["reason"])
+        for reason, n in sorted(s.web_refused.items()):
+            refused.add_metric([reason], n)
+        yield refused
         yield from self._journal(s)
 
     @staticmethod

@@ -11,6 +11,10 @@ running loop until it is cancelled; it then ends the event streams, lets request
 ``grace_s`` seconds and closes the socket. uvicorn's own signal handling is switched off: SIGINT and
 SIGTERM stay with the supervisor, whose stop cancels this companion.
 
+What a client may cost is bounded by ``enmei.web.limits`` (``limits=``): the token is checked and the
+body size limited (64 KiB, 413) before any body is read; idle connections time out, are capped per
+client address and in all, and never take the slots of requests in progress.
+
 Failure: ``WebError`` before anything is served (bad or non-loopback address, port in use, token file
 unusable); the failure is also journaled as an alert, since a companion's exception only surfaces when
 supervision ends. Supervision itself never waits on the web server.
@@ -34,6 +38,7 @@ from enmei.model import Severity
 from enmei.web.app import create_app
 from enmei.web.auth import WebError, load_or_create_token
 from enmei.web.context import WebContext
+from enmei.web.limits import GateTally, WebLimits, guarded_protocol
 
 __all__ = ["DEFAULT_LISTEN", "bind_listen", "parse_listen", "serve"]
 
@@ -106,12 +111,13 @@ def _say(message: str) -> None:
 
 
 async def serve(engine: Engine, listen: str, token_path: Path, *, say: Callable[[str], None] | None = None,
-                grace_s: float = 2.0, sock: socket.socket | None = None) -> None:
+                grace_s: float = 2.0, sock: socket.socket | None = None, limits: WebLimits | None = None) -> None:
     """Serve the dashboard, API and ``/metrics`` for ``engine`` on ``listen`` until cancelled.
 
     ``say`` gets the lines meant for the operator (default: stderr): where the server listens, and the
     token — printed once, when it is made; later starts name only the file. ``sock``: a socket from
     ``bind_listen(listen)`` to serve on (it is closed at the end); without it ``serve`` binds its own.
+    ``limits``: what a client may cost (``enmei.web.limits``; the defaults without it).
     See the module docstring for failures.
     """
     say = say or _say
@@ -128,11 +134,16 @@ async def serve(engine: Engine, listen: str, token_path: Path, *, say: Callable[
         raise
     host, bound_port = sock.getsockname()[:2]
     url = f"http://{'[' + host + ']' if ':' in host else host}:{bound_port}/"
-    app = create_app(engine, token=token, token_path=token_path)
+    limits = limits or WebLimits()
+    tally = GateTally()
+    app = create_app(engine, token=token, token_path=token_path, limits=limits, tally=tally)
     ctx: WebContext = app.state.ctx
+    # No limit_concurrency: uvicorn's counts idle connections too, so 64 of them locked everyone out
+    # (issue 11 D11). The guarded protocol and the request gate bound connections and requests instead.
     config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="off",
                             ws="none", server_header=False, timeout_graceful_shutdown=max(1, round(grace_s)),
-                            timeout_keep_alive=5, limit_concurrency=64, backlog=128)
+                            timeout_keep_alive=5, limit_concurrency=None, backlog=128,
+                            http=guarded_protocol(limits, tally), h11_max_incomplete_event_size=16 * 1024)
     server = _Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="enmei-web")
     ctx.start()

@@ -80,7 +80,8 @@ async def until(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def served(tmp_path: Path, config: str, *, units_up: tuple[str, ...] = ("web",)) -> AsyncIterator[Served]:
+async def served(tmp_path: Path, config: str, *, units_up: tuple[str, ...] = ("web",),
+                 **serve_kw: Any) -> AsyncIterator[Served]:
     loaded = load_text(config, tmp_path / "enmei.toml")
     journal = journal_for(loaded).open()
     engine = Engine(loaded, journal=journal)
@@ -89,7 +90,7 @@ async def served(tmp_path: Path, config: str, *, units_up: tuple[str, ...] = ("w
     s = Served(engine, f"http://127.0.0.1:{wport}", "", said, loaded.state_dir / "web.token")
     engine.subscribe(lambda q, k, u, b: s.records.append((time.monotonic(), q, k, u, dict(b))))
     run = asyncio.create_task(engine.run())
-    web = asyncio.create_task(serve(engine, f"127.0.0.1:{wport}", s.token_path, say=said.append))
+    web = asyncio.create_task(serve(engine, f"127.0.0.1:{wport}", s.token_path, say=said.append, **serve_kw))
     try:
         assert await until(lambda: all(n in engine.units and engine.units[n].state is UnitState.RUNNING
                                        for n in units_up), 15), "units did not start"
