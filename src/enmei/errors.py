@@ -1,19 +1,30 @@
 """The error tree of enmei: every error enmei raises on purpose is an ``EnmeiError``.
 
-::
+The whole tree, with the module that defines each error outside this one (``tests/unit/test_errors.py``
+checks this drawing against the classes, and that each of them is raised somewhere)::
 
-    EnmeiError
-     +-- ConfigError          a config or policy file is wrong (file, key, line)
-     +-- StateError           an operation was asked in a lifecycle state that does not allow it
-     +-- VisorError           a backend could not run or control a unit (unit, action, cause)
-     |    +-- StartError      the unit could not be started
-     |    +-- StopError       the unit could not be stopped
-     |    +-- IdentityError   the pid no longer belongs to the process we started
-     +-- ProbeError           a probe could not observe (unit, probe, cause)
-     +-- RemedyError          a remedy failed or ran out of time (unit, remedy, cause)
-     +-- PolicyError          a policy failed to load or evaluate (file, line, column)
-     +-- BoxError             the journal could not be written or read
-          +-- IntegrityError  the journal's hash chain is broken (seq of the first bad record)
+    EnmeiError                      the root; also raised as is for an unknown backend kind at run time
+     +-- ConfigError                a config file is wrong (file, key, line)
+     +-- StateError                 an operation was asked in a lifecycle state that does not allow it
+     +-- VisorError                 a backend could not run or control a unit (unit, action, cause)
+     |    +-- StartError            the unit could not be started
+     |    +-- StopError             the unit could not be stopped
+     |    +-- IdentityError         the pid no longer belongs to the process we started
+     |    +-- ImageError            visor.qemu.errors: a guest image cannot be built or is not usable
+     |    |    +-- MissingToolError visor.qemu.errors: a host tool or Debian package is missing
+     |    +-- QmpError              visor.qemu.errors: a QMP command failed or the monitor went away
+     +-- PolicyError                a policy failed to load or evaluate (file, line, column)
+     |    +-- PolicyFailure         policy.sandbox: one evaluation failed (error, limit, crash)
+     +-- BoxError                   the journal could not be written or read
+     |    +-- IntegrityError        the journal was cut, rolled back or replaced (seq of the first bad record)
+     +-- StateFormatError           detect.base: a saved detector state is not one this version reads
+     +-- UnknownBackendError        visor.registry: a config names a backend kind nobody registered
+     +-- UnsafePathError            fsafe: a file enmei trusts has the wrong owner, mode or is a link
+     +-- WebError                   web.auth: the dashboard cannot start (address, token file)
+
+Private subclasses (a leading underscore) are left out. Internal signals that never leave their module
+are not ``EnmeiError`` on purpose: ``policy.core.EvalFailure``, ``monitor.http.HttpError``,
+``web.policy.ReplayUnavailable``, ``web.events.TooManyClients``.
 
 Each error carries its fields as attributes and renders a sentence for a person in ``__str__``.
 Causes are chained with ``raise ... from exc``.
@@ -30,8 +41,6 @@ __all__ = [
     "IdentityError",
     "IntegrityError",
     "PolicyError",
-    "ProbeError",
-    "RemedyError",
     "StartError",
     "StateError",
     "StopError",
@@ -100,32 +109,6 @@ class StopError(VisorError):
 
 class IdentityError(VisorError):
     """The pid no longer belongs to the process enmei started; nothing was signalled."""
-
-
-class ProbeError(EnmeiError):
-    """A probe could not observe its unit."""
-
-    def __init__(self, unit: str, probe: str, cause: str) -> None:
-        self.unit = unit
-        self.probe = probe
-        self.cause = cause
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"unit {self.unit!r}: probe {self.probe}: {self.cause}"
-
-
-class RemedyError(EnmeiError):
-    """A remedy failed or ran out of time."""
-
-    def __init__(self, unit: str, remedy: str, cause: str) -> None:
-        self.unit = unit
-        self.remedy = remedy
-        self.cause = cause
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        return f"unit {self.unit!r}: remedy {self.remedy}: {self.cause}"
 
 
 class PolicyError(EnmeiError):
