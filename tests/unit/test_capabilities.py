@@ -132,3 +132,26 @@ async def test_the_engine_refuses_a_remedy_the_units_backend_lacks(tmp_path: Pat
         assert running is None or running.action != "cold_reboot"
     finally:
         await rig.close()
+
+
+def test_the_trial_view_of_a_config_carries_each_backends_capabilities(tmp_path: Path) -> None:
+    import doctest
+    import importlib
+
+    from enmei.config import load_text
+    from enmei.errors import PolicyError
+    from enmei.policy.manager import open_policy
+    from enmei.policy.sandbox import InProcessSandbox
+    from enmei.policy.trial import config_view
+
+    assert doctest.testmod(importlib.import_module("enmei.policy.trial")).failed == 0
+    vm = config_view(load_text('[units.vm]\nbackend = "qemu"\n', tmp_path / "enmei.toml").config)
+    assert {"phase_reboot", "reboot", "snapshot"} <= vm.units["vm"].capabilities
+    policy = tmp_path / "p.star"
+    policy.write_text('load("@enmei", "remedy")\ndef on_verdict(event, ctx):\n'
+                      '    return [remedy("phase_reboot", ctx.unit)]\n')
+    open_policy(policy, sandbox=InProcessSandbox, trial_view=vm).close()  # a VM can: loads
+    both = config_view(load_text('[units.vm]\nbackend = "qemu"\n[units.web]\ncommand = ["/bin/true"]\n',
+                                 tmp_path / "enmei.toml").config)
+    with pytest.raises(PolicyError, match=r"p\.star:2.*needs phase_reboot.*for unit 'web'"):
+        open_policy(policy, sandbox=InProcessSandbox, trial_view=both)  # every unit is tried, not the first

@@ -75,9 +75,10 @@ def check(config: Annotated[Path, typer.Argument(help="The config file (enmei.to
     loaded = load(config)
     if loaded.policy_path is not None:
         from enmei.policy.manager import open_policy
+        from enmei.policy.trial import config_view
 
-        try:
-            open_policy(loaded.policy_path).close()
+        try:  # the policy's handlers are tried on every unit of the config, with its backend's capabilities
+            open_policy(loaded.policy_path, trial_view=config_view(loaded.config)).close()
         except PolicyError as exc:
             err_console.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(int(Exit.CONFIG)) from None

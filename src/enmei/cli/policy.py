@@ -34,12 +34,25 @@ def _path(file: str) -> Path | None:
 
 
 @app.command()
-def check(file: FileArg, as_json: JsonOpt = False) -> None:
+def check(file: FileArg, as_json: JsonOpt = False,
+          config: Annotated[Path | None, typer.Option("--config", "-c", help=(
+              "Try the handlers on this config's units (their backends' capabilities) instead of one "
+              "canned process unit"))] = None) -> None:
     """Load the policy (syntax, names, top-level code) and run it once on canned events."""
     from enmei.policy.manager import open_policy
 
+    trial = None
+    if config is not None:
+        from enmei.config import load
+        from enmei.errors import ConfigError
+        from enmei.policy.trial import config_view
+
+        try:
+            trial = config_view(load(config).config)
+        except ConfigError as exc:
+            fail(str(exc), Exit.CONFIG)
     try:
-        manager = open_policy(_path(file))
+        manager = open_policy(_path(file), trial_view=trial)
     except PolicyError as exc:
         if as_json:
             print(json.dumps({"ok": False, "error": str(exc), "file": exc.file, "line": exc.line,

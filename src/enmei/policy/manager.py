@@ -56,6 +56,7 @@ from enmei.policy.history import History
 from enmei.policy.program import ProgramSpec, build
 from enmei.policy.sandbox import InProcessSandbox, PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
 from enmei.remedy import REMEDIES
+from enmei.visor.registry import capabilities_of
 
 __all__ = ["BUILTIN", "PolicyManager", "load_default", "open_policy", "smoke_events", "smoke_view"]
 
@@ -82,7 +83,8 @@ def smoke_view() -> View:
     """A plausible one-unit view for trying a policy out before any real view exists."""
     unit = UnitView(name="smoke", backend="process", state=UnitState.RUNNING, health=Health.OK, alive=True,
                     uptime_s=120.0, remedy=None, restarts_in_window=1, budget=5, window_s=300.0, next_delay_s=0.5,
-                    escalate_retry_s=60.0, rejuvenate_every_s=None, rejuvenate_window_s=60.0, stop_timeout_s=10.0)
+                    escalate_retry_s=60.0, rejuvenate_every_s=None, rejuvenate_window_s=60.0, stop_timeout_s=10.0,
+                    capabilities=frozenset(str(c) for c in capabilities_of("process")))
     return View(1000.0, {"smoke": unit})
 
 
@@ -111,7 +113,7 @@ class PolicyManager:
 
     def __init__(self, path: Path | None = None, *, sandbox: SandboxFactory | None = None,
                  limits: Limits | None = None, fallback: Policy | None = BUILTIN, history: History | None = None,
-                 smoke: bool = True, error_every_s: float = 60.0) -> None:
+                 smoke: bool = True, error_every_s: float = 60.0, trial_view: View | None = None) -> None:
         self.path = path
         self.limits = limits or Limits()
         self.fallback = fallback  # None: a failed evaluation decides nothing
@@ -124,7 +126,9 @@ class PolicyManager:
         # 0.1-0.15 ms when both cores are idle, because each side is woken on the other core).
         self._factory: SandboxFactory = sandbox or (InProcessSandbox if path is None else WorkerSandbox)
         self._remedy_names = tuple(REMEDIES)
-        self._last_view: View | None = None
+        # ``trial_view`` (e.g. a config's units, ``enmei.policy.trial``): the first load tries every unit of it.
+        self._last_view: View | None = trial_view
+        self._trial_all = trial_view is not None
         self._errors: dict[tuple[Any, ...], list[float]] = {}  # key -> [last noticed at, repeats since]
         self._notices: list[dict[str, Any]] = []
         self._rejected: str | None = None
@@ -221,9 +225,10 @@ class PolicyManager:
         if not self.smoke:
             return box
         view = self._last_view if self._last_view is not None and self._last_view.units else smoke_view()
-        unit = next(iter(view.units))
+        trial_units = list(view.units) if self._trial_all else [next(iter(view.units))]
+        self._trial_all = False
         try:
-            for event in smoke_events(unit, view.now):
+            for event in (e for unit in trial_units for e in smoke_events(unit, view.now)):
                 handler = handler_for(event)
                 if handler in box.handlers:
                     self._evaluate(box, handler, event, view, spec.version, check_units=False)
