@@ -10,8 +10,9 @@ import pytest
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
-from enmei.model import UnitState
+from enmei.model import Observation, UnitState
 from enmei.monitor.http import http_get
+from support.wait import auntil, scaled
 
 from .conftest import PY
 
@@ -49,18 +50,26 @@ async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
     engine.subscribe(lambda s, k, u, b: records.append((k, u, dict(b))))
     task = asyncio.create_task(engine.run())
 
-    async def until(pred, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-        for _ in range(int(timeout / 0.05)):
-            if pred():
-                return True
-            await asyncio.sleep(0.05)
-        return bool(pred())
+    async def until(pred, timeout: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
+        return bool(await auntil(pred, timeout, "the engine"))
 
     try:
         assert await until(lambda: "web" in engine.units and engine.units["web"].state is UnitState.RUNNING)
-        # A synthetic search works: no verdict.
+        # A synthetic search works: no verdict. Wait for both injections to be observed *and* handled
+        # (the consumer takes an observation off the queue and judges it in one step): no sleep, no race.
+        injector = engine.injectors["web"]["search"]
+        seen: list[Observation] = []
+        real_observe = injector.observe
+
+        async def observe() -> Observation:
+            obs = await real_observe()
+            seen.append(obs)
+            return obs
+
+        injector.observe = observe  # type: ignore[method-assign]
         engine.submit("inject", "web", {"injector": "search", "count": 2, "every_s": 0.2})
-        await asyncio.sleep(1.0)
+        assert await until(lambda: len(seen) == 2 and engine.queue.empty())
+        assert all(o.ok for o in seen), seen
         assert not [b for k, _, b in records if k == "verdict"]
         # Degrade: search is switched off; the next injection sees it and a verdict names the injector.
         engine.submit("degrade", "web", {"mode": "nosearch"})
@@ -74,13 +83,14 @@ async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
         verdict = next(b for k, _, b in records if k == "verdict")
         assert verdict["detector"] == "probe-failures:search" and "status 503" in verdict["summary"]
         # A degrade mode whose command fails is a failed remedy with its output, not a crash.
-        await until(lambda: engine.units["web"].remedy is None and engine.units["web"].state is UnitState.RUNNING)
+        assert await until(lambda: engine.units["web"].remedy is None
+                           and engine.units["web"].state is UnitState.RUNNING)
         engine.submit("degrade", "web", {"mode": "broken"})
         assert await until(lambda: any(k == "remedy.outcome" and "cannot degrade" in str(b.get("detail"))
                                        for k, _, b in records))
     finally:
         engine.stop()
-        await asyncio.wait_for(task, 30)
+        await asyncio.wait_for(task, scaled(60))
         journal.close()
 
 

@@ -1,13 +1,13 @@
 """Fuzzing (hypothesis) of what reads untrusted input: the config loader, log ingestion, journal bodies.
 
-Each target counts the inputs it was given; ``ENMEI_FUZZ_EXAMPLES`` raises the number per target
-(the suite runs a few hundred; the closing notes quote a long run).
+Each target counts the inputs it was given and fails if hypothesis gave it fewer than half the examples
+asked for (a fuzzer that silently stopped running would otherwise pass); ``ENMEI_FUZZ_EXAMPLES`` raises
+the number per target (the suite runs a few hundred; the closing notes quote a long run).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -15,6 +15,7 @@ import re
 import string
 import tempfile
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,24 @@ values = st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=4),
                       max_leaves=20)
 
 
+def counted(name: str, minimum: int) -> Callable[[Callable[[], None]], Callable[[], None]]:
+    """Run a ``@given`` target as a test that also fails if it was given fewer than ``minimum`` inputs."""
+
+    def wrap(fuzz: Callable[[], None]) -> Callable[[], None]:
+        def test() -> None:
+            before = TRIED[name]
+            fuzz()
+            tried = TRIED[name] - before
+            print(f"fuzz inputs tried: {name}: {tried}")
+            assert tried >= minimum, f"{name}: only {tried} inputs (wanted {minimum})"
+
+        test.__name__ = test.__qualname__ = fuzz.__name__
+        test.__doc__ = fuzz.__doc__
+        return test
+
+    return wrap
+
+
 def _toml(value: Any, path: str = "") -> str:
     """A TOML rendering of nested dicts (tables), lists and scalars."""
     lines: list[str] = []
@@ -68,6 +87,7 @@ def _val(v: Any) -> str:
     return "{" + ", ".join(f"{json.dumps(k)} = {_val(x)}" for k, x in v.items()) + "}"
 
 
+@counted("config: structured documents", N // 2)
 @FUZZ
 @given(st.dictionaries(st.sampled_from(KEYS), values, max_size=6))
 def test_config_loader_structured(doc: dict[str, Any]) -> None:
@@ -80,14 +100,29 @@ def test_config_loader_structured(doc: dict[str, Any]) -> None:
     assert problem is None or str(problem).startswith("/tmp/fuzz.toml")
 
 
+@counted("config: raw text", N // 2)
 @FUZZ
 @given(st.text(alphabet=string.printable + "[]=\"'{}.\n\u00e9\u5ef6", max_size=300))
 def test_config_loader_text(text: str) -> None:
+    """Any text either loads (a config whose units all have a command or a backend) or is refused with a
+    ConfigError that names the file, and a line when the TOML itself is broken."""
     TRIED["config: raw text"] += 1
-    with contextlib.suppress(ConfigError):
-        load_text(text, Path("/tmp/fuzz.toml"))
+    problem: ConfigError | None = None
+    try:
+        loaded = load_text(text, Path("/tmp/fuzz.toml"))
+    except ConfigError as exc:
+        problem = exc
+    if problem is None:
+        assert loaded.path == Path("/tmp/fuzz.toml")
+        assert all(u.backend for u in loaded.config.units.values())
+    else:
+        assert str(problem).startswith("/tmp/fuzz.toml"), str(problem)
+        assert problem.message.strip(), "an error must say what is wrong"
+        if problem.message.startswith("not valid TOML"):
+            assert problem.line is not None and problem.line >= 1, str(problem)
 
 
+@counted("log ingestion", N // 2)
 @FUZZ
 @given(st.lists(st.binary(max_size=2000), max_size=6), st.sampled_from([None, "ERROR", "[", "(a|b)+$"]))
 def test_log_ingestion(chunks: list[bytes], pattern: str | None) -> None:
@@ -119,6 +154,7 @@ json_values = st.recursive(
     max_leaves=25)
 
 
+@counted("journal bodies", max(20, N // 10) // 2)
 @settings(max_examples=max(20, N // 10), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.text(max_size=12), st.one_of(st.none(), st.text(max_size=12)),
                           st.dictionaries(st.text(max_size=8), json_values, max_size=5)), min_size=1, max_size=15))
@@ -135,8 +171,3 @@ def test_journal_takes_any_body_and_verifies(items: list[tuple[str, str | None, 
             assert r.count() == len(items)
             for rec in r.records():
                 json.loads(rec.body)  # always valid JSON (non-finite floats are strings)
-
-
-def test_report_inputs_tried() -> None:
-    """Runs last in this module: prints how many inputs each target was given (see -s / the CI log)."""
-    print("fuzz inputs tried:", dict(TRIED))
