@@ -146,3 +146,36 @@ def test_config_is_frozen(write_config) -> None:
     loaded = load(write_config(GOOD))
     with pytest.raises(ValidationError, match="frozen"):
         loaded.config.units["web"].stop_timeout_s = 1  # type: ignore[misc]
+
+
+# -- D14: every config error names file:line and key -------------------------------------------------
+
+def test_a_bad_unit_name_is_located_at_its_table(write_config) -> None:
+    path = write_config('[supervisor]\nstate_dir = "st"\n\n[units."bad name"]\ncommand = ["/bin/true"]\n'
+                        '[units.good]\ncommand = ["/bin/true"]\n')
+    (problem,) = check(path)
+    assert (problem.line, problem.key) == (4, 'units."bad name"')
+    assert str(problem).startswith(f"{path}:4: units.\"bad name\": unit name 'bad name': use letters")
+
+
+def test_a_bad_unit_name_in_a_dotted_key_is_located_too(write_config) -> None:
+    (problem,) = check(write_config('[units]\nok.command = ["/bin/true"]\n"a:b".command = ["/bin/true"]\n'))
+    assert (problem.line, problem.key) == (3, 'units."a:b"')
+
+
+def test_a_missing_policy_file_is_located_in_the_config(write_config) -> None:
+    path = write_config('[supervisor]\nstate_dir = "st"\npolicy = "no-such-policy.star"\n'
+                        '[units.a]\ncommand = ["/bin/true"]\n')
+    (problem,) = check(path)
+    assert (problem.line, problem.key) == (3, "supervisor.policy")
+    assert str(problem) == (f"{path}:3: supervisor.policy: policy file "
+                            f"{str(path.parent / 'no-such-policy.star')!r} does not exist")
+    with pytest.raises(ConfigError, match=r"no-such-policy\.star' does not exist"):
+        load(path)
+
+
+def test_a_policy_that_is_a_directory_is_refused(write_config, tmp_path: Path) -> None:
+    (tmp_path / "pol").mkdir()
+    path = write_config('[supervisor]\npolicy = "pol"\n')
+    (problem,) = check(path)
+    assert problem.line == 2 and "is not a file" in problem.message

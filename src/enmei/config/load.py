@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -124,7 +125,10 @@ def _problems(text: str, path: Path) -> list[ConfigError]:
 
 
 def _from_pydantic(err: Mapping[str, Any], data: Mapping[str, Any], text: str, file: str) -> ConfigError:
-    loc = _real_loc(tuple(err["loc"]), data)
+    raw = tuple(err["loc"])
+    if raw and raw[-1] == "[key]":  # the key itself is wrong (a unit's name): point at its table
+        raw = raw[:-1]
+    loc = _real_loc(raw, data)
     key = _dotted(loc)
     msg = str(err["msg"])
     if err["type"] == "extra_forbidden":
@@ -162,10 +166,18 @@ def _real_loc(loc: tuple[Any, ...], data: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def _dotted(loc: Sequence[Any]) -> str:
+    """A location as the TOML key a person would write: ``units.web.probes[0].url``, ``units."a b"``."""
     s = ""
     for part in loc:
-        s += f"[{part}]" if isinstance(part, int) else (f".{part}" if s else str(part))
+        if isinstance(part, int):
+            s += f"[{part}]"
+            continue
+        text = str(part) if _BARE.match(str(part)) else json.dumps(str(part))
+        s += f".{text}" if s else text
     return s
 
 
@@ -222,7 +234,7 @@ def _unwrap(annotation: Any, node: Any) -> Any:
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY = re.compile(r"^\s*([A-Za-z0-9_\-\"'. ]+?)\s*=")
+_KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-. ])+?)\s*=""")
 
 
 def _split_key(key: str) -> list[str]:
@@ -258,7 +270,9 @@ def _locate(text: str, loc: Sequence[Any]) -> int | None:
             if a != b:
                 break
             depth += 1
-        if depth == len(path) and depth > 0 and (best is None or depth > best[0]):
+        # A line that is all of ``loc`` so far, or that sits inside it (``"a b".command = ...`` for the
+        # unit ``a b`` written with dotted keys); the deepest wins, the first of equals.
+        if (depth == len(path) or depth == len(want)) and depth > 0 and (best is None or depth > best[0]):
             best = (depth, lineno)
     return best[1] if best else None
 
@@ -285,6 +299,12 @@ def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Pat
             problems.append(ConfigError(f"command {str(found)!r} is not executable", file=str(path),
                                         key=f"units.{name}.command",
                                         line=_locate(text, ("units", name, "command"))))
+    if cfg.supervisor.policy:
+        policy = base / cfg.supervisor.policy
+        if not policy.is_file():
+            why = "is not a file" if policy.exists() else "does not exist"
+            problems.append(ConfigError(f"policy file {str(policy)!r} {why}", file=str(path), key="supervisor.policy",
+                                        line=_locate(text, ("supervisor", "policy"))))
     ac = cfg.supervisor.alert_command
     if ac and _resolve_command(ac[0], base, {}, True) is None:
         problems.append(ConfigError(f"alert command {ac[0]!r} not found", file=str(path),

@@ -24,7 +24,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, create_model, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "Config",
@@ -345,6 +354,16 @@ class ProcessUnit(_UnitBase):
         return v
 
 
+def _unit_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ValueError(f"unit name {name!r}: use letters, digits, '_', '.', '-' (64 at most), "
+                         "starting with a letter or digit")
+    return name
+
+
+# A unit's name, checked as the key it is (so an error points at the unit's own table).
+UnitName = Annotated[str, AfterValidator(_unit_name)]
+
 UnitBase = _UnitBase  # the keys every backend shares
 # A unit's config, statically: every backend's model is a ``UnitBase`` (the union is built at run time).
 UnitConfig = _UnitBase
@@ -358,7 +377,7 @@ class Config(_Model):
     """
 
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
-    units: dict[str, UnitBase] = Field(default_factory=dict)
+    units: dict[UnitName, UnitBase] = Field(default_factory=dict)
 
     @field_validator("units", mode="before")
     @classmethod
@@ -368,11 +387,6 @@ class Config(_Model):
             out: dict[str, Any] = {}
             for name, raw in v.items():
                 unit = raw
-                if not _NAME.match(str(name)):
-                    raise ValueError(
-                        f"unit name {name!r}: use letters, digits, '_', '.', '-' (64 at most), "
-                        "starting with a letter or digit"
-                    )
                 if isinstance(unit, Mapping) and "backend" not in unit:
                     unit = {"backend": DEFAULT_BACKEND, **unit}
                 out[name] = unit
@@ -398,7 +412,7 @@ def config_model() -> type[Config]:
         models = tuple(registry.config_models())
         union: Any = models[0] if len(models) == 1 else Annotated[Union[models], Field(discriminator="backend")]  # noqa: UP007
         model = create_model("Config", __base__=Config, __module__=__name__,
-                             units=(dict[str, union], Field(default_factory=dict)))
+                             units=(dict[UnitName, union], Field(default_factory=dict)))
         _built.clear()
         _built[gen] = model
     return model
