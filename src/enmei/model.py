@@ -123,7 +123,11 @@ class RecordKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Observation:
-    """One probe result: ``ok`` and named numeric values (e.g. ``latency_s``, ``rss_bytes``)."""
+    """One probe result: ``ok``, named numeric values (e.g. ``latency_s``, ``rss_bytes``) and text.
+
+    ``lines`` is the text channel: lines a probe read (a unit's log, a VM's serial console), oldest
+    first, without their line ends; empty for probes that observe numbers only.
+    """
 
     unit: str
     probe: str
@@ -132,6 +136,7 @@ class Observation:
     wall: float
     values: Mapping[str, float] = field(default_factory=dict)
     error: str | None = None
+    lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

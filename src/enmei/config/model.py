@@ -35,6 +35,8 @@ from pydantic import (
     model_validator,
 )
 
+from enmei.detect.registry import DetectorOptions, validate_entries
+
 __all__ = [
     "Config",
     "DegradeMode",
@@ -310,6 +312,9 @@ class _UnitBase(_Model):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     degrade: dict[str, DegradeMode] = Field(default_factory=dict)
     injectors: list[InjectorConfig] = Field(default_factory=list)
+    # [[units.NAME.detectors]]: each entry validated by the options model its `kind` registered
+    # (enmei.detect.registry); an entry replaces the default detector of its kind, others add to them.
+    detectors: list[DetectorOptions] = Field(default_factory=list)
 
     @field_validator("listen")
     @classmethod
@@ -319,6 +324,11 @@ class _UnitBase(_Model):
             if not port.isdigit() or not 0 < int(port) < 65536 or not host:
                 raise ValueError(f"{item!r} is not HOST:PORT")
         return items
+
+    @field_validator("detectors", mode="before")
+    @classmethod
+    def _detectors(cls, v: Any) -> Any:
+        return validate_entries(v)
 
     @model_validator(mode="after")
     def _unique_probe_names(self) -> _UnitBase:

@@ -10,7 +10,21 @@
 - :mod:`~enmei.detect.novelty` — the context-novelty anomaly detector (enmei's NAB entry).
 - :mod:`~enmei.detect.nab_score` — the NAB v1.1 scorer; :mod:`~enmei.detect.baselines` — NAB's
   windowed Gaussian.
-- :mod:`~enmei.detect.pipeline` — :class:`UnitJudge`, the seam the engine calls per observation.
+- :mod:`~enmei.detect.pipeline` — :class:`UnitJudge`: latency charts and aging trends of one unit.
+
+Unit detectors (what the engine feeds each observation of a unit; see :mod:`~enmei.detect.protocol`),
+registered by kind in :mod:`~enmei.detect.registry` and configured by ``[[units.NAME.detectors]]``:
+
+- ``probe_failures`` (:mod:`~enmei.detect.failures`) — consecutive failures of active probes, and the
+  unit's health;
+- ``latency``, ``aging`` (:mod:`~enmei.detect.judges`) — the statistical detectors above;
+- ``reaction`` (:mod:`~enmei.detect.reaction`) — an injection's reaction against its bound;
+- ``log_pattern`` (:mod:`~enmei.detect.logmatch`) — log or console lines matching a pattern.
+
+:class:`UnitDetectors` (:mod:`~enmei.detect.unitset`) holds one unit's detectors and combines their
+health reports. A unit that configures none gets ``probe_failures``, ``latency``, ``aging`` and
+``reaction`` as ``[units.NAME.detect]`` and its probes and injectors call for them
+(:mod:`~enmei.detect.wiring`).
 """
 
 from enmei.detect.aging import TrendDetector
@@ -21,12 +35,23 @@ from enmei.detect.ensemble import MaxOf, detector_from_state
 from enmei.detect.narrow import Narrower, Suspect
 from enmei.detect.novelty import NoveltyDetector
 from enmei.detect.pipeline import UnitJudge
+from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit, UnitDetector
+from enmei.detect.registry import DetectorOptions, register
+from enmei.detect.unitset import UnitDetectors
+
+# The built-in unit-detector kinds register themselves on import.
+from enmei.detect import failures, judges, logmatch, reaction  # noqa: F401  isort: skip
 
 __all__ = [
     "CUSUM",
     "EWMA",
     "Alarm",
     "Detector",
+    "DetectorContext",
+    "DetectorOptions",
+    "HealthReport",
+    "Judgement",
+    "Limit",
     "MaxOf",
     "Narrower",
     "NoveltyDetector",
@@ -36,7 +61,10 @@ __all__ = [
     "Suspect",
     "Threshold",
     "TrendDetector",
+    "UnitDetector",
+    "UnitDetectors",
     "UnitJudge",
     "WindowedGaussian",
     "detector_from_state",
+    "register",
 ]

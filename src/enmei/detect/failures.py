@@ -3,13 +3,23 @@
 ``ProbeFailures.update(obs)`` returns a ``PROBE_FAILED`` verdict when a probe has failed ``fail_after``
 times in a row (once per failing streak), and a ``PROBE_RECOVERED`` verdict at the first success after
 that. ``reset()`` forgets the streak (the engine calls it when the unit restarts).
+
+:class:`ProbeFailureDetector` (kind ``probe_failures``) is the unit detector made of these streaks, one
+per active probe and injector; it also reports the health each probe shows.
 """
 
 from __future__ import annotations
 
-from enmei.model import Observation, Severity, Verdict, VerdictKind
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["ProbeFailures"]
+from pydantic import Field
+
+from enmei.detect.protocol import NOTHING, DetectorContext, HealthReport, Judgement, Limit
+from enmei.detect.registry import DetectorOptions, register
+from enmei.model import Health, Observation, Severity, Verdict, VerdictKind
+
+__all__ = ["ProbeFailureDetector", "ProbeFailureOptions", "ProbeFailures"]
 
 
 class ProbeFailures:
@@ -49,3 +59,61 @@ class ProbeFailures:
                  "failing_for_s": round(obs.mono - self.first_failure_mono, 3)},
             )
         return None
+
+
+class ProbeFailureOptions(DetectorOptions):
+    """``kind = "probe_failures"``: ``fail_after`` (if set) replaces every probe's own ``fail_after``."""
+
+    fail_after: int | None = Field(default=None, ge=1)
+
+
+class ProbeFailureDetector:
+    """The unit detector over its active probes and injectors: one :class:`ProbeFailures` streak each.
+
+    Verdicts: PROBE_FAILED / PROBE_RECOVERED as :class:`ProbeFailures` gives them. Health, per probe:
+    FAILING once its streak fired, DEGRADED on a failure before that, OK on a pass. Observations of other
+    probes (resource stats, logs) are not its business. ``reset()`` forgets every streak.
+    """
+
+    def __init__(self, unit: str, fail_after: Mapping[str, int], name: str = "probe_failures") -> None:
+        self.kind = "probe_failures"
+        self.name = name
+        self.unit = unit
+        self.trackers = {p: ProbeFailures(unit, p, n) for p, n in fail_after.items()}
+
+    def feed(self, obs: Observation) -> Judgement:
+        tracker = self.trackers.get(obs.probe)
+        if tracker is None:
+            return NOTHING
+        v = tracker.update(obs)
+        if tracker.fired:
+            report = HealthReport(obs.probe, Health.FAILING, f"probe {obs.probe}: {obs.error}")
+        elif not obs.ok:
+            report = HealthReport(obs.probe, Health.DEGRADED, f"probe {obs.probe}: {obs.error}")
+        else:
+            report = HealthReport(obs.probe, Health.OK, f"probe {obs.probe} passes")
+        return Judgement(() if v is None else (v,), (report,))
+
+    def reset(self) -> None:
+        for tracker in self.trackers.values():
+            tracker.reset()
+
+    def state(self) -> dict[str, Any]:
+        return {p: {"streak": t.streak, "fired": t.fired, "fail_after": t.fail_after}
+                for p, t in self.trackers.items()}
+
+    def limits(self) -> dict[str, Limit]:
+        return {}
+
+
+def _build(ctx: DetectorContext, opts: ProbeFailureOptions) -> ProbeFailureDetector:
+    counts: dict[str, int] = {}
+    for p in ctx.probes:
+        if p.fail_after is not None:  # active probes (http, tcp): passive ones cannot fail that way
+            counts[p.name] = opts.fail_after or p.fail_after
+    for inj in ctx.injectors:  # one failed injection (no answer, a refused keystroke) is a verdict
+        counts[inj.name] = opts.fail_after or 1
+    return ProbeFailureDetector(ctx.unit, counts, opts.detector_name)
+
+
+register("probe_failures", ProbeFailureOptions, _build)

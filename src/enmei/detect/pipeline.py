@@ -60,6 +60,7 @@ from enmei.detect.base import STATE_FORMAT, StateFormatError, Threshold, check_s
 from enmei.detect.charts import CUSUM, EWMA, cusum_arl0
 from enmei.detect.ensemble import MaxOf, detector_from_state
 from enmei.detect.narrow import Narrower
+from enmei.detect.protocol import Limit
 from enmei.model import Observation, Severity, Verdict, VerdictKind
 
 __all__ = ["UnitJudge", "cusum_h_for_arl0"]
@@ -221,6 +222,19 @@ class UnitJudge:
                        Severity.CRITICAL if crit else Severity.WARNING, t,
                        f"{metric} grows {_amount(metric, float(ev.get('slope_per_s') or 0.0))}/s and reaches its "
                        f"limit {_amount(metric, float(ev.get('limit') or 0.0))} in {when}", evidence)
+
+    def limits(self) -> dict[str, Limit]:
+        """Per component (``"http.latency_s"``), the single-value limits of its latency chart now — the
+        ``lower``/``upper`` its ANOMALY verdicts report. Components still learning have none."""
+        out: dict[str, Limit] = {}
+        z = self._sigmas
+        for component, det in self.narrower.detectors.items():
+            first = det.members[0] if isinstance(det, MaxOf) else det
+            c, s = getattr(first, "centre", math.nan), getattr(first, "sigma", math.nan)
+            if isinstance(c, float) and isinstance(s, float) and math.isfinite(c) and math.isfinite(s) and s > 0:
+                out[f"{component}.{self.latency_metric}"] = Limit(math.exp(c), math.exp(c - z * s),
+                                                                  math.exp(c + z * s))
+        return out
 
     # -- lifecycle and state --------------------------------------------------------------------
     def reset(self, *, latency: bool = False, aging: bool = True) -> None:

@@ -1,25 +1,70 @@
-"""How the engine gets its detectors: one ``UnitJudge`` per unit, configured by ``[units.NAME.detect]``."""
+"""How the engine gets a unit's detectors: ``[[units.NAME.detectors]]`` over the defaults.
+
+A unit's detectors are, in this order:
+
+1. the defaults its config calls for — ``probe_failures`` when it has an active probe (http, tcp) or an
+   injector; ``latency`` (options from ``[units.NAME.detect]``) when it has an HTTP probe and
+   ``detect.latency`` is on; ``aging`` when ``detect.aging_limits`` is set; ``reaction`` for each keys
+   injector with a ``max_reaction`` — exactly what enmei did before detectors were pluggable;
+2. its ``[[units.NAME.detectors]]`` entries: an entry of a default's kind *replaces* that default (all
+   the defaults of that kind), an entry of another kind is added.
+
+Every kind comes from :mod:`enmei.detect.registry`; this module names no detector beyond the defaults.
+"""
 
 from __future__ import annotations
 
-from enmei.config.model import HttpProbe, UnitBase
-from enmei.detect.pipeline import UnitJudge
+from enmei.config.model import HttpProbe, KeysInjector, LogProbe, ProcessProbe, UnitBase, probe_name
+from enmei.detect.failures import ProbeFailureOptions
+from enmei.detect.judges import AgingOptions, LatencyOptions
+from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
+from enmei.detect.reaction import ReactionOptions
+from enmei.detect.registry import DetectorOptions, build
+from enmei.detect.unitset import UnitDetectors
 
-__all__ = ["judge_factory"]
+__all__ = ["context_for", "default_options", "judge_factory", "unit_detectors"]
 
 
-def judge_factory(unit: str, spec: UnitBase) -> UnitJudge | None:
-    """The judge for ``unit``, or None when nothing in its config calls for one (no HTTP probe with
-    latency charts on, no aging limits)."""
+def context_for(unit: str, spec: UnitBase) -> DetectorContext:
+    """What a detector factory learns of ``unit`` (its probes and injectors, as plain values)."""
+    probes = tuple(
+        ProbeInfo(probe_name(p), p.kind,
+                  None if isinstance(p, (ProcessProbe, LogProbe)) else p.fail_after)
+        for p in spec.probes)
+    injectors = tuple(
+        InjectorInfo(i.name, i.kind, i.watch, i.max_reaction) if isinstance(i, KeysInjector)
+        else InjectorInfo(i.name, i.kind)
+        for i in spec.injectors)
+    return DetectorContext(unit, probes, injectors)
+
+
+def default_options(spec: UnitBase) -> list[DetectorOptions]:
+    """The detectors a unit gets when it configures none (see the module docstring)."""
     d = spec.detect
-    latency = d.latency and any(isinstance(p, HttpProbe) for p in spec.probes)
-    if not latency and not d.aging_limits:
-        return None
-    return UnitJudge(
-        unit,
-        latency_metric="latency_s" if latency else "-",  # "-" is never a value name: latency off
-        aging_limits=d.aging_limits, learning=d.latency_learning, alpha=d.latency_alpha,
-        hold_off_s=d.latency_hold_off_s, aging_bucket_s=d.aging_bucket_s, aging_min_buckets=d.aging_min_buckets,
-        aging_warmup_s=d.aging_warmup_s, aging_horizon_s=d.aging_horizon_s, aging_hold_off_s=d.aging_hold_off_s,
-        critical_exhaust_s=min(3600.0, d.aging_horizon_s),
-    )
+    out: list[DetectorOptions] = []
+    if any(not isinstance(p, (ProcessProbe, LogProbe)) for p in spec.probes) or spec.injectors:
+        out.append(ProbeFailureOptions(kind="probe_failures"))
+    if d.latency and any(isinstance(p, HttpProbe) for p in spec.probes):
+        out.append(LatencyOptions(kind="latency", learning=d.latency_learning, alpha=d.latency_alpha,
+                                  hold_off_s=d.latency_hold_off_s))
+    if d.aging_limits:
+        out.append(AgingOptions(kind="aging", limits=d.aging_limits, bucket_s=d.aging_bucket_s,
+                                min_buckets=d.aging_min_buckets, warmup_s=d.aging_warmup_s,
+                                horizon_s=d.aging_horizon_s, hold_off_s=d.aging_hold_off_s))
+    for inj in spec.injectors:
+        if isinstance(inj, KeysInjector) and inj.max_reaction is not None:
+            out.append(ReactionOptions(kind="reaction", name=f"reaction:{inj.name}", injector=inj.name))
+    return out
+
+
+def unit_detectors(unit: str, spec: UnitBase) -> UnitDetectors:
+    """The detectors of ``unit``, built. Raises ``ValueError`` if an entry does not fit the unit (a
+    ``reaction`` detector naming no injector of it)."""
+    configured = list(spec.detectors)
+    replaced = {o.kind for o in configured}
+    options = [o for o in default_options(spec) if o.kind not in replaced] + configured
+    ctx = context_for(unit, spec)
+    return UnitDetectors(unit, [build(ctx, o) for o in options])
+
+
+judge_factory = unit_detectors  # the name `enmei up` and the benchmarks pass to Engine(judge_factory=...)

@@ -30,6 +30,8 @@ from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
 from enmei.config.model import UnitBase
+from enmei.detect.unitset import UnitDetectors
+from enmei.detect.wiring import unit_detectors
 from enmei.engine.actions import inject, monitor, run_alert_command
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
@@ -38,7 +40,6 @@ from enmei.errors import EnmeiError
 from enmei.model import (
     Decision,
     Event,
-    Health,
     Observation,
     Outcome,
     RecordKind,
@@ -69,7 +70,7 @@ __all__ = ["Command", "Engine", "Subscriber"]
 log = logging.getLogger(__name__)
 
 Subscriber = Callable[[int, str, str, Mapping[str, Any]], None]
-JudgeFactory = Callable[[str, UnitBase], Any]
+JudgeFactory = Callable[[str, UnitBase], UnitDetectors | None]
 
 
 @dataclass(frozen=True)
@@ -105,9 +106,9 @@ class Engine:
         self.subscribers: list[Subscriber] = []
         self._factories: dict[str, BackendFactory] = dict(backends or {})
         self._backends: dict[str, Backend] = {}
-        self._judge_factory = judge_factory
+        self._judge_factory: JudgeFactory = judge_factory or unit_detectors
         self.units: dict[str, UnitRuntime] = {}
-        self.judges: dict[str, Any] = {}
+        self.judges: dict[str, UnitDetectors] = {}  # each unit's detectors (none: nothing to judge)
         self.probes: dict[str, list[Probe]] = {}
         self._identities: dict[str, Identity] = {}
         self._statefile = StateFile(self.state_dir / "units.json")
@@ -207,10 +208,9 @@ class Engine:
             self.units[name] = unit
             self.probes[name] = make_probes(name, spec, backend, self.clock)
             self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
-            if self._judge_factory is not None:
-                judge = self._judge_factory(name, spec)
-                if judge is not None:
-                    self.judges[name] = judge
+            judge = self._judge_factory(name, spec)
+            if judge is not None and len(judge):
+                self.judges[name] = judge
 
     async def _adopt_or_start(self) -> None:
         saved = self._statefile.load()
@@ -312,7 +312,7 @@ class Engine:
         elif ev.kind is UnitEventKind.STARTED:
             judge = self.judges.get(ev.unit)
             if judge is not None:
-                judge.reset()  # a new instance: aging starts over (a restart frees what leaked)
+                judge.reset()  # a new instance (also one a backend made by itself): streaks, trends start over
             # A backend may replace the instance by itself (a VM's warm standby taking over in a phase
             # reboot, a whole-state restore): the saved identity must name the running one, for adoption.
             identity = unit.backend.identity(ev.unit)
@@ -331,25 +331,14 @@ class Engine:
         unit.observe_load(obs.mono, obs.values)
         if unit.state is not UnitState.RUNNING or unit.remedy is not None:
             return  # a unit starting or under repair is not judged
-        verdicts: list[Verdict] = []
-        tracker = unit.failures.get(obs.probe)
-        if tracker is not None:
-            v = tracker.update(obs)
-            if v is not None:
-                verdicts.append(v)
-            if tracker.fired:
-                unit.set_health(Health.FAILING, f"probe {obs.probe}: {obs.error}")
-            elif not obs.ok:
-                unit.set_health(Health.DEGRADED, f"probe {obs.probe}: {obs.error}")
-            elif all(not t.streak for t in unit.failures.values()):
-                unit.set_health(Health.OK, f"probe {obs.probe} passes")
-        judge = self.judges.get(obs.unit)
-        if judge is not None:
-            try:
-                verdicts.extend(judge.feed(obs))
-            except Exception:
-                log.exception("detector for %s failed", obs.unit)
-        for v in verdicts:
+        detectors = self.judges.get(obs.unit)
+        if detectors is None:
+            return
+        # The detectors judge (verdicts, health); the engine only applies what they concluded.
+        judged = detectors.feed(obs)
+        if judged.health is not None:
+            unit.set_health(*judged.health)
+        for v in judged.verdicts:
             seq = self.record(RecordKind.VERDICT, v.unit, as_dict(v))
             if v.kind is VerdictKind.PROBE_RECOVERED:
                 continue

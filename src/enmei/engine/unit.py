@@ -22,8 +22,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from enmei.clock import Clock, within
-from enmei.config.model import UnitBase, probe_name
-from enmei.detect.failures import ProbeFailures
+from enmei.config.model import UnitBase
 from enmei.errors import StartError, StateError
 from enmei.model import Health, RecordKind, Severity, UnitState, describe_exit
 from enmei.policy.base import UnitView
@@ -59,6 +58,8 @@ class UnitRuntime:
     def __init__(self, name: str, spec: UnitBase, backend: Backend, clock: Clock, *, record: RecordFn,
                  alert: AlertFn, identity_changed: Callable[[str, Identity | None], None],
                  on_fresh: Callable[[str], None] | None = None) -> None:
+        """``on_fresh(name)`` is called whenever a new instance begins (a start, a restored guest): the
+        engine resets the unit's detectors there."""
         self.name = name
         self._spec = spec
         self.backend = backend
@@ -74,12 +75,6 @@ class UnitRuntime:
         self.restarts: deque[float] = deque(maxlen=max(64, spec.restart.budget * 4))
         self.remedy: RemedyRun | None = None
         self._exit: asyncio.Future[Mapping[str, Any]] | None = None
-        self.failures: dict[str, ProbeFailures] = {
-            probe_name(p): ProbeFailures(name, probe_name(p), getattr(p, "fail_after", 3))
-            for p in spec.probes if getattr(p, "kind", "") in ("http", "tcp")
-        }
-        for inj in spec.injectors:  # one unexpected reaction to an injection is a verdict
-            self.failures[inj.name] = ProbeFailures(name, inj.name, 1)
         self.load: dict[str, deque[tuple[float, float]]] = {}
         self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
                                     spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
@@ -136,8 +131,8 @@ class UnitRuntime:
     async def start(self) -> None:
         self.set_state(UnitState.STARTING, "starting")
         self._exit = asyncio.get_running_loop().create_future()
-        for tracker in self.failures.values():
-            tracker.reset()
+        if self._on_fresh is not None:
+            self._on_fresh(self.name)  # the detectors forget the old instance (streaks, trends)
         self.set_health(Health.UNKNOWN, "new instance")
         try:
             identity = await self.backend.start(self.name, self._spec)
@@ -183,9 +178,7 @@ class UnitRuntime:
 
     def fresh_instance(self, health: Health = Health.UNKNOWN) -> None:
         """The same process or VM now holds a new instance of the service (a restored or rebooted guest):
-        forget failure streaks and say so in the health."""
-        for tracker in self.failures.values():
-            tracker.reset()
+        the detectors forget the old one (failure streaks, trends), and the health says so."""
         self.set_health(health, "new instance")
         if self._on_fresh is not None:
             self._on_fresh(self.name)

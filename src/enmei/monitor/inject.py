@@ -4,8 +4,10 @@ An injection runs when a policy decides ``inject(unit, injector, schedule)``; ea
 ``Observation`` (``probe`` = the injector's name) whose ``ok`` says whether the reaction was the expected
 one. ``http``: a synthetic request, judged by status (and a body substring). ``keys``: text typed into the
 unit's keyboard (VMs), then the movement of a counter (``watch``, e.g. block ``wr_bytes``) within
-``react_s``; out of bounds past ``max_reaction`` — the seed's "this guest writes to disk whenever someone
-types".
+``react_s``, reported as ``reaction_<watch>``. Injectors do not judge what they see: whether that
+reaction is out of bounds (past ``max_reaction`` — the seed's "this guest writes to disk whenever
+someone types") is the ``reaction`` detector's verdict (``enmei.detect.reaction``). An injection that
+could not be made at all (the keys not sent) is an observation with ``ok`` false.
 """
 
 from __future__ import annotations
@@ -67,13 +69,7 @@ class KeysInjection(Probe):
             after = await self._counter()
         except VisorError as exc:
             return self._obs(False, {}, exc.cause, t0)
-        reaction = after - before
-        values = {f"reaction_{self.cfg.watch}": reaction}
-        limit = self.cfg.max_reaction
-        if limit is not None and reaction > limit:
-            return self._obs(False, values, f"{self.cfg.watch} moved by {reaction:g} within {self.cfg.react_s:g}s "
-                             f"of typing (bound {limit:g})", t0)
-        return self._obs(True, values, None, t0)
+        return self._obs(True, {f"reaction_{self.cfg.watch}": after - before}, None, t0)
 
 
 def make_injector(unit: str, cfg: InjectorConfig, clock: Clock, backend: Backend) -> Probe:

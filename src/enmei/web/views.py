@@ -4,16 +4,14 @@ Functions named ``*_now`` read the live engine and must run on the event loop (t
 others take a :class:`~enmei.box.Reader` and block, so they run in the web pool.
 
 **Control limits on the charts.** For a latency metric ``<probe>.latency_s`` the centre line and limits
-come from the unit's live detector when it has one and has finished learning
-(``engine.judges[unit].narrower.detectors[probe]``: its first chart, an EWMA, holds ``centre`` and
-``sigma`` of the log latency, and the judge's single-value limits are ``exp(centre ± sigmas·sigma)``,
-exactly what its ANOMALY verdicts report); otherwise from the newest ANOMALY verdict about that probe
+come from the unit's live detectors when one has finished learning (``engine.judges[unit].limits()``,
+by series ``"<probe>.latency_s"``: the single-value limits ``exp(centre ± L·sigma)`` of the latency
+chart, exactly what its ANOMALY verdicts report); otherwise from the newest ANOMALY verdict about that probe
 in the journal; otherwise none (the chart says nothing about limits rather than invent them).
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Mapping
@@ -106,23 +104,15 @@ def unit_now(engine: Engine, name: str) -> dict[str, Any]:
 
 
 def live_limits_now(engine: Engine, unit: str) -> dict[str, Limits]:
-    """Per probe, the limits the unit's live latency detector uses now (see the module docstring)."""
-    judge = engine.judges.get(unit)
-    detectors = getattr(getattr(judge, "narrower", None), "detectors", None)
-    if not isinstance(detectors, dict):
+    """Per probe, the latency limits the unit's live detectors use now (see the module docstring)."""
+    detectors = engine.judges.get(unit)
+    if detectors is None:
         return {}
     out: dict[str, Limits] = {}
-    for probe in [p.name for p in engine.probes.get(unit, [])]:
-        det = detectors.get(probe)
-        members = getattr(det, "members", None)
-        first = members[0] if isinstance(members, list) and members else det
-        centre, sigma, sigmas = (getattr(first, k, math.nan) for k in ("centre", "sigma", "sigmas"))
-        try:
-            c, s, z = float(centre), float(sigma), float(sigmas)
-        except (TypeError, ValueError):
-            continue
-        if all(math.isfinite(v) for v in (c, s, z)) and s > 0:
-            out[probe] = Limits(math.exp(c), math.exp(c - z * s), math.exp(c + z * s), "live detector")
+    for series, lim in detectors.limits().items():
+        probe, _, metric = series.rpartition(".")
+        if metric == "latency_s" and probe:
+            out[probe] = Limits(lim.centre, lim.lower, lim.upper, "live detector")
     return out
 
 

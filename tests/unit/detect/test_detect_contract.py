@@ -1,4 +1,5 @@
-"""The contract every streaming detector keeps (see enmei.detect.base), run over every detector."""
+"""The contract every streaming detector keeps (see enmei.detect.base), run over every detector; and the
+contract of unit detectors (enmei.detect.protocol), run over every registered kind."""
 
 from __future__ import annotations
 
@@ -12,12 +13,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from enmei.detect import registry
 from enmei.detect.aging import TrendDetector
 from enmei.detect.base import StateFormatError, StreamingDetector
 from enmei.detect.baselines import WindowedGaussian
 from enmei.detect.charts import CUSUM, EWMA, Shewhart
 from enmei.detect.ensemble import MaxOf, detector_from_state, detector_kinds
 from enmei.detect.novelty import NoveltyDetector
+from enmei.detect.protocol import DetectorContext, HealthReport, InjectorInfo, Judgement, Limit, ProbeInfo, UnitDetector
+from enmei.model import Health, Observation, Severity, Verdict, VerdictKind, as_dict
 
 Factory = Callable[[], StreamingDetector]
 
@@ -174,3 +178,108 @@ def test_clock_never_runs_backwards(name: str) -> None:
     shuffled = [(v, t if i % 7 else t - 1e6) for i, (v, t) in enumerate(data)]
     scores = run(det, shuffled)
     assert all(0.0 <= s <= 1.0 for s in scores)
+
+
+# -- unit detectors: every registered kind (enmei.detect.protocol) ----------------------------------
+
+CONTEXT = DetectorContext(
+    "u", probes=(ProbeInfo("http", "http", 3), ProbeInfo("proc", "process"), ProbeInfo("log", "log")),
+    injectors=(InjectorInfo("typing", "keys", "wr_bytes", 100.0),))
+ODD_VALUES: list[object] = [math.nan, math.inf, -math.inf, "x", None, -1.0, 1e308, 0.0]
+
+
+def unit_stream(n: int, seed: int) -> list[Observation]:
+    """Mixed observations of the contract's unit: passing and failing probes, a latency slowdown, a
+    growing rss, log lines, injections with their reactions, odd values and times that go backwards."""
+    r = random.Random(seed)
+    out: list[Observation] = []
+    for i in range(n):
+        t = float(i) if i % 97 else float(i) - 50.0
+        slow = 8.0 if n // 2 < i < n // 2 + 40 else 1.0
+        ok = r.random() > (0.6 if n // 3 < i < n // 3 + 6 else 0.05)
+        vals: dict[str, object] = {"latency_s": 0.01 * math.exp(r.gauss(0, 0.1)) * slow, "status": 200.0}
+        if i % 31 == 0:
+            vals["latency_s"] = r.choice(ODD_VALUES)
+        out.append(Observation("u", "http", ok, t, 1e9 + t, vals, None if ok else "refused"))  # type: ignore[arg-type]
+        out.append(Observation("u", "proc", True, t, 1e9 + t, {"rss_bytes": 1e6 + 1e4 * i, "num_fds": 8.0}))
+        if i % 5 == 0:
+            lines = tuple(r.choice(["GET / 200", "ERROR: boom", "Traceback (most recent call last):", "",
+                                    "\x00\ufffd odd", "x" * 500]) for _ in range(r.randrange(0, 6)))
+            out.append(Observation("u", "log", True, t, 1e9 + t, {"lines_per_s": float(len(lines))}, None, lines))
+        if i % 11 == 0:
+            inj_ok = r.random() > 0.2
+            moved = r.choice([0.0, 50.0, 500.0, math.nan])
+            out.append(Observation("u", "typing", inj_ok, t, 1e9 + t,
+                                   {"reaction_wr_bytes": moved} if inj_ok else {}, None if inj_ok else "no keys"))
+        if i % 13 == 0:
+            out.append(Observation("u", "other", False, math.nan, 0.0, {}, "a probe nobody watches"))
+    return out
+
+
+def build_kind(kind: str) -> UnitDetector:
+    return registry.build(CONTEXT, registry.get(kind).options.model_validate(registry.get(kind).example))
+
+
+def feed_all(det: UnitDetector, stream: list[Observation]) -> list[Judgement]:
+    return [det.feed(o) for o in stream]
+
+
+def unit_contract(kind: str) -> None:
+    det = build_kind(kind)
+    assert isinstance(det, UnitDetector)
+    assert det.kind == kind and det.name == (registry.get(kind).example.get("name") or kind)
+    stream = unit_stream(600, seed=5)
+    judged = feed_all(det, stream)
+    # Every answer is a Judgement of plain, JSON-ready values about this unit.
+    for j in judged:
+        assert isinstance(j, Judgement)
+        for v in j.verdicts:
+            assert isinstance(v, Verdict) and v.unit == "u" and isinstance(v.kind, VerdictKind)
+            assert isinstance(v.severity, Severity) and v.summary and v.detector
+            json.dumps(as_dict(v), allow_nan=False)
+        for h in j.health:
+            assert isinstance(h, HealthReport) and isinstance(h.health, Health) and h.source
+    json.dumps(det.state(), allow_nan=False)
+    json.dumps({k: v.as_dict() for k, v in det.limits().items()}, allow_nan=False)
+    for lim in det.limits().values():
+        assert isinstance(lim, Limit) and lim.lower <= lim.centre <= lim.upper
+    # Deterministic, and state()/limits() change nothing.
+    twin = build_kind(kind)
+    again: list[Judgement] = []
+    for o in stream:
+        again.append(twin.feed(o))
+        twin.state()
+        twin.limits()
+    assert again == judged
+    # reset() is safe at any point, and the detector still answers afterwards.
+    det.reset()
+    feed_all(det, unit_stream(50, seed=6))
+    json.dumps(det.state(), allow_nan=False)
+    # Bounded: the state does not grow with the length of the stream.
+    long = build_kind(kind)
+    feed_all(long, unit_stream(800, seed=7))
+    early = len(json.dumps(long.state()))
+    feed_all(long, unit_stream(3000, seed=8))
+    assert len(json.dumps(long.state())) <= 1.5 * early + 2000
+
+
+BUILTIN_KINDS = registry.kinds()
+
+
+@pytest.mark.parametrize("kind", BUILTIN_KINDS)
+def test_unit_detector_contract(kind: str) -> None:
+    unit_contract(kind)
+
+
+def test_kinds_registered_later_keep_the_contract_too() -> None:
+    """Kinds registered after collection (by another module, e.g. a test's own detector)."""
+    for kind in registry.kinds():
+        if kind not in BUILTIN_KINDS:
+            unit_contract(kind)
+
+
+def test_some_kinds_have_something_to_say_on_the_contract_stream() -> None:
+    """The stream reaches the detectors' verdicts (a contract checked on silence alone proves little)."""
+    said = {k: sum(len(j.verdicts) for j in feed_all(build_kind(k), unit_stream(600, seed=5)))
+            for k in BUILTIN_KINDS}
+    assert all(said[k] > 0 for k in ("probe_failures", "latency", "aging", "reaction", "log_pattern")), said

@@ -9,8 +9,8 @@ import pytest
 
 import enmei.detect
 
-MODULES = ["aging", "base", "baselines", "charts", "ensemble", "nab_score", "narrow", "novelty",
-           "pipeline"]
+MODULES = ["aging", "base", "baselines", "charts", "ensemble", "failures", "judges", "logmatch", "nab_score",
+           "narrow", "novelty", "pipeline", "protocol", "reaction", "registry", "unitset", "wiring"]
 
 
 def test_package_all_matches_exports() -> None:

@@ -1,0 +1,138 @@
+"""The statistical unit detectors a unit gets by default: ``latency`` (control charts) and ``aging``.
+
+Both are a :class:`~enmei.detect.pipeline.UnitJudge` restricted to one half of its job, so their
+verdicts are exactly the judge's (see that module for the statistics and the evidence):
+
+- ``latency`` — one EWMA + CUSUM chart on the log latency of each probe reporting ``metric``; ANOMALY
+  verdicts. ``reset()`` keeps the learned baseline (a restart does not change what normal latency is).
+  ``limits()`` gives each learned chart's single-value limits.
+- ``aging`` — a Mann–Kendall trend per metric of ``limits``; AGING verdicts with the predicted time to
+  exhaustion. ``reset()`` starts the trends over (a restart frees what leaked).
+
+Options (``[[units.NAME.detectors]]``), with the defaults of ``[units.NAME.detect]``::
+
+    kind = "latency"   metric = "latency_s"  learning = 300  alpha = 1e-6  hold_off_s = 300
+    kind = "aging"     limits = {rss_bytes = "512MiB"}  bucket_s = 60  min_buckets = 20  warmup_s = 600
+                       horizon_s = 86400  hold_off_s = 1800
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ByteSize, Field, TypeAdapter, field_validator
+
+from enmei.detect.pipeline import UnitJudge
+from enmei.detect.protocol import DetectorContext, Judgement, Limit
+from enmei.detect.registry import DetectorOptions, register
+from enmei.model import Observation
+
+__all__ = ["AgingDetector", "AgingOptions", "LatencyDetector", "LatencyOptions"]
+
+
+class LatencyOptions(DetectorOptions):
+    metric: str = "latency_s"
+    learning: int = Field(default=300, ge=10)
+    alpha: float = Field(default=1e-6, gt=0, lt=0.5)
+    hold_off_s: float = Field(default=300.0, ge=0)
+
+
+class AgingOptions(DetectorOptions):
+    limits: dict[str, float] = Field(default_factory=dict)
+    bucket_s: float = Field(default=60.0, gt=0)
+    min_buckets: int = Field(default=20, ge=6, le=120)
+    warmup_s: float = Field(default=600.0, ge=0)
+    horizon_s: float = Field(default=86_400.0, gt=0)
+    hold_off_s: float = Field(default=1800.0, ge=0)
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _sizes(cls, v: Any) -> Any:
+        # Sizes may be written with units: rss_bytes = "512MiB".
+        if isinstance(v, Mapping):
+            adapter = TypeAdapter(ByteSize)
+            return {k: float(adapter.validate_python(x)) if isinstance(x, str) else x for k, x in v.items()}
+        return v
+
+
+def _plain(x: Any) -> Any:
+    """A value safe for JSON: non-finite floats become None."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    return x
+
+
+class LatencyDetector:
+    """ANOMALY verdicts from latency control charts (one per probe reporting the metric)."""
+
+    def __init__(self, unit: str, opts: LatencyOptions) -> None:
+        self.kind = "latency"
+        self.name = opts.detector_name
+        self.judge = UnitJudge(unit, latency_metric=opts.metric, learning=opts.learning, alpha=opts.alpha,
+                               hold_off_s=opts.hold_off_s)
+
+    def feed(self, obs: Observation) -> Judgement:
+        return Judgement(tuple(self.judge.feed(obs)))
+
+    def reset(self) -> None:
+        """Nothing to forget: the baseline of a service's latency outlives one instance of it."""
+
+    def state(self) -> dict[str, Any]:
+        n = self.judge.learning
+        comps: dict[str, Any] = {}
+        for component, det in self.judge.narrower.detectors.items():
+            ev = det.evidence()
+            comps[component] = {"learning": n, "score": _plain(ev.get("score")), "rule": ev.get("rule")}
+        lim = self.judge.limits()
+        for series, limit in lim.items():
+            comps.setdefault(series.rsplit(".", 1)[0], {})["limits"] = limit.as_dict()
+        return {"metric": self.judge.latency_metric, "armed": self.judge.latency_gate.armed, "components": comps}
+
+    def limits(self) -> dict[str, Limit]:
+        return self.judge.limits()
+
+
+class AgingDetector:
+    """AGING verdicts from resource trends (one per metric of ``limits``)."""
+
+    def __init__(self, unit: str, opts: AgingOptions) -> None:
+        self.kind = "aging"
+        self.name = opts.detector_name
+        self.judge = UnitJudge(unit, latency_metric="-", aging_limits=opts.limits, aging_bucket_s=opts.bucket_s,
+                               aging_min_buckets=opts.min_buckets, aging_warmup_s=opts.warmup_s,
+                               aging_horizon_s=opts.horizon_s, aging_hold_off_s=opts.hold_off_s,
+                               critical_exhaust_s=min(3600.0, opts.horizon_s))
+
+    def feed(self, obs: Observation) -> Judgement:
+        return Judgement(tuple(self.judge.feed(obs)))
+
+    def reset(self) -> None:
+        """Forget every trend: a new instance has not leaked yet."""
+        self.judge.reset()
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for metric, limit in self.judge.aging_limits.items():
+            det = self.judge.aging.get(metric)
+            ev = det.evidence() if det is not None else {}
+            out[metric] = {"limit": limit, **{k: _plain(ev.get(k)) for k in (
+                "level", "slope_per_s", "exhaust_in_s", "buckets", "rule")}}
+        return {"metrics": out}
+
+    def limits(self) -> dict[str, Limit]:
+        return {}
+
+
+def _latency(ctx: DetectorContext, opts: LatencyOptions) -> LatencyDetector:
+    return LatencyDetector(ctx.unit, opts)
+
+
+def _aging(ctx: DetectorContext, opts: AgingOptions) -> AgingDetector:
+    return AgingDetector(ctx.unit, opts)
+
+
+register("latency", LatencyOptions, _latency, example={"learning": 20, "hold_off_s": 0})
+register("aging", AgingOptions, _aging, example={"limits": {"rss_bytes": 2e6}, "bucket_s": 1, "min_buckets": 6,
+                                                     "warmup_s": 0})

@@ -1,0 +1,166 @@
+"""The registry of unit-detector kinds: each kind registers its options model and its factory.
+
+::
+
+    class SpikeOptions(DetectorOptions):          # the keys of [[units.NAME.detectors]], validated
+        metric: str
+        above: float = Field(gt=0)
+
+    register("spike", SpikeOptions, lambda ctx, opts: Spike(ctx.unit, opts))
+
+A unit's ``[[units.NAME.detectors]]`` entries are validated against the options model of their
+``kind`` when the config is read (an unknown kind or a bad key is a config error naming file, key and
+line); the engine then builds each with :func:`build`. Adding a detector is a new module that calls
+:func:`register` — no edit in the engine, the config or the policy.
+
+``register`` refuses a kind that is already registered (``ValueError``), so that two modules can never
+silently replace each other's detector.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from enmei.detect.protocol import DetectorContext, UnitDetector
+
+__all__ = ["DetectorKind", "DetectorOptions", "build", "get", "kinds", "register", "unregister",
+           "validate_entries"]
+
+OptionsT = TypeVar("OptionsT", bound="DetectorOptions")
+
+
+class DetectorOptions(BaseModel):
+    """The keys every ``[[units.NAME.detectors]]`` entry has; a kind's options model extends it.
+
+    ``name`` tells two detectors of one kind apart (default: the kind).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+    @property
+    def detector_name(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class DetectorKind:
+    kind: str
+    options: type[DetectorOptions]
+    factory: Callable[[DetectorContext, Any], UnitDetector]
+    origin: str  # the module that registered it (for a person reading an error)
+    #: Options that build a working detector of this kind (with ``kind``), for the contract suite and
+    #: the docs: a unit with an ``http`` and a ``log`` probe, a ``proc`` probe, a keys injector ``typing``.
+    example: Mapping[str, Any]
+
+
+_KINDS: dict[str, DetectorKind] = {}
+
+
+def register(kind: str, options: type[OptionsT], factory: Callable[[DetectorContext, OptionsT], UnitDetector],
+             *, example: Mapping[str, Any] | None = None) -> None:
+    """Make ``kind`` available to ``[[units.NAME.detectors]]``. Raises ``ValueError`` if it exists, or if
+    ``example`` (default: no options) does not validate."""
+    if kind in _KINDS:
+        raise ValueError(f"detector kind {kind!r} is already registered (by {_KINDS[kind].origin})")
+    if not issubclass(options, DetectorOptions):
+        raise TypeError(f"options of detector kind {kind!r} must extend DetectorOptions")
+    sample = {**(example or {}), "kind": kind}
+    options.model_validate(sample)
+    _KINDS[kind] = DetectorKind(kind, options, factory, getattr(factory, "__module__", "?") or "?", sample)
+
+
+def unregister(kind: str) -> None:
+    """Remove ``kind`` (for tests that register a kind of their own); unknown kinds are ignored."""
+    _KINDS.pop(kind, None)
+
+
+def kinds() -> list[str]:
+    """The registered kinds, sorted."""
+    return sorted(_KINDS)
+
+
+def get(kind: str) -> DetectorKind:
+    """The registered ``kind``; ``KeyError`` naming the known ones if there is none."""
+    try:
+        return _KINDS[kind]
+    except KeyError:
+        raise KeyError(f"no detector kind {kind!r} (known: {', '.join(kinds())})") from None
+
+
+def build(context: DetectorContext, options: DetectorOptions) -> UnitDetector:
+    """A new detector for ``context.unit`` from validated ``options``."""
+    return get(options.kind).factory(context, options)
+
+
+def validate_entries(raw: Any) -> list[DetectorOptions]:
+    """Validate a unit's ``detectors`` list (raw TOML values) against the registered kinds.
+
+    Raises pydantic's ``ValidationError`` whose locations are ``(index, key)``, so that the config
+    loader names the file, the key and the line of each problem; unknown keys name the allowed ones.
+    """
+    if isinstance(raw, (DetectorOptions, Mapping)) or not isinstance(raw, (list, tuple)):
+        raise ValidationError.from_exception_data("detectors", [InitErrorDetails(
+            type=PydanticCustomError("detectors", "{msg}", {"msg": "must be a list of [[...detectors]] tables"}),
+            loc=(), input=raw)])
+    out: list[DetectorOptions] = []
+    problems: list[InitErrorDetails] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        if isinstance(entry, DetectorOptions):
+            opts: DetectorOptions | None = entry
+        else:
+            opts = _one(i, entry, problems)
+        if opts is None:
+            continue
+        if opts.detector_name in names:
+            problems.append(_problem((i, "name"), opts.name,
+                                     f"two detectors are named {opts.detector_name!r}: give one a distinct 'name'"))
+        names.add(opts.detector_name)
+        out.append(opts)
+    if problems:
+        raise ValidationError.from_exception_data("detectors", problems)
+    return out
+
+
+def _one(i: int, entry: Any, problems: list[InitErrorDetails]) -> DetectorOptions | None:
+    if not isinstance(entry, Mapping):
+        problems.append(_problem((i,), entry, "a detector is a table with a 'kind'"))
+        return None
+    kind = entry.get("kind")
+    if kind is None:
+        problems.append(_problem((i, "kind"), None, f"missing required key 'kind' (one of: {', '.join(kinds())})"))
+        return None
+    if not isinstance(kind, str) or kind not in _KINDS:
+        close = difflib.get_close_matches(str(kind), kinds(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(kinds())})"
+        problems.append(_problem((i, "kind"), kind, f"no detector kind {kind!r}{hint}"))
+        return None
+    model = _KINDS[kind].options
+    try:
+        return model.model_validate(entry)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden" and loc:
+                allowed = sorted(model.model_fields)
+                close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+                msg = f"unknown key {loc[-1]!r} for a {kind} detector" + (
+                    f" (did you mean {close[0]!r}?)" if close else f"; allowed here: {', '.join(allowed)}")
+            elif err["type"] == "missing" and loc:
+                msg = f"missing required key {loc[-1]!r} for a {kind} detector"
+            problems.append(_problem((i, *loc), err.get("input"), msg))
+        return None
+
+
+def _problem(loc: tuple[int | str, ...], value: Any, msg: str) -> InitErrorDetails:
+    return InitErrorDetails(type=PydanticCustomError("detector", "{msg}", {"msg": msg}), loc=loc, input=value)

@@ -1,0 +1,294 @@
+"""Unit detectors: the registry, ``[[units.NAME.detectors]]`` config, the defaults, health, text."""
+
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from enmei.clock import FakeClock
+from enmei.config.load import check, load_text
+from enmei.detect import registry
+from enmei.detect.failures import ProbeFailureDetector, ProbeFailureOptions
+from enmei.detect.judges import AgingDetector, LatencyDetector
+from enmei.detect.logmatch import LogPatternDetector, LogPatternOptions
+from enmei.detect.pipeline import UnitJudge
+from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit
+from enmei.detect.reaction import ReactionDetector
+from enmei.detect.unitset import UnitDetectors
+from enmei.detect.wiring import unit_detectors
+from enmei.model import Health, Observation, VerdictKind
+from enmei.monitor.lograte import LogProbe
+
+WEB = """
+[units.web]
+command = ["/bin/true"]
+[[units.web.probes]]
+kind = "http"
+url = "http://127.0.0.1:9/health"
+fail_after = 2
+[[units.web.probes]]
+kind = "process"
+[units.web.detect]
+aging_limits = { rss_bytes = "64MiB" }
+"""
+
+
+def obs(probe: str, ok: bool, t: float, values: dict[str, float] | None = None, error: str | None = None,
+        lines: tuple[str, ...] = ()) -> Observation:
+    return Observation("web", probe, ok, t, 1e9 + t, values or {}, error, lines)
+
+
+def detectors_of(tmp_path: Path, text: str, unit: str = "web") -> UnitDetectors:
+    loaded = load_text(text, tmp_path / "enmei.toml")
+    return unit_detectors(unit, loaded.config.units[unit])
+
+
+# -- the defaults: what enmei did before detectors were pluggable -------------------------------------
+
+def test_a_unit_that_configures_none_gets_the_old_set(tmp_path: Path) -> None:
+    dets = detectors_of(tmp_path, WEB)
+    assert [(d.kind, d.name) for d in dets] == [("probe_failures", "probe_failures"), ("latency", "latency"),
+                                                 ("aging", "aging")]
+    pf = dets.get("probe_failures")
+    assert isinstance(pf, ProbeFailureDetector)
+    assert {p: t.fail_after for p, t in pf.trackers.items()} == {"http": 2}  # passive probes cannot fail
+    aging = dets.get("aging")
+    assert isinstance(aging, AgingDetector) and aging.judge.aging_limits == {"rss_bytes": 64 * 2**20}
+
+
+def test_nothing_to_judge_gives_an_empty_set(tmp_path: Path) -> None:
+    text = '[units.a]\ncommand = ["/bin/true"]\n[[units.a.probes]]\nkind = "process"\n'
+    assert len(detectors_of(tmp_path, text, "a")) == 0
+    off = WEB.replace("[units.web.detect]\naging_limits", "[units.web.detect]\nlatency = false\naging_limits")
+    assert [d.kind for d in detectors_of(tmp_path, off)] == ["probe_failures", "aging"]
+
+
+def test_an_entry_replaces_the_default_of_its_kind_and_others_add(tmp_path: Path) -> None:
+    text = WEB + """
+[[units.web.detectors]]
+kind = "probe_failures"
+fail_after = 5
+[[units.web.detectors]]
+kind = "log_pattern"
+pattern = "Traceback"
+"""
+    dets = detectors_of(tmp_path, text)
+    assert [d.kind for d in dets] == ["latency", "aging", "probe_failures", "log_pattern"]
+    pf = dets.get("probe_failures")
+    assert isinstance(pf, ProbeFailureDetector) and pf.trackers["http"].fail_after == 5
+
+
+def test_default_verdicts_are_the_old_judges(tmp_path: Path) -> None:
+    """The latency and aging detectors give exactly the verdicts of the one UnitJudge they replace."""
+    dets = detectors_of(tmp_path, WEB.replace('aging_limits = { rss_bytes = "64MiB" }',
+                                              'aging_limits = { rss_bytes = "64MiB" }\nlatency_learning = 40\n'
+                                              'aging_bucket_s = 1\naging_min_buckets = 6\naging_warmup_s = 0'))
+    old = UnitJudge("web", aging_limits={"rss_bytes": 64 * 2**20}, learning=40, hold_off_s=300.0,
+                    aging_bucket_s=1.0, aging_min_buckets=6, aging_warmup_s=0.0, critical_exhaust_s=3600.0)
+    rng = random.Random(3)
+    new_v, old_v = [], []
+    for i in range(300):
+        t = float(i)
+        lat = obs("http", True, t, {"latency_s": 0.01 * math.exp(rng.gauss(0, 0.1)) * (6 if i > 150 else 1)})
+        rss = obs("proc", True, t, {"rss_bytes": 1e6 + 2e5 * i})
+        for o in (lat, rss):
+            new_v += dets.feed(o).verdicts
+            old_v += old.feed(o)
+    assert {v.kind for v in old_v} == {VerdictKind.ANOMALY, VerdictKind.AGING}
+    assert new_v == old_v
+
+
+# -- config: errors name file, key and line --------------------------------------------------------
+
+def test_bad_entries_name_file_key_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "enmei.toml"
+    path.write_text(WEB + """
+[[units.web.detectors]]
+kind = "log_patern"
+
+[[units.web.detectors]]
+kind = "log_pattern"
+patern = "x"
+
+[[units.web.detectors]]
+kind = "latency"
+alpha = 7
+
+[[units.web.detectors]]
+pattern = "x"
+""")
+    found = [(p.line, p.key, p.message) for p in check(path)]
+    first = WEB.count("\n") + 2  # the line of the first [[units.web.detectors]]
+    assert found[0] == (first + 1, "units.web.detectors[0].kind",
+                        "no detector kind 'log_patern' (did you mean 'log_pattern'?)")
+    assert (first + 3, "units.web.detectors[1].pattern",
+            "missing required key 'pattern' for a log_pattern detector") in found
+    assert (first + 5, "units.web.detectors[1].patern",
+            "unknown key 'patern' for a log_pattern detector (did you mean 'pattern'?)") in found
+    assert any(line == first + 9 and key == "units.web.detectors[2].alpha" and "less than 0.5" in msg
+               for line, key, msg in found)
+    assert any(key == "units.web.detectors[3].kind" and msg.startswith("missing required key 'kind'")
+               for _, key, msg in found)
+    assert str(path) in str(check(path)[0])
+
+
+def test_two_detectors_of_one_name_and_a_bad_pattern_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "enmei.toml"
+    path.write_text(WEB + """
+[[units.web.detectors]]
+kind = "log_pattern"
+pattern = "a"
+[[units.web.detectors]]
+kind = "log_pattern"
+pattern = "(unclosed"
+[[units.web.detectors]]
+kind = "log_pattern"
+pattern = "b"
+""")
+    msgs = {p.key: p.message for p in check(path)}
+    assert msgs["units.web.detectors[1].pattern"].startswith("not a regular expression")
+    assert "two detectors are named 'log_pattern'" in msgs["units.web.detectors[2].name"]
+
+
+def test_register_refuses_a_duplicate_kind() -> None:
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("latency", LogPatternOptions, lambda ctx, o: LogPatternDetector(ctx.unit, o))
+    assert {"probe_failures", "latency", "aging", "reaction", "log_pattern"} <= set(registry.kinds())
+
+
+# -- health: the detectors decide it, combined over sources ----------------------------------------
+
+def test_health_from_probe_failures_as_the_engine_applied_it() -> None:
+    pf = ProbeFailureDetector("web", {"http": 2, "tcp": 2})
+    dets = UnitDetectors("web", [pf])
+    seen = [dets.feed(o).health for o in (
+        obs("http", True, 0), obs("http", False, 1, error="refused"), obs("http", False, 2, error="refused"),
+        obs("tcp", True, 3), obs("http", True, 4))]
+    assert [h[0] if h else None for h in seen] == [Health.OK, Health.DEGRADED, Health.FAILING, None, Health.OK]
+    assert seen[2] == (Health.FAILING, "probe http: refused")
+    v = [dets.feed(o).verdicts for o in (obs("http", False, 5), obs("http", False, 6), obs("http", True, 7))]
+    assert [x[0].kind for x in v if x] == [VerdictKind.PROBE_FAILED, VerdictKind.PROBE_RECOVERED]
+
+
+def test_ok_from_one_source_does_not_hide_another_failing_one() -> None:
+    class Says:
+        kind = "says"
+
+        def __init__(self, name: str, source: str) -> None:
+            self.name, self.source = name, source
+
+        def feed(self, o: Observation) -> Judgement:
+            if o.probe != self.source:
+                return Judgement()
+            h = Health.OK if o.ok else Health.FAILING
+            return Judgement((), (HealthReport(self.source, h, f"{self.source} {h}"),))
+
+        def reset(self) -> None:
+            pass
+
+        def state(self) -> dict[str, object]:
+            return {}
+
+        def limits(self) -> dict[str, Limit]:
+            return {}
+
+    dets = UnitDetectors("web", [Says("a", "x"), Says("b", "y")])
+    assert dets.feed(obs("x", False, 0)).health == (Health.FAILING, "x failing")
+    assert dets.feed(obs("y", True, 1)).health is None  # x still fails
+    assert dets.feed(obs("x", True, 2)).health == (Health.OK, "x ok")
+    dets.feed(obs("x", False, 3))
+    dets.reset()
+    assert dets.feed(obs("y", True, 4)).health == (Health.OK, "y ok")
+
+
+def test_a_broken_detector_is_counted_and_the_others_still_judge() -> None:
+    class Broken(LogPatternDetector):
+        def feed(self, o: Observation) -> Judgement:
+            raise RuntimeError("bug")
+
+    good = ProbeFailureDetector("web", {"http": 1})
+    dets = UnitDetectors("web", [Broken("web", LogPatternOptions(kind="log_pattern", pattern="x")), good])
+    assert dets.feed(obs("http", False, 0, error="down")).verdicts[0].kind is VerdictKind.PROBE_FAILED
+    assert dets.state()["errors"] == {"log_pattern": 1}
+
+
+# -- injectors observe, the reaction detector judges ------------------------------------------------
+
+def test_keys_reaction_is_judged_by_the_reaction_detector(tmp_path: Path) -> None:
+    text = """
+[units.vm]
+command = ["/bin/true"]
+[[units.vm.injectors]]
+kind = "keys"
+name = "typing"
+text = "hello"
+max_reaction = 4096
+"""
+    dets = detectors_of(tmp_path, text, "vm")
+    assert [d.kind for d in dets] == ["probe_failures", "reaction"]
+    r = dets.get("reaction:typing")
+    assert isinstance(r, ReactionDetector) and r.metric == "reaction_wr_bytes" and r.max_reaction == 4096
+
+    def inj(ok: bool, moved: float, t: float) -> Observation:
+        return Observation("vm", "typing", ok, t, t, {"reaction_wr_bytes": moved} if ok else {},
+                           None if ok else "no keyboard")
+
+    out = [dets.feed(o) for o in (inj(True, 0, 0), inj(True, 8192, 1), inj(True, 9000, 2), inj(True, 0, 3),
+                                   inj(False, 0, 4))]
+    assert [[v.kind for v in j.verdicts] for j in out] == [
+        [], [VerdictKind.PROBE_FAILED], [], [VerdictKind.PROBE_RECOVERED], [VerdictKind.PROBE_FAILED]]
+    assert out[1].verdicts[0].evidence["value"] == 8192 and out[1].verdicts[0].evidence["limit"] == 4096
+    assert [j.health[0] if j.health else None for j in out] == [Health.OK, Health.FAILING, Health.FAILING,
+                                                                 Health.OK, Health.FAILING]
+    assert out[1].health == (Health.FAILING, "reaction_wr_bytes moved by 8192 after injection typing (bound 4096)")
+    assert out[4].verdicts[0].detector == "probe-failures:typing"  # the injection itself failed
+
+
+def test_a_reaction_entry_must_name_an_injector_of_the_unit() -> None:
+    opts = registry.get("reaction").options.model_validate({"kind": "reaction", "injector": "nope"})
+    with pytest.raises(ValueError, match="names injector 'nope'"):
+        registry.build(DetectorContext("vm"), opts)
+
+
+# -- the text channel ------------------------------------------------------------------------------
+
+async def test_log_probe_lines_feed_a_log_pattern_detector(tmp_path: Path) -> None:
+    """The log probe reads a real file; its lines reach the detector through Observation.lines."""
+    log = tmp_path / "web.stderr.log"
+    log.write_text("old line: Traceback before the probe started\n")
+    clock = FakeClock()
+    probe = LogProbe("web", "log", 1.0, clock, path=log, pattern=None, max_lines=3, max_line=40)
+    det = LogPatternDetector("web", LogPatternOptions(kind="log_pattern", pattern="Traceback", count=2,
+                                                      window_s=10, hold_off_s=100, probe="log"))
+    first = await probe.observe()
+    assert first.lines == () and det.feed(first) == Judgement()  # what was there before is not news
+    with log.open("a") as f:
+        f.write("ok\nTraceback (most recent call last):\n  File \"x\", line 1\nValueError: " + "é" * 50)
+    clock.advance(1.0)
+    second = await probe.observe()
+    assert second.lines == ("ok", "Traceback (most recent call last):", '  File "x", line 1')
+    assert det.feed(second) == Judgement()  # one match of the two it needs
+    with log.open("a") as f:
+        f.write("\nTraceback again\n" + "".join(f"filler {i}\n" for i in range(5)))
+    clock.advance(1.0)
+    third = await probe.observe()
+    assert third.lines[0].startswith("ValueError: é") and len(third.lines[0].encode()) <= 40 + 3
+    assert third.lines[1] == "Traceback again" and len(third.lines) == 3 and third.values["text_dropped"] == 4
+    verdicts = det.feed(third).verdicts
+    assert [v.kind for v in verdicts] == [VerdictKind.LOG_ANOMALY]
+    assert verdicts[0].evidence["matches"] == 2
+    assert verdicts[0].evidence["lines"] == ["Traceback (most recent call last):", "Traceback again"]
+    clock.advance(1.0)
+    assert det.feed(obs("log", True, clock.monotonic(), lines=("Traceback 3", "Traceback 4"))) == Judgement()
+    det.reset()
+    assert det.feed(obs("log", True, clock.monotonic(), lines=("Traceback 5", "Traceback 6"))).verdicts
+
+
+def test_probe_failure_options_default_to_each_probes_own(tmp_path: Path) -> None:
+    assert ProbeFailureOptions(kind="probe_failures").fail_after is None
+    dets = detectors_of(tmp_path, WEB)
+    lat = dets.get("latency")
+    assert isinstance(lat, LatencyDetector) and lat.judge.learning == 300 and lat.limits() == {}
