@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from enmei.detect.protocol import DetectorContext, UnitDetector
 
@@ -108,11 +107,10 @@ def validate_entries(raw: Any) -> list[DetectorOptions]:
     loader names the file, the key and the line of each problem; unknown keys name the allowed ones.
     """
     if isinstance(raw, (DetectorOptions, Mapping)) or not isinstance(raw, (list, tuple)):
-        raise ValidationError.from_exception_data("detectors", [InitErrorDetails(
-            type=PydanticCustomError("detectors", "{msg}", {"msg": "must be a list of [[...detectors]] tables"}),
-            loc=(), input=raw)])
+        raise ValidationError.from_exception_data("detectors", [
+            _problem((), raw, "must be a list of [[...detectors]] tables")])
     out: list[DetectorOptions] = []
-    problems: list[InitErrorDetails] = []
+    problems: list[Any] = []
     names: set[str] = set()
     for i, entry in enumerate(raw):
         if isinstance(entry, DetectorOptions):
@@ -131,7 +129,7 @@ def validate_entries(raw: Any) -> list[DetectorOptions]:
     return out
 
 
-def _one(i: int, entry: Any, problems: list[InitErrorDetails]) -> DetectorOptions | None:
+def _one(i: int, entry: Any, problems: list[Any]) -> DetectorOptions | None:
     if not isinstance(entry, Mapping):
         problems.append(_problem((i,), entry, "a detector is a table with a 'kind'"))
         return None
@@ -162,5 +160,6 @@ def _one(i: int, entry: Any, problems: list[InitErrorDetails]) -> DetectorOption
         return None
 
 
-def _problem(loc: tuple[int | str, ...], value: Any, msg: str) -> InitErrorDetails:
-    return InitErrorDetails(type=PydanticCustomError("detector", "{msg}", {"msg": msg}), loc=loc, input=value)
+def _problem(loc: tuple[int | str, ...], value: Any, msg: str) -> Any:
+    # A plain value_error: its message reads "Value error, <msg>", which the config loader strips.
+    return {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": ValueError(msg)}}
