@@ -33,6 +33,7 @@ from enmei.config.model import UnitBase
 from enmei.detect.unitset import UnitDetectors
 from enmei.detect.wiring import unit_detectors
 from enmei.engine.actions import inject, monitor, run_alert_command
+from enmei.engine.deciding import DEFAULT_DEADLINE_S, Decider
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
 from enmei.engine.unit import UnitRuntime
@@ -93,6 +94,7 @@ class Engine:
         policy: Policy | None = None,
         backends: Mapping[str, BackendFactory] | None = None,  # kind -> factory, over the registry's
         judge_factory: JudgeFactory | None = None,
+        policy_deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -101,6 +103,8 @@ class Engine:
         # No policy given: the one users get when they name none, the shipped library (not BuiltinPolicy,
         # which is only its fallback of last resort).
         self.policy: Policy = policy if policy is not None else load_default()
+        self.decider = Decider(self.policy, record=self.record, execute=self._execute,
+                               deadline_s=policy_deadline_s)
         self.state_dir = loaded.state_dir
         self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
         self.subscribers: list[Subscriber] = []
@@ -357,11 +361,10 @@ class Engine:
             else:
                 self._summaries.drain(tick.mono)
             self._next_summary = tick.mono + self.config.supervisor.summary_every_s
-        if isinstance(self.policy, ReloadablePolicy):
-            try:
-                self._policy_notices(self.policy.check_reload())  # hot reload: one stat per tick
-            except Exception:
-                log.exception("policy reload check failed")
+        try:
+            self.decider.reload()  # hot reload: one stat per tick (in the policy's worker, if it has one)
+        except Exception:
+            log.exception("policy reload check failed")
         self._decide(tick, None)
 
     def _policy_notices(self, notices: list[dict[str, Any]] | None = None) -> None:
@@ -387,17 +390,9 @@ class Engine:
     # -- policy and remedies -----------------------------------------------------------------------
 
     def _decide(self, event: Event, cause_seq: int | None) -> None:
-        view = self.view()
-        try:
-            decisions = self.policy.decide(event, view)
-        except Exception as exc:
-            log.exception("policy %s failed", self.policy.version)
-            self.record(RecordKind.POLICY, getattr(event, "unit", None), {
-                "event": "error", "policy": self.policy.version, "error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._policy_notices()  # an error the policy survived is journaled before the fallback's decisions
-        for d in decisions:
-            self._execute(d, cause_seq, view)
+        """Have the policy decide ``event`` (off the loop for a sandboxed policy, with a deadline and a
+        fallback: ``enmei.engine.deciding``); the decisions are carried out in event order."""
+        self.decider.decide(event, self.view(), cause_seq)
 
     def _execute(self, d: Decision, cause_seq: int | None, view: View | None = None) -> None:
         """Journal decision ``d`` and carry it out: an engine action at once, a remedy as a task.
@@ -623,6 +618,7 @@ class Engine:
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()
+        await self.decider.aclose()
         if isinstance(self.policy, ReloadablePolicy):
             with contextlib.suppress(Exception):
                 self.policy.close()

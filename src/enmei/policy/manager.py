@@ -15,6 +15,11 @@
   if all of that passes does it replace the running version (notice ``reloaded``). Otherwise the running
   version stays and the notice is ``rejected`` with the error and its file:line:column. A rejected
   content is not tried again until the file changes once more. The history carries over a reload.
+* ``revert(reason)`` (the engine calls it after a run of evaluations that missed its deadline) goes back
+  to the version that ran before the current one, or, with none, suspends the policy: every event gets
+  the fallback's decisions until the file changes. Either way the slow content is not loaded again
+  until the file changes. ``offloop`` tells the engine to evaluate in a thread of its own (a sandbox
+  process: waiting for it frees the interpreter); ``note()`` gives the history what was decided without it.
 * ``drain_notices()`` returns (and forgets) the notices not yet taken: ``loaded`` at start, then errors.
 
 Where it runs: the shipped default library in this process (``InProcessSandbox``: it is enmei's own code,
@@ -133,6 +138,8 @@ class PolicyManager:
         self._notices: list[dict[str, Any]] = []
         self._rejected: str | None = None
         self._stat = _stat(path)
+        self._previous: ProgramSpec | None = None  # the version before the running one, for ``revert``
+        self.suspended = False  # reverted with no previous version: the fallback decides
         self.spec: ProgramSpec = build(path)
         self.version = self.spec.version  # the running version's (a content hash), in every decision
         self._box: Sandbox = self._load(self.spec)
@@ -146,11 +153,21 @@ class PolicyManager:
     def handlers(self) -> list[str]:
         return list(self._box.handlers)
 
+    @property
+    def offloop(self) -> bool:
+        """Whether the engine should evaluate off its loop: true when the policy runs in a sandbox process
+        (waiting for it releases the interpreter; an evaluation in this process would not)."""
+        return self._box.kind == "process"
+
     def decide(self, event: Event, view: View) -> list[Decision]:
         """The running policy's decisions for ``event`` (the fallback's if it fails); never raises."""
         if tuple(REMEDIES) != self._remedy_names:
             self._reload_same()
         self._last_view = view
+        if self.suspended:
+            fallback = self.fallback.decide(event, view) if self.fallback is not None else []
+            self.note(event, fallback, view.now)
+            return fallback
         self.history.observe(event)
         handler = handler_for(event)
         if handler not in self._box.handlers:
@@ -286,11 +303,46 @@ class PolicyManager:
             self._rejected = spec.sha256
             return [self._rejection(base, err, spec.version)]
         old, previous = self._box, self.version
+        if not self.suspended:
+            self._previous = self.spec
         self._box, self.spec, self.version, self._rejected = box, spec, spec.version, None
+        self.suspended = False
         old.close()
         self._horizon()
         return [{"event": "reloaded", **base, "policy": self.version, "previous": previous,
                  "handlers": list(box.handlers), "sandbox": box.kind}]
+
+    def note(self, event: Event, decisions: list[Decision], now: float) -> None:
+        """Tell the history of an event someone else decided (the engine's fallback, while this policy
+        was late), and of what was decided, so that the policy's next evaluations count them."""
+        self.history.observe(event)
+        self.history.decided(decisions, now)
+
+    def revert(self, reason: str) -> list[dict[str, Any]]:
+        """Stop running the current version (it is too slow, says ``reason``): go back to the version that
+        ran before it, or, without one, suspend (the fallback decides every event) until the file changes.
+        The current content is not loaded again until the file changes. Returns the notice to journal."""
+        bad = self.version
+        self._rejected = self.spec.sha256
+        base = {"file": self._file(), "from": bad, "reason": reason}
+        previous = self._previous
+        if previous is not None:
+            try:
+                box = self._load(previous)
+            except PolicyError as err:
+                log.warning("cannot go back to %s: %s", previous.version, err)
+            else:
+                old = self._box
+                self._box, self.spec, self.version, self._previous = box, previous, previous.version, None
+                old.close()
+                self._horizon()
+                log.warning("policy %s reverted to %s: %s", bad, self.version, reason)
+                return [{"event": "reverted", "policy": self.version, **base}]
+        self.suspended = True
+        log.warning("policy %s suspended (%s): %s decides until the file changes", bad, reason,
+                    self.fallback.version if self.fallback is not None else "nothing")
+        return [{"event": "suspended", "policy": bad, **base,
+                 "fallback": self.fallback.version if self.fallback is not None else None}]
 
     def _rejection(self, base: Mapping[str, Any], err: PolicyError, candidate: str | None) -> dict[str, Any]:
         log.warning("policy %s rejected: %s", self._file(), err)
