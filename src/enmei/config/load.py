@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, config_model
+from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, UnitBase, config_model
 from enmei.errors import ConfigError
 
 __all__ = ["LoadedConfig", "check", "load", "load_text"]
@@ -282,6 +282,7 @@ def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Pat
     problems: list[ConfigError] = []
     base = path.absolute().parent
     for name, unit in cfg.units.items():
+        problems.extend(_capability_problems(name, unit, text, str(path)))
         if not isinstance(unit, ProcessUnit):
             continue
         cwd = (base / unit.cwd) if unit.cwd else base
@@ -311,6 +312,24 @@ def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Pat
                                     key="supervisor.alert_command",
                                     line=_locate(text, ("supervisor", "alert_command"))))
     return problems
+
+
+def _capability_problems(name: str, unit: UnitBase, text: str, file: str) -> list[ConfigError]:
+    """Probes and injectors that need what the unit's backend does not have (``needs`` on their model)."""
+    from enmei.visor.registry import capabilities_of
+
+    have = {str(c) for c in capabilities_of(unit.backend)}
+    out: list[ConfigError] = []
+    for table, items in (("probes", unit.probes), ("injectors", unit.injectors)):
+        for i, item in enumerate(items):
+            missing = sorted(set(getattr(type(item), "needs", ())) - have)
+            if missing:
+                loc = ("units", name, table, i)
+                out.append(ConfigError(
+                    f"a {item.kind} {table[:-1]} needs {' and '.join(missing)}, which the {unit.backend} backend "
+                    f"lacks (it has: {', '.join(sorted(have)) or 'none'})", file=file, key=_dotted(loc),
+                    line=_locate(text, loc)))
+    return out
 
 
 def _resolve_command(exe: str, cwd: Path, env: Mapping[str, str], inherit: bool) -> Path | None:
