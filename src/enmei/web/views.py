@@ -89,7 +89,7 @@ def actions_for(unit: UnitRuntime, *, all_remedies: bool = False) -> list[Action
 
 
 def unit_now(engine: Engine, name: str) -> dict[str, Any]:
-    """A unit as the API shows it: its view, identity, capabilities and actions (on the loop)."""
+    """A unit as the API shows it: its view, identity, capabilities, actions and detectors (on the loop)."""
     unit = engine.units[name]
     view = engine.view().units[name]
     ident = unit.backend.identity(name)
@@ -100,6 +100,11 @@ def unit_now(engine: Engine, name: str) -> dict[str, Any]:
     d["probes"] = [p.name for p in engine.probes.get(name, [])]
     d["actions"] = [a.as_dict() for a in actions_for(unit)]
     d["logs"] = [s for s in ("stdout", "stderr", "console") if unit.backend.log_path(name, s) is not None]
+    detectors = engine.judges.get(name)
+    # What each detector shows of itself (its state() and limits()), never its internals.
+    d["detectors"] = [] if detectors is None else [
+        {**entry, "limits": {k: v.as_dict() for k, v in det.limits().items()}}
+        for entry, det in zip(detectors.state()["detectors"], detectors, strict=True)]
     return d
 
 

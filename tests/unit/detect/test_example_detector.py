@@ -19,6 +19,7 @@ from enmei.detect.registry import DetectorOptions
 from enmei.model import Decision, Event, Health, Observation, Severity, Verdict, VerdictKind
 from enmei.policy.base import View
 from enmei.policy.builtin import BuiltinPolicy
+from enmei.web.views import unit_now
 from support.harness import start_rig
 
 
@@ -120,6 +121,10 @@ async def test_a_test_only_detector_runs_in_the_engine(tmp_path: Path) -> None:
         state = rig.engine.judges["a"].state()
         assert state["detectors"][0]["state"]["above"] is True
         assert "proc.rss_bytes" in rig.engine.judges["a"].limits()
+        # The web shows the detector through state() and limits() only.
+        (shown,) = unit_now(rig.engine, "a")["detectors"]
+        assert shown["kind"] == "test_rss_above" and shown["name"] == "rss" and shown["state"]["above"] is True
+        assert shown["limits"] == {"proc.rss_bytes": {"centre": 25e6, "lower": 0.0, "upper": 50e6}}
     finally:
         await rig.close()
 
