@@ -106,3 +106,23 @@ def policy(as_json: JsonOpt = False,
     from enmei.bench import policy as bench_policy
 
     emit("enmei bench policy", bench_policy.run(evaluations), as_json)
+
+
+@app.command()
+def abuse(as_json: JsonOpt = False,
+          runs: Annotated[int, typer.Option(help="kill -9 restarts measured per attack (the median is reported)")] = 5,
+          ) -> None:
+    """Kill -9 -> restarted time of a unit while enmei is attacked (huge unauthenticated bodies, a log
+    flood, a slow policy, idle connections); goal: the worst attack's median <= 1 s."""
+    from enmei.bench import abuse as bench_abuse
+
+    result = bench_abuse.run(runs)
+    if as_json:
+        emit("enmei bench abuse", result, True)
+        return
+    flat: dict[str, Any] = {}
+    for name, figures in result["attacks"].items():
+        for key, value in figures.items():
+            flat[f"{name}: {key}"] = value
+    flat.update({k: v for k, v in result.items() if k != "attacks"})
+    emit("enmei bench abuse", flat, False)
