@@ -57,9 +57,10 @@ from enmei.policy.base import Policy, UnitView, View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.policy.core import EvalFailure, Limits
 from enmei.policy.encode import decisions_from, handler_for, payload
+from enmei.policy.failure import PolicyFailure
 from enmei.policy.history import History
 from enmei.policy.program import ProgramSpec, build
-from enmei.policy.sandbox import InProcessSandbox, PolicyFailure, Sandbox, SandboxFactory, WorkerSandbox
+from enmei.policy.sandbox import InProcessSandbox, Sandbox, SandboxFactory, WorkerSandbox
 from enmei.remedy import REMEDIES
 from enmei.visor.registry import capabilities_of
 

@@ -22,10 +22,11 @@ from typing import Any
 import starlark as sl
 
 from enmei.errors import PolicyError
-from enmei.policy.core import EvalFailure, dialect, located
+from enmei.policy.core import dialect, located
 from enmei.policy.encode import DRIVER, remedies_for
+from enmei.policy.failure import failure_error
 
-__all__ = ["DEFAULT_LABEL", "LIBRARY_DIR", "MAX_SOURCE_BYTES", "ProgramSpec", "build", "failure_error",
+__all__ = ["DEFAULT_LABEL", "LIBRARY_DIR", "MAX_SOURCE_BYTES", "ProgramSpec", "build",
            "library_sources"]
 
 LIBRARY_DIR = Path(__file__).parent / "library"
@@ -63,14 +64,6 @@ def library_sources() -> dict[str, str]:
 
 def _filename(name: str) -> str:
     return "@enmei/enmei.star" if name == "@enmei" else f"{name}.star"
-
-
-def failure_error(failure: EvalFailure, default_file: str | None = None) -> PolicyError:
-    """An ``EvalFailure`` as the ``PolicyError`` enmei raises (kind kept as an attribute)."""
-    from enmei.policy.sandbox import PolicyFailure
-
-    return PolicyFailure(failure.kind, failure.message, file=failure.file or default_file, line=failure.line,
-                         column=failure.column)
 
 
 def _loads(filename: str, text: str) -> list[str]:

@@ -31,28 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from enmei.errors import PolicyError
 from enmei.policy import core
 from enmei.policy.core import HEADER, EvalFailure, Limits, Program
 from enmei.policy.encode import DRIVER
-from enmei.policy.program import ProgramSpec, failure_error
+from enmei.policy.failure import PolicyFailure, failure_error
+from enmei.policy.program import ProgramSpec
 
-__all__ = ["InProcessSandbox", "PolicyFailure", "Sandbox", "SandboxFactory", "WorkerSandbox"]
+__all__ = ["InProcessSandbox", "Sandbox", "SandboxFactory", "WorkerSandbox"]
 
 CORE_PATH = Path(core.__file__)
-
-
-class PolicyFailure(PolicyError):
-    """A policy could not be loaded or an evaluation failed; ``kind`` says how (see the module docstring)."""
-
-    def __init__(self, kind: str, message: str, *, file: str | None = None, line: int | None = None,
-                 column: int | None = None) -> None:
-        self.kind = kind
-        super().__init__(message, file=file, line=line, column=column)
-
-    def as_notice(self) -> dict[str, object]:
-        """The failure as fields of a journal record."""
-        return {"kind": self.kind, "error": str(self), "file": self.file, "line": self.line, "column": self.column}
 
 
 class Sandbox(Protocol):

@@ -14,9 +14,10 @@ import pytest
 from enmei.errors import PolicyError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.policy.core import Limits
+from enmei.policy.failure import PolicyFailure
 from enmei.policy.manager import PolicyManager
 from enmei.policy.program import build
-from enmei.policy.sandbox import PolicyFailure, WorkerSandbox
+from enmei.policy.sandbox import WorkerSandbox
 from unit.policy.common import view
 
 pytestmark = pytest.mark.integration

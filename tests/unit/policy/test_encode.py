@@ -11,7 +11,20 @@ import pytest
 
 from enmei.bench import policy as bench_policy
 from enmei.model import Severity, Verdict, VerdictKind
-from enmei.policy import base, core, encode, history, manager, program, replay, rules, sandbox, scenario
+from enmei.policy import (
+    actions,
+    base,
+    core,
+    encode,
+    failure,
+    history,
+    manager,
+    program,
+    replay,
+    rules,
+    sandbox,
+    scenario,
+)
 from enmei.policy.core import EvalFailure
 from enmei.policy.encode import UNIT_FIELDS, decisions_from, event_row, payload, plain, unit_row
 
@@ -47,7 +60,7 @@ def test_decisions_without_unit_checks_for_trial_runs() -> None:
 
 
 @pytest.mark.parametrize("module", [core, encode, history, manager, program, replay, rules, sandbox, scenario,
-                                    bench_policy, base])
+                                    bench_policy, base, failure, actions])
 def test_all_names_exactly_what_the_module_defines(module: ModuleType) -> None:
     for export in module.__all__:
         obj = getattr(module, export)
