@@ -96,9 +96,10 @@ class Guard:
         if not loopback_host(host):
             body = (f"enmei serves loopback names only (localhost, 127.0.0.1, [::1]); this request named "
                     f"{host[:100]!r}\n").encode()
+            # Connection: close, so that a body sent with it is never read (see enmei.web.limits).
             await send({"type": "http.response.start", "status": 421,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                    (b"content-length", str(len(body)).encode())]})
+                                    (b"content-length", str(len(body)).encode()), (b"connection", b"close")]})
             await send({"type": "http.response.body", "body": body})
             return
 

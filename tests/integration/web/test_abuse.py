@@ -89,6 +89,9 @@ async def test_huge_bodies_are_refused_before_they_are_read_and_supervision_goes
         assert streamed[1] < cap
         wrong = await asyncio.to_thread(upload, wport, post_head(action, length=declared, token="x" * 20), cap=cap)
         assert wrong[0].startswith(b"HTTP/1.1 403 "), wrong[0][:200]
+        rebound = post_head(action, length=declared, token=s.token).replace(b"Host: 127.0.0.1", b"Host: evil.example")
+        elsewhere = await asyncio.to_thread(upload, wport, rebound, cap=cap)
+        assert elsewhere[0].startswith(b"HTTP/1.1 421 ") and b"connection: close" in elsewhere[0].lower()
         assert not [b for _, _, k, _, b in s.records if k == "decision" and b.get("policy") == "operator:web"]
 
         # Four attackers at once, three uploads each, while the unit is killed.
