@@ -10,8 +10,11 @@ from pathlib import Path
 from enmei.clock import SystemClock
 from enmei.config.qemu import QemuUnit
 from enmei.visor.qemu.cmdline import MachinePaths
+from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import Machine
-from enmei.visor.qemu.standby import Standby, StandbyState, image_key, image_problem, slot_qemu
+from enmei.visor.qemu.phase_image import image_key, image_problem
+from enmei.visor.qemu.standby import Standby, StandbyState
+from enmei.visor.qemu.strays import slot_qemu
 
 
 def _machine(tmp_path: Path, **spec: object) -> Machine:
@@ -58,8 +61,8 @@ def test_a_new_standby_says_what_it_is() -> None:
 def test_a_slot_qemu_is_confirmed_by_its_command_line(tmp_path: Path) -> None:
     paths = MachinePaths.for_unit(tmp_path, "vm", "a")
     paths.dir.mkdir(parents=True)
-    assert slot_qemu(paths) is None  # no pid file
+    assert slot_qemu(QemuHost(), paths) is None  # no pid file
     paths.pidfile.write_text(f"{os.getpid()}\n")  # a live process, but not a QEMU of this slot
-    assert slot_qemu(paths) is None
+    assert slot_qemu(QemuHost(), paths) is None
     paths.pidfile.write_text("not a pid\n")
-    assert slot_qemu(paths) is None
+    assert slot_qemu(QemuHost(), paths) is None

@@ -21,34 +21,21 @@ Promises:
 * Every QMP command is bounded (``qmp_timeout_s``); failures are ``QmpError`` (a ``VisorError``) and
   concern only that unit: the backend goes on serving the others.
 
-Data-disk consistency (see ``guest/gate.sh``): the guest's root file system is its initramfs, in
-RAM, so it belongs to every snapshot. The persistent data disk (ext4, a raw file ``data.img``) is never
-part of an internal snapshot, and the guest mounts it only after the host opens a gate on ttyS1, which
-the host does only after the phase snapshot is taken. No snapshot therefore holds any state of the
-mounted file system; the one thing the guest read from the disk before the snapshot is its first blocks
-(the kernel's partition scan at boot), and the gate script drops every cached block of the disk
-(``blockdev --flushbufs``, ``drop_caches``) before it mounts. After ``phase_reboot`` the guest comes
-back before the gate, the host opens it again, and the guest mounts the disk as it is now (ext4's
-journal repairs what the failure interrupted; the mount runs at the lowest priority, so the service
-answers first). Data the service synced before the failure survives a phase reboot exactly as it
-survives a cold reboot; what it had not synced is lost in both. Guest RAM (``/run``: knobs, caches,
-sessions) goes back to the snapshot.
+Data-disk consistency: the data disk is never part of an internal snapshot and the guest mounts it
+only after a gate the host opens once the phase snapshot exists; data the service synced survives a
+phase reboot exactly as it survives a cold reboot; guest RAM (``/run``: knobs, caches, sessions) goes
+back to the snapshot. The rules, also with a standby sharing the disk, are in ``enmei.visor.qemu.disks``.
 
 Warm standby (``phase_standby``, on by default; ``enmei.visor.qemu.standby``): a second, paused QEMU
 of the unit holds the guest at the phase snapshot, already warmed; ``phase_reboot`` switches to it
 (milliseconds of downtime) and prepares the next one in the background, and loads the snapshot in
-place when no standby is ready. Two QEMUs then have the data disk open, and the rules that keep it
-consistent are: (1) the disk is *raw*, so a QEMU holds no image metadata (no qcow2 L2 or refcount
-cache) that another could make stale, and QEMU's image lock is shared (``share-rw``) by the unit's
-QEMUs; (2) a standby's guest never passes its gate while it is a standby, so it never reads or writes
-the disk; (3) the failed QEMU is killed and *waited for until its process is gone* before the standby
-is resumed and its gate opened, so at any time at most one guest uses the disk; (4) that guest drops
-any cached block of the disk before mounting it (above); (5) a ``start`` or ``adopt`` first kills any
-other QEMU of the unit still running (found by the slots' pid files, confirmed by their command line:
-a standby left behind by a supervisor that died), since QEMU's lock no longer keeps two of them apart.
-Whole-state saves (``state_save``, ``clone``; ``enmei.visor.qemu.wholestate``) are different: their
-RAM holds the mounted file system, so they copy both disks too, while QEMU has them flushed and
-inactive at the end of the migration.
+place when no standby is ready. Whole-state saves (``state_save``, ``clone``;
+``enmei.visor.qemu.wholestate``) copy both disks too.
+
+The backend composes: ``Machine`` (one QEMU: process, QMP, console, gate), ``StandbyManager``,
+``WholeState``, ``MonitorApi``, ``strays`` (killing a unit's QEMUs left by a dead supervisor), ``disks``,
+``phase_image``; all of them reach the host through one ``QemuHost`` (``host``), which a test may
+replace by ``enmei.visor.qemu.fake.FakeHost``.
 
 Remedy mechanisms (the lead's remedies wrap them): ``cold_reboot`` (reset, boot again, wait for the
 service) and ``phase_reboot`` (switch to the warm standby, or load the phase snapshot taken at
@@ -64,15 +51,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
-
-import psutil
 
 from enmei.clock import Clock
 from enmei.config.qemu import QemuUnit
@@ -80,15 +61,15 @@ from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
 from enmei.visor.base import Backend, Capability, EmitFn, Identity
 from enmei.visor.logs import rotate
-from enmei.visor.qemu import image as images
-from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
+from enmei.visor.qemu import disks, strays
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
-from enmei.visor.qemu.errors import ImageError, QmpError
-from enmei.visor.qemu.machine import Machine, launch, phase_tag, tail
+from enmei.visor.qemu.errors import BootError, ImageError, QmpError
+from enmei.visor.qemu.host import QemuHost
+from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag, phases_upto, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
-from enmei.visor.qemu.standby import SLOTS, Standby, StandbyMixin, StandbyState, _Unusable, remove_files
-from enmei.visor.qemu.wholestate import WholeStateMixin, phases_upto
+from enmei.visor.qemu.standby import StandbyManager
+from enmei.visor.qemu.wholestate import WholeState
 
 __all__ = ["QemuBackend", "VerdictFn"]
 
@@ -97,12 +78,13 @@ log = logging.getLogger(__name__)
 VerdictFn = Callable[[Verdict], None]
 
 
-class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
+class QemuBackend(Backend):
     """Runs ``QemuUnit`` units. ``verdict`` receives guest panics (see the module docstring).
 
     ``cache_dir`` is where images and the accelerator verdict are cached (default: the user's cache,
     ``enmei.visor.qemu.image.cache_root()``); ``binary`` is the QEMU system emulator;
-    ``kvm_probe_timeout_s`` bounds the one-time KVM test boot of ``accel = "auto"``.
+    ``kvm_probe_timeout_s`` bounds the one-time KVM test boot of ``accel = "auto"``. ``host`` replaces
+    the real host (the three arguments before are then the host's business).
     """
 
     kind: ClassVar[str] = "qemu"
@@ -110,16 +92,21 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
 
     def __init__(self, *, clock: Clock, state_dir: Path, emit: EmitFn, verdict: VerdictFn | None = None,
                  cache_dir: Path | None = None, binary: str = "qemu-system-x86_64",
-                 kvm_probe_timeout_s: float = 20.0) -> None:
+                 kvm_probe_timeout_s: float = 20.0, host: QemuHost | None = None) -> None:
         super().__init__(clock=clock, state_dir=state_dir, emit=emit)
         self.verdict = verdict
-        self.cache_dir = cache_dir
-        self.binary = binary
-        self.kvm_probe_timeout_s = kvm_probe_timeout_s
-        self._vms: dict[str, Machine] = {}
-        self._standbys: dict[str, Standby] = {}
+        self.host = host or QemuHost(binary=binary, cache_dir=cache_dir, kvm_probe_timeout_s=kvm_probe_timeout_s)
+        self.cache_dir = self.host.cache_dir
+        self.binary = self.host.binary
+        self._vms: dict[str, Machine] = {}  # the unit machines, shared with the parts below
         self._reboots: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.standbys = StandbyManager(clock=clock, host=self.host, emit=emit, machines=self._vms,
+                                       launch=self._launch_standby)
+        self.api = MonitorApi(self._require)
+        self.whole = WholeState(clock=clock, state_dir=state_dir, emit=emit, machines=self._vms,
+                                standbys=self.standbys, require=self._require, launch=self._launch_incoming,
+                                identity=self._identity, snapshots=self.api.snapshot_list)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -130,9 +117,10 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
             raise StartError(name, "start", f"already running as QEMU pid {self._vms[name].pid}")
         paths = MachinePaths.for_unit(self.state_dir, name)
         try:
-            await self._drop_standby(name)
-            await self._reap_strays(name, paths, keep_pid=None)
-            await asyncio.to_thread(remove_files, [f for s in SLOTS[1:] for f in paths.with_slot(s).slot_files()])
+            await self.standbys.drop(name)
+            await strays.reap(self.host, name, paths)
+            await asyncio.to_thread(strays.remove_files,
+                                    [f for s in strays.SLOTS[1:] for f in paths.with_slot(s).slot_files()])
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except (StartError, ImageError, VisorError) as exc:
@@ -145,13 +133,11 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
                                      what="boot")
             left = spec.ready_timeout_s - (self.clock.monotonic() - machine.started_mono)
             await machine.wait_phase("data-ready", since=0.0, timeout_s=max(1.0, left), what="data disk")
-        except (TimeoutError, ProcessLookupError) as exc:
-            machine.stopping = machine.quiet_exit = True
-            machine.kill()
-            await machine._wait_done(5.0)
+        except BootError as exc:
+            await machine.discard()
             self._vms.pop(name, None)
-            self._start_failed(name, str(exc))
-            raise StartError(name, "start", str(exc)) from exc
+            self._start_failed(name, exc.cause)
+            raise StartError(name, "start", exc.cause) from exc
         boot_s = round(self.clock.monotonic() - machine.started_mono, 3)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), {
             "pid": machine.pid, "accel": accel, "boot_s": boot_s,
@@ -166,15 +152,15 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
         extra = identity.extra
         try:
             qmp_path = Path(str(extra["qmp"]))
-            cmdline = " ".join(psutil_cmdline(identity.pid))
-        except (KeyError, ProcessLookupError):
+        except KeyError:
             return False
-        if str(qmp_path) not in cmdline:
+        proc = self.host.process(identity.pid)
+        if proc is None or str(qmp_path) not in " ".join(proc.cmdline):
             return False
         paths = MachinePaths(Path(str(extra["dir"])), qmp_path.parent, str(extra.get("slot", "")))
         machine = self._machine(name, spec, str(extra.get("kernel", "")), str(extra.get("initrd", "")),
                                 str(extra.get("accel", "tcg")), paths, int(extra.get("console_offset", 0)))
-        machine.data_shared = extra.get("data_disk") == "raw-shared"
+        machine.data_shared = disks.shared_in(extra)
         image_id = extra.get("phase_image")
         machine.phase_image_id = str(image_id) if image_id else None
         try:
@@ -184,15 +170,22 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
         self._vms[name] = machine
         # a standby (or any other QEMU of this unit) left by the earlier supervisor goes: it is not adopted
         with contextlib.suppress(VisorError):
-            await self._reap_strays(name, paths, keep_pid=identity.pid)
-        tag = machine_phase_tag(spec)
+            await strays.reap(self.host, name, paths, keep_pid=identity.pid)
+        tag = phase_tag(spec.phase_snapshot) if spec.phase_snapshot else None
         if tag is not None:
             with contextlib.suppress(QmpError):
-                if tag in await self.snapshot_list(name):
+                if tag in await self.api.snapshot_list(name):
                     now = self.clock.monotonic()
-                    machine.phase_snapshot = tag
-                    machine.snapshot_phases = {p: machine.console.phases.get(p) or PhaseMark(p, now, None, 1)
-                                               for p in phases_upto(spec)}
+                    machine.note_phase_snapshot(tag, {p: machine.console.phases.get(p) or PhaseMark(p, now, None, 1)
+                                                      for p in phases_upto(spec)})
+        resumed = False
+        with contextlib.suppress(QmpError):
+            if (await machine.qmp().execute("query-status")).get("status") == "paused":
+                # Only enmei pauses a unit's guest, and only inside a remedy (a takeover drains the old
+                # guest's I/O before killing it): the earlier supervisor died there. The guest goes back
+                # to where it was before the remedy, so that what called for it can be seen again.
+                await machine.qmp().execute("cont")
+                resumed = True
         machine.console.poll(self.clock.monotonic())
         phases = machine.console.phases
         if "service-ready" in phases and "data-ready" not in phases:
@@ -204,13 +197,20 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
             # a standby that took over, its gate not yet open when the earlier supervisor died
             machine.console.phases = dict(machine.snapshot_phases)
             machine.open_gate()
-        self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(),
-                            {"pid": identity.pid, "phase_snapshot": machine.phase_snapshot}))
-        self._want_standby(name)
+        detail: dict[str, Any] = {"pid": identity.pid, "phase_snapshot": machine.phase_snapshot}
+        if resumed:
+            detail["resumed"] = True
+        self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), detail))
+        if machine.panicked:
+            # Found panicked: the earlier supervisor saw the panic but did not finish repairing it (it
+            # died in the remedy, a takeover before the old QEMU went). The panic is reported again.
+            self._on_fact(machine, "GUEST_PANICKED", {"action": "pause", "info": {"adopted": True}},
+                          self.clock.wall())
+        self.standbys.want(name)
         return True
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
-        await self._drop_standby(name)
+        await self.standbys.drop(name)
         machine = self._vms.get(name)
         if machine is None:
             return
@@ -227,8 +227,7 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
     async def close(self) -> None:
         """Stop watching every VM; the QEMUs keep running (adopt them later). Standbys are killed: a
         new supervisor prepares new ones."""
-        for name in list(self._standbys):
-            await self._drop_standby(name)
+        await self.standbys.close()
         for machine in list(self._vms.values()):
             await machine.detach()
         self._vms.clear()
@@ -249,6 +248,53 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
     async def _quiet_net_stats(self, name: str) -> None:
         with contextlib.suppress(VisorError):
             await self.net_stats(name)
+
+    # -- the monitor API, whole state, the standby (their parts do the work) --------------------------
+
+    async def stats(self, name: str) -> dict[str, float]:
+        return await self.api.stats(name)
+
+    async def block_stats(self, name: str) -> dict[str, dict[str, float]]:
+        return await self.api.block_stats(name)
+
+    async def net_stats(self, name: str) -> dict[str, float]:
+        """``tx_*`` = sent by the guest, ``rx_*`` = received by it, since this QEMU started."""
+        return await self.api.net_stats(name)
+
+    async def read_memory(self, name: str, address: int, size: int) -> bytes:
+        return await self.api.read_memory(name, address, size)
+
+    async def send_keys(self, name: str, text: str) -> None:
+        await self.api.send_keys(name, text)
+
+    async def snapshot_save(self, name: str, tag: str) -> None:
+        await self.api.snapshot_save(name, tag)
+
+    async def snapshot_load(self, name: str, tag: str) -> None:
+        await self.api.snapshot_load(name, tag)
+
+    async def snapshot_list(self, name: str) -> list[str]:
+        return await self.api.snapshot_list(name)
+
+    async def snapshot_delete(self, name: str, tag: str) -> None:
+        await self.api.snapshot_delete(name, tag)
+
+    async def state_save(self, name: str, path: Path) -> None:
+        await self.whole.state_save(name, path)
+
+    async def state_restore(self, name: str, path: Path, *, spec: QemuUnit | None = None) -> None:
+        await self.whole.state_restore(name, path, spec=spec)
+
+    async def clone(self, name: str, new_name: str, *, spec: QemuUnit | None = None) -> Identity:
+        return await self.whole.clone(name, new_name, spec=spec)
+
+    def standby(self, name: str) -> dict[str, Any] | None:
+        """The unit's standby (``StandbyManager.status``); None if it has none."""
+        return self.standbys.status(name)
+
+    async def wait_standby(self, name: str, timeout_s: float) -> bool:
+        """Wait until the unit's standby is ready; False if it is not within ``timeout_s``."""
+        return await self.standbys.wait_ready(name, timeout_s)
 
     def log_path(self, name: str, stream: str) -> Path | None:
         """``console`` (the guest's serial console) or ``qemu`` (QEMU's own messages)."""
@@ -285,8 +331,8 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
         limit = timeout_s if timeout_s is not None else machine.spec.ready_timeout_s
         try:
             await machine.wait_phase("data-ready", since=start, timeout_s=limit, what="cold reboot")
-        except (TimeoutError, ProcessLookupError) as exc:
-            raise VisorError(name, "cold reboot", str(exc)) from exc
+        except BootError as exc:
+            raise VisorError(name, "cold reboot", exc.cause) from exc
         return self.clock.monotonic() - start
 
     async def phase_reboot(self, name: str, *, wait_data: bool = False, standby: bool = True) -> float:
@@ -306,27 +352,8 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
             raise VisorError(name, "phase reboot", f"no phase snapshot{why}")
         start = self.clock.monotonic()
         report: dict[str, Any] = {"via": "in-place"}
-        sb = self._standbys.get(name)
-        if standby and sb is not None and sb.state is StandbyState.READY:
-            del self._standbys[name]
-            # Never left half-done (the old QEMU killed, the standby not yet running): a cancel waits.
-            takeover = asyncio.ensure_future(self._take_over(name, machine, sb))
-            try:
-                machine, report = await asyncio.shield(takeover)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    await takeover
-                if not takeover.cancelled() and isinstance(takeover.exception(), _Unusable):
-                    await self._kill_standby_machine(sb)
-                raise
-            except _Unusable as exc:
-                log.warning("unit %s: the standby cannot take over (%s): loading the snapshot in place",
-                            name, exc)
-                report["standby_unusable"] = str(exc)
-                await self._kill_standby_machine(sb)
-                self._want_standby(name)
-        elif sb is not None:
-            report["standby"] = str(sb.state)
+        if standby:
+            machine = await self.standbys.take_over(name, machine, report) or machine
         if report["via"] == "in-place":
             tag = machine.phase_snapshot
             assert tag is not None
@@ -341,8 +368,8 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
             try:
                 await machine.wait_phase("data-ready", since=start, timeout_s=machine.spec.ready_timeout_s,
                                          what="phase reboot")
-            except (TimeoutError, ProcessLookupError) as exc:
-                raise VisorError(name, "phase reboot", str(exc)) from exc
+            except BootError as exc:
+                raise VisorError(name, "phase reboot", exc.cause) from exc
             took = self.clock.monotonic() - start
         return took
 
@@ -367,60 +394,54 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
 
     async def _prepare(self, name: str, spec: QemuUnit, paths: MachinePaths, *,
                        fresh_sys: bool) -> tuple[str, str, str]:
-        if shutil.which(self.binary) is None:
-            raise StartError(name, "start", f"{self.binary} is not installed; run: "
-                             "apt-get install -y qemu-system-x86 qemu-utils")
-        info = images.resolve(spec.image, cache_dir=self.cache_dir)
+        host = self.host
+        host.check_binary(name)
+        info = host.resolve_image(spec.image)
         for item in spec.forward:
-            _check_port_free(name, int(item.partition(":")[0]))
-        paths.dir.mkdir(parents=True, exist_ok=True)
-        if fresh_sys:
-            await asyncio.to_thread(_make_sys_disk, name, paths.sys_disk)
-            for old in (paths.phase_image, paths.phase_image.with_suffix(".json")):
-                with contextlib.suppress(FileNotFoundError):
-                    old.unlink()  # a new first boot makes a new phase image
-        await asyncio.to_thread(images.data_disk, paths.data_disk, spec.data_disk_mib, unit=name,
-                                legacy=paths.legacy_data_disk)
-
-        async def probe() -> bool:
-            return await probe_kvm(info.kernel, info.initrd, timeout_s=self.kvm_probe_timeout_s,
-                                   binary=self.binary)
-
-        root = self.cache_dir or images.cache_root()
-        accel = await choose_accel(spec.accel, cache_file=root / "accel.json",
-                                   key=await asyncio.to_thread(accel_key, self.binary), probe=probe)
+            host.check_port_free(name, int(item.partition(":")[0]))
+        await disks.prepare(host, name, spec, paths, fresh_sys=fresh_sys)
+        accel = await host.choose_accel(spec.accel, info)
         return info.kernel, info.initrd, accel
 
     async def _launch(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                      paths: MachinePaths, *, incoming: bool = False, standby: bool = False) -> Machine:
+                      paths: MachinePaths, *, incoming: bool = False,
+                      standby: tuple[FactFn, ExitFn] | None = None) -> Machine:
         """Launch and attach a QEMU. It becomes the unit's machine, except a ``standby`` (paused, its
-        console task not started, its facts and exit handled as a standby's)."""
+        console task not started, its facts and exit going to the standby's handlers given)."""
         offset = paths.console.stat().st_size if paths.console.exists() else 0
         for direction in ("tx", "rx"):
             with contextlib.suppress(FileNotFoundError):
                 paths.net_dump(direction).unlink()
-        pid = await launch(name, spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
-                           binary=self.binary, incoming=incoming, standby=standby)
+        pid = await launch(self.host, name, spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
+                           incoming=incoming, standby=standby is not None)
         machine = self._machine(name, spec, kernel, initrd, accel, paths, offset, standby=standby)
         try:
-            await machine.attach(pid, watch_console=not standby)
+            await machine.attach(pid, watch_console=standby is None)
         except (IdentityError, QmpError) as exc:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, 9)  # just started by us, not yet watched: the pid cannot be recycled yet
+            self.host.kill_pid(pid)
             raise StartError(name, "start", f"QEMU pid {pid}: {exc}") from exc
-        if not standby:
+        if standby is None:
             self._vms[name] = machine
         return machine
 
+    async def _launch_standby(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
+                              paths: MachinePaths, on_fact: FactFn, on_exit: ExitFn) -> Machine:
+        return await self._launch(name, spec, kernel, initrd, accel, paths, standby=(on_fact, on_exit))
+
+    async def _launch_incoming(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
+                               paths: MachinePaths) -> Machine:
+        return await self._launch(name, spec, kernel, initrd, accel, paths, incoming=True)
+
     def _machine(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                 paths: MachinePaths, offset: int, *, standby: bool = False) -> Machine:
-        if standby:
+                 paths: MachinePaths, offset: int, *, standby: tuple[FactFn, ExitFn] | None = None) -> Machine:
+        if standby is not None:
             return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
-                           clock=self.clock, on_fact=self._on_standby_fact, on_exit=self._on_standby_exit,
+                           clock=self.clock, on_fact=standby[0], on_exit=standby[1], host=self.host,
                            console_offset=offset)
         return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
-                       clock=self.clock, on_fact=self._on_fact, on_exit=self._on_exit, console_offset=offset,
-                       on_snapshot=self._on_phase_snapshot, data_shared=spec.uses_standby)
+                       clock=self.clock, on_fact=self._on_fact, on_exit=self._on_exit, host=self.host,
+                       console_offset=offset, on_snapshot=self.standbys.on_phase_snapshot,
+                       data_shared=spec.uses_standby)
 
     def _identity(self, machine: Machine) -> Identity:
         return Identity(unit=machine.name, backend=self.kind, pid=machine.pid,
@@ -430,7 +451,7 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
                                "dir": str(machine.paths.dir), "slot": machine.paths.slot,
                                "console_offset": machine.console_offset,
                                "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel,
-                               "data_disk": "raw-shared" if machine.data_shared else "raw",
+                               "data_disk": disks.SHARED if machine.data_shared else "raw",
                                "phase_image": machine.phase_image_id, "promoted": bool(machine.paths.slot)})
 
     def _require(self, name: str, action: str) -> Machine:
@@ -466,10 +487,8 @@ class QemuBackend(MonitorApi, StandbyMixin, WholeStateMixin, Backend):
     def _on_exit(self, machine: Machine) -> None:
         if self._vms.get(machine.name) is machine:
             del self._vms[machine.name]
-            if not machine.quiet_exit and machine.name in self._standbys:
-                task = asyncio.get_running_loop().create_task(self._drop_standby(machine.name))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            if not machine.quiet_exit:
+                self.standbys.drop_soon(machine.name)
         if machine.quiet_exit:
             return
         reason = machine.shutdown_reason
@@ -494,39 +513,3 @@ def _panic_message(machine: Machine) -> str | None:
         if "Kernel panic" in line:
             return line.strip()
     return None
-
-
-def machine_phase_tag(spec: QemuUnit) -> str | None:
-    return phase_tag(spec.phase_snapshot) if spec.phase_snapshot else None
-
-
-def psutil_cmdline(pid: int) -> list[str]:
-    """The command line of ``pid``; ``ProcessLookupError`` if it cannot be read."""
-    try:
-        return psutil.Process(pid).cmdline()
-    except psutil.Error as exc:
-        raise ProcessLookupError(pid) from exc
-
-
-def _make_sys_disk(name: str, path: Path) -> None:
-    """A fresh, empty qcow2 for snapshots (its virtual size is irrelevant: the guest never sees it)."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    try:
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "1M"], check=True,
-                       capture_output=True, timeout=60)
-    except FileNotFoundError as exc:
-        raise StartError(name, "start", "qemu-img is not installed; run: apt-get install -y qemu-utils"
-                         ) from exc
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        raise StartError(name, "start", f"qemu-img create {path} failed: {exc}") from exc
-
-
-def _check_port_free(name: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise StartError(name, "start", f"forwarded port 127.0.0.1:{port} is in use ({exc.strerror})"
-                             ) from exc

@@ -4,6 +4,7 @@
      +-- ImageError               a guest image could not be built or found
      |    +-- MissingToolError    a Debian package the host needs is not installed
      +-- QmpError                 a QMP command failed, timed out, or the connection is gone
+     +-- BootError                the guest did not reach a boot phase in time, or QEMU exited first
 
 ``MissingToolError`` carries ``install_command``, the exact ``apt-get install`` line to run.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from enmei.errors import VisorError
 
-__all__ = ["ImageError", "MissingToolError", "QmpError"]
+__all__ = ["BootError", "ImageError", "MissingToolError", "QmpError"]
 
 
 class ImageError(VisorError):
@@ -37,3 +38,14 @@ class MissingToolError(ImageError):
 
 class QmpError(VisorError):
     """A QMP command failed (``cause`` holds QEMU's answer), timed out, or found no connection."""
+
+
+class BootError(VisorError):
+    """The guest did not reach boot phase ``phase`` in time (``exited`` False), or its QEMU exited
+    while it was awaited (``exited`` True). ``cause`` names what was awaited, the phases seen and the
+    console's last lines."""
+
+    def __init__(self, unit: str, action: str, cause: str, *, phase: str, exited: bool = False) -> None:
+        super().__init__(unit, action, cause)
+        self.phase = phase
+        self.exited = exited

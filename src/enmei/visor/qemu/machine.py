@@ -14,6 +14,12 @@ starts two tasks:
 
 When the process exits (the pidfd becomes readable) the tasks end, the monitor closes and
 ``on_exit(machine)`` is called once. Nothing here emits ``UnitEvent``: the backend does.
+
+A machine changes its own fields; its owners use its public API: ``discard`` (kill it without an
+event), ``promote`` (a standby becomes the unit's machine in place of the old one), ``restored_to_snapshot``
+and ``note_phase_snapshot`` (its guest is known to be at / to have a phase snapshot), ``wait_phase``
+(``BootError`` if the phase does not come). Every process, socket and file operation goes through its
+``host`` (``enmei.visor.qemu.host``).
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import collections
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +41,12 @@ from enmei.config.qemu import GUEST_PHASES, QemuUnit
 from enmei.errors import IdentityError, StartError, StopError
 from enmei.visor.qemu.cmdline import MachinePaths, build_cmdline
 from enmei.visor.qemu.console import ConsoleReader, PhaseMark
-from enmei.visor.qemu.errors import QmpError
+from enmei.visor.qemu.errors import BootError, QmpError
+from enmei.visor.qemu.host import Pin, QemuHost
 from enmei.visor.qemu.netcount import PcapCounter
 from enmei.visor.qemu.qmp import Monitor
 
-__all__ = ["CREATE_TIME_TOLERANCE_S", "Machine", "launch", "phase_tag"]
+__all__ = ["CREATE_TIME_TOLERANCE_S", "ExitFn", "FactFn", "Machine", "launch", "phase_tag", "phases_upto", "tail"]
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +61,20 @@ def phase_tag(phase: str) -> str:
     return f"enmei-phase-{phase}"
 
 
-async def launch(name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths,
-                 accel: str, binary: str, incoming: bool = False, standby: bool = False) -> int:
+def phases_upto(spec: QemuUnit) -> list[str]:
+    """The boot phases up to and including the unit's phase snapshot's."""
+    if spec.phase_snapshot is None:
+        return []
+    return list(GUEST_PHASES[: GUEST_PHASES.index(spec.phase_snapshot) + 1])
+
+
+async def launch(host: QemuHost, name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths,
+                 accel: str, incoming: bool = False, standby: bool = False) -> int:
     """Start QEMU daemonized; returns its pid once QEMU is initialized (QMP listening).
 
     Raises ``StartError`` with the tail of ``qemu.log`` if QEMU refused to start.
     """
+    binary = host.binary
     argv = build_cmdline(spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel, binary=binary,
                          incoming=incoming, standby=standby)
     paths.sock_dir.mkdir(parents=True, exist_ok=True)
@@ -69,22 +83,12 @@ async def launch(name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: 
             sock.unlink()
     with contextlib.suppress(FileNotFoundError):
         paths.pidfile.unlink()
-    with open(paths.qemu_log, "ab") as logf:  # noqa: ASYNC230 - a local file, opened once
-        logf.write(f"--- {' '.join(argv)}\n".encode())
-        logf.flush()
-        try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=logf, stderr=logf)
-        except FileNotFoundError as exc:
-            raise StartError(name, "start", f"{binary} not found; run: apt-get install -y qemu-system-x86"
-                             ) from exc
-        try:
-            rc = await asyncio.wait_for(proc.wait(), timeout=_LAUNCH_TIMEOUT_S)
-        except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
-            raise StartError(name, "start", f"QEMU did not finish starting in {_LAUNCH_TIMEOUT_S:.0f} s"
-                             ) from exc
+    try:
+        rc = await host.spawn(argv, paths.qemu_log, _LAUNCH_TIMEOUT_S)
+    except FileNotFoundError as exc:
+        raise StartError(name, "start", f"{binary} not found; run: apt-get install -y qemu-system-x86") from exc
+    except TimeoutError as exc:
+        raise StartError(name, "start", f"QEMU did not finish starting in {_LAUNCH_TIMEOUT_S:.0f} s") from exc
     if rc != 0:
         raise StartError(name, "start", f"QEMU exited with {rc}: {' | '.join(tail(paths.qemu_log, 3))}")
     try:
@@ -106,6 +110,7 @@ def tail(path: Path, n: int, max_bytes: int = 8192) -> list[str]:
 
 
 FactFn = Callable[["Machine", str, Mapping[str, Any], float], None]
+ExitFn = Callable[["Machine"], None]
 SnapshotFn = Callable[["Machine"], Awaitable[None]]
 
 
@@ -122,6 +127,7 @@ class Machine:
     clock: Clock
     on_fact: FactFn  # (machine, QMP event name, data, QEMU wall time)
     on_exit: Callable[[Machine], None]
+    host: QemuHost = field(default_factory=QemuHost)
     console_offset: int = 0
     on_snapshot: SnapshotFn | None = None  # after the phase snapshot was taken (before the gate opens)
     data_shared: bool = False  # the data disk is raw and shareable (launched for a unit with a standby)
@@ -131,7 +137,7 @@ class Machine:
     started_mono: float = 0.0
     started_wall: float = 0.0
     proc: psutil.Process | None = None
-    pidfd: int = -1
+    pin: Pin | None = None
     monitor: Monitor | None = None
     console: ConsoleReader = field(init=False)
     stopping: bool = False
@@ -168,36 +174,39 @@ class Machine:
         ``console_offset`` without acting on old markers (adoption). Without ``watch_console`` (a
         standby) the console task is started later by ``watch``.
         """
+        info = self.host.process(pid)
+        if info is None:
+            raise IdentityError(self.name, "attach", f"pid {pid}: no such process")
+        if create_time is not None and abs(info.create_time - create_time) > CREATE_TIME_TOLERANCE_S:
+            raise IdentityError(self.name, "attach", f"pid {pid} is another process now")
         try:
-            proc = psutil.Process(pid)
-            ct = proc.create_time()
-            if create_time is not None and abs(ct - create_time) > CREATE_TIME_TOLERANCE_S:
-                raise IdentityError(self.name, "attach", f"pid {pid} is another process now")
-            pidfd = os.pidfd_open(pid)
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                os.close(pidfd)
-                raise IdentityError(self.name, "attach", f"pid {pid} has exited")
-        except (psutil.Error, OSError) as exc:
+            pin = self.host.pin(pid)
+        except OSError as exc:
             raise IdentityError(self.name, "attach", f"pid {pid}: {exc}") from exc
-        self.pid, self.create_time, self.proc, self.pidfd = pid, ct, proc, pidfd
+        again = self.host.process(pid)  # checked with the pidfd held: the pid cannot be recycled now
+        if again is None or again.zombie or again.create_time != info.create_time:
+            pin.close()
+            raise IdentityError(self.name, "attach", f"pid {pid} has exited")
+        self.pid, self.create_time, self.pin = pid, info.create_time, pin
+        self.proc = self.host.psutil_process(pid)
         self.started_mono = self.clock.monotonic()
         self.started_wall = self.clock.wall()
-        self.monitor = Monitor(self.name, self.paths.qmp, timeout_s=self.spec.qmp_timeout_s,
-                               on_event=self._on_event)
+        self.monitor = self.host.monitor(self.name, self.paths.qmp, timeout_s=self.spec.qmp_timeout_s,
+                                         on_event=self._on_event)
         try:
             await self.monitor.connect(deadline_s=max(5.0, self.spec.qmp_timeout_s))
             cpus = await self.monitor.execute("query-cpus-fast")
             status = await self.monitor.execute("query-status")
         except QmpError:
             await self.monitor.close()
-            os.close(self.pidfd)
-            self.pidfd = -1
+            pin.close()
+            self.pin = None
             raise
         self.vcpu_tids = [int(c["thread-id"]) for c in cpus if "thread-id" in c]
         self.panicked = status.get("status") == "guest-panicked"
         if replay:
             self.console.poll(self.clock.monotonic())
-        asyncio.get_running_loop().add_reader(self.pidfd, self._exited)
+        pin.watch(self._exited)
         if watch_console:
             self.watch()
 
@@ -207,9 +216,8 @@ class Machine:
 
     def _exited(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.remove_reader(self.pidfd)
-        os.close(self.pidfd)
-        self.pidfd = -1
+        if self.pin is not None:
+            self.pin.close()
         self.console.poll(self.clock.monotonic())  # the last lines (a panic trace...)
         for t in [*self._tasks, self._gate_task]:
             if t is not None:
@@ -222,12 +230,8 @@ class Machine:
 
     async def detach(self) -> None:
         """Stop watching without touching QEMU (it keeps running). Never raises."""
-        if self.pidfd >= 0:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(self.pidfd)
-            with contextlib.suppress(OSError):
-                os.close(self.pidfd)
-            self.pidfd = -1
+        if self.pin is not None:
+            self.pin.close()
         for t in [*self._tasks, self._gate_task]:
             if t is not None:
                 t.cancel()
@@ -236,7 +240,7 @@ class Machine:
 
     @property
     def alive(self) -> bool:
-        return self.pidfd >= 0 and not self.done.done()
+        return self.pin is not None and self.pin.open and not self.done.done()
 
     def qmp(self) -> Monitor:
         assert self.monitor is not None
@@ -297,12 +301,7 @@ class Machine:
             if mark is not None and mark.mono >= since:
                 return
             try:
-                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(self.paths.gate)), 1.0)
-                writer.write(b"go\n")
-                await writer.drain()
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+                await self.host.knock(self.paths.gate)
             except (OSError, TimeoutError) as exc:
                 log.debug("unit %s: gate: %s", self.name, exc)
             await self.clock.sleep(_GATE_RETRY_S)
@@ -313,8 +312,8 @@ class Machine:
     async def wait_phase(self, phase: str, *, since: float, timeout_s: float, what: str) -> float:
         """Wait until ``phase`` is seen at or after ``since``; returns its mono time.
 
-        Raises ``TimeoutError`` (with ``what`` and the console tail) if it does not come in time, or
-        ``ProcessLookupError`` if QEMU exits meanwhile.
+        Raises ``BootError`` (its cause names ``what``, the phases seen and the console tail) if it
+        does not come in time, or if QEMU exits meanwhile (``exited``).
         """
         deadline = self.clock.monotonic() + timeout_s
         while True:
@@ -322,11 +321,12 @@ class Machine:
             if mark is not None and mark.mono >= since:
                 return mark.mono
             if not self.alive:
-                raise ProcessLookupError(f"QEMU exited while waiting for {phase}")
+                raise BootError(self.name, what, f"QEMU exited while waiting for {phase}", phase=phase,
+                                exited=True)
             if self.clock.monotonic() >= deadline:
                 seen = ", ".join(self.console.phases) or "none"
-                raise TimeoutError(f"{what}: no {phase!r} within {timeout_s:.1f} s (phases seen: {seen};"
-                                   f" console: {' | '.join(self.console.tail(3))})")
+                raise BootError(self.name, what, f"{what}: no {phase!r} within {timeout_s:.1f} s (phases seen:"
+                                f" {seen}; console: {' | '.join(self.console.tail(3))})", phase=phase)
             await self.clock.sleep(_POLL_S)
 
     def restored_to_snapshot(self) -> None:
@@ -337,6 +337,38 @@ class Machine:
         if self._gate_task is not None:
             self._gate_task.cancel()
             self._gate_task = None
+
+    def note_phase_snapshot(self, tag: str, phases: Mapping[str, PhaseMark]) -> None:
+        """The machine's snapshot disk holds phase snapshot ``tag`` (found there by an adopting or
+        restoring supervisor); ``phases`` are the boot phases the guest is at after loading it."""
+        self.phase_snapshot = tag
+        self.snapshot_phases = dict(phases)
+
+    async def promote(self, old: Machine) -> None:
+        """This machine (a standby that was just resumed) becomes the unit's machine in place of
+        ``old``: it takes over the unit's spec, fact and exit handlers, counters and recent events;
+        its phases are those of the phase snapshot it runs from; its console goes to the unit's console
+        log (``chardev-change``; if QEMU refuses, it is read from the slot's own file) and is watched.
+        The data-disk gate stays closed: opening it is the caller's (``disks``, rule 3)."""
+        self.spec = old.spec
+        self.on_fact, self.on_exit = old.on_fact, old.on_exit
+        self.panics, self.resets = old.panics, old.resets
+        self.events = collections.deque(old.events, maxlen=old.events.maxlen)
+        now = self.clock.monotonic()
+        self.snapshot_phases = {p: PhaseMark(p, now, None, 1)
+                                for p in GUEST_PHASES[: GUEST_PHASES.index("service-ready") + 1]}
+        console = self.paths.console
+        try:
+            await self.qmp().execute("chardev-change", {"id": "console", "backend": {
+                "type": "file", "data": {"out": str(console), "append": True}}})
+        except QmpError as exc:
+            log.warning("unit %s: the console stays in %s: %s", self.name, self.paths.slot_console, exc.cause)
+            console = self.paths.slot_console
+        offset = console.stat().st_size if console.exists() else 0
+        self.console = ConsoleReader(console, offset=offset)
+        self.console_offset = offset
+        self.console.phases = dict(self.snapshot_phases)
+        self.watch()
 
     # -- QMP events ---------------------------------------------------------------------------------
 
@@ -386,10 +418,19 @@ class Machine:
 
     def kill(self) -> None:
         """SIGKILL through the pidfd (never a recycled pid). Does nothing if QEMU already exited."""
-        if self.pidfd < 0:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        if self.pin is not None:
+            self.pin.kill()
+
+    async def discard(self, timeout_s: float = 5.0) -> bool:
+        """Kill this QEMU without any event (a failed start, a standby, a QEMU replaced), wait until it
+        is gone and stop watching it. True if it is gone (False: it survived SIGKILL for ``timeout_s``).
+        Never raises."""
+        self.stopping = self.quiet_exit = True
+        self.kill()
+        gone = not self.alive or await self.wait_gone(timeout_s)
+        await self.wait_closed()
+        await self.detach()
+        return gone
 
     async def wait_gone(self, timeout_s: float) -> bool:
         """Wait until the QEMU process has exited (its files, sockets and ports are closed then)."""
@@ -398,6 +439,10 @@ class Machine:
         except TimeoutError:
             return False
         return True
+
+    async def wait_done(self, timeout_s: float) -> bool:
+        """Wait until QEMU has exited and its monitor is closed; False after ``timeout_s``."""
+        return await self._wait_done(timeout_s)
 
     async def _wait_done(self, timeout_s: float) -> bool:
         try:

@@ -1,4 +1,5 @@
-"""The monitor API of VM units (a mixin of ``QemuBackend``): observe and act from outside the guest.
+"""The monitor API of VM units (``MonitorApi``, composed by ``QemuBackend``): observe and act from
+outside the guest.
 
 * ``stats``: the QEMU process's CPU time (``cpu_seconds``), the guest's vCPU threads' CPU time
   (``vcpu_seconds``), resident memory, uptime, panics and resets seen, whether the guest runs;
@@ -21,6 +22,7 @@ import contextlib
 import os
 import re
 import uuid
+from collections.abc import Callable
 
 import psutil
 
@@ -69,10 +71,14 @@ def text_to_qcodes(text: str) -> list[list[str]]:
 
 
 class MonitorApi:
-    """Monitor API methods; the backend provides ``_require``."""
+    """Monitor API methods over the unit machines that ``require(name, action)`` returns (it raises
+    ``VisorError`` for a unit that is not running)."""
 
-    def _require(self, name: str, action: str) -> Machine:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
+    def __init__(self, require: Callable[[str, str], Machine]) -> None:
+        self._lookup = require
+
+    def _require(self, name: str, action: str) -> Machine:
+        return self._lookup(name, action)
 
     async def stats(self, name: str) -> dict[str, float]:
         machine = self._require(name, "stats")

@@ -9,6 +9,12 @@ Wraps ``qemu.qmp.QMPClient``:
   and raises ``QmpError`` with QEMU's own message if it failed;
 * QMP events go to ``on_event(name, data, wall_time)`` as they arrive (``wall_time`` is QEMU's
   timestamp); a lost connection is reported once through ``on_lost``.
+
+The socket is touched only by four methods, the I/O edge: ``_open`` (one connection attempt),
+``_send`` (one command, answered with QMP's wire shape ``{"return": ...}`` or ``{"error": {"class",
+"desc"}}``), ``_link_up`` and ``_close_link``. Incoming events enter through ``_deliver`` (their wire
+shape ``{"event", "data", "timestamp"}``) and a lost link through ``_link_lost``. ``enmei.visor.qemu.fake``
+overrides only those four to answer like a scripted QEMU; everything else here is what runs for real.
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ class Monitor:
 
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.runstate == Runstate.RUNNING
+        return self._link_up()
 
     async def connect(self, *, deadline_s: float) -> None:
         """Connect, retrying every 20 ms for up to ``deadline_s``. Raises ``QmpError`` after that."""
@@ -58,20 +64,11 @@ class Monitor:
         end = loop.time() + deadline_s
         last: BaseException | None = None
         while True:
-            if not self.path.exists():  # (no client: qemu.qmp would log every failed attempt)
-                last = FileNotFoundError(f"no socket at {self.path}")
-                if loop.time() >= end or self._closed:
-                    break
-                await asyncio.sleep(0.02)
-                continue
-            client = QMPClient(f"enmei-{self.unit}")
             try:
-                await asyncio.wait_for(client.connect(str(self.path)), timeout=max(0.1, end - loop.time()))
+                await self._open(max(0.1, end - loop.time()))
             except (ConnectError, OSError, TimeoutError, QMPError) as exc:
                 last = exc
-                await _quiet_disconnect(client)
             else:
-                self._attach(client)
                 return
             if loop.time() >= end or self._closed:
                 break
@@ -91,16 +88,16 @@ class Monitor:
                 if not self.connected:
                     await self._detach()
                     await self.connect(deadline_s=min(2.0, timeout))
-        client = self._client
-        assert client is not None
         try:
-            return await asyncio.wait_for(client.execute(cmd, dict(args) if args else None), timeout=timeout)
-        except ExecuteError as exc:
-            raise QmpError(self.unit, cmd, f"{exc.error_class}: {exc.error.error.desc}") from exc
+            reply = await asyncio.wait_for(self._send(cmd, dict(args) if args else None), timeout=timeout)
         except TimeoutError as exc:
             raise QmpError(self.unit, cmd, f"no answer within {timeout:.1f} s") from exc
         except (ExecInterruptedError, QMPError, OSError, EOFError) as exc:
             raise QmpError(self.unit, cmd, f"connection lost ({type(exc).__name__}: {exc})") from exc
+        if "error" in reply:
+            err = reply["error"]
+            raise QmpError(self.unit, cmd, f"{err.get('class')}: {err.get('desc')}")
+        return reply.get("return")
 
     async def run_job(self, cmd: str, args: Mapping[str, Any], *, timeout_s: float,
                       poll_s: float = 0.005) -> float:
@@ -138,12 +135,41 @@ class Monitor:
         self._closed = True
         await self._detach()
 
-    # -- internals ---------------------------------------------------------------------------------
+    # -- the I/O edge (a fake overrides these four) -------------------------------------------------
 
-    def _attach(self, client: QMPClient) -> None:
+    async def _open(self, timeout_s: float) -> None:
+        """One attempt to connect; raises ``OSError`` (no socket...), ``ConnectError`` or ``TimeoutError``."""
+        if not self.path.exists():  # (no client: qemu.qmp would log every failed attempt)
+            raise FileNotFoundError(f"no socket at {self.path}")
+        client = QMPClient(f"enmei-{self.unit}")
+        try:
+            await asyncio.wait_for(client.connect(str(self.path)), timeout=timeout_s)
+        except BaseException:
+            await _quiet_disconnect(client)
+            raise
         self._client = client
         self._tasks = [asyncio.create_task(self._pump_events(client), name=f"qmp-events-{self.unit}"),
                        asyncio.create_task(self._watch(client), name=f"qmp-watch-{self.unit}")]
+
+    async def _send(self, cmd: str, args: dict[str, Any] | None) -> dict[str, Any]:
+        """Send one command; its reply in QMP's wire shape. Raises ``QMPError``/``OSError`` if the link fails."""
+        client = self._client
+        if client is None:
+            raise ConnectionError("not connected")
+        try:
+            return {"return": await client.execute(cmd, args)}
+        except ExecuteError as exc:
+            return {"error": {"class": exc.error_class, "desc": exc.error.error.desc}}
+
+    def _link_up(self) -> bool:
+        return self._client is not None and self._client.runstate == Runstate.RUNNING
+
+    async def _close_link(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await _quiet_disconnect(client)
+
+    # -- internals ---------------------------------------------------------------------------------
 
     async def _detach(self) -> None:
         tasks, self._tasks = self._tasks, []
@@ -152,27 +178,32 @@ class Monitor:
         for t in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        client, self._client = self._client, None
-        if client is not None:
-            await _quiet_disconnect(client)
+        await self._close_link()
+
+    def _deliver(self, msg: Mapping[str, Any]) -> None:
+        """One event as it came off the wire; passed on to ``on_event`` (an exception there is logged)."""
+        if self.on_event is None:
+            return
+        ts: Any = msg.get("timestamp") or {}
+        data: Any = msg.get("data") or {}
+        wall = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
+        try:
+            self.on_event(str(msg["event"]), dict(data), wall)
+        except Exception:
+            log.exception("unit %s: handler of QMP event %s failed", self.unit, msg.get("event"))
+
+    def _link_lost(self) -> None:
+        if not self._closed and self.on_lost is not None:
+            self.on_lost()
 
     async def _pump_events(self, client: QMPClient) -> None:
         async for msg in client.events:
-            if self.on_event is None:
-                continue
-            ts: Any = msg.get("timestamp") or {}
-            data: Any = msg.get("data") or {}
-            wall = float(ts.get("seconds", 0)) + float(ts.get("microseconds", 0)) / 1e6
-            try:
-                self.on_event(str(msg["event"]), dict(data), wall)
-            except Exception:
-                log.exception("unit %s: handler of QMP event %s failed", self.unit, msg.get("event"))
+            self._deliver(msg)
 
     async def _watch(self, client: QMPClient) -> None:
         while client.runstate in (Runstate.CONNECTING, Runstate.RUNNING):
             await client.runstate_changed()
-        if not self._closed and self.on_lost is not None:
-            self.on_lost()
+        self._link_lost()
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:

@@ -1,4 +1,4 @@
-"""Warm standby for phase-based reboots (a mixin of ``QemuBackend``).
+"""Warm standby for phase-based reboots: ``StandbyManager``, composed by ``QemuBackend``.
 
 Why: under TCG, loading the phase snapshot in place takes about a tenth of a second, and the restored
 guest then answers its first request only a few tenths of a second later, because a load throws away
@@ -35,49 +35,51 @@ forwards are added to the standby (``hostfwd_add``), it is resumed (``cont``), i
 the unit's console log (``chardev-change``), and only then its gate opened: the guest drops every
 cached block of the data disk and mounts it (``guest/gate.sh``). A failure after the failed QEMU is
 gone leaves the unit without a QEMU: the standby is killed, ``EXITED`` emitted, ``VisorError`` raised.
+
+A supervisor that dies during a takeover leaves one of these, each handled by the next supervisor
+(``tests/unit/qemu/test_qemu_takeover.py`` dies at every step): before the old QEMU is gone, the old
+QEMU (adopted; a guest enmei paused is resumed) and the standby (killed by ``strays.reap``); after it,
+only the standby (the old identity's pid is gone, so the unit is started afresh and the standby is
+reaped), or, once ``STARTED`` named it, the promoted standby (adopted; its gate opened if it was not).
+The data-disk rules are in ``enmei.visor.qemu.disks``, the phase image in ``phase_image``, stray
+QEMUs in ``strays``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import shutil
-import signal
-import socket
-import uuid
-from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 import psutil
 
 from enmei.clock import Clock
-from enmei.config.qemu import GUEST_PHASES, QemuUnit
+from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import EmitFn
-from enmei.visor.qemu.cmdline import NET_DEV, MachinePaths, kernel_append
-from enmei.visor.qemu.console import ConsoleReader, PhaseMark
+from enmei.visor.qemu import disks, phase_image, strays
+from enmei.visor.qemu.cmdline import NET_DEV, MachinePaths
 from enmei.visor.qemu.errors import QmpError
-from enmei.visor.qemu.machine import Machine
+from enmei.visor.qemu.host import QemuHost
+from enmei.visor.qemu.machine import ExitFn, FactFn, Machine
 
-__all__ = ["SLOTS", "Standby", "StandbyMixin", "StandbyState", "free_port", "image_key", "image_problem",
-           "kill_process", "remove_files", "save_phase_image", "slot_qemu",
-           "warm"]
+__all__ = ["RETRY_S", "Standby", "StandbyLaunchFn", "StandbyManager", "StandbyState", "Unusable", "warm"]
 
 log = logging.getLogger(__name__)
 
-SLOTS = ("", "a", "b")
-_IMAGE_FORMAT = 1
-_RETRY_S = (2.0, 10.0, 60.0)
+RETRY_S = (2.0, 10.0, 60.0)
 _WARM_TIMEOUT_S = 5.0
 _FORWARD_WAIT_S = 2.0
+
+StandbyLaunchFn = Callable[[str, QemuUnit, str, str, str, MachinePaths, FactFn, ExitFn], Awaitable[Machine]]
+"""(unit, spec, kernel, initrd, accel, slot paths, on_fact, on_exit): launch a paused standby QEMU and
+attach it without watching its console; ``StartError`` if it does not start."""
 
 
 class StandbyState(StrEnum):
@@ -118,63 +120,12 @@ class Standby:
                 "attempts": self.attempts}
 
 
-class _Unusable(Exception):
+class Unusable(Exception):
     """The standby cannot take over; nothing was done to the unit's QEMU yet."""
 
 
-def image_key(machine: Machine) -> dict[str, Any]:
-    """What a phase image must match to be loaded into a QEMU like ``machine``'s."""
-    spec = machine.spec
-    return {"tag": machine.phase_snapshot, "kernel": machine.kernel, "initrd": machine.initrd,
-            "accel": machine.accel, "memory_mib": spec.memory_mib, "cpus": spec.cpus,
-            "append": kernel_append(spec), "extra_args": list(spec.extra_args)}
-
-
-def _meta_path(paths: MachinePaths) -> Path:
-    return paths.phase_image.with_suffix(".json")
-
-
-async def save_phase_image(machine: Machine, wall: float) -> str:
-    """Copy ``machine``'s snapshot disk (holding the phase snapshot) to the unit's phase image; returns
-    the image's id. QEMU is paused for the copy (``stop`` flushes its qcow2 caches to the file, so the
-    copy is consistent) and resumed after it, if it ran. Raises ``QmpError`` or ``OSError``."""
-    paths = machine.paths
-    qmp = machine.qmp()
-    running = bool((await qmp.execute("query-status")).get("running"))
-    tmp = paths.phase_image.with_name(paths.phase_image.name + ".tmp")
-    if running:
-        await qmp.execute("stop")
-    try:
-        await asyncio.to_thread(shutil.copyfile, paths.sys_disk, tmp)
-    finally:
-        if running:
-            await qmp.execute("cont")
-    image_id = uuid.uuid4().hex[:16]
-    meta = {"format": _IMAGE_FORMAT, "id": image_id, "made_wall": wall, "key": image_key(machine)}
-    os.replace(tmp, paths.phase_image)
-    mtmp = _meta_path(paths).with_name(_meta_path(paths).name + ".tmp")
-    mtmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(mtmp, _meta_path(paths))
-    return image_id
-
-
-def image_problem(machine: Machine) -> str | None:
-    """Why the unit's phase image cannot make a standby for ``machine`` (None: it can)."""
-    path = _meta_path(machine.paths)
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return "no phase image"
-    if meta.get("format") != _IMAGE_FORMAT or not machine.paths.phase_image.exists():
-        return "no phase image"
-    if machine.phase_image_id is None or meta.get("id") != machine.phase_image_id:
-        return "the phase image is not this guest's"
-    if meta.get("key") != image_key(machine):
-        return "the phase image was made for another machine (kernel, memory...)"
-    return None
-
-
-async def warm(port: int, paths: list[str], rounds: int, *, timeout_s: float = _WARM_TIMEOUT_S) -> list[float]:
+async def warm(host: QemuHost, port: int, paths: list[str], rounds: int, *,
+               timeout_s: float = _WARM_TIMEOUT_S) -> list[float]:
     """GET each of ``paths`` on 127.0.0.1:``port``, ``rounds`` times; the seconds of each answered request.
 
     Any HTTP answer counts (a 404 too: the guest's network and server paths ran). Never raises.
@@ -184,118 +135,51 @@ async def warm(port: int, paths: list[str], rounds: int, *, timeout_s: float = _
     for _ in range(rounds):
         for path in paths:
             t = loop.time()
-            writer = None
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
-                writer.write(f"GET {path} HTTP/1.0\r\nHost: enmei-standby\r\n\r\n".encode())
-                data = await asyncio.wait_for(reader.read(), timeout_s)
-                if data.startswith(b"HTTP/"):
-                    took.append(loop.time() - t)
+                data = await host.http_get(port, path, timeout_s)
             except (OSError, TimeoutError):
-                pass
-            finally:
-                if writer is not None:
-                    writer.close()
+                continue
+            if data.startswith(b"HTTP/"):
+                took.append(loop.time() - t)
     return took
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def slot_qemu(paths: MachinePaths) -> psutil.Process | None:
-    """The QEMU that runs in ``paths``' slot (by its pid file, confirmed by its command line)."""
-    try:
-        pid = int(paths.pidfile.read_text().strip())
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE or str(paths.qmp) not in " ".join(proc.cmdline()):
-            return None
-    except (OSError, ValueError, psutil.Error):
-        return None
-    return proc
-
-
-async def kill_process(proc: psutil.Process, timeout_s: float = 5.0) -> bool:
-    """SIGKILL ``proc`` through a pidfd (after re-checking its create time); True once it is gone."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except OSError:
-        return True  # already gone
-    try:
-        try:
-            if psutil.Process(proc.pid).create_time() != proc.create_time():
-                return True  # the pid was recycled: not ours to kill
-        except psutil.Error:
-            return True
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not gone.done():
-                gone.set_result(None)
-
-        loop.add_reader(pidfd, readable)
-        try:
-            await asyncio.wait_for(gone, timeout_s)
-        except TimeoutError:
-            return False
-        finally:
-            loop.remove_reader(pidfd)
-        return True
-    finally:
-        os.close(pidfd)
-
-
-def remove_files(files: list[Path]) -> None:
-    """Remove these files; those already gone are no error."""
-    for f in files:
-        with contextlib.suppress(FileNotFoundError):
-            f.unlink()
 
 
 async def _hmp(machine: Machine, command: str) -> str:
     return str(await machine.qmp().execute("human-monitor-command", {"command-line": command}))
 
 
-class StandbyMixin:
-    """The backend's standby methods. The backend provides the attributes and methods declared here."""
+class StandbyManager:
+    """The warm standbys of a backend's units (module docstring).
 
-    clock: Clock
-    emit: EmitFn
-    _vms: dict[str, Machine]
-    _standbys: dict[str, Standby]
-    _background: set[asyncio.Task[None]]
+    ``machines`` is the backend's table of unit machines (read here; a standby that takes over is put
+    in it); ``launch`` starts a standby QEMU. Nothing here raises into the event loop: a failed
+    preparation is a FAILED standby, retried after ``RETRY_S``.
+    """
 
-    async def _launch(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                      paths: MachinePaths, *, incoming: bool = False,
-                      standby: bool = False) -> Machine:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    def _on_fact(self, machine: Machine, event: str, data: Mapping[str, Any],
-                 wall: float) -> None:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    def _on_exit(self, machine: Machine) -> None:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
+    def __init__(self, *, clock: Clock, host: QemuHost, emit: EmitFn, machines: dict[str, Machine],
+                 launch: StandbyLaunchFn) -> None:
+        self.clock = clock
+        self.host = host
+        self.emit = emit
+        self.machines = machines
+        self.launch = launch
+        self.standbys: dict[str, Standby] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- public --------------------------------------------------------------------------------------
 
-    def standby(self, name: str) -> dict[str, Any] | None:
+    def status(self, name: str) -> dict[str, Any] | None:
         """The unit's standby: ``state`` (preparing, ready, failed), ``pid``, ``error``, ``prepare_s``...;
         None if the unit has none (``phase_standby`` off, or not running)."""
-        sb = self._standbys.get(name)
+        sb = self.standbys.get(name)
         return sb.status() if sb is not None else None
 
-    async def wait_standby(self, name: str, timeout_s: float) -> bool:
+    async def wait_ready(self, name: str, timeout_s: float) -> bool:
         """Wait until the unit's standby is ready; False if it is not within ``timeout_s`` (or failed
         for good)."""
         deadline = self.clock.monotonic() + timeout_s
         while self.clock.monotonic() < deadline:
-            sb = self._standbys.get(name)
+            sb = self.standbys.get(name)
             if sb is not None and sb.state is StandbyState.READY:
                 return True
             if sb is not None and sb.state is StandbyState.FAILED and (sb.task is None or sb.task.done()):
@@ -303,28 +187,26 @@ class StandbyMixin:
             await self.clock.sleep(0.02)
         return False
 
-    # -- making one ------------------------------------------------------------------------------------
-
-    async def _on_phase_snapshot(self, machine: Machine) -> None:
+    async def on_phase_snapshot(self, machine: Machine) -> None:
         """After the first boot's phase snapshot: save the phase image, then prepare a standby."""
-        if self._vms.get(machine.name) is not machine or not machine.spec.uses_standby:
+        if self.machines.get(machine.name) is not machine or not machine.spec.uses_standby:
             return
         try:
-            machine.phase_image_id = await save_phase_image(machine, self.clock.wall())
+            machine.phase_image_id = await phase_image.save(machine, self.clock.wall())
         except (QmpError, OSError) as exc:
             cause = getattr(exc, "cause", None) or str(exc)
             log.warning("unit %s: no phase image, so no standby: %s", machine.name, cause)
-            self._standbys[machine.name] = Standby(machine.name, "a", StandbyState.FAILED,
-                                                   self.clock.monotonic(), error=f"phase image: {cause}")
+            self.standbys[machine.name] = Standby(machine.name, "a", StandbyState.FAILED,
+                                                  self.clock.monotonic(), error=f"phase image: {cause}")
             return
-        self._want_standby(machine.name)
+        self.want(machine.name)
 
-    def _want_standby(self, name: str, delay_s: float = 0.0) -> None:
+    def want(self, name: str, delay_s: float = 0.0) -> None:
         """Prepare a standby for the unit in the background, unless it has one or cannot have one."""
-        machine = self._vms.get(name)
+        machine = self.machines.get(name)
         if machine is None or not machine.alive or machine.stopping or not machine.spec.uses_standby:
             return
-        old = self._standbys.get(name)
+        old = self.standbys.get(name)
         if old is not None and old.state is not StandbyState.FAILED:
             return
         if old is not None and old.task is not None and not old.task.done():
@@ -336,9 +218,9 @@ class StandbyMixin:
         elif not machine.data_shared:
             problem = "the unit's QEMU was started without a shareable data disk"
         else:
-            problem = image_problem(machine)
+            problem = phase_image.image_problem(machine)
         sb = Standby(name, slot, StandbyState.PREPARING, self.clock.monotonic())
-        self._standbys[name] = sb
+        self.standbys[name] = sb
         if problem is not None:
             sb.state, sb.error = StandbyState.FAILED, problem
             log.info("unit %s: no standby: %s", name, problem)
@@ -346,34 +228,89 @@ class StandbyMixin:
         sb.task = asyncio.get_running_loop().create_task(self._keep_preparing(name, sb, delay_s),
                                                          name=f"standby-{name}")
 
+    async def drop(self, name: str) -> None:
+        """Kill the unit's standby (preparing or ready), if it has one. Never raises."""
+        sb = self.standbys.pop(name, None)
+        if sb is None:
+            return
+        if sb.task is not None and not sb.task.done():
+            sb.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sb.task
+        with contextlib.suppress(Exception):
+            await self._kill(sb)
+
+    def drop_soon(self, name: str) -> None:
+        """``drop`` in the background (from a callback that cannot wait)."""
+        if name in self.standbys:
+            self._spawn(self.drop(name))
+
+    async def close(self) -> None:
+        """Kill every standby. Never raises."""
+        for name in list(self.standbys):
+            await self.drop(name)
+
+    async def take_over(self, name: str, machine: Machine, report: dict[str, Any]) -> Machine | None:
+        """Let the unit's ready standby take over from ``machine``; the unit's machine afterwards, or
+        None if no standby could (nothing was done to ``machine`` then; ``report`` says why).
+
+        Never left half-done by a cancel (the old QEMU killed, the standby not yet running): a cancel
+        waits for the takeover to finish. Raises ``VisorError`` if the standby failed after the old
+        QEMU was ended (``EXITED`` was emitted; the unit has no QEMU).
+        """
+        sb = self.standbys.get(name)
+        if sb is None:
+            return None
+        if sb.state is not StandbyState.READY:
+            report["standby"] = str(sb.state)
+            return None
+        del self.standbys[name]
+        takeover = asyncio.ensure_future(self._take_over(name, machine, sb, report))
+        try:
+            return await asyncio.shield(takeover)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await takeover
+            if not takeover.cancelled() and isinstance(takeover.exception(), Unusable):
+                await self._kill(sb)
+            raise
+        except Unusable as exc:
+            log.warning("unit %s: the standby cannot take over (%s): loading the snapshot in place", name, exc)
+            report["standby_unusable"] = str(exc)
+            await self._kill(sb)
+            self.want(name)
+            return None
+
+    # -- making one ------------------------------------------------------------------------------------
+
     async def _keep_preparing(self, name: str, sb: Standby, delay_s: float) -> None:
         if delay_s > 0:
             await self.clock.sleep(delay_s)
         while True:
             try:
-                await self._prepare_standby(name, sb)
+                await self._prepare(name, sb)
                 return
             except asyncio.CancelledError:
-                await self._kill_standby_machine(sb)
+                await self._kill(sb)
                 raise
             except (VisorError, OSError, TimeoutError, ProcessLookupError) as exc:
-                await self._kill_standby_machine(sb)
+                await self._kill(sb)
                 cause = getattr(exc, "cause", None) or str(exc) or type(exc).__name__
                 sb.state, sb.error = StandbyState.FAILED, cause
                 sb.attempts += 1
                 log.warning("unit %s: preparing the standby failed (attempt %d): %s", name, sb.attempts, cause)
-                if sb.attempts > len(_RETRY_S) or self._standbys.get(name) is not sb:
+                if sb.attempts > len(RETRY_S) or self.standbys.get(name) is not sb:
                     return
-                await self.clock.sleep(_RETRY_S[sb.attempts - 1])
-                if self._standbys.get(name) is not sb or name not in self._vms:
+                await self.clock.sleep(RETRY_S[sb.attempts - 1])
+                if self.standbys.get(name) is not sb or name not in self.machines:
                     return
 
-    async def _prepare_standby(self, name: str, sb: Standby) -> None:
-        primary = self._vms.get(name)
+    async def _prepare(self, name: str, sb: Standby) -> None:
+        primary = self.machines.get(name)
         if primary is None or not primary.alive:
             raise VisorError(name, "standby", "the unit is not running")
         # The unit's guest first: its data disk (first boot) or its first answers (after a takeover).
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(VisorError):
             await primary.wait_phase("data-ready", since=0.0, timeout_s=primary.spec.ready_timeout_s,
                                      what="standby")
         tag = primary.phase_snapshot
@@ -382,15 +319,16 @@ class StandbyMixin:
         start = self.clock.monotonic()
         sb.state, sb.since_mono = StandbyState.PREPARING, start
         paths = sb.paths = primary.paths.with_slot(sb.slot)
-        await self._sweep_slots(primary)
+        # every slot but the running QEMU's starts clean (a stray QEMU found there is killed)
+        await strays.reap(self.host, name, primary.paths, keep_slot=primary.paths.slot, clear=True)
         await asyncio.to_thread(shutil.copyfile, primary.paths.phase_image, paths.sys_disk)
-        sb.forwards = {item: free_port() for item in primary.spec.forward}
+        sb.forwards = {item: self.host.free_port() for item in primary.spec.forward}
         spec = primary.spec.model_copy(update={
             "forward": [f"{port}:{item.partition(':')[2]}" for item, port in sb.forwards.items()]})
         # A launch is not cancelled half-way (QEMU daemonizes: it would be left running unwatched); a
         # cancel waits for it, and the QEMU it started is then killed (``_keep_preparing``).
-        launching = asyncio.ensure_future(self._launch(name, spec, primary.kernel, primary.initrd, primary.accel,
-                                                       paths, standby=True))
+        launching = asyncio.ensure_future(self.launch(name, spec, primary.kernel, primary.initrd, primary.accel,
+                                                      paths, self._on_fact, self._on_exit))
         try:
             machine = await asyncio.shield(launching)
         except StartError as exc:
@@ -409,7 +347,7 @@ class StandbyMixin:
             await qmp.execute("cont")
             if spec.forward and spec.phase_standby_warm and spec.phase_standby_warm_rounds:
                 port = int(spec.forward[0].partition(":")[0])
-                sb.warm_s = await warm(port, spec.phase_standby_warm, spec.phase_standby_warm_rounds)
+                sb.warm_s = await warm(self.host, port, spec.phase_standby_warm, spec.phase_standby_warm_rounds)
                 if not sb.warm_s:
                     raise VisorError(name, "standby", f"its service did not answer on port {port}")
             await qmp.execute("stop")
@@ -424,100 +362,60 @@ class StandbyMixin:
         log.info("unit %s: standby ready in slot %s (QEMU pid %d) in %.2fs", name, sb.slot, machine.pid,
                  sb.prepare_s)
 
-    async def _sweep_slots(self, primary: Machine) -> None:
-        """Remove the files of every slot but the running QEMU's (killing a stray QEMU found there)."""
-        for slot in SLOTS:
-            if slot == primary.paths.slot:
-                continue
-            paths = primary.paths.with_slot(slot)
-            stray = slot_qemu(paths)
-            if stray is not None:
-                log.warning("unit %s: killing a stray QEMU (pid %d) in slot %r", primary.name, stray.pid, slot)
-                await kill_process(stray)
-            await asyncio.to_thread(remove_files, paths.slot_files())
-
-    async def _reap_strays(self, name: str, base: MachinePaths, keep_pid: int | None) -> None:
-        """Kill every QEMU of unit ``name`` but ``keep_pid`` (found by the slots' pid files): two QEMUs of
-        one unit must never both use its data disk. A left-over standby of a dead supervisor ends here."""
-        for slot in SLOTS:
-            paths = base.with_slot(slot)
-            stray = slot_qemu(paths)
-            if stray is not None and stray.pid != keep_pid:
-                log.warning("unit %s: killing a QEMU of this unit left running (pid %d, slot %r)",
-                            name, stray.pid, slot)
-                if not await kill_process(stray):
-                    raise VisorError(name, "start", f"QEMU pid {stray.pid} survived SIGKILL")
-
-    async def _kill_standby_machine(self, sb: Standby) -> None:
-        machine = sb.machine
-        if machine is not None:
-            machine.stopping = machine.quiet_exit = True
-            machine.kill()
-            await machine.wait_gone(5.0)
-            await machine.detach()
+    async def _kill(self, sb: Standby) -> None:
+        if sb.machine is not None:
+            await sb.machine.discard()
         if sb.paths is not None:
-            stray = slot_qemu(sb.paths)  # launched, but not attached (yet)
+            stray = strays.slot_qemu(self.host, sb.paths)  # launched, but not attached (yet)
             if stray is not None:
-                await kill_process(stray)
-            await asyncio.to_thread(remove_files, sb.paths.slot_files())
+                await strays.kill_process(self.host, stray)
+            await asyncio.to_thread(strays.remove_files, sb.paths.slot_files())
 
-    async def _drop_standby(self, name: str) -> None:
-        """Kill the unit's standby (preparing or ready), if it has one. Never raises."""
-        sb = self._standbys.pop(name, None)
-        if sb is None:
-            return
-        if sb.task is not None and not sb.task.done():
-            sb.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await sb.task
-        with contextlib.suppress(Exception):
-            await self._kill_standby_machine(sb)
-
-    def _on_standby_fact(self, machine: Machine, event: str, data: Mapping[str, Any], wall: float) -> None:
+    def _on_fact(self, machine: Machine, event: str, data: Mapping[str, Any], wall: float) -> None:
         if event == "GUEST_PANICKED" and not machine.stopping:
             log.warning("unit %s: the standby guest panicked; it is dropped", machine.name)
             machine.kill()
 
-    def _on_standby_exit(self, machine: Machine) -> None:
-        sb = self._standbys.get(machine.name)
+    def _on_exit(self, machine: Machine) -> None:
+        sb = self.standbys.get(machine.name)
         if sb is None or sb.machine is not machine or machine.stopping:
             return
         sb.state, sb.error = StandbyState.FAILED, "the standby QEMU exited"
         log.warning("unit %s: the standby QEMU (pid %d) exited", machine.name, machine.pid)
         if sb.task is None or sb.task.done():  # (a preparation under way notices by itself)
             sb.attempts += 1  # counted with failed preparations: a standby that keeps dying is given up
-            if sb.attempts <= len(_RETRY_S):
+            if sb.attempts <= len(RETRY_S):
                 sb.task = asyncio.get_running_loop().create_task(
-                    self._keep_preparing(machine.name, sb, _RETRY_S[sb.attempts - 1]),
+                    self._keep_preparing(machine.name, sb, RETRY_S[sb.attempts - 1]),
                     name=f"standby-{machine.name}")
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- taking over -------------------------------------------------------------------------------------
 
-    async def _take_over(self, name: str, old: Machine, sb: Standby) -> tuple[Machine, dict[str, Any]]:
+    async def _take_over(self, name: str, old: Machine, sb: Standby, report: dict[str, Any]) -> Machine:
         """Make the ready standby ``sb`` the unit's machine in place of ``old`` (module docstring).
 
-        Raises ``_Unusable`` before touching ``old``; ``VisorError`` after (the unit is then gone).
+        Raises ``Unusable`` before touching ``old``; ``VisorError`` after (the unit is then gone).
         """
         new = sb.machine
         clock = self.clock
         t0 = clock.monotonic()
         if new is None or not new.alive:
-            raise _Unusable("its QEMU is gone")
+            raise Unusable("its QEMU is gone")
         try:
             status = await new.qmp().execute("query-status", timeout_s=1.0)
         except QmpError as exc:
-            raise _Unusable(f"its QMP does not answer: {exc.cause}") from exc
+            raise Unusable(f"its QMP does not answer: {exc.cause}") from exc
         if status.get("status") != "paused":
-            raise _Unusable(f"it is {status.get('status')}, not paused")
-        # 1. The failed QEMU: drain its I/O if its guest still runs, then kill it and wait until it is
-        #    gone. From then on no other QEMU has the data disk open, and the unit's ports are free.
-        old.stopping = old.quiet_exit = True
-        if not old.panicked:
-            with contextlib.suppress(QmpError):
-                await old.qmp().execute("stop", timeout_s=1.0)
-        old.kill()
-        if not await old.wait_gone(5.0):
-            await self._kill_standby_machine(sb)
+            raise Unusable(f"it is {status.get('status')}, not paused")
+        # 1. The failed QEMU goes, and is waited for until it is gone (disks, rule 3); from then on no
+        #    other QEMU has the data disk open, and the unit's ports are free.
+        if not await disks.release(old):
+            await self._kill(sb)
             raise VisorError(name, "phase reboot", f"QEMU pid {old.pid} survived SIGKILL")
         t_kill = clock.monotonic()
         try:
@@ -530,51 +428,29 @@ class StandbyMixin:
             await new.qmp().execute("cont")
         except (QmpError, VisorError) as exc:
             cause = getattr(exc, "cause", str(exc))
-            new.stopping = new.quiet_exit = True
-            new.kill()
-            await new.wait_gone(5.0)
+            await new.discard()
             self.emit(UnitEvent(name, UnitEventKind.EXITED, clock.monotonic(), {
                 "pid": old.pid, "code": None, "reason": f"phase reboot through the standby failed: {cause}"}))
             raise VisorError(name, "phase reboot", f"the standby could not take over: {cause}") from exc
         t_cont = clock.monotonic()
         # 4. It is the unit's machine now.
-        new.spec = old.spec
-        new.on_fact, new.on_exit = self._on_fact, self._on_exit
-        new.panics, new.resets = old.panics, old.resets
-        new.events = deque(old.events, maxlen=old.events.maxlen)
-        now = clock.monotonic()
-        new.snapshot_phases = {p: PhaseMark(p, now, None, 1)
-                               for p in GUEST_PHASES[: GUEST_PHASES.index("service-ready") + 1]}
-        self._vms[name] = new
-        console = new.paths.console
-        try:
-            await new.qmp().execute("chardev-change", {"id": "console", "backend": {
-                "type": "file", "data": {"out": str(console), "append": True}}})
-        except QmpError as exc:
-            log.warning("unit %s: the console stays in %s: %s", name, new.paths.slot_console, exc.cause)
-            console = new.paths.slot_console
-        offset = console.stat().st_size if console.exists() else 0
-        new.console = ConsoleReader(console, offset=offset)
-        new.console_offset = offset
-        new.console.phases = dict(new.snapshot_phases)
-        new.watch()
+        self.machines[name] = new
+        await new.promote(old)
         # 5. The data-disk gate: the old QEMU is gone (step 1).
         new.open_gate()
         t_gate = clock.monotonic()
-        report = {"via": "standby", "replaced_pid": old.pid, "pid": new.pid, "slot": sb.slot,
-                  "kill_s": round(t_kill - t0, 4), "forward_s": round(t_fwd - t_kill, 4),
-                  "cont_s": round(t_cont - t_fwd, 4), "gate_s": round(t_gate - t_cont, 4),
-                  "standby_prepare_s": sb.prepare_s}
+        report.update({"via": "standby", "replaced_pid": old.pid, "pid": new.pid, "slot": sb.slot,
+                       "kill_s": round(t_kill - t0, 4), "forward_s": round(t_fwd - t_kill, 4),
+                       "cont_s": round(t_cont - t_fwd, 4), "gate_s": round(t_gate - t_cont, 4),
+                       "standby_prepare_s": sb.prepare_s})
         self.emit(UnitEvent(name, UnitEventKind.STARTED, clock.monotonic(), {
             "pid": new.pid, "accel": new.accel, "via": "phase-standby", "replaced_pid": old.pid,
             "phase_snapshot": new.phase_snapshot}))
         # Off the critical path: the standby's temporary ports go (the old slot's files are swept by the
         # next preparation), and the next standby is prepared.
-        task = asyncio.get_running_loop().create_task(self._drop_forwards(new, list(sb.forwards.values())))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        self._want_standby(name)
-        return new, report
+        self._spawn(self._drop_forwards(new, list(sb.forwards.values())))
+        self.want(name)
+        return new
 
     async def _drop_forwards(self, machine: Machine, ports: list[int]) -> None:
         for port in ports:

@@ -1,4 +1,4 @@
-"""Whole-state save, restore and clone of VM units (a mixin of ``QemuBackend``).
+"""Whole-state save, restore and clone of VM units: ``WholeState``, composed by ``QemuBackend``.
 
 ``state_save`` migrates the whole machine (RAM, devices) to a file, and copies both disks while QEMU has
 them flushed and inactive at the end of the migration (the RAM holds the mounted file system, so the
@@ -16,12 +16,12 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from enmei.clock import Clock
-from enmei.config.qemu import GUEST_PHASES, QemuUnit
+from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import EmitFn, Identity
@@ -29,47 +29,39 @@ from enmei.visor.qemu import image as images
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import ImageError, QmpError
-from enmei.visor.qemu.machine import Machine
+from enmei.visor.qemu.machine import Machine, phases_upto
+from enmei.visor.qemu.standby import StandbyManager
 
-__all__ = ["WholeStateMixin", "phases_upto"]
+__all__ = ["IncomingLaunchFn", "WholeState"]
 
 _STATE_FORMAT = 2  # 2: the data disk is raw (1: qcow2, converted when restored)
 
-
-def phases_upto(spec: QemuUnit) -> list[str]:
-    """The boot phases up to and including the unit's phase snapshot's."""
-    if spec.phase_snapshot is None:
-        return []
-    return list(GUEST_PHASES[: GUEST_PHASES.index(spec.phase_snapshot) + 1])
+IncomingLaunchFn = Callable[[str, QemuUnit, str, str, str, MachinePaths], Awaitable[Machine]]
+"""(unit, spec, kernel, initrd, accel, paths): launch the unit's QEMU waiting for an incoming
+migration; it becomes the unit's machine. ``StartError`` if it does not start."""
 
 
-class WholeStateMixin:
-    """The backend's whole-state methods. The backend provides the attributes and methods declared here."""
+class WholeState:
+    """Whole-state save, restore and clone over the backend's table of unit ``machines``.
 
-    clock: Clock
-    state_dir: Path
-    emit: EmitFn
-    _vms: dict[str, Machine]
+    ``require(name, action)`` is the unit's running machine (``VisorError`` if none), ``launch`` starts
+    a QEMU to restore into, ``identity`` is the identity of a machine, ``snapshots(name)`` the internal
+    snapshots of a unit's machine; restoring replaces the unit's standby (``standbys``).
+    """
 
-    def _require(self, name: str, action: str) -> Machine:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    async def _launch(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                      paths: MachinePaths, *, incoming: bool = False,
-                      standby: bool = False) -> Machine:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    def _identity(self, machine: Machine) -> Identity:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    async def snapshot_list(self, name: str) -> list[str]:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    async def _drop_standby(self, name: str) -> None:  # pragma: no cover - provided by the backend
-        raise NotImplementedError
-
-    def _want_standby(self, name: str, delay_s: float = 0.0) -> None:  # pragma: no cover - provided
-        raise NotImplementedError
+    def __init__(self, *, clock: Clock, state_dir: Path, emit: EmitFn, machines: dict[str, Machine],
+                 standbys: StandbyManager, require: Callable[[str, str], Machine], launch: IncomingLaunchFn,
+                 identity: Callable[[Machine], Identity],
+                 snapshots: Callable[[str], Awaitable[list[str]]]) -> None:
+        self.clock = clock
+        self.state_dir = state_dir
+        self.emit = emit
+        self._vms = machines
+        self._standbys = standbys
+        self._require = require
+        self._launch = launch
+        self._identity = identity
+        self.snapshot_list = snapshots
 
     async def state_save(self, name: str, path: Path) -> None:
         """Save the whole machine (RAM, devices, both disks) to ``path`` (+ ``.sys.qcow2``,
@@ -120,7 +112,7 @@ class WholeStateMixin:
             use = spec or QemuUnit.model_validate(meta["spec"])
         except (OSError, ValueError, KeyError) as exc:
             raise VisorError(name, "state restore", f"{files['meta']} is unreadable: {exc}") from exc
-        await self._drop_standby(name)
+        await self._standbys.drop(name)
         old = self._vms.get(name)
         if old is not None:
             old.quiet_exit = True
@@ -176,7 +168,7 @@ class WholeStateMixin:
                        paths: MachinePaths, state: Path, meta: Mapping[str, Any], *, via: str,
                        clone_of: str | None = None) -> Identity:
         try:
-            machine = await self._launch(name, spec, kernel, initrd, accel, paths, incoming=True)
+            machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except StartError as exc:
             raise VisorError(name, via, exc.cause) from exc
         try:
@@ -187,15 +179,13 @@ class WholeStateMixin:
                 await machine.qmp().execute("cont")
             tags = await self.snapshot_list(name)
         except (QmpError, VisorError) as exc:
-            machine.stopping = machine.quiet_exit = True
-            machine.kill()
-            await machine._wait_done(5.0)
+            await machine.discard()
             self._vms.pop(name, None)
             raise VisorError(name, via, getattr(exc, "cause", str(exc))) from exc
         if meta.get("phase_snapshot") in tags:
-            machine.phase_snapshot = str(meta["phase_snapshot"])
             now = self.clock.monotonic()
-            machine.snapshot_phases = {p: PhaseMark(p, now, None, 1) for p in phases_upto(spec)}
+            machine.note_phase_snapshot(str(meta["phase_snapshot"]),
+                                        {p: PhaseMark(p, now, None, 1) for p in phases_upto(spec)})
             machine.console.phases = {p: PhaseMark(p, now, None, 1) for p in meta.get("phases", [])}
         image_id = meta.get("phase_image")
         machine.phase_image_id = str(image_id) if image_id and not clone_of else None
@@ -203,7 +193,7 @@ class WholeStateMixin:
         if clone_of:
             detail["clone_of"] = clone_of
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), detail))
-        self._want_standby(name)
+        self._standbys.want(name)
         return self._identity(machine)
 
     async def _wait_migration(self, machine: Machine, action: str, timeout_s: float = 300.0) -> None:
