@@ -1,0 +1,151 @@
+"""The QEMU backend's standby, takeover and adoption logic over scripted QEMUs (``visor.qemu.fake``):
+the real backend, machine, standby manager and QMP client; only the host's I/O is fake."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from enmei.model import UnitEventKind, VerdictKind
+from enmei.visor.qemu.fake import FakeWorld
+from enmei.visor.qemu.standby import StandbyState
+
+from .fakevm import SPEC, Supervisor, until
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[FakeWorld]:
+    w = FakeWorld(tmp_path)
+    try:
+        yield w
+    finally:
+        await w.close()
+
+
+@pytest.fixture
+async def sup(world: FakeWorld, tmp_path: Path) -> AsyncIterator[Supervisor]:
+    s = Supervisor(world, tmp_path / "state")
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def test_start_takes_the_phase_snapshot_then_opens_the_gate_and_prepares_a_warm_standby(
+        sup: Supervisor, world: FakeWorld) -> None:
+    identity = await sup.backend.start("vm", SPEC)
+    assert sup.kinds() == [UnitEventKind.STARTED]
+    primary = sup.qemu()
+    assert identity.pid == primary.pid and identity.extra["data_disk"] == "raw-shared"
+    assert sup.events[0].detail["phase_snapshot"] == "enmei-phase-service-ready"
+    assert "snapshot-save" in primary.commands
+    assert await sup.backend.wait_standby("vm", 10.0)
+    standby = sup.standby_qemu()
+    assert standby is not None and standby.status == "paused" and standby.phase == "service-ready"
+    status = sup.backend.standby("vm")
+    assert status is not None and status["slot"] == "a" and status["warm_requests"] == 4
+    # the standby was loaded from the phase image, and it never passed its gate
+    assert standby.commands[:3] == ["query-cpus-fast", "query-status", "snapshot-load"]
+    assert world.disk_users() == [primary]
+
+
+async def test_a_phase_reboot_switches_to_the_standby_only_after_the_failed_qemu_is_gone(
+        sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    old, standby = sup.qemu(), sup.standby_qemu()
+    assert standby is not None
+    gone_before_cont: list[bool] = []
+
+    def before(host: object, op: str, qemu: object, detail: str) -> None:
+        if qemu is standby and detail == "cont":
+            gone_before_cont.append(not old.alive)
+
+    world.before = before
+    old.panic()
+    await until("the panic verdict", lambda: sup.verdicts)
+    assert sup.verdicts[0].kind is VerdictKind.PANIC and sup.verdicts[0].evidence["pid"] == old.pid
+    await sup.backend.phase_reboot("vm", wait_data=True)
+    assert gone_before_cont == [True]  # the disk rule: never two guests able to use the data disk
+    report = sup.backend.reboot_report("vm")
+    assert report is not None and report["via"] == "standby" and report["replaced_pid"] == old.pid
+    started = sup.events[-1]
+    assert started.kind is UnitEventKind.STARTED and started.detail["via"] == "phase-standby"
+    assert sup.qemu() is standby and standby.status == "running" and not old.alive
+    assert world.disk_users() == [standby]
+    assert standby.console == sup.backend.log_path("vm", "console")  # its console moved to the unit's
+    assert sup.identity is not None and sup.identity.pid == standby.pid and sup.identity.extra["slot"] == "a"
+    # no STOPPED/EXITED for the replaced QEMU; the next standby comes in the other slot
+    assert UnitEventKind.EXITED not in sup.kinds()
+    assert await sup.backend.wait_standby("vm", 10.0)
+    assert (sup.backend.standby("vm") or {})["slot"] == "b"
+    assert {q.pid for q in world.live()} == {standby.pid, sup.standby_qemu().pid}  # type: ignore[union-attr]
+
+
+async def test_an_unusable_standby_is_left_alone_and_the_snapshot_is_loaded_in_place(
+        sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    old, standby = sup.qemu(), sup.standby_qemu()
+    assert standby is not None
+    standby.status = "running"  # not paused: something else ran it
+    old.panic()
+    await sup.backend.phase_reboot("vm", wait_data=True)
+    report = sup.backend.reboot_report("vm") or {}
+    assert report["via"] == "in-place" and "not paused" in report["standby_unusable"]
+    assert sup.qemu() is old and old.status == "running" and not standby.alive
+    assert world.disk_users() == [old]
+
+
+async def test_a_standby_that_dies_is_made_again(sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    first = sup.standby_qemu()
+    assert first is not None
+    first.exit()
+    await until("a failed standby", lambda: (sup.backend.standby("vm") or {}).get("state") == "failed")
+    # retried after RETRY_S[0] = 2 s; meanwhile a phase reboot loads the snapshot in place
+    sup.qemu().panic()
+    await sup.backend.phase_reboot("vm")
+    assert (sup.backend.reboot_report("vm") or {}).get("standby") == str(StandbyState.FAILED)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    again = sup.standby_qemu()
+    assert again is not None and again.alive and again is not first
+
+
+async def test_adoption_takes_the_qemu_over_and_kills_the_standby_of_the_dead_supervisor(
+        world: FakeWorld, tmp_path: Path) -> None:
+    first = Supervisor(world, tmp_path / "state")
+    await first.backend.start("vm", SPEC)
+    assert await first.backend.wait_standby("vm", 10.0)
+    primary, standby = first.qemu(), first.standby_qemu()
+    assert standby is not None and first.identity is not None
+    await first.forget()
+    second = Supervisor(world, tmp_path / "state")
+    try:
+        assert await second.backend.adopt("vm", SPEC, first.identity)
+        assert second.kinds() == [UnitEventKind.ADOPTED] and not standby.alive
+        assert second.backend._vms["vm"].phase_snapshot == "enmei-phase-service-ready"
+        assert await second.backend.wait_standby("vm", 10.0)  # its own standby
+        assert {q.pid for q in world.live()} == {primary.pid, second.standby_qemu().pid}  # type: ignore[union-attr]
+        assert world.disk_users() == [primary]
+    finally:
+        await second.close()
+
+
+async def test_an_identity_whose_pid_is_another_process_is_not_adopted(
+        world: FakeWorld, tmp_path: Path) -> None:
+    first = Supervisor(world, tmp_path / "state")
+    await first.backend.start("vm", SPEC)
+    assert first.identity is not None
+    await first.forget()
+    first.qemu().exit()
+    second = Supervisor(world, tmp_path / "state")
+    try:
+        assert not await second.backend.adopt("vm", SPEC, first.identity)  # gone
+        await second.backend.start("vm", SPEC)  # and started afresh: any stray of the unit is reaped
+        assert [q.pid for q in world.live() if q.status == "running"] == [second.qemu().pid]
+    finally:
+        await second.close()
