@@ -25,6 +25,7 @@ from enmei.model import UnitState
 from enmei.monitor.http import http_get
 from enmei.web import serve
 from enmei.web.views import live_limits_now
+from support.wait import scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -81,12 +82,24 @@ class Live:
         assert ident is not None
         return int(ident.pid)
 
-    def has(self, record_kind: str, **match: Any) -> bool:
-        return any(k == record_kind and all(b.get(x) == v for x, v in match.items()) for _, k, _, b in self.records)
+    def has(self, record_kind: str, after: int = 0, **match: Any) -> bool:
+        """A record of ``record_kind`` (later than seq ``after``) whose body has every ``match``."""
+        return any(s > after and k == record_kind and all(b.get(x) == v for x, v in match.items())
+                   for s, k, _, b in self.records)
+
+    def last_seq(self) -> int:
+        return self.records[-1][0] if self.records else 0
+
+
+def T(seconds: float) -> float:
+    """A playwright timeout (ms) for an event expected within ``seconds`` on an idle machine: generous
+    (>= 30 s) and stretched by the machine's measured slowness; the wait ends as soon as the event comes."""
+    return scaled(max(seconds, 30.0)) * 1000
 
 
 async def until(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
+    """Poll ``pred`` until it holds; generous like ``T``."""
+    end = time.monotonic() + scaled(max(timeout, 30.0))
     while time.monotonic() < end:
         if pred():
             return True
@@ -118,12 +131,12 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
 
     task = asyncio.create_task(supervise(loaded, companion=companion))
     try:
-        yield await asyncio.wait_for(asyncio.shield(ready), 30)
+        yield await asyncio.wait_for(asyncio.shield(ready), scaled(120))
     finally:
         done.set()
         if not ready.done():
             task.cancel()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), scaled(60))
 
 
 @pytest.fixture
@@ -153,8 +166,8 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
         # the overview: the units, their state and health; the token arrives in the URL's fragment
         await page.goto(f"{live.url}/#token={live.token}")
         row = page.locator('tr[data-unit="web"]')
-        await row.locator(".state .badge").filter(has_text="running").wait_for(timeout=5000)
-        await page.locator("#live-status").filter(has_text="live").wait_for(timeout=5000)
+        await row.locator(".state .badge").filter(has_text="running").wait_for(timeout=T(5))
+        await page.locator("#live-status").filter(has_text="live").wait_for(timeout=T(5))
         assert await page.locator('tr[data-unit="worker"]').count() == 1
         assert await page.evaluate("localStorage.getItem('enmei-token')") == live.token
         assert "#token" not in page.url
@@ -162,7 +175,7 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
 
         # the timeline is open in another tab while things happen
         await timeline.goto(f"{live.url}/timeline?window=15m")
-        await timeline.locator("#live-status").filter(has_text="live").wait_for(timeout=5000)
+        await timeline.locator("#live-status").filter(has_text="live").wait_for(timeout=T(5))
 
         # a latency fault: the control chart leaves its limits; a detection lands on the chart and the timeline
         assert await until(lambda: "http" in live_limits_now(live.engine, "web"), 20), "detector did not learn"
@@ -172,35 +185,39 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
         # restart is under way the reset finds no one to answer, which is fine.
         with contextlib.suppress(OSError, TimeoutError):
             await http_get("127.0.0.1", live.port, "/admin/reset", timeout_s=2)
-        await timeline.locator('li.incident[data-kind="anomaly"]').first.wait_for(timeout=10_000)
+        await timeline.locator('li.incident[data-kind="anomaly"]').first.wait_for(timeout=T(10))
 
         await page.goto(f"{live.url}/units/web")
         chart = page.locator("#chart-http_latency_s .main-svg").first
-        await chart.wait_for(timeout=15_000)
+        await chart.wait_for(timeout=T(15))
         traces = await page.evaluate(
             "() => document.getElementById('chart-http_latency_s').data.map(t => t.name)")
         assert {"http.latency_s", "centre", "upper limit", "detections"} <= set(traces), traces
         await page.screenshot(path=str(SHOTS / "unit-detection.png"), full_page=True)
 
-        # restart from the UI, with confirmation
-        old = live.pid()
+        # restart from the UI, with confirmation. The policy may still be restarting the unit for the
+        # anomaly: wait until that is over, so that "the restart" below can only be the operator's.
+        assert await until(lambda: live.engine.units["web"].state is UnitState.RUNNING
+                           and live.engine.units["web"].remedy is None)
+        old, mark = live.pid(), live.last_seq()
         await page.locator('button.action[data-action="restart"]').click()
         dialog = page.locator("#confirm-dialog")
-        await dialog.wait_for(state="visible", timeout=5000)
+        await dialog.wait_for(state="visible", timeout=T(5))
         assert (await page.locator("#confirm-title").inner_text()) == "restart web?"
         await page.screenshot(path=str(SHOTS / "confirm-restart.png"))
         await page.locator("#confirm-ok").click()
-        await page.locator("#toast").filter(has_text="queued").wait_for(timeout=5000)
-        assert await until(lambda: live.has("remedy.outcome", action="restart", state="succeeded"), 15)
-        assert live.has("decision", action="restart", policy="operator:web", rule="manual")
+        await page.locator("#toast").filter(has_text="queued").wait_for(timeout=T(5))
+        assert await until(lambda: live.has("decision", mark, action="restart", policy="operator:web",
+                                            rule="manual"))
+        assert await until(lambda: live.has("remedy.outcome", mark, action="restart", state="succeeded"), 15)
         assert await until(lambda: live.engine.units["web"].state is UnitState.RUNNING, 5)
         assert live.pid() != old
 
         # the unit page and the other tab update by themselves (server-sent events), no reload
         await page.locator('#unit-live li.incident[data-kind="manual"] .badge.succeeded').first.wait_for(
-            timeout=10_000)
+            timeout=T(10))
         item = timeline.locator('li.incident[data-kind="manual"]').filter(has_text="operator:web")
-        await item.locator(".badge.succeeded").first.wait_for(timeout=10_000)
+        await item.locator(".badge.succeeded").first.wait_for(timeout=T(10))
         text = (await item.first.inner_text()).lower()
         assert "restart" in text and "requested" in text and "decided" in text and "outcome" in text
         await page.wait_for_timeout(600)  # let the charts redraw the remedy line
@@ -210,7 +227,7 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
         await page.bring_to_front()
 
         await page.goto(f"{live.url}/journal")
-        async with page.expect_navigation(timeout=15_000):  # the page reloads with the new result
+        async with page.expect_navigation(timeout=T(15)):  # the page reloads with the new result
             await page.locator("#verify-now").click()
         assert "intact" in await page.locator("#verify-result").inner_text()
         await page.screenshot(path=str(SHOTS / "journal.png"), full_page=True)
@@ -227,11 +244,11 @@ async def test_an_action_without_the_token_asks_for_it(live: Live, browser: Any)
         await page.goto(f"{live.url}/units/worker")
         await page.locator('button.action[data-action="restart"]').click()
         await page.locator("#confirm-ok").click()
-        await page.locator("#token-dialog").wait_for(state="visible", timeout=5000)
-        await page.locator("#toast").filter(has_text="needs the token").wait_for(timeout=5000)
+        await page.locator("#token-dialog").wait_for(state="visible", timeout=T(5))
+        await page.locator("#toast").filter(has_text="needs the token").wait_for(timeout=T(5))
         await page.fill("#token-input", "wrong")
         await page.locator('#token-dialog button[value="save"]').click()
-        await page.locator("#toast").filter(has_text="wrong token").wait_for(timeout=5000)  # 403, said once
+        await page.locator("#toast").filter(has_text="wrong token").wait_for(timeout=T(5))  # 403, said once
         assert await page.locator("#token-dialog").is_hidden()
         assert not live.has("decision", policy="operator:web")
     finally:
@@ -258,7 +275,7 @@ async def test_the_report_opens_from_a_file_and_draws_its_charts(live: Live, bro
         n = await charts.count()
         assert n >= 4
         await page.wait_for_function(f"document.querySelectorAll('div.chart .main-svg').length >= {n}",
-                                     timeout=15_000)
+                                     timeout=T(15))
         text = await page.locator("#incidents").inner_text()
         assert "exited: killed by SIGKILL" in text and "restart" in text
         SHOTS.mkdir(parents=True, exist_ok=True)

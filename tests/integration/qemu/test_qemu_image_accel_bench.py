@@ -45,6 +45,7 @@ async def test_the_kvm_probe_is_bounded_and_its_verdict_cached(qemu_image: Image
     assert calls <= 1  # 0 when /dev/kvm is not usable at all
 
 
+@pytest.mark.timeout(600)  # three kinds of reboot under TCG; the bench bounds each wait itself (60 s)
 def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
     from enmei.bench.reboot import run
 
