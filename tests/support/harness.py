@@ -118,9 +118,9 @@ class Rig:
         """The unit's states in the order the engine entered them (from its ``unit.state`` records)."""
         return [b["to"] for b in self.bodies("unit.state", unit)]
 
-    async def close(self) -> None:
-        """Stop the engine (its units stop on fake time) and close the journal; also after a failure."""
-        self.engine.stop()
+    async def close(self, *, leave_running: bool = False) -> None:
+        """Stop the engine (its units stop on fake time, unless ``leave_running``) and close the journal."""
+        self.engine.stop(leave_running=leave_running)
         await self._run_until(self.task.done, 600.0)
         if not self.task.done():
             self.task.cancel()
