@@ -1,14 +1,14 @@
 """The seams, proven: a backend and a remedy that enmei has never heard of, added from this file alone.
 
-``ToyBackend`` (kind ``toy``: in-memory units with in-memory snapshots) and its config model ``ToyUnit`` are
-declared with **one** ``register_backend`` line; the ``stash`` remedy (it needs the ``snapshot`` capability)
-with **one** ``register`` line. A config that names ``backend = "toy"`` is then validated like any other (its
-keys, errors with file:line), and a real ``Engine`` — its factories, its decision checks, the shipped
-default policy library — starts, supervises and repairs the toy unit, and refuses ``stash`` for a process
-unit whose backend has no snapshots.
+``ToyBackend`` (kind ``toy``: in-memory units with in-memory snapshots), its config model ``ToyUnit`` and a
+machine check of its own for ``enmei check`` are declared with **one** ``register_backend`` line; the
+``stash`` remedy (it needs the ``snapshot`` capability) with **one** ``register`` line. A config that names
+``backend = "toy"`` is then validated like any other (its keys, errors with file:line), and a real
+``Engine`` — its factories, its decision checks, the shipped default policy library — starts, supervises
+and repairs the toy unit, and refuses ``stash`` for a process unit whose backend has no snapshots.
 
-Files each example touches: the backend, 1 (this file: a model, a class, one registration line); the
-remedy, 1 (this file: a class, one registration line). No engine, config or policy file changes, and
+Files each example touches: the backend, 1 (this file: a model, a class, a check, one registration line);
+the remedy, 1 (this file: a class, one registration line). No engine, config or policy file changes, and
 nothing is patched: ``test_this_module_only_registers`` checks that this module reaches enmei through
 the two registration calls and public imports alone (no ``monkeypatch``, no ``setattr`` on enmei).
 """
@@ -95,6 +95,11 @@ class ToyBackend(Backend):
         self.snapshots.get(name, []).remove(tag)
 
 
+def _check(name: str, spec: Any, base_dir: Path) -> list[tuple[tuple[str, ...], str]]:
+    """The toy backend's machine check, run by ``enmei check``: a toy unit must greet."""
+    return [(("greeting",), "a toy unit must greet")] if isinstance(spec, ToyUnit) and not spec.greeting else []
+
+
 class Stash(Remedy):
     """Take a snapshot of the unit, tagged ``tag``."""
 
@@ -114,7 +119,7 @@ class Stash(Remedy):
 
 @pytest.fixture(autouse=True, scope="module")
 def _registered() -> Iterator[None]:
-    register_backend(BackendKind("toy", ToyUnit, ToyBackend, ToyBackend.capabilities, "a test-only backend"))
+    register_backend(BackendKind("toy", ToyUnit, ToyBackend, ToyBackend.capabilities, "a test-only backend", _check))
     register(Stash)
     yield
     unregister("stash")
@@ -145,6 +150,9 @@ def test_a_config_naming_the_new_backend_is_validated_with_its_own_keys(tmp_path
     (problem,) = check(bad)
     assert (problem.key, problem.line) == ("units.t.greting", 3)
     assert "did you mean 'greeting'?" in problem.message
+    bad.write_text('[units.t]\nbackend = "toy"\ngreeting = ""\n')
+    (problem,) = check(bad)  # the backend's own machine check, located like any other problem
+    assert (problem.key, problem.line, problem.message) == ("units.t.greeting", 3, "a toy unit must greet")
 
 
 async def test_a_real_engine_runs_the_new_backend_and_remedy(tmp_path: Path) -> None:

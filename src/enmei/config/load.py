@@ -2,8 +2,9 @@
 
 ``load(path)`` returns a ``LoadedConfig`` or raises ``ConfigError`` (the first problem; ``problems``
 holds them all). ``check(path)`` returns every problem without raising. Beyond the schema, the checks
-here look at the machine: a command that does not exist or is not executable, a ``cwd`` that is not a
-directory.
+look at the machine: each unit's backend check from the registry (a process unit: a command that does
+not exist or is not executable, a ``cwd`` that is not a directory; ``enmei.config.machine``), probes and
+injectors that need capabilities the unit's backend lacks, a missing policy file or alert command.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tomllib
 import types
 import typing
@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from enmei.config.machine import resolve_command
 from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, UnitBase, config_model
 from enmei.errors import ConfigError
 
@@ -278,28 +279,21 @@ def _locate(text: str, loc: Sequence[Any]) -> int | None:
 
 
 def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Path) -> list[ConfigError]:
-    """Checks that need the machine: commands that exist and run, directories that exist."""
+    """Checks that need the machine: each unit's backend check (a process unit's command and cwd), what
+    its probes and injectors need of the backend, the policy file, the alert command."""
+    from enmei.visor.registry import backend_kind
+
     problems: list[ConfigError] = []
     base = path.absolute().parent
     for name, unit in cfg.units.items():
         problems.extend(_capability_problems(name, unit, text, str(path)))
-        if not isinstance(unit, ProcessUnit):
-            continue
-        cwd = (base / unit.cwd) if unit.cwd else base
-        if unit.cwd and not cwd.is_dir():
-            problems.append(ConfigError(f"{str(cwd)!r} is not a directory", file=str(path),
-                                        key=f"units.{name}.cwd", line=_locate(text, ("units", name, "cwd"))))
-        exe = unit.command[0]
-        found = _resolve_command(exe, cwd, unit.env, unit.inherit_env)
-        if found is None:
-            why = "does not exist" if "/" in exe else "is not on PATH"
-            problems.append(ConfigError(f"command {exe!r} {why}", file=str(path),
-                                        key=f"units.{name}.command",
-                                        line=_locate(text, ("units", name, "command"))))
-        elif not os.access(found, os.X_OK) or found.is_dir():
-            problems.append(ConfigError(f"command {str(found)!r} is not executable", file=str(path),
-                                        key=f"units.{name}.command",
-                                        line=_locate(text, ("units", name, "command"))))
+        try:
+            found = backend_kind(unit.backend).machine_problems(name, unit, base)
+        except Exception as exc:  # a broken backend check must not hide the rest of the file's problems
+            found = [((), f"the {unit.backend} backend could not check this unit: {type(exc).__name__}: {exc}")]
+        for rel, message in found:
+            loc = ("units", name, *rel)
+            problems.append(ConfigError(message, file=str(path), key=_dotted(loc), line=_locate(text, loc)))
     if cfg.supervisor.policy:
         policy = base / cfg.supervisor.policy
         if not policy.is_file():
@@ -307,7 +301,7 @@ def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Pat
             problems.append(ConfigError(f"policy file {str(policy)!r} {why}", file=str(path), key="supervisor.policy",
                                         line=_locate(text, ("supervisor", "policy"))))
     ac = cfg.supervisor.alert_command
-    if ac and _resolve_command(ac[0], base, {}, True) is None:
+    if ac and resolve_command(ac[0], base, {}, True) is None:
         problems.append(ConfigError(f"alert command {ac[0]!r} not found", file=str(path),
                                     key="supervisor.alert_command",
                                     line=_locate(text, ("supervisor", "alert_command"))))
@@ -330,12 +324,3 @@ def _capability_problems(name: str, unit: UnitBase, text: str, file: str) -> lis
                     f"lacks (it has: {', '.join(sorted(have)) or 'none'})", file=file, key=_dotted(loc),
                     line=_locate(text, loc)))
     return out
-
-
-def _resolve_command(exe: str, cwd: Path, env: Mapping[str, str], inherit: bool) -> Path | None:
-    if "/" in exe:
-        p = Path(exe) if os.path.isabs(exe) else cwd / exe
-        return p if p.exists() else None
-    search = env.get("PATH") or (os.environ.get("PATH", os.defpath) if inherit else os.defpath)
-    found = shutil.which(exe, path=search)
-    return Path(found) if found else None

@@ -45,6 +45,7 @@ __all__ = [
     "BackendContext",
     "BackendFactory",
     "BackendKind",
+    "CheckFn",
     "UnknownBackendError",
     "backend_kind",
     "backend_kinds",
@@ -80,6 +81,8 @@ class BackendContext:
 
 
 BackendFactory = Callable[[BackendContext], "Backend"]
+# (unit name, its config model, the config's directory) -> (key path under units.NAME, message) pairs
+CheckFn = Callable[[str, Any, Path], Iterable[tuple[tuple[str, ...], str]]]
 
 
 class UnknownBackendError(EnmeiError):
@@ -96,8 +99,9 @@ class BackendKind:
     """The declaration of one backend: its kind, config model, capabilities and factory.
 
     ``config`` is a pydantic model class or ``"module:Class"``; ``factory`` a callable taking a
-    ``BackendContext`` or ``"module:function"``. Strings are imported on first use (heavy backends stay
-    unimported until needed). ``capabilities`` must be what the backend class declares: it is what
+    ``BackendContext`` or ``"module:function"``; ``check`` (optional) a ``CheckFn`` or its name, the
+    machine checks ``enmei check`` runs for each unit of the kind. Strings are imported on first use
+    (heavy backends stay unimported until needed). ``capabilities`` must be what the backend class declares: it is what
     ``enmei check`` and the policy see before any backend exists.
     """
 
@@ -106,11 +110,20 @@ class BackendKind:
     factory: BackendFactory | str
     capabilities: frozenset[Capability] = frozenset({Capability.STATS})
     description: str = ""
+    check: CheckFn | str | None = None
     _resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def config_model(self) -> type[Any]:
         """The config model class (imported now if it was declared by name)."""
         return self._resolve("config", self.config)  # type: ignore[no-any-return]
+
+    def machine_problems(self, name: str, spec: Any, base_dir: Path) -> list[tuple[tuple[str, ...], str]]:
+        """What the backend's ``check`` finds wrong with unit ``name`` on this machine: ``(key path under
+        units.NAME, message)`` pairs, for ``enmei check`` to locate. No check declared: none."""
+        if self.check is None:
+            return []
+        check: CheckFn = self._resolve("check", self.check)
+        return list(check(name, spec, base_dir))
 
     def make(self, ctx: BackendContext) -> Backend:
         """A new backend made by the factory (imported now if it was declared by name)."""
