@@ -21,6 +21,7 @@ attack's figure). The unit's restart backoff is 0 s, so the figure is the superv
   soon as the server closes one; after each kill an authenticated action (restart of a spare unit) is
   sent and whether it was accepted (202) is reported.
 
+Each attack also reports the supervisor's peak resident memory (``supervisor_peak_rss_mib``).
 Summary: ``max_restart_s_during_attack``, the worst attack's median; goal ≤ ``GOAL_S`` (1 s). A restart
 not seen within ``WAIT_S`` counts as ``WAIT_S``. Every supervisor, unit, socket and temp dir is removed
 at the end, also on failure.
@@ -373,6 +374,24 @@ class _IdleConnections(_Attack):
                 "authenticated_action_max_s": round(max((t for _, t in self.actions), default=0.0), 3)}
 
 
+class _PeakRss:
+    """The peak resident memory of process ``pid``, sampled every 50 ms until ``halt``."""
+
+    def __init__(self, pid: int, halt: threading.Event) -> None:
+        self.pid = pid
+        self.halt = halt
+        self.peak = 0
+        self.thread = threading.Thread(target=self._watch, name="enmei-abuse-rss", daemon=True)
+        self.thread.start()
+
+    def _watch(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            proc = psutil.Process(self.pid)
+            while not self.halt.is_set():
+                self.peak = max(self.peak, proc.memory_info().rss)
+                self.halt.wait(0.05)
+
+
 def _attack(name: str, sup: _Supervisor) -> _Attack:
     if name == "d1_big_body":
         return _BigBody(sup)
@@ -395,6 +414,8 @@ def measure(name: str, runs: int, workdir: Path) -> dict[str, Any]:
                 raise
             return {"restart_s": [], "median_restart_s": None, "refused_at_start": str(exc)[-600:]}
         attack = _attack(name, sup)
+        rss = _PeakRss(sup.proc.pid if sup.proc is not None else os.getpid(), attack.halt)
+        attack.threads.append(rss.thread)
         time.sleep(1.0)  # the attack takes hold (the flood fills its pipe, the connections are accepted)
         times = []
         for _ in range(runs):
@@ -402,7 +423,8 @@ def measure(name: str, runs: int, workdir: Path) -> dict[str, Any]:
             attack.after_kill()
             time.sleep(0.3)
         attack.stop()
-        return {"restart_s": times, "median_restart_s": round(statistics.median(times), 3), **attack.figures()}
+        return {"restart_s": times, "median_restart_s": round(statistics.median(times), 3),
+                "supervisor_peak_rss_mib": round(rss.peak / MIB, 1), **attack.figures()}
     finally:
         if attack is not None:
             attack.stop()
