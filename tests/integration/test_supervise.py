@@ -219,15 +219,15 @@ async def test_instances_started_just_before_a_crash_are_recovered_not_duplicate
         tmp_path: Path, procs: Procs) -> None:
     """enmei killed between starting a unit and saving its identity: the next one finds the unit by its
     environment marks, adopts the oldest instance and ends a duplicate."""
-    from enmei.visor.process import ENV_SUPERVISOR, ENV_UNIT, ProcessBackend
+    from enmei.visor.process import ENV_SUPERVISOR, ENV_UNIT, ProcessBackend, launcher_argv
 
     (port,) = free_ports(1)
     loaded = load_text(web_config(port), tmp_path / "enmei.toml")
     instance = ProcessBackend(clock=None, state_dir=loaded.state_dir, emit=None).instance
     env = {**os.environ, ENV_UNIT: "web", ENV_SUPERVISOR: instance}
-    first = procs.popen([PY, "-m", "enmei.demo.service", "--port", str(port)], env=env)
+    first = procs.popen(launcher_argv([PY, "-m", "enmei.demo.service", "--port", str(port)]), env=env)
     await asyncio.sleep(0.3)
-    second = procs.popen([PY, "-c", "import time; time.sleep(60)"], env=env)  # a duplicate start
+    second = procs.popen(launcher_argv([PY, "-c", "import time; time.sleep(60)"]), env=env)  # a duplicate start
     journal = journal_for(loaded).open()
     engine = Engine(loaded, journal=journal)
     r = Running(engine, asyncio.create_task(engine.run()))

@@ -116,3 +116,13 @@ def test_drain_writes_what_the_pipe_holds_and_eof_ends_the_stream(tmp_path: Path
     assert (tmp_path / "u.stderr.log").read_bytes() == b"last words\nmore\n"
     assert not cap.capturing("u", "stderr")
     cap.close()
+
+
+def test_the_doctests_of_capture_logs_cgroup_and_process_run() -> None:
+    import doctest
+    import importlib
+
+    for name in ("enmei.visor.logs", "enmei.visor.capture", "enmei.visor.cgroup", "enmei.visor.process"):
+        result = doctest.testmod(importlib.import_module(name))
+        assert result.failed == 0, name
+    assert doctest.testmod(importlib.import_module("enmei.visor.logs")).attempted > 0

@@ -107,6 +107,12 @@ class FakeBackend(ProcessBackend):
     def _end_group(self, run: _Running) -> None:
         pass
 
+    async def _end_leftovers(self, name: str) -> None:
+        return None  # simulated processes leave nothing behind (and no cgroup is made)
+
+    def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:
+        return []
+
     def _stats(self, run: _Running) -> dict[str, float]:
         proc = self.world[run.identity.pid]
         age = self.clock.monotonic() - proc.started_mono

@@ -2,7 +2,15 @@
 
 Promises:
 
-* Each unit runs in its own session and process group; a stop reaches the whole group.
+* Each unit runs in its own session and process group, and in a cgroup v2 of its own where one can be
+  made (``enmei.visor.cgroup``): every process it starts — forked, double-forked, ``setsid`` — is in it,
+  gets the stop's SIGTERM and is killed (``cgroup.kill``) when the unit's main process ends, and a stop
+  returns once the cgroup is empty. Without cgroup v2, the stragglers of a unit are found by the
+  environment marks every process of it inherits (``ENMEI_UNIT``, ``ENMEI_SUPERVISOR``) and killed.
+* The command is started through ``/bin/sh`` (``launcher_argv``), which joins the cgroup *before* it
+  execs the command — so not even a process forked in the command's first instruction escapes — and
+  marks the main process (``ENMEI_MAIN_PID`` = its own pid, which no descendant has): recovery adopts
+  only a main process, never an orphan that inherited the other marks.
 * stdout and stderr go through pipes that enmei reads in a thread of its own (``enmei.visor.capture``) into
   ``<state>/logs/<unit>.<stream>.log``, rotated by rename before a write would pass ``log.max_bytes``,
   ``keep`` old files: at most ``max_bytes * (keep + 1)`` per stream whatever the write rate; output
@@ -29,6 +37,7 @@ import errno
 import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -44,12 +53,28 @@ from enmei.errors import IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.capture import Capture, attach_existing, make_pipe
+from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
 from enmei.visor.logs import rotate, tail_lines
 
-__all__ = ["ENV_SUPERVISOR", "ENV_UNIT", "ProcessBackend", "port_owner"]
+__all__ = ["ENV_MAIN_PID", "ENV_SUPERVISOR", "ENV_UNIT", "Launch", "ProcessBackend", "launcher_argv", "port_owner"]
 
 ENV_UNIT = "ENMEI_UNIT"
 ENV_SUPERVISOR = "ENMEI_SUPERVISOR"
+ENV_MAIN_PID = "ENMEI_MAIN_PID"
+
+# $1: the cgroup.procs to join ("-": none; a failure to join is checked and repaired by the parent).
+_LAUNCHER = ('[ "$1" = - ] || { echo 0 >"$1"; } 2>/dev/null; shift; '
+             f'{ENV_MAIN_PID}=$$; export {ENV_MAIN_PID}; exec "$@"')
+
+
+def launcher_argv(command: list[str], cgroup_procs: Path | None = None) -> list[str]:
+    """``command`` started through ``/bin/sh``: it joins ``cgroup_procs`` (if given), sets
+    ``ENMEI_MAIN_PID`` to its own pid, then execs ``command`` (same pid, same arguments).
+
+    >>> launcher_argv(["sleep", "1"])[3:]
+    ['enmei-launch', '-', 'sleep', '1']
+    """
+    return ["/bin/sh", "-c", _LAUNCHER, "enmei-launch", str(cgroup_procs) if cgroup_procs else "-", *command]
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +93,8 @@ class _Running:
     started_mono: float
     stopping: bool = False
     legacy_logs: tuple[str, ...] = ()  # streams the unit writes to the file itself (adopted from an old enmei)
+    cgroup: Cgroup | None = None  # None: no cgroup v2 here, or adopted from an enmei without one
+    sweep: asyncio.Future[Any] | None = None  # the marks scan for stragglers (no cgroup), while it runs
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -77,13 +104,15 @@ class Launch:
     (the read ends of its own output pipes, which keep a write from failing while no enmei reads)."""
 
     pass_fds: tuple[int, ...] = ()
+    cgroup_procs: Path | None = None  # the unit's cgroup.procs, joined before the command runs
 
 
 class ProcessBackend(Backend):
     kind: ClassVar[str] = "process"
     capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS, Capability.LOGS})
 
-    def __init__(self, *, clock: Any, state_dir: Path, emit: Any, base_dir: Path | None = None) -> None:
+    def __init__(self, *, clock: Any, state_dir: Path, emit: Any, base_dir: Path | None = None,
+                 cgroups: bool = True) -> None:
         super().__init__(clock=clock, state_dir=state_dir, emit=emit)
         self.base_dir = base_dir or Path.cwd()
         self.log_dir = state_dir / "logs"
@@ -91,6 +120,20 @@ class ProcessBackend(Backend):
         self.instance = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:16]
         self.capture = Capture(self._on_capture_event)
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._use_cgroups = cgroups
+        self._tree: CgroupTree | None = None
+        self._tree_known = False
+
+    @property
+    def cgroups(self) -> CgroupTree | None:
+        """This supervisor's cgroup subtree (made on first use), or None: no writable cgroup v2 here."""
+        if not self._tree_known:
+            self._tree_known = True
+            self._tree = CgroupTree.discover(self.instance) if self._use_cgroups else None
+            if self._use_cgroups and self._tree is None:
+                log.warning("no writable cgroup v2: a unit's escaped processes are found by their environment "
+                            "marks instead")
+        return self._tree
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -109,12 +152,13 @@ class ProcessBackend(Backend):
         env[ENV_UNIT] = name
         env[ENV_SUPERVISOR] = self.instance
         self._loop = asyncio.get_running_loop()
+        cgroup = await self._end_leftovers(name)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
+        launch = Launch(pass_fds=(out_r, err_r), cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None)
         try:
-            pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w,
-                                                               Launch(pass_fds=(out_r, err_r)))
+            pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w, launch)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
@@ -124,9 +168,18 @@ class ProcessBackend(Backend):
             os.close(err_w)
         # Where the child holds its read ends, and which pipes they are: a later enmei re-attaches by them.
         held = {"stdout": [out_r, os.fstat(out_r).st_ino], "stderr": [err_r, os.fstat(err_r).st_ino]}
+        extra: dict[str, Any] = {"pgid": pid, "capture": held}
+        if cgroup is not None:
+            try:
+                cgroup.add(pid)  # normally a no-op: the launcher joined it before the command ran
+                extra["cgroup"] = str(cgroup.path)
+            except CgroupError as exc:
+                log.warning("unit %s: not in its cgroup (%s): its stragglers are found by marks", name, exc)
+                cgroup = None
         identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=create_time,
-                            started_wall=self.clock.wall(), extra={"pgid": pid, "capture": held})
+                            started_wall=self.clock.wall(), extra=extra)
         self._units[name] = run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
+        run.cgroup = cgroup
         self._capture(name, spec, {"stdout": out_r, "stderr": err_r})
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(),
@@ -143,9 +196,45 @@ class ProcessBackend(Backend):
         self._loop = asyncio.get_running_loop()
         self._units[name] = run = _Running(identity, pidfd, None, proc, spec, self.clock.monotonic())
         run.legacy_logs = self._reattach(name, spec, identity)
+        run.cgroup = self._adopted_cgroup(name, identity)
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
         return True
+
+    def _adopted_cgroup(self, name: str, identity: Identity) -> Cgroup | None:
+        """The cgroup a saved identity names, if it is the one this supervisor's tree gives the unit and
+        the adopted process is in it (a planted path or a moved process is not trusted)."""
+        saved = identity.extra.get("cgroup")  # None: recovered by marks, or started by an older enmei
+        tree = self.cgroups
+        cgroup = tree.existing(name, str(saved) if saved else None) if tree else None
+        try:
+            if cgroup is not None and identity.pid in cgroup.procs():
+                return cgroup
+        except CgroupError:
+            pass
+        return None
+
+    async def _end_leftovers(self, name: str) -> Cgroup | None:
+        """Before a fresh start: end what a previous instance of ``name`` left running (processes in its
+        cgroup or, without cgroups, carrying its marks), so no orphan outlives it or holds its ports.
+        Returns the unit's cgroup, ready (None without cgroups)."""
+        tree = self.cgroups
+        try:
+            cgroup = tree.unit(name) if tree is not None else None
+        except CgroupError as exc:
+            log.warning("unit %s: no cgroup (%s): its stragglers are found by marks", name, exc)
+            cgroup = None
+        if cgroup is None:
+            ended = await asyncio.to_thread(self._sweep_marked, name)
+        else:
+            ended = cgroup.procs()
+            if ended or cgroup.populated():
+                cgroup.kill()
+                if not await asyncio.to_thread(cgroup.wait_empty, 5.0):
+                    log.warning("unit %s: leftovers in %s survived SIGKILL for 5 s", name, cgroup.path)
+        if ended:
+            log.warning("unit %s: ended %d process(es) left by its previous instance: %s", name, len(ended), ended)
+        return cgroup
 
     def _reattach(self, name: str, spec: ProcessUnit, identity: Identity) -> tuple[str, ...]:
         """Capture an adopted unit's output again: a new read end of the pipes it was started with, found
@@ -197,13 +286,19 @@ class ProcessBackend(Backend):
             loop.call_soon_threadsafe(self.emit, event)
 
     async def recover(self, name: str, spec: Any) -> Identity | None:
-        """Adopt the leader of a group this supervisor's state dir started for ``name``, found by its
-        environment marks. If there are several (a start repeated across a crash), the oldest is kept
-        and the others are ended (SIGKILL to their groups)."""
+        """Adopt the main process of an instance this supervisor's state dir started for ``name``, found
+        by its environment marks (``ENMEI_MAIN_PID`` equal to its own pid: never a child or an orphan of
+        the unit, which inherit the other marks). If there are several (a start repeated across a
+        crash), the oldest is kept and the others are ended (SIGKILL to their groups)."""
         if not isinstance(spec, ProcessUnit) or name in self._units:
             return None
         found = self._find_marked(name)
         if not found:
+            # No main process: whatever still carries the unit's marks is an orphan of an instance no
+            # supervisor holds (D8: one was once "recovered" as the unit). End it before the real start.
+            orphans = await asyncio.to_thread(self._sweep_marked, name)
+            if orphans:
+                log.warning("unit %s: ended %d orphan(s) of an earlier instance: %s", name, len(orphans), orphans)
             return None
         found.sort(key=lambda p: p[1])
         for pid, _ in found[1:]:
@@ -216,7 +311,7 @@ class ProcessBackend(Backend):
         return identity if await self.adopt(name, spec, identity) else None
 
     def _find_marked(self, name: str) -> list[tuple[int, float]]:
-        """(pid, create time) of session leaders carrying this supervisor's marks for ``name``."""
+        """(pid, create time) of main processes carrying this supervisor's marks for ``name``."""
         out: list[tuple[int, float]] = []
         for proc in psutil.process_iter(["pid"]):
             try:
@@ -225,11 +320,32 @@ class ProcessBackend(Backend):
                     continue  # not a leader: a child of a unit carries the marks too
                 env = proc.environ()
                 ours = env.get(ENV_UNIT) == name and env.get(ENV_SUPERVISOR) == self.instance
-                if ours and proc.status() != psutil.STATUS_ZOMBIE:
+                # A child that called setsid is a leader with our marks, but its ENMEI_MAIN_PID is the
+                # pid of the main process it descends from, not its own.
+                if ours and env.get(ENV_MAIN_PID) == str(pid) and proc.status() != psutil.STATUS_ZOMBIE:
                     out.append((pid, proc.create_time()))
             except (psutil.Error, OSError):
                 continue
         return out
+
+    def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:
+        """SIGKILL every process carrying this supervisor's marks for ``name`` except ``keep`` (its main
+        process): the fallback for stragglers without a cgroup. Blocking (a scan of all processes)."""
+        ended: list[int] = []
+        for proc in psutil.process_iter(["pid"]):
+            try:
+                if proc.pid in (keep, os.getpid()):
+                    continue
+                env = proc.environ()
+                if env.get(ENV_UNIT) != name or env.get(ENV_SUPERVISOR) != self.instance:
+                    continue
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                proc.kill()  # psutil re-checks the create time: never a recycled pid
+                ended.append(proc.pid)
+            except (psutil.Error, OSError):
+                continue
+        return ended
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
         run = self._units.get(name)
@@ -237,13 +353,27 @@ class ProcessBackend(Backend):
             return
         run.stopping = True
         self._signal_group(run, signal.SIGTERM)
-        if await self._wait_done(run, timeout_s):
+        if not await self._wait_done(run, timeout_s):
+            log.warning("unit %s did not stop within %.1fs of SIGTERM: SIGKILL", name, timeout_s)
+            self._signal_group(run, signal.SIGKILL)
+            if not await self._wait_done(run, 5.0):
+                raise StopError(name, "stop", f"pid {run.identity.pid} survived SIGKILL for 5 s")
+        await self._stragglers_gone(run)
+
+    async def _stragglers_gone(self, run: _Running) -> None:
+        """After a stop: wait until the unit's cgroup is empty (its stragglers were killed when the main
+        process ended) and remove it, or until the marks scan has ended them. ``StopError`` if a process
+        survives SIGKILL for 5 s."""
+        if run.sweep is not None:
+            await asyncio.shield(run.sweep)
+        cgroup = run.cgroup
+        if cgroup is None:
             return
-        log.warning("unit %s did not stop within %.1fs of SIGTERM: SIGKILL", name, timeout_s)
-        self._signal_group(run, signal.SIGKILL)
-        if await self._wait_done(run, 5.0):
-            return
-        raise StopError(name, "stop", f"pid {run.identity.pid} survived SIGKILL for 5 s")
+        if not await asyncio.to_thread(cgroup.wait_empty, 5.0):
+            raise StopError(run.identity.unit, "stop", f"processes left in {cgroup.path} survived SIGKILL for 5 s")
+        if run.identity.unit not in self._units:  # not started again meanwhile
+            with contextlib.suppress(CgroupError):
+                cgroup.remove()
 
     def alive(self, name: str) -> bool:
         run = self._units.get(name)
@@ -259,6 +389,8 @@ class ProcessBackend(Backend):
         self._units.clear()
         # Units still running keep their pipes (they hold a read end): the next enmei attaches again.
         await asyncio.to_thread(self.capture.close)
+        if self._tree is not None:
+            self._tree.remove()  # only what is empty: running units keep their cgroups
 
     # -- monitor API -------------------------------------------------------------------------------
 
@@ -317,11 +449,14 @@ class ProcessBackend(Backend):
     def _spawn(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], out_fd: int,
                err_fd: int, launch: Launch
                ) -> tuple[int, subprocess.Popen[bytes] | None, int, psutil.Process | None, float]:
-        """Start the command in a new session; returns (pid, popen, pidfd, psutil handle, create time)."""
+        """Start the command in a new session, through the launcher (cgroup, main mark); returns (pid,
+        popen, pidfd, psutil handle, create time)."""
+        _check_command(name, spec.command[0], cwd, env)
         try:
             popen = subprocess.Popen(
-                spec.command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd,
-                start_new_session=True, close_fds=True, pass_fds=launch.pass_fds,
+                launcher_argv(list(spec.command), launch.cgroup_procs), cwd=cwd, env=env,
+                stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
+                pass_fds=launch.pass_fds,
             )
         except FileNotFoundError as exc:
             raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc
@@ -372,9 +507,18 @@ class ProcessBackend(Backend):
         return (None, -rc) if rc < 0 else (rc, None)
 
     def _end_group(self, run: _Running) -> None:
-        """End what the leader left in its group (a unit is its whole group)."""
+        """End what the main process left: its group, and its cgroup (every process it started, also
+        those that left the group) — or, without a cgroup, every process with its marks (a scan, in a
+        thread; ``stop`` waits for it)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(run.identity.pid, signal.SIGKILL)
+        if run.cgroup is not None:
+            try:
+                run.cgroup.kill()
+                return
+            except CgroupError as exc:
+                log.warning("unit %s: %s: ending its stragglers by marks", run.identity.unit, exc)
+        run.sweep = asyncio.ensure_future(asyncio.to_thread(self._sweep_marked, run.identity.unit))
 
     def _stats(self, run: _Running) -> dict[str, float]:
         assert run.proc is not None
@@ -402,6 +546,12 @@ class ProcessBackend(Backend):
         except PermissionError:
             # Not a group leader any more (setsid in the child?): signal the pinned process alone.
             signal.pidfd_send_signal(run.pidfd, sig)
+        if run.cgroup is not None:
+            # Those that left the group (setsid, double fork) are asked to stop too, as the group is.
+            with contextlib.suppress(CgroupError):
+                for pid in run.cgroup.procs():
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
 
 
 def process_stats(proc: psutil.Process) -> dict[str, float]:
@@ -421,6 +571,19 @@ def process_stats(proc: psutil.Process) -> dict[str, float]:
         except (psutil.AccessDenied, AttributeError):
             pass
     return out
+
+
+def _check_command(name: str, prog: str, cwd: Path, env: dict[str, str]) -> None:
+    """``StartError`` unless ``prog`` names an executable (as ``exec`` would find it with ``env``'s PATH):
+    the launcher execs it after the fork, where a missing command is only an exit status."""
+    if "/" in prog:
+        path = Path(prog) if os.path.isabs(prog) else cwd / prog
+        if not path.exists():
+            raise StartError(name, "start", f"command {prog!r} not found (No such file or directory)")
+        if path.is_dir() or not os.access(path, os.X_OK):
+            raise StartError(name, "start", f"command {prog!r} is not executable")
+    elif shutil.which(prog, path=env.get("PATH", os.defpath)) is None:
+        raise StartError(name, "start", f"command {prog!r} not found (No such file or directory in PATH)")
 
 
 def _check_free(name: str, addr: str) -> None:
