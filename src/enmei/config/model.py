@@ -30,12 +30,14 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
 
-from enmei.detect.registry import DetectorOptions, validate_entries
+from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
+from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
 
 __all__ = [
     "Config",
@@ -346,6 +348,30 @@ class _UnitBase(_Model):
                 raise ValueError(f"injector {inj.name!r} has the name of a probe or another injector")
             seen.add(inj.name)
         return self
+
+    @model_validator(mode="after")
+    def _detectors_fit(self) -> _UnitBase:
+        # An entry can be valid on its own and still not fit this unit (a reaction detector naming an
+        # injector the unit lacks): build each once here, so that `enmei check` says so with its line.
+        ctx = self.detector_context("")
+        problems = [_detector_problem(i, msg) for i, opts in enumerate(self.detectors)
+                    if (msg := check_fits(ctx, opts)) is not None]
+        if problems:
+            raise ValidationError.from_exception_data("detectors", problems)
+        return self
+
+    def detector_context(self, unit: str) -> DetectorContext:
+        """What a detector factory learns of this unit: its probes and injectors, as plain values."""
+        probes = tuple(ProbeInfo(probe_name(p), p.kind,
+                                 p.fail_after if isinstance(p, (HttpProbe, TcpProbe)) else None)
+                       for p in self.probes)
+        injectors = tuple(InjectorInfo(i.name, i.kind, i.watch, i.max_reaction) if isinstance(i, KeysInjector)
+                          else InjectorInfo(i.name, i.kind) for i in self.injectors)
+        return DetectorContext(unit, probes, injectors)
+
+
+def _detector_problem(i: int, msg: str) -> Any:
+    return {"type": "value_error", "loc": ("detectors", i), "input": None, "ctx": {"error": ValueError(msg)}}
 
 
 class ProcessUnit(_UnitBase):

@@ -99,12 +99,12 @@ def _build(ctx: DetectorContext, opts: ReactionOptions) -> ReactionDetector:
     inj = next((i for i in ctx.injectors if i.name == opts.injector), None)
     if inj is None:
         names = ", ".join(i.name for i in ctx.injectors) or "none"
-        raise ValueError(f"unit {ctx.unit}: reaction detector names injector {opts.injector!r} "
+        raise ValueError(f"the reaction detector names injector {opts.injector!r}, which this unit lacks "
                          f"(injectors: {names})")
     metric = opts.metric or f"reaction_{inj.watch or 'wr_bytes'}"
     bound = opts.max_reaction if opts.max_reaction is not None else inj.max_reaction
     if bound is None:
-        raise ValueError(f"unit {ctx.unit}: reaction detector for {opts.injector!r} needs a max_reaction "
+        raise ValueError(f"the reaction detector for {opts.injector!r} needs a max_reaction "
                          "(here or on the injector)")
     return ReactionDetector(ctx.unit, inj.name, metric, bound, opts.detector_name)
 

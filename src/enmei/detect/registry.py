@@ -10,8 +10,10 @@
 
 A unit's ``[[units.NAME.detectors]]`` entries are validated against the options model of their
 ``kind`` when the config is read (an unknown kind or a bad key is a config error naming file, key and
-line); the engine then builds each with :func:`build`. Adding a detector is a new module that calls
-:func:`register` — no edit in the engine, the config or the policy.
+line; so is an entry that does not fit its unit, which :func:`check_fits` finds by building it once);
+the engine then builds each with :func:`build`. A factory refuses what does not fit with ``ValueError``.
+Adding a detector is a new module that calls :func:`register` — no edit in the engine, the config or
+the policy.
 
 ``register`` refuses a kind that is already registered (``ValueError``), so that two modules can never
 silently replace each other's detector.
@@ -28,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enmei.detect.protocol import DetectorContext, UnitDetector
 
-__all__ = ["DetectorKind", "DetectorOptions", "build", "get", "kinds", "register", "unregister",
+__all__ = ["DetectorKind", "DetectorOptions", "build", "check_fits", "get", "kinds", "register", "unregister",
            "validate_entries"]
 
 OptionsT = TypeVar("OptionsT", bound="DetectorOptions")
@@ -98,6 +100,16 @@ def get(kind: str) -> DetectorKind:
 def build(context: DetectorContext, options: DetectorOptions) -> UnitDetector:
     """A new detector for ``context.unit`` from validated ``options``."""
     return get(options.kind).factory(context, options)
+
+
+def check_fits(context: DetectorContext, options: DetectorOptions) -> str | None:
+    """Why ``options`` cannot make a detector for the unit of ``context`` (its factory's ``ValueError``
+    or ``TypeError``), or None when it can. The detector built to find out is dropped."""
+    try:
+        build(context, options)
+    except (ValueError, TypeError, KeyError) as exc:
+        return str(exc)
+    return None
 
 
 def validate_entries(raw: Any) -> list[DetectorOptions]:

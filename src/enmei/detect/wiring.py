@@ -14,10 +14,10 @@ Every kind comes from :mod:`enmei.detect.registry`; this module names no detecto
 
 from __future__ import annotations
 
-from enmei.config.model import HttpProbe, KeysInjector, LogProbe, ProcessProbe, UnitBase, probe_name
+from enmei.config.model import HttpProbe, KeysInjector, LogProbe, ProcessProbe, UnitBase
 from enmei.detect.failures import ProbeFailureOptions
 from enmei.detect.judges import AgingOptions, LatencyOptions
-from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
+from enmei.detect.protocol import DetectorContext
 from enmei.detect.reaction import ReactionOptions
 from enmei.detect.registry import DetectorOptions, build
 from enmei.detect.unitset import UnitDetectors
@@ -27,15 +27,7 @@ __all__ = ["context_for", "default_options", "judge_factory", "unit_detectors"]
 
 def context_for(unit: str, spec: UnitBase) -> DetectorContext:
     """What a detector factory learns of ``unit`` (its probes and injectors, as plain values)."""
-    probes = tuple(
-        ProbeInfo(probe_name(p), p.kind,
-                  None if isinstance(p, (ProcessProbe, LogProbe)) else p.fail_after)
-        for p in spec.probes)
-    injectors = tuple(
-        InjectorInfo(i.name, i.kind, i.watch, i.max_reaction) if isinstance(i, KeysInjector)
-        else InjectorInfo(i.name, i.kind)
-        for i in spec.injectors)
-    return DetectorContext(unit, probes, injectors)
+    return spec.detector_context(unit)
 
 
 def default_options(spec: UnitBase) -> list[DetectorOptions]:

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
+
+import pytest
 
 from enmei.clock import FakeClock
 from enmei.config.load import load_text
-from enmei.config.model import KeysInjector
+from enmei.config.model import KeysInjector, ProcessUnit
 from enmei.monitor.inject import KeysInjection
 from enmei.visor.base import Capability
 from enmei.visor.fake import FakeBackend
+from enmei.visor.registry import BackendContext, BackendKind, register_backend, unregister_backend
 from support.harness import start_rig
+
+
+class TypewriterUnit(ProcessUnit):
+    """``backend = "typewriter"``: a fake process unit with a keyboard and a disk."""
+
+    backend: Literal["typewriter"]  # type: ignore[assignment]
 
 
 class Typewriter(FakeBackend):
     """The fake backend with a keyboard and a disk: each key typed writes ``per_key`` bytes."""
 
+    kind: ClassVar[str] = "typewriter"
     capabilities: ClassVar[frozenset[Capability]] = FakeBackend.capabilities | {
         Capability.INJECT_KEYS, Capability.BLOCK_STATS}
     per_key = 0.0
@@ -30,8 +41,21 @@ class Typewriter(FakeBackend):
         return {"vda": {"wr_bytes": self.written, "rd_bytes": 0.0}}
 
 
+def _typewriter(ctx: BackendContext) -> Typewriter:
+    return Typewriter(clock=ctx.clock, state_dir=ctx.state_dir, emit=ctx.emit)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered() -> Iterator[None]:
+    register_backend(BackendKind("typewriter", TypewriterUnit, _typewriter, Typewriter.capabilities,
+                                 "a test-only fake with keys and block stats"))
+    yield
+    unregister_backend("typewriter")
+
+
 CONFIG = """
 [units.a]
+backend = "typewriter"
 command = ["/bin/true"]
 start_s = 1.0
 [[units.a.injectors]]
@@ -61,14 +85,14 @@ async def test_the_keys_injector_reports_its_reaction_and_does_not_judge_it(tmp_
 
 async def test_an_out_of_bounds_reaction_is_a_verdict_of_the_reaction_detector(tmp_path: Path) -> None:
     assert load_text(CONFIG, tmp_path / "enmei.toml").config.units["a"].detectors == []  # the default set
-    rig = await start_rig(tmp_path, CONFIG, backend_cls=Typewriter)
+    rig = await start_rig(tmp_path, CONFIG)
     try:
         await rig.advance(1.2)
         assert [d.name for d in rig.engine.judges["a"]] == ["probe_failures", "reaction:typing"]
         rig.engine.submit("inject", "a", {"injector": "typing"})
         assert await rig.advance_until(lambda: rig.bodies("unit.health", "a"), 5.0)
         assert rig.bodies("unit.health", "a")[-1]["to"] == "ok" and not rig.bodies("verdict", "a")
-        b = rig.backend
+        b = rig.engine.backend("typewriter")
         assert isinstance(b, Typewriter)
         b.per_key = 1000.0  # now the guest writes whenever someone types
         rig.engine.submit("inject", "a", {"injector": "typing"})

@@ -220,7 +220,7 @@ def test_a_broken_detector_is_counted_and_the_others_still_judge() -> None:
 def test_keys_reaction_is_judged_by_the_reaction_detector(tmp_path: Path) -> None:
     text = """
 [units.vm]
-command = ["/bin/true"]
+backend = "qemu"
 [[units.vm.injectors]]
 kind = "keys"
 name = "typing"
@@ -292,3 +292,15 @@ def test_probe_failure_options_default_to_each_probes_own(tmp_path: Path) -> Non
     dets = detectors_of(tmp_path, WEB)
     lat = dets.get("latency")
     assert isinstance(lat, LatencyDetector) and lat.judge.learning == 300 and lat.limits() == {}
+
+
+def test_an_entry_that_does_not_fit_its_unit_is_a_config_error_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "enmei.toml"
+    path.write_text(WEB + """
+[[units.web.detectors]]
+kind = "reaction"
+injector = "typing"
+""")
+    (problem,) = check(path)
+    assert problem.key == "units.web.detectors[0]" and problem.line == WEB.count("\n") + 2
+    assert "names injector 'typing', which this unit lacks (injectors: none)" in problem.message
