@@ -1,4 +1,7 @@
-"""The engine's seam: one :class:`UnitJudge` per unit, observations in, verdicts out.
+"""Latency charts and aging trends of one unit: :class:`UnitJudge`, observations in, verdicts out.
+
+The ``latency`` and ``aging`` unit detectors (:mod:`enmei.detect.judges`) are each a judge doing one
+half of this job; the engine reaches them through :class:`~enmei.detect.unitset.UnitDetectors`.
 
 ::
 

@@ -8,8 +8,8 @@ newest report of each source is kept. A FAILING or DEGRADED report sets the unit
 OK report sets it only when every source's newest report is OK (a unit with one failing probe is not
 healthy because another probe passes). UNKNOWN reports are ignored. ``reset()`` forgets every report.
 
-**A broken detector** (one that raises) is logged, counted in ``state()["errors"]``, and skipped for
-that observation; the other detectors of the unit still judge it.
+**A broken detector** (one that raises) is logged, counted in ``state()["errors"]``, named in
+:attr:`SetJudgement.failed`, and skipped for that observation; the other detectors still judge it.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class SetJudgement:
     verdicts: tuple[Verdict, ...] = ()
     health: tuple[Health, str] | None = None  # the health to set now, and why; None: leave it
+    failed: tuple[tuple[str, str], ...] = ()  # (detector, error) of the detectors that raised
 
 
 class UnitDetectors:
@@ -59,12 +60,14 @@ class UnitDetectors:
         """Feed ``obs`` to every detector; their verdicts in order, and the health to set (if any)."""
         verdicts: list[Verdict] = []
         health: tuple[Health, str] | None = None
+        failed: list[tuple[str, str]] = []
         for det in self.detectors:
             try:
                 j = det.feed(obs)
-            except Exception:  # one broken detector must not silence the others
+            except Exception as exc:  # one broken detector must not silence the others
                 log.exception("detector %s of %s failed", det.name, self.unit)
                 self.errors[det.name] = self.errors.get(det.name, 0) + 1
+                failed.append((det.name, f"{type(exc).__name__}: {exc}"))
                 continue
             verdicts.extend(j.verdicts)
             for r in j.health:
@@ -75,7 +78,7 @@ class UnitDetectors:
                     health = (r.health, r.reason)
                 elif all(h is Health.OK for h in self._sources.values()):
                     health = (Health.OK, r.reason)
-        return SetJudgement(tuple(verdicts), health)
+        return SetJudgement(tuple(verdicts), health, tuple(failed))
 
     def reset(self) -> None:
         """A new instance of the service runs: every detector forgets what belonged to the old one."""

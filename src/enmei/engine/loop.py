@@ -113,6 +113,7 @@ class Engine:
         self._judge_factory: JudgeFactory = judge_factory or unit_detectors
         self.units: dict[str, UnitRuntime] = {}
         self.judges: dict[str, UnitDetectors] = {}  # each unit's detectors (none: nothing to judge)
+        self._broken_detectors: set[tuple[str, str]] = set()
         self.probes: dict[str, list[Probe]] = {}
         self._identities: dict[str, Identity] = {}
         self._statefile = StateFile(self.state_dir / "units.json")
@@ -340,6 +341,12 @@ class Engine:
             return
         # The detectors judge (verdicts, health); the engine only applies what they concluded.
         judged = detectors.feed(obs)
+        for name, error in judged.failed:  # journaled once per detector: a bug, not an event stream
+            if (obs.unit, name) not in self._broken_detectors:
+                self._broken_detectors.add((obs.unit, name))
+                self.record(RecordKind.ALERT, obs.unit, {
+                    "severity": "warning", "message": f"detector {name} failed and is skipped when it fails: {error}",
+                    "detector": name})
         if judged.health is not None:
             unit.set_health(*judged.health)
         for v in judged.verdicts:

@@ -137,3 +137,28 @@ def test_its_options_are_validated_with_file_key_and_line(tmp_path: Path) -> Non
     assert ("units.a.detectors[0].max_byte", 12) in found
     loaded = load_text(CONFIG, tmp_path / "ok.toml")
     assert isinstance(loaded.config.units["a"].detectors[0], RssAboveOptions)
+
+
+class Broken(RssAbove):
+    def feed(self, obs: Observation) -> Judgement:
+        raise RuntimeError("a bug in a detector")
+
+
+async def test_a_broken_detector_is_journaled_once_and_the_others_still_judge(tmp_path: Path) -> None:
+    registry.register("test_broken", RssAboveOptions, lambda ctx, opts: Broken(ctx.unit, opts),
+                      example={"max_bytes": 1})
+    try:
+        config = CONFIG + '[[units.a.detectors]]\nkind = "test_broken"\nmax_bytes = 1\n'
+        rig = await start_rig(tmp_path, config)
+        try:
+            await rig.advance(1.2)
+            assert await rig.advance_until(lambda: rig.bodies("unit.health", "a"), 5.0)
+            await rig.advance(3.0)
+            alerts = [b for b in rig.bodies("alert", "a") if b.get("detector") == "test_broken"]
+            assert len(alerts) == 1 and "a bug in a detector" in alerts[0]["message"]
+            assert rig.engine.judges["a"].errors["test_broken"] >= 3
+            assert rig.bodies("unit.health", "a")[-1]["to"] == "ok"  # rss judged all along
+        finally:
+            await rig.close()
+    finally:
+        registry.unregister("test_broken")

@@ -211,7 +211,9 @@ def test_a_broken_detector_is_counted_and_the_others_still_judge() -> None:
 
     good = ProbeFailureDetector("web", {"http": 1})
     dets = UnitDetectors("web", [Broken("web", LogPatternOptions(kind="log_pattern", pattern="x")), good])
-    assert dets.feed(obs("http", False, 0, error="down")).verdicts[0].kind is VerdictKind.PROBE_FAILED
+    judged = dets.feed(obs("http", False, 0, error="down"))
+    assert judged.verdicts[0].kind is VerdictKind.PROBE_FAILED
+    assert judged.failed == (("log_pattern", "RuntimeError: bug"),)
     assert dets.state()["errors"] == {"log_pattern": 1}
 
 
