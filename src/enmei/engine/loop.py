@@ -33,6 +33,7 @@ from enmei.config.model import UnitBase
 from enmei.detect.unitset import UnitDetectors
 from enmei.detect.wiring import unit_detectors
 from enmei.engine.actions import inject, monitor, run_alert_command
+from enmei.engine.alerts import AlertGate
 from enmei.engine.deciding import DEFAULT_DEADLINE_S, Decider
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
@@ -103,6 +104,8 @@ class Engine:
         # No policy given: the one users get when they name none, the shipped library (not BuiltinPolicy,
         # which is only its fallback of last resort).
         self.policy: Policy = policy if policy is not None else load_default()
+        self.alerts = AlertGate(self.clock, record=self.record, spawn=self.spawn,
+                                runner=self._alert_command if self.config.supervisor.alert_command else None)
         self.decider = Decider(self.policy, record=self.record, execute=self._execute,
                                deadline_s=policy_deadline_s)
         self.state_dir = loaded.state_dir
@@ -361,6 +364,7 @@ class Engine:
                 backend.maintain()
             except Exception:
                 log.exception("backend %s housekeeping failed", backend.kind)
+        self.alerts.flush()  # the alerts coalesced in the window that ended, as one counted record
         if tick.mono >= self._next_summary:
             if self._next_summary:
                 for unit, body in self._summaries.drain(tick.mono):
@@ -531,18 +535,17 @@ class Engine:
     # -- alerts, identities, journal trouble -------------------------------------------------------
 
     def alert(self, unit: str | None, message: str, severity: Severity, data: Mapping[str, Any]) -> None:
-        """Raise an alert: journaled, logged, and sent to ``alert_command`` if one is configured."""
-        body = {"severity": str(severity), "message": message, **data}
-        seq = self.record(RecordKind.ALERT, unit, body)
-        log.log(logging.ERROR if severity is Severity.CRITICAL else logging.WARNING, "ALERT %s", message)
-        cmd = self.config.supervisor.alert_command
-        if cmd:
-            self.spawn(self._alert_command(cmd, {"seq": seq, "unit": unit, **body}), "alert command")
+        """Raise an alert: journaled, logged, and sent to ``alert_command`` if one is configured, within
+        the bounds of ``enmei.engine.alerts`` (rate per source, coalescing, a counted drop, at most two
+        alert commands at once)."""
+        source = "policy" if "decision_seq" in data else "engine"
+        self.alerts.alert(unit, message, severity, data, source)
 
-    async def _alert_command(self, cmd: list[str], payload: Mapping[str, Any]) -> None:
-        problem = await run_alert_command(cmd, payload, self.loaded.base_dir)
-        if problem is not None:
-            self.record(RecordKind.ALERT, payload.get("unit"), {"severity": "warning", "message": problem})
+    async def _alert_command(self, payload: Mapping[str, Any]) -> str | None:
+        cmd = self.config.supervisor.alert_command
+        if not cmd:
+            return None
+        return await run_alert_command(cmd, payload, self.loaded.base_dir)
 
     def _identity_changed(self, name: str, identity: Identity | None) -> None:
         if identity is None:
@@ -626,6 +629,8 @@ class Engine:
             with contextlib.suppress(Exception):
                 await backend.close()
         await self.decider.aclose()
+        with contextlib.suppress(Exception):
+            self.alerts.flush(final=True)  # what was coalesced since the last window is counted too
         if isinstance(self.policy, ReloadablePolicy):
             with contextlib.suppress(Exception):
                 self.policy.close()
