@@ -179,15 +179,3 @@ def test_a_policy_that_is_a_directory_is_refused(write_config, tmp_path: Path) -
     path = write_config('[supervisor]\npolicy = "pol"\n')
     (problem,) = check(path)
     assert problem.line == 2 and "is not a file" in problem.message
-
-
-def test_an_injector_the_units_backend_cannot_serve_is_located(write_config) -> None:
-    path = write_config('[units.a]\ncommand = ["/bin/true"]\n\n[[units.a.injectors]]\nkind = "keys"\n'
-                        'name = "typing"\ntext = "hello"\n')
-    (problem,) = check(path)
-    assert (problem.line, problem.key) == (4, "units.a.injectors[0]")
-    assert problem.message.startswith("a keys injector needs block_stats and inject_keys, which the process backend "
-                                      "lacks (it has: logs, stats)")
-    vm = write_config('[units.vm]\nbackend = "qemu"\n[[units.vm.injectors]]\nkind = "keys"\nname = "k"\ntext = "x"\n',
-                      name="vm.toml")
-    assert check(vm) == []

@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from enmei.config.machine import resolve_command
-from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, UnitBase, config_model
+from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, config_model
 from enmei.errors import ConfigError
 
 __all__ = ["LoadedConfig", "check", "load", "load_text"]
@@ -279,14 +279,13 @@ def _locate(text: str, loc: Sequence[Any]) -> int | None:
 
 
 def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Path) -> list[ConfigError]:
-    """Checks that need the machine: each unit's backend check (a process unit's command and cwd), what
-    its probes and injectors need of the backend, the policy file, the alert command."""
+    """Checks that need the machine: each unit's backend check (a process unit's command and cwd), the
+    policy file, the alert command."""
     from enmei.visor.registry import backend_kind
 
     problems: list[ConfigError] = []
     base = path.absolute().parent
     for name, unit in cfg.units.items():
-        problems.extend(_capability_problems(name, unit, text, str(path)))
         try:
             found = backend_kind(unit.backend).machine_problems(name, unit, base)
         except Exception as exc:  # a broken backend check must not hide the rest of the file's problems
@@ -306,21 +305,3 @@ def _machine_problems(cfg: Config, data: Mapping[str, Any], text: str, path: Pat
                                     key="supervisor.alert_command",
                                     line=_locate(text, ("supervisor", "alert_command"))))
     return problems
-
-
-def _capability_problems(name: str, unit: UnitBase, text: str, file: str) -> list[ConfigError]:
-    """Probes and injectors that need what the unit's backend does not have (``needs`` on their model)."""
-    from enmei.visor.registry import capabilities_of
-
-    have = {str(c) for c in capabilities_of(unit.backend)}
-    out: list[ConfigError] = []
-    for table, items in (("probes", unit.probes), ("injectors", unit.injectors)):
-        for i, item in enumerate(items):
-            missing = sorted(set(getattr(type(item), "needs", ())) - have)
-            if missing:
-                loc = ("units", name, table, i)
-                out.append(ConfigError(
-                    f"a {item.kind} {table[:-1]} needs {' and '.join(missing)}, which the {unit.backend} backend "
-                    f"lacks (it has: {', '.join(sorted(have)) or 'none'})", file=file, key=_dotted(loc),
-                    line=_locate(text, loc)))
-    return out

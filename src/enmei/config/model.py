@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
@@ -276,9 +276,6 @@ class KeysInjector(_Model):
     """``[[units.NAME.injectors]] kind = "keys"``: type ``text`` into the unit (a VM's keyboard) and watch
     how much a counter moves within ``react_s`` (e.g. block writes: a guest that writes whenever someone
     types). The reaction is out of bounds past ``max_reaction``."""
-
-    #: what the unit's backend must be able to do (checked against the backend registry by ``load``)
-    needs: ClassVar[frozenset[str]] = frozenset({"inject_keys", "block_stats"})
 
     kind: Literal["keys"]
     name: str
