@@ -133,7 +133,10 @@ class RejuvenateConfig(_Model):
 
 
 class DetectConfig(_Model):
-    """``[units.NAME.detect]``: the detectors that watch this unit (see ``enmei.detect.pipeline``).
+    """``[units.NAME.detect]``: the options of the default ``latency`` and ``aging`` detectors.
+
+    They apply when the unit has no ``[[units.NAME.detectors]]`` entry of that kind (an entry replaces the
+    default of its kind: see ``enmei.detect.wiring``).
 
     Latency: one control chart (EWMA + CUSUM on log latency) per HTTP probe, after a learning phase of
     ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample. Aging: a Mann–Kendall

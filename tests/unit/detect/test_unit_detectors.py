@@ -306,3 +306,44 @@ injector = "typing"
     (problem,) = check(path)
     assert problem.key == "units.web.detectors[0]" and problem.line == WEB.count("\n") + 2
     assert "names injector 'typing', which this unit lacks (injectors: none)" in problem.message
+
+
+async def test_a_vm_console_feeds_the_text_channel(tmp_path: Path) -> None:
+    """A QEMU unit's serial console is a log stream: its lines reach a log_pattern detector (no QEMU
+    runs here: the lines are written where the backend says its guest's console goes)."""
+    from enmei.monitor import make_probes
+    from enmei.visor.qemu import QemuBackend
+
+    loaded = load_text("""
+[units.vm]
+backend = "qemu"
+[[units.vm.probes]]
+kind = "log"
+name = "console"
+stream = "console"
+interval_s = 1
+[[units.vm.detectors]]
+kind = "log_pattern"
+pattern = "BUG: |Oops"
+probe = "console"
+""", tmp_path / "enmei.toml")
+    spec = loaded.config.units["vm"]
+    clock = FakeClock()
+    backend = QemuBackend(clock=clock, state_dir=tmp_path / "state", emit=lambda ev: None)
+    try:
+        (probe,) = make_probes("vm", spec, backend, clock)
+        console = backend.log_path("vm", "console")
+        assert isinstance(probe, LogProbe) and console is not None and probe.path == console
+        console.parent.mkdir(parents=True, exist_ok=True)
+        console.write_text("enmei-phase: kernel\n")
+        dets = unit_detectors("vm", spec)
+        assert dets.feed(await probe.observe()).verdicts == ()
+        with console.open("a") as f:
+            f.write("[    2.5] BUG: unable to handle page fault for address: 0000000000000008\n")
+        clock.advance(1.0)
+        seen = await probe.observe()
+        assert seen.lines == ("[    2.5] BUG: unable to handle page fault for address: 0000000000000008",)
+        (verdict,) = dets.feed(seen).verdicts
+        assert verdict.kind is VerdictKind.LOG_ANOMALY and verdict.unit == "vm"
+    finally:
+        await backend.close()
