@@ -75,17 +75,20 @@ def _check_stat(path: Path, what: str, st: os.stat_result, *, private: bool) -> 
                                           f"(chmod go-w {path})")
 
 
-def check_dir(path: Path, what: str = "state dir") -> None:
+def check_dir(path: Path, what: str = "state dir", *, allow_sticky: bool = False) -> None:
     """Raise ``UnsafePathError`` unless ``path`` is a real directory that only this user (or root) can
-    change, and no parent up to ``/`` lets another user replace it. A missing ``path`` raises
-    ``FileNotFoundError``."""
+    change, and no parent up to ``/`` lets another user replace it. With ``allow_sticky``, a directory
+    everyone may write but with the sticky bit (``/tmp``) passes too: fit for the folder of a single
+    file that is itself checked, not for a directory whose every name enmei trusts. A missing ``path``
+    raises ``FileNotFoundError``."""
     path = Path(os.path.abspath(path))
     st = os.lstat(path)
     if stat.S_ISLNK(st.st_mode):
         raise UnsafePathError(path, what, "is a symlink; give enmei the real directory")
     if not stat.S_ISDIR(st.st_mode):
         raise UnsafePathError(path, what, "is not a directory")
-    _check_stat(path, what, st, private=False)
+    if not (allow_sticky and st.st_mode & stat.S_ISVTX and st.st_uid in _owners()):
+        _check_stat(path, what, st, private=False)
     for parent in path.parents:
         mode = stat.S_IMODE(os.stat(parent).st_mode)
         # A parent others may write lets them rename our directory away and put theirs in its place,

@@ -13,6 +13,12 @@ Promises:
   ``max_buffered_samples``.
 * Samples for charts go to a separate, unchained table and are pruned past their retention.
 * One writer per journal: ``open`` takes an exclusive lock on ``<journal>.lock`` or raises ``BoxError``.
+* With anchors, ``open`` continues only the journal the key last signed (``box.trust.check_start``):
+  a cut, rolled back, rewritten or replaced journal raises ``IntegrityError`` and is left as it is.
+  A new journal gets a signed head naming record 0 at once, so that from its first record on, a
+  missing head is a sign of tampering, not of a crash.
+* The journal, its WAL, lock and head are never reached through a symlink nor trusted if another
+  user owns them or may write them (``UnsafePathError``).
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from typing import Any
 from enmei.box.anchor import Anchors
 from enmei.box.record import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
 from enmei.errors import BoxError
+from enmei.fsafe import UnsafePathError, check_file
 
 __all__ = ["SCHEMA", "Journal"]
 
@@ -97,8 +104,10 @@ class Journal:
         anchors: Anchors | None = None,
         anchor_every_s: float = 10.0,
         head_every_s: float = 0.5,
+        check_start: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.check_start = check_start
         self._wall_ns = wall_ns
         self._mono_ns = mono_ns
         self.commit_interval_s = commit_interval_s
@@ -111,6 +120,8 @@ class Journal:
         self._last_anchor = time.monotonic()
         self._anchored_seq = 0
         self._last_head = 0.0
+        self._head_seq = 0  # the seq the head file names
+        self._head_hash = GENESIS
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._durable = threading.Condition(self._lock)
@@ -120,6 +131,7 @@ class Journal:
         self._seq = 0
         self._hash = GENESIS
         self._durable_seq = 0
+        self._durable_hash = GENESIS
         self._closing = False
         self._error: str | None = None
         self._thread: threading.Thread | None = None
@@ -132,10 +144,14 @@ class Journal:
     # -- opening and closing -----------------------------------------------------------------------
 
     def open(self) -> Journal:
-        """Create or open the journal, take the writer lock, and start the writer thread."""
+        """Create or open the journal, take the writer lock, and start the writer thread.
+
+        Raises ``BoxError`` if it is locked or unusable, ``IntegrityError`` (a ``BoxError``) if it is not
+        the journal the anchor key last signed (see ``check_start``), ``UnsafePathError`` if a file of it
+        is a symlink or another user's; the journal is not changed then."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise BoxError(f"{self.path}: cannot create the journal: {exc.strerror}") from exc
         try:
@@ -144,6 +160,16 @@ class Journal:
             os.close(fd)
             raise BoxError(f"{self.path}: another enmei is writing this journal") from None
         self._lockfile = fd
+        try:
+            for suffix in ("", "-wal", "-shm"):
+                check_file(Path(f"{self.path}{suffix}"), "journal")
+            if self.anchors is not None and self.check_start:
+                from enmei.box.trust import check_start
+
+                check_start(self.path, self.anchors)
+        except (BoxError, UnsafePathError):
+            self._release_lock()
+            raise
         try:
             conn = connect(self.path)
             conn.executescript(SCHEMA)
@@ -157,7 +183,15 @@ class Journal:
             raise BoxError(f"{self.path}: not a usable journal: {exc}") from exc
         if last:
             self._seq, self._hash = int(last[0]), bytes(last[1])
-        self._durable_seq = self._seq
+        elif self.anchors is not None:
+            try:  # a signed "nothing yet": from now on a missing head means tampering, not a crash
+                self.anchors.write_head(0, GENESIS)
+            except (OSError, UnsafePathError) as exc:
+                conn.close()
+                self._release_lock()
+                raise BoxError(f"{self.anchors.head_path}: cannot write the journal's head file: {exc}") from exc
+        self._durable_seq, self._durable_hash = self._seq, self._hash
+        self._head_seq, self._head_hash = (self._seq, self._hash) if not last else (0, GENESIS)
         self._conn = conn
         self._thread = threading.Thread(target=self._writer, name="enmei-box-writer", daemon=True)
         self._thread.start()
@@ -296,12 +330,17 @@ class Journal:
     def _writer(self) -> None:
         backoff = 0.05
         while True:
+            self._head_if_stale()
             with self._lock:
                 if not self._pending and not self._closing:
                     # Only samples (or nothing) waiting: they are written at most once a second.
                     due = self._samples_written + self.samples_every_s - time.monotonic()
                     if not self._samples or due > 0:
-                        self._wake.wait(timeout=due if self._samples else self.samples_every_s)
+                        timeout = due if self._samples else self.samples_every_s
+                        if self.anchors is not None and self._head_seq < self._durable_seq:
+                            # a head that lags the durable records leaves them unsigned: catch up soon
+                            timeout = min(timeout, max(0.0, self._last_head + self.head_every_s - time.monotonic()))
+                        self._wake.wait(timeout=timeout)
                         if not self._pending and not self._closing and (
                                 not self._samples or time.monotonic() < self._samples_written + self.samples_every_s):
                             continue
@@ -339,7 +378,7 @@ class Journal:
                 self._after_commit(batch[-1][0], batch[-1][7], closing)
             with self._lock:
                 if batch:
-                    self._durable_seq = batch[-1][0]
+                    self._durable_seq, self._durable_hash = batch[-1][0], batch[-1][7]
                 recovered = self._error is not None
                 self._error = None
                 self._durable.notify_all()
@@ -367,10 +406,21 @@ class Journal:
             try:
                 self.anchors.write_head(seq, digest)
                 self._last_head = now
-            except OSError as exc:
+                self._head_seq, self._head_hash = seq, digest
+            except (OSError, UnsafePathError) as exc:
+                self._last_head = now  # retried when due again, not in a tight loop
                 log.error("journal %s: cannot write the head file: %s", self.path, exc)
         if not closing and now - self._last_anchor >= self.anchor_every_s and seq > self._anchored_seq + 1:
             self._anchor()
+
+    def _head_if_stale(self) -> None:
+        """Write the head if durable records are past it and it is due (no commit may come for a while)."""
+        if self.anchors is None or time.monotonic() - self._last_head < self.head_every_s:
+            return
+        with self._lock:
+            seq, digest = self._durable_seq, self._durable_hash
+        if seq > self._head_seq:
+            self._after_commit(seq, digest, closing=False)
 
     def _commit(self, batch: list[tuple[Any, ...]], samples: list[tuple[str, str, float, float]]) -> None:
         conn = self._conn

@@ -5,6 +5,10 @@ previous one (a deleted or inserted record breaks this), that its ``prev`` is th
 (a reordered one breaks this), and that its ``hash`` is the SHA-256 of its own fields (a changed byte
 breaks this). It returns a ``VerifyResult``; ``first_bad`` is the seq of the first record that fails,
 with the reason. It only reads: a journal that is being written can be verified at the same time.
+
+With anchors it also checks the signed anchors, the head file and the anchors' witnesses (a journal
+that ends before, or differs at, the record a witness names was rolled back). ``sealed`` lists the
+breaks an operator sealed (``enmei box seal``): they stay reported for as long as the journal exists.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class VerifyResult:
     last_hash: bytes
     first_bad: int | None = None
     reason: str = ""
+    sealed: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -66,9 +71,43 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     if lo != 1 and count:
         return VerifyResult(0, 0, GENESIS, 1, f"expected record 1, found {lo}: records missing")
     chain = _verify_chain(path, hi, workers)
+    if chain.ok:
+        chain = _with_seals(path, chain)
     if not chain.ok or anchors is None:
         return chain
-    return check_anchors(path, chain, anchors, head)
+    res = check_anchors(path, chain, anchors, head)
+    if res.ok and anchors.witnesses:
+        from enmei.box.trust import check_witnesses
+
+        bad = check_witnesses(path, anchors, res.last_seq)
+        if bad is not None:
+            return VerifyResult(res.records, res.last_seq, res.last_hash, bad.seq or 1, bad.reason, res.sealed)
+    return res
+
+
+def _with_seals(path: Path, chain: VerifyResult) -> VerifyResult:
+    """``chain`` with a line for every ``seal`` record: the breaks an operator closed openly."""
+    conn = connect(path, readonly=True)
+    try:
+        notes = []
+        for seq, body in conn.execute("SELECT seq, body FROM records WHERE kind = 'seal' ORDER BY seq"):
+            try:
+                b = json.loads(body)
+                prev = b.get("previous") or {}
+                found = prev.get("verify") or {}
+                what = (f"previous segment {prev.get('file')} ended at record {prev.get('last_seq')}"
+                        + (f", broken at record {found.get('first_bad')}: {found.get('why')}"
+                           if not found.get("ok", True) else "") if prev else "no previous segment")
+                notes.append(f"record {seq}: sealed by {b.get('by')} — {b.get('reason')!r}; {what}")
+            except (ValueError, TypeError, AttributeError):
+                notes.append(f"record {seq}: a seal record that cannot be read")
+    except sqlite3.DatabaseError as exc:
+        raise BoxError(f"{path}: cannot read the journal: {exc}") from exc
+    finally:
+        conn.close()
+    if not notes:
+        return chain
+    return VerifyResult(chain.records, chain.last_seq, chain.last_hash, chain.first_bad, chain.reason, tuple(notes))
 
 
 def _verify_chain(path: Path, hi: int, workers: int | None) -> VerifyResult:
@@ -134,8 +173,9 @@ def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors, head: Head 
                            "either") if good_upto < chain.last_seq else ""
             return VerifyResult(chain.records, chain.last_seq, chain.last_hash, chain.last_seq + 1,
                                 f"records {chain.last_seq + 1} to {head.seq} are missing: the journal was cut "
-                                f"(the signed head names record {head.seq}){unconfirmed}")
-        held = conn.execute("SELECT hash FROM records WHERE seq = ?", (head.seq,)).fetchone()
+                                f"(the signed head names record {head.seq}){unconfirmed}", chain.sealed)
+        held = ((GENESIS,) if head.seq == 0 else
+                conn.execute("SELECT hash FROM records WHERE seq = ?", (head.seq,)).fetchone())
         if held is None or bytes(held[0]) != head.hash:
             return _rewritten(chain, good_upto, f"record {head.seq} is not the one the signed head names")
     except sqlite3.DatabaseError as exc:
@@ -147,7 +187,7 @@ def check_anchors(path: Path, chain: VerifyResult, anchors: Anchors, head: Head 
 
 def _rewritten(chain: VerifyResult, good_upto: int, why: str) -> VerifyResult:
     return VerifyResult(chain.records, chain.last_seq, chain.last_hash, good_upto + 1,
-                        f"{why}; the chain was rewritten after record {good_upto}")
+                        f"{why}; the chain was rewritten after record {good_upto}", chain.sealed)
 
 
 def verify_range(path: str, lo: int, hi: int) -> VerifyResult:

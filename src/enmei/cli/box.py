@@ -13,9 +13,10 @@ import typer
 from rich.table import Table
 
 from enmei.box import Anchors, Reader, Record, head_path, verify
-from enmei.box.anchor import default_key_path
+from enmei.box.anchor import default_key_path, key_witness_path
 from enmei.cli.common import Exit, console, fail, resolve_journal
-from enmei.errors import BoxError
+from enmei.errors import BoxError, ConfigError
+from enmei.fsafe import UnsafePathError
 
 app = typer.Typer(help="Read and check the journal (D-Box).", no_args_is_help=True)
 
@@ -75,28 +76,55 @@ def show(seq: int, journal: JournalOpt = None, config: ConfigOpt = None) -> None
         console.print_json(json.dumps(rec.to_json()))
 
 
+WitnessOpt = Annotated[list[Path] | None, typer.Option(
+    "--witness", help="A witness file of the journal (repeatable); the one next to the key and the config's "
+                      "[supervisor] witness are checked too")]
+KeyOpt = Annotated[Path | None, typer.Option(help="Anchor key (default: from the config, or anchor.key next to "
+                                                  "the journal)")]
+
+
+def _trust(path: Path, journal: Path | None, config: Path | None, key: Path | None,
+           witness: list[Path] | None) -> tuple[Path, list[Path], Path | None]:
+    """The anchor key, the witnesses and the state dir (if a config names them) for the journal ``path``."""
+    witnesses = list(witness or [])
+    state_dir = None
+    if config is not None or (journal is None and Path("enmei.toml").exists()):
+        from enmei.config.load import load
+
+        try:
+            loaded = load(config or Path("enmei.toml"))
+        except ConfigError as exc:
+            fail(str(exc), Exit.CONFIG)
+        state_dir = loaded.state_dir
+        if key is None:
+            key = loaded.anchor_key_path
+        if loaded.witness_path is not None:
+            witnesses.append(loaded.witness_path)
+    if key is None:
+        key = default_key_path(path)
+    return key, [key_witness_path(key, path), *witnesses], state_dir
+
+
 @app.command(name="verify")
 def verify_cmd(journal: JournalOpt = None, config: ConfigOpt = None,
                as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON")] = False,
-               key: Annotated[Path | None, typer.Option(help="Anchor key (default: from the config, or "
-                                                             "anchor.key next to the journal)")] = None,
+               key: KeyOpt = None,
                no_anchors: Annotated[bool, typer.Option("--no-anchors", help="Check the chain only")] = False,
+               witness: WitnessOpt = None,
                ) -> None:
-    """Check the hash chain, and with the anchor key the signed anchors and head (a cut or rewritten
-    tail); name the first bad record. Exit code 4 if it is broken."""
+    """Check the hash chain, and with the anchor key the signed anchors, head and witnesses (a cut,
+    rewritten or rolled-back journal); name the first bad record, and every sealed break. Exit code 4 if
+    it is broken."""
     path = resolve_journal(journal, config)
-    if key is None and not no_anchors:
-        key = default_key_path(path)
-        if config is not None or (journal is None and Path("enmei.toml").exists()):
-            from enmei.config.load import load
-
-            key = load(config or Path("enmei.toml")).anchor_key_path
+    key_path, witnesses, _ = _trust(path, journal, config, key, witness)
     anchors = None
-    if not no_anchors and key is not None and key.exists():
+    if not no_anchors and key_path.exists():
         try:
-            anchors = Anchors.from_files(key, head_path(path), create=False)
-        except BoxError as exc:
+            anchors = Anchors.from_files(key_path, head_path(path), create=False, witnesses=witnesses)
+        except (BoxError, UnsafePathError) as exc:
             fail(str(exc), Exit.START)
+    elif witness:
+        fail(f"--witness needs the anchor key, and {key_path} is missing", Exit.USAGE)
     t0 = time.perf_counter()
     try:
         res = verify(path, anchors=anchors)
@@ -105,16 +133,57 @@ def verify_cmd(journal: JournalOpt = None, config: ConfigOpt = None,
     dt = time.perf_counter() - t0
     if as_json:
         print(json.dumps({"journal": str(path), "ok": res.ok, "records": res.records, "first_bad": res.first_bad,
-                          "reason": res.reason, "seconds": round(dt, 3), "anchors": anchors is not None}))
-    elif res.ok:
-        what = "chain, anchors and signed head" if anchors else "chain (no anchor key: the tail is not checked)"
-        console.print(f"[green]ok[/]: {res.records} records verified in {dt:.2f}s — {what}; head "
-                      f"{res.last_hash.hex()[:16]}… ({path})", highlight=False)
+                          "reason": res.reason, "seconds": round(dt, 3), "anchors": anchors is not None,
+                          "witnesses": [str(w) for w in witnesses if w.exists()] if anchors else [],
+                          "sealed": list(res.sealed)}))
     else:
-        console.print(f"[bold red]BROKEN[/] at record {res.first_bad}: {res.reason} "
-                      f"({res.records} records good before it; {path})", highlight=False)
+        if res.ok:
+            what = "chain, anchors and signed head" if anchors else "chain (no anchor key: the tail is not checked)"
+            if anchors and any(w.exists() for w in witnesses):
+                what += f", {sum(w.exists() for w in witnesses)} witness(es)"
+            console.print(f"[green]ok[/]: {res.records} records verified in {dt:.2f}s — {what}; head "
+                          f"{res.last_hash.hex()[:16]}… ({path})", highlight=False)
+        else:
+            console.print(f"[bold red]BROKEN[/] at record {res.first_bad}: {res.reason} "
+                          f"({res.records} records good before it; {path})", highlight=False)
+        for note in res.sealed:
+            console.print(f"[yellow]sealed break[/] {note}", highlight=False, soft_wrap=True)
     if not res.ok:
         raise typer.Exit(int(Exit.INTEGRITY))
+
+
+@app.command()
+def seal(reason: Annotated[str, typer.Option("--reason", help="Why: kept in the new segment's first record")],
+         journal: JournalOpt = None, config: ConfigOpt = None, key: KeyOpt = None,
+         witness: WitnessOpt = None) -> None:
+    """Keep a broken (cut, rolled-back, replaced) journal as evidence and start a new, linked segment.
+
+    The journal, its WAL and head are renamed to <journal>.sealed-<time> untouched; the new journal's
+    record 1 (kind 'seal') holds the reason, what verify found and the old segment's last seq and hash,
+    and every later `box verify` reports it. Refused while an enmei runs on it. Without the anchor key, a
+    new one is made (the old segment can then only be checked with the old key)."""
+    from enmei.box.trust import seal as seal_journal
+    from enmei.engine.statedir import StateDir
+
+    path = resolve_journal(journal, config)
+    key_path, witnesses, state_dir = _trust(path, journal, config, key, witness)
+    try:
+        anchors = Anchors.from_files(key_path, head_path(path), create=True, witnesses=witnesses)
+        lock = StateDir(state_dir).open() if state_dir is not None else None
+        try:
+            res = seal_journal(path, anchors, reason)
+        finally:
+            if lock is not None:
+                lock.close()
+    except (BoxError, UnsafePathError) as exc:
+        fail(str(exc), Exit.START)
+    prev = res.body.get("previous") or {}
+    found = prev.get("verify") or {}
+    if res.sealed_as is not None:
+        console.print(f"sealed: {path} -> {res.sealed_as} (last record {prev.get('last_seq')}"
+                      + ("" if found.get("ok") else f"; broken: {found.get('why')}") + ")", highlight=False)
+    console.print(f"new segment {path}: record {res.seal_seq} is the seal; `enmei up` continues from it",
+                  highlight=False)
 
 
 @app.command()

@@ -18,7 +18,8 @@ from enmei.cli import report as report_cmd
 from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
-from enmei.errors import BoxError, ConfigError, PolicyError
+from enmei.errors import BoxError, ConfigError, IntegrityError, PolicyError
+from enmei.fsafe import UnsafePathError
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -143,7 +144,9 @@ def up(
                   f"journal {loaded.journal_path}; Ctrl-C to stop", highlight=False)
     try:
         asyncio.run(supervise(loaded, on_start=attach, companion=companion))
-    except BoxError as exc:
+    except IntegrityError as exc:  # a cut, rolled-back or replaced journal is not continued
+        fail(str(exc), Exit.INTEGRITY)
+    except (BoxError, UnsafePathError) as exc:
         fail(str(exc), Exit.START)
     except PolicyError as exc:
         fail(str(exc), Exit.CONFIG)

@@ -58,6 +58,12 @@ class LoadedConfig:
             return None
         return (self.base_dir / sup.anchor_key).resolve() if sup.anchor_key else self.state_dir / "anchor.key"
 
+    @property
+    def witness_path(self) -> Path | None:
+        """``[supervisor] witness``, resolved; None if not set."""
+        w = self.config.supervisor.witness
+        return (self.base_dir / w).resolve() if w else None
+
     def unit_cwd(self, unit: ProcessUnit) -> Path:
         return (self.base_dir / unit.cwd).resolve() if unit.cwd else self.base_dir.resolve()
 

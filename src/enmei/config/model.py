@@ -78,6 +78,9 @@ class SupervisorConfig(_Model):
     # write (relative to the config file; default: anchor.key in state_dir). anchors = false: none.
     anchor_key: str | None = None
     anchors: bool = True
+    # A file (relative to the config file) on another volume or host mount, rewritten with the journal's
+    # head: it lets start-up and ``box verify --witness`` see a journal and head rolled back together.
+    witness: str | None = None
     policy: str | None = None  # a Starlark policy file; None = the shipped default library
     samples_retention_s: float = Field(default=86_400.0, gt=0)
     summary_every_s: float = Field(default=60.0, gt=0)

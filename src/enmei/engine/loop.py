@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from enmei.box.anchor import Anchors, head_path
+from enmei.box.anchor import Anchors
 from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
@@ -648,9 +648,11 @@ def _by_operator(d: Decision) -> bool:
 
 
 def journal_for(loaded: LoadedConfig) -> Journal:
-    """The journal a config names, with its anchors (the key is made on first use), not yet opened."""
+    """The journal a config names, with its anchors and witnesses (the key is made for a new journal
+    only: ``IntegrityError`` if the journal exists and the key does not), not yet opened."""
     key = loaded.anchor_key_path
-    anchors = Anchors.from_files(key, head_path(loaded.journal_path)) if key is not None else None
+    witness = [loaded.witness_path] if loaded.witness_path is not None else []
+    anchors = Anchors.for_journal(key, loaded.journal_path, witness) if key is not None else None
     return Journal(loaded.journal_path, samples_retention_s=loaded.config.supervisor.samples_retention_s,
                    anchors=anchors)
 

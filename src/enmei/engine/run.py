@@ -1,30 +1,45 @@
-"""Run a supervisor from a config until told to stop: journal, engine, signals.
+"""Run a supervisor from a config until told to stop: state dir, journal, engine, signals.
+
+Before anything starts, the state dir is checked and locked (``StateDir``: refused if another user could
+have planted files in it, or another enmei uses it) and the journal is opened only if it is the one the
+anchor key last signed (``IntegrityError`` otherwise: a cut, rolled-back or replaced journal is never
+continued silently; ``enmei box seal`` starts a new segment).
 
 SIGTERM and SIGINT stop the units gracefully, flush the journal and return; a second one while stopping
-is ignored (the stop already has its deadlines).
+is ignored (the stop already has its deadlines). SIGHUP never kills enmei (a terminal closing, a
+``kill -HUP`` meant for a reload): it is journaled and logged, and supervision goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from enmei.box import Journal
 from enmei.clock import Clock
 from enmei.config.load import LoadedConfig
 from enmei.engine.loop import Engine, journal_for
+from enmei.engine.statedir import StateDir
+from enmei.model import RecordKind
 from enmei.policy.base import Policy
 
 __all__ = ["supervise"]
+
+log = logging.getLogger(__name__)
 
 Hook = Callable[[Engine], Coroutine[Any, Any, None]]
 
 
 async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock: Clock | None = None,
                     on_start: Callable[[Engine], None] | None = None, companion: Hook | None = None) -> Engine:
-    """Supervise until SIGTERM/SIGINT (or ``engine.stop()``). Raises ``BoxError`` if the journal can't open,
-    ``PolicyError`` if the policy file does not load (nothing is started then).
+    """Supervise until SIGTERM/SIGINT (or ``engine.stop()``). Nothing is started, and nothing in the state
+    dir changed but its lock file, if: the state dir or a file of it is unsafe (``UnsafePathError``),
+    another enmei holds the state dir or the journal can't open (``BoxError``), the journal is not the one
+    last signed or its key is missing (``IntegrityError``), the policy file does not load (``PolicyError``).
 
     The policy is ``policy`` if given, else ``[supervisor] policy`` (a Starlark or TOML rules file, run in
     a sandbox process), else the shipped default library. ``companion`` runs next to the engine (a web
@@ -33,27 +48,48 @@ async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock
     from enmei.detect.wiring import judge_factory
     from enmei.policy.manager import open_policy
 
-    if policy is None:
-        policy = open_policy(loaded.policy_path)
-    journal = journal_for(loaded).open()
+    hup_before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # from the first instant: never killed by it
     try:
-        engine = Engine(loaded, journal=journal, policy=policy, clock=clock, judge_factory=judge_factory)
-        if on_start is not None:
-            on_start(engine)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, engine.stop)
-        side: asyncio.Task[None] | None = None
-        try:
-            if companion is not None:
-                side = asyncio.create_task(companion(engine), name="companion")
-            await engine.run()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            if side is not None:
-                side.cancel()
-                await asyncio.gather(side, return_exceptions=True)
-        return engine
+        with StateDir(loaded.state_dir, journal=loaded.journal_path, key=loaded.anchor_key_path):
+            if policy is None:
+                policy = open_policy(loaded.policy_path)
+            journal = journal_for(loaded).open()
+            try:
+                return await _run(loaded, journal, policy, clock, on_start, companion, judge_factory)
+            finally:
+                journal.close()
     finally:
-        journal.close()
+        signal.signal(signal.SIGHUP, hup_before)
+
+
+async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Clock | None,
+               on_start: Callable[[Engine], None] | None, companion: Hook | None, judge_factory: Any) -> Engine:
+    engine = Engine(loaded, journal=journal, policy=policy, clock=clock, judge_factory=judge_factory)
+    if on_start is not None:
+        on_start(engine)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.stop)
+
+    def hangup() -> None:
+        log.warning("SIGHUP received: ignored (enmei goes on supervising; it reloads nothing yet)")
+        try:
+            engine.record(RecordKind.SUPERVISOR, None, {"event": "signal", "signal": "SIGHUP",
+                                                        "action": "ignored", "pid": os.getpid()})
+        except Exception:  # the journal closing under us: the log line above is all we can do
+            log.exception("cannot journal the SIGHUP")
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
+    side: asyncio.Task[None] | None = None
+    try:
+        if companion is not None:
+            side = asyncio.create_task(companion(engine), name="companion")
+        await engine.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # remove_signal_handler put back the default: death
+        if side is not None:
+            side.cancel()
+            await asyncio.gather(side, return_exceptions=True)
+    return engine
