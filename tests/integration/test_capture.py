@@ -141,3 +141,38 @@ def test_capture_survives_a_kill9_of_enmei_and_resumes_after_adoption(tmp_path: 
     assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))  # no line lost across the crash
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=30) == 0
+
+
+async def test_a_unit_adopted_from_an_enmei_without_pipes_keeps_copy_truncate_rotation(
+        tmp_path: Path, procs: Procs) -> None:
+    """An older enmei let the unit write the file itself: adoption finds no pipe, sees the log file at fd 1
+    and 2, and ``maintain`` rotates it as before (copy, truncate), bounded by ``max_bytes``."""
+    from enmei.clock import SystemClock
+    from enmei.visor.base import Identity
+    from enmei.visor.process import ProcessBackend
+
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)
+    out = os.open(state / "logs" / "old.stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    err = os.open(state / "logs" / "old.stderr.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        writer = "import time\nwhile True:\n    print('x' * 99, flush=True)\n    time.sleep(0.002)"
+        unit = procs.popen([PY, "-c", writer], stdout=out, stderr=err)
+    finally:
+        os.close(out)
+        os.close(err)
+    spec = load_text(f'[units.old]\ncommand = ["{PY}"]\n[units.old.log]\nmax_bytes = 20000\nkeep = 1\n',
+                     tmp_path / "enmei.toml").config.units["old"]
+    b = ProcessBackend(clock=SystemClock(), state_dir=state, emit=lambda ev: None)
+    try:
+        ident = Identity(unit="old", backend="process", pid=unit.pid,
+                         create_time=psutil.Process(unit.pid).create_time(), started_wall=time.time(),
+                         extra={"pgid": unit.pid})
+        assert await b.adopt("old", spec, ident)
+        assert b._units["old"].legacy_logs == ("stdout", "stderr")
+        log = state / "logs" / "old.stdout.log"
+        assert wait_until(lambda: log.stat().st_size > 20000, 30)
+        b.maintain()
+        assert log.with_name(log.name + ".1").stat().st_size > 20000 > log.stat().st_size
+    finally:
+        await b.close()
