@@ -62,6 +62,8 @@ def test_the_config_union_is_the_registry_and_follows_it() -> None:
     assert issubclass(model, enmei.config.model.Config)
     cfg = model.model_validate({"units": {"a": {"command": ["/bin/true"]}, "vm": {"backend": "qemu"}}})
     assert isinstance(cfg.units["a"], enmei.config.model.ProcessUnit) and isinstance(cfg.units["vm"], QemuUnit)
+    same = enmei.config.model.Config.model_validate({"units": {"a": {"command": ["/bin/true"]}}})
+    assert isinstance(same, model) and isinstance(same.units["a"], enmei.config.model.ProcessUnit)
 
 
 def _imports(path: Path) -> set[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Self, Union, cast
 
 from pydantic import (
     AfterValidator,
@@ -420,6 +420,14 @@ class Config(_Model):
 
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     units: dict[UnitName, UnitBase] = Field(default_factory=dict)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Self:
+        """``Config.model_validate(data)`` validates with every registered backend's model (as
+        ``config_model().model_validate`` does); on a built subclass it is pydantic's own."""
+        if cls is Config:
+            return cast(Self, config_model().model_validate(obj, **kwargs))
+        return super().model_validate(obj, **kwargs)
 
     @field_validator("units", mode="before")
     @classmethod
