@@ -35,6 +35,7 @@ from enmei.detect.wiring import unit_detectors
 from enmei.engine.actions import inject, monitor, run_alert_command
 from enmei.engine.alerts import AlertGate
 from enmei.engine.deciding import DEFAULT_DEADLINE_S, Decider
+from enmei.engine.host import HOST_BUDGET, HostRuntime
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
 from enmei.engine.unit import UnitRuntime
@@ -58,11 +59,13 @@ from enmei.model import (
 from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
 from enmei.monitor.inject import make_injector
+from enmei.policy.actions import HOST
 from enmei.policy.actions import action as action_of
 from enmei.policy.actions import known as known_actions
 from enmei.policy.base import Policy, ReloadablePolicy, View
 from enmei.policy.manager import load_default
 from enmei.remedy.base import MAX_SECONDS
+from enmei.remedy.budget import RestartBudget
 from enmei.visor.base import Backend, Identity
 from enmei.visor.registry import BackendContext, BackendFactory, make_backend
 from enmei.visor.state import StateFile
@@ -96,6 +99,7 @@ class Engine:
         backends: Mapping[str, BackendFactory] | None = None,  # kind -> factory, over the registry's
         judge_factory: JudgeFactory | None = None,
         policy_deadline_s: float = DEFAULT_DEADLINE_S,
+        host_budget: RestartBudget = HOST_BUDGET,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -115,6 +119,8 @@ class Engine:
         self._backends: dict[str, Backend] = {}
         self._judge_factory: JudgeFactory = judge_factory or unit_detectors
         self.units: dict[str, UnitRuntime] = {}
+        self.host = HostRuntime(self.clock, backends=self._backends, units=self.units, alert=self.alert,
+                                budget=host_budget)
         self.judges: dict[str, UnitDetectors] = {}  # each unit's detectors (none: nothing to judge)
         self._broken_detectors: set[tuple[str, str]] = set()
         self.probes: dict[str, list[Probe]] = {}
@@ -422,6 +428,9 @@ class Engine:
             # The evidence the policy saw: replay feeds the same event and view to another policy.
             body["view"] = view.units[d.unit].as_dict()
             body["now"] = view.now
+        if d.unit == HOST:
+            self._execute_host(d, body)
+            return
         unit = self.units.get(d.unit)
         act = action_of(d.action)
         problem: str | None = None
@@ -492,7 +501,46 @@ class Engine:
         unit.remedy = run
         if counted:
             unit.restarts.append(now)
-        task = asyncio.create_task(self._run_remedy(unit, run), name=f"remedy {run.remedy_id}")
+        self._start_remedy(unit, run)
+
+    def _execute_host(self, d: Decision, body: dict[str, Any]) -> None:
+        """A decision on the host: the same checks, journal records, deadline and one-at-a-time rule as a
+        unit's remedy; the host's budget refuses a restart-like remedy once spent (with an alert)."""
+        host = self.host
+        act = action_of(d.action)
+        problem: str | None = None
+        if act is None:
+            problem = f"no remedy named {d.action!r} (known: {', '.join(known_actions())})"
+        elif act.scope != "host" or act.remedy is None:
+            problem = f"{d.action} acts on a unit, not on {HOST}"
+        else:
+            problem = act.check_args(d.args) or self._check_not_before(d.not_before)
+        if problem is None and act is not None and act.counts_as_restart and \
+                host.budget.spent(host.restarts, self.clock.monotonic()):
+            problem = (f"host restart budget spent ({host.budget.in_window(host.restarts, self.clock.monotonic())} "
+                       f"in {host.budget.window_s:g}s, budget {host.budget.budget})")
+            self.alert(None, f"{d.action} on the host refused: {problem}", Severity.CRITICAL,
+                       {"action": d.action, "policy": d.policy})
+        if problem is not None:
+            body["rejected"] = problem
+            self.record(RecordKind.DECISION, HOST, body)
+            log.warning("decision rejected: %s", problem)
+            return
+        assert act is not None
+        assert act.remedy is not None
+        if host.remedy is not None:
+            body["suppressed"] = f"remedy {host.remedy.remedy_id} ({host.remedy.action}) is running"
+            self.record(RecordKind.DECISION, HOST, body)
+            return
+        seq = self.record(RecordKind.DECISION, HOST, body)
+        run = RemedyRun(f"host-{seq}", act.remedy(), host, dict(d.args), seq, d.not_before)
+        host.remedy = run
+        if act.counts_as_restart:
+            host.restarts.append(self.clock.monotonic())
+        self._start_remedy(host, run)
+
+    def _start_remedy(self, owner: UnitRuntime | HostRuntime, run: RemedyRun) -> None:
+        task = asyncio.create_task(self._run_remedy(owner, run), name=f"remedy {run.remedy_id}")
         run.task = task
         self._remedy_tasks.add(task)
         task.add_done_callback(self._remedy_tasks.discard)
@@ -512,13 +560,13 @@ class Engine:
     async def _intent(self, run: RemedyRun) -> None:
         self.record(RecordKind.REMEDY_START, run.unit.name, {
             "remedy_id": run.remedy_id, "action": run.action, "args": dict(run.args),
-            "decision_seq": run.decision_seq, "deadline_s": run.remedy.deadline_s(run.unit, run.args)})
+            "decision_seq": run.decision_seq, "deadline_s": run.deadline_s()})
         if self.journal.status == "ok":
             # The intent is made durable before acting. While the journal cannot be written (disk full),
             # repair does not wait for it: the intent stays queued in order, and an alert is out.
             await self.journal.aflush(timeout_s=5.0)
 
-    async def _run_remedy(self, unit: UnitRuntime, run: RemedyRun) -> Outcome:
+    async def _run_remedy(self, unit: UnitRuntime | HostRuntime, run: RemedyRun) -> Outcome:
         try:
             outcome = await run.execute(self._intent)
         finally:

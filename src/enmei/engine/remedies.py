@@ -12,12 +12,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from enmei.clock import within
 from enmei.errors import EnmeiError, StateError
 from enmei.model import Outcome, RemedyState
-from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.base import HostControl, HostRemedy, Remedy, Result, UnitControl
 
 __all__ = ["RemedyRun"]
 
@@ -38,7 +38,7 @@ _ARCS: Mapping[RemedyState, frozenset[RemedyState]] = {
 class RemedyRun:
     remedy_id: str
     remedy: Remedy
-    unit: UnitControl
+    unit: UnitControl | HostControl  # a host remedy's target is the host
     args: Mapping[str, Any]
     decision_seq: int
     not_before: float | None = None
@@ -49,6 +49,17 @@ class RemedyRun:
     @property
     def action(self) -> str:
         return self.remedy.name
+
+    def deadline_s(self) -> float:
+        """The remedy's deadline for its target and arguments."""
+        if isinstance(self.remedy, HostRemedy):
+            return self.remedy.host_deadline_s(cast(HostControl, self.unit), self.args)
+        return self.remedy.deadline_s(cast(UnitControl, self.unit), self.args)
+
+    def _act(self) -> Awaitable[Result]:
+        if isinstance(self.remedy, HostRemedy):
+            return self.remedy.run_host(cast(HostControl, self.unit), self.args)
+        return self.remedy.run(cast(UnitControl, self.unit), self.args)
 
     def transition(self, new: RemedyState) -> None:
         if new not in _ARCS[self.state]:
@@ -64,9 +75,9 @@ class RemedyRun:
             await intent(self)
             self.transition(RemedyState.RUNNING)
             self.started_mono = clock.monotonic()
-            deadline = self.remedy.deadline_s(self.unit, self.args)
+            deadline = self.deadline_s()
             try:
-                result = await within(clock, self.remedy.run(self.unit, self.args), deadline)
+                result = await within(clock, self._act(), deadline)
             except TimeoutError:
                 result = Result(RemedyState.TIMED_OUT, f"did not finish within {deadline:g}s")
             except EnmeiError as exc:

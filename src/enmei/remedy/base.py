@@ -24,7 +24,7 @@ from enmei.clock import Clock
 from enmei.model import RemedyState, Severity, UnitState
 from enmei.visor.base import Backend, Capability
 
-__all__ = ["MAX_SECONDS", "MAX_TEXT", "Remedy", "Result", "UnitControl"]
+__all__ = ["MAX_SECONDS", "MAX_TEXT", "HostControl", "HostRemedy", "Remedy", "Result", "UnitControl"]
 
 #: the default upper bound of a numeric argument (seconds): a day. A decision that would wait longer
 #: (``delay_s=1e300``) leaves a unit down with nothing to show for it; it is refused instead.
@@ -88,6 +88,13 @@ class Remedy(abc.ABC):
     arguments: ClassVar[Mapping[str, type | tuple[type, ...]]] = {}
     #: the capabilities a unit's backend must have for this remedy (empty: any backend)
     needs: ClassVar[frozenset[Capability]] = frozenset()
+    #: the range of each numeric argument; one not named here must be finite, from 0 to ``MAX_SECONDS``
+    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {}
+    #: whether a run counts against the unit's restart budget (the engine enforces the budget on it)
+    counts_as_restart: ClassVar[bool] = False
+    #: "unit": the decision names a unit and the remedy acts through ``UnitControl``; "host": it names
+    #: the host (``enmei.policy.actions.HOST``) and acts through ``HostControl``
+    scope: ClassVar[str] = "unit"
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -104,13 +111,6 @@ class Remedy(abc.ABC):
             return None
         return (f"remedy {cls.name!r} needs {' and '.join(missing)}, which the {backend} backend lacks "
                 f"(it has: {', '.join(sorted(have)) or 'none'})")
-    #: the range of each numeric argument; one not named here must be finite, from 0 to ``MAX_SECONDS``
-    bounds: ClassVar[Mapping[str, tuple[float, float]]] = {}
-    #: whether a run counts against the unit's restart budget (the engine enforces the budget on it)
-    counts_as_restart: ClassVar[bool] = False
-    #: "unit": the decision names a unit and the remedy acts through ``UnitControl``; "host": it names
-    #: the host (``enmei.policy.actions.HOST``) and acts through ``HostControl``
-    scope: ClassVar[str] = "unit"
 
     @abc.abstractmethod
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
@@ -139,6 +139,46 @@ class Remedy(abc.ABC):
             elif isinstance(value, str) and len(value) > MAX_TEXT:
                 return f"remedy {cls.name!r}: argument {key!r} is longer than {MAX_TEXT} characters"
         return None
+
+
+class HostControl(Protocol):
+    """What a host-scope remedy may use: every backend (to replace a hypervisor process, say), every unit
+    (a fleet action), the clock, and alerts. ``name`` is ``enmei.policy.actions.HOST``."""
+
+    name: str
+    clock: Clock
+
+    @property
+    def backends(self) -> Mapping[str, Backend]: ...
+
+    @property
+    def units(self) -> Mapping[str, UnitControl]: ...
+
+    def alert(self, message: str, severity: Severity, data: Mapping[str, Any] | None = None) -> None: ...
+
+
+class HostRemedy(Remedy):
+    """A remedy that acts on the host or a backend, not on one unit: the seam for "replace this QEMU
+    process", "re-execute enmei itself" and fleet actions. A decision names it with the target
+    ``enmei.policy.actions.HOST``. The engine runs it like a unit's remedy (decision, durable intent,
+    deadline, outcome), one host remedy at a time, and, when ``counts_as_restart``, within the host's
+    own restart budget. Subclasses implement ``host_deadline_s`` and ``run_host``."""
+
+    scope: ClassVar[str] = "host"
+
+    @abc.abstractmethod
+    def host_deadline_s(self, host: HostControl, args: Mapping[str, Any]) -> float:
+        """How long the whole remedy may take before it is TIMED_OUT."""
+
+    @abc.abstractmethod
+    async def run_host(self, host: HostControl, args: Mapping[str, Any]) -> Result:
+        """Do the repair. Raising an ``EnmeiError`` counts as FAILED with its message."""
+
+    def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
+        raise TypeError(f"{self.name} acts on the host, not on unit {unit.name}")
+
+    async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
+        raise TypeError(f"{self.name} acts on the host, not on unit {unit.name}")
 
 
 def _tname(want: type | tuple[type, ...]) -> str:
