@@ -126,3 +126,35 @@ def test_the_doctests_of_capture_logs_cgroup_and_process_run() -> None:
         result = doctest.testmod(importlib.import_module(name))
         assert result.failed == 0, name
     assert doctest.testmod(importlib.import_module("enmei.visor.logs")).attempted > 0
+
+
+def test_a_log_that_cannot_be_written_is_counted_and_capture_goes_on(tmp_path: Path) -> None:
+    cap = Capture(_Events())
+    r, w = make_pipe()
+    log = tmp_path / "u.stdout.log"
+    cap.add("u", "stdout", r, log, max_bytes=2000, keep=1, rate=1 << 20)
+    try:
+        os.write(w, b"a" * 999 + b"\n")
+        cap.drain("u")
+        (tmp_path / "secret").write_text("root only\n")
+        os.unlink(log)
+        log.symlink_to(tmp_path / "secret")
+        os.write(w, b"b" * 1999 + b"\n")  # a rotation: the symlink is renamed away, never followed
+        cap.drain("u")
+        assert (tmp_path / "secret").read_text() == "root only\n"
+        assert not log.is_symlink() and log.read_bytes() == b"b" * 1999 + b"\n"
+        os.unlink(log)
+        log.mkdir()  # now neither the rotation nor a new file can succeed
+        os.write(w, b"c" * 1999 + b"\n")
+        cap.drain("u")
+        os.write(w, b"d" * 100 + b"\n")
+        cap.drain("u")
+        c = cap.counters()[("u", "stdout")]
+        assert c.write_errors >= 2 and c.dropped_bytes >= 2000 + 101
+        log.rmdir()
+        os.write(w, b"e\n")
+        cap.drain("u")  # the file is opened again: capture goes on
+        assert log.read_bytes() == b"e\n"
+    finally:
+        os.close(w)
+        cap.close()

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enmei.errors import EnmeiError
 from enmei.visor.logs import RotatingFile
 
 __all__ = ["PIPE_SIZE", "Capture", "StreamStats", "attach_existing", "make_pipe"]
@@ -229,7 +230,12 @@ class Capture:
                         with contextlib.suppress(OSError):
                             os.read(self._wake_r, 4096)
                     elif isinstance(s, _Stream) and not s.closed:
-                        self._pump(s, now)
+                        try:
+                            self._pump(s, now)
+                        except Exception:  # a bug must not end the capture of every other unit
+                            log.exception("capture %s/%s failed: stream ended", s.unit, s.stream)
+                            with contextlib.suppress(Exception):
+                                self._end(s, now)
                 self._quiet_floods(now)
             # One pass per cycle at most: a flood fills the pipe meanwhile and is read in big pieces,
             # so its cost is bounded by passes per second, not by the writer's chunk size.
@@ -278,13 +284,13 @@ class Capture:
         try:
             s.file.write(data)
             s.stats.written_bytes += len(data)
-        except OSError as exc:
-            # A full disk or a vanished directory: count it as dropped, keep the thread alive.
+        except (OSError, EnmeiError) as exc:
+            # A full disk, a vanished directory, a planted symlink: count it as dropped, keep going.
             written = max(0, s.file.size - before) if s.file.rotations == rotations else 0
             s.stats.written_bytes += written
             s.stats.dropped_bytes += len(data) - written
             s.stats.write_errors += 1
-            if s.stats.write_errors == 1 or exc.errno != errno.ENOSPC:
+            if s.stats.write_errors == 1 or getattr(exc, "errno", None) != errno.ENOSPC:
                 log.warning("capture %s/%s: cannot write %s: %s", s.unit, s.stream, s.file.path, exc)
         s.stats.rotations += s.file.rotations - rotations
 
@@ -310,7 +316,7 @@ class Capture:
         duration = round(max(0.0, s.last_drop - s.flood_began), 3)
         dropped, s.episode_dropped = s.episode_dropped, 0
         if not s.closed:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, EnmeiError):
                 s.file.write(f"[enmei] output flood: {dropped} bytes dropped over {duration} s "
                              f"(limit {int(s.rate)} bytes/s)\n".encode())
         self._event(s, {"phase": "end", "dropped_bytes": dropped, "duration_s": duration,

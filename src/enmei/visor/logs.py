@@ -15,6 +15,7 @@ False
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -34,8 +35,9 @@ class RotatingFile:
     starts a file unless it is longer than a whole file. Rotation is a rename (no copy): its cost does
     not grow with the file. Files are opened without following a symlink (``enmei.fsafe``).
 
-    ``write`` raises ``OSError`` (a full disk...) after writing what it could; the caller counts the rest
-    as dropped. Not thread-safe: one writer (the capture thread) owns it.
+    ``write`` raises ``OSError`` (a full disk...) or ``UnsafePathError`` (a symlink planted where the new
+    file goes) after writing what it could; the caller counts the rest as dropped, and the next ``write``
+    tries to open the file again. Not thread-safe: one writer (the capture thread) owns it.
 
     >>> import tempfile, pathlib, shutil
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -55,10 +57,15 @@ class RotatingFile:
         self.max_bytes = max_bytes
         self.keep = keep
         self.rotations = 0
+        self.closed = False
         self._fd = open_append(path, "a captured log")
         self.size = os.fstat(self._fd).st_size
 
     def write(self, data: bytes | memoryview) -> None:
+        if self._fd < 0:
+            if self.closed:
+                raise OSError(errno.EBADF, f"{self.path}: written after close")
+            self._open()  # a rotation failed half-way: try again
         view = memoryview(data)
         while view:
             room = self.max_bytes - self.size
@@ -74,6 +81,7 @@ class RotatingFile:
             self._rotate()
 
     def close(self) -> None:
+        self.closed = True
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -97,9 +105,12 @@ class RotatingFile:
             os.replace(self.path, self.path.with_name(f"{name}.1"))
         else:
             os.unlink(self.path)
+        self.rotations += 1
+        self._open()
+
+    def _open(self) -> None:
         self._fd = open_append(self.path, "a captured log")
         self.size = os.fstat(self._fd).st_size
-        self.rotations += 1
 
 
 def rotate(path: Path, max_bytes: int, keep: int) -> bool:
