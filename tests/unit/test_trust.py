@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,24 @@ def test_seal_keeps_the_evidence_and_starts_a_linked_segment(tmp_path: Path) -> 
     new = verify(journal, anchors=_anchors(tmp_path, journal))
     assert new.ok and len(new.sealed) == 1
     assert "disk restored from backup" in new.sealed[0] and "broken at record 11" in new.sealed[0]
+
+
+def test_a_lagging_head_catches_up_without_another_commit(tmp_path: Path) -> None:
+    """The head is rewritten at most every ``head_every_s``; records committed just after it must not
+    stay unsigned until some later commit (an idle supervisor may not commit for a long time)."""
+    journal = tmp_path / "state" / "journal.sqlite"
+    anchors = _anchors(tmp_path, journal)
+    with Journal(journal, anchors=anchors, head_every_s=0.3, anchor_every_s=3600.0) as j:
+        j.append("unit.state", "web", {"i": 0})
+        assert j.flush(10)
+        j.append("unit.state", "web", {"i": 1})  # committed while the head is not due yet
+        assert j.flush(10)
+        target = j.durable_seq
+        end = time.monotonic() + 30
+        while time.monotonic() < end:
+            head = anchors.read_head()
+            if head is not None and head.seq == target:
+                break
+            time.sleep(0.05)
+        head = anchors.read_head()
+        assert head is not None and head.seq == target

@@ -12,10 +12,12 @@ and often its key), so ``StateDir.open``:
   whatever journal file each config names.
 
 The lock is released by ``close`` or by the process ending (a ``kill -9`` too: it is an ``flock``).
+Once it is held, the temp files a killed enmei left behind in the state dir are removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -64,6 +66,12 @@ class StateDir:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        # Temp files of atomic replaces (``.NAME.PID.tmp``) that a killed enmei left: with the lock held,
+        # no writer of ours is alive to own them.
+        for leftover in self.path.glob(".*.*.tmp"):
+            if leftover.name.split(".")[-2].isdigit():
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         return self
 
     def close(self) -> None:
