@@ -132,12 +132,18 @@ class Rig:
 
 async def start_rig(tmp_path: Path, config: str, *, policy: Policy | None = None,
                     prepare: Mapping[str, Any] | None = None,
-                    backend_cls: type[FakeBackend] = FakeBackend) -> Rig:
-    """Start an engine over ``config`` and return once its first starts are done (fake time stands still)."""
+                    backend_cls: type[FakeBackend] = FakeBackend, clock: FakeClock | None = None,
+                    before_run: Callable[[Engine], None] | None = None) -> Rig:
+    """Start an engine over ``config`` and return once its first starts are done (fake time stands still).
+
+    ``prepare`` sets attributes of the fake backend (its fault hooks); ``before_run`` sees the engine
+    before it runs (to put a web app in front of it, say).
+    """
     counting_executor()  # before the engine's first to_thread, so that idle() sees every worker job
     loaded = load_text(config, tmp_path / "enmei.toml")
+    loaded.state_dir.mkdir(parents=True, exist_ok=True)
     journal = Journal(loaded.journal_path).open()
-    clock = FakeClock()
+    clock = clock or FakeClock()
 
     def fake(engine: Engine) -> FakeBackend:
         b = backend_cls(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit)
@@ -146,6 +152,8 @@ async def start_rig(tmp_path: Path, config: str, *, policy: Policy | None = None
         return b
 
     engine = Engine(loaded, journal=journal, clock=clock, policy=policy, backends={"process": fake})
+    if before_run is not None:
+        before_run(engine)
     rig = Rig(engine, clock, journal, asyncio.create_task(engine.run()))
     engine.subscribe(lambda seq, kind, unit, body: rig.records.append((seq, kind, unit, dict(body))))
     await rig.until(lambda: engine.started.is_set() and all(u.remedy is None or u.remedy.state != "pending"

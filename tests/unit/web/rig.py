@@ -19,12 +19,11 @@ import httpx
 
 from enmei.box import Journal
 from enmei.clock import FakeClock
-from enmei.config.load import load_text
 from enmei.engine import Engine
 from enmei.visor.fake import FakeBackend
 from enmei.web import create_app
 from enmei.web.context import WebContext
-from support.wait import counting_executor, idle, scaled
+from support.harness import Rig, start_rig
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -49,13 +48,28 @@ start_s = 1.0
 
 @dataclass
 class WebRig:
-    engine: Engine
-    clock: FakeClock
-    journal: Journal
-    task: asyncio.Task[None]
+    """The engine rig (``support.harness.Rig``: fake clock that jumps, idle waits) plus the web app."""
+
+    rig: Rig
     client: httpx.AsyncClient
     ctx: WebContext
     token_path: Path
+
+    @property
+    def engine(self) -> Engine:
+        return self.rig.engine
+
+    @property
+    def clock(self) -> FakeClock:
+        return self.rig.clock
+
+    @property
+    def journal(self) -> Journal:
+        return self.rig.journal
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        return self.rig.task
 
     @property
     def auth(self) -> dict[str, str]:
@@ -63,32 +77,15 @@ class WebRig:
 
     @property
     def backend(self) -> FakeBackend:
-        b = self.engine.backend("process")
-        assert isinstance(b, FakeBackend)
-        return b
+        return self.rig.backend
 
     async def settle(self) -> None:
         """Let the loop run until idle and the journal's writer catch up (no fake time passes)."""
-        await idle()
-        if self.journal.durable_seq < self.journal.last_seq and self.journal.status == "ok":
-            await asyncio.to_thread(self.journal.flush, scaled(10.0))
-            await idle()
+        await self.rig.quiesce()
 
     async def advance(self, seconds: float, step: float | None = None) -> None:
         """Let ``seconds`` of fake time pass, jumping from one deadline to the next (``step``: ignored)."""
-        del step
-        await self._run_until(lambda: False, seconds)
-        await self.settle()
-
-    async def _run_until(self, pred: Any, seconds: float) -> bool:
-        await idle()
-        end = self.clock.monotonic() + seconds
-        while not pred():
-            if self.clock.monotonic() >= end:
-                return False
-            self.clock.jump(end)
-            await idle()
-        return True
+        await self.rig.advance(seconds, step)
 
     async def crash_and_recover(self, name: str, code: int = 3) -> None:
         """Crash unit ``name`` and advance until the engine has restarted it."""
@@ -101,40 +98,27 @@ class WebRig:
 
     async def until(self, pred: Any, fake_s: float = 30.0) -> bool:
         """Let fake time pass until ``pred()`` holds (at most ``fake_s`` fake seconds); say if it held."""
-        held = await self._run_until(pred, fake_s)
-        await self.settle()
-        return held or bool(pred())
+        return await self.rig.advance_until(pred, fake_s)
 
 
 @asynccontextmanager
 async def web_rig(tmp_path: Path, config: str = CONFIG,
                   backend_cls: type[FakeBackend] = FakeBackend) -> AsyncIterator[WebRig]:
-    loaded = load_text(config, tmp_path / "enmei.toml")
-    loaded.state_dir.mkdir(parents=True, exist_ok=True)
-    journal = Journal(loaded.journal_path).open()
     clock = FakeClock(start=1000.0, wall_offset=time.time() - 1000.0 - 300.0)  # 5 min behind: never ahead
+    apps: list[Any] = []
 
-    def fake(engine: Engine) -> FakeBackend:
-        return backend_cls(clock=engine.clock, state_dir=engine.state_dir, emit=engine.emit)
+    def front(engine: Engine) -> None:
+        apps.append(create_app(engine, token=TOKEN, token_path=engine.state_dir / "web.token"))
 
-    engine = Engine(loaded, journal=journal, clock=clock, backends={"process": fake})
-    token_path = loaded.state_dir / "web.token"
-    app = create_app(engine, token=TOKEN, token_path=token_path)
+    rig = await start_rig(tmp_path, config, backend_cls=backend_cls, clock=clock, before_run=front)
+    app = apps[0]
     ctx: WebContext = app.state.ctx
-    counting_executor()  # before the engine's first to_thread, so that idle() sees every worker job
-    task = asyncio.create_task(engine.run())
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1:8470")
-    rig = WebRig(engine, clock, journal, task, client, ctx, token_path)
+    web = WebRig(rig, client, ctx, rig.engine.state_dir / "web.token")
     try:
-        await rig.settle()
-        assert await rig.until(lambda: all(u.remedy is None for u in engine.units.values()), 10)
-        yield rig
+        assert await web.until(lambda: all(u.remedy is None for u in rig.engine.units.values()), 10)
+        yield web
     finally:
         await client.aclose()
         ctx.close()
-        engine.stop()
-        await rig._run_until(task.done, 600.0)
-        if not task.done():
-            task.cancel()
-        await task
-        journal.close()
+        await rig.close()
