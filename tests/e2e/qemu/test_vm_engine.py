@@ -43,7 +43,7 @@ backend = "qemu"
 image = "{image}"
 accel = "tcg"
 forward = ["{port}:80"]
-ready_timeout_s = 60
+ready_timeout_s = {scaled(60):.0f}
 start_s = 0.5
 stop_timeout_s = 10
 
