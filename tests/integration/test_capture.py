@@ -176,3 +176,28 @@ async def test_a_unit_adopted_from_an_enmei_without_pipes_keeps_copy_truncate_ro
         assert log.with_name(log.name + ".1").stat().st_size > 20000 > log.stat().st_size
     finally:
         await b.close()
+
+
+async def test_the_exit_event_carries_the_last_words_written_just_before_the_exit(tmp_path: Path) -> None:
+    """The pipe is drained before the tail is read: what a unit wrote an instant before dying is in it."""
+    from enmei.clock import SystemClock
+    from enmei.model import UnitEvent, UnitEventKind
+    from enmei.visor.process import ProcessBackend
+
+    last = "import sys\nsys.stderr.write('x' * 5000 + '\\nfatal: the last words\\n')\nsys.exit(3)\n"
+    spec = load_text(f'[units.die]\ncommand = ["{PY}", "-c", {json.dumps(last)}]\n',
+                     tmp_path / "enmei.toml").config.units["die"]
+    events: list[UnitEvent] = []
+    b = ProcessBackend(clock=SystemClock(), state_dir=tmp_path / "state", emit=events.append)
+    try:
+        for _ in range(3):
+            events.clear()
+            await b.start("die", spec)
+            end = time.monotonic() + 30
+            while not any(e.kind is UnitEventKind.EXITED for e in events) and time.monotonic() < end:
+                await asyncio.sleep(0.01)
+            (exited,) = [e for e in events if e.kind is UnitEventKind.EXITED]
+            assert exited.detail["code"] == 3
+            assert exited.detail["stderr_tail"][-1] == "fatal: the last words"
+    finally:
+        await b.close()
