@@ -186,3 +186,15 @@ def test_a_lagging_head_catches_up_without_another_commit(tmp_path: Path) -> Non
             time.sleep(0.05)
         head = anchors.read_head()
         assert head is not None and head.seq == target
+
+
+def test_verify_with_witnesses_while_the_journal_is_written(tmp_path: Path) -> None:
+    """Witnesses are read before the records (as the head): a journal growing meanwhile is no rollback."""
+    journal = tmp_path / "state" / "journal.sqlite"
+    anchors = _anchors(tmp_path, journal)
+    with Journal(journal, anchors=anchors, head_every_s=0.0, anchor_every_s=0.0) as j:
+        for round_ in range(30):
+            for i in range(20):
+                j.append("unit.state", "web", {"round": round_, "i": i})
+            res = verify(journal, workers=1, anchors=anchors)
+            assert res.ok, res.reason

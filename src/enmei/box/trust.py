@@ -36,7 +36,7 @@ from enmei.box.record import GENESIS
 from enmei.box.verify import verify, verify_range
 from enmei.errors import BoxError, IntegrityError
 
-__all__ = ["SEAL_HINT", "SealResult", "check_start", "check_witnesses", "seal"]
+__all__ = ["SEAL_HINT", "SealResult", "check_start", "check_witnesses", "read_witnesses", "seal"]
 
 SEAL_HINT = ("enmei will not continue it. See `enmei box verify`; to keep it as evidence and start a new, "
              "linked segment: enmei box seal --reason '...'")
@@ -85,14 +85,28 @@ def _against(path: Path, last: int, what: str, signed: Head) -> IntegrityError |
     return None
 
 
-def check_witnesses(path: Path, anchors: Anchors, last: int) -> IntegrityError | None:
-    """The first witness of ``anchors`` the journal at ``path`` (ending at ``last``) contradicts, as an
-    ``IntegrityError`` (not raised); None if every witness that exists agrees."""
+Witnessed = list[tuple[Path, Head | BoxError | None]]
+
+
+def read_witnesses(anchors: Anchors) -> Witnessed:
+    """Every witness of ``anchors`` as it is now: its head, the error reading it, or None if absent.
+    Read them *before* the records, as the head file: a supervisor writing meanwhile only adds records."""
+    out: Witnessed = []
     for wpath in anchors.witnesses:
         try:
-            w = anchors.read_witness(wpath)
+            out.append((wpath, anchors.read_witness(wpath)))
         except BoxError as exc:
-            return IntegrityError(0, str(exc))
+            out.append((wpath, exc))
+    return out
+
+
+def check_witnesses(path: Path, anchors: Anchors, last: int,
+                    witnessed: Witnessed | None = None) -> IntegrityError | None:
+    """The first witness (``witnessed``, else read now) that the journal at ``path``, ending at ``last``,
+    contradicts, as an ``IntegrityError`` (not raised); None if every witness that exists agrees."""
+    for wpath, w in witnessed if witnessed is not None else read_witnesses(anchors):
+        if isinstance(w, BoxError):
+            return IntegrityError(0, str(w))
         if w is not None:
             bad = _against(path, last, f"the witness {wpath}", w)
             if bad is not None:

@@ -60,6 +60,11 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     # The head first: it is written only after a commit, so every record it names is in what we read
     # next, even while a supervisor goes on writing.
     head = anchors.read_head() if anchors is not None else None
+    witnessed = None
+    if anchors is not None and anchors.witnesses:
+        from enmei.box.trust import read_witnesses
+
+        witnessed = read_witnesses(anchors)
     conn = connect(path, readonly=True)
     try:
         row = conn.execute("SELECT MIN(seq), MAX(seq), COUNT(*) FROM records").fetchone()
@@ -76,10 +81,10 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     if not chain.ok or anchors is None:
         return chain
     res = check_anchors(path, chain, anchors, head)
-    if res.ok and anchors.witnesses:
+    if res.ok and witnessed:
         from enmei.box.trust import check_witnesses
 
-        bad = check_witnesses(path, anchors, res.last_seq)
+        bad = check_witnesses(path, anchors, res.last_seq, witnessed)
         if bad is not None:
             return VerifyResult(res.records, res.last_seq, res.last_hash, bad.seq or 1, bad.reason, res.sealed)
     return res
