@@ -131,3 +131,21 @@ async def test_an_operator_can_ask_the_host_and_a_unit_remedy_on_the_host_is_ref
         assert rig.bodies("remedy.outcome", HOST)[0]["state"] == "succeeded"
     finally:
         await rig.close()
+
+
+@pytest.mark.usefixtures("registered")
+def test_a_starlark_policy_names_the_host_with_host_remedy(tmp_path: Path) -> None:
+    from enmei.policy.manager import PolicyManager
+    from enmei.policy.sandbox import InProcessSandbox
+
+    path = tmp_path / "host.star"
+    path.write_text('''load("@enmei", "HOST", "host_remedy")
+
+def on_tick(tick, ctx):
+    if "test-replace-hypervisor" in ctx.remedies["@host"] and tick.wall > 0:
+        return [host_remedy("test-replace-hypervisor", {"backend": "qemu"}, why = "aging", rule = "r")]
+    return []
+''')
+    m = PolicyManager(path, sandbox=InProcessSandbox)
+    [d] = m.decide(Tick(1000.0, 1.0), _view())
+    assert (d.action, d.unit, dict(d.args), d.rule) == ("test-replace-hypervisor", HOST, {"backend": "qemu"}, "r")
