@@ -153,6 +153,8 @@ class ProcessBackend(Backend):
         env[ENV_SUPERVISOR] = self.instance
         self._loop = asyncio.get_running_loop()
         cgroup = await self._end_leftovers(name)
+        if name in self._units:  # started by someone else while we waited
+            raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
@@ -224,14 +226,19 @@ class ProcessBackend(Backend):
         except CgroupError as exc:
             log.warning("unit %s: no cgroup (%s): its stragglers are found by marks", name, exc)
             cgroup = None
+        ended: list[int] = []
+        if cgroup is not None:
+            try:
+                ended = cgroup.procs()
+                if ended or cgroup.populated():
+                    cgroup.kill()
+                    if not await asyncio.to_thread(cgroup.wait_empty, 5.0):
+                        log.warning("unit %s: leftovers in %s survived SIGKILL for 5 s", name, cgroup.path)
+            except CgroupError as exc:
+                log.warning("unit %s: its cgroup is unusable (%s): its stragglers are found by marks", name, exc)
+                cgroup = None
         if cgroup is None:
             ended = await asyncio.to_thread(self._sweep_marked, name)
-        else:
-            ended = cgroup.procs()
-            if ended or cgroup.populated():
-                cgroup.kill()
-                if not await asyncio.to_thread(cgroup.wait_empty, 5.0):
-                    log.warning("unit %s: leftovers in %s survived SIGKILL for 5 s", name, cgroup.path)
         if ended:
             log.warning("unit %s: ended %d process(es) left by its previous instance: %s", name, len(ended), ended)
         return cgroup
