@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DEADLINE_S = 0.4
 DEFAULT_OVERRUNS = 3
+#: jobs waiting for the worker at most: behind a stuck evaluation, history notes beyond it are dropped
+_MAX_INFLIGHT = 1000
 
 RecordFn = Callable[[str, str | None, Mapping[str, Any]], int]
 ExecuteFn = Callable[[Decision, "int | None", View], None]
@@ -189,7 +191,7 @@ class Decider:
             decisions = []
         self._apply(decisions, [], cause_seq, view)
         note = getattr(self.policy, "note", None)
-        if note is not None and self.offloop and not self._closed:
+        if note is not None and self.offloop and not self._closed and self._inflight < _MAX_INFLIGHT:
             # The policy's history learns of the event and of what was done, in order, in the worker.
             self._submit(lambda: note(event, decisions, view.now), None, None)
 
