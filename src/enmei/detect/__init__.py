@@ -25,22 +25,32 @@ registered by kind in :mod:`~enmei.detect.registry` and configured by ``[[units.
 health reports. A unit that configures none gets ``probe_failures``, ``latency``, ``aging`` and
 ``reaction`` as ``[units.NAME.detect]`` and its probes and injectors call for them
 (:mod:`~enmei.detect.wiring`).
+
+The names below are imported on first use (PEP 562): the config imports :mod:`~enmei.detect.registry`
+to validate ``[[units.NAME.detectors]]``, and that must not load every detector (nor numpy) for
+``enmei check`` or the policy sandbox. The registry loads the built-in kinds when first asked.
 """
 
-from enmei.detect.aging import TrendDetector
-from enmei.detect.base import Alarm, Detector, StateFormatError, StreamingDetector, Threshold
-from enmei.detect.baselines import WindowedGaussian
-from enmei.detect.charts import CUSUM, EWMA, Shewhart
-from enmei.detect.ensemble import MaxOf, detector_from_state
-from enmei.detect.narrow import Narrower, Suspect
-from enmei.detect.novelty import NoveltyDetector
-from enmei.detect.pipeline import UnitJudge
-from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit, UnitDetector
-from enmei.detect.registry import DetectorOptions, register
-from enmei.detect.unitset import UnitDetectors
+from __future__ import annotations
 
-# The built-in unit-detector kinds register themselves on import.
-from enmei.detect import failures, judges, logmatch, reaction  # noqa: F401  isort: skip
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "TrendDetector": "aging",
+    "Alarm": "base", "Detector": "base", "StateFormatError": "base", "StreamingDetector": "base",
+    "Threshold": "base",
+    "WindowedGaussian": "baselines",
+    "CUSUM": "charts", "EWMA": "charts", "Shewhart": "charts",
+    "MaxOf": "ensemble", "detector_from_state": "ensemble",
+    "Narrower": "narrow", "Suspect": "narrow",
+    "NoveltyDetector": "novelty",
+    "UnitJudge": "pipeline",
+    "DetectorContext": "protocol", "HealthReport": "protocol", "Judgement": "protocol", "Limit": "protocol",
+    "UnitDetector": "protocol",
+    "DetectorOptions": "registry", "register": "registry",
+    "UnitDetectors": "unitset",
+}
 
 __all__ = [
     "CUSUM",
@@ -68,3 +78,16 @@ __all__ = [
     "detector_from_state",
     "register",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'enmei.detect' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"enmei.detect.{module}"), name)
+    globals()[name] = value  # once resolved, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

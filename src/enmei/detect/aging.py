@@ -37,17 +37,22 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from enmei.detect.base import StreamingDetector
+
+if TYPE_CHECKING:
+    import numpy as np
+
+# numpy is imported where a bucket is judged, not with the module: importing enmei.detect (which the
+# config does, for the detector registry) must stay light for `enmei check` and the policy sandbox.
 
 __all__ = ["TrendDetector", "mann_kendall", "sen_slope"]
 
 
 def mann_kendall(y: np.ndarray) -> tuple[float, float, float]:
     """(S, z, one-sided p for an upward trend) of the Mann–Kendall test, with tie correction."""
+    import numpy as np
     n = len(y)
     if n < 3:
         return 0.0, 0.0, 1.0
@@ -69,6 +74,7 @@ def mann_kendall(y: np.ndarray) -> tuple[float, float, float]:
 
 def sen_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(slope, intercept) by Theil–Sen: median pairwise slope, median of ``y - slope * t``."""
+    import numpy as np
     n = len(y)
     if n < 2:
         return 0.0, float(y[0]) if n else 0.0
@@ -137,6 +143,8 @@ class TrendDetector(StreamingDetector):
         self._judged = {"rule": "none", "buckets": n}
         if n < self.min_buckets:
             return
+        import numpy as np
+
         ts = np.array([b[0] for b in self._buckets])
         ys = np.array([b[1] for b in self._buckets])
         best: tuple[float, int, float, float, float] | None = None

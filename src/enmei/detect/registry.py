@@ -22,6 +22,7 @@ silently replace each other's detector.
 from __future__ import annotations
 
 import difflib
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,8 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from enmei.detect.protocol import DetectorContext, UnitDetector
 
-__all__ = ["DetectorKind", "DetectorOptions", "build", "check_fits", "get", "kinds", "register", "unregister",
-           "validate_entries"]
+__all__ = ["BUILTIN_MODULES", "DetectorKind", "DetectorOptions", "build", "check_fits", "get", "kinds", "register",
+           "unregister", "validate_entries"]
 
 OptionsT = TypeVar("OptionsT", bound="DetectorOptions")
 
@@ -65,11 +66,26 @@ class DetectorKind:
 
 _KINDS: dict[str, DetectorKind] = {}
 
+#: The modules of the built-in kinds, imported (and so registered) the first time the registry is asked
+#: about kinds: an import of the registry alone (the config does it) stays light.
+BUILTIN_MODULES = ("enmei.detect.failures", "enmei.detect.judges", "enmei.detect.reaction",
+                   "enmei.detect.logmatch")
+_loaded: set[str] = set()
+
+
+def _ensure_builtins() -> None:
+    if _loaded:
+        return
+    _loaded.add("builtins")  # first: each module calls register() while it is imported
+    for module in BUILTIN_MODULES:
+        importlib.import_module(module)
+
 
 def register(kind: str, options: type[OptionsT], factory: Callable[[DetectorContext, OptionsT], UnitDetector],
              *, example: Mapping[str, Any] | None = None) -> None:
     """Make ``kind`` available to ``[[units.NAME.detectors]]``. Raises ``ValueError`` if it exists, or if
     ``example`` (default: no options) does not validate."""
+    _ensure_builtins()
     if kind in _KINDS:
         raise ValueError(f"detector kind {kind!r} is already registered (by {_KINDS[kind].origin})")
     if not issubclass(options, DetectorOptions):
@@ -86,11 +102,13 @@ def unregister(kind: str) -> None:
 
 def kinds() -> list[str]:
     """The registered kinds, sorted."""
+    _ensure_builtins()
     return sorted(_KINDS)
 
 
 def get(kind: str) -> DetectorKind:
     """The registered ``kind``; ``KeyError`` naming the known ones if there is none."""
+    _ensure_builtins()
     try:
         return _KINDS[kind]
     except KeyError:
@@ -121,6 +139,8 @@ def validate_entries(raw: Any) -> list[DetectorOptions]:
     if isinstance(raw, (DetectorOptions, Mapping)) or not isinstance(raw, (list, tuple)):
         raise ValidationError.from_exception_data("detectors", [
             _problem((), raw, "must be a list of [[...detectors]] tables")])
+    if raw:
+        _ensure_builtins()
     out: list[DetectorOptions] = []
     problems: list[Any] = []
     names: set[str] = set()
@@ -149,7 +169,7 @@ def _one(i: int, entry: Any, problems: list[Any]) -> DetectorOptions | None:
     if kind is None:
         problems.append(_problem((i, "kind"), None, f"missing required key 'kind' (one of: {', '.join(kinds())})"))
         return None
-    if not isinstance(kind, str) or kind not in _KINDS:
+    if not isinstance(kind, str) or kind not in _KINDS:  # (the builtins are loaded: the list was not empty)
         close = difflib.get_close_matches(str(kind), kinds(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(kinds())})"
         problems.append(_problem((i, "kind"), kind, f"no detector kind {kind!r}{hint}"))
