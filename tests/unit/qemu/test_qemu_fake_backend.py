@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from enmei.errors import StartError
 from enmei.model import UnitEventKind, VerdictKind
+from enmei.visor.qemu.errors import BootError, QmpError
 from enmei.visor.qemu.fake import FakeWorld
 from enmei.visor.qemu.standby import StandbyState
 
@@ -149,3 +151,32 @@ async def test_an_identity_whose_pid_is_another_process_is_not_adopted(
         assert [q.pid for q in world.live() if q.status == "running"] == [second.qemu().pid]
     finally:
         await second.close()
+
+
+async def test_a_guest_that_never_reaches_service_ready_is_a_typed_boot_error(
+        sup: Supervisor, world: FakeWorld) -> None:
+    world.boot_stops_at = "network"
+    with pytest.raises(StartError, match="service-ready") as info:
+        await sup.backend.start("vm", SPEC.model_copy(update={"ready_timeout_s": 0.5}))
+    cause = info.value.__cause__
+    assert isinstance(cause, BootError) and cause.phase == "service-ready" and not cause.exited
+    assert "phases seen: kernel, userspace, network" in str(info.value)  # it says how far the guest got
+    assert sup.kinds() == [UnitEventKind.START_FAILED]
+    assert world.live() == [] and "vm" not in sup.backend._vms
+
+
+async def test_qmp_failures_are_qmp_errors_with_qemus_own_words(sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    qmp = sup.backend._vms["vm"].qmp()
+    with pytest.raises(QmpError, match="CommandNotFound: The command no-such has not been found"):
+        await qmp.execute("no-such")
+    sup.qemu().panic()
+    with pytest.raises(QmpError, match="GenericError: Resetting the Virtual Machine is required"):
+        await qmp.execute("cont")
+    await sup.backend.cold_reboot("vm")  # reset, boot again, data disk mounted again
+    assert sup.qemu().status == "running" and world.disk_users() == [sup.qemu()]
+    sup.qemu().exit()
+    await until("the exit", lambda: UnitEventKind.EXITED in sup.kinds())
+    with pytest.raises(QmpError):
+        await qmp.execute("query-status")
+    assert sup.events[-1].detail["reason"] == "killed (no SHUTDOWN event)"

@@ -22,7 +22,18 @@ from .fakevm import SPEC, Supervisor, until
 TAKEOVER_PANICKED = [("qmp", "new", "query-status"), ("kill", "old", ""),
                      ("qmp", "new", "human-monitor-command"), ("qmp", "new", "cont"),
                      ("qmp", "new", "chardev-change")]
-STEPS = range(len(TAKEOVER_PANICKED) + 1 + 9)
+TAKEOVER_HUNG = [TAKEOVER_PANICKED[0], ("qmp", "old", "stop"), *TAKEOVER_PANICKED[1:]]
+STEPS = range(len(TAKEOVER_HUNG) + 9)
+
+
+def expected_outcome(fault: str, step: int) -> str:
+    """Killed before the old QEMU's kill: the old QEMU is adopted. After it, before ``STARTED`` named
+    the standby (it comes right after the last step): the unit is started afresh. Later: the standby
+    that took over is adopted."""
+    ops = TAKEOVER_PANICKED if fault == "panic" else TAKEOVER_HUNG
+    if step <= ops.index(("kill", "old", "")):
+        return "old adopted"
+    return "started afresh" if step < len(ops) else "standby adopted"
 
 
 @pytest.fixture
@@ -113,6 +124,8 @@ async def test_a_supervisor_killed_during_a_takeover_leaves_a_state_the_next_one
         unit = second.qemu()
         if adopted:
             assert unit.pid == saved.pid
+        outcome = "started afresh" if not adopted else "old adopted" if unit is old else "standby adopted"
+        assert outcome == expected_outcome(fault, step), ops
         if unit is old:  # the supervisor died before the old QEMU was killed
             assert ("kill", "old", "") not in ops[:step]
             if fault == "panic":  # the panic is reported again, and repaired as the policy decides

@@ -15,9 +15,13 @@ A sketch (the real wiring belongs to the engine)::
     await backend.cold_reboot("vm")                    # or boot again
     await backend.stop("vm", timeout_s=10)
 
-See ``backend`` for the promises (and how the data disk stays consistent), ``standby`` for the warm
-standby that makes phase reboots take milliseconds, ``image`` for how images are built,
-``monitor_api`` for what can be observed and done from outside the guest, ``cli`` for the
+See ``backend`` for the promises. ``QemuBackend`` composes: ``machine`` (one QEMU: process, QMP,
+console, gate; ``BootError``), ``standby`` (the warm standby that makes phase reboots take
+milliseconds, and its takeover), ``wholestate`` (save, restore, clone), ``monitor_api`` (what can be
+observed and done from outside the guest), ``disks`` (how the data disk stays consistent),
+``phase_image`` (the image standbys start from), ``strays`` (QEMUs a dead supervisor left). All of them
+reach the host through ``host.QemuHost`` and QMP through ``qmp.Monitor``; ``fake`` (a test seam)
+replaces exactly that I/O edge with scripted QEMUs. ``image`` builds guest images, ``cli`` is the
 ``enmei image`` commands.
 """
 

@@ -158,11 +158,10 @@ class QemuBackend(Backend):
         if proc is None or str(qmp_path) not in " ".join(proc.cmdline):
             return False
         paths = MachinePaths(Path(str(extra["dir"])), qmp_path.parent, str(extra.get("slot", "")))
-        machine = self._machine(name, spec, str(extra.get("kernel", "")), str(extra.get("initrd", "")),
-                                str(extra.get("accel", "tcg")), paths, int(extra.get("console_offset", 0)))
-        machine.data_shared = disks.shared_in(extra)
         image_id = extra.get("phase_image")
-        machine.phase_image_id = str(image_id) if image_id else None
+        machine = self._machine(name, spec, str(extra.get("kernel", "")), str(extra.get("initrd", "")),
+                                str(extra.get("accel", "tcg")), paths, int(extra.get("console_offset", 0)),
+                                data_shared=disks.shared_in(extra), phase_image_id=str(image_id) if image_id else None)
         try:
             await machine.attach(identity.pid, create_time=identity.create_time, replay=True)
         except IdentityError:
@@ -433,7 +432,8 @@ class QemuBackend(Backend):
         return await self._launch(name, spec, kernel, initrd, accel, paths, incoming=True)
 
     def _machine(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
-                 paths: MachinePaths, offset: int, *, standby: tuple[FactFn, ExitFn] | None = None) -> Machine:
+                 paths: MachinePaths, offset: int, *, standby: tuple[FactFn, ExitFn] | None = None,
+                 data_shared: bool | None = None, phase_image_id: str | None = None) -> Machine:
         if standby is not None:
             return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
                            clock=self.clock, on_fact=standby[0], on_exit=standby[1], host=self.host,
@@ -441,7 +441,8 @@ class QemuBackend(Backend):
         return Machine(name=name, spec=spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel,
                        clock=self.clock, on_fact=self._on_fact, on_exit=self._on_exit, host=self.host,
                        console_offset=offset, on_snapshot=self.standbys.on_phase_snapshot,
-                       data_shared=spec.uses_standby)
+                       data_shared=spec.uses_standby if data_shared is None else data_shared,
+                       phase_image_id=phase_image_id)
 
     def _identity(self, machine: Machine) -> Identity:
         return Identity(unit=machine.name, backend=self.kind, pid=machine.pid,

@@ -70,7 +70,7 @@ async def release(old: Machine, timeout_s: float = 5.0) -> bool:
     """Rule 3: end ``old`` so that no other guest can use the data disk. Its guest is paused first if
     it still runs (its I/O drains), then QEMU is killed and awaited until its process is gone. True
     once it is gone; False if it survived SIGKILL for ``timeout_s`` (nobody else may use the disk)."""
-    old.stopping = old.quiet_exit = True
+    old.retire()
     if not old.panicked:
         with contextlib.suppress(QmpError):
             await old.qmp().execute("stop", timeout_s=1.0)

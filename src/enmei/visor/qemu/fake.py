@@ -102,7 +102,8 @@ class FakeQemu:
             self._boot = asyncio.get_running_loop().create_task(self._boot_on(), name=f"fake-guest-{self.pid}")
 
     async def _boot_on(self) -> None:
-        while self.alive and self.status == "running" and self.phase != "service-ready":
+        while (self.alive and self.status == "running" and self.phase != "service-ready"
+               and (self.phase is None or self.phase != self.world.boot_stops_at)):
             nxt = _BOOT[0] if self.phase not in _BOOT else _BOOT[_BOOT.index(self.phase) + 1]
             await asyncio.sleep(_BOOT_STEP_S)
             if not (self.alive and self.status == "running"):
@@ -283,6 +284,7 @@ class FakeWorld:
         self.root = root
         self.qemus: dict[int, FakeQemu] = {}
         self.before: BeforeFn | None = None
+        self.boot_stops_at: str | None = None  # guests booting from now on hang after this phase
         self._pids = itertools.count(40_000)
 
     def live(self) -> list[FakeQemu]:

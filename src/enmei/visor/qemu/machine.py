@@ -338,6 +338,22 @@ class Machine:
             self._gate_task.cancel()
             self._gate_task = None
 
+    def retire(self) -> None:
+        """This QEMU is being ended in favour of another one of the unit (a takeover, a restore): its
+        exit is not reported."""
+        self.stopping = self.quiet_exit = True
+
+    def stand_by_for(self, primary: Machine) -> None:
+        """This QEMU is a standby of ``primary``'s unit: it shares the unit's data disk (it was launched
+        so) and starts from the phase image of ``primary``'s guest."""
+        self.data_shared = True
+        self.phase_image_id = primary.phase_image_id
+
+    def snapshot_deleted(self, tag: str) -> None:
+        """Internal snapshot ``tag`` was deleted; if it was the phase snapshot there is none now."""
+        if self.phase_snapshot == tag:
+            self.phase_snapshot = None
+
     def note_phase_snapshot(self, tag: str, phases: Mapping[str, PhaseMark]) -> None:
         """The machine's snapshot disk holds phase snapshot ``tag`` (found there by an adopting or
         restoring supervisor); ``phases`` are the boot phases the guest is at after loading it."""
@@ -425,7 +441,7 @@ class Machine:
         """Kill this QEMU without any event (a failed start, a standby, a QEMU replaced), wait until it
         is gone and stop watching it. True if it is gone (False: it survived SIGKILL for ``timeout_s``).
         Never raises."""
-        self.stopping = self.quiet_exit = True
+        self.retire()
         self.kill()
         gone = not self.alive or await self.wait_gone(timeout_s)
         await self.wait_closed()
@@ -439,10 +455,6 @@ class Machine:
         except TimeoutError:
             return False
         return True
-
-    async def wait_done(self, timeout_s: float) -> bool:
-        """Wait until QEMU has exited and its monitor is closed; False after ``timeout_s``."""
-        return await self._wait_done(timeout_s)
 
     async def _wait_done(self, timeout_s: float) -> bool:
         try:

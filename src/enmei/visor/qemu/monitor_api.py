@@ -218,8 +218,7 @@ class MonitorApi:
         _check_tag(name, tag)
         await machine.qmp().run_job("snapshot-delete", {"tag": tag, "devices": ["sys"]},
                                     timeout_s=max(30.0, machine.spec.qmp_timeout_s))
-        if machine.phase_snapshot == tag:
-            machine.phase_snapshot = None
+        machine.snapshot_deleted(tag)
 
 
 def _check_tag(name: str, tag: str) -> None:

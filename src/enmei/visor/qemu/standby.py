@@ -338,8 +338,7 @@ class StandbyManager:
                 sb.machine = await launching
             raise
         sb.machine = machine
-        machine.data_shared = True
-        machine.phase_image_id = primary.phase_image_id
+        machine.stand_by_for(primary)
         qmp = machine.qmp()
         try:
             await qmp.run_job("snapshot-load", {"tag": tag, "vmstate": "sys", "devices": ["sys"]},
@@ -356,7 +355,7 @@ class StandbyManager:
             raise VisorError(name, "standby", exc.cause) from exc
         if status.get("status") != "paused" or machine.panicked or not machine.alive:
             raise VisorError(name, "standby", f"the standby guest is {status.get('status')}")
-        machine.phase_snapshot = tag
+        machine.note_phase_snapshot(tag, {})  # (its phases are set when it takes over: ``promote``)
         sb.state, sb.error = StandbyState.READY, None
         sb.prepare_s = round(self.clock.monotonic() - start, 3)
         log.info("unit %s: standby ready in slot %s (QEMU pid %d) in %.2fs", name, sb.slot, machine.pid,

@@ -115,7 +115,7 @@ class WholeState:
         await self._standbys.drop(name)
         old = self._vms.get(name)
         if old is not None:
-            old.quiet_exit = True
+            old.retire()
             await old.stop(0.0)
             self._vms.pop(name, None)
         paths = MachinePaths.for_unit(self.state_dir, name)
