@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from enmei.errors import StartError
+from enmei.errors import StartError, VisorError
 from enmei.model import UnitEventKind, VerdictKind
 from enmei.visor.qemu.errors import BootError, QmpError
 from enmei.visor.qemu.fake import FakeWorld
@@ -180,3 +180,28 @@ async def test_qmp_failures_are_qmp_errors_with_qemus_own_words(sup: Supervisor,
     with pytest.raises(QmpError):
         await qmp.execute("query-status")
     assert sup.events[-1].detail["reason"] == "killed (no SHUTDOWN event)"
+
+
+async def test_a_whole_state_restore_replaces_the_qemu_and_a_clone_runs_beside_it(
+        sup: Supervisor, world: FakeWorld, tmp_path: Path) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    first = sup.qemu()
+    saved = tmp_path / "saves" / "vm.state"
+    await sup.backend.state_save("vm", saved)
+    assert first.status == "running"  # paused for the end of the migration, then run on
+    assert all(p.exists() for p in (saved, saved.with_name("vm.state.sys.qcow2"),
+                                    saved.with_name("vm.state.data.img"), saved.with_name("vm.state.json")))
+    await sup.backend.state_restore("vm", saved)
+    restored = sup.qemu()
+    assert restored is not first and not first.alive and restored.status == "running"
+    assert sup.events[-1].kind is UnitEventKind.STARTED and sup.events[-1].detail["via"] == "state-restore"
+    assert UnitEventKind.STOPPED not in sup.kinds()  # the replaced QEMU is quit quietly
+    assert sup.backend._vms["vm"].phase_snapshot == "enmei-phase-service-ready"  # its snapshot disk came along
+    identity = await sup.backend.clone("vm", "copy")
+    copy = world.qemus[identity.pid]
+    assert sup.events[-1].detail == {"pid": copy.pid, "accel": "tcg", "via": "clone", "clone_of": "vm"}
+    assert copy.hostfwds == set() and restored.hostfwds == {18080}  # a clone forwards no port
+    assert copy.alive and restored.alive and copy.mounted  # its RAM holds its own mounted copy of the disk
+    with pytest.raises(VisorError, match="unreadable"):
+        await sup.backend.state_restore("vm", tmp_path / "no-such.state")

@@ -87,6 +87,7 @@ class FakeQemu:
     monitors: list[FakeMonitor] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
+    migration: str | None = None  # query-migrate's status once a migration ran
     _exit_watchers: list[Callable[[], None]] = field(default_factory=list)
     _boot: asyncio.Task[None] | None = None
 
@@ -258,6 +259,41 @@ class FakeQemu:
                        "snapshots": snaps}},
             {"node-name": "data", "drv": "raw", "ro": False, "file": "data.img",
              "image": {"filename": "data.img", "format": "raw", "virtual-size": 1 << 26}}])
+
+    # whole state: the migration stream is JSON naming the guest's phase and whether it has the disk mounted
+    def _q_migrate_set_parameters(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._ok()
+
+    def _q_migrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        uri = str(args["uri"])
+        if not uri.startswith("exec:cat > "):
+            return {"error": {"class": "GenericError", "desc": f"unknown migration protocol: {uri}"}}
+        target = Path(uri.removeprefix("exec:cat > ").strip("'"))
+        target.write_text(json.dumps({"phase": self.phase, "mounted": self.mounted}))
+        if self.status == "running":
+            self.emit("STOP", {})
+        self.status, self.migration = "postmigrate", "completed"
+        return self._ok()
+
+    def _q_migrate_incoming(self, args: dict[str, Any]) -> dict[str, Any]:
+        source = Path(str(args["uri"]).removeprefix("exec:cat ").strip("'"))
+        try:
+            state = json.loads(source.read_text())
+        except (OSError, ValueError):
+            self.migration = "failed"
+            return self._ok()
+        self.phase, self.mounted = state["phase"], state["mounted"]
+        self.status, self.migration = "running", "completed"
+        self.emit("RESUME", {})
+        return self._ok()
+
+    def _q_query_migrate(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.migration is None:
+            return self._ok({})
+        return self._ok({"status": self.migration, "total-time": 5, "downtime": 1})
+
+    def _q_migrate_cancel(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self._ok()
 
     def _q_chardev_change(self, args: dict[str, Any]) -> dict[str, Any]:
         self.console = Path(args["backend"]["data"]["out"])
