@@ -3,6 +3,7 @@ the real backend, machine, standby manager and QMP client; only the host's I/O i
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -205,3 +206,61 @@ async def test_a_whole_state_restore_replaces_the_qemu_and_a_clone_runs_beside_i
     assert copy.alive and restored.alive and copy.mounted  # its RAM holds its own mounted copy of the disk
     with pytest.raises(VisorError, match="unreadable"):
         await sup.backend.state_restore("vm", tmp_path / "no-such.state")
+
+
+async def test_a_takeover_that_fails_after_the_old_qemu_is_gone_says_the_unit_exited(
+        sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    old, standby = sup.qemu(), sup.standby_qemu()
+    assert standby is not None
+
+    def before(host: object, op: str, qemu: object, detail: str) -> None:
+        if qemu is standby and detail == "cont":
+            raise ConnectionResetError("the standby's QMP connection broke")
+
+    world.before = before
+    old.panic()
+    with pytest.raises(VisorError, match="the standby could not take over"):
+        await sup.backend.phase_reboot("vm")
+    exited = sup.events[-1]
+    assert exited.kind is UnitEventKind.EXITED and exited.detail["pid"] == old.pid
+    assert "through the standby failed" in exited.detail["reason"]
+    assert world.live() == [] and not sup.backend.alive("vm")  # nothing left half-running
+
+
+async def test_a_cancelled_phase_reboot_still_finishes_its_takeover(sup: Supervisor, world: FakeWorld) -> None:
+    await sup.backend.start("vm", SPEC)
+    assert await sup.backend.wait_standby("vm", 10.0)
+    old, standby = sup.qemu(), sup.standby_qemu()
+    assert standby is not None
+    reboot = asyncio.ensure_future(sup.backend.phase_reboot("vm"))
+
+    def before(host: object, op: str, qemu: object, detail: str) -> None:
+        if op == "kill" and qemu is old:
+            reboot.cancel()  # (the remedy's deadline, the engine stopping...) right at the old QEMU's kill
+
+    world.before = before
+    old.panic()
+    with pytest.raises(asyncio.CancelledError):
+        await reboot
+    world.before = None
+    # not left half-done: the standby runs as the unit's machine, its gate is opened
+    assert not old.alive and sup.qemu() is standby and standby.status == "running"
+    await until("the data disk", lambda: world.disk_users() == [standby])
+
+
+async def test_a_standby_whose_service_does_not_answer_is_retried(sup: Supervisor, world: FakeWorld) -> None:
+    def before(host: object, op: str, qemu: object, detail: str) -> None:
+        if op == "http":
+            raise ConnectionRefusedError("nothing answers")
+
+    world.before = before
+    await sup.backend.start("vm", SPEC)
+    await until("a failed standby", lambda: (sup.backend.standby("vm") or {}).get("state") == "failed")
+    status = sup.backend.standby("vm") or {}
+    assert "did not answer" in status["error"] and status["attempts"] == 1
+    assert [q.pid for q in world.live()] == [sup.qemu().pid]  # the failed standby's QEMU is gone
+    world.before = None
+    assert await sup.backend.wait_standby("vm", 10.0)  # retried after 2 s
+    assert (sup.backend.standby("vm") or {})["attempts"] == 1
