@@ -20,9 +20,10 @@ async def test_engine_on_the_sandboxed_default_library_and_its_replay(tmp_path: 
     policy = load_default(sandbox=WorkerSandbox)
     assert isinstance(policy._box, WorkerSandbox)
     rig = await start_rig(tmp_path, TWO, policy=policy)
-    # This test is about replay agreeing with every decision: on a loaded machine a sandbox round trip
-    # may exceed the engine's real-time deadline, and the fallback's decisions would then differ.
-    rig.engine.decider.deadline_s = 60.0
+    # This test is about replay agreeing with every decision of the sandboxed library, not about deciding
+    # off the loop (tests/integration/policy/test_slow_policy.py): evaluate on the loop, so that the fake
+    # clock's rig sees each decision when it is idle, and no real-time deadline can hand one to the fallback.
+    rig.engine.decider.offloop = False
     try:
         await _run(rig)
     finally:
