@@ -100,6 +100,12 @@ class Decider:
 
     # -- the engine's side -------------------------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Whether the worker has jobs not yet answered (a test rig waiting for the loop to be idle should
+        wait for this too: an answer will come back to the loop)."""
+        return self._inflight > 0
+
     def decide(self, event: Event, view: View, cause_seq: int | None) -> None:
         """Have ``event`` decided and its decisions carried out (now, or when the worker answers)."""
         if not self.offloop:
