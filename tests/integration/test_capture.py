@@ -201,3 +201,42 @@ async def test_the_exit_event_carries_the_last_words_written_just_before_the_exi
             assert exited.detail["stderr_tail"][-1] == "fatal: the last words"
     finally:
         await b.close()
+
+
+async def test_a_planted_log_symlink_is_never_followed_and_the_unit_runs_unblocked(tmp_path: Path) -> None:
+    from enmei.clock import SystemClock
+    from enmei.visor.process import ProcessBackend
+
+    state = tmp_path / "state"
+    (state / "logs").mkdir(parents=True)
+    secret = tmp_path / "root-only"
+    secret.write_bytes(b"secret\n")
+    (state / "logs" / "talker.stdout.log").symlink_to(secret)
+    # 64 KiB lines, counted on stderr: it blocks at once if its stdout pipe is not read
+    talker = ("import itertools, sys\nfor i in itertools.count():\n    sys.stdout.write('x' * 65535 + '\\n')\n"
+              "    sys.stdout.flush()\n    if i % 64 == 0: print(i, file=sys.stderr, flush=True)\n")
+    spec = load_text(f'[units.talker]\ncommand = ["{PY}", "-c", {json.dumps(talker)}]\n[units.talker.log]\n'
+                     'max_bytes = "2KiB"\nkeep = 1\n', tmp_path / "enmei.toml").config.units["talker"]
+    b = ProcessBackend(clock=SystemClock(), state_dir=state, emit=lambda ev: None)
+    try:
+        await b.start("talker", spec)
+        err = state / "logs" / "talker.stderr.log"
+        assert await _until(lambda: b"\n640\n" in err.read_bytes(), 30)  # 40 MiB went through the pipe
+        assert b.alive("talker")
+        assert secret.read_bytes() == b"secret\n"
+        assert (state / "logs" / "talker.stdout.log").is_symlink()  # left as it is, never written through
+        assert not (state / "logs" / "talker.stdout.log.1").exists()
+        c = b.capture.counters()[("talker", "stdout")]
+        assert c.written_bytes == 0 and c.dropped_bytes > 40 << 20 and c.write_errors > 0
+        await b.stop("talker", timeout_s=1)
+    finally:
+        await b.close()
+
+
+async def _until(pred: object, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.05)
+    return bool(pred())  # type: ignore[operator]

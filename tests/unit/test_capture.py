@@ -48,8 +48,16 @@ def test_rotating_file_rotates_an_oversized_file_first_and_refuses_a_symlink(tmp
     assert (tmp_path / "old.log").read_bytes() == b"new\n"
     (tmp_path / "secret").write_text("root only")
     (tmp_path / "u.log").symlink_to(tmp_path / "secret")
-    with pytest.raises(UnsafePathError, match="symlink"):
-        RotatingFile(tmp_path / "u.log", max_bytes=1000, keep=1)
+    f = RotatingFile(tmp_path / "u.log", max_bytes=10, keep=1)
+    assert isinstance(f.error, UnsafePathError)
+    for _ in range(3):
+        with pytest.raises(UnsafePathError, match="symlink"):
+            f.write(b"never through the link\n")
+    assert (tmp_path / "secret").read_text() == "root only" and not (tmp_path / "u.log.1").exists()
+    (tmp_path / "u.log").unlink()
+    f.write(b"ok\n")  # opened again once it can be
+    f.close()
+    assert (tmp_path / "u.log").read_bytes() == b"ok\n"
 
 
 class _Events:

@@ -30,7 +30,6 @@ between is lost.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import logging
 import os
@@ -80,6 +79,7 @@ class _Stream:
         self.refilled = now
         self.stats = stats
         self.closed = False
+        self.failing = False  # the log could not be written last time
         self.flood_began = 0.0
         self.last_drop = 0.0
         self.episode_dropped = 0
@@ -143,13 +143,16 @@ class Capture:
     def add(self, unit: str, stream: str, fd: int, path: Path, *, max_bytes: int, keep: int,
             rate: float) -> None:
         """Capture read end ``fd`` (now owned here: closed at the stream's end) into ``path``.
-        A stream of the same name still open is ended first. ``OSError``/``UnsafePathError`` from opening
-        the log propagate, and ``fd`` is then closed."""
+        A stream of the same name still open is ended first. A log that cannot be opened (a planted
+        symlink, a full disk) is logged; its output is read and dropped (counted) until it can be."""
         try:
             file = RotatingFile(path, max_bytes=max_bytes, keep=keep)
         except BaseException:
             os.close(fd)
             raise
+        if file.error is not None:
+            log.warning("capture %s/%s: cannot open %s (%s): its output is dropped until it can be",
+                        unit, stream, path, file.error)
         with self._lock:
             if self._closed:
                 file.close()
@@ -160,6 +163,7 @@ class Capture:
                 self._end(old, self.monotonic())
             stats = self._stats.setdefault((unit, stream), StreamStats())
             s = _Stream(unit, stream, fd, file, float(rate), self.monotonic(), stats)
+            s.failing = file.error is not None  # warned above already
             self._streams[(unit, stream)] = s
             self._sel.register(fd, selectors.EVENT_READ, s)
             if self._thread is None:
@@ -284,14 +288,19 @@ class Capture:
         try:
             s.file.write(data)
             s.stats.written_bytes += len(data)
+            if s.failing:
+                s.failing = False
+                log.warning("capture %s/%s: writing %s again", s.unit, s.stream, s.file.path)
         except (OSError, EnmeiError) as exc:
             # A full disk, a vanished directory, a planted symlink: count it as dropped, keep going.
             written = max(0, s.file.size - before) if s.file.rotations == rotations else 0
             s.stats.written_bytes += written
             s.stats.dropped_bytes += len(data) - written
             s.stats.write_errors += 1
-            if s.stats.write_errors == 1 or getattr(exc, "errno", None) != errno.ENOSPC:
-                log.warning("capture %s/%s: cannot write %s: %s", s.unit, s.stream, s.file.path, exc)
+            if not s.failing:  # once a streak: a full disk must not flood enmei's own log in turn
+                s.failing = True
+                log.warning("capture %s/%s: cannot write %s (%s): output dropped until it can",
+                            s.unit, s.stream, s.file.path, exc)
         s.stats.rotations += s.file.rotations - rotations
 
     def _drop(self, s: _Stream, n: int, now: float) -> None:

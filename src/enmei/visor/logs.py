@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from enmei.errors import EnmeiError
 from enmei.fsafe import open_append
 
 __all__ = ["RotatingFile", "rotate", "tail_lines"]
@@ -35,9 +36,10 @@ class RotatingFile:
     starts a file unless it is longer than a whole file. Rotation is a rename (no copy): its cost does
     not grow with the file. Files are opened without following a symlink (``enmei.fsafe``).
 
-    ``write`` raises ``OSError`` (a full disk...) or ``UnsafePathError`` (a symlink planted where the new
-    file goes) after writing what it could; the caller counts the rest as dropped, and the next ``write``
-    tries to open the file again. Not thread-safe: one writer (the capture thread) owns it.
+    A file that cannot be opened (a planted symlink: ``UnsafePathError``; a full disk...) is not an error
+    of the constructor: ``error`` says why, and each ``write`` tries to open it again. ``write`` raises
+    ``OSError`` or ``UnsafePathError`` after writing what it could; the caller counts the rest as
+    dropped. Not thread-safe: one writer (the capture thread) owns it.
 
     >>> import tempfile, pathlib, shutil
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -58,14 +60,19 @@ class RotatingFile:
         self.keep = keep
         self.rotations = 0
         self.closed = False
-        self._fd = open_append(path, "a captured log")
-        self.size = os.fstat(self._fd).st_size
+        self.size = 0
+        self._fd = -1
+        self.error: Exception | None = None  # why the file is not open now (None: it is)
+        try:
+            self._open()
+        except (OSError, EnmeiError) as exc:
+            self.error = exc  # the next write tries again (and raises)
 
     def write(self, data: bytes | memoryview) -> None:
         if self._fd < 0:
             if self.closed:
                 raise OSError(errno.EBADF, f"{self.path}: written after close")
-            self._open()  # a rotation failed half-way: try again
+            self._open()  # not opened yet, or a rotation failed half-way: try again
         view = memoryview(data)
         while view:
             room = self.max_bytes - self.size
@@ -111,6 +118,7 @@ class RotatingFile:
     def _open(self) -> None:
         self._fd = open_append(self.path, "a captured log")
         self.size = os.fstat(self._fd).st_size
+        self.error = None
 
 
 def rotate(path: Path, max_bytes: int, keep: int) -> bool:

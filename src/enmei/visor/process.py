@@ -49,7 +49,7 @@ import psutil
 
 from enmei.clock import within
 from enmei.config.model import ProcessUnit
-from enmei.errors import IdentityError, StartError, StopError, VisorError
+from enmei.errors import EnmeiError, IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.capture import Capture, attach_existing, make_pipe
@@ -280,7 +280,7 @@ class ProcessBackend(Backend):
             try:
                 self.capture.add(name, stream, fd, self._log_file(name, stream), max_bytes=int(spec.log.max_bytes),
                                  keep=spec.log.keep, rate=float(spec.log.max_bytes_per_s))
-            except (OSError, VisorError) as exc:
+            except (OSError, EnmeiError) as exc:
                 log.warning("unit %s: cannot capture %s: %s", name, stream, exc)
 
     def _on_capture_event(self, unit: str, stream: str, detail: dict[str, Any]) -> None:
