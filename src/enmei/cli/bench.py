@@ -110,7 +110,7 @@ def policy(as_json: JsonOpt = False,
 
 @app.command()
 def abuse(as_json: JsonOpt = False,
-          runs: Annotated[int, typer.Option(help="kill -9 restarts measured per attack (the median is reported)")] = 5,
+          runs: Annotated[int, typer.Option(min=1, help="kill -9 restarts per attack (the median is reported)")] = 5,
           ) -> None:
     """Kill -9 -> restarted time of a unit while enmei is attacked (huge unauthenticated bodies, a log
     flood, a slow policy, idle connections); goal: the worst attack's median <= 1 s."""
