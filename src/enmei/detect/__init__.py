@@ -34,7 +34,20 @@ to validate ``[[units.NAME.detectors]]``, and that must not load every detector 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the same names, typed, for the type checker (at run time they resolve on first use)
+    from enmei.detect.aging import TrendDetector
+    from enmei.detect.base import Alarm, Detector, StateFormatError, StreamingDetector, Threshold
+    from enmei.detect.baselines import WindowedGaussian
+    from enmei.detect.charts import CUSUM, EWMA, Shewhart
+    from enmei.detect.ensemble import MaxOf, detector_from_state
+    from enmei.detect.narrow import Narrower, Suspect
+    from enmei.detect.novelty import NoveltyDetector
+    from enmei.detect.pipeline import UnitJudge
+    from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit, UnitDetector
+    from enmei.detect.registry import DetectorOptions, register
+    from enmei.detect.unitset import UnitDetectors
 
 _EXPORTS: dict[str, str] = {
     "TrendDetector": "aging",
