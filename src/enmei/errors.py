@@ -10,6 +10,8 @@ checks this drawing against the classes, and that each of them is raised somewhe
      |    +-- StartError            the unit could not be started
      |    +-- StopError             the unit could not be stopped
      |    +-- IdentityError         the pid no longer belongs to the process we started
+     |    +-- CgroupError           visor.cgroup: a unit's cgroup could not be made, read, killed or removed
+     |    +-- BootError             visor.qemu.errors: the guest did not reach a boot phase in time
      |    +-- ImageError            visor.qemu.errors: a guest image cannot be built or is not usable
      |    |    +-- MissingToolError visor.qemu.errors: a host tool or Debian package is missing
      |    +-- QmpError              visor.qemu.errors: a QMP command failed or the monitor went away
