@@ -138,8 +138,8 @@ class RejuvenateConfig(_Model):
 class DetectConfig(_Model):
     """``[units.NAME.detect]``: the options of the default ``latency`` and ``aging`` detectors.
 
-    They apply when the unit has no ``[[units.NAME.detectors]]`` entry of that kind (an entry replaces the
-    default of its kind: see ``enmei.detect.wiring``).
+    They apply when no ``[[units.NAME.detectors]]`` entry replaces that default (an entry replaces the
+    default of its name, by default its kind: see ``enmei.detect.wiring``).
 
     Latency: one control chart (EWMA + CUSUM on log latency) per HTTP probe, after a learning phase of
     ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample. Aging: a Mann–Kendall
@@ -321,7 +321,7 @@ class _UnitBase(_Model):
     degrade: dict[str, DegradeMode] = Field(default_factory=dict)
     injectors: list[InjectorConfig] = Field(default_factory=list)
     # [[units.NAME.detectors]]: each entry validated by the options model its `kind` registered
-    # (enmei.detect.registry); an entry replaces the default detector of its kind, others add to them.
+    # (enmei.detect.registry); an entry replaces the default detector of its name, others add to them.
     detectors: list[DetectorOptions] = Field(default_factory=list)
 
     @field_validator("listen")

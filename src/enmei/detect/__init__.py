@@ -24,7 +24,7 @@ registered by kind in :mod:`~enmei.detect.registry` and configured by ``[[units.
 :class:`UnitDetectors` (:mod:`~enmei.detect.unitset`) holds one unit's detectors and combines their
 health reports. A unit that configures none gets ``probe_failures``, ``latency``, ``aging`` and
 ``reaction`` as ``[units.NAME.detect]`` and its probes and injectors call for them
-(:mod:`~enmei.detect.wiring`).
+(:mod:`~enmei.detect.wiring`); an entry replaces the default of its name.
 
 The names below are imported on first use (PEP 562): the config imports :mod:`~enmei.detect.registry`
 to validate ``[[units.NAME.detectors]]``, and that must not load every detector (nor numpy) for

@@ -14,7 +14,8 @@ A reaction above ``max_reaction`` gives one PROBE_FAILED verdict per run of out-
 (the default policy restarts on it, as it did when the injector judged itself) and FAILING health;
 the next reaction within bounds gives PROBE_RECOVERED and OK. Failed injections (``ok`` false: the
 keys could not be sent) are left to the ``probe_failures`` detector. Every keys injector with a
-``max_reaction`` gets one of these by default.
+``max_reaction`` gets one of these by default, named ``reaction:INJECTOR``; an entry for that injector
+replaces it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ class ReactionOptions(DetectorOptions):
     injector: str
     metric: str | None = None
     max_reaction: float | None = Field(default=None, ge=0)
+
+    @property
+    def detector_name(self) -> str:
+        """``reaction:INJECTOR`` unless named: one per injector, the name its default has."""
+        return self.name or f"reaction:{self.injector}"
 
 
 class ReactionDetector:

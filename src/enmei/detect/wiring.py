@@ -6,8 +6,9 @@ A unit's detectors are, in this order:
    injector; ``latency`` (options from ``[units.NAME.detect]``) when it has an HTTP probe and
    ``detect.latency`` is on; ``aging`` when ``detect.aging_limits`` is set; ``reaction`` for each keys
    injector with a ``max_reaction`` — exactly what enmei did before detectors were pluggable;
-2. its ``[[units.NAME.detectors]]`` entries: an entry of a default's kind *replaces* that default (all
-   the defaults of that kind), an entry of another kind is added.
+2. its ``[[units.NAME.detectors]]`` entries: an entry *replaces* the default of the same name (a
+   detector's name defaults to its kind; ``reaction:INJECTOR`` for a reaction detector), any other
+   entry is added.
 
 Every kind comes from :mod:`enmei.detect.registry`; this module names no detector beyond the defaults.
 """
@@ -45,7 +46,7 @@ def default_options(spec: UnitBase) -> list[DetectorOptions]:
                                 horizon_s=d.aging_horizon_s, hold_off_s=d.aging_hold_off_s))
     for inj in spec.injectors:
         if isinstance(inj, KeysInjector) and inj.max_reaction is not None:
-            out.append(ReactionOptions(kind="reaction", name=f"reaction:{inj.name}", injector=inj.name))
+            out.append(ReactionOptions(kind="reaction", injector=inj.name))
     return out
 
 
@@ -53,8 +54,8 @@ def unit_detectors(unit: str, spec: UnitBase) -> UnitDetectors:
     """The detectors of ``unit``, built. Raises ``ValueError`` if an entry does not fit the unit (a
     ``reaction`` detector naming no injector of it)."""
     configured = list(spec.detectors)
-    replaced = {o.kind for o in configured}
-    options = [o for o in default_options(spec) if o.kind not in replaced] + configured
+    replaced = {o.detector_name for o in configured}
+    options = [o for o in default_options(spec) if o.detector_name not in replaced] + configured
     ctx = context_for(unit, spec)
     return UnitDetectors(unit, [build(ctx, o) for o in options])
 

@@ -227,7 +227,8 @@ def feed_all(det: UnitDetector, stream: list[Observation]) -> list[Judgement]:
 def unit_contract(kind: str) -> None:
     det = build_kind(kind)
     assert isinstance(det, UnitDetector)
-    assert det.kind == kind and det.name == (registry.get(kind).example.get("name") or kind)
+    opts = registry.get(kind).options.model_validate(registry.get(kind).example)
+    assert det.kind == kind and det.name == opts.detector_name
     stream = unit_stream(600, seed=5)
     judged = feed_all(det, stream)
     # Every answer is a Judgement of plain, JSON-ready values about this unit.

@@ -347,3 +347,29 @@ probe = "console"
         assert verdict.kind is VerdictKind.LOG_ANOMALY and verdict.unit == "vm"
     finally:
         await backend.close()
+
+
+def test_a_reaction_entry_replaces_only_its_injectors_default(tmp_path: Path) -> None:
+    text = """
+[units.vm]
+backend = "qemu"
+[[units.vm.injectors]]
+kind = "keys"
+name = "typing"
+text = "hello"
+max_reaction = 4096
+[[units.vm.injectors]]
+kind = "keys"
+name = "login"
+text = "root"
+max_reaction = 100
+[[units.vm.detectors]]
+kind = "reaction"
+injector = "typing"
+max_reaction = 10
+"""
+    dets = detectors_of(tmp_path, text, "vm")
+    assert [d.name for d in dets] == ["probe_failures", "reaction:login", "reaction:typing"]
+    typing, login = dets.get("reaction:typing"), dets.get("reaction:login")
+    assert isinstance(typing, ReactionDetector) and typing.max_reaction == 10
+    assert isinstance(login, ReactionDetector) and login.max_reaction == 100
