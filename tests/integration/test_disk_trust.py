@@ -216,3 +216,33 @@ def test_sighup_is_journaled_and_does_not_kill_enmei(tmp_path: Path, procs: Proc
     assert _stop(p) == 0
     assert wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
                       timeout=30)  # still supervised: the stop stopped the unit
+
+
+def test_d4_a_planted_log_file_symlink_is_not_followed(tmp_path: Path, procs: Procs) -> None:
+    cfg = tmp_path / "enmei.toml"
+    cfg.write_text('[units.talker]\ncommand = ["sh", "-c", "while :; do echo hello; sleep 0.05; done"]\n'
+                   'start_s = 0.2\n[units.talker.log]\nmax_bytes = "2KiB"\nkeep = 1\n')
+    state = tmp_path / ".enmei"
+    (state / "logs").mkdir(parents=True)
+    state.chmod(0o700)
+    secret = tmp_path / "root-only"
+    secret.write_bytes(b"secret\n")
+    secret.chmod(0o600)
+    (state / "logs" / "talker.stdout.log").symlink_to(secret)
+    p = _up(procs, cfg, tmp_path / "up.log")
+
+    def refused() -> bool:
+        try:
+            rows = _records(state / "journal.sqlite")
+        except sqlite3.Error:  # not made yet
+            return False
+        return any("is a symlink" in str(body) and "talker.stdout.log" in str(body) for _, _, body in rows)
+
+    assert wait_until(lambda: p.poll() is not None or refused(), timeout=90), (tmp_path / "up.log").read_text()
+    assert p.poll() is None  # the unit's start fails, named; the supervisor goes on
+    pid = _unit_pid(state, "talker")
+    if pid is not None:
+        procs.adopt_pid(pid)
+    assert _stop(p) == 0
+    assert secret.read_bytes() == b"secret\n"  # not written through, not truncated, not copied
+    assert not list((state / "logs").glob("talker.stdout.log.*"))
