@@ -21,11 +21,13 @@ submission order, and the loop only waits on events. Promises:
   runs on the loop and takes microseconds. Its decisions are journaled as its own (``policy:
   builtin-1``), after a ``policy`` record ``{"event": "overrun", ...}`` naming the late policy, the
   handler, the unit and the deadline.
-* **Revert.** After ``overruns`` events in a row that the policy did not decide in time (those that
-  overran, and those that came while it was still busy with a late one), the policy is asked, once, to
-  ``revert()`` (the request waits in the worker behind the late evaluation): a policy manager goes
-  back to the version that ran before the slow one (or, without one, suspends itself and lets its
-  fallback decide until the file changes); the notice is journaled (``reverted`` / ``suspended``).
+* **Revert.** After ``overruns`` overruns in a row (evaluations that missed the deadline, with no
+  evaluation answered in time in between; the events queued behind a late one, or that came while the
+  worker was still busy with it, do not count: a burst of events is not a slow policy), the policy is
+  asked, once, to ``revert()`` (the request waits in the worker behind the late evaluation): a policy
+  manager goes back to the version that ran before the slow one (or, without one, suspends itself and
+  lets its fallback decide until the file changes); the notice is journaled (``reverted`` /
+  ``suspended``).
 * Nothing here raises into the loop: a policy that raises is journaled as an ``error`` and decides
   nothing (a manager never raises: it answers with its fallback itself).
 
@@ -112,8 +114,6 @@ class Decider:
             self._apply(*self._call(event, view), cause_seq, view)
             return
         if self._late or self._closed:
-            if self._late:
-                self._missed()  # the policy could not even take it: it is late on this event too
             self._fall_back(event, view, cause_seq)
             return
         job = _Job(event, view, cause_seq)
@@ -219,22 +219,18 @@ class Decider:
         late = list(self._pending)
         self._pending.clear()
         self._late = True
+        self.overruns += 1
+        self.overruns_total += 1
         self._record(RecordKind.POLICY, getattr(job.event, "unit", None), {
             "event": "overrun", "policy": self.policy.version, "handler": handler_for(job.event),
             "cause": type(job.event).__name__, "deadline_s": self.deadline_s,
             "waited_s": round(time.monotonic() - job.submitted, 4), "queued": len(late) - 1,
-            "fallback": self.fallback.version, "missed_before": self.overruns})
+            "fallback": self.fallback.version, "in_a_row": self.overruns})
         log.warning("policy %s did not decide within %gs: the fallback decides", self.policy.version,
                     self.deadline_s)
         for j in late:
             j.abandoned = True
-            self._missed()
             self._fall_back(j.event, j.view, j.cause_seq)
-
-    def _missed(self) -> None:
-        """One more event the policy did not decide in time; at ``overruns`` in a row, revert it."""
-        self.overruns += 1
-        self.overruns_total += 1
         if self.overruns == self.overruns_to_revert:
             self._revert()
 
@@ -242,7 +238,7 @@ class Decider:
         revert = getattr(self.policy, "revert", None)
         if revert is None:
             return
-        reason = f"{self.overruns_to_revert} events in a row were not decided within {self.deadline_s:g}s"
+        reason = f"{self.overruns_to_revert} evaluations in a row did not answer within {self.deadline_s:g}s"
 
         def done(notices: Notices | None, error: BaseException | None) -> None:
             if error is not None:
