@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -246,3 +247,34 @@ def test_d4_a_planted_log_file_symlink_is_not_followed(tmp_path: Path, procs: Pr
     assert _stop(p) == 0
     assert secret.read_bytes() == b"secret\n"  # not written through, not truncated, not copied
     assert not list((state / "logs").glob("talker.stdout.log.*"))
+
+
+def test_d10_a_rolled_back_state_dir_is_named_by_a_witness_elsewhere(tmp_path: Path, procs: Procs) -> None:
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("[supervisor]\n", '[supervisor]\nwitness = "elsewhere/enmei.witness"\n'))
+    (tmp_path / "elsewhere").mkdir()
+    state = tmp_path / ".enmei"
+    journal = state / "journal.sqlite"
+    p, _ = _started(procs, cfg, state, tmp_path / "up1.log")
+    assert _stop(p) == 0
+    backup = tmp_path / "backup"
+    shutil.copytree(state, backup, symlinks=True)  # journal, head, key, its witness
+    p, _ = _started(procs, cfg, state, tmp_path / "up2.log")
+    assert _stop(p) == 0
+    newer = _records(journal, "SELECT MAX(seq) FROM records")[0][0]
+    shutil.rmtree(state)
+    shutil.copytree(backup, state, symlinks=True)  # the whole state dir rolled back
+    older = _records(journal, "SELECT MAX(seq) FROM records")[0][0]
+    assert older < newer  # type: ignore[operator]
+
+    key = state / "anchor.key"
+    alone = enmei("box", "verify", "-j", str(journal), "--key", str(key), "--json")
+    assert alone.returncode == 0  # consistent with itself and with the witness rolled back beside the key
+    named = enmei("box", "verify", "-j", str(journal), "--key", str(key), "--json",
+                  "--witness", str(tmp_path / "elsewhere" / "enmei.witness"))
+    assert named.returncode == 4, named.stdout + named.stderr
+    out = json.loads(named.stdout)
+    assert "rolled back" in out["reason"] and f"names record {newer}" in out["reason"]
+    assert enmei("box", "verify", "-c", str(cfg)).returncode == 4  # the config names the witness
+    r = _up_once(procs, cfg, tmp_path / "refused.log")
+    assert r.returncode == 4 and "rolled back" in r.stderr, r.stderr
