@@ -25,11 +25,7 @@ SRC = Path(enmei.__file__).parent
 
 # Cycles other engineers are breaking right now (issue 10 item 6); each entry is removed when its fix
 # lands — the test fails if a listed cycle is gone, so the list cannot go stale.
-KNOWN: list[frozenset[str]] = [
-    # disk-trust (549c7c0, journal continuity): box/store -> box/trust (lazy, check_start) -> box/verify
-    # -> box/store (connect), and verify -> trust (lazy, witnesses); new since this test, to be broken
-    frozenset({"enmei.box.store", "enmei.box.trust", "enmei.box.verify"}),
-]
+KNOWN: list[frozenset[str]] = []
 
 
 def _name(path: Path, root: Path) -> str:

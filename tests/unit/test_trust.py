@@ -12,7 +12,8 @@ import pytest
 
 from enmei.box import Anchors, Journal, head_path, verify
 from enmei.box.anchor import key_witness_path
-from enmei.box.trust import check_start, seal
+from enmei.box.continuity import check_start
+from enmei.box.seal import seal
 from enmei.errors import IntegrityError
 
 

@@ -13,7 +13,7 @@ Promises:
   ``max_buffered_samples``.
 * Samples for charts go to a separate, unchained table and are pruned past their retention.
 * One writer per journal: ``open`` takes an exclusive lock on ``<journal>.lock`` or raises ``BoxError``.
-* With anchors, ``open`` continues only the journal the key last signed (``box.trust.check_start``):
+* With anchors, ``open`` continues only the journal the key last signed (``box.continuity.check_start``):
   a cut, rolled back, rewritten or replaced journal raises ``IntegrityError`` and is left as it is.
   A new journal gets a signed head naming record 0 at once, so that from its first record on, a
   missing head is a sign of tampering, not of a crash.
@@ -36,11 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from enmei.box.anchor import Anchors
+from enmei.box.continuity import check_start
+from enmei.box.db import connect
 from enmei.box.record import FORMAT_VERSION, GENESIS, canonical_json, chain_hash
 from enmei.errors import BoxError
 from enmei.fsafe import UnsafePathError, check_file
 
-__all__ = ["SCHEMA", "Journal"]
+__all__ = ["SCHEMA", "Journal", "connect"]
 
 log = logging.getLogger(__name__)
 
@@ -71,21 +73,6 @@ _INSERT = "INSERT INTO records (seq, wall_ns, mono_ns, kind, unit, body, prev, h
 _INSERT_SAMPLE = "INSERT INTO samples (unit, metric, wall, value) VALUES (?,?,?,?)"
 
 TroubleFn = Callable[[str | None], None]
-
-
-def connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
-    """A connection to the journal at ``path`` (read-only ones never create or write it)."""
-    if readonly:
-        if not path.exists():
-            raise BoxError(f"{path}: no journal here")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
-                               check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-    conn.execute("PRAGMA busy_timeout=5000")
-    return conn
 
 
 class Journal:
@@ -164,8 +151,6 @@ class Journal:
             for suffix in ("", "-wal", "-shm"):
                 check_file(Path(f"{self.path}{suffix}"), "journal")
             if self.anchors is not None and self.check_start:
-                from enmei.box.trust import check_start
-
                 check_start(self.path, self.anchors)
         except (BoxError, UnsafePathError):
             self._release_lock()

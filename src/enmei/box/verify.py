@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enmei.box.anchor import Anchors, Head
+from enmei.box.db import connect
 from enmei.box.record import GENESIS
-from enmei.box.store import connect
+from enmei.box.witness import check_witnesses, read_witnesses
 from enmei.errors import BoxError
 
 __all__ = ["VerifyResult", "check_anchors", "verify", "verify_range", "verify_rows"]
@@ -62,8 +63,6 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
     head = anchors.read_head() if anchors is not None else None
     witnessed = None
     if anchors is not None and anchors.witnesses:
-        from enmei.box.trust import read_witnesses
-
         witnessed = read_witnesses(anchors)
     conn = connect(path, readonly=True)
     try:
@@ -82,8 +81,6 @@ def verify(path: str | Path, *, workers: int | None = None, anchors: Anchors | N
         return chain
     res = check_anchors(path, chain, anchors, head)
     if res.ok and witnessed:
-        from enmei.box.trust import check_witnesses
-
         bad = check_witnesses(path, anchors, res.last_seq, witnessed)
         if bad is not None:
             return VerifyResult(res.records, res.last_seq, res.last_hash, bad.seq or 1, bad.reason, res.sealed)

@@ -162,7 +162,7 @@ def seal(reason: Annotated[str, typer.Option("--reason", help="Why: kept in the 
     record 1 (kind 'seal') holds the reason, what verify found and the old segment's last seq and hash,
     and every later `box verify` reports it. Refused while an enmei runs on it. Without the anchor key, a
     new one is made (the old segment can then only be checked with the old key)."""
-    from enmei.box.trust import seal as seal_journal
+    from enmei.box.seal import seal as seal_journal
     from enmei.engine.statedir import StateDir
 
     path = resolve_journal(journal, config)
