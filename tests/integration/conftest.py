@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from support.wait import scaled
+from support.wait import until
 
 PY = sys.executable
 
@@ -70,11 +70,6 @@ def enmei(*args: str, cwd: Path | None = None, timeout: float = 60) -> subproces
 
 
 def wait_until(pred, timeout: float = 10.0, step: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
-    """Poll ``pred`` until it holds; say if it did. Event-driven, so the bound is generous: at least 30 s,
-    stretched by the machine's measured slowness (``support.wait.scaled``)."""
-    end = time.monotonic() + scaled(max(timeout, 30.0))
-    while time.monotonic() < end:
-        if pred():
-            return True
-        time.sleep(step)
-    return bool(pred())
+    """Poll ``pred`` until it holds; say if it did (``support.wait.until``). Event-driven, so the bound is
+    generous: at least 30 s, stretched by the machine's measured slowness."""
+    return bool(until(pred, max(timeout, 30.0), every_s=step, fail=False))

@@ -20,7 +20,7 @@ from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
 from enmei.monitor.http import http_get
-from support.wait import scaled
+from support.wait import auntil, scaled
 
 from .conftest import PY, Procs, enmei, wait_until
 
@@ -64,13 +64,9 @@ class Running:
         return int(ident.pid)
 
     async def until(self, pred: Any, timeout: float = 10.0) -> bool:
-        """Wait for ``pred``; event-driven, so the bound is generous (>= 30 s, scaled to the machine)."""
-        end = time.monotonic() + scaled(max(timeout, 30.0))
-        while time.monotonic() < end:
-            if pred():
-                return True
-            await asyncio.sleep(0.02)
-        return bool(pred())
+        """Wait for ``pred`` (``support.wait.auntil``); event-driven, so the bound is generous (>= 30 s,
+        scaled to the machine)."""
+        return bool(await auntil(pred, max(timeout, 30.0), fail=False))
 
     def first(self, record_kind: str, after: float = 0.0, **match: Any) -> tuple[float, dict[str, Any]] | None:
         for t, _, k, _, b in self.records:

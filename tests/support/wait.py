@@ -55,10 +55,10 @@ def scaled(seconds: float) -> float:
     return seconds * SLOWNESS
 
 
-def until(pred: Callable[[], T], timeout_s: float = 30.0, what: str = "", *, every_s: float = 0.01) -> T:
-    """Wait until ``pred()`` is truthy and return it; after ``scaled(timeout_s)`` raise ``AssertionError``.
-
-    ``what`` names the condition in the failure message. ``pred`` raising is not caught.
+def until(pred: Callable[[], T], timeout_s: float = 30.0, what: str = "", *, every_s: float = 0.01,
+          fail: bool = True) -> T:
+    """Wait until ``pred()`` is truthy and return it; after ``scaled(timeout_s)`` raise ``AssertionError``
+    naming ``what`` (or, with ``fail=False``, return the last falsy value). ``pred`` raising is not caught.
     """
     deadline = time.monotonic() + scaled(timeout_s)
     delay = every_s
@@ -67,13 +67,15 @@ def until(pred: Callable[[], T], timeout_s: float = 30.0, what: str = "", *, eve
         if value:
             return value
         if time.monotonic() > deadline:
+            if not fail:
+                return value
             raise AssertionError(f"timed out after {scaled(timeout_s):.0f} s waiting for {what or pred!r}")
         time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, 0.1)
 
 
 async def auntil(pred: Callable[[], T | Awaitable[T]], timeout_s: float = 30.0, what: str = "",
-                 *, every_s: float = 0.01) -> T:
+                 *, every_s: float = 0.01, fail: bool = True) -> T:
     """``until`` for a coroutine: the event loop keeps running while it waits. ``pred`` may be async."""
     deadline = time.monotonic() + scaled(timeout_s)
     delay = every_s
@@ -84,9 +86,11 @@ async def auntil(pred: Callable[[], T | Awaitable[T]], timeout_s: float = 30.0, 
         if value:
             return value  # type: ignore[return-value]
         if time.monotonic() > deadline:
+            if not fail:
+                return value  # type: ignore[return-value]
             raise AssertionError(f"timed out after {scaled(timeout_s):.0f} s waiting for {what or pred!r}")
         await asyncio.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
+        delay = min(delay * 1.5, 0.05)
 
 
 class CountingExecutor(ThreadPoolExecutor):

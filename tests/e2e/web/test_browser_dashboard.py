@@ -25,7 +25,7 @@ from enmei.model import UnitState
 from enmei.monitor.http import http_get
 from enmei.web import serve
 from enmei.web.views import live_limits_now
-from support.wait import scaled
+from support.wait import auntil, scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -98,13 +98,8 @@ def T(seconds: float) -> float:
 
 
 async def until(pred: Callable[[], Any], timeout: float = 10.0) -> bool:
-    """Poll ``pred`` until it holds; generous like ``T``."""
-    end = time.monotonic() + scaled(max(timeout, 30.0))
-    while time.monotonic() < end:
-        if pred():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(pred())
+    """Poll ``pred`` until it holds (``support.wait.auntil``); generous like ``T``."""
+    return bool(await auntil(pred, max(timeout, 30.0), fail=False))
 
 
 @pytest.fixture
@@ -179,7 +174,19 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
 
         # a latency fault: the control chart leaves its limits; a detection lands on the chart and the timeline
         assert await until(lambda: "http" in live_limits_now(live.engine, "web"), 20), "detector did not learn"
-        await http_get("127.0.0.1", live.port, "/admin/fault?latency_ms=60", timeout_s=2)
+        # The unit may be restarting (a loaded machine can make the policy act early): inject the fault once
+        # it runs and answers, not into a refused connection.
+        web = live.engine.units["web"]
+        assert await until(lambda: web.state is UnitState.RUNNING and web.remedy is None)
+
+        async def inject_fault() -> bool:
+            try:
+                status, _ = await http_get("127.0.0.1", live.port, "/admin/fault?latency_ms=60", timeout_s=2)
+            except (OSError, TimeoutError):
+                return False
+            return status == 200
+
+        assert await until(inject_fault), f"the fault could not be injected: {live.records[-10:]}"
         assert await until(lambda: live.has("verdict", kind="anomaly"), 15), "no anomaly verdict"
         # The shipped policy answers a latency anomaly with a restart, which also clears the fault; if the
         # restart is under way the reset finds no one to answer, which is fine.
