@@ -303,6 +303,32 @@ def probe_name(probe: HttpProbe | TcpProbe | ProcessProbe | LogProbe) -> str:
     return probe.kind
 
 
+KillMode = Literal["group", "all", "main-then-group"]
+
+
+def signal_name(v: Any) -> str:
+    """A signal given by name (``"SIGINT"``, ``"int"``) or number, as its canonical name; ``ValueError``
+    naming what is accepted otherwise. SIGKILL and SIGSTOP are refused: a stop signal must be catchable
+    to be graceful (the forced phase sends SIGKILL anyway)."""
+    import signal as _signal
+
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        if isinstance(v, int) or (isinstance(v, str) and v.strip().isdigit()):
+            sig = _signal.Signals(int(v))
+        elif isinstance(v, str):
+            name = v.strip().upper()
+            sig = _signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        else:
+            raise ValueError
+    except (KeyError, ValueError):
+        raise ValueError(f"{v!r} is not a signal: give a name (\"SIGINT\", \"INT\") or a number") from None
+    if sig in (_signal.SIGKILL, _signal.SIGSTOP):
+        raise ValueError(f"{sig.name} cannot be a graceful stop signal (the forced phase sends SIGKILL)")
+    return sig.name
+
+
 class _UnitBase(_Model):
     """The keys every unit has, whatever its backend. A backend's model subclasses it and narrows
     ``backend`` to its kind (``backend: Literal["process"]``), the tag the config union is built on."""
@@ -363,6 +389,11 @@ class _UnitBase(_Model):
             raise ValidationError.from_exception_data("detectors", problems)
         return self
 
+    def stop_bound_s(self) -> float:
+        """The longest a stop may take: the graceful timeout and the forced kill's 5 s (a backend's model
+        adds its own phases)."""
+        return self.stop_timeout_s + 5.0
+
     def detector_context(self, unit: str) -> DetectorContext:
         """What a detector factory learns of this unit: its probes and injectors, as plain values."""
         probes = tuple(ProbeInfo(probe_name(p), p.kind,
@@ -385,8 +416,14 @@ class ProcessUnit(_UnitBase):
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     inherit_env: bool = True
+    # Stopping: the graceful signal (a name, "SIGINT" or "INT", or a number), who gets it, and an optional
+    # command run first (its own timeout), then the signal path if the unit is still there.
+    stop_signal: str = "SIGTERM"
+    kill_mode: KillMode = "all"
+    stop_command: list[str] | None = None
+    stop_command_timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("command", mode="before")
+    @field_validator("command", "stop_command", mode="before")
     @classmethod
     def _split(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -394,6 +431,23 @@ class ProcessUnit(_UnitBase):
 
             return shlex.split(v)
         return v
+
+    @field_validator("stop_command")
+    @classmethod
+    def _not_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("an empty command: leave the key out for none")
+        return v
+
+    @field_validator("stop_signal", mode="before")
+    @classmethod
+    def _signal(cls, v: Any) -> Any:
+        return signal_name(v)
+
+    def stop_bound_s(self) -> float:
+        """The longest a stop may take: the stop command's timeout, the graceful signal's, the forced kill's."""
+        extra = self.stop_command_timeout_s if self.stop_command else 0.0
+        return super().stop_bound_s() + extra
 
 
 def _unit_name(name: str) -> str:

@@ -43,7 +43,7 @@ class Restart(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         delay = float(args.get("delay_s", 0.0))
-        return delay + float(spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s)
+        return delay + float(spec.stop_bound_s() + spec.start_s + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         delay = float(args.get("delay_s", 0.0))
@@ -79,7 +79,9 @@ class Stop(Remedy):
     bounds: ClassVar[Mapping[str, tuple[float, float]]] = {"timeout_s": (0.0, 3600.0)}
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
-        return float(args.get("timeout_s", unit.spec.stop_timeout_s)) + _SLACK_S
+        spec = unit.spec
+        others = float(spec.stop_bound_s() - spec.stop_timeout_s)  # a stop command, the forced kill: on top
+        return float(args.get("timeout_s", spec.stop_timeout_s)) + others + _SLACK_S
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         if not unit.alive():
@@ -101,7 +103,7 @@ class Escalate(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         retry = float(args.get("retry_in_s", spec.escalate.retry_every_s))
-        return retry + float(spec.stop_timeout_s + 5.0 + spec.start_s + spec.restart.deadline_s)
+        return retry + float(spec.stop_bound_s() + spec.start_s + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         spec = unit.spec

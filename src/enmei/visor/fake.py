@@ -119,7 +119,10 @@ class FakeBackend(ProcessBackend):
         return {"rss_bytes": proc.rss + self.leak_bytes_per_s * age, "cpu_percent": 1.0, "num_fds": 8.0,
                 "num_threads": 2.0}
 
-    def _signal_group(self, run: _Running, sig: signal.Signals) -> None:
+    def _signal_main(self, run: _Running, sig: signal.Signals) -> None:
+        self._signal_group(run, sig)  # a simulated unit is one process
+
+    def _signal_group(self, run: _Running, sig: signal.Signals, *, cgroup: bool = True) -> None:
         proc = self.world.get(run.identity.pid)
         if proc is None or not proc.alive or run.done.done():
             return

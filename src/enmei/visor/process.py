@@ -25,7 +25,11 @@ Promises:
   never signalled.
 * An exit is seen at once: the pidfd becomes readable and ``EXITED`` is emitted with the exit code (for
   our own children), the signal, the uptime and the last lines of stderr.
-* Stop is SIGTERM to the group, ``timeout_s``, then SIGKILL to the group, then a typed ``StopError``.
+* Stop is the unit's ``stop_command`` (if any, bounded by its own timeout), then its ``stop_signal``
+  (SIGTERM by default) to whom ``kill_mode`` names — ``all``: the process group and every process of
+  the cgroup; ``group``: the process group; ``main-then-group``: the main process alone — then after
+  ``timeout_s`` SIGKILL to all of it, then a typed ``StopError`` after 5 s more. Whatever the mode,
+  what is left when the main process ends is killed with the cgroup (or by marks).
 * Units still running when the supervisor restarts are adopted again from their saved ``Identity``.
 """
 
@@ -355,17 +359,66 @@ class ProcessBackend(Backend):
         return ended
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
+        """Stop in bounded phases: the unit's ``stop_command`` if it has one (within
+        ``stop_command_timeout_s``), then — if the unit is still there — its ``stop_signal`` to whom its
+        ``kill_mode`` names, ``timeout_s``, then SIGKILL to all of it, then ``StopError`` after 5 s more."""
         run = self._units.get(name)
         if run is None:
             return
         run.stopping = True
-        self._signal_group(run, signal.SIGTERM)
+        spec = run.spec
+        if spec.stop_command and not run.done.done():
+            await self._run_stop_command(run)
+        if run.done.done():
+            await self._stragglers_gone(run)
+            return
+        sig = signal.Signals[spec.stop_signal]
+        if spec.kill_mode == "main-then-group":
+            self._signal_main(run, sig)
+        else:
+            self._signal_group(run, sig, cgroup=spec.kill_mode == "all")
         if not await self._wait_done(run, timeout_s):
-            log.warning("unit %s did not stop within %.1fs of SIGTERM: SIGKILL", name, timeout_s)
+            log.warning("unit %s did not stop within %.1fs of %s: SIGKILL", name, timeout_s, sig.name)
             self._signal_group(run, signal.SIGKILL)
             if not await self._wait_done(run, 5.0):
                 raise StopError(name, "stop", f"pid {run.identity.pid} survived SIGKILL for 5 s")
         await self._stragglers_gone(run)
+
+    async def _run_stop_command(self, run: _Running) -> None:
+        """Run the unit's ``stop_command`` (the unit's cwd and environment, ``MAINPID`` = its main pid, in a
+        session of its own) and wait for it up to ``stop_command_timeout_s``, then for the unit as long
+        again as is left; a command that fails, cannot start or overruns (its group is killed) is logged
+        and the signal path goes on. Never raises for the command."""
+        spec, name = run.spec, run.identity.unit
+        assert spec.stop_command is not None
+        cwd = (self.base_dir / spec.cwd).resolve() if spec.cwd else self.base_dir
+        env = dict(os.environ) if spec.inherit_env else {}
+        env.update(spec.env)
+        env["MAINPID"] = str(run.identity.pid)
+        bound = float(spec.stop_command_timeout_s)
+        t0 = self.clock.monotonic()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.stop_command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            log.warning("unit %s: stop_command %r could not start: %s", name, spec.stop_command[0], exc)
+            return
+        try:
+            _, err = await within(self.clock, proc.communicate(), bound)
+            if proc.returncode != 0:
+                tail = err.decode(errors="replace").strip().splitlines()[-1:] if err else []
+                log.warning("unit %s: stop_command exited with %s%s", name, proc.returncode,
+                            f": {tail[0]}" if tail else "")
+        except TimeoutError:
+            log.warning("unit %s: stop_command did not finish within %.1fs: killed", name, bound)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            return
+        left = bound - (self.clock.monotonic() - t0)
+        if left > 0:
+            await self._wait_done(run, left)  # the command asked: give the unit the rest to finish
 
     async def _stragglers_gone(self, run: _Running) -> None:
         """After a stop: wait until the unit's cgroup is empty (its stragglers were killed when the main
@@ -534,8 +587,20 @@ class ProcessBackend(Backend):
         except psutil.Error as exc:
             raise VisorError(run.identity.unit, "stats", str(exc)) from exc
 
-    def _signal_group(self, run: _Running, sig: signal.Signals) -> None:
-        """Signal the unit's process group, after checking through the pidfd that the leader is ours."""
+    def _signal_main(self, run: _Running, sig: signal.Signals) -> None:
+        """Signal the unit's main process alone, through its pidfd (never a recycled pid)."""
+        if run.done.done():
+            return
+        try:
+            signal.pidfd_send_signal(run.pidfd, sig)
+        except ProcessLookupError:
+            return
+        except OSError as exc:
+            raise IdentityError(run.identity.unit, f"signal {sig.name}", str(exc)) from exc
+
+    def _signal_group(self, run: _Running, sig: signal.Signals, *, cgroup: bool = True) -> None:
+        """Signal the unit's process group, after checking through the pidfd that the leader is ours,
+        and (``cgroup``) every other process in the unit's cgroup."""
         if run.done.done():
             return
         try:
@@ -553,7 +618,7 @@ class ProcessBackend(Backend):
         except PermissionError:
             # Not a group leader any more (setsid in the child?): signal the pinned process alone.
             signal.pidfd_send_signal(run.pidfd, sig)
-        if run.cgroup is not None:
+        if cgroup and run.cgroup is not None:
             # Those that left the group (setsid, double fork) are asked to stop too, as the group is.
             with contextlib.suppress(CgroupError):
                 for pid in run.cgroup.procs():
