@@ -43,6 +43,7 @@ __all__ = [
     "Config",
     "DegradeMode",
     "EscalateConfig",
+    "ExecProbe",
     "HttpInjector",
     "HttpProbe",
     "InjectorConfig",
@@ -194,6 +195,12 @@ class HttpProbe(_Model):
 
 
 class TcpProbe(_Model):
+    """A connection to ``host:port`` opens within ``timeout_s``; with ``send`` and/or ``expect`` (or
+    ``expect_regex``), a protocol check on it: ``send`` is written, and the answer must start with
+    ``expect`` (or match ``expect_regex``) within the same ``timeout_s`` (at most ``max_read_bytes``
+    read). Strings are sent as UTF-8 (TOML escapes: ``"PING\r\n"``). Redis: ``send = "PING\r\n"``,
+    ``expect = "+PONG"``."""
+
     kind: Literal["tcp"]
     name: str | None = None
     host: str = "127.0.0.1"
@@ -201,6 +208,23 @@ class TcpProbe(_Model):
     interval_s: float = Field(default=1.0, gt=0)
     timeout_s: float = Field(default=1.0, gt=0)
     fail_after: int = Field(default=3, ge=1)
+    send: str | None = None
+    expect: str | None = None
+    expect_regex: str | None = None
+    max_read_bytes: int = Field(default=4096, ge=1, le=1 << 20)
+
+    @field_validator("expect_regex")
+    @classmethod
+    def _regex(cls, pattern: str | None) -> str | None:
+        return _check_regex(pattern)
+
+    @model_validator(mode="after")
+    def _one_expectation(self) -> TcpProbe:
+        if self.expect is not None and self.expect_regex is not None:
+            raise ValueError("give at most one of 'expect' or 'expect_regex'")
+        if self.expect == "":
+            raise ValueError("'expect' is empty: leave it out to expect nothing")
+        return self
 
     @field_validator("host")
     @classmethod
@@ -208,6 +232,32 @@ class TcpProbe(_Model):
         if not _is_loopback(host):
             raise ValueError(f"{host!r}: enmei probes loopback only (127.0.0.0/8, ::1, localhost)")
         return host
+
+
+class ExecProbe(_Model):
+    """``kind = "exec"``: run ``command`` (argv, or a string split like a shell would, never through a
+    shell); ok when it exits with a code in ``expect_exit`` within ``timeout_s``. Its exit code, run
+    time and the first ``max_output_bytes`` of its output are the evidence. It runs in the unit's cgroup
+    when the unit has one (so it is stopped with the unit), else as a plain child of enmei; its cwd
+    and environment are the unit's when the unit is a process unit."""
+
+    kind: Literal["exec"]
+    name: str | None = None
+    command: list[str] = Field(min_length=1)
+    interval_s: float = Field(default=5.0, gt=0)
+    timeout_s: float = Field(default=2.0, gt=0)
+    expect_exit: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    max_output_bytes: int = Field(default=4096, ge=0, le=1 << 20)
+    fail_after: int = Field(default=3, ge=1)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            import shlex
+
+            return shlex.split(v)
+        return v
 
 
 class ProcessProbe(_Model):
@@ -230,15 +280,20 @@ class LogProbe(_Model):
     @field_validator("pattern")
     @classmethod
     def _regex(cls, pattern: str | None) -> str | None:
-        if pattern is not None:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"not a regular expression: {exc}") from exc
-        return pattern
+        return _check_regex(pattern)
 
 
-ProbeConfig = Annotated[HttpProbe | TcpProbe | ProcessProbe | LogProbe, Field(discriminator="kind")]
+def _check_regex(pattern: str | None) -> str | None:
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from exc
+    return pattern
+
+
+ProbeConfig = Annotated[HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe, Field(discriminator="kind")]
+ActiveProbe = (HttpProbe, TcpProbe, ExecProbe)  # probes that pass or fail (with a fail_after)
 
 
 class DegradeMode(_Model):
@@ -294,7 +349,7 @@ class KeysInjector(_Model):
 InjectorConfig = Annotated[HttpInjector | KeysInjector, Field(discriminator="kind")]
 
 
-def probe_name(probe: HttpProbe | TcpProbe | ProcessProbe | LogProbe) -> str:
+def probe_name(probe: HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe) -> str:
     """A probe's name: its ``name`` key, else derived from its kind (``http``, ``proc``...)."""
     if probe.name:
         return probe.name
@@ -397,7 +452,7 @@ class _UnitBase(_Model):
     def detector_context(self, unit: str) -> DetectorContext:
         """What a detector factory learns of this unit: its probes and injectors, as plain values."""
         probes = tuple(ProbeInfo(probe_name(p), p.kind,
-                                 p.fail_after if isinstance(p, (HttpProbe, TcpProbe)) else None)
+                                 p.fail_after if isinstance(p, ActiveProbe) else None)
                        for p in self.probes)
         injectors = tuple(InjectorInfo(i.name, i.kind, i.watch, i.max_reaction) if isinstance(i, KeysInjector)
                           else InjectorInfo(i.name, i.kind) for i in self.injectors)

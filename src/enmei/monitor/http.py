@@ -14,8 +14,10 @@ import contextlib
 from urllib.parse import urlsplit
 
 from enmei.clock import Clock
+from enmei.config.model import HttpProbe as HttpProbeConfig
 from enmei.model import Observation
 from enmei.monitor.base import Probe
+from enmei.monitor.registry import ProbeSite, register
 
 __all__ = ["HttpError", "HttpProbe", "http_get"]
 
@@ -86,3 +88,11 @@ class HttpProbe(Probe):
         latency = self.clock.monotonic() - t0
         ok = status in self.expect_status
         return self._obs(ok, {"latency_s": latency, "status": float(status)}, None if ok else f"status {status}", t0)
+
+
+def _make(site: ProbeSite, cfg: HttpProbeConfig) -> HttpProbe:
+    return HttpProbe(site.unit, site.name, cfg.interval_s, site.clock, url=cfg.url, timeout_s=cfg.timeout_s,
+                     expect_status=cfg.expect_status)
+
+
+register(HttpProbeConfig, _make)

@@ -19,8 +19,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from enmei.clock import Clock
+from enmei.config.model import LogProbe as LogProbeConfig
 from enmei.model import Observation
 from enmei.monitor.base import Probe
+from enmei.monitor.registry import ProbeSite, register
 
 __all__ = ["LogProbe"]
 
@@ -84,3 +86,11 @@ class LogProbe(Probe):
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(n)
+
+
+def _make(site: ProbeSite, cfg: LogProbeConfig) -> LogProbe:
+    return LogProbe(site.unit, site.name, cfg.interval_s, site.clock, path=site.backend.log_path(site.unit, cfg.stream),
+                    pattern=cfg.pattern)
+
+
+register(LogProbeConfig, _make)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enmei.clock import Clock
+from enmei.config.model import ProcessProbe
 from enmei.errors import VisorError
 from enmei.model import Observation
 from enmei.monitor.base import Probe
+from enmei.monitor.registry import ProbeSite, register
 from enmei.visor.base import Backend
 
 __all__ = ["StatsProbe"]
@@ -25,3 +27,10 @@ class StatsProbe(Probe):
         except VisorError as exc:
             return self._obs(False, {}, exc.cause, t0)
         return self._obs(True, values, None, t0)
+
+
+def _make(site: ProbeSite, cfg: ProcessProbe) -> StatsProbe:
+    return StatsProbe(site.unit, site.name, cfg.interval_s, site.clock, backend=site.backend)
+
+
+register(ProcessProbe, _make)
