@@ -117,8 +117,23 @@ def _view_of(d: Mapping[str, Any]) -> UnitView:
         restarts_in_window=int(d["restarts_in_window"]), budget=int(d["budget"]), window_s=float(d["window_s"]),
         next_delay_s=float(d["next_delay_s"]), escalate_retry_s=float(d["escalate_retry_s"]),
         rejuvenate_every_s=d.get("rejuvenate_every_s"), rejuvenate_window_s=float(d["rejuvenate_window_s"]),
-        stop_timeout_s=float(d["stop_timeout_s"]), capabilities=frozenset(d.get("capabilities") or ()),
+        stop_timeout_s=float(d["stop_timeout_s"]), capabilities=_recorded_capabilities(d),
     )
+
+
+def _recorded_capabilities(d: Mapping[str, Any]) -> frozenset[str]:
+    """The capabilities a recorded view had, in today's names.
+
+    Views journaled before ``reboot`` and ``phase_reboot`` were capabilities of their own name a ``qemu``
+    unit without them: then the reboots were allowed by backend name, a phase reboot where the unit had
+    snapshots. Without this, a replay of such a journal would refuse the VM reboots it recorded.
+    """
+    caps = set(d.get("capabilities") or ())
+    if d.get("backend") == "qemu" and not caps & {"reboot", "phase_reboot"}:
+        caps.add("reboot")
+        if "snapshot" in caps:
+            caps.add("phase_reboot")
+    return frozenset(caps)
 
 
 def _is_policy_decision(body: Mapping[str, Any]) -> bool:

@@ -93,3 +93,20 @@ async def test_replay_of_an_engine_journal_agrees_with_every_decision(tmp_path: 
     assert summary["decisions_original"] >= len(decided) > 10
     assert summary["decisions_matched"] == summary["decisions_original"] == summary["decisions_replayed"]
     assert summary["policy_errors"] == 0
+
+
+def test_views_recorded_before_the_reboot_capabilities_keep_their_vm_reboots() -> None:
+    """A VM view journaled when the reboots were allowed by backend name still allows them in a replay."""
+    from enmei.policy.replay import _view_of
+
+    base = {"name": "vm", "backend": "qemu", "state": "running", "health": "ok", "alive": True,
+            "restarts_in_window": 0, "budget": 3, "window_s": 60.0, "next_delay_s": 1.0,
+            "escalate_retry_s": 60.0, "rejuvenate_window_s": 60.0, "stop_timeout_s": 5.0}
+    old_vm = _view_of({**base, "capabilities": ["snapshot", "stats"]})
+    assert {"reboot", "phase_reboot"} <= old_vm.capabilities
+    no_snapshots = _view_of({**base, "capabilities": ["stats"]})
+    assert "reboot" in no_snapshots.capabilities and "phase_reboot" not in no_snapshots.capabilities
+    today = _view_of({**base, "capabilities": ["reboot", "stats"]})  # today's record: taken as it is
+    assert today.capabilities == {"reboot", "stats"}
+    process = _view_of({**base, "backend": "process", "capabilities": ["logs", "stats"]})
+    assert process.capabilities == {"logs", "stats"}
