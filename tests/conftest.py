@@ -2,14 +2,75 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
+from enmei.visor.cgroup import parse_cgroup2_mount, parse_own_cgroup
 from support.wait import SLOWNESS, scaled
 
 PYTHON = sys.executable
+
+
+def _enmei_cgroup_parent() -> Path | None:
+    """Where the supervisors that tests start make their ``enmei-<instance>`` cgroup trees (beneath ours)."""
+    try:
+        mount = parse_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
+        own = parse_own_cgroup(Path("/proc/self/cgroup").read_text())
+    except OSError:
+        return None
+    if mount is None or own is None:
+        return None
+    return Path(mount + own)
+
+
+def _enmei_trees(parent: Path) -> set[str]:
+    try:
+        return {p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("enmei-")}
+    except OSError:
+        return set()
+
+
+def _remove_if_empty(tree: Path) -> bool:
+    """rmdir a cgroup tree bottom-up; the kernel refuses (and we stop) where any process is still in it."""
+    for dirpath, dirnames, _ in os.walk(tree, topdown=False):
+        for d in dirnames:
+            try:
+                os.rmdir(Path(dirpath) / d)
+            except OSError:
+                return False
+    try:
+        os.rmdir(tree)
+    except OSError:
+        return False
+    return True
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    parent = _enmei_cgroup_parent()
+    session.config.stash[_TREES_BEFORE] = _enmei_trees(parent) if parent is not None else set()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A supervisor that a test ``kill -9``s leaves its (empty) cgroup tree behind, by design: crash-only, the
+    next supervisor on that state dir takes it over. Tests start no next one, so remove every empty tree
+    made during the run. Only in the process that ran the session (the xdist controller, once all workers
+    are done), so a tree in use by a running test is never touched; a tree with a process left in it is
+    kept and reported, as a leak of that test."""
+    if hasattr(session.config, "workerinput"):
+        return
+    parent = _enmei_cgroup_parent()
+    if parent is None:
+        return
+    before = session.config.stash.get(_TREES_BEFORE, set())
+    kept = [name for name in sorted(_enmei_trees(parent) - before) if not _remove_if_empty(parent / name)]
+    if kept:
+        sys.stderr.write(f"\nenmei tests: cgroup trees still holding processes: {kept} (under {parent})\n")
+
+
+_TREES_BEFORE = pytest.StashKey[set[str]]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:
