@@ -42,25 +42,29 @@ while True:
     time.sleep(1)
 '''
 
-# A main process and a child in its process group; each writes argv[1].NAME when it gets SIGTERM.
+# A main process and a child in its process group. The child blocks SIGTERM, so a SIGTERM sent to it stays
+# pending (ShdPnd), which the kernel marks before the kill returns: when the main process gets its own
+# SIGTERM it writes argv[1].main, and argv[1].child if the child's SIGTERM is pending — no race with the
+# kill of what is left once the main process exits.
 FAMILY = r'''
 import os, signal, sys, time
 out = sys.argv[1]
-def term(who):
-    def handler(signum, frame):
-        open(out + "." + who, "w").close()
-        if who == "main":
-            os._exit(0)
-    return handler
+r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
-    signal.signal(signal.SIGTERM, term("child"))
-    open(out + ".child-ready", "w").close()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    os.write(w, b"x")
     while True:
         time.sleep(1)
-signal.signal(signal.SIGTERM, term("main"))
-while not os.path.exists(out + ".child-ready"):
-    time.sleep(0.01)
+os.read(r, 1)
+def term(signum, frame):
+    with open(f"/proc/{pid}/status") as f:
+        pending = int(next(l for l in f if l.startswith("ShdPnd:")).split()[1], 16)
+    if pending & (1 << (signal.SIGTERM - 1)):
+        open(out + ".child", "w").close()
+    open(out + ".main", "w").close()
+    os._exit(0)
+signal.signal(signal.SIGTERM, term)
 open(out + ".ready", "w").close()
 while True:
     time.sleep(1)
