@@ -102,7 +102,13 @@ class VisorError(EnmeiError):
 
 
 class StartError(VisorError):
-    """The unit could not be started (missing command, port in use, died at once...)."""
+    """The unit could not be started (missing command, port in use, died at once...). ``config_error``:
+    the unit's own configuration refused the start (a failing ``pre_start``, a missing user), so a fast
+    retry cannot help; its ``cause`` then begins with ``config error:``."""
+
+    def __init__(self, unit: str, action: str, cause: str, *, config_error: bool = False) -> None:
+        self.config_error = config_error
+        super().__init__(unit, action, f"config error: {cause}" if config_error else cause)
 
 
 class StopError(VisorError):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from enmei.config.model import ProcessUnit
+from enmei.visor.identity import resolve
 
 __all__ = ["check_process_unit", "resolve_command"]
 
@@ -30,7 +31,8 @@ def resolve_command(exe: str, cwd: Path, env: Mapping[str, str], inherit: bool) 
 
 
 def check_process_unit(name: str, spec: Any, base_dir: Path) -> list[tuple[tuple[str, ...], str]]:
-    """A process unit's ``cwd`` is a directory and its command exists and is executable."""
+    """A process unit's ``cwd`` is a directory, its command exists and is executable, its ``pre_start`` and
+    ``stop_command`` exist, and its ``user``, ``group`` and ``groups`` exist on this machine."""
     if not isinstance(spec, ProcessUnit):
         return []
     out: list[tuple[tuple[str, ...], str]] = []
@@ -44,4 +46,16 @@ def check_process_unit(name: str, spec: Any, base_dir: Path) -> list[tuple[tuple
         out.append((("command",), f"command {exe!r} {why}"))
     elif not os.access(found, os.X_OK) or found.is_dir():
         out.append((("command",), f"command {str(found)!r} is not executable"))
+    helpers = [("pre_start", argv) for argv in spec.pre_start]
+    if spec.stop_command:
+        helpers.append(("stop_command", spec.stop_command))
+    for key, argv in helpers:
+        if resolve_command(argv[0], cwd, spec.env, spec.inherit_env) is None:
+            why = "does not exist" if "/" in argv[0] else "is not on PATH"
+            out.append(((key,), f"command {argv[0]!r} {why}"))
+    try:
+        resolve(spec.user, spec.group, spec.groups, spec.umask)
+    except LookupError as exc:
+        key, message = exc.args
+        out.append(((key,), message))
     return out

@@ -38,6 +38,7 @@ from pydantic import (
 
 from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
 from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
+from enmei.visor.identity import parse_umask
 
 __all__ = [
     "Config",
@@ -477,6 +478,53 @@ class ProcessUnit(_UnitBase):
     kill_mode: KillMode = "all"
     stop_command: list[str] | None = None
     stop_command_timeout_s: float = Field(default=10.0, gt=0)
+    # Identity (applied in the child before exec; names are checked against this machine by `enmei check`).
+    user: str | None = None
+    group: str | None = None
+    groups: list[str] | None = None  # supplementary; default: the user's own (never enmei's)
+    umask: int | None = None  # "027" or 0o027
+    # Commands run before each start (e.g. `nginx -t`), each within pre_start_timeout_s: a failure is a
+    # config error of the unit (its start fails, is journaled and alerted), not a crash.
+    pre_start: list[list[str]] = Field(default_factory=list)
+    pre_start_timeout_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("user", "group", mode="before")
+    @classmethod
+    def _id_name(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _id_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        return v
+
+    @field_validator("umask", mode="before")
+    @classmethod
+    def _umask(cls, v: Any) -> Any:
+        return None if v is None else parse_umask(v)
+
+    @field_validator("pre_start", mode="before")
+    @classmethod
+    def _commands(cls, v: Any) -> Any:
+        # One command (a string split like a shell, or an argv list of strings), or a list of argv lists.
+        import shlex
+
+        if isinstance(v, str):
+            v = [v]
+        elif isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return [v]
+        if isinstance(v, list):
+            return [shlex.split(c) if isinstance(c, str) else c for c in v]
+        return v
+
+    @field_validator("pre_start")
+    @classmethod
+    def _no_empty_command(cls, v: list[list[str]]) -> list[list[str]]:
+        if any(not c for c in v):
+            raise ValueError("an empty command")
+        return v
 
     @field_validator("command", "stop_command", mode="before")
     @classmethod

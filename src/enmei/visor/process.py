@@ -58,6 +58,7 @@ from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.capture import Capture, attach_existing, make_pipe
 from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
+from enmei.visor.identity import RunAs, launcher_prefix, popen_kwargs, resolve
 from enmei.visor.logs import rotate, tail_lines
 
 __all__ = ["ENV_MAIN_PID", "ENV_SUPERVISOR", "ENV_UNIT", "Launch", "ProcessBackend", "launcher_argv", "port_owner"]
@@ -109,6 +110,7 @@ class Launch:
 
     pass_fds: tuple[int, ...] = ()
     cgroup_procs: Path | None = None  # the unit's cgroup.procs, joined before the command runs
+    run_as: RunAs = field(default_factory=RunAs)  # who the command runs as (dropped to after the cgroup is joined)
 
 
 class ProcessBackend(Backend):
@@ -148,9 +150,12 @@ class ProcessBackend(Backend):
             raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
         for addr in spec.listen:
             _check_free(name, addr)
+        run_as = _run_as(name, spec)
         cwd = (self.base_dir / spec.cwd).resolve() if spec.cwd else self.base_dir
         env = dict(os.environ) if spec.inherit_env else {}
         env.update(spec.env)
+        for argv in spec.pre_start:
+            await self._pre_start(name, spec, argv, cwd, env, run_as)
         # Marks of origin, inherited by the whole group: a supervisor killed before it saved this
         # unit's identity finds it again by them (``recover``), instead of starting a duplicate.
         env[ENV_UNIT] = name
@@ -162,7 +167,8 @@ class ProcessBackend(Backend):
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
-        launch = Launch(pass_fds=(out_r, err_r), cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None)
+        launch = Launch(pass_fds=(out_r, err_r), cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None,
+                        run_as=run_as)
         try:
             pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w, launch)
         except BaseException:
@@ -384,6 +390,34 @@ class ProcessBackend(Backend):
                 raise StopError(name, "stop", f"pid {run.identity.pid} survived SIGKILL for 5 s")
         await self._stragglers_gone(run)
 
+    async def _pre_start(self, name: str, spec: ProcessUnit, argv: list[str], cwd: Path, env: dict[str, str],
+                         run_as: RunAs) -> None:
+        """Run one ``pre_start`` command as the unit would run (cwd, environment, identity) within
+        ``pre_start_timeout_s``; its failure (exit status, timeout — its group is then killed — or a
+        command that cannot start) is a ``StartError`` marked ``config_error``, with its last stderr line."""
+        bound = float(spec.pre_start_timeout_s)
+        shown = " ".join(argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs(run_as))
+        except OSError as exc:
+            raise StartError(name, "start", f"pre_start {shown!r} could not run: {exc}", config_error=True) from exc
+        try:
+            _, err = await within(self.clock, proc.communicate(), bound)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise StartError(name, "start", f"pre_start {shown!r} did not finish within {bound:g}s",
+                             config_error=True) from None
+        rc = proc.returncode or 0
+        if rc != 0:
+            lines = err.decode(errors="replace").strip().splitlines() if err else []
+            said = f": {lines[-1][:300]}" if lines else ""
+            how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+            raise StartError(name, "start", f"pre_start {shown!r} {how}{said}", config_error=True)
+
     async def _run_stop_command(self, run: _Running) -> None:
         """Run the unit's ``stop_command`` (the unit's cwd and environment, ``MAINPID`` = its main pid, in a
         session of its own) and wait for it up to ``stop_command_timeout_s``, then for the unit as long
@@ -400,8 +434,8 @@ class ProcessBackend(Backend):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.stop_command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
+                stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs(_run_as(name, spec)))
+        except (OSError, StartError) as exc:
             log.warning("unit %s: stop_command %r could not start: %s", name, spec.stop_command[0], exc)
             return
         try:
@@ -512,11 +546,18 @@ class ProcessBackend(Backend):
         """Start the command in a new session, through the launcher (cgroup, main mark); returns (pid,
         popen, pidfd, psutil handle, create time)."""
         _check_command(name, spec.command[0], cwd, env)
+        # The launcher joins the cgroup with enmei's rights, then drops to the unit's identity (setpriv)
+        # and execs the command: the umask is set before the launcher runs.
+        try:
+            prefix = launcher_prefix(launch.run_as)
+        except FileNotFoundError as exc:
+            raise StartError(name, "start", str(exc)) from exc
+        umask = launch.run_as.umask
         try:
             popen = subprocess.Popen(
-                launcher_argv(list(spec.command), launch.cgroup_procs), cwd=cwd, env=env,
+                launcher_argv([*prefix, *spec.command], launch.cgroup_procs), cwd=cwd, env=env,
                 stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
-                pass_fds=launch.pass_fds,
+                pass_fds=launch.pass_fds, umask=-1 if umask is None else umask,
             )
         except FileNotFoundError as exc:
             raise StartError(name, "start", f"command {spec.command[0]!r} not found ({exc.strerror})") from exc
@@ -643,6 +684,15 @@ def process_stats(proc: psutil.Process) -> dict[str, float]:
         except (psutil.AccessDenied, AttributeError):
             pass
     return out
+
+
+def _run_as(name: str, spec: ProcessUnit) -> RunAs:
+    """The unit's identity in numbers; a user or group missing on this machine is a config error."""
+    try:
+        return resolve(spec.user, spec.group, spec.groups, spec.umask)
+    except LookupError as exc:
+        key, message = exc.args
+        raise StartError(name, "start", f"{key}: {message}", config_error=True) from None
 
 
 def _check_command(name: str, prog: str, cwd: Path, env: dict[str, str]) -> None:
