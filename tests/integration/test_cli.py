@@ -80,6 +80,17 @@ def test_box_tail_show_export(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no record 99" in missing.stderr
 
 
+def test_box_stats_counts_records_by_kind_and_unit(tmp_path: Path) -> None:
+    path = _journal(tmp_path)
+    with Journal(path) as j:
+        j.append("alert", None, {"message": "x"})
+        j.flush()
+    r = enmei("box", "stats", "-j", str(path))
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if "alert" in line or "unit.state" in line]
+    assert [[c for c in row if c not in "│┃|"] for row in rows] == [["alert", "-", "1"], ["unit.state", "web", "30"]]
+
+
 def test_box_on_a_missing_journal_is_a_clear_error(tmp_path: Path) -> None:
     r = enmei("box", "verify", "-j", str(tmp_path / "none.sqlite"))
     assert r.returncode == 5 and "no journal here" in r.stderr

@@ -160,8 +160,8 @@ class _Run:
 
     def check_durable(self) -> None:
         with Reader(self.journal) as r:
-            rows = dict(r.conn.execute("SELECT seq, hash FROM records"))
-        lost = sum(1 for seq, h in self.durable.items() if bytes(rows.get(seq, b"")) != h)
+            rows = r.hashes()
+        lost = sum(1 for seq, h in self.durable.items() if rows.get(seq, b"") != h)
         if lost:
             self.notes.append(f"{lost} durable records missing or changed")
         self.counts["lost_records"] += lost
@@ -247,9 +247,7 @@ class _Run:
 
     def check_remedies(self) -> None:
         with Reader(self.journal) as r:
-            rows = r.conn.execute(
-                "SELECT json_extract(body, '$.decision_seq'), COUNT(*) FROM records WHERE kind = 'remedy.start'"
-                " GROUP BY 1 HAVING COUNT(*) > 1").fetchall()
+            rows = r.repeated_remedy_starts()
         for decision, n in rows:
             self.counts["duplicate_remedies"] += n - 1
             self.notes.append(f"decision {decision} started {n} remedies")

@@ -214,8 +214,7 @@ def export(
 def stats(journal: JournalOpt = None, config: ConfigOpt = None) -> None:
     """Counts of records by kind and unit."""
     with _open(journal, config) as r:
-        rows = r.conn.execute("SELECT kind, unit, COUNT(*) FROM records GROUP BY kind, unit ORDER BY kind, unit")
         t = Table("kind", "unit", "records")
-        for kind, unit, n in rows:
+        for kind, unit, n in r.counts_by_kind_unit():
             t.add_row(kind, unit or "-", str(n))
         console.print(t)

@@ -45,11 +45,7 @@ def records_between(reader: Reader, since: float, until: float | None = None, *,
 
 def units_between(reader: Reader, since: float, until: float) -> list[str]:
     """The units with records or samples in the window, sorted."""
-    rows = reader.conn.execute(
-        "SELECT DISTINCT unit FROM records WHERE wall_ns >= ? AND wall_ns <= ? AND unit != ''"
-        " UNION SELECT DISTINCT unit FROM samples WHERE wall >= ? AND wall <= ?",
-        (int(since * 1e9), int(until * 1e9), since, until)).fetchall()
-    return sorted(str(r[0]) for r in rows)
+    return reader.units_between(since, until)
 
 
 def fetcher(reader: Reader) -> Callable[[int], Rec | None]:
@@ -104,22 +100,16 @@ def metric_points(reader: Reader, unit: str, metric: str, since: float, until: f
     ``max_points / 2`` equal time buckets (each drawn at its bucket's mean time), so a long window costs
     a bounded answer and keeps its spikes.
     """
-    where = "FROM samples WHERE unit = ? AND metric = ? AND wall >= ? AND wall <= ?"
-    args = (unit, metric, since, until)
-    (n,) = reader.conn.execute(f"SELECT COUNT(*) {where}", args).fetchone()
+    n = reader.sample_count(unit, metric, since, until)
     if n and n <= max_points:
-        rows = reader.conn.execute(f"SELECT wall, value {where} ORDER BY wall", args).fetchall()
-        return [(float(w), float(v)) for w, v in rows]
+        return reader.samples_between(unit, metric, since, until)
     if n:
         step = max((until - since) / max(1, max_points // 2), 1e-6)
-        rows = reader.conn.execute(
-            f"SELECT AVG(wall), MIN(value), MAX(value) {where} GROUP BY CAST((wall - ?) / ? AS INTEGER)"
-            " ORDER BY 1", (*args, since, step)).fetchall()
         out: list[tuple[float, float]] = []
-        for w, lo, hi in rows:
-            out.append((float(w), float(lo)))
+        for w, lo, hi in reader.sample_buckets(unit, metric, since, until, step):
+            out.append((w, lo))
             if hi != lo:
-                out.append((float(w), float(hi)))
+                out.append((w, hi))
         return out
     pts: list[tuple[float, float]] = []
     for r in records_between(reader, since, until, kinds=["samples"], unit=unit):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from pathlib import Path
 import jinja2
 
 from enmei.box import Reader, VerifyResult
-from enmei.errors import BoxError
 from enmei.report.charts import plotly_js_path, when
 from enmei.report.data import fetcher, markers, records_between, unit_figures, units_between
 from enmei.report.incidents import CHAIN_KINDS, Incident, build_incidents
@@ -73,18 +71,16 @@ def build_report(journal: Path, since: float, until: float | None = None, *, che
     checked".
     """
     until = time.time() if until is None else until
-    try:
-        with Reader(journal) as reader:
-            recs = records_between(reader, since, until, kinds=CHAIN_KINDS)
-            incidents = build_incidents(recs, fetch=fetcher(reader))
-            units = units_between(reader, since, until)
-            chain = [r for r in recs if r.kind in ("verdict", "remedy.start", "remedy.outcome")]
-            marks = markers(chain)
-            figures = {u: unit_figures(reader, u, since, until, chain=[r for r in chain if r.unit == u],
-                                       height=260, max_points=max_points) for u in units}
-            count, last_seq = reader.count(), reader.last_seq()
-    except sqlite3.DatabaseError as exc:
-        raise BoxError(f"{journal}: cannot read the journal: {exc}") from exc
+    # The Reader raises BoxError ("cannot read the journal") on a damaged file: no SQLite error escapes.
+    with Reader(journal) as reader:
+        recs = records_between(reader, since, until, kinds=CHAIN_KINDS)
+        incidents = build_incidents(recs, fetch=fetcher(reader))
+        units = units_between(reader, since, until)
+        chain = [r for r in recs if r.kind in ("verdict", "remedy.start", "remedy.outcome")]
+        marks = markers(chain)
+        figures = {u: unit_figures(reader, u, since, until, chain=[r for r in chain if r.unit == u],
+                                   height=260, max_points=max_points) for u in units}
+        count, last_seq = reader.count(), reader.last_seq()
     return _env.get_template("report.html").render(
         journal=str(journal), since=since, until=until, generated=time.time(), count=count, last_seq=last_seq,
         verify=check, incidents=list(reversed(incidents)), summary=summarise(incidents), units=units,

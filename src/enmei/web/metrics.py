@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import sqlite3
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,7 +40,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from enmei.box.store import connect
+from enmei.box import Reader
+from enmei.errors import BoxError
 from enmei.model import Health, UnitState
 from enmei.policy.base import UnitView
 
@@ -104,27 +104,22 @@ class Tally:
 
 
 def seed_tally(journal: Path, up_to_seq: int) -> Tally:
-    """A tally of the records from this supervisor's last start up to ``up_to_seq`` (runs SQL; a thread)."""
+    """A tally of the records from this supervisor's last start up to ``up_to_seq`` (reads the journal; a thread).
+
+    Raises ``BoxError`` when the journal cannot be read.
+    """
     import json
 
     t = Tally()
-    conn = connect(journal, readonly=True)
-    try:
-        row = conn.execute("SELECT MAX(seq) FROM records WHERE kind = 'supervisor' AND seq <= ? AND "
-                           "json_extract(body, '$.event') = 'started'", (up_to_seq,)).fetchone()
-        first = int(row[0] or 1)
-        for kind, unit, body in conn.execute(
-                "SELECT kind, unit, body FROM records WHERE seq >= ? AND seq <= ? AND (kind IN "
-                "('verdict', 'decision', 'remedy.outcome', 'alert') OR (kind = 'unit.event' AND "
-                "json_extract(body, '$.event') = 'log_flood')) ORDER BY seq", (first, up_to_seq)):
+    with Reader(journal) as reader:
+        first = reader.last_start_seq(up_to_seq) or 1
+        for kind, unit, body in reader.counted_records(first, up_to_seq):
             try:
                 data = json.loads(body)
             except ValueError:
                 continue
             if isinstance(data, dict):
                 t.add(kind, unit, data)
-    finally:
-        conn.close()
     t.after_seq = up_to_seq
     return t
 
@@ -263,24 +258,26 @@ def journal_size(path: Path) -> int:
 
 
 def latest_samples(journal: Path, probes: Mapping[str, list[str]]) -> dict[tuple[str, str], float]:
-    """The newest ``<probe>.latency_s`` and ``<probe>.ok`` sample of each unit's probes (index seeks)."""
+    """The newest ``<probe>.latency_s`` and ``<probe>.ok`` sample of each unit's probes (index seeks).
+
+    No journal yet, or one that cannot be read: what was read so far (a scrape never fails on it).
+    """
     out: dict[tuple[str, str], float] = {}
     try:
-        conn = connect(journal, readonly=True)
+        reader = Reader(journal)
     except Exception:  # no journal file yet: no samples
         return out
     try:
         for unit, names in probes.items():
             for probe in names:
                 for metric in (f"{probe}.latency_s", f"{probe}.ok"):
-                    row = conn.execute("SELECT value FROM samples WHERE unit = ? AND metric = ? "
-                                       "ORDER BY wall DESC LIMIT 1", (unit, metric)).fetchone()
-                    if row is not None:
-                        out[(unit, metric)] = float(row[0])
-    except sqlite3.DatabaseError:
+                    value = reader.latest_sample(unit, metric)
+                    if value is not None:
+                        out[(unit, metric)] = value
+    except BoxError:
         pass
     finally:
-        conn.close()
+        reader.close()
     return out
 
 
