@@ -174,6 +174,9 @@ class DetectConfig(_Model):
         return v
 
 
+ProbeRole = Literal["liveness", "readiness"]
+
+
 class HttpProbe(_Model):
     kind: Literal["http"]
     name: str | None = None
@@ -182,6 +185,9 @@ class HttpProbe(_Model):
     timeout_s: float = Field(default=1.0, gt=0)
     expect_status: list[int] = Field(default_factory=lambda: [200])
     fail_after: int = Field(default=3, ge=1)  # consecutive failures before a verdict
+    # liveness: failures are a probe_failed verdict (a restart); readiness: failures only make the unit
+    # DEGRADED (no verdict, no restart), passes make it OK again.
+    role: ProbeRole = "liveness"
 
     @field_validator("url")
     @classmethod
@@ -210,6 +216,9 @@ class TcpProbe(_Model):
     timeout_s: float = Field(default=1.0, gt=0)
     fail_after: int = Field(default=3, ge=1)
     send: str | None = None
+    # liveness: failures are a probe_failed verdict (a restart); readiness: failures only make the unit
+    # DEGRADED (no verdict, no restart), passes make it OK again.
+    role: ProbeRole = "liveness"
     expect: str | None = None
     expect_regex: str | None = None
     max_read_bytes: int = Field(default=4096, ge=1, le=1 << 20)
@@ -249,6 +258,9 @@ class ExecProbe(_Model):
     timeout_s: float = Field(default=2.0, gt=0)
     expect_exit: list[int] = Field(default_factory=lambda: [0], min_length=1)
     max_output_bytes: int = Field(default=4096, ge=0, le=1 << 20)
+    # liveness: failures are a probe_failed verdict (a restart); readiness: failures only make the unit
+    # DEGRADED (no verdict, no restart), passes make it OK again.
+    role: ProbeRole = "liveness"
     fail_after: int = Field(default=3, ge=1)
 
     @field_validator("command", mode="before")
@@ -402,6 +414,16 @@ class _UnitBase(_Model):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     degrade: dict[str, DegradeMode] = Field(default_factory=dict)
     injectors: list[InjectorConfig] = Field(default_factory=list)
+    # Start-up (at most one condition; none: started once up for start_s). Until the condition holds the
+    # unit stays STARTING: its probes run but are not judged (liveness failures do not restart it); not
+    # met within startup_timeout_s, the instance is stopped and the start has failed (the policy restarts
+    # it with backoff). startup_probe: the first pass of that probe; startup_log: a line matching the regex
+    # on startup_log_stream; startup_notify: READY=1 on the NOTIFY_SOCKET enmei gives the unit (sd_notify).
+    startup_probe: str | None = None
+    startup_log: str | None = None
+    startup_log_stream: Literal["stdout", "stderr"] = "stderr"
+    startup_notify: bool = False
+    startup_timeout_s: float = Field(default=60.0, gt=0)
     # [[units.NAME.detectors]]: each entry validated by the options model its `kind` registered
     # (enmei.detect.registry); an entry replaces the default detector of its name, others add to them.
     detectors: list[DetectorOptions] = Field(default_factory=list)
@@ -419,6 +441,40 @@ class _UnitBase(_Model):
     @classmethod
     def _detectors(cls, v: Any) -> Any:
         return validate_entries(v)
+
+    @field_validator("startup_log")
+    @classmethod
+    def _startup_regex(cls, pattern: str | None) -> str | None:
+        return _check_regex(pattern)
+
+    @model_validator(mode="after")
+    def _startup(self) -> _UnitBase:
+        given = [k for k in ("startup_probe", "startup_log") if getattr(self, k) is not None]
+        given += ["startup_notify"] if self.startup_notify else []
+        if len(given) > 1:
+            raise ValueError(f"give at most one start-up condition, not {' and '.join(given)}")
+        if self.startup_probe is not None and self.startup_probe not in {probe_name(p) for p in self.probes}:
+            names = ", ".join(probe_name(p) for p in self.probes) or "none"
+            raise ValueError(f"startup_probe = {self.startup_probe!r} names no probe of this unit "
+                             f"(its probes: {names})")
+        if self.startup_notify and "env" not in type(self).model_fields:
+            raise ValueError(f"startup_notify needs a unit that gets an environment; {self.backend} units do not")
+        return self
+
+    def startup_condition(self) -> str | None:
+        """The start-up condition, described (``"probe pg"``, ``"log line /ready/"``, ``"READY=1"``), or None."""
+        if self.startup_probe is not None:
+            return f"probe {self.startup_probe}"
+        if self.startup_log is not None:
+            return f"a {self.startup_log_stream} line matching /{self.startup_log}/"
+        return "READY=1 on NOTIFY_SOCKET" if self.startup_notify else None
+
+    def start_bound_s(self) -> float:
+        """The longest a start may take before it holds: ``start_s``, and with a start-up condition its
+        ``startup_timeout_s`` plus the stop of an instance that never completed its start-up."""
+        if self.startup_condition() is None:
+            return self.start_s
+        return self.start_s + self.startup_timeout_s + self.stop_bound_s()
 
     @model_validator(mode="after")
     def _unique_probe_names(self) -> _UnitBase:
@@ -453,7 +509,8 @@ class _UnitBase(_Model):
     def detector_context(self, unit: str) -> DetectorContext:
         """What a detector factory learns of this unit: its probes and injectors, as plain values."""
         probes = tuple(ProbeInfo(probe_name(p), p.kind,
-                                 p.fail_after if isinstance(p, ActiveProbe) else None)
+                                 p.fail_after if isinstance(p, ActiveProbe) else None,
+                                 p.role if isinstance(p, ActiveProbe) else "liveness")
                        for p in self.probes)
         injectors = tuple(InjectorInfo(i.name, i.kind, i.watch, i.max_reaction) if isinstance(i, KeysInjector)
                           else InjectorInfo(i.name, i.kind) for i in self.injectors)

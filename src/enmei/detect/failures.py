@@ -71,17 +71,27 @@ class ProbeFailureDetector:
     """The unit detector over its active probes and injectors: one :class:`ProbeFailures` streak each.
 
     Verdicts: PROBE_FAILED / PROBE_RECOVERED as :class:`ProbeFailures` gives them. Health, per probe:
-    FAILING once its streak fired, DEGRADED on a failure before that, OK on a pass. Observations of other
+    FAILING once its streak fired, DEGRADED on a failure before that, OK on a pass; a readiness probe
+    gives DEGRADED while it fails and no verdict. Observations of other
     probes (resource stats, logs) are not its business. ``reset()`` forgets every streak.
     """
 
-    def __init__(self, unit: str, fail_after: Mapping[str, int], name: str = "probe_failures") -> None:
+    def __init__(self, unit: str, fail_after: Mapping[str, int], name: str = "probe_failures",
+                 readiness: frozenset[str] = frozenset()) -> None:
+        """``readiness``: probes whose failures only degrade the health (DEGRADED while failing, OK on a
+        pass), never a verdict: a unit that is up but not ready to serve is not restarted for it."""
         self.kind = "probe_failures"
         self.name = name
         self.unit = unit
-        self.trackers = {p: ProbeFailures(unit, p, n) for p, n in fail_after.items()}
+        self.trackers = {p: ProbeFailures(unit, p, n) for p, n in fail_after.items() if p not in readiness}
+        self.readiness = readiness
 
     def feed(self, obs: Observation) -> Judgement:
+        if obs.probe in self.readiness:
+            if obs.ok:
+                return Judgement((), (HealthReport(obs.probe, Health.OK, f"probe {obs.probe} passes"),))
+            return Judgement((), (HealthReport(obs.probe, Health.DEGRADED,
+                                               f"not ready: readiness probe {obs.probe}: {obs.error}"),))
         tracker = self.trackers.get(obs.probe)
         if tracker is None:
             return NOTHING
@@ -113,7 +123,8 @@ def _build(ctx: DetectorContext, opts: ProbeFailureOptions) -> ProbeFailureDetec
             counts[p.name] = opts.fail_after or p.fail_after
     for inj in ctx.injectors:  # one failed injection (no answer, a refused keystroke) is a verdict
         counts[inj.name] = opts.fail_after or 1
-    return ProbeFailureDetector(ctx.unit, counts, opts.detector_name)
+    readiness = frozenset(p.name for p in ctx.probes if p.role == "readiness")
+    return ProbeFailureDetector(ctx.unit, counts, opts.detector_name, readiness)
 
 
 register("probe_failures", ProbeFailureOptions, _build)

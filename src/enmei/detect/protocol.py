@@ -81,6 +81,7 @@ class ProbeInfo:
     name: str
     kind: str
     fail_after: int | None = None
+    role: str = "liveness"  # "readiness": its failures degrade the unit's health, never a verdict
 
 
 @dataclass(frozen=True, slots=True)

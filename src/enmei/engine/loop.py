@@ -218,7 +218,8 @@ class Engine:
         for name, spec in self.config.units.items():
             backend = self.backend(spec.backend)
             unit = UnitRuntime(name, spec, backend, self.clock, record=self.record, alert=self.alert,
-                               identity_changed=self._identity_changed, on_fresh=self._fresh_instance)
+                               identity_changed=self._identity_changed, on_fresh=self._fresh_instance,
+                               notify_dir=self.state_dir / "notify")
             self.units[name] = unit
             self.probes[name] = make_probes(name, spec, backend, self.clock)
             self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
@@ -343,6 +344,8 @@ class Engine:
         rows.append((obs.unit, f"{obs.probe}.ok", wall, 1.0 if obs.ok else 0.0))
         self.journal.add_samples(rows)
         unit.observe_load(obs.mono, obs.values)
+        if unit.state is UnitState.STARTING and obs.ok:
+            unit.probe_passed(obs.probe, obs.mono)  # the start-up probe's pass completes the start-up
         if unit.state is not UnitState.RUNNING or unit.remedy is not None:
             return  # a unit starting or under repair is not judged
         detectors = self.judges.get(obs.unit)
@@ -673,6 +676,9 @@ class Engine:
             for probe in probes:
                 with contextlib.suppress(Exception):
                     await probe.aclose()
+        for unit in self.units.values():
+            with contextlib.suppress(Exception):
+                unit.close_startup()
         for backend in self._backends.values():
             with contextlib.suppress(Exception):
                 await backend.close()

@@ -17,14 +17,17 @@ state)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from enmei.clock import Clock, within
 from enmei.config.model import UnitBase
-from enmei.errors import StartError, StateError
+from enmei.errors import StartError, StateError, StopError
 from enmei.model import Health, RecordKind, Severity, UnitState, describe_exit
+from enmei.monitor.startup import LogLineWatch, NotifySocket, belongs_to
 from enmei.policy.base import UnitView
 from enmei.remedy.budget import RestartBudget
 from enmei.visor.base import Backend, Identity
@@ -57,9 +60,10 @@ class UnitRuntime:
 
     def __init__(self, name: str, spec: UnitBase, backend: Backend, clock: Clock, *, record: RecordFn,
                  alert: AlertFn, identity_changed: Callable[[str, Identity | None], None],
-                 on_fresh: Callable[[str], None] | None = None) -> None:
+                 on_fresh: Callable[[str], None] | None = None, notify_dir: Path | None = None) -> None:
         """``on_fresh(name)`` is called whenever a new instance begins (a start, a restored guest): the
-        engine resets the unit's detectors there."""
+        engine resets the unit's detectors there. ``notify_dir``: where the notify sockets of units with
+        ``startup_notify`` are made (the state dir's ``notify``)."""
         self.name = name
         self._spec = spec
         self.backend = backend
@@ -76,6 +80,11 @@ class UnitRuntime:
         self.remedy: RemedyRun | None = None
         self._exit: asyncio.Future[Mapping[str, Any]] | None = None
         self.load: dict[str, deque[tuple[float, float]]] = {}
+        self._notify_dir = notify_dir
+        self._ready = asyncio.Event()
+        self._log_watch: LogLineWatch | None = None
+        self._notify: NotifySocket | None = None
+        self._notify_refused = False
         self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
                                     spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
 
@@ -134,15 +143,112 @@ class UnitRuntime:
         if self._on_fresh is not None:
             self._on_fresh(self.name)  # the detectors forget the old instance (streaks, trends)
         self.set_health(Health.UNKNOWN, "new instance")
+        spec = self._prepare_startup()
         try:
-            identity = await self.backend.start(self.name, self._spec)
+            identity = await self.backend.start(self.name, spec)
         except StartError as exc:
+            self.close_startup()
             self._record(RecordKind.UNIT_EVENT, self.name, {"event": "start_failed", "cause": exc.cause})
             self.set_state(UnitState.EXITED, f"start failed: {exc.cause}")
             if not self._exit.done():
                 self._exit.set_result({"start_failed": exc.cause})
             raise
         self._identity_changed(self.name, identity)
+        if self._notify is not None:
+            self._notify.recheck()  # a READY=1 that came before the backend named the instance
+
+    # -- start-up ----------------------------------------------------------------------------------
+
+    def _prepare_startup(self) -> UnitBase:
+        """Arm the unit's start-up condition for the instance about to start; the spec to start it with
+        (with ``NOTIFY_SOCKET`` in its environment for ``startup_notify``)."""
+        self.close_startup()
+        self._ready = asyncio.Event()
+        self._notify_refused = False
+        spec = self._spec
+        if spec.startup_log is not None:
+            path = self.backend.log_path(self.name, spec.startup_log_stream)
+            if path is not None:
+                self._log_watch = LogLineWatch(path, spec.startup_log, LogLineWatch.size(path))
+        if spec.startup_notify and self._notify_dir is not None:
+            try:
+                self._notify = NotifySocket(self._notify_dir, self.name, accept=self._notify_accept,
+                                            on_ready=lambda pid: self.mark_ready(f"READY=1 from pid {pid}"),
+                                            on_refused=self._notify_refuse)
+            except OSError as exc:
+                raise StartError(self.name, "start", f"cannot make its notify socket: {exc}") from exc
+            self._notify.start()
+            env = {**getattr(spec, "env", {}), "NOTIFY_SOCKET": self._notify.address}
+            spec = spec.model_copy(update={"env": env})
+        return spec
+
+    def _notify_accept(self, pid: int) -> bool | None:
+        ident = self.backend.identity(self.name)
+        if ident is None:
+            return None
+        cgroup = ident.extra.get("cgroup")
+        return belongs_to(pid, ident.pid, cgroup if isinstance(cgroup, str) else None)
+
+    def _notify_refuse(self, pid: int) -> None:
+        if not self._notify_refused:
+            self._notify_refused = True
+            self._record(RecordKind.UNIT_EVENT, self.name, {
+                "event": "notify_refused", "pid": pid,
+                "cause": "READY=1 from a process that is not the unit's (main process, session, cgroup)"})
+
+    def close_startup(self) -> None:
+        """Release what the start-up condition holds (the notify socket)."""
+        self._log_watch = None
+        if self._notify is not None:
+            self._notify.close()
+            self._notify = None
+
+    def mark_ready(self, by: str) -> None:
+        """The start-up condition holds (``by`` says how); only while STARTING, once per instance."""
+        if self._state is not UnitState.STARTING or self._ready.is_set():
+            return
+        self._ready.set()
+        since = self.started_mono if self.started_mono is not None else self.clock.monotonic()
+        self._record(RecordKind.UNIT_EVENT, self.name, {
+            "event": "ready", "by": by, "after_s": round(self.clock.monotonic() - since, 3)})
+
+    def probe_passed(self, probe: str, mono: float) -> None:
+        """A probe passed (the engine calls this while the unit is STARTING): the start-up probe's
+        first pass of this instance completes the start-up."""
+        if probe == self._spec.startup_probe and self.started_mono is not None and mono >= self.started_mono:
+            self.mark_ready(f"probe {probe} passed")
+
+    async def _await_startup(self, fut: asyncio.Future[Mapping[str, Any]]) -> str | None:
+        """Wait for the start-up condition, the instance's end, or ``startup_timeout_s`` (from the start).
+        None once ready; else why not (an instance that never completed its start-up is stopped)."""
+        spec = self._spec
+        since = self.started_mono if self.started_mono is not None else self.clock.monotonic()
+        deadline = since + spec.startup_timeout_s
+        while not self._ready.is_set() and not fut.done():
+            if self._log_watch is not None and (line := self._log_watch.check()) is not None:
+                self.mark_ready(f"log line {line[:200]!r}")
+                break
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                break
+            gate = asyncio.ensure_future(self._ready.wait())
+            try:
+                step = min(left, 0.1) if self._log_watch is not None else left
+                with contextlib.suppress(TimeoutError):
+                    waiters: set[asyncio.Future[Any]] = {gate, asyncio.shield(fut)}
+                    await within(self.clock, asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED), step)
+            finally:
+                gate.cancel()
+        if fut.done() or self._ready.is_set():
+            return None
+        why = f"start-up not complete within startup_timeout_s = {spec.startup_timeout_s:g}s " \
+              f"(waiting for {spec.startup_condition()})"
+        self._record(RecordKind.UNIT_EVENT, self.name, {"event": "startup_timeout", "cause": why})
+        try:
+            await self.stop()
+        except StopError as exc:
+            return f"{why}; could not stop it: {exc.cause}"
+        return f"{why}; stopped"
 
     async def stop(self, timeout_s: float | None = None) -> None:
         if not self.alive():
@@ -153,6 +259,7 @@ class UnitRuntime:
         await self.backend.stop(self.name, timeout_s=self._spec.stop_timeout_s if timeout_s is None else timeout_s)
         if self._state is UnitState.STOPPING:
             self.set_state(UnitState.STOPPED, "stopped")
+        self.close_startup()
         self._identity_changed(self.name, None)
 
     async def wait_stable(self, start_s: float | None = None) -> str | None:
@@ -164,6 +271,15 @@ class UnitRuntime:
             detail = await within(self.clock, asyncio.shield(fut), hold) if hold > 0 else None
         except TimeoutError:
             detail = None
+        ready = ""
+        if detail is None and not fut.done() and self._state is UnitState.STARTING \
+                and self._spec.startup_condition() is not None:
+            # Until the start-up condition holds the unit stays STARTING: its probes run, and are not
+            # judged (a database in crash recovery is not restarted for failing its liveness probe).
+            problem = await self._await_startup(fut)
+            if problem is not None:
+                return problem
+            ready = f"; start-up complete ({self._spec.startup_condition()})"
         if detail is None and fut.done():
             detail = fut.result()
         if detail is not None:
@@ -173,7 +289,7 @@ class UnitRuntime:
         if not self.alive():
             return "not running after start"
         if self._state is UnitState.STARTING:
-            self.set_state(UnitState.RUNNING, f"up for {hold:g}s")
+            self.set_state(UnitState.RUNNING, f"up for {hold:g}s{ready}")
         return None
 
     def fresh_instance(self, health: Health = Health.UNKNOWN) -> None:
@@ -201,6 +317,7 @@ class UnitRuntime:
         if self._exit is not None and not self._exit.done():
             self._exit.set_result(detail)
         self.set_health(Health.UNKNOWN, "not running")
+        self.close_startup()
         self._identity_changed(self.name, None)
 
     def adopted(self, identity: Identity) -> None:

@@ -49,7 +49,7 @@ class Rejuvenate(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         window = float(args.get("window_s", spec.rejuvenate.window_s))
-        return window + float(spec.stop_bound_s() + spec.start_s + spec.restart.deadline_s)
+        return window + float(spec.stop_bound_s() + spec.start_bound_s() + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         spec = unit.spec

@@ -43,7 +43,7 @@ class Restart(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         delay = float(args.get("delay_s", 0.0))
-        return delay + float(spec.stop_bound_s() + spec.start_s + spec.restart.deadline_s)
+        return delay + float(spec.stop_bound_s() + spec.start_bound_s() + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         delay = float(args.get("delay_s", 0.0))
@@ -64,7 +64,7 @@ class Start(Remedy):
     description: ClassVar[str] = "start a unit that is not running"
 
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
-        return float(unit.spec.start_s + unit.spec.restart.deadline_s)
+        return float(unit.spec.start_bound_s() + unit.spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         if unit.alive():
@@ -103,7 +103,7 @@ class Escalate(Remedy):
     def deadline_s(self, unit: UnitControl, args: Mapping[str, Any]) -> float:
         spec = unit.spec
         retry = float(args.get("retry_in_s", spec.escalate.retry_every_s))
-        return retry + float(spec.stop_bound_s() + spec.start_s + spec.restart.deadline_s)
+        return retry + float(spec.stop_bound_s() + spec.start_bound_s() + spec.restart.deadline_s)
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         spec = unit.spec
