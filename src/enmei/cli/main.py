@@ -142,6 +142,9 @@ def up(
 
     console.print(f"enmei {__version__}: supervising {', '.join(loaded.config.units) or 'nothing'}; "
                   f"journal {loaded.journal_path}; Ctrl-C to stop", highlight=False)
+    from enmei.visor.reaper import become_subreaper
+
+    become_subreaper()  # orphans of units are reparented to enmei (not PID 1) and reaped by it
     try:
         asyncio.run(supervise(loaded, on_start=attach, companion=companion))
     except IntegrityError as exc:  # a cut, rolled-back or replaced journal is not continued

@@ -31,6 +31,9 @@ Promises:
   ``timeout_s`` SIGKILL to all of it, then a typed ``StopError`` after 5 s more. Whatever the mode,
   what is left when the main process ends is killed with the cgroup (or by marks).
 * Units still running when the supervisor restarts are adopted again from their saved ``Identity``.
+  Their exit code is known only if the process is enmei's child (same enmei process); otherwise None.
+* Where ``enmei up`` made enmei a child subreaper, the orphans of units are reparented to it and reaped
+  by ``maintain`` (``enmei.visor.reaper``).
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ from enmei.errors import EnmeiError, IdentityError, StartError, StopError, Visor
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.capture import Capture, attach_existing, make_pipe
-from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
+from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_own_cgroup
 from enmei.visor.identity import RunAs, launcher_prefix, popen_kwargs, resolve
 from enmei.visor.logs import rotate, tail_lines
+from enmei.visor.reaper import Orphans, is_subreaper
 
 __all__ = ["ENV_MAIN_PID", "ENV_SUPERVISOR", "ENV_UNIT", "Launch", "ProcessBackend", "launcher_argv", "port_owner"]
 
@@ -129,6 +133,7 @@ class ProcessBackend(Backend):
         self._use_cgroups = cgroups
         self._tree: CgroupTree | None = None
         self._tree_known = False
+        self._orphans: Orphans | None = None  # made on first use, where enmei is a subreaper with a tree
 
     @property
     def cgroups(self) -> CgroupTree | None:
@@ -506,6 +511,27 @@ class ProcessBackend(Backend):
         for name, run in list(self._units.items()):
             for stream in run.legacy_logs:
                 rotate(self._log_file(name, stream), int(run.spec.log.max_bytes), run.spec.log.keep)
+        self.reap_orphans()
+
+    def reap_orphans(self) -> list[tuple[int, int | None, int | None]]:
+        """Where enmei is a child subreaper (``enmei up``) and has a cgroup tree: reap the zombies of its
+        units' orphans (``enmei.visor.reaper``); returns (pid, code, signal) of those reaped now."""
+        if self._orphans is None:
+            tree = self.cgroups
+            if tree is None or not is_subreaper():
+                return []
+            try:
+                own = parse_own_cgroup(Path("/proc/self/cgroup").read_text())
+            except OSError:
+                own = None
+            if own is None:
+                return []
+            self._orphans = Orphans(f"{own.rstrip('/')}/{tree.root.name}")
+        done = self._orphans.reap(run.identity.pid for run in self._units.values())
+        for pid, code, sig in done:
+            log.info("reaped orphan %d of a unit (%s)", pid,
+                     f"code {code}" if sig is None else f"signal {signal.Signals(sig).name}")
+        return done
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -514,8 +540,8 @@ class ProcessBackend(Backend):
 
     def _on_exit(self, name: str, run: _Running) -> None:
         """The unit's leader ended: reap it, end its stragglers, tell the engine."""
+        code, sig = self._reap(run)  # before the pidfd closes: an adopted child is waited for through it
         self._unwatch(run)
-        code, sig = self._reap(run)
         if self._units.get(name) is run:
             del self._units[name]
         self._end_group(run)
@@ -601,9 +627,19 @@ class ProcessBackend(Backend):
             os.close(run.pidfd)
 
     def _reap(self, run: _Running) -> tuple[int | None, int | None]:
-        """(exit code, signal number) of an ended process; both None for an adopted one."""
+        """(exit code, signal number) of an ended process. An adopted one has them only if it is this
+        process's child (an engine made again in the same enmei, an in-place re-exec; waited for through
+        its pidfd); a unit adopted from an enmei that is gone was its child, never ours: both None."""
         if run.popen is None:
-            return None, None
+            try:
+                res = os.waitid(os.P_PIDFD, run.pidfd, os.WEXITED | os.WNOHANG)
+            except (ChildProcessError, OSError, AttributeError):
+                return None, None
+            if res is None:
+                return None, None
+            if res.si_code == os.CLD_EXITED:
+                return res.si_status, None
+            return None, res.si_status
         rc = run.popen.wait()
         return (None, -rc) if rc < 0 else (rc, None)
 
