@@ -10,7 +10,6 @@ import contextlib
 import os
 import shutil
 import signal
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from enmei.model import UnitState
 from enmei.monitor.http import HttpError, http_get
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
 from enmei.visor.state import StateFile
-from support.wait import scaled
+from support.wait import auntil, scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
@@ -74,12 +73,11 @@ class Rig:
 
     async def until(self, what: str, pred: Any, timeout_s: float = 30.0) -> None:
         """Wait for ``pred``; event-driven, so the bound is generous (>= 30 s, scaled to the machine)."""
-        end = time.monotonic() + scaled(max(timeout_s, 30.0))
-        while not pred():
-            if time.monotonic() > end:
-                tail = [(s, k, b.get("event") or b.get("action") or b.get("kind")) for s, k, _, b in self.records[-15:]]
-                raise AssertionError(f"timed out waiting for {what}; last records: {tail}")
-            await asyncio.sleep(0.02)
+        try:
+            await auntil(pred, max(timeout_s, 30.0), what)
+        except AssertionError as exc:
+            tail = [(s, k, b.get("event") or b.get("action") or b.get("kind")) for s, k, _, b in self.records[-15:]]
+            raise AssertionError(f"{exc}; last records: {tail}") from None
 
 
 @pytest.fixture(scope="module")

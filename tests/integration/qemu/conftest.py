@@ -25,6 +25,7 @@ from enmei.clock import SystemClock
 from enmei.config.qemu import QemuUnit
 from enmei.model import UnitEvent, UnitEventKind, Verdict
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
+from support.wait import auntil
 
 
 @pytest.fixture(scope="session")
@@ -59,20 +60,26 @@ async def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, s
 
 
 async def until_answer(port: int, path: str = "/cgi-bin/app", timeout_s: float = 30.0) -> str:
-    """The body of the first 200 answer from ``path`` within ``timeout_s``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    last: object = None
-    while loop.time() < end:
+    """The body of the first 200 answer from ``path`` within ``scaled(timeout_s)`` (``support.wait.auntil``);
+    on timeout an ``AssertionError`` naming the last status or error."""
+    last: list[object] = [None]
+
+    async def answer() -> tuple[str] | None:
         try:
             status, body = await http_get(port, path, 2.0)
-            if status == 200:
-                return body
-            last = status
         except (OSError, TimeoutError) as exc:
-            last = exc
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"no answer from {path} within {timeout_s} s (last: {last!r})")
+            last[0] = exc
+            return None
+        if status == 200:
+            return (body,)  # a tuple: an empty body is an answer too
+        last[0] = status
+        return None
+
+    try:
+        (body,) = await auntil(answer, timeout_s, f"an answer from {path}", every_s=0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc} (last: {last[0]!r})") from None
+    return body
 
 
 class VmHarness:
@@ -101,12 +108,12 @@ class VmHarness:
         return [e.kind for e in self.events if e.unit == unit]
 
     async def wait_for(self, what: str, pred: Any, timeout_s: float = 15.0) -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout_s
-        while not pred():
-            if loop.time() > end:
-                raise AssertionError(f"timed out waiting for {what}; events: {self.events}")
-            await asyncio.sleep(0.02)
+        """Wait until ``pred()`` holds, for ``scaled(timeout_s)`` (``support.wait.auntil``); on timeout an
+        ``AssertionError`` naming ``what`` and the events seen."""
+        try:
+            await auntil(pred, timeout_s, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; events: {self.events}") from None
 
     def our_qemus(self) -> list[psutil.Process]:
         """QEMU processes running on this harness's state dir (found by their command line)."""

@@ -18,6 +18,10 @@ SPEC = QemuUnit.model_validate({"backend": "qemu", "forward": ["18080:80"], "pha
                                 "phase_standby_warm_rounds": 2, "ready_timeout_s": 10.0, "qmp_timeout_s": 2.0})
 
 
+#: A failed standby's retry delays under test: as many steps as ``standby.RETRY_S``, each a few loop turns.
+RETRY_S_FAST = (0.01, 0.02, 0.05)
+
+
 class Supervisor:
     """One supervisor: its backend, the events and verdicts it saw, the identity it would have saved."""
 
@@ -29,6 +33,9 @@ class Supervisor:
         self.identity: Identity | None = None
         self.backend = QemuBackend(clock=SystemClock(), state_dir=state_dir, emit=self._emit,
                                    verdict=self.verdicts.append, host=self.host)
+        # The real retry delays of a failed standby (2 s, 10 s, 60 s) are part of what some tests see: the
+        # same ladder, small, so that no test sleeps for real seconds to see a retry.
+        self.backend.standbys.retry_s = RETRY_S_FAST
 
     def _emit(self, ev: UnitEvent) -> None:
         self.events.append(ev)

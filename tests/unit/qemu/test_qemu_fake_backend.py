@@ -13,7 +13,7 @@ from enmei.errors import StartError, VisorError
 from enmei.model import UnitEventKind, VerdictKind
 from enmei.visor.qemu.errors import BootError, QmpError
 from enmei.visor.qemu.fake import FakeWorld
-from enmei.visor.qemu.standby import StandbyState
+from enmei.visor.qemu.standby import RETRY_S, StandbyState
 
 from .fakevm import SPEC, Supervisor, until
 
@@ -103,6 +103,8 @@ async def test_an_unusable_standby_is_left_alone_and_the_snapshot_is_loaded_in_p
 
 
 async def test_a_standby_that_dies_is_made_again(sup: Supervisor, world: FakeWorld) -> None:
+    # The phase reboot below must fall inside the retry delay: this test keeps the real first delay (2 s).
+    sup.backend.standbys.retry_s = RETRY_S
     await sup.backend.start("vm", SPEC)
     assert await sup.backend.wait_standby("vm", 10.0)
     first = sup.standby_qemu()
@@ -256,11 +258,13 @@ async def test_a_standby_whose_service_does_not_answer_is_retried(sup: Superviso
             raise ConnectionRefusedError("nothing answers")
 
     world.before = before
+    # What is asserted between the failure and the retry needs the retry to wait: the real delay (2 s).
+    sup.backend.standbys.retry_s = RETRY_S
     await sup.backend.start("vm", SPEC)
     await until("a failed standby", lambda: (sup.backend.standby("vm") or {}).get("state") == "failed")
     status = sup.backend.standby("vm") or {}
     assert "did not answer" in status["error"] and status["attempts"] == 1
     assert [q.pid for q in world.live()] == [sup.qemu().pid]  # the failed standby's QEMU is gone
     world.before = None
-    assert await sup.backend.wait_standby("vm", 10.0)  # retried after 2 s
+    assert await sup.backend.wait_standby("vm", 10.0)  # retried after retry_s[0]
     assert (sup.backend.standby("vm") or {})["attempts"] == 1

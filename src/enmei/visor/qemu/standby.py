@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -153,12 +153,14 @@ class StandbyManager:
 
     ``machines`` is the backend's table of unit machines (read here; a standby that takes over is put
     in it); ``launch`` starts a standby QEMU. Nothing here raises into the event loop: a failed
-    preparation is a FAILED standby, retried after ``RETRY_S``.
+    preparation is a FAILED standby, retried after ``retry_s`` (default ``RETRY_S``).
     """
 
     def __init__(self, *, clock: Clock, host: QemuHost, emit: EmitFn, machines: dict[str, Machine],
-                 launch: StandbyLaunchFn) -> None:
+                 launch: StandbyLaunchFn, retry_s: Sequence[float] = RETRY_S) -> None:
         self.clock = clock
+        #: The delays before the 1st, 2nd... retry of a failed standby (then no more); a test sets them small.
+        self.retry_s: tuple[float, ...] = tuple(retry_s)
         self.host = host
         self.emit = emit
         self.machines = machines
@@ -299,9 +301,9 @@ class StandbyManager:
                 sb.state, sb.error = StandbyState.FAILED, cause
                 sb.attempts += 1
                 log.warning("unit %s: preparing the standby failed (attempt %d): %s", name, sb.attempts, cause)
-                if sb.attempts > len(RETRY_S) or self.standbys.get(name) is not sb:
+                if sb.attempts > len(self.retry_s) or self.standbys.get(name) is not sb:
                     return
-                await self.clock.sleep(RETRY_S[sb.attempts - 1])
+                await self.clock.sleep(self.retry_s[sb.attempts - 1])
                 if self.standbys.get(name) is not sb or name not in self.machines:
                     return
 
@@ -383,9 +385,9 @@ class StandbyManager:
         log.warning("unit %s: the standby QEMU (pid %d) exited", machine.name, machine.pid)
         if sb.task is None or sb.task.done():  # (a preparation under way notices by itself)
             sb.attempts += 1  # counted with failed preparations: a standby that keeps dying is given up
-            if sb.attempts <= len(RETRY_S):
+            if sb.attempts <= len(self.retry_s):
                 sb.task = asyncio.get_running_loop().create_task(
-                    self._keep_preparing(machine.name, sb, RETRY_S[sb.attempts - 1]),
+                    self._keep_preparing(machine.name, sb, self.retry_s[sb.attempts - 1]),
                     name=f"standby-{machine.name}")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
