@@ -88,6 +88,8 @@ def launcher_argv(command: list[str], cgroup_procs: Path | None = None) -> list[
 log = logging.getLogger(__name__)
 
 _CREATE_TIME_TOLERANCE_S = 0.05
+_SWEEP_PASSES = 5  # scans of the marks sweep, at most
+_SWEEP_WAIT_S = 2.0  # how long one pass waits for what it SIGKILLed
 
 
 @dataclass
@@ -352,22 +354,36 @@ class ProcessBackend(Backend):
 
     def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:
         """SIGKILL every process carrying this supervisor's marks for ``name`` except ``keep`` (its main
-        process): the fallback for stragglers without a cgroup. Blocking (a scan of all processes)."""
+        process), and wait until they are gone: the fallback for stragglers without a cgroup. Blocking (a
+        scan of all processes). A SIGKILLed process lingers for a moment, and one may fork while the scan
+        passes it, so the scan repeats (at most ``_SWEEP_PASSES`` times) until it finds none left."""
         ended: list[int] = []
-        for proc in psutil.process_iter(["pid"]):
-            try:
-                if proc.pid in (keep, os.getpid()):
+        for _ in range(_SWEEP_PASSES):
+            killed: list[psutil.Process] = []
+            for proc in psutil.process_iter(["pid"]):
+                try:
+                    if proc.pid in (keep, os.getpid()):
+                        continue
+                    env = proc.environ()
+                    if env.get(ENV_UNIT) != name or env.get(ENV_SUPERVISOR) != self.instance:
+                        continue
+                    if proc.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    proc.kill()  # psutil re-checks the create time: never a recycled pid
+                    killed.append(proc)
+                except (psutil.Error, OSError):
                     continue
-                env = proc.environ()
-                if env.get(ENV_UNIT) != name or env.get(ENV_SUPERVISOR) != self.instance:
-                    continue
-                if proc.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                proc.kill()  # psutil re-checks the create time: never a recycled pid
-                ended.append(proc.pid)
-            except (psutil.Error, OSError):
-                continue
-        return ended
+            if not killed:
+                break
+            ended.extend(p.pid for p in killed)
+            _, alive = psutil.wait_procs(killed, timeout=_SWEEP_WAIT_S)
+            # wait_procs counts a process as gone once it is reaped; one that is not our child stays a
+            # zombie until its parent reaps it: dead all the same.
+            for p in alive:
+                with contextlib.suppress(psutil.Error):
+                    if p.status() != psutil.STATUS_ZOMBIE:
+                        log.warning("unit %s: pid %d survived SIGKILL for %.1f s", name, p.pid, _SWEEP_WAIT_S)
+        return sorted(set(ended))
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
         """Stop in bounded phases: the unit's ``stop_command`` if it has one (within
