@@ -37,7 +37,7 @@ from pydantic import (
 )
 
 from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
-from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
+from enmei.detect.registry import DetectorOptions, byte_sizes, check_fits, validate_entries
 from enmei.visor.identity import parse_umask
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
 
 
 class _Model(BaseModel):
@@ -165,13 +166,7 @@ class DetectConfig(_Model):
     @field_validator("aging_limits", mode="before")
     @classmethod
     def _sizes(cls, v: Any) -> Any:
-        # Sizes may be written with units: rss_bytes = "512MiB".
-        if isinstance(v, Mapping):
-            from pydantic import TypeAdapter
-
-            adapter = TypeAdapter(ByteSize)
-            return {k: float(adapter.validate_python(x)) if isinstance(x, str) else x for k, x in v.items()}
-        return v
+        return byte_sizes(v)
 
 
 ProbeRole = Literal["liveness", "readiness"]

@@ -19,14 +19,13 @@ Options (``[[units.NAME.detectors]]``), with the defaults of ``[units.NAME.detec
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ByteSize, Field, TypeAdapter, field_validator
+from pydantic import Field, field_validator
 
 from enmei.detect.pipeline import UnitJudge
 from enmei.detect.protocol import DetectorContext, Judgement, Limit
-from enmei.detect.registry import DetectorOptions, register
+from enmei.detect.registry import DetectorOptions, byte_sizes, register
 from enmei.model import Observation
 
 __all__ = ["AgingDetector", "AgingOptions", "LatencyDetector", "LatencyOptions"]
@@ -50,11 +49,7 @@ class AgingOptions(DetectorOptions):
     @field_validator("limits", mode="before")
     @classmethod
     def _sizes(cls, v: Any) -> Any:
-        # Sizes may be written with units: rss_bytes = "512MiB".
-        if isinstance(v, Mapping):
-            adapter = TypeAdapter(ByteSize)
-            return {k: float(adapter.validate_python(x)) if isinstance(x, str) else x for k, x in v.items()}
-        return v
+        return byte_sizes(v)
 
 
 def _plain(x: Any) -> Any:

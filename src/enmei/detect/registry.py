@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, TypeAdapter, ValidationError
 
 from enmei.detect.protocol import DetectorContext, UnitDetector
 
@@ -35,6 +35,16 @@ __all__ = ["BUILTIN_MODULES", "DetectorKind", "DetectorOptions", "build", "check
            "unregister", "validate_entries"]
 
 OptionsT = TypeVar("OptionsT", bound="DetectorOptions")
+
+
+
+def byte_sizes(v: Any) -> Any:
+    """A mapping's string values read as sizes with units (``rss_bytes = "512MiB"``), numbers kept as they
+    are; anything else is left for the model to refuse."""
+    if isinstance(v, Mapping):
+        adapter = TypeAdapter(ByteSize)
+        return {k: float(adapter.validate_python(x)) if isinstance(x, str) else x for k, x in v.items()}
+    return v
 
 
 class DetectorOptions(BaseModel):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,12 @@ from enmei.report.charts import plotly_js_path
 from enmei.web import api, pages
 from enmei.web.context import WebContext
 from enmei.web.deps import SafeJSON
-from enmei.web.limits import GateTally, RequestGate, WebLimits
+from enmei.web.limits import ASGIApp, GateTally, Message, Receive, RequestGate, Scope, Send, WebLimits
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HEADERS = [
     (b"content-security-policy", b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
