@@ -31,8 +31,8 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, TypeAdapter, Valida
 
 from enmei.detect.protocol import DetectorContext, UnitDetector
 
-__all__ = ["BUILTIN_MODULES", "DetectorKind", "DetectorOptions", "build", "check_fits", "get", "kinds", "register",
-           "unregister", "validate_entries"]
+__all__ = ["BUILTIN_MODULES", "DetectorKind", "DetectorOptions", "build", "byte_sizes", "check_fits", "get", "kinds",
+           "register", "unregister", "validate_entries"]
 
 OptionsT = TypeVar("OptionsT", bound="DetectorOptions")
 
