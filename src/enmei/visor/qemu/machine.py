@@ -114,6 +114,9 @@ ExitFn = Callable[["Machine"], None]
 SnapshotFn = Callable[["Machine"], Awaitable[None]]
 
 
+EXIT_DRAIN_S = 2.0  # after QEMU exits, how long its last QMP events may take to be read
+
+
 @dataclass
 class Machine:
     """The live state of one QEMU process of unit ``name``."""
@@ -222,8 +225,21 @@ class Machine:
         for t in [*self._tasks, self._gate_task]:
             if t is not None:
                 t.cancel()
-        if self.monitor is not None:
-            self._closing = loop.create_task(self.monitor.close())
+        if self.monitor is None:
+            self._report_exit()
+            return
+        # The pidfd may be seen before the QMP reader has read QEMU's last events (a busy machine): the
+        # exit's reason comes from them, so they are read first (bounded), then the exit is reported.
+        self._closing = loop.create_task(self._drain_then_close(self.monitor))
+
+    async def _drain_then_close(self, monitor: Monitor) -> None:
+        try:
+            await monitor.drain(EXIT_DRAIN_S)
+        finally:
+            self._report_exit()
+            await monitor.close()
+
+    def _report_exit(self) -> None:
         if not self.done.done():
             self.done.set_result(None)
         self.on_exit(self)

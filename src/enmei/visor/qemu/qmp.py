@@ -130,6 +130,13 @@ class Monitor:
             raise QmpError(self.unit, cmd, str(job["error"]))
         return loop.time() - start
 
+    async def drain(self, timeout_s: float) -> None:
+        """After QEMU exited: wait (at most ``timeout_s``) until every event it sent before hanging up has
+        been read and delivered, so the exit is judged by its last events (``SHUTDOWN``,
+        ``GUEST_PANICKED``) even when the process's end was seen first. Never raises."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._drained(), timeout=timeout_s)
+
     async def close(self) -> None:
         """Disconnect and stop the event task. Never raises. The monitor cannot be used afterwards."""
         self._closed = True
@@ -163,6 +170,16 @@ class Monitor:
 
     def _link_up(self) -> bool:
         return self._client is not None and self._client.runstate == Runstate.RUNNING
+
+    async def _drained(self) -> None:
+        """Until the link is down (the reader met QEMU's hang-up) and no read event waits for delivery."""
+        client = self._client
+        if client is None:
+            return
+        while client.runstate in (Runstate.CONNECTING, Runstate.RUNNING):
+            await client.runstate_changed()
+        for msg in client.events.clear():  # read but not yet delivered by the pump: delivered now, in order
+            self._deliver(msg)
 
     async def _close_link(self) -> None:
         client, self._client = self._client, None
@@ -207,6 +224,7 @@ class Monitor:
 
 
 async def _quiet_disconnect(client: QMPClient) -> None:
-    # After QEMU hangs up (quit, exit) disconnect() re-raises the reader's EOFError: expected here.
+    # After QEMU hangs up (quit, exit) disconnect() re-raises the reader's EOFError: expected here. The
+    # bound is generous: a disconnect cut short on a busy machine leaves its socket open (a leak).
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.disconnect(), timeout=2.0)
+        await asyncio.wait_for(client.disconnect(), timeout=10.0)
