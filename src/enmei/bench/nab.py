@@ -63,11 +63,14 @@ def default_nab_dir() -> Path:
 
 def make_detector(series: NabSeries) -> NoveltyDetector:
     """enmei's detector for one NAB series (learning = NAB's probationary period)."""
-    return NoveltyDetector(learning=max(2, series.probation))
+    return NoveltyDetector.for_rows(len(series.values))
 
 
-def detect_series(series: NabSeries, detector: StreamingDetector) -> npt.NDArray[np.float64]:
-    """Feed every sample of ``series`` to ``detector`` in order; the score of each."""
+def detect_series(series: NabSeries, detector: StreamingDetector | None = None) -> npt.NDArray[np.float64]:
+    """Feed every sample of ``series`` to ``detector`` (default: :func:`make_detector`) in order; the
+    score of each."""
+    if detector is None:
+        detector = make_detector(series)
     update = detector.update
     seconds = series.seconds().tolist()
     return np.array([update(v, t) for v, t in zip(series.values.tolist(), seconds, strict=True)],

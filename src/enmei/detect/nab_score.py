@@ -13,11 +13,14 @@ What it reproduces, point for point:
   row ``r`` of width ``w``, ``fp_weight * sigmoid_scaled(|r - i| / (w - 1))`` — slightly positive just
   after the window, tending to ``-fp_weight`` further away.
 - **Scaled sigmoid.** ``sigmoid_scaled(x) = 2 / (1 + exp(5x)) - 1``, and ``-1`` for ``x >= 3``.
+- **Timestamps.** Naive timestamps (NAB's) are read as UTC; zone-aware ones (``…Z``) by their zone.
 - **Profiles.** ``standard`` (fp 0.11), ``reward_low_FP_rate`` (fp 0.22), ``reward_low_FN_rate``
   (fn 2.0), read from ``config/profiles.json``.
 - **One threshold per profile**, optimised over the whole corpus: a row is a detection when its score
   is ``>=`` the threshold; every distinct score is tried (and "nothing detected"), the best total wins
-  (ties go to the higher threshold, as NAB's stable sort does).
+  (ties go to the higher threshold, as NAB's stable sort does). That is NAB's protocol and an
+  in-sample figure; :func:`score_at_threshold` scores at a threshold fixed beforehand instead, and
+  :func:`event_counts` counts windows hit and false alarms at one.
 - **Normalisation.** ``100 * (raw - null) / (perfect - null)``, with ``null`` the raw score of the
   detector that never fires (scored by this same code) and ``perfect = windows * tp_weight``.
 
@@ -46,18 +49,23 @@ import numpy.typing as npt
 __all__ = [
     "DEFAULT_PROFILES",
     "CostMatrix",
+    "EventCounts",
     "NabSeries",
     "ProfileResult",
+    "event_counts",
     "load_corpus",
     "load_profiles",
+    "posix_seconds",
     "probation_length",
     "scaled_sigmoid",
+    "score_at_threshold",
     "score_corpus",
 ]
 
 FloatArray = npt.NDArray[np.float64]
 
 PROBATION_FRACTION = 0.15
+_EPOCH = datetime(1970, 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +99,9 @@ class NabSeries:
         return probation_length(len(self.values))
 
     def seconds(self) -> FloatArray:
-        """Timestamps as POSIX-like seconds (naive timestamps read as UTC)."""
-        epoch = datetime(1970, 1, 1)
-        return np.array([(ts - epoch).total_seconds() for ts in self.timestamps], dtype=np.float64)
+        """Timestamps as POSIX seconds: a zone-aware timestamp (``…Z``, ``…+02:00``) by its zone, a
+        naive one read as UTC (NAB's files are naive). A series may mix both."""
+        return np.array([posix_seconds(ts) for ts in self.timestamps], dtype=np.float64)
 
 
 @dataclass
@@ -110,6 +118,13 @@ class ProfileResult:
     windows: int
     false_positives: int
     per_file: dict[str, float] = field(default_factory=dict)
+
+
+def posix_seconds(ts: datetime) -> float:
+    """POSIX seconds of ``ts``; a naive timestamp is read as UTC."""
+    if ts.tzinfo is not None and ts.utcoffset() is not None:
+        return ts.timestamp()
+    return (ts - _EPOCH).total_seconds()
 
 
 def probation_length(n_rows: int, fraction: float = PROBATION_FRACTION) -> int:
@@ -158,11 +173,10 @@ def load_corpus(nab_dir: Path, windows_file: str = "labels/combined_windows.json
                 values.append(float(row[1]))
         windows: list[tuple[int, int]] = []
         dropped = 0
-        arr = np.array([ts.timestamp() if ts.tzinfo else (ts - datetime(1970, 1, 1)).total_seconds()
-                        for ts in stamps])
+        arr = np.array([posix_seconds(ts) for ts in stamps])
         for start, end in windows_raw[name]:
-            t1 = (_parse_ts(start) - datetime(1970, 1, 1)).total_seconds()
-            t2 = (_parse_ts(end) - datetime(1970, 1, 1)).total_seconds()
+            t1 = posix_seconds(_parse_ts(start))
+            t2 = posix_seconds(_parse_ts(end))
             lo = int(np.searchsorted(arr, t1, side="left"))
             hi = int(np.searchsorted(arr, t2, side="right")) - 1
             if lo > hi or lo >= len(stamps) or hi < 0:
@@ -265,13 +279,8 @@ def _sweep(rows: _Rows, scores: FloatArray, cm: CostMatrix) -> tuple[float, floa
     return base, math.inf, -1
 
 
-def score_corpus(corpus: Sequence[NabSeries], scores: Sequence[FloatArray],
-                 profiles: Mapping[str, CostMatrix] | None = None) -> dict[str, ProfileResult]:
-    """Score one detector's per-row scores on ``corpus`` under each profile (NAB's normalised score).
-
-    ``scores[i]`` holds one score per row of ``corpus[i]``. Returns one :class:`ProfileResult` per
-    profile, keyed by the profile name as NAB spells it.
-    """
+def _flat_scores(corpus: Sequence[NabSeries], scores: Sequence[FloatArray]) -> FloatArray:
+    """The scored rows' scores (probation cut off, NaN as 0), checked against the corpus."""
     if len(scores) != len(corpus):
         raise ValueError(f"{len(scores)} score arrays for {len(corpus)} series")
     flat: list[FloatArray] = []
@@ -281,23 +290,101 @@ def score_corpus(corpus: Sequence[NabSeries], scores: Sequence[FloatArray],
             raise ValueError(f"{series.name}: {arr.shape[0] if arr.ndim else 0} scores for "
                              f"{len(series.values)} rows")
         flat.append(np.nan_to_num(arr[series.probation:], nan=0.0))
-    all_scores = np.concatenate(flat) if flat else np.zeros(0)
+    return np.concatenate(flat) if flat else np.zeros(0)
+
+
+def _result(name: str, corpus: Sequence[NabSeries], rows: _Rows, all_scores: FloatArray, raw: float,
+            threshold: float, cm: CostMatrix) -> ProfileResult:
+    null_raw, _, _ = _sweep(rows, np.zeros_like(all_scores), cm)
     total_windows = sum(len(s.windows) + s.dropped_windows for s in corpus)
+    perfect = total_windows * cm.tp_weight
+    norm = 100.0 * (raw - null_raw) / (perfect - null_raw) if perfect != null_raw else 0.0
+    detected = rows.window[all_scores >= threshold]
+    per_file = _per_file(rows, all_scores, threshold, cm, [s.name for s in corpus])
+    return ProfileResult(
+        profile=name, score=norm, raw=raw, null=null_raw, perfect=perfect, threshold=threshold,
+        detected_windows=len(np.unique(detected[detected >= 0])), windows=rows.n_windows,
+        false_positives=int(np.count_nonzero((rows.window < 0) & (all_scores >= threshold))),
+        per_file=per_file)
+
+
+def score_corpus(corpus: Sequence[NabSeries], scores: Sequence[FloatArray],
+                 profiles: Mapping[str, CostMatrix] | None = None) -> dict[str, ProfileResult]:
+    """Score one detector's per-row scores on ``corpus`` under each profile (NAB's normalised score),
+    each at the threshold that is best *on this corpus* (NAB's own protocol: an in-sample figure).
+
+    ``scores[i]`` holds one score per row of ``corpus[i]``. Returns one :class:`ProfileResult` per
+    profile, keyed by the profile name as NAB spells it. For a threshold fixed beforehand use
+    :func:`score_at_threshold`.
+    """
+    all_scores = _flat_scores(corpus, scores)
     out: dict[str, ProfileResult] = {}
     for name, cm in (profiles or DEFAULT_PROFILES).items():
         rows = _collect(corpus, cm)
         raw, threshold, _ = _sweep(rows, all_scores, cm)
-        null_raw, _, _ = _sweep(rows, np.zeros_like(all_scores), cm)
-        perfect = total_windows * cm.tp_weight
-        norm = 100.0 * (raw - null_raw) / (perfect - null_raw) if perfect != null_raw else 0.0
-        detected = rows.window[all_scores >= threshold]
-        per_file = _per_file(rows, all_scores, threshold, cm, [s.name for s in corpus])
-        out[name] = ProfileResult(
-            profile=name, score=norm, raw=raw, null=null_raw, perfect=perfect, threshold=threshold,
-            detected_windows=len(np.unique(detected[detected >= 0])), windows=rows.n_windows,
-            false_positives=int(np.count_nonzero((rows.window < 0) & (all_scores >= threshold))),
-            per_file=per_file)
+        out[name] = _result(name, corpus, rows, all_scores, raw, threshold, cm)
     return out
+
+
+def score_at_threshold(corpus: Sequence[NabSeries], scores: Sequence[FloatArray], threshold: float,
+                       profiles: Mapping[str, CostMatrix] | None = None) -> dict[str, ProfileResult]:
+    """NAB's normalised score of ``scores`` on ``corpus`` with a row a detection when its score is
+    ``>= threshold`` — a threshold fixed before the corpus was seen (``math.inf``: nothing detected).
+
+    Same rules, windows and normalisation as :func:`score_corpus`; only the threshold is given instead
+    of optimised, so the figure is honest on data the threshold was not chosen on. Raises
+    ``ValueError`` on a NaN threshold or scores that do not fit the corpus.
+    """
+    if math.isnan(threshold):
+        raise ValueError("threshold is NaN")
+    all_scores = _flat_scores(corpus, scores)
+    out: dict[str, ProfileResult] = {}
+    for name, cm in (profiles or DEFAULT_PROFILES).items():
+        rows = _collect(corpus, cm)
+        per_file = _per_file(rows, all_scores, threshold, cm, [s.name for s in corpus])
+        raw = math.fsum(per_file.values())
+        out[name] = _result(name, corpus, rows, all_scores, raw, threshold, cm)
+    return out
+
+
+@dataclass(frozen=True)
+class EventCounts:
+    """Detections counted as events at one threshold (probation rows excluded).
+
+    ``hits``: windows with at least one detection in them; ``false_alarms``: detections outside every
+    window (strict: just after a window counts too); ``normal_rows``: scored rows outside windows.
+    """
+
+    windows: int
+    hits: int
+    false_alarms: int
+    normal_rows: int
+
+    @property
+    def f1(self) -> float:
+        """Strict event F1: recall ``hits / windows``, precision ``hits / (hits + false_alarms)``;
+        0 when nothing was detected or there is nothing to detect."""
+        if self.hits == 0:
+            return 0.0
+        recall = self.hits / self.windows
+        precision = self.hits / (self.hits + self.false_alarms)
+        return 2 * precision * recall / (precision + recall)
+
+    @property
+    def false_alarms_per_1000(self) -> float:
+        """False alarms per 1000 normal (out-of-window) scored rows."""
+        return 1000.0 * self.false_alarms / self.normal_rows if self.normal_rows else 0.0
+
+
+def event_counts(corpus: Sequence[NabSeries], scores: Sequence[FloatArray], threshold: float) -> EventCounts:
+    """Windows hit and false alarms of ``scores >= threshold`` on ``corpus`` (see :class:`EventCounts`)."""
+    all_scores = _flat_scores(corpus, scores)
+    rows = _collect(corpus, DEFAULT_PROFILES["standard"])
+    hit = all_scores >= threshold
+    inside = rows.window >= 0
+    return EventCounts(windows=rows.n_windows, hits=len(np.unique(rows.window[hit & inside])),
+                       false_alarms=int(np.count_nonzero(hit & ~inside)),
+                       normal_rows=int(np.count_nonzero(~inside)))
 
 
 def _per_file(rows: _Rows, scores: FloatArray, threshold: float, cm: CostMatrix,

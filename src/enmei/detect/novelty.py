@@ -5,9 +5,10 @@ this is the more surprising the rarer new contexts have been in this series so f
 
 How a score is made, one sample at a time:
 
-1. **Learning.** The first ``learning`` samples are only stored (score 0). When the last one arrives,
-   the detector fixes its grids: the value range ``[lo, hi]`` of the learning samples (floored for a
-   constant series), the sampling interval (median gap), and the seasonal lag
+1. **Learning.** The first ``learning`` samples are only stored (score 0: a series shorter than
+   ``learning`` is never scored — :meth:`NoveltyDetector.for_rows` sizes it from a known length).
+   When the last one arrives, the detector fixes its grids: the value range ``[lo, hi]`` of the
+   learning samples (floored for a constant series), the sampling interval (median gap), and the seasonal lag
    ``round(season_s / interval)`` with the range of the seasonal differences seen so far. Then it
    replays the stored samples through step 2 to learn their contexts. (That one sample costs
    O(learning); every other costs O(1).)
@@ -198,6 +199,16 @@ class NoveltyDetector(StreamingDetector):
         self._fams: dict[str, _Family] = {}
         self._i = 0  # samples scored after learning
         self._peaks: deque[tuple[int, float]] = deque()  # decreasing scores of the last `rest` samples
+
+    @classmethod
+    def for_rows(cls, n_rows: int, **options: Any) -> NoveltyDetector:
+        """A detector for a series of ``n_rows`` samples known in advance: its learning phase is NAB's
+        probation of such a series (``min(floor(0.15 n), 750)``, at least 2), so that a short series is
+        scored after its first 15 % instead of not at all (the default ``learning=750`` scores nothing
+        on a series shorter than that). ``options`` are the other constructor arguments."""
+        from enmei.detect.nab_score import probation_length
+
+        return cls(learning=max(2, probation_length(int(n_rows))), **options)
 
     # -- scoring --------------------------------------------------------------------------------
     def _step(self, x: float, t: float) -> float:

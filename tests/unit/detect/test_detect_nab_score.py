@@ -4,19 +4,23 @@ from __future__ import annotations
 
 import math
 import random
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
+from enmei.bench.nab import detect_series
 from enmei.detect.nab_score import (
     DEFAULT_PROFILES,
     CostMatrix,
     NabSeries,
+    event_counts,
     probation_length,
     scaled_sigmoid,
+    score_at_threshold,
     score_corpus,
 )
+from enmei.detect.novelty import NoveltyDetector
 
 
 def make_series(name: str, n: int, windows: list[tuple[int, int]]) -> NabSeries:
@@ -119,3 +123,65 @@ def test_sigmoid_and_bad_input() -> None:
         score_corpus(corpus, [])
     nan_scores = np.full(300, np.nan)
     assert score_corpus(corpus, [nan_scores])["standard"].score == 0.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fixed_threshold_equals_the_direct_reading_at_that_threshold(seed: int) -> None:
+    corpus, scores = synthetic(seed)
+    cm = DEFAULT_PROFILES["standard"]
+    for th in (0.3, 0.6, 0.9):
+        got = score_at_threshold(corpus, scores, th)["standard"]
+        want = sum(naive_file_score(s, sc >= th, cm) for s, sc in zip(corpus, scores, strict=True))
+        assert got.raw == pytest.approx(want, abs=1e-9)
+        assert got.threshold == th
+
+
+def test_optimised_is_the_best_fixed_one_and_nothing_detected_scores_zero() -> None:
+    corpus, scores = synthetic(4)
+    best = score_corpus(corpus, scores)["standard"]
+    at_best = score_at_threshold(corpus, scores, best.threshold)["standard"]
+    assert at_best.score == pytest.approx(best.score)
+    for th in (0.1, 0.5, 0.95):
+        assert score_at_threshold(corpus, scores, th)["standard"].score <= best.score + 1e-9
+    assert score_at_threshold(corpus, scores, math.inf)["standard"].score == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="NaN"):
+        score_at_threshold(corpus, scores, math.nan)
+
+
+def test_event_counts() -> None:
+    t0 = datetime(2020, 1, 1)
+    n = 200
+    series = NabSeries("a.csv", tuple(t0 + timedelta(minutes=i) for i in range(n)), np.zeros(n),
+                       ((100, 109), (150, 159)))
+    sc = np.zeros(n)
+    sc[[105, 106, 170, 180]] = 1.0  # the first window twice, the second missed, two false alarms
+    ev = event_counts([series], [sc], 0.5)
+    assert (ev.windows, ev.hits, ev.false_alarms) == (2, 1, 2)
+    assert ev.normal_rows == n - 30 - 20  # probation (30 rows) and window rows are not normal rows
+    assert ev.f1 == pytest.approx(2 * (1 / 3) * 0.5 / (1 / 3 + 0.5))
+    assert ev.false_alarms_per_1000 == pytest.approx(2000 / 150)
+    assert event_counts([series], [np.zeros(n)], 0.5).f1 == 0.0
+
+
+def test_zone_aware_timestamps_are_read_by_their_zone() -> None:
+    naive = datetime(2024, 3, 1, 12, 0)
+    stamps = (naive, naive.replace(tzinfo=UTC) + timedelta(minutes=1),
+              datetime(2024, 3, 1, 14, 2, tzinfo=timezone(timedelta(hours=2))),
+              datetime.fromisoformat("2024-03-01T12:03:00Z"))
+    s = NabSeries("z.csv", stamps, np.zeros(4), ())
+    base = (naive - datetime(1970, 1, 1)).total_seconds()
+    assert s.seconds().tolist() == [base, base + 60, base + 120, base + 180]
+
+
+def test_a_short_series_is_scored_by_a_detector_sized_for_it() -> None:
+    t0 = datetime(2024, 1, 1, tzinfo=UTC)
+    n = 400
+    values = np.sin(np.arange(n) / 5.0)
+    values[300:305] = 25.0
+    series = NabSeries("short.csv", tuple(t0 + timedelta(minutes=i) for i in range(n)), values,
+                       ((295, 310),))
+    assert not NoveltyDetector().learning < n  # the default learns longer than this series lasts
+    scores = detect_series(series)  # sized from the series: learning = probation = 60 rows
+    assert np.count_nonzero(scores[series.probation:]) > 0
+    assert float(np.argmax(scores)) in range(300, 306)
+    assert NoveltyDetector.for_rows(n).learning == series.probation == 60
