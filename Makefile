@@ -7,9 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages: python3-venv for the virtualenv; QEMU, busybox and cpio for guests; chromium for the
-# browser tests.
+# browser tests; the real daemons of the e2e suite (run in the foreground as enmei units, never via init)
+# and the peers and scraper of `enmei bench daemons`.
 DEMO_DEBS := python3-venv
-TEST_DEBS := python3-venv qemu-system-x86 qemu-utils busybox-static cpio chromium
+TEST_DEBS := python3-venv qemu-system-x86 qemu-utils busybox-static cpio chromium \
+             nginx-light redis-server postgresql prometheus monit supervisor
 PYTEST_WORKERS ?= 2
 
 .PHONY: help demo test setup debs-demo debs-test lint typecheck pytest clean
