@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from enmei.visor.cage import parse_v1_mounts, parse_v1_own
 from enmei.visor.cgroup import parse_cgroup2_mount, parse_own_cgroup
 from support.wait import SLOWNESS, scaled
 
@@ -24,6 +25,17 @@ def _enmei_cgroup_parent() -> Path | None:
     if mount is None or own is None:
         return None
     return Path(mount + own)
+
+
+def _enmei_v1_parents() -> list[Path]:
+    """Where the Resource Cage of those supervisors makes its ``enmei-<instance>`` groups in the cgroup v1
+    hierarchies (cpu, pids, memory: beneath the cgroup this process is in there)."""
+    try:
+        own = parse_v1_own(Path("/proc/self/cgroup").read_text())
+        mounts = parse_v1_mounts(Path("/proc/self/mountinfo").read_text())
+    except OSError:
+        return []
+    return [Path(mounts[c][0]) / own[c].lstrip("/") for c in ("cpu", "pids", "memory") if c in mounts and c in own]
 
 
 def _enmei_trees(parent: Path) -> set[str]:
@@ -51,6 +63,7 @@ def _remove_if_empty(tree: Path) -> bool:
 def pytest_sessionstart(session: pytest.Session) -> None:
     parent = _enmei_cgroup_parent()
     session.config.stash[_TREES_BEFORE] = _enmei_trees(parent) if parent is not None else set()
+    session.config.stash[_V1_BEFORE] = {str(p / n) for p in _enmei_v1_parents() for n in _enmei_trees(p)}
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -61,6 +74,11 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     kept and reported, as a leak of that test."""
     if hasattr(session.config, "workerinput"):
         return
+    v1_before = session.config.stash.get(_V1_BEFORE, set())
+    v1_kept = [str(p / n) for p in _enmei_v1_parents() for n in sorted(_enmei_trees(p))
+               if str(p / n) not in v1_before and not _remove_if_empty(p / n)]
+    if v1_kept:
+        sys.stderr.write(f"\nenmei tests: cgroup v1 groups still holding processes: {v1_kept}\n")
     parent = _enmei_cgroup_parent()
     if parent is None:
         return
@@ -71,6 +89,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 _TREES_BEFORE = pytest.StashKey[set[str]]()
+_V1_BEFORE = pytest.StashKey[set[str]]()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

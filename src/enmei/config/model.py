@@ -539,6 +539,16 @@ class ProcessUnit(_UnitBase):
     # config error of the unit (its start fails, is journaled and alerted), not a crash.
     pre_start: list[list[str]] = Field(default_factory=list)
     pre_start_timeout_s: float = Field(default=30.0, gt=0)
+    # Resource limits (``enmei.visor.cage``), set where this host's cgroups allow it; elsewhere a notice
+    # (journaled with the unit's first start, shown by `enmei check`) and the unit runs without the limit.
+    cpu_max: float | None = Field(default=None, gt=0, le=4096)  # CPUs: 0.5, "0.5" or "50%"
+    memory_max: ByteSize | None = Field(default=None, ge=1 << 20)  # "256MiB"; past it the kernel OOM-kills
+    pids_max: int | None = Field(default=None, ge=1)  # processes and threads of the unit, all together
+
+    @field_validator("cpu_max", mode="before")
+    @classmethod
+    def _cpus(cls, v: Any) -> Any:
+        return parse_cpus(v)
 
     @field_validator("user", "group", mode="before")
     @classmethod
@@ -603,6 +613,22 @@ class ProcessUnit(_UnitBase):
         """The longest a stop may take: the stop command's timeout, the graceful signal's, the forced kill's."""
         extra = self.stop_command_timeout_s if self.stop_command else 0.0
         return super().stop_bound_s() + extra
+
+
+def parse_cpus(v: Any) -> Any:
+    """A CPU share as a number of CPUs: ``"50%"`` is 0.5, ``"0.5"`` and ``0.5`` are 0.5; anything else is
+    left for the model to refuse (a string it cannot read is a ValueError naming the forms it takes).
+
+    >>> parse_cpus("50%"), parse_cpus("1.5"), parse_cpus(2)
+    (0.5, 1.5, 2)
+    """
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            return float(text[:-1]) / 100.0 if text.endswith("%") else float(text)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a CPU share: write CPUs (\"0.5\") or a percentage (\"50%\")") from None
+    return v
 
 
 def _unit_name(name: str) -> str:

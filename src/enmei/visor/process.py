@@ -48,6 +48,7 @@ import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -59,6 +60,7 @@ from enmei.config.model import ProcessUnit
 from enmei.errors import EnmeiError, IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
+from enmei.visor.cage import HelperCage, Limits, ResourceCage, UnitCage, current_cage_owner, install_cage
 from enmei.visor.capture import Capture, attach_existing, make_pipe
 from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_own_cgroup
 from enmei.visor.identity import RunAs, launcher_prefix, popen_kwargs, resolve
@@ -71,19 +73,23 @@ ENV_UNIT = "ENMEI_UNIT"
 ENV_SUPERVISOR = "ENMEI_SUPERVISOR"
 ENV_MAIN_PID = "ENMEI_MAIN_PID"
 
-# $1: the cgroup.procs to join ("-": none; a failure to join is checked and repaired by the parent).
-_LAUNCHER = ('[ "$1" = - ] || { echo 0 >"$1"; } 2>/dev/null; shift; '
+# $1: the cgroup.procs files to join, one a line ("-": none; a failure to join is checked and repaired by
+# the parent). set -f: a path is never globbed.
+_LAUNCHER = ('if [ "$1" != - ]; then set -f; _ifs=$IFS; IFS=\'\n\'; '
+             'for _c in $1; do { echo 0 >"$_c"; } 2>/dev/null; done; IFS=$_ifs; set +f; fi; shift; '
              f'{ENV_MAIN_PID}=$$; export {ENV_MAIN_PID}; exec "$@"')
 
 
-def launcher_argv(command: list[str], cgroup_procs: Path | None = None) -> list[str]:
-    """``command`` started through ``/bin/sh``: it joins ``cgroup_procs`` (if given), sets
-    ``ENMEI_MAIN_PID`` to its own pid, then execs ``command`` (same pid, same arguments).
+def launcher_argv(command: list[str], cgroup_procs: Path | None = None, more: Sequence[Path] = ()) -> list[str]:
+    """``command`` started through ``/bin/sh``: it joins ``cgroup_procs`` and ``more`` (the unit's v1
+    groups of the Resource Cage), sets ``ENMEI_MAIN_PID`` to its own pid, then execs ``command`` (same
+    pid, same arguments).
 
     >>> launcher_argv(["sleep", "1"])[3:]
     ['enmei-launch', '-', 'sleep', '1']
     """
-    return ["/bin/sh", "-c", _LAUNCHER, "enmei-launch", str(cgroup_procs) if cgroup_procs else "-", *command]
+    files = [str(p) for p in (cgroup_procs, *more) if p is not None]
+    return ["/bin/sh", "-c", _LAUNCHER, "enmei-launch", "\n".join(files) if files else "-", *command]
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,7 @@ class _Running:
     stopping: bool = False
     legacy_logs: tuple[str, ...] = ()  # streams the unit writes to the file itself (adopted from an old enmei)
     cgroup: Cgroup | None = None  # None: no cgroup v2 here, or adopted from an enmei without one
+    cage: UnitCage | None = None  # its limits (the Resource Cage), if it asked for any
     sweep: asyncio.Future[Any] | None = None  # the marks scan for stragglers (no cgroup), while it runs
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -116,6 +123,7 @@ class Launch:
 
     pass_fds: tuple[int, ...] = ()
     cgroup_procs: Path | None = None  # the unit's cgroup.procs, joined before the command runs
+    join: tuple[Path, ...] = ()  # the unit's v1 limit groups' cgroup.procs, joined too
     run_as: RunAs = field(default_factory=RunAs)  # who the command runs as (dropped to after the cgroup is joined)
 
 
@@ -136,6 +144,12 @@ class ProcessBackend(Backend):
         self._tree: CgroupTree | None = None
         self._tree_known = False
         self._orphans: Orphans | None = None  # made on first use, where enmei is a subreaper with a tree
+        # The Resource Cage (limits, the helper cage) discovers what the host offers on first use.
+        self.cage: ResourceCage | None = ResourceCage(self.instance, lambda: self.cgroups) if cgroups else None
+        if self.cage is not None:
+            install_cage(self.cage)
+        self._releases: dict[str, asyncio.Future[Any]] = {}  # unit -> removal of its limit groups, under way
+        self._noticed: set[str] = set()  # units whose cage notices were journaled (once per unit)
 
     @property
     def cgroups(self) -> CgroupTree | None:
@@ -171,16 +185,19 @@ class ProcessBackend(Backend):
         cgroup = await self._end_leftovers(name)
         if name in self._units:  # started by someone else while we waited
             raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
+        ucage = await self._cage_for(name, spec, cgroup)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         launch = Launch(pass_fds=(out_r, err_r), cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None,
-                        run_as=run_as)
+                        join=tuple(ucage.procs_files()) if ucage else (), run_as=run_as)
         try:
             pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w, launch)
         except BaseException:
             os.close(out_r)
             os.close(err_r)
+            if ucage is not None:
+                self._release_later(name, None, ucage)
             raise
         finally:
             os.close(out_w)
@@ -195,15 +212,68 @@ class ProcessBackend(Backend):
             except CgroupError as exc:
                 log.warning("unit %s: not in its cgroup (%s): its stragglers are found by marks", name, exc)
                 cgroup = None
+        started: dict[str, Any] = {"pid": pid, "command": list(spec.command)}
+        if ucage is not None:
+            for ctrl in ucage.join(pid):  # normally none: the launcher joined them
+                ucage.notices.append(f"not in its {ctrl} group: the limit does not hold")
+            started["limits"] = dict(ucage.applied)
+            if ucage.notices and name not in self._noticed:
+                self._noticed.add(name)  # journaled once per unit: the host does not change between starts
+                started["cage_notices"] = list(ucage.notices)
+                for n in ucage.notices:
+                    log.warning("unit %s: %s", name, n)
         identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=create_time,
                             started_wall=self.clock.wall(), extra=extra)
         self._units[name] = run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
         run.cgroup = cgroup
+        run.cage = ucage
         self._capture(name, spec, {"stdout": out_r, "stderr": err_r})
         self._watch(name, run)
-        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(),
-                            {"pid": pid, "command": list(spec.command)}))
+        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), started))
         return identity
+
+    async def _cage_for(self, name: str, spec: ProcessUnit, cgroup: Cgroup | None) -> UnitCage | None:
+        """The unit's limits set up for this start (None: it asks for none, or no cage here); first waits
+        for the removal of its previous instance's groups, so that never removes the new ones."""
+        pending = self._releases.pop(name, None)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        limits = Limits.of(spec)
+        if not limits.asked():
+            return None
+        if self.cage is None:
+            ucage = UnitCage(name, notices=[f"{k} is not applied: cgroups are off for this backend"
+                                            for k in limits.asked()])
+            return ucage
+        return await asyncio.to_thread(self.cage.for_unit, name, limits, cgroup)
+
+    async def _helper_cage(self) -> HelperCage | None:
+        """The helper cage pre_start and stop commands run in (None: none here)."""
+        cage = self.cage
+        if cage is None:
+            return None
+        helpers = await asyncio.to_thread(lambda: cage.helpers)
+        return helpers if helpers.groups else None
+
+    def _release_later(self, name: str, run: _Running | None, ucage: UnitCage) -> None:
+        """Remove the unit's limit groups once its processes are gone (its v2 cgroup empty, or the marks
+        scan done), in the background; a next start of the unit waits for it."""
+        cage = self.cage
+        if cage is None or not ucage.v1:
+            return
+
+        async def release() -> None:
+            if run is not None and run.sweep is not None:
+                await asyncio.shield(run.sweep)
+            if run is not None and run.cgroup is not None:
+                await asyncio.to_thread(run.cgroup.wait_empty, 5.0)
+            try:
+                await asyncio.to_thread(cage.release, ucage)
+            except CgroupError as exc:
+                log.warning("unit %s: %s", name, exc)
+
+        self._releases[name] = asyncio.ensure_future(release())
 
     async def adopt(self, name: str, spec: Any, identity: Identity) -> bool:
         if not isinstance(spec, ProcessUnit) or name in self._units:
@@ -216,6 +286,8 @@ class ProcessBackend(Backend):
         self._units[name] = run = _Running(identity, pidfd, None, proc, spec, self.clock.monotonic())
         run.legacy_logs = self._reattach(name, spec, identity)
         run.cgroup = self._adopted_cgroup(name, identity)
+        if self.cage is not None and Limits.of(spec).asked():
+            run.cage = await asyncio.to_thread(self.cage.adopted, name, identity.pid)
         self._watch(name, run)
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
         return True
@@ -418,12 +490,15 @@ class ProcessBackend(Backend):
         command that cannot start) is a ``StartError`` marked ``config_error``, with its last stderr line."""
         bound = float(spec.pre_start_timeout_s)
         shown = " ".join(argv)
+        helpers = await self._helper_cage()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs(run_as))
+                *(helpers.argv(argv) if helpers else argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs(run_as))
         except OSError as exc:
             raise StartError(name, "start", f"pre_start {shown!r} could not run: {exc}", config_error=True) from exc
+        if helpers is not None:
+            helpers.enter(proc.pid)  # run as the unit's user, the launcher could not join the cage itself
         try:
             _, err = await within(self.clock, proc.communicate(), bound)
         except TimeoutError:
@@ -452,13 +527,17 @@ class ProcessBackend(Backend):
         env["MAINPID"] = str(run.identity.pid)
         bound = float(spec.stop_command_timeout_s)
         t0 = self.clock.monotonic()
+        helpers = await self._helper_cage()
+        argv = helpers.argv(spec.stop_command) if helpers else spec.stop_command
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.stop_command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                *argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, start_new_session=True, **popen_kwargs(_run_as(name, spec)))
         except (OSError, StartError) as exc:
             log.warning("unit %s: stop_command %r could not start: %s", name, spec.stop_command[0], exc)
             return
+        if helpers is not None:
+            helpers.enter(proc.pid)
         try:
             _, err = await within(self.clock, proc.communicate(), bound)
             if proc.returncode != 0:
@@ -481,6 +560,10 @@ class ProcessBackend(Backend):
         survives SIGKILL for 5 s."""
         if run.sweep is not None:
             await asyncio.shield(run.sweep)
+        pending = self._releases.get(run.identity.unit)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
         cgroup = run.cgroup
         if cgroup is None:
             return
@@ -504,6 +587,14 @@ class ProcessBackend(Backend):
         self._units.clear()
         # Units still running keep their pipes (they hold a read end): the next enmei attaches again.
         await asyncio.to_thread(self.capture.close)
+        for pending in list(self._releases.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+        self._releases.clear()
+        if self.cage is not None:
+            await asyncio.to_thread(self.cage.remove)  # only what is empty: running units keep their groups
+            if current_cage_owner() is self.cage:
+                install_cage(None)
         if self._tree is not None:
             self._tree.remove()  # only what is empty: running units keep their cgroups
 
@@ -566,6 +657,11 @@ class ProcessBackend(Backend):
         detail: dict[str, Any] = {"pid": run.identity.pid, "code": code,
                                   "signal": signal.Signals(sig).name if sig else None,
                                   "uptime_s": round(uptime, 3)}
+        if run.cage is not None:
+            if run.cage.oomed():  # the kernel counted an OOM kill in its memory group: past memory_max
+                detail["reason"] = "oom"
+                detail["memory_max"] = run.cage.applied.get("memory_max")
+            self._release_later(name, run, run.cage)
         if not run.stopping:
             detail["stderr_tail"] = tail_lines(self._log_file(name, "stderr"), 5)
         if not run.done.done():
@@ -597,7 +693,7 @@ class ProcessBackend(Backend):
         umask = launch.run_as.umask
         try:
             popen = subprocess.Popen(
-                launcher_argv([*prefix, *spec.command], launch.cgroup_procs), cwd=cwd, env=env,
+                launcher_argv([*prefix, *spec.command], launch.cgroup_procs, launch.join), cwd=cwd, env=env,
                 stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
                 pass_fds=launch.pass_fds, umask=-1 if umask is None else umask,
             )

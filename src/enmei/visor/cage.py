@@ -1,0 +1,517 @@
+"""The Resource Cage: per-unit limits (``cpu_max``, ``memory_max``, ``pids_max``) and a cage for enmei's own
+helper processes, in cgroups enmei creates beneath the cgroup it runs in — never in one it did not create.
+
+Where a limit goes (decided once per supervisor, per resource):
+
+* **cgroup v2 with the controller** (pure v2 under systemd with ``Delegate=``): enmei enables the controller
+  in ``cgroup.subtree_control`` of its own subtree ``enmei-<instance>`` (never above it) and writes
+  ``cpu.max`` / ``memory.max`` / ``pids.max`` into the unit's v2 cgroup (``enmei.visor.cgroup``). A
+  controller reaches that subtree only if the cgroup enmei runs in passes it on; enmei never changes
+  that cgroup itself.
+* **cgroup v1** (the hybrid layout: v2 for tracking, controllers in v1): ``<mount><own cgroup>/enmei-<instance>/
+  unit-<name>`` in the ``cpu`` (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), ``pids`` (``pids.max``)
+  and ``memory`` (``memory.limit_in_bytes``) hierarchies — beneath the cgroup enmei is in there, which
+  in the ``memory`` hierarchy may be one enmei did not create (it is only read, never written).
+* **neither** (no controller, or not writable: not root, no delegation): a notice naming the key and why
+  (``notices``), journaled with the unit's first start and shown by ``enmei check``; the unit runs
+  without that limit.
+
+A unit's processes join its v1 groups through the same launcher that joins its v2 cgroup, before the
+command runs (``procs_files``); the groups are removed once the unit's processes are gone (``release``).
+An out-of-memory kill is counted by the kernel (``oom_kill`` in v1 ``memory.oom_control`` / v2
+``memory.events``): ``oom_kills`` lets the backend report an exit as ``reason = "oom"``.
+
+The helper cage ``enmei-<instance>/cage`` holds enmei's heavy work in subprocesses — the policy sandbox
+worker, exec probes, ``pre_start`` and ``stop_command`` commands — with a CPU weight below the units'
+(v1 ``cpu.shares`` 256 of 1024, v2 ``cpu.weight`` 25 of 100), a CPU quota of half the machine's CPUs
+(at least one) and ``pids.max`` 512: a runaway helper can neither starve the units nor fork without
+bound, and a busy unit gets no more than its weight against them. Only processes are caged: the
+engine's event loop thread (where detectors score) stays in enmei's own cgroup, so the units' load can
+never slow supervision through a cage quota.
+
+Nothing here raises for a missing or unwritable controller: that is a notice. ``CgroupError`` is raised
+only by ``release`` when processes are still left in a unit's group after its timeout.
+
+>>> parse_v1_own("8:pids:/\\n4:memory:/process_api/x\\n1:cpu,cpuacct:/a\\n0::/\\n")
+{'pids': '/', 'memory': '/process_api/x', 'cpu': '/a', 'cpuacct': '/a'}
+>>> parse_v1_mounts("39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\\n")
+{'pids': ('/sys/fs/cgroup/pids', '/')}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
+
+__all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "current_cage",
+           "current_cage_owner", "install_cage", "parse_v1_mounts", "parse_v1_own"]
+
+log = logging.getLogger(__name__)
+
+CPU_PERIOD_US = 100_000  # the CFS period for a quota: 0.1 s, the kernel's default
+HELPER_PIDS_MAX = 512  # processes and threads of all helpers together
+_HELPER_SHARES_V1 = 256  # of the default 1024 each unit and enmei itself have
+_HELPER_WEIGHT_V2 = 25  # of the default 100
+_RESOURCES = {"cpu_max": ("cpu", "cpu"), "memory_max": ("memory", "memory"), "pids_max": ("pids", "pids")}
+_RELEASE_WAIT_S = 3.0  # a group whose processes just died may refuse rmdir for a moment
+
+
+def parse_v1_own(text: str) -> dict[str, str]:
+    """Controller -> cgroup path of a ``/proc/<pid>/cgroup`` text's v1 lines (named hierarchies left out)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3 or parts[0] == "0" or not parts[1]:
+            continue
+        for ctrl in parts[1].split(","):
+            if ctrl and not ctrl.startswith("name="):
+                out[ctrl] = parts[2].strip() or "/"
+    return out
+
+
+def parse_v1_mounts(text: str) -> dict[str, tuple[str, str]]:
+    """Controller -> (mount point, mount root) of the cgroup v1 mounts in a ``/proc/self/mountinfo`` text."""
+    out: dict[str, tuple[str, str]] = {}
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        rfields = right.split()
+        if not sep or len(rfields) < 3 or rfields[0] != "cgroup":
+            continue
+        fields = left.split()
+        if len(fields) < 5:
+            continue
+        for opt in rfields[2].split(","):
+            if opt in ("cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "freezer", "devices"):
+                out.setdefault(opt, (fields[4].replace("\\040", " "), fields[3]))
+    return out
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A unit's limits: CPUs (0.5 = half of one), bytes, processes; None: not limited."""
+
+    cpu_max: float | None = None
+    memory_max: int | None = None
+    pids_max: int | None = None
+
+    @classmethod
+    def of(cls, spec: Any) -> Limits:
+        """The limits a unit's config asks for (a config without the keys asks for none)."""
+        mem = getattr(spec, "memory_max", None)
+        return cls(getattr(spec, "cpu_max", None), int(mem) if mem is not None else None,
+                   getattr(spec, "pids_max", None))
+
+    def asked(self) -> dict[str, float | int]:
+        return {k: v for k, v in (("cpu_max", self.cpu_max), ("memory_max", self.memory_max),
+                                  ("pids_max", self.pids_max)) if v is not None}
+
+
+def _v1_values(key: str, value: float | int) -> list[tuple[str, str]]:
+    if key == "cpu_max":
+        return [("cpu.cfs_period_us", str(CPU_PERIOD_US)),
+                ("cpu.cfs_quota_us", str(max(1000, round(float(value) * CPU_PERIOD_US))))]
+    if key == "memory_max":
+        return [("memory.limit_in_bytes", str(int(value)))]
+    return [("pids.max", str(int(value)))]
+
+
+def _v2_values(key: str, value: float | int) -> list[tuple[str, str]]:
+    if key == "cpu_max":
+        return [("cpu.max", f"{max(1000, round(float(value) * CPU_PERIOD_US))} {CPU_PERIOD_US}")]
+    if key == "memory_max":
+        return [("memory.max", str(int(value)))]
+    return [("pids.max", str(int(value)))]
+
+
+def _write(path: Path, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as exc:
+        raise CgroupError(path.parent, f"write {path.name}", exc.strerror or str(exc)) from exc
+
+
+def _mkdir(path: Path) -> None:
+    try:
+        path.mkdir(mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise CgroupError(path, "create", exc.strerror or str(exc)) from exc
+    if not (path / "cgroup.procs").exists():
+        raise CgroupError(path, "create", "not a cgroup directory (no cgroup.procs)")
+
+
+def _rmdir(path: Path, wait_s: float) -> None:
+    """rmdir a cgroup (v1 or v2); a group whose last tasks are still exiting is retried up to ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                why = "processes are left in it" if exc.errno == errno.EBUSY else (exc.strerror or str(exc))
+                raise CgroupError(path, "remove", why) from exc
+        time.sleep(0.05)
+
+
+def _procs(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+@dataclass
+class UnitCage:
+    """What was set up for one start of a unit: the v1 groups its processes join, what was applied, and
+    the notices for what could not be (each ``"key: why"``)."""
+
+    unit: str
+    v1: dict[str, Path] = field(default_factory=dict)  # controller -> the unit's group
+    v2: Path | None = None  # the unit's v2 cgroup, when a limit was written there
+    applied: dict[str, float | int] = field(default_factory=dict)
+    notices: list[str] = field(default_factory=list)
+    oom_base: int = 0
+
+    def procs_files(self) -> list[Path]:
+        """The v1 ``cgroup.procs`` files the unit's launcher joins (before its command runs)."""
+        return [p / "cgroup.procs" for p in self.v1.values()]
+
+    def oom_kills(self) -> int:
+        """How many processes of the unit the kernel OOM-killed in its memory group (0 if none is known)."""
+        files = []
+        if "memory" in self.v1:
+            files.append((self.v1["memory"] / "memory.oom_control", "oom_kill"))
+        if self.v2 is not None:
+            files.append((self.v2 / "memory.events", "oom_kill"))
+        total = 0
+        for path, key in files:
+            with contextlib.suppress(OSError, ValueError):
+                for line in path.read_text().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name == key:
+                        total += int(value)
+        return total
+
+    def oomed(self) -> bool:
+        """Whether the kernel OOM-killed a process of this unit since it started."""
+        return self.oom_kills() > self.oom_base
+
+    def join(self, pid: int) -> list[str]:
+        """Move ``pid`` into every v1 group it is not in yet (the launcher normally did it); the groups it
+        could not join."""
+        failed = []
+        for ctrl, path in self.v1.items():
+            if pid in _procs(path):
+                continue
+            try:
+                _write(path / "cgroup.procs", str(pid))
+            except CgroupError:
+                failed.append(ctrl)
+        return failed
+
+
+class ResourceCage:
+    """One supervisor's cage: where each resource can be limited, the units' groups, the helper cage.
+
+    ``tree`` is the supervisor's cgroup v2 tree (or None without one), or a callable giving it when it is
+    first needed; ``proc`` the /proc entry to read its own cgroups from (a test may give another)."""
+
+    def __init__(self, instance: str, tree: CgroupTree | Callable[[], CgroupTree | None] | None, *,
+                 proc: Path = Path("/proc/self"), cpu_count: int | None = None) -> None:
+        self.instance = instance
+        self._tree_source = tree
+        self.tree: CgroupTree | None = None
+        self.proc = proc
+        self.cpu_count = cpu_count or os.cpu_count() or 1
+        self._lock = threading.Lock()
+        self._known = False
+        self.v2: set[str] = set()  # controllers enabled in the v2 tree
+        self.v1: dict[str, Path] = {}  # controller -> enmei-<instance> in its v1 hierarchy (made)
+        self.missing: dict[str, str] = {}  # controller -> why it cannot be used
+        self._helpers: HelperCage | None = None
+
+    # -- what this host offers -----------------------------------------------------------------
+
+    def discover(self) -> None:
+        """Find, once, where cpu, memory and pids can be limited (enabling v2 controllers in enmei's own
+        subtree, making ``enmei-<instance>`` in v1 hierarchies); never raises."""
+        with self._lock:
+            if self._known:
+                return
+            self._known = True
+            source = self._tree_source
+            self.tree = source() if callable(source) else source
+            if self.tree is not None:
+                self._enable_v2()
+            try:
+                own = parse_v1_own((self.proc / "cgroup").read_text())
+                mounts = parse_v1_mounts((self.proc / "mountinfo").read_text())
+            except OSError as exc:
+                own, mounts = {}, {}
+                log.debug("cannot read this process's cgroups: %s", exc)
+            for ctrl in ("cpu", "memory", "pids"):
+                if ctrl in self.v2:
+                    continue
+                where = self._v1_base(ctrl, own, mounts)
+                if isinstance(where, Path):
+                    self.v1[ctrl] = where
+                else:
+                    self.missing[ctrl] = where
+
+    def _enable_v2(self) -> None:
+        assert self.tree is not None
+        root = self.tree.root
+        try:
+            offered = set((root / "cgroup.controllers").read_text().split())
+        except OSError:
+            offered = set()
+        for ctrl in ("cpu", "memory", "pids"):
+            if ctrl not in offered:
+                continue
+            try:
+                _write(root / "cgroup.subtree_control", f"+{ctrl}")
+                self.v2.add(ctrl)
+            except CgroupError as exc:
+                self.missing[ctrl] = f"cgroup v2 offers {ctrl} but it cannot be enabled in {root}: {exc.cause}"
+
+    def _v1_base(self, ctrl: str, own: dict[str, str], mounts: dict[str, tuple[str, str]]) -> Path | str:
+        """enmei's ``enmei-<instance>`` group in ``ctrl``'s v1 hierarchy (made), or why there is none."""
+        if ctrl not in mounts:
+            return self.missing.get(ctrl) or f"no {ctrl} controller (not in cgroup v2 for enmei's tree, no v1 mount)"
+        mount, root = mounts[ctrl]
+        mine = own.get(ctrl)
+        if mine is None:
+            return f"this process is in no {ctrl} cgroup"
+        if root != "/" and mine.startswith(root):
+            mine = mine[len(root):] or "/"
+        if ".." in mine.split("/"):
+            return f"unsafe {ctrl} cgroup path {mine!r}"
+        base = Path(mount) / mine.lstrip("/") / f"enmei-{self.instance}"
+        try:
+            _mkdir(base)
+        except CgroupError as exc:
+            return f"cannot create {base}: {exc.cause}"
+        return base
+
+    def notice_for(self, key: str) -> str | None:
+        """Why ``key`` (cpu_max, memory_max, pids_max) cannot be applied on this host, or None if it can."""
+        self.discover()
+        ctrl = _RESOURCES[key][0]
+        if ctrl in self.v2 or ctrl in self.v1:
+            return None
+        return f"{key} is not applied: {self.missing.get(ctrl, 'no ' + ctrl + ' controller')}"
+
+    def support(self) -> dict[str, str]:
+        """Resource -> where it is limited ("cgroup v2", "cgroup v1 PATH") or why not ("none: ...")."""
+        self.discover()
+        out: dict[str, str] = {}
+        for key, (ctrl, _) in _RESOURCES.items():
+            if ctrl in self.v2:
+                out[key] = "cgroup v2"
+            elif ctrl in self.v1:
+                out[key] = f"cgroup v1 {self.v1[ctrl]}"
+            else:
+                out[key] = f"none: {self.missing.get(ctrl, '')}"
+        return out
+
+    # -- units ------------------------------------------------------------------------------------
+
+    def for_unit(self, unit: str, limits: Limits, v2: Cgroup | None) -> UnitCage:
+        """Set ``limits`` up for one start of ``unit`` (its v2 cgroup ``v2`` if it has one); what cannot be
+        applied is a notice, never an error. Call before the unit's command is started."""
+        self.discover()
+        cage = UnitCage(unit)
+        for key, value in limits.asked().items():
+            ctrl = _RESOURCES[key][0]
+            try:
+                if ctrl in self.v2 and v2 is not None:
+                    for name, text in _v2_values(key, value):
+                        _write(v2.path / name, text)
+                    cage.v2 = v2.path
+                elif ctrl in self.v1:
+                    group = self.v1[ctrl] / f"unit-{unit}"
+                    _mkdir(group)
+                    for name, text in _v1_values(key, value):
+                        _write(group / name, text)
+                    cage.v1[ctrl] = group
+                else:
+                    why = self.missing.get(ctrl, f"no {ctrl} controller")
+                    if ctrl in self.v2:
+                        why = "the unit has no cgroup v2 of its own"
+                    cage.notices.append(f"{key} is not applied: {why}")
+                    continue
+                cage.applied[key] = value
+            except CgroupError as exc:
+                cage.notices.append(f"{key} is not applied: {exc}")
+        cage.oom_base = cage.oom_kills()
+        return cage
+
+    def adopted(self, unit: str, pid: int) -> UnitCage:
+        """The groups an adopted unit's main process ``pid`` is in (a previous enmei of this state dir
+        made them), so its OOM kills are seen and the groups removed after it."""
+        self.discover()
+        cage = UnitCage(unit)
+        for ctrl, base in self.v1.items():
+            group = base / f"unit-{unit}"
+            if pid in _procs(group):
+                cage.v1[ctrl] = group
+        cage.oom_base = cage.oom_kills()
+        return cage
+
+    def release(self, cage: UnitCage, *, wait_s: float = _RELEASE_WAIT_S) -> None:
+        """Remove the unit's v1 groups (its processes have ended); blocking, up to ``wait_s`` each.
+        ``CgroupError`` if one still holds processes then (it is kept, the rest are removed)."""
+        failed: CgroupError | None = None
+        for path in cage.v1.values():
+            try:
+                _rmdir(path, wait_s)
+            except CgroupError as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
+
+    def release_name(self, unit: str, *, wait_s: float = _RELEASE_WAIT_S) -> None:
+        """Remove ``unit``'s v1 groups if they exist and are empty (a unit adopted, or left by a crash)."""
+        self.discover()
+        for base in self.v1.values():
+            with contextlib.suppress(CgroupError):
+                _rmdir(base / f"unit-{unit}", wait_s)
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    @property
+    def helpers(self) -> HelperCage:
+        """The helper cage (made on first use)."""
+        self.discover()
+        with self._lock:
+            if self._helpers is None:
+                self._helpers = HelperCage.make(self)
+            return self._helpers
+
+    def remove(self) -> None:
+        """Remove the helper cage and every empty group and ``enmei-<instance>`` in the v1 hierarchies."""
+        with self._lock:
+            helpers, self._helpers = self._helpers, None
+        if helpers is not None:
+            helpers.remove()
+        for base in self.v1.values():
+            with contextlib.suppress(OSError):
+                for child in base.iterdir():
+                    if child.is_dir():
+                        with contextlib.suppress(CgroupError):
+                            _rmdir(child, 0.5)
+            with contextlib.suppress(CgroupError):
+                _rmdir(base, 0.5)
+
+
+@dataclass
+class HelperCage:
+    """The cgroups enmei's helper processes join: ``enmei-<instance>/cage`` in each v1 hierarchy with cpu
+    or pids, and in the v2 tree when v2 has those controllers. ``procs_files`` empty: no cage here."""
+
+    groups: list[Path] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    has_v2: bool = False  # one of the groups is a v2 cgroup (a process is in one v2 cgroup only)
+
+    @classmethod
+    def make(cls, owner: ResourceCage) -> HelperCage:
+        out = cls()
+        quota = max(1.0, owner.cpu_count / 2)
+        if owner.tree is not None and owner.v2 & {"cpu", "pids"}:
+            path = owner.tree.root / "cage"
+            try:
+                _mkdir(path)
+                if "cpu" in owner.v2:
+                    _write(path / "cpu.weight", str(_HELPER_WEIGHT_V2))
+                    _write(path / "cpu.max", f"{round(quota * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+                if "pids" in owner.v2:
+                    _write(path / "pids.max", str(HELPER_PIDS_MAX))
+                out.groups.append(path)
+                out.has_v2 = True
+            except CgroupError as exc:
+                out.notices.append(f"no helper cage in cgroup v2: {exc}")
+        for ctrl in ("cpu", "pids"):
+            base = owner.v1.get(ctrl)
+            if base is None:
+                continue
+            path = base / "cage"
+            try:
+                _mkdir(path)
+                if ctrl == "cpu":
+                    _write(path / "cpu.shares", str(_HELPER_SHARES_V1))
+                    _write(path / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                    _write(path / "cpu.cfs_quota_us", str(round(quota * CPU_PERIOD_US)))
+                else:
+                    _write(path / "pids.max", str(HELPER_PIDS_MAX))
+                out.groups.append(path)
+            except CgroupError as exc:
+                out.notices.append(f"no helper cage in the v1 {ctrl} hierarchy: {exc}")
+        for n in out.notices:
+            log.warning("%s", n)
+        return out
+
+    def procs_files(self) -> list[Path]:
+        return [g / "cgroup.procs" for g in self.groups]
+
+    def argv(self, command: list[str], *, tracking: Path | None = None) -> list[str]:
+        """``command`` started through ``/bin/sh`` that joins the cage (and ``tracking``, a unit's v2
+        cgroup.procs, where the cage has no v2 group of its own) before it execs ``command``; ``command``
+        unchanged where there is no cage and nothing to track."""
+        files = self.procs_files()
+        if tracking is not None and not self.has_v2:
+            files = [tracking, *files]
+        if not files:
+            return list(command)
+        return ["/bin/sh", "-c", JOIN_SCRIPT, "enmei-cage", "\n".join(map(str, files)), *command]
+
+    def enter(self, pid: int) -> None:
+        """Move ``pid`` into the cage where it is not yet (a helper started as another user, whose launcher
+        could not write to the cage); a process already gone is fine."""
+        for group in self.groups:
+            if pid in _procs(group):
+                continue
+            with contextlib.suppress(CgroupError):
+                _write(group / "cgroup.procs", str(pid))
+
+    def remove(self) -> None:
+        for group in self.groups:
+            with contextlib.suppress(CgroupError):
+                _rmdir(group, 1.0)
+
+
+# $1: the cgroup.procs files to join, one a line ("-": none); a join that fails is repaired by the parent.
+JOIN_SCRIPT = ('if [ "$1" != - ]; then set -f; _ifs=$IFS; IFS=\'\n\'; '
+               'for _c in $1; do { echo 0 >"$_c"; } 2>/dev/null; done; IFS=$_ifs; set +f; fi; shift; exec "$@"')
+
+_installed: list[ResourceCage] = []  # this process's supervisor's cage (at most one)
+
+
+def install_cage(cage: ResourceCage | None) -> None:
+    """Make ``cage`` the one this process's helpers (policy sandbox, exec probes) join; None: no cage."""
+    _installed[:] = [cage] if cage is not None else []
+
+
+def current_cage_owner() -> ResourceCage | None:
+    return _installed[0] if _installed else None
+
+
+def current_cage() -> HelperCage | None:
+    """The helper cage of this process's supervisor, if one was installed and has groups."""
+    cage = current_cage_owner()
+    if cage is None:
+        return None
+    helpers = cage.helpers
+    return helpers if helpers.groups else None

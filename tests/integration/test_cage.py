@@ -1,0 +1,224 @@
+"""Issue 12 item 4, the Resource Cage, on this machine's real cgroups (the hybrid layout: v1 ``cpu``,
+``pids`` and ``memory``): a busy loop held to ``cpu_max``, a fork bomb stopped by ``pids_max`` while enmei
+supervises another unit, a leak OOM-killed at ``memory_max`` and restarted with the reason "oom" — and
+every group enmei made removed afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from enmei.box import Reader, verify
+from enmei.clock import SystemClock
+from enmei.config.load import load_text
+from enmei.demo.ports import free_ports
+from enmei.engine import Engine, journal_for
+from enmei.model import UnitEvent, UnitEventKind, UnitState
+from enmei.visor.cage import parse_v1_mounts, parse_v1_own
+from enmei.visor.process import ProcessBackend
+from support.wait import auntil, scaled
+
+from .conftest import PY, wait_until
+
+pytestmark = pytest.mark.integration
+
+BUSY = "open(__import__('sys').argv[1], 'w').close()\nwhile True:\n    pass\n"
+
+# Forks children that sleep, until a fork fails (at most 200: bounded on a host without the limit);
+# writes {"forked": n, "errno": e} to argv[1], then stays.
+BOMB = r'''
+import json, os, sys, time
+n, err = 0, None
+while n < 200:
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        err = exc.errno
+        break
+    if pid == 0:
+        time.sleep(600)
+        os._exit(0)
+    n += 1
+with open(sys.argv[1] + ".tmp", "w") as f:
+    json.dump({"forked": n, "errno": err}, f)
+os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+time.sleep(600)
+'''
+
+# Grows by 4 MiB (touched) every 10 ms, up to 1 GiB (bounded on a host without the limit); appends one
+# line to argv[1] per start.
+LEAK = r'''
+import sys, time
+with open(sys.argv[1], "a") as f:
+    f.write("start\n")
+hoard = []
+for _ in range(256):
+    hoard.append(bytearray(4 << 20))
+    time.sleep(0.01)
+time.sleep(600)
+'''
+
+
+def _v1_dirs(instance: str) -> list[Path]:
+    """enmei-<instance> in each v1 hierarchy with cpu, pids or memory, that exists now."""
+    own = parse_v1_own(Path("/proc/self/cgroup").read_text())
+    mounts = parse_v1_mounts(Path("/proc/self/mountinfo").read_text())
+    out = []
+    for ctrl in ("cpu", "pids", "memory"):
+        if ctrl in mounts and ctrl in own:
+            p = Path(mounts[ctrl][0]) / own[ctrl].lstrip("/") / f"enmei-{instance}"
+            if p.exists():
+                out.append(p)
+    return out
+
+
+def _cpu_s(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
+async def test_cpu_max_holds_a_busy_loop_to_its_share_and_its_groups_are_removed(tmp_path: Path) -> None:
+    """Before the cage the key did not exist (a config error) and the loop took a whole CPU when it could."""
+    ready = tmp_path / "ready"
+    cfg = f'[units.busy]\ncommand = ["{PY}", "-c", {json.dumps(BUSY)}, "{ready}"]\ncpu_max = "20%"\n'
+    spec = load_text(cfg, tmp_path / "enmei.toml").config.units["busy"]
+    events: list[UnitEvent] = []
+    b = ProcessBackend(clock=SystemClock(), state_dir=tmp_path / "state", emit=events.append)
+    try:
+        ident = await b.start("busy", spec)
+        assert await asyncio.to_thread(wait_until, ready.exists, scaled(20))
+        assert events[0].kind is UnitEventKind.STARTED and events[0].detail["limits"] == {"cpu_max": 0.2}
+        assert b.cage is not None
+        group = b.cage.v1["cpu"] / "unit-busy"
+        assert ident.pid in [int(x) for x in (group / "cgroup.procs").read_text().split()]
+        c0, t0 = _cpu_s(ident.pid), time.monotonic()
+        await asyncio.sleep(4.0)  # a measurement window, not a wait for an event
+        used = (_cpu_s(ident.pid) - c0) / (time.monotonic() - t0)
+        stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines())
+        print(f"cpu_max 0.2: the busy loop used {used:.3f} CPU over 4 s; throttled {stat['nr_throttled']} times")
+        assert used <= 0.25
+        assert int(stat["nr_throttled"]) > 0  # held back by its quota, not merely by a loaded machine
+        await b.stop("busy", timeout_s=5.0)
+        assert not group.exists()  # removed with the unit
+    finally:
+        with contextlib.suppress(Exception):
+            await b.stop("busy", timeout_s=1.0)
+        await b.close()
+    assert _v1_dirs(b.instance) == []
+
+
+class Running:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.records: list[tuple[float, str, str, dict[str, Any]]] = []
+        engine.subscribe(lambda s, k, u, body: self.records.append((time.monotonic(), k, u, dict(body))))
+
+    def pid(self, name: str) -> int:
+        ident = self.engine.units[name].backend.identity(name)
+        assert ident is not None
+        return int(ident.pid)
+
+    def found(self, kind: str, unit: str, **match: Any) -> list[dict[str, Any]]:
+        return [b for _, k, u, b in self.records
+                if k == kind and u == unit and all(b.get(key) == v for key, v in match.items())]
+
+
+@contextlib.asynccontextmanager
+async def supervising(tmp_path: Path, text: str) -> AsyncIterator[Running]:
+    loaded = load_text(text, tmp_path / "enmei.toml")
+    journal = journal_for(loaded).open()
+    engine = Engine(loaded, journal=journal)
+    running = Running(engine)
+    task = asyncio.create_task(engine.run())
+    try:
+        yield running
+    finally:
+        engine.stop()
+        await asyncio.wait_for(task, scaled(60))
+        journal.close()
+    assert verify(loaded.journal_path).ok
+
+
+async def test_pids_max_makes_a_fork_bomb_fail_inside_the_unit_while_another_units_probe_keeps_its_latency(
+        tmp_path: Path) -> None:
+    """Before the cage the bomb forked its 200 children (the test's own bound) and nothing failed."""
+    (port,) = free_ports(1)
+    out = tmp_path / "bomb.json"
+    text = f"""
+[units.web]
+command = ["{PY}", "-m", "enmei.demo.service", "--port", "{port}"]
+listen = ["127.0.0.1:{port}"]
+start_s = 0.3
+[[units.web.probes]]
+kind = "http"
+url = "http://127.0.0.1:{port}/health"
+interval_s = 0.2
+timeout_s = 2.0
+fail_after = 3
+
+[units.bomb]
+command = ["{PY}", "-c", {json.dumps(BOMB)}, "{out}"]
+pids_max = 20
+autostart = false
+"""
+    async with supervising(tmp_path, text) as r:
+        engine = r.engine
+        assert await auntil(lambda: "web" in engine.units and engine.units["web"].state is UnitState.RUNNING,
+                            30, fail=False)
+        web_pid = r.pid("web")
+        reader = Reader(engine.journal.path)
+        try:
+            assert await auntil(lambda: len(_latencies(reader)) >= 10, 60, fail=False), "no probe samples of web"
+            before = _latencies(reader)
+            t_bomb, wall_bomb = time.monotonic(), time.time()
+            await engine.units["bomb"].backend.start("bomb", engine.units["bomb"].spec)
+            assert await auntil(out.exists, 60, fail=False), "the bomb never reported"
+            result = json.loads(out.read_text())
+            assert await auntil(lambda: len(_latencies(reader, wall_bomb)) >= 15, 60, fail=False), \
+                "web's probe stalled"
+            during = _latencies(reader, wall_bomb)
+        finally:
+            reader.close()
+        print(f"fork bomb under pids_max 20: {result}; web's http probe latency median "
+              f"{statistics.median(before) * 1000:.1f} ms before, {statistics.median(during) * 1000:.1f} ms "
+              f"during ({len(during)} probes in {time.monotonic() - t_bomb:.1f} s)")
+        assert result["errno"] is not None and result["forked"] < 20  # fork failed inside the unit
+        assert r.pid("web") == web_pid  # web was never restarted: its probe never failed enough
+        assert not r.found("verdict", "web")
+        assert statistics.median(during) < max(5 * statistics.median(before), 0.25)
+        await engine.units["bomb"].backend.stop("bomb", timeout_s=5.0)
+
+
+def _latencies(reader: Reader, since_wall: float = 0.0) -> list[float]:
+    return [v for _, v in reader.samples("web", "http.latency_s", since_wall=since_wall)]
+
+
+async def test_memory_max_oom_kills_a_leak_and_enmei_restarts_it_with_the_reason_oom(tmp_path: Path) -> None:
+    """Before the cage the leak grew to its own bound (1 GiB) and stayed up: no exit, no restart."""
+    starts = tmp_path / "starts"
+    text = f"""
+[units.leak]
+command = ["{PY}", "-c", {json.dumps(LEAK)}, "{starts}"]
+memory_max = "64MiB"
+start_s = 0.2
+"""
+    async with supervising(tmp_path, text) as r:
+        assert await auntil(lambda: len(r.found("unit.event", "leak", event="exited")) >= 1, 60, fail=False), \
+            "the leak was never killed"
+        exited = r.found("unit.event", "leak", event="exited")[0]
+        assert exited["reason"] == "oom" and exited["signal"] == "SIGKILL"
+        assert await auntil(lambda: any(d.get("action") == "restart" for d in r.found("decision", "leak")),
+                            30, fail=False)
+        restart = next(d for d in r.found("decision", "leak") if d.get("action") == "restart")
+        assert "oom" in restart["reason"]
+        assert await auntil(lambda: starts.exists() and len(starts.read_text().split()) >= 2, 60, fail=False)
+        print(f"memory_max 64MiB: exited {exited}; decision reason {restart['reason']!r}")
