@@ -118,6 +118,7 @@ class RecordKind(StrEnum):
     ALERT = "alert"
     SAMPLES = "samples"  # a summary of observations over a period
     POLICY = "policy"  # policy loaded, reloaded, rejected
+    RELOAD = "reload"  # a config reload: its diff, its refusal (file:line:key), its end
     ANCHOR = "anchor"  # an HMAC anchor over the chain so far
 
 

@@ -36,6 +36,7 @@ from enmei.engine.actions import inject, monitor, run_alert_command
 from enmei.engine.alerts import AlertGate
 from enmei.engine.deciding import DEFAULT_DEADLINE_S, Decider
 from enmei.engine.host import HOST_BUDGET, HostRuntime
+from enmei.engine.reload import Reloader
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
 from enmei.engine.unit import UnitRuntime
@@ -137,6 +138,8 @@ class Engine:
         self.injectors: dict[str, dict[str, Probe]] = {}
         self.started = asyncio.Event()
         self.handled = 0
+        self._probe_tasks: dict[str, list[asyncio.Task[Any]]] = {}
+        self.reloader = Reloader(self)
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -184,9 +187,8 @@ class Engine:
         self._build_units()
         await self._adopt_or_start()
         self.spawn(self._tick_loop(), "tick")
-        for name, probes in self.probes.items():
-            for probe in probes:
-                self.spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
+        for name in self.units:
+            self._spawn_probes(name)
         self.started.set()
         consumer = asyncio.create_task(self._consume(), name="enmei-consumer")
         stopper = asyncio.create_task(self._stopping.wait())
@@ -216,16 +218,127 @@ class Engine:
 
     def _build_units(self) -> None:
         for name, spec in self.config.units.items():
-            backend = self.backend(spec.backend)
-            unit = UnitRuntime(name, spec, backend, self.clock, record=self.record, alert=self.alert,
-                               identity_changed=self._identity_changed, on_fresh=self._fresh_instance,
-                               notify_dir=self.state_dir / "notify")
-            self.units[name] = unit
-            self.probes[name] = make_probes(name, spec, backend, self.clock)
-            self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
-            judge = self._judge_factory(name, spec)
-            if judge is not None and len(judge):
-                self.judges[name] = judge
+            self._build_unit(name, spec)
+
+    def _build_unit(self, name: str, spec: UnitBase) -> UnitRuntime:
+        backend = self.backend(spec.backend)
+        unit = UnitRuntime(name, spec, backend, self.clock, record=self.record, alert=self.alert,
+                           identity_changed=self._identity_changed, on_fresh=self._fresh_instance,
+                           notify_dir=self.state_dir / "notify")
+        self.units[name] = unit
+        self._build_watch(name, spec)
+        return unit
+
+    def _build_watch(self, name: str, spec: UnitBase) -> None:
+        """The unit's probes, injectors and detectors, made from ``spec`` (their loops are not started)."""
+        backend = self.units[name].backend
+        self.probes[name] = make_probes(name, spec, backend, self.clock)
+        self.injectors[name] = {i.name: make_injector(name, i, self.clock, backend) for i in spec.injectors}
+        judge = self._judge_factory(name, spec)
+        self.judges.pop(name, None)
+        if judge is not None and len(judge):
+            self.judges[name] = judge
+
+    def _spawn_probes(self, name: str) -> None:
+        self._probe_tasks[name] = [self.spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
+                                   for probe in self.probes.get(name, [])]
+
+    async def _drop_watch(self, name: str) -> None:
+        """End the unit's probe loops and close its probes (its detectors and injectors are forgotten)."""
+        tasks = self._probe_tasks.pop(name, [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for probe in self.probes.pop(name, []):
+            with contextlib.suppress(Exception):
+                await probe.aclose()
+        self.injectors.pop(name, None)
+        self.judges.pop(name, None)
+        self._broken_detectors = {k for k in self._broken_detectors if k[0] != name}
+        for key in [k for k in self.probe_intervals if k[0] == name]:
+            del self.probe_intervals[key]
+
+    # -- the unit set, changed live (reload: enmei.engine.reload) ----------------------------------
+
+    def request_reload(self, by: str = "operator") -> dict[str, Any]:
+        """Re-read the config file and apply what changed, unit by unit (``enmei.engine.reload``): the
+        diff (``ok`` True, applied by a task) or the error (``ok`` False: the old config stays in force),
+        journaled as a ``reload`` record either way. Refused while enmei is starting or stopping."""
+        if not self.started.is_set() or self._stopping.is_set():
+            body: dict[str, Any] = {"event": "refused", "by": by, "ok": False,
+                                    "error": "enmei is starting or stopping: no reload now"}
+            self.record(RecordKind.RELOAD, None, body)
+            return body
+        return self.reloader.request(by)
+
+    async def _release(self, unit: UnitRuntime) -> None:
+        """Cancel the unit's running remedy and wait until it let go of the unit."""
+        run = unit.remedy
+        if run is not None and run.task is not None and not run.task.done():
+            run.task.cancel()
+            await asyncio.gather(run.task, return_exceptions=True)
+
+    async def remove_unit(self, name: str, reason: str) -> None:
+        """Stop the unit (its running remedy cancelled first) and forget it; its record says ``reason``."""
+        unit = self.units[name]
+        self.record(RecordKind.UNIT_EVENT, name, {"event": "removed", "reason": reason})
+        await self._drop_watch(name)
+        await self._release(unit)
+        try:
+            await unit.stop()
+        finally:
+            unit.close_startup()
+            self.units.pop(name, None)
+            self._identity_changed(name, None)
+
+    async def replace_unit(self, name: str, spec: UnitBase, reason: str) -> None:
+        """Stop the unit with its old spec, then build it anew with ``spec`` and start it (if autostart)."""
+        unit = self.units[name]
+        self.record(RecordKind.UNIT_EVENT, name, {"event": "reconfigured", "how": "restart", "reason": reason})
+        await self._drop_watch(name)
+        await self._release(unit)
+        try:
+            await unit.stop()
+        finally:
+            unit.close_startup()
+        self._identity_changed(name, None)
+        self._build_unit(name, spec)
+        self._begin(name, reason)
+
+    def update_unit(self, name: str, spec: UnitBase, reason: str) -> None:
+        """Give the running unit ``spec``: its probes, injectors, detectors and budget are made anew from
+        it; the instance (and its restart history) stays."""
+        unit = self.units[name]
+        self.record(RecordKind.UNIT_EVENT, name, {"event": "reconfigured", "how": "in_place", "reason": reason})
+        old = self._probe_tasks.pop(name, [])
+        closing = self.probes.get(name, [])
+        for task in old:
+            task.cancel()
+
+        async def close_old() -> None:
+            await asyncio.gather(*old, return_exceptions=True)
+            for probe in closing:
+                with contextlib.suppress(Exception):
+                    await probe.aclose()
+
+        self.spawn(close_old(), f"close old probes of {name}")
+        unit.respec(spec)
+        self._build_watch(name, spec)
+        self._spawn_probes(name)
+
+    def add_unit(self, name: str, spec: UnitBase, reason: str) -> None:
+        """Build the unit from ``spec`` and start it if it is autostart (else it is STOPPED)."""
+        self._build_unit(name, spec)
+        self.record(RecordKind.UNIT_EVENT, name, {"event": "added", "reason": reason})
+        self._begin(name, reason)
+
+    def _begin(self, name: str, reason: str) -> None:
+        self._spawn_probes(name)
+        unit = self.units[name]
+        if unit.spec.autostart:
+            self._execute(Decision("start", name, reason, policy="engine", rule="reload"), None)
+        else:
+            unit.set_state(UnitState.STOPPED, "autostart = false")
 
     async def _adopt_or_start(self) -> None:
         saved = self._statefile.load()

@@ -6,8 +6,9 @@ anchor key last signed (``IntegrityError`` otherwise: a cut, rolled-back or repl
 continued silently; ``enmei box seal`` starts a new segment).
 
 SIGTERM and SIGINT stop the units gracefully, flush the journal and return; a second one while stopping
-is ignored (the stop already has its deadlines). SIGHUP never kills enmei (a terminal closing, a
-``kill -HUP`` meant for a reload): it is journaled and logged, and supervision goes on.
+is ignored (the stop already has its deadlines). SIGHUP never kills enmei: it is journaled and reloads
+the config file (``Engine.request_reload``: the diff applied unit by unit, or the old config kept on any
+error), and supervision goes on.
 """
 
 from __future__ import annotations
@@ -72,12 +73,13 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
         loop.add_signal_handler(sig, engine.stop)
 
     def hangup() -> None:
-        log.warning("SIGHUP received: ignored (enmei goes on supervising; it reloads nothing yet)")
+        log.warning("SIGHUP received: reloading %s", loaded.path)
         try:
             engine.record(RecordKind.SUPERVISOR, None, {"event": "signal", "signal": "SIGHUP",
-                                                        "action": "ignored", "pid": os.getpid()})
+                                                        "action": "reload", "pid": os.getpid()})
+            engine.request_reload(by="SIGHUP")
         except Exception:  # the journal closing under us: the log line above is all we can do
-            log.exception("cannot journal the SIGHUP")
+            log.exception("cannot reload on SIGHUP")
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     side: asyncio.Task[None] | None = None

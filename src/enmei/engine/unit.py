@@ -94,6 +94,14 @@ class UnitRuntime:
     def spec(self) -> UnitBase:
         return self._spec
 
+    def respec(self, spec: UnitBase) -> None:
+        """Run on with ``spec`` (a reload's in-place change): its budget and backoff are the new spec's,
+        the restart history is kept; the instance is not touched."""
+        self._spec = spec
+        self.restarts = deque(self.restarts, maxlen=max(64, spec.restart.budget * 4))
+        self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
+                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
+
     @property
     def state(self) -> UnitState:
         return self._state
