@@ -460,7 +460,8 @@ class ProcessBackend(Backend):
     async def stop(self, name: str, *, timeout_s: float) -> None:
         """Stop in bounded phases: the unit's ``stop_command`` if it has one (within
         ``stop_command_timeout_s``), then — if the unit is still there — its ``stop_signal`` to whom its
-        ``kill_mode`` names, ``timeout_s``, then SIGKILL to all of it, then ``StopError`` after 5 s more."""
+        ``kill_mode`` names and SIGCONT to all of it (a stopped process handles its signal), ``timeout_s``,
+        then SIGKILL to all of it, then ``StopError`` after 5 s more."""
         run = self._units.get(name)
         if run is None:
             return
@@ -476,6 +477,9 @@ class ProcessBackend(Backend):
             self._signal_main(run, sig)
         else:
             self._signal_group(run, sig, cgroup=spec.kill_mode == "all")
+        # A stopped (SIGSTOPped, hung) process keeps the signal pending and would sit out the whole
+        # timeout for SIGKILL: continue all of the unit, so it stops gracefully now (systemd does so too).
+        self._signal_group(run, signal.SIGCONT)
         if not await self._wait_done(run, timeout_s):
             log.warning("unit %s did not stop within %.1fs of %s: SIGKILL", name, timeout_s, sig.name)
             self._signal_group(run, signal.SIGKILL)
