@@ -139,6 +139,10 @@ class Engine:
         self.started = asyncio.Event()
         self.handled = 0
         self._probe_tasks: dict[str, list[asyncio.Task[Any]]] = {}
+        # Set once every autostart unit had its first start attempt (or was adopted): sd_notify READY=1.
+        self.first_starts = asyncio.Event()
+        self._first_pending: set[str] = set()
+        self._progress_seen = -1
         self.reloader = Reloader(self)
 
     # -- public ------------------------------------------------------------------------------------
@@ -151,6 +155,18 @@ class Engine:
         """Ask the engine to finish: stop the units (or leave them running for adoption), then return."""
         self._leave_running = leave_running
         self._stopping.set()
+
+    @property
+    def stop_requested(self) -> asyncio.Event:
+        """Set once ``stop()`` was called."""
+        return self._stopping
+
+    def progress(self) -> bool:
+        """Whether the loop made progress since the last call: its queue is drained, or it handled
+        something since (a stalled consumer says False; the sd_notify watchdog pings only on True)."""
+        moved = self.handled != self._progress_seen or self.queue.empty()
+        self._progress_seen = self.handled
+        return moved
 
     def submit(self, action: str, unit: str, args: Mapping[str, Any] | None = None, by: str = "operator") -> None:
         """Queue an operator's request; it is journaled as a decision of ``by``."""
@@ -368,8 +384,17 @@ class Engine:
             if unit.state is UnitState.PENDING:
                 if unit.spec.autostart:
                     self._execute(Decision("start", name, "autostart", policy="engine", rule="autostart"), None)
+                    if unit.remedy is not None:
+                        self._first_pending.add(name)
                 else:
                     unit.set_state(UnitState.STOPPED, "autostart = false")
+        self._first_attempted(None)
+
+    def _first_attempted(self, name: str | None) -> None:
+        if name is not None:
+            self._first_pending.discard(name)
+        if not self._first_pending:
+            self.first_starts.set()
 
     async def _resolve_interrupted(self) -> None:
         """Journal remedies whose intent was written but whose outcome never was (a supervisor crash)."""
@@ -691,6 +716,8 @@ class Engine:
         seq = self.record(RecordKind.REMEDY_OUTCOME, unit.name, {
             **as_dict(outcome), "decision_seq": run.decision_seq, "duration_s": round(outcome.duration_s, 4),
             "unit_state": str(unit.state)})
+        if unit.name in self._first_pending:
+            self._first_attempted(unit.name)
         if outcome.state is not RemedyState.CANCELLED:
             self._outcome_seq[run.remedy_id] = seq
             self.queue.put_nowait(outcome)

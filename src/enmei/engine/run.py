@@ -24,6 +24,7 @@ from enmei.box import Journal
 from enmei.clock import Clock
 from enmei.config.load import LoadedConfig
 from enmei.engine.loop import Engine, journal_for
+from enmei.engine.notify import ServiceNotifier
 from enmei.engine.statedir import StateDir
 from enmei.model import RecordKind
 from enmei.policy.base import Policy
@@ -71,6 +72,10 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
+    notifier = ServiceNotifier.from_env()
+    service: list[asyncio.Task[None]] = []
+    if notifier is not None:
+        service = _serve_notify(engine, notifier)
 
     def hangup() -> None:
         log.warning("SIGHUP received: reloading %s", loaded.path)
@@ -91,7 +96,34 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # remove_signal_handler put back the default: death
-        if side is not None:
-            side.cancel()
-            await asyncio.gather(side, return_exceptions=True)
+        for task in [*service, *([side] if side is not None else [])]:
+            task.cancel()
+        await asyncio.gather(*service, *([side] if side is not None else []), return_exceptions=True)
+        if notifier is not None:
+            notifier.close()
     return engine
+
+
+def _status(engine: Engine) -> str:
+    running = sum(1 for u in engine.units.values() if u.alive())
+    return f"supervising {len(engine.units)} unit{'s' if len(engine.units) != 1 else ''}: {running} running"
+
+
+def _serve_notify(engine: Engine, notifier: ServiceNotifier) -> list[asyncio.Task[None]]:
+    """The tasks that tell the service manager about enmei (``enmei.engine.notify``); they run outside the
+    engine's own task set so that the watchdog is still fed while the units are stopped at shutdown."""
+
+    async def ready() -> None:
+        await engine.first_starts.wait()
+        notifier.ready(_status(engine))
+
+    async def stopping() -> None:
+        await engine.stop_requested.wait()
+        notifier.stopping()
+
+    engine.reloader.on_reloading = notifier.reloading
+    engine.reloader.on_done = lambda diff: notifier.ready(f"reloaded ({diff.describe()}); {_status(engine)}")
+    return [asyncio.create_task(ready(), name="sd_notify ready"),
+            asyncio.create_task(stopping(), name="sd_notify stopping"),
+            asyncio.create_task(notifier.watchdog(lambda: engine.stop_requested.is_set() or engine.progress()),
+                                name="sd_notify watchdog")]
