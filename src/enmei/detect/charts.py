@@ -118,6 +118,15 @@ def classic_centre_sigma(values: Sequence[float], individuals: bool) -> tuple[fl
     return mean, statistics.stdev(values)
 
 
+_SIDES = ("both", "up", "down")
+
+
+def _side(side: str) -> str:
+    if side not in _SIDES:
+        raise ValueError(f"side must be one of {', '.join(_SIDES)}, got {side!r}")
+    return side
+
+
 def _clipped(x: float, centre: float, sigma: float, clip: float | None) -> float:
     """``x`` limited to ``centre ± clip * sigma`` (unchanged if ``clip`` is None)."""
     if clip is None:
@@ -281,13 +290,18 @@ class EWMA(_Chart):
     ``sigmas`` (so :attr:`alarm_level` is ``1 - 2 Q(sigmas)``). With ``clip`` (sigmas), each value is
     first limited to ``centre ± clip * sigma``: one wild sample then moves the statistic by at most
     ``lam * clip`` sigmas, while a sustained shift is still found (evidence ``value`` is unclipped).
+
+    ``side`` ``"up"`` (or ``"down"``) makes the chart one-sided: only a statistic above (below) the
+    centre scores, ``1 - Q(z)`` with the one-sided tail, and ``alarm_level`` is ``1 - Q(sigmas)``; a
+    move the other way scores 0 (for a latency, faster is not a problem).
     """
 
     kind: ClassVar[str] = "ewma"
 
     def __init__(self, learning: int = 100, lam: float = 0.2, sigmas: float = 3.0, robust: bool = True,
-                 min_sigma: float = 0.0, clip: float | None = None) -> None:
+                 min_sigma: float = 0.0, clip: float | None = None, side: str = "both") -> None:
         super().__init__(learning, robust, min_sigma)
+        self.side = _side(side)
         if not 0.0 < lam <= 1.0:
             raise ValueError("lam must be in (0, 1]")
         if clip is not None and clip <= 0.0:
@@ -295,7 +309,7 @@ class EWMA(_Chart):
         self.lam = float(lam)
         self.clip = None if clip is None else float(clip)
         self.sigmas = float(sigmas)
-        self.alarm_level = 1.0 - normal_two_sided_tail(self.sigmas)
+        self.alarm_level = 1.0 - (normal_two_sided_tail(self.sigmas) if self.side == "both" else _q1(self.sigmas))
         self._z = math.nan
         self._i = 0
 
@@ -310,15 +324,20 @@ class EWMA(_Chart):
         var_factor = lam / (2 - lam) * (1 - (1 - lam) ** (2 * min(self._i, 10_000)))
         sd = self.sigma * math.sqrt(var_factor)
         zz = (self._z - self.centre) / sd
-        rule = "ewma_beyond_limit" if abs(zz) > self.sigmas else "none"
+        # The deviation in the direction that matters (one-sided: the other direction is no evidence).
+        dev = abs(zz) if self.side == "both" else (zz if self.side == "up" else -zz)
+        rule = "ewma_beyond_limit" if dev > self.sigmas else "none"
         lim = self.sigmas * sd
         self._ev = {"value": x, "t": t, "centre": self.centre, "lower": self.centre - lim,
                     "upper": self.centre + lim, "z": zz, "rule": rule, "window": self._i,
                     "statistic": self._z}
-        return 1.0 - normal_two_sided_tail(zz)
+        if self.side == "both":
+            return 1.0 - normal_two_sided_tail(zz)
+        return 1.0 - _q1(dev) if dev > 0.0 else 0.0
 
     def _params(self) -> dict[str, Any]:
-        return {**self._base_params(), "lam": self.lam, "sigmas": self.sigmas, "clip": self.clip}
+        return {**self._base_params(), "lam": self.lam, "sigmas": self.sigmas, "clip": self.clip,
+                "side": self.side}
 
     def _dump(self) -> Any:
         return {**self._base_dump(), "z": None if math.isnan(self._z) else self._z, "i": self._i}
@@ -329,19 +348,22 @@ class EWMA(_Chart):
         self._i = int(data["i"])
 
 
-def cusum_arl0(h: float, k: float) -> float:
-    """In-control average run length of a two-sided CUSUM with limit ``h`` and slack ``k`` (in sigmas).
+def cusum_arl0(h: float, k: float, sides: int = 2) -> float:
+    """In-control average run length of a CUSUM with limit ``h`` and slack ``k`` (in sigmas).
 
-    Siegmund's approximation for each side, combined as ``1/ARL = 1/ARL+ + 1/ARL-``.
+    Siegmund's approximation for one side; two-sided (``sides=2``, the default) combined as
+    ``1/ARL = 1/ARL+ + 1/ARL-``. Raises ``ValueError`` unless ``sides`` is 1 or 2.
     """
+    if sides not in (1, 2):
+        raise ValueError("sides must be 1 or 2")
     b = h + 1.166
     if k < 1e-3:
-        return b * b / 2.0  # the k -> 0 limit (Brownian motion)
+        return b * b / sides  # the k -> 0 limit (Brownian motion)
     if 2.0 * k * b > 700.0:
         return math.inf
     d = -k
     one = (math.exp(-2.0 * d * b) + 2.0 * d * b - 1.0) / (2.0 * d * d)
-    return one / 2.0
+    return one / sides
 
 
 class CUSUM(_Chart):
@@ -355,13 +377,18 @@ class CUSUM(_Chart):
 control within about ``(cap - 1) * h / k`` in-control samples. Evidence ``since`` is the change-point
 estimate: the time the deviating side last left zero. ``clip`` (sigmas) limits each standardised
 value before it is added, as for :class:`EWMA`: an isolated outlier cannot signal on its own.
+``side`` ``"up"`` (or ``"down"``) makes it one-sided: only ``S+`` (``S-``) scores and alarms, with the
+one-sided ARL0 (twice the two-sided one for the same ``h``).
     """
 
     kind: ClassVar[str] = "cusum"
 
     def __init__(self, learning: int = 100, k: float = 0.5, h: float = 5.0, robust: bool = True,
-                 min_sigma: float = 0.0, cap: float | None = 2.0, clip: float | None = None) -> None:
+                 min_sigma: float = 0.0, cap: float | None = 2.0, clip: float | None = None,
+                 side: str = "both") -> None:
         super().__init__(learning, robust, min_sigma)
+        self.side = _side(side)
+        self._sides = 2 if self.side == "both" else 1
         if k < 0.0 or h <= 0.0 or (cap is not None and cap < 1.0):
             raise ValueError("k must be >= 0, h > 0 and cap >= 1")
         if clip is not None and clip <= 0.0:
@@ -371,7 +398,7 @@ value before it is added, as for :class:`EWMA`: an isolated outlier cannot signa
         self.h = float(h)
         self.cap = None if cap is None else float(cap)
         self._max = math.inf if cap is None else float(cap) * self.h
-        self.alarm_level = 1.0 - 1.0 / cusum_arl0(self.h, self.k)
+        self.alarm_level = 1.0 - 1.0 / cusum_arl0(self.h, self.k, self._sides)
         self._up = 0.0
         self._down = 0.0
         self._up_since: float | None = None
@@ -392,8 +419,8 @@ value before it is added, as for :class:`EWMA`: an isolated outlier cannot signa
             self._down_since = None
         elif self._down_since is None:
             self._down_since = t
-        stat = max(self._up, self._down)
-        up = self._up >= self._down
+        up = self._up >= self._down if self.side == "both" else self.side == "up"
+        stat = self._up if up else self._down
         rule = ("cusum_up" if up else "cusum_down") if stat > self.h else "none"
         self._ev = {"value": x, "t": t, "centre": self.centre, "lower": -self.h, "upper": self.h,
                     "z": z, "rule": rule, "window": 1, "statistic": stat if up else -stat,
@@ -401,10 +428,11 @@ value before it is added, as for :class:`EWMA`: an isolated outlier cannot signa
                     "since": self._up_since if up else self._down_since}
         if stat <= 0.0:
             return 0.0
-        return 1.0 - 1.0 / cusum_arl0(stat, self.k)
+        return 1.0 - 1.0 / cusum_arl0(stat, self.k, self._sides)
 
     def _params(self) -> dict[str, Any]:
-        return {**self._base_params(), "k": self.k, "h": self.h, "cap": self.cap, "clip": self.clip}
+        return {**self._base_params(), "k": self.k, "h": self.h, "cap": self.cap, "clip": self.clip,
+                "side": self.side}
 
     def _dump(self) -> Any:
         return {**self._base_dump(), "up": self._up, "down": self._down,

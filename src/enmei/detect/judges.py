@@ -11,7 +11,8 @@ verdicts are exactly the judge's (see that module for the statistics and the evi
 
 Options (``[[units.NAME.detectors]]``), with the defaults of ``[units.NAME.detect]``::
 
-    kind = "latency"   metric = "latency_s"  learning = 300  alpha = 1e-6  hold_off_s = 300
+    kind = "latency"   metric = "latency_s"  learning = 300  alpha = 1e-6  side = "up"  hold_off_s = 300
+                       repeat_s = 60   (per probe: each probe's chart has its own hold-off)
     kind = "aging"     limits = {rss_bytes = "512MiB"}  bucket_s = 60  min_buckets = 20  warmup_s = 600
                        horizon_s = 86400  hold_off_s = 1800
 """
@@ -19,7 +20,7 @@ Options (``[[units.NAME.detectors]]``), with the defaults of ``[units.NAME.detec
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -36,6 +37,8 @@ class LatencyOptions(DetectorOptions):
     learning: int = Field(default=300, ge=10)
     alpha: float = Field(default=1e-6, gt=0, lt=0.5)
     hold_off_s: float = Field(default=300.0, ge=0)
+    side: Literal["up", "both"] = "up"
+    repeat_s: float | None = Field(default=60.0, gt=0)
 
 
 class AgingOptions(DetectorOptions):
@@ -66,7 +69,7 @@ class LatencyDetector:
         self.kind = "latency"
         self.name = opts.detector_name
         self.judge = UnitJudge(unit, latency_metric=opts.metric, learning=opts.learning, alpha=opts.alpha,
-                               hold_off_s=opts.hold_off_s)
+                               hold_off_s=opts.hold_off_s, side=opts.side, repeat_s=opts.repeat_s)
 
     def feed(self, obs: Observation) -> Judgement:
         return Judgement(tuple(self.judge.feed(obs)))
@@ -83,7 +86,10 @@ class LatencyDetector:
         lim = self.judge.limits()
         for series, limit in lim.items():
             comps.setdefault(series.rsplit(".", 1)[0], {})["limits"] = limit.as_dict()
-        return {"metric": self.judge.latency_metric, "armed": self.judge.latency_gate.armed, "components": comps}
+        for component, gate in self.judge.latency_gates.items():
+            comps.setdefault(component, {})["armed"] = gate.armed
+        armed = all(g.armed for g in self.judge.latency_gates.values())
+        return {"metric": self.judge.latency_metric, "armed": armed, "side": self.judge.side, "components": comps}
 
     def limits(self) -> dict[str, Limit]:
         return self.judge.limits()

@@ -13,20 +13,23 @@ half of this job; the engine reaches them through :class:`~enmei.detect.unitset.
 **Latency (ANOMALY).** Each probe that reports ``latency_metric`` (``latency_s``) and ``ok`` is a
 component (``"http"``, ``"http:/api/items"``...). Its latencies, on a log scale (``ln(max(latency,
 latency_floor_s))``: latencies are skewed, their logarithm much less), feed one chart per component:
-an EWMA (λ 0.2, limits at ``L = z(1 - alpha/2)`` sigmas) and a two-sided CUSUM (k 0.5, h such that
-ARL0 = 1/alpha), after a robust learning phase of ``learning`` samples (median and trimmed spread
-of the component's own log latencies). Each value is clipped to ``clip_sigmas`` (4) before it enters
-the statistics: an isolated slow request cannot alarm on its own, a sustained slowdown does (a 2x
-slowdown with a log-spread of 0.3 in about ten samples). With ``alpha`` = 1e-6 the nominal
-false-alarm rate is below one a day per component at 1 Hz; real latencies are heavier-tailed than
-normal, which the clipping absorbs. Failed probes (``ok`` false) are left to the failure detector.
+an EWMA (λ 0.2) and a CUSUM (k 0.5), **one-sided** by default (``side="up"``: only a slowdown is
+evidence; a faster service never alarms) with limits ``L = z(1 - alpha)`` sigmas and h such that
+ARL0 = 1/alpha (``side="both"``: two-sided, ``L = z(1 - alpha/2)``), after a robust learning phase
+of ``learning`` samples (median and trimmed spread of the component's own log latencies). Each value
+is clipped to ``clip_sigmas`` (4) before it enters the statistics: an isolated slow request cannot
+alarm on its own, a sustained slowdown does (a 2x slowdown with a log-spread of 0.3 in about ten
+samples). With ``alpha`` = 1e-6 the nominal false-alarm rate is below one a day per component at
+1 Hz; real latencies are heavier-tailed than normal, which the clipping absorbs.
+Failed probes (``ok`` false) are left to the failure detector.
 
-When a component's score reaches ``1 - alpha`` the judge emits one ANOMALY verdict for the unit, with
+When a component's score reaches ``1 - alpha`` the judge emits an ANOMALY verdict for the unit, with
 evidence: component, probe, metric, value / centre / lower / upper / limits in seconds (the limits
-``exp(centre ± L sigma)`` of a single value), rule, detector (``ewma`` or ``cusum``), z, statistic,
-window, score, and the narrowing: ``suspect`` (the component whose deviation began first —
-at the early-warning level ``1 - onset_alpha`` — strongest among those that began within 5 s) and
-``ranking`` (up to 5 components in an episode).
+``exp(centre ± L sigma)`` of a single value; ``lower`` is 0 when one-sided), side, rule, detector
+(``ewma`` or ``cusum``), z, statistic, window, score, repeat, and ``suspect``: the component whose
+stream alarmed (the evidence). The narrowing is reported beside it: ``first_deviation`` (the component
+whose deviation began first — at the early-warning level ``1 - onset_alpha`` — strongest among those
+that began within 5 s) and ``ranking`` (up to 5 components in an episode).
 
 **Aging (AGING).** For each metric in ``aging_limits`` found in an observation's values (the ``proc``
 probe's ``rss_bytes``, ``num_fds``, ``num_threads``...), a :class:`~enmei.detect.aging.TrendDetector`
@@ -35,11 +38,13 @@ exhaustion within ``aging_horizon_s``) the judge emits an AGING verdict with evi
 level, limit, slope_per_s, exhaust_in_s, mk_z, mk_p, window_s, buckets, rule. Severity is CRITICAL if
 exhaustion is predicted within ``critical_exhaust_s``, else WARNING.
 
-**Hold-off (not every second).** Each alarm stream (the unit's latency, each aging metric) goes through
-a :class:`~enmei.detect.base.Threshold`: after a verdict it is disarmed; it re-arms once ``hold_off_s``
-(latency; ``aging_hold_off_s`` for aging) has passed *and* the score has stayed below the level for
-``quiet_s`` seconds. While an aging trend persists, it is reported again every ``aging_repeat_s``
-(None: never); latency episodes are reported once.
+**Hold-off (not every second).** Each alarm stream (each latency component — a verdict on one endpoint
+never silences another —, each aging metric) goes through a :class:`~enmei.detect.base.Threshold`:
+after a verdict it is disarmed; it re-arms once ``hold_off_s`` (latency; ``aging_hold_off_s`` for
+aging) has passed *and* the score has stayed below the level for ``quiet_s`` seconds. While an episode
+persists it is reported again every ``repeat_s`` (latency, 60 s; evidence ``repeat`` true) or
+``aging_repeat_s`` (None: never) — a slowdown that lasts is what the shipped policy confirms and acts
+on.
 
 **Cost.** About 15-30 µs per latency observation and a few µs per aging metric (plus, once per
 ``aging_bucket_s`` per metric, a bounded O(window²) numpy test well under a millisecond).
@@ -69,12 +74,13 @@ from enmei.model import Observation, Severity, Verdict, VerdictKind
 __all__ = ["UnitJudge", "cusum_h_for_arl0"]
 
 
-def cusum_h_for_arl0(arl0: float, k: float = 0.5) -> float:
-    """The CUSUM limit ``h`` (sigmas) whose two-sided in-control ARL is ``arl0`` (bisection)."""
+def cusum_h_for_arl0(arl0: float, k: float = 0.5, sides: int = 2) -> float:
+    """The CUSUM limit ``h`` (sigmas) whose in-control ARL (two-sided, or one-sided with ``sides=1``)
+    is ``arl0`` (bisection)."""
     lo, hi = 0.0, 50.0
     for _ in range(80):
         mid = (lo + hi) / 2
-        if cusum_arl0(mid, k) < arl0:
+        if cusum_arl0(mid, k, sides) < arl0:
             lo = mid
         else:
             hi = mid
@@ -97,22 +103,25 @@ class UnitJudge:
     def __init__(self, unit: str, *, latency_metric: str = "latency_s",
                  aging_limits: Mapping[str, float] | None = None, learning: int = 300,
                  alpha: float = 1e-6, onset_alpha: float = 1e-3, latency_floor_s: float = 1e-4,
-                 clip_sigmas: float | None = 4.0,
-                 hold_off_s: float = 300.0, quiet_s: float = 30.0,
+                 clip_sigmas: float | None = 4.0, side: str = "up",
+                 hold_off_s: float = 300.0, quiet_s: float = 30.0, repeat_s: float | None = 60.0,
                  aging_alpha: float = 1e-3, aging_horizon_s: float = 86400.0,
                  aging_bucket_s: float = 60.0, aging_window: int = 120, aging_min_buckets: int = 20,
                  aging_warmup_s: float = 600.0, aging_hold_off_s: float = 1800.0,
                  aging_repeat_s: float | None = 3600.0, critical_exhaust_s: float = 3600.0) -> None:
         if not 0.0 < alpha < 1.0 or not 0.0 < onset_alpha < 1.0 or not 0.0 < aging_alpha < 1.0:
             raise ValueError("alphas must be in (0, 1)")
+        if side not in ("up", "both"):
+            raise ValueError(f"side must be 'up' or 'both', got {side!r}")
         self.unit = unit
         self.params: dict[str, Any] = {
             "latency_metric": latency_metric, "aging_limits": dict(aging_limits or {}),
             "learning": int(learning), "alpha": float(alpha), "onset_alpha": float(onset_alpha),
             "latency_floor_s": float(latency_floor_s),
             "clip_sigmas": None if clip_sigmas is None else float(clip_sigmas),
-            "hold_off_s": float(hold_off_s),
-            "quiet_s": float(quiet_s), "aging_alpha": float(aging_alpha),
+            "side": side, "hold_off_s": float(hold_off_s),
+            "repeat_s": None if repeat_s is None else float(repeat_s), "quiet_s": float(quiet_s),
+            "aging_alpha": float(aging_alpha),
             "aging_horizon_s": float(aging_horizon_s), "aging_bucket_s": float(aging_bucket_s),
             "aging_window": int(aging_window), "aging_min_buckets": int(aging_min_buckets),
             "aging_warmup_s": float(aging_warmup_s), "aging_hold_off_s": float(aging_hold_off_s),
@@ -126,10 +135,14 @@ class UnitJudge:
         self.latency_floor_s = float(latency_floor_s)
         self.clip = None if clip_sigmas is None else float(clip_sigmas)
         self.critical_exhaust_s = float(critical_exhaust_s)
-        self._sigmas = NormalDist().inv_cdf(1.0 - self.alpha / 2.0)
-        self._cusum_h = cusum_h_for_arl0(1.0 / self.alpha)
+        self.side = side
+        sides = 2 if side == "both" else 1
+        self._sigmas = NormalDist().inv_cdf(1.0 - self.alpha / sides)
+        self._cusum_h = cusum_h_for_arl0(1.0 / self.alpha, sides=sides)
         self.narrower = Narrower(self._make_chart, onset_level=1.0 - float(onset_alpha))
-        self.latency_gate = Threshold(1.0 - self.alpha, hold_off_s=hold_off_s, quiet_s=quiet_s)
+        #: One alarm stream per component, each with its own hold-off: a verdict on one endpoint never
+        #: silences another.
+        self.latency_gates: dict[str, Threshold] = {}
         self.aging: dict[str, TrendDetector] = {}
         self.aging_gates: dict[str, Threshold] = {}
 
@@ -137,9 +150,17 @@ class UnitJudge:
     def _make_chart(self) -> MaxOf:
         n, clip = self.learning, self.clip
         return MaxOf([
-            EWMA(learning=n, lam=0.2, sigmas=self._sigmas, clip=clip),
-            CUSUM(learning=n, k=0.5, h=self._cusum_h, clip=clip),
+            EWMA(learning=n, lam=0.2, sigmas=self._sigmas, clip=clip, side=self.side),
+            CUSUM(learning=n, k=0.5, h=self._cusum_h, clip=clip, side=self.side),
         ])
+
+    def _latency_gate(self, component: str) -> Threshold:
+        gate = self.latency_gates.get(component)
+        if gate is None:
+            p = self.params
+            gate = self.latency_gates[component] = Threshold(
+                1.0 - self.alpha, hold_off_s=p["hold_off_s"], quiet_s=p["quiet_s"], repeat_s=p["repeat_s"])
+        return gate
 
     def _aging_for(self, metric: str) -> tuple[TrendDetector, Threshold]:
         det = self.aging.get(metric)
@@ -181,22 +202,26 @@ class UnitJudge:
         if det is None:
             return None
         ev = det.evidence()
-        alarm = self.latency_gate.judge(score, t, ev)
+        alarm = self._latency_gate(component).judge(score, t, ev)
         if alarm is None:
             return None
         first = det.members[0] if isinstance(det, MaxOf) else det
         centre, sigma = getattr(first, "centre", math.nan), getattr(first, "sigma", math.nan)
         ranking = self.narrower.ranking()
-        suspect = ranking[0].component if ranking else component
+        # The suspect is the component whose own stream alarmed: that is the evidence. The narrower's
+        # ranking (which deviated first) is reported beside it, never in its place.
+        suspect = component
+        lower = 0.0 if self.side == "up" else math.exp(centre - self._sigmas * sigma)
+        upper = math.exp(centre + self._sigmas * sigma)
         evidence = {
             "metric": self.latency_metric, "component": component, "probe": obs.probe,
             "value": latency, "centre": math.exp(centre),
-            "lower": math.exp(centre - self._sigmas * sigma),
-            "upper": math.exp(centre + self._sigmas * sigma),
-            "limits": [math.exp(centre - self._sigmas * sigma), math.exp(centre + self._sigmas * sigma)],
+            "lower": lower, "upper": upper, "limits": [lower, upper], "side": self.side,
+            "repeat": bool(alarm.evidence.get("repeat")),
             "rule": alarm.rule, "detector": ev.get("detector"), "z": ev.get("z"),
             "statistic": ev.get("statistic"), "window": ev.get("window"), "score": score,
             "alpha": self.alpha, "scale": "log", "suspect": suspect,
+            "first_deviation": ranking[0].component if ranking else component,
             "ranking": [s.as_dict() for s in ranking[:5]],
         }
         sev = Severity.CRITICAL if latency > 10 * math.exp(centre) else Severity.WARNING
@@ -235,8 +260,8 @@ class UnitJudge:
             first = det.members[0] if isinstance(det, MaxOf) else det
             c, s = getattr(first, "centre", math.nan), getattr(first, "sigma", math.nan)
             if isinstance(c, float) and isinstance(s, float) and math.isfinite(c) and math.isfinite(s) and s > 0:
-                out[f"{component}.{self.latency_metric}"] = Limit(math.exp(c), math.exp(c - z * s),
-                                                                  math.exp(c + z * s))
+                lower = 0.0 if self.side == "up" else math.exp(c - z * s)
+                out[f"{component}.{self.latency_metric}"] = Limit(math.exp(c), lower, math.exp(c + z * s))
         return out
 
     # -- lifecycle and state --------------------------------------------------------------------
@@ -247,13 +272,13 @@ class UnitJudge:
             self.aging_gates.clear()
         if latency:
             self.narrower.forget()
-            p = self.params
-            self.latency_gate = Threshold(1.0 - self.alpha, hold_off_s=p["hold_off_s"], quiet_s=p["quiet_s"])
+            self.latency_gates.clear()
 
     def state(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "kind": "unit_judge", "version": self.version,
                 "params": {"unit": self.unit, **self.params},
-                "data": {"narrower": self.narrower.state(), "latency_gate": self.latency_gate.state(),
+                "data": {"narrower": self.narrower.state(),
+                         "latency_gates": {c: g.state() for c, g in self.latency_gates.items()},
                          "aging": {m: d.state() for m, d in self.aging.items()},
                          "aging_gates": {m: g.state() for m, g in self.aging_gates.items()}}}
 
@@ -264,7 +289,9 @@ class UnitJudge:
             unit = str(params.pop("unit"))
             judge = cls(unit, **params)
             judge.narrower.restore(data["narrower"])
-            judge.latency_gate = Threshold.from_state(data["latency_gate"])
+            # (A state saved before the gates were per component had one "latency_gate": its streams
+            # start armed.)
+            judge.latency_gates = {str(c): Threshold.from_state(g) for c, g in data.get("latency_gates", {}).items()}
             aging: dict[str, TrendDetector] = {}
             for m, s in data["aging"].items():
                 det = detector_from_state(s)

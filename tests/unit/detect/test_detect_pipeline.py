@@ -33,8 +33,8 @@ def lat(r: random.Random, median: float = 0.02) -> float:
     return math.exp(r.gauss(math.log(median), 0.25))
 
 
-def test_latency_shift_gives_one_anomaly_naming_the_suspect() -> None:
-    judge = UnitJudge("web", learning=200)
+def test_latency_shift_gives_an_anomaly_per_slowed_component_naming_itself() -> None:
+    judge = UnitJudge("web", learning=200, repeat_s=None)
     r = random.Random(0)
     verdicts = []
     for s in range(2000):
@@ -43,18 +43,58 @@ def test_latency_shift_gives_one_anomaly_naming_the_suspect() -> None:
         verdicts += judge.feed(http(s, lat(r) * (4 if slow_items else 1), "http:/api/items"))
         verdicts += judge.feed(http(s, lat(r) * (1.8 if slow_root else 1), "http"))
         verdicts += judge.feed(http(s, lat(r), "http:/api/users"))
-    assert len(verdicts) == 1
+    # Each slowed component's own stream alarms once (no repeats asked for); the healthy one never.
+    assert [v.evidence["component"] for v in verdicts] == ["http:/api/items", "http"]
     v = verdicts[0]
     assert v.kind == VerdictKind.ANOMALY
     assert v.unit == "web"
     assert 1000 <= v.mono <= 1010
     ev = v.evidence
-    assert ev["suspect"] == "http:/api/items"
+    assert ev["suspect"] == "http:/api/items" == ev["first_deviation"]
+    assert ev["side"] == "up" and ev["lower"] == 0.0
     assert ev["lower"] < ev["centre"] < ev["upper"]
     assert ev["value"] > 2 * ev["centre"]
     assert ev["limits"] == [ev["lower"], ev["upper"]]
     assert {"rule", "window", "component", "detector", "z", "ranking", "metric"} <= set(ev)
     json.dumps(ev, allow_nan=False)
+    # The root's verdict names the root (its own stream alarmed); the narrowing says items began first.
+    root = verdicts[1].evidence
+    assert root["suspect"] == "http" and root["first_deviation"] == "http:/api/items"
+
+
+def test_faster_latency_is_not_an_anomaly_unless_two_sided() -> None:
+    for side, expected in (("up", 0), ("both", 1)):
+        judge = UnitJudge("web", learning=100, side=side, repeat_s=None)
+        r = random.Random(7)
+        verdicts = [v for s in range(600) for v in judge.feed(http(s, lat(r) * (0.3 if s >= 300 else 1)))]
+        assert len(verdicts) == expected, side
+        if verdicts:
+            assert verdicts[0].evidence["rule"] in ("cusum_down", "ewma_beyond_limit")
+
+
+def test_each_probe_has_its_own_hold_off() -> None:
+    # /item alarms first; /search then drifts to 3x slower well inside /item's 300 s hold-off: it gets
+    # its own verdict, naming itself.
+    judge = UnitJudge("web", learning=100, hold_off_s=300.0, repeat_s=None)
+    r = random.Random(8)
+    verdicts = []
+    for s in range(700):
+        verdicts += judge.feed(http(s, lat(r) * (5 if 200 <= s < 230 else 1), "http:/item"))
+        verdicts += judge.feed(http(s, lat(r) * (3 if s >= 300 else 1), "http:/search"))
+        verdicts += judge.feed(http(s, lat(r), "http:/cart"))
+    got = [(v.evidence["component"], v.evidence["suspect"], v.mono) for v in verdicts]
+    assert [g[:2] for g in got] == [("http:/item", "http:/item"), ("http:/search", "http:/search")]
+    assert 200 <= got[0][2] < 210 and 300 <= got[1][2] < 315
+
+
+def test_a_lasting_slowdown_is_reported_again_every_repeat_s() -> None:
+    judge = UnitJudge("web", learning=100, hold_off_s=300.0)  # repeat_s 60 by default
+    r = random.Random(9)
+    verdicts = [v for s in range(500) for v in judge.feed(http(s, lat(r) * (3 if s >= 200 else 1)))]
+    times = [v.mono for v in verdicts]
+    assert 200 <= times[0] < 210
+    assert [v.evidence["repeat"] for v in verdicts] == [False] + [True] * (len(verdicts) - 1)
+    assert len(verdicts) >= 4 and all(b - a == pytest.approx(60, abs=1.01) for a, b in itertools.pairwise(times))
 
 
 def test_no_false_alarms_in_control() -> None:
@@ -65,7 +105,7 @@ def test_no_false_alarms_in_control() -> None:
 
 
 def test_hold_off_then_rearm() -> None:
-    judge = UnitJudge("web", learning=100, hold_off_s=60.0, quiet_s=10.0)
+    judge = UnitJudge("web", learning=100, hold_off_s=60.0, quiet_s=10.0, repeat_s=None)
     r = random.Random(2)
     times = []
     for s in range(600):
@@ -195,5 +235,6 @@ def test_isolated_slow_requests_do_not_alarm_but_a_slowdown_does() -> None:
         if s >= 3000:
             x *= 2
         verdicts += judge.feed(http(s, x))
-    assert len(verdicts) == 1
-    assert 3000 <= verdicts[0].mono < 3030
+    firsts = [v for v in verdicts if not v.evidence["repeat"]]  # the slowdown lasts: repeats every 60 s
+    assert len(firsts) == 1
+    assert 3000 <= firsts[0].mono < 3030 and verdicts[0] is firsts[0]
