@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +29,7 @@ from enmei.visor.cage import parse_v1_mounts, parse_v1_own
 from enmei.visor.process import ProcessBackend
 from support.wait import auntil, scaled
 
-from .conftest import PY, wait_until
+from .conftest import PY, Procs, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +224,83 @@ start_s = 0.2
         assert "oom" in restart["reason"]
         assert await auntil(lambda: starts.exists() and len(starts.read_text().split()) >= 2, 60, fail=False)
         print(f"memory_max 64MiB: exited {exited}; decision reason {restart['reason']!r}")
+
+
+POLICY = """load("@enmei", "restart")
+
+def on_exit(event, ctx):
+    return [restart(ctx.unit, delay_s = 0.2)]
+"""
+
+
+def _groups(path: Path) -> dict[str, str]:
+    """controller (v1) or "" (v2) -> cgroup path, from a copy of /proc/<pid>/cgroup."""
+    out = {}
+    for line in path.read_text().splitlines():
+        num, ctrls, where = line.split(":", 2)
+        for c in ctrls.split(",") if num != "0" else [""]:
+            out[c] = where
+    return out
+
+
+def _tids_in(group: Path) -> set[int]:
+    return {int(x) for x in (group / "tasks").read_text().split()}
+
+
+def test_helpers_run_in_the_cage_not_in_the_units_limits_and_the_cage_is_removed(
+        tmp_path: Path, procs: Procs) -> None:
+    """pre_start, an exec probe and the policy sandbox process join enmei-<instance>/cage (cpu, pids), the
+    policy thread joins its cpu group, the loop thread stays; all of it is removed when enmei stops.
+    Before the cage they ran in enmei's own cgroups (the exec probe: in the unit's, under its limits)."""
+    pre, probe = tmp_path / "pre.cgroup", tmp_path / "probe.cgroup"
+    (tmp_path / "policy.star").write_text(POLICY)
+    cfg = tmp_path / "enmei.toml"
+    cfg.write_text(f"""[supervisor]
+policy = "policy.star"
+
+[units.svc]
+command = ["/bin/sh", "-c", "sleep 1; exit 3"]
+pre_start = ["/bin/sh", "-c", "cat /proc/self/cgroup > {pre}"]
+cpu_max = "0.2"
+pids_max = 10
+start_s = 0.1
+[[units.svc.probes]]
+kind = "exec"
+command = ["/bin/sh", "-c", "cat /proc/self/cgroup > {probe}.tmp; mv {probe}.tmp {probe}"]
+interval_s = 0.3
+""")
+    with open(tmp_path / "up.log", "ab") as log:
+        up = procs.popen([PY, "-m", "enmei", "up", "--plain", str(cfg)], stdout=log, stderr=log)
+    assert wait_until(lambda: pre.exists() and probe.exists(), scaled(60)), (tmp_path / "up.log").read_text()
+    own = parse_v1_own(Path(f"/proc/{up.pid}/cgroup").read_text())
+    mounts = parse_v1_mounts(Path("/proc/self/mountinfo").read_text())
+    for helper in (pre, probe):
+        seen = _groups(helper)
+        for ctrl in ("cpu", "pids"):
+            assert seen[ctrl].endswith("/cage") and "/enmei-" in seen[ctrl], (helper.name, seen)
+    seen = _groups(probe)
+    assert seen[""].endswith("/unit-svc")  # still tracked in the unit's v2 cgroup (this host's cage is v1)
+    base = Path(mounts["cpu"][0]) / seen["cpu"].lstrip("/")
+    instance_dirs = [Path(mounts[c][0]) / _groups(probe)[c].lstrip("/").rsplit("/", 1)[0] for c in ("cpu", "pids")]
+
+    def sandbox() -> psutil.Process | None:
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(up.pid).children(recursive=True):
+                if "--serve" in child.cmdline():
+                    return child
+        return None
+
+    # The policy answers the unit's exits: its sandbox process and its evaluation thread are caged.
+    assert wait_until(lambda: (s := sandbox()) is not None and s.pid in _tids_in(base), scaled(60))
+
+    def caged_threads() -> set[int]:
+        return _tids_in(base) & ({int(t) for t in os.listdir(f"/proc/{up.pid}/task")} - {up.pid})
+
+    assert wait_until(lambda: bool(caged_threads()), scaled(60))
+    assert up.pid not in _tids_in(base)  # the event loop's thread stays in enmei's own cgroup
+    assert not own["cpu"].endswith("/cage")
+    shares, quota = ((base / f).read_text().strip() for f in ("cpu.shares", "cpu.cfs_quota_us"))
+    print(f"helper cage {base}: cpu.shares {shares}, quota {quota} us per 0.1 s")
+    up.send_signal(signal.SIGTERM)
+    assert up.wait(scaled(60)) == 0, (tmp_path / "up.log").read_text()
+    assert [d for d in instance_dirs if d.exists()] == []  # the cage and the units' groups are gone

@@ -53,6 +53,7 @@ from enmei.model import Decision, Event, RecordKind
 from enmei.policy.base import Policy, ReloadablePolicy, View
 from enmei.policy.builtin import BuiltinPolicy
 from enmei.policy.encode import handler_for
+from enmei.visor.cage import join_thread
 
 __all__ = ["DEFAULT_DEADLINE_S", "DEFAULT_OVERRUNS", "Decider"]
 
@@ -259,7 +260,10 @@ class Decider:
                 done: Callable[..., None] | None) -> None:
         if self._worker is None:
             self._loop = asyncio.get_running_loop()
-            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enmei-policy")
+            # The evaluation thread joins the helper cage where threads can (v1 cpu): an in-process policy
+            # spinning to its time limit competes with the helpers, not with the units or the loop thread.
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="enmei-policy",
+                                                                 initializer=join_thread)
         loop = self._loop
         assert loop is not None
         self._inflight += 1

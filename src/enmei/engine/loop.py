@@ -819,15 +819,17 @@ class Engine:
         for unit in self.units.values():
             with contextlib.suppress(Exception):
                 unit.close_startup()
-        for backend in self._backends.values():
-            with contextlib.suppress(Exception):
-                await backend.close()
         await self.decider.aclose()
         with contextlib.suppress(Exception):
             self.alerts.flush(final=True)  # what was coalesced since the last window is counted too
         if isinstance(self.policy, ReloadablePolicy):
             with contextlib.suppress(Exception):
                 self.policy.close()
+        # After the policy: its sandbox process is in the process backend's helper cage, which the
+        # backend removes when it closes (a cgroup still holding a process cannot be removed).
+        for backend in self._backends.values():
+            with contextlib.suppress(Exception):
+                await backend.close()
         self.record(RecordKind.SUPERVISOR, None, {"event": "stopped", "left_running": (self._leave_running and [
             n for n, u in self.units.items() if u.alive()]) or []})
         await self.journal.aflush(timeout_s=10.0)

@@ -3,8 +3,10 @@
 Monit's ``check program`` and Kubernetes' exec probe: ``redis-cli PING``, ``pg_isready``. The command is
 run without a shell, in its own session; it gets ``timeout_s``, after which its whole session is
 SIGKILLed (and reaped). stdout and stderr together are read up to ``max_output`` bytes (the rest is
-read and dropped, so the command never blocks on a full pipe). It joins the unit's cgroup when the unit
-has one (through the same launcher as the unit's own command), so that stopping the unit ends it too.
+read and dropped, so the command never blocks on a full pipe). It runs in the supervisor's helper cage
+(``enmei.visor.cage``: a CPU weight and pids limit of its own, never the unit's ``cpu_max``/``pids_max``)
+and, where the cage has no cgroup v2 group (this hybrid layout), in the unit's v2 cgroup, so that
+stopping the unit ends it too.
 
 Evidence: values ``exit_code`` and ``run_s``; the output's lines (at most 20, each cut to 512 bytes)
 on the observation's text channel, and its last line in ``error`` when it fails. A command that cannot
@@ -27,7 +29,7 @@ from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.registry import ProbeSite, register
 from enmei.visor.base import Backend
-from enmei.visor.process import launcher_argv
+from enmei.visor.cage import caged_argv
 
 __all__ = ["ExecProbe"]
 
@@ -62,8 +64,9 @@ class ExecProbe(Probe):
 
     async def observe(self) -> Observation:
         t0 = self.clock.monotonic()
-        procs = self._cgroup_procs()
-        argv = launcher_argv(self.command, procs) if procs is not None else self.command
+        # The helper cage (its CPU weight and pids limit, not the unit's cpu_max/pids_max: a probe of a
+        # unit at its limits still runs); tracked in the unit's v2 cgroup where the cage has none there.
+        argv = caged_argv(self.command, tracking=self._cgroup_procs())
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,

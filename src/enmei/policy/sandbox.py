@@ -36,6 +36,7 @@ from enmei.policy.core import HEADER, EvalFailure, Limits, Program
 from enmei.policy.encode import DRIVER
 from enmei.policy.failure import PolicyFailure, failure_error
 from enmei.policy.program import ProgramSpec
+from enmei.visor.cage import caged_argv, current_cage_owner, enter_cage
 
 __all__ = ["InProcessSandbox", "Sandbox", "SandboxFactory", "WorkerSandbox"]
 
@@ -115,6 +116,7 @@ class WorkerSandbox:
         self.restarts = 0
         self._request = json.dumps(spec.load_request(limits.as_dict())).encode()
         self._proc: subprocess.Popen[bytes] | None = None
+        self._caged = False  # in the helper cage (or there is none to join)
         self._finalizer: Any = None  # weakref.finalize: reaps the process if the sandbox is dropped
         self._buf = bytearray()
         self._poll = select.poll()
@@ -128,9 +130,11 @@ class WorkerSandbox:
         env = {**os.environ, "RUST_BACKTRACE": "0", "PYTHONDONTWRITEBYTECODE": "1"}
         try:
             # -P: the policy package's own directory must not shadow the standard library.
-            proc = subprocess.Popen([self.python, "-P", str(CORE_PATH), "--serve"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0,
-                                    start_new_session=True)
+            # In the supervisor's helper cage (enmei.visor.cage) where there is one: a policy spinning up
+            # to its time limit takes CPU from neither the units nor the engine's loop.
+            proc = subprocess.Popen(caged_argv([self.python, "-P", str(CORE_PATH), "--serve"]),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                    bufsize=0, start_new_session=True)
         except OSError as exc:
             raise PolicyFailure("crash", f"cannot start the sandbox process: {exc}") from exc
         assert proc.stdin is not None
@@ -138,6 +142,7 @@ class WorkerSandbox:
         assert proc.stderr is not None
         os.set_blocking(proc.stderr.fileno(), False)
         self._proc = proc
+        self._caged = current_cage_owner() is not None
         self._finalizer = weakref.finalize(self, _reap, proc)
         self._buf.clear()
         self._errtail = b""
@@ -175,6 +180,10 @@ class WorkerSandbox:
     def _exchange(self, kind: int, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         proc = self._proc
         assert proc is not None
+        if not self._caged:
+            # Started before the supervisor's backends made the helper cage (the policy is opened
+            # first): it joins as soon as there is one.
+            self._caged = enter_cage(proc.pid)
         assert proc.stdin is not None
         assert proc.stdout is not None
         data = HEADER.pack(len(body), kind) + body

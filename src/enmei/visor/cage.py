@@ -46,15 +46,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
 
-__all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "current_cage",
-           "current_cage_owner", "install_cage", "parse_v1_mounts", "parse_v1_own"]
+__all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "caged_argv",
+           "current_cage", "current_cage_owner", "enter_cage", "install_cage", "join_thread", "parse_v1_mounts",
+           "parse_v1_own", "standalone_cage"]
 
 log = logging.getLogger(__name__)
 
@@ -425,6 +426,7 @@ class HelperCage:
     groups: list[Path] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
     has_v2: bool = False  # one of the groups is a v2 cgroup (a process is in one v2 cgroup only)
+    cpu_v1: Path | None = None  # its v1 cpu group (threads may join it)
 
     @classmethod
     def make(cls, owner: ResourceCage) -> HelperCage:
@@ -454,6 +456,7 @@ class HelperCage:
                     _write(path / "cpu.shares", str(_HELPER_SHARES_V1))
                     _write(path / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                     _write(path / "cpu.cfs_quota_us", str(round(quota * CPU_PERIOD_US)))
+                    out.cpu_v1 = path
                 else:
                     _write(path / "pids.max", str(HELPER_PIDS_MAX))
                 out.groups.append(path)
@@ -515,3 +518,56 @@ def current_cage() -> HelperCage | None:
         return None
     helpers = cage.helpers
     return helpers if helpers.groups else None
+
+
+def caged_argv(command: list[str], *, tracking: Path | None = None) -> list[str]:
+    """``command`` as it joins the helper cage before it runs (``HelperCage.argv``); unchanged without a
+    cage (or, with ``tracking`` and no cage, joining only ``tracking``)."""
+    helpers = current_cage()
+    if helpers is None:
+        return list(command) if tracking is None else HelperCage().argv(command, tracking=tracking)
+    return helpers.argv(command, tracking=tracking)
+
+
+def enter_cage(pid: int) -> bool:
+    """Move helper process ``pid`` into the helper cage where its launcher could not, or that was made
+    after it started; whether there was a cage to join."""
+    if current_cage_owner() is None:
+        return False
+    helpers = current_cage()
+    if helpers is not None:
+        helpers.enter(pid)
+    return True
+
+
+def join_thread() -> bool:
+    """Move the calling thread (only it) into the helper cage's v1 ``cpu`` group — v1 takes thread ids in
+    ``tasks``; cgroup v2 would need a threaded subtree enmei's own cgroup cannot have, so there threads
+    stay where they are. For a worker thread's initializer (the policy evaluation thread); never for the
+    event loop's. Whether it moved."""
+    helpers = current_cage()
+    if helpers is None or helpers.cpu_v1 is None:
+        return False
+    try:
+        _write(helpers.cpu_v1 / "tasks", str(threading.get_native_id()))
+    except CgroupError as exc:
+        log.debug("thread not caged: %s", exc)
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def standalone_cage(instance: str) -> Iterator[ResourceCage]:
+    """A helper cage for a command that runs without a supervisor (``enmei image build``): installed for
+    the block, removed after it (with its cgroup v2 tree, if one was made)."""
+    tree = CgroupTree.discover(instance)
+    cage = ResourceCage(instance, tree)
+    before = current_cage_owner()
+    install_cage(cage)
+    try:
+        yield cage
+    finally:
+        install_cage(before)
+        cage.remove()
+        if tree is not None:
+            tree.remove()

@@ -10,6 +10,7 @@ Exit status 0 on success; 1 with a one-line reason (and, for a missing package, 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from enmei.visor.cage import standalone_cage
 from enmei.visor.qemu import image as images
 from enmei.visor.qemu.errors import ImageError
 
@@ -47,8 +49,11 @@ def build(
             progress.update(task, description=description, completed=completed, total=total)
 
         try:
-            info = images.build(name, cache_dir=cache_dir, kernel_package=kernel_package,
-                                service_version=service_version, force=force, progress=report)
+            # The build's subprocesses (apt-get, dpkg, gzip) run in a helper cage of their own, beside a
+            # supervisor's units on the same host (enmei.visor.cage).
+            with standalone_cage(f"image-{os.getpid()}"):
+                info = images.build(name, cache_dir=cache_dir, kernel_package=kernel_package,
+                                    service_version=service_version, force=force, progress=report)
         except ImageError as exc:
             progress.stop()
             err.print(f"[red]error:[/red] {exc}", highlight=False)

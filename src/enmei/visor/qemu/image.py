@@ -42,6 +42,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from enmei.visor.cage import caged_argv
 from enmei.visor.qemu.cpio import CpioWriter
 from enmei.visor.qemu.errors import ImageError, MissingToolError
 
@@ -474,8 +475,8 @@ def _applets() -> list[str]:
 
 def _run(name: str, action: str, cmd: list[str], *, cwd: Path | None = None, hint: str = "") -> None:
     try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S,
-                             check=False, stdin=subprocess.DEVNULL)
+        out = subprocess.run(caged_argv(cmd), cwd=cwd, capture_output=True, text=True, timeout=_CMD_TIMEOUT_S,
+                             check=False, stdin=subprocess.DEVNULL)  # in the helper cage, if there is one
     except FileNotFoundError as exc:
         raise ImageError(name, action, f"{cmd[0]} not found") from exc
     except subprocess.TimeoutExpired as exc:
