@@ -9,8 +9,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -25,7 +28,7 @@ from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitEvent, UnitEventKind, UnitState
-from enmei.visor.cage import parse_v1_mounts, parse_v1_own
+from enmei.visor.cage import ResourceCage, parse_v1_mounts, parse_v1_own
 from enmei.visor.process import ProcessBackend
 from support.wait import auntil, scaled
 
@@ -304,3 +307,52 @@ interval_s = 0.3
     up.send_signal(signal.SIGTERM)
     assert up.wait(scaled(60)) == 0, (tmp_path / "up.log").read_text()
     assert [d for d in instance_dirs if d.exists()] == []  # the cage and the units' groups are gone
+
+
+async def test_a_limit_the_host_cannot_apply_is_noticed_once_per_unit_and_the_unit_runs(tmp_path: Path) -> None:
+    """A host without the controllers (a /proc whose process is in no v1 hierarchy, v2 without them)."""
+    fake = tmp_path / "proc"
+    fake.mkdir()
+    (fake / "cgroup").write_text("0::/\n")
+    (fake / "mountinfo").write_text("")
+    cfg = '[units.small]\ncommand = ["/bin/sleep", "600"]\nmemory_max = "64MiB"\npids_max = 5\n'
+    spec = load_text(cfg, tmp_path / "enmei.toml").config.units["small"]
+    events: list[UnitEvent] = []
+    b = ProcessBackend(clock=SystemClock(), state_dir=tmp_path / "state", emit=events.append)
+    b.cage = ResourceCage(b.instance, lambda: b.cgroups, proc=fake)
+    try:
+        for _ in range(2):
+            await b.start("small", spec)
+            assert b.alive("small")
+            await b.stop("small", timeout_s=5.0)
+    finally:
+        with contextlib.suppress(Exception):
+            await b.stop("small", timeout_s=1.0)
+        await b.close()
+    first, second = [e.detail for e in events if e.kind is UnitEventKind.STARTED]
+    assert first["limits"] == {} and second["limits"] == {}
+    assert [n.split(":")[0] for n in first["cage_notices"]] == ["memory_max is not applied", "pids_max is not applied"]
+    assert "no memory controller" in first["cage_notices"][0]
+    assert "cage_notices" not in second  # journaled once per unit
+
+
+def test_enmei_check_shows_a_notice_for_each_limit_a_non_root_enmei_cannot_apply() -> None:
+    """As an unprivileged user nothing beneath the cgroups enmei is in is writable here: three notices, each
+    with file, line and key, and the config is still fine (exit 0)."""
+    where = Path(tempfile.mkdtemp(prefix="enmei-cage-"))
+    try:
+        where.chmod(0o755)
+        cfg = where / "enmei.toml"
+        cfg.write_text('[units.busy]\ncommand = ["/bin/sleep", "1"]\ncpu_max = 0.5\nmemory_max = "64MiB"\n'
+                       "pids_max = 10\n")
+        cfg.chmod(0o644)
+        r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                            PY, "-m", "enmei", "check", str(cfg)], capture_output=True, text=True, timeout=scaled(120),
+                           check=False, env={**os.environ, "HOME": "/"})
+        assert r.returncode == 0, r.stderr
+        err = " ".join(r.stderr.split())
+        for line, key in ((3, "cpu_max"), (4, "memory_max"), (5, "pids_max")):
+            assert f"notice {cfg}:{line}: units.busy.{key}: {key} will not be applied" in err, err
+        assert "not writable" in err
+    finally:
+        shutil.rmtree(where)

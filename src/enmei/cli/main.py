@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -84,9 +84,23 @@ def check(config: Annotated[Path, typer.Argument(help="The config file (enmei.to
             err_console.print(f"[bold red]error[/] {exc}", highlight=False, soft_wrap=True)
             raise typer.Exit(int(Exit.CONFIG)) from None
     units = loaded.config.units
+    _limit_notices(config, units)
     policy = str(loaded.policy_path) if loaded.policy_path else "the shipped default library"
     console.print(f"[green]ok[/]: {config} — {len(units)} unit{'s' if len(units) != 1 else ''} "
                   f"({', '.join(units) or 'none'}); policy {policy}; journal {loaded.journal_path}", highlight=False)
+
+
+def _limit_notices(config: Path, units: Mapping[str, Any]) -> None:
+    """A notice (not an error: the unit runs) for each resource limit this host cannot apply."""
+    from enmei.config.load import key_line
+    from enmei.visor.cage import limit_notices
+
+    found = limit_notices(units)
+    text = config.read_text() if found else ""
+    for unit, key, message in found:
+        line = key_line(text, ("units", unit, key))
+        err_console.print(f"[yellow]notice[/] {config}{f':{line}' if line else ''}: units.{unit}.{key}: {message}",
+                          highlight=False, soft_wrap=True)
 
 
 @app.command()

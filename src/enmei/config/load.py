@@ -28,7 +28,7 @@ from enmei.config.machine import resolve_command
 from enmei.config.model import DEFAULT_BACKEND, Config, ProcessUnit, config_model
 from enmei.errors import ConfigError
 
-__all__ = ["LoadedConfig", "check", "load", "load_text"]
+__all__ = ["LoadedConfig", "check", "key_line", "load", "load_text"]
 
 
 @dataclass(frozen=True)
@@ -246,6 +246,11 @@ _KEY = re.compile(r"""^\s*((?:"[^"]*"|'[^']*'|[A-Za-z0-9_\-. ])+?)\s*=""")
 
 def _split_key(key: str) -> list[str]:
     return [p.strip().strip("\"'") for p in re.split(r"\.(?=(?:[^\"']*[\"'][^\"']*[\"'])*[^\"']*$)", key)]
+
+
+def key_line(text: str, loc: Sequence[Any]) -> int | None:
+    """The line of key path ``loc`` (``("units", "web", "cpu_max")``) in config ``text``, for a notice."""
+    return _locate(text, loc)
 
 
 def _locate(text: str, loc: Sequence[Any]) -> int | None:

@@ -46,16 +46,16 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree
+from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_cgroup2_mount, parse_own_cgroup
 
 __all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "caged_argv",
-           "current_cage", "current_cage_owner", "enter_cage", "install_cage", "join_thread", "parse_v1_mounts",
-           "parse_v1_own", "standalone_cage"]
+           "current_cage", "current_cage_owner", "enter_cage", "host_support", "install_cage", "join_thread",
+           "limit_notices", "parse_v1_mounts", "parse_v1_own", "standalone_cage"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,61 @@ def parse_v1_mounts(text: str) -> dict[str, tuple[str, str]]:
             if opt in ("cpu", "cpuacct", "memory", "pids", "cpuset", "blkio", "freezer", "devices"):
                 out.setdefault(opt, (fields[4].replace("\\040", " "), fields[3]))
     return out
+
+
+def host_support(proc: Path = Path("/proc/self")) -> dict[str, str | None]:
+    """Controller (cpu, memory, pids) -> None if a supervisor started like this process could limit it,
+    else why not. Read-only (``enmei check``): it creates nothing and enables nothing."""
+    try:
+        cgroup_text = (proc / "cgroup").read_text()
+        mountinfo = (proc / "mountinfo").read_text()
+    except OSError as exc:
+        return dict.fromkeys(("cpu", "memory", "pids"), f"cannot read this process's cgroups: {exc.strerror}")
+    v2_mount, v2_own = parse_cgroup2_mount(mountinfo), parse_own_cgroup(cgroup_text)
+    own, mounts = parse_v1_own(cgroup_text), parse_v1_mounts(mountinfo)
+    out: dict[str, str | None] = {}
+    for ctrl in ("cpu", "memory", "pids"):
+        why = f"no {ctrl} controller (neither in cgroup v2 for enmei's cgroup nor mounted as cgroup v1)"
+        if v2_mount is not None and v2_own is not None:
+            base = Path(v2_mount) / v2_own.lstrip("/")
+            passed = _words(base / "cgroup.subtree_control")
+            if ctrl in passed and os.access(base, os.W_OK):
+                out[ctrl] = None
+                continue
+            if ctrl in _words(base / "cgroup.controllers"):
+                why = (f"cgroup v2 offers {ctrl} to {v2_own} but it does not pass it on to the cgroups beneath it "
+                       "(enmei never enables a controller outside its own subtree)")
+        if ctrl in mounts and ctrl in own:
+            mount, root = mounts[ctrl]
+            mine = own[ctrl][len(root):] if root != "/" and own[ctrl].startswith(root) else own[ctrl]
+            where = Path(mount) / mine.lstrip("/")
+            if where.is_dir() and os.access(where, os.W_OK):
+                out[ctrl] = None
+                continue
+            why = f"the cgroup v1 {ctrl} group {where} is not writable (not root, or not delegated)"
+        out[ctrl] = why
+    return out
+
+
+def limit_notices(units: Mapping[str, Any], proc: Path = Path("/proc/self")) -> list[tuple[str, str, str]]:
+    """(unit, key, why) for each limit a unit asks for that this host cannot apply (``host_support``)."""
+    support: dict[str, str | None] | None = None
+    out = []
+    for name, spec in units.items():
+        for key in Limits.of(spec).asked():
+            if support is None:
+                support = host_support(proc)
+            why = support[_RESOURCES[key][0]]
+            if why is not None:
+                out.append((name, key, f"{key} will not be applied: {why}; the unit runs without it"))
+    return out
+
+
+def _words(path: Path) -> set[str]:
+    try:
+        return set(path.read_text().split())
+    except OSError:
+        return set()
 
 
 @dataclass(frozen=True)
