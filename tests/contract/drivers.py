@@ -112,6 +112,8 @@ class FakeDriver(Driver):
 command = ["/bin/sleep", "3600"]
 start_s = 0.5
 stop_timeout_s = 2
+[units.{UNIT}.restart]
+reset_after_s = 1  # the exit scenario waits this long: a unit that proved itself is restarted at once
 """
 
     @property
@@ -240,6 +242,8 @@ class ProcessDriver(RealDriver):
 command = ["{sys.executable}", "-c", "import time; time.sleep(3600)"]
 start_s = 0.5
 stop_timeout_s = 5
+[units.{UNIT}.restart]
+reset_after_s = 1  # the exit scenario waits this long: a unit that proved itself is restarted at once
 """
 
 
@@ -266,6 +270,8 @@ ready_timeout_s = {scaled(60.0):.0f}
 start_s = 0.5
 stop_timeout_s = 10
 phase_standby = false
+[units.{UNIT}.restart]
+reset_after_s = 1  # the exit scenario waits this long: a unit that proved itself is restarted at once
 """
 
     def strays(self) -> list[psutil.Process]:

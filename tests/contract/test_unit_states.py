@@ -69,10 +69,13 @@ async def test_start_then_operator_stop_and_start(driver: Driver) -> None:
 async def test_an_exit_is_seen_and_restarted_at_once(driver: Driver) -> None:
     await driver.start_engine()
     await driver.settled(UnitState.RUNNING)
+    unit = driver.engine.units["u"]
+    await driver.wait("a healthy period", lambda: unit.budget.healthy(unit.clock.monotonic() - unit.state_since))
     old = driver.pid()
     driver.kill_unit()
     await driver.wait("the restart", lambda: len(driver.states) >= 5 and driver.engine.units["u"].remedy is None)
-    # the first exit is restarted without a backoff: straight from exited to starting
+    # the exit of a unit running for restart.reset_after_s is restarted without a backoff: straight from
+    # exited to starting
     assert driver.states == [*START, "exited", *START]
     assert driver.pid() != old
     await driver.stop_engine()

@@ -45,6 +45,8 @@ keep = {KEEP}
 [units.other]
 command = ["{PY}", "-c", "import time; time.sleep(600)"]
 stop_timeout_s = 1
+[units.other.restart]
+reset_after_s = 0.5  # killed after 1 s running: a unit that proved itself, restarted at once
 """
 
 

@@ -55,7 +55,7 @@ async def test_crash_is_restarted_at_once_then_with_growing_backoff_then_escalat
         tmp_path: Path, policy: BuiltinPolicy | None, rule: str, message: str, retry_s: float) -> None:
     rig = await start_rig(tmp_path, ONE, policy=policy)
     try:
-        await rig.advance(1.2)
+        await rig.advance(11.2)  # running for restart.reset_after_s (10): its crash is restarted at once
         delays = []
         for _ in range(3):
             rig.backend.crash("a", code=2)
@@ -103,8 +103,10 @@ async def test_start_failure_is_journaled_with_its_cause(tmp_path: Path) -> None
         await rig.quiesce()
         failed = [b for b in rig.bodies("unit.event", "a") if b["event"] == "start_failed"]
         assert failed and "not found" in failed[0]["cause"]
-        await rig.advance(1.5)
-        assert rig.engine.units["a"].state is UnitState.RUNNING  # retried by the policy
+        # retried by the policy after backoff_first_s (1 s: a failed start is a retry), then start_s (1 s)
+        assert [b["args"].get("delay_s") for b in rig.bodies("decision", "a") if b["action"] == "restart"] == [1.0]
+        await rig.advance(2.5)
+        assert rig.engine.units["a"].state is UnitState.RUNNING
     finally:
         await rig.close()
 
@@ -215,7 +217,7 @@ async def test_units_left_running_are_adopted_by_the_next_engine(tmp_path: Path)
         await rig2.quiesce()
         exited = [b for b in rig2.bodies("unit.event", "a") if b["event"] == "exited"]
         assert exited[0]["code"] is None and exited[0]["signal"] is None  # not our child: no status
-        await rig2.advance(1.2)
+        await rig2.advance(2.2)  # it ran 1.2 s (< reset_after_s): a retry, after backoff_first_s (1 s)
         assert rig2.engine.units["a"].state is UnitState.RUNNING
         assert rig2.backend.identity("a").pid != pid  # type: ignore[union-attr]
     finally:

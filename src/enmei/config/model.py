@@ -101,27 +101,51 @@ class LogConfig(_Model):
 
 
 class RestartConfig(_Model):
-    """``[units.NAME.restart]``: exponential backoff and a budget per window.
+    """``[units.NAME.restart]``: exponential backoff, reset after a healthy period, and a budget per window.
 
-    The first restart after a crash is immediate; the n-th within ``window_s`` waits
-    ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-2))``. When ``budget`` restarts are
-    spent within ``window_s``, the unit is escalated (see ``EscalateConfig``): never a tight loop,
-    never a silent give-up.
+    Backoff (what the shipped policy and the built-in one wait before a restart, ``next_delay_s`` in the
+    view and the API), by the cause of the restart:
+
+    * **A crash** (the unit exited, or its start failed). An instance that had been ``running`` for at
+      least ``reset_after_s`` proved itself: its crash is restarted at once, and the retry streak starts
+      over. A crash of an instance that ran less (it died during its start, or soon after) is a *retry*:
+      the n-th retry in a row waits ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-1))`` —
+      the first one ``backoff_first_s``.
+    * **A failed liveness probe** (the unit is up, but does not answer): the probe's ``fail_after``
+      failures were the wait, so the first probe-caused restart after a healthy period waits nothing,
+      the n-th in a row ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-2))``. Probe-caused
+      restarts never grow the crash streak, nor crashes the probe streak.
+
+    Both streaks start over once the unit has been ``running`` for ``reset_after_s`` (and on
+    ``enmei ctl reset``). Every restart, whatever its cause, counts in ``budget`` per ``window_s``: when it is
+    spent, the unit is escalated (see ``EscalateConfig``): never a tight loop, never a silent give-up.
     """
 
     backoff_first_s: float = Field(default=0.5, ge=0)
     backoff_factor: float = Field(default=2.0, ge=1)
     backoff_max_s: float = Field(default=30.0, ge=0)
+    reset_after_s: float = Field(default=10.0, gt=0)  # running this long resets the backoff
     budget: int = Field(default=5, ge=1)
     window_s: float = Field(default=300.0, gt=0)
     deadline_s: float = Field(default=60.0, gt=0)  # a restart that takes longer has TIMED_OUT
 
 
 class EscalateConfig(_Model):
-    """``[units.NAME.escalate]``: what happens once the restart budget is spent."""
+    """``[units.NAME.escalate]``: what happens once the restart budget is spent, or the unit flaps.
+
+    ``retry_every_s``: the slow retries of an escalated unit (an alert, then one start every so often).
+    The shipped policy's circuit breaker (``flapping``): ``breaker_failures`` failures (exits, failed
+    starts and repairs) within ``breaker_within_s`` open it; while it is open the unit is escalated and
+    its next try waits ``max(breaker_open_s, retry_every_s)``; a failure within ``breaker_open_s +
+    breaker_within_s`` of opening keeps it open. ``enmei ctl reset`` closes it (failures before the
+    reset are not counted again).
+    """
 
     retry_every_s: float = Field(default=60.0, gt=0)  # the slower retries
     alert: bool = True
+    breaker_failures: int = Field(default=4, ge=1)
+    breaker_within_s: float = Field(default=120.0, gt=0)
+    breaker_open_s: float = Field(default=300.0, ge=0)
 
 
 class RejuvenateConfig(_Model):

@@ -642,6 +642,8 @@ class Engine:
         unit.remedy = run
         if counted:
             unit.restarts.append(now)
+            if d.action == "restart" and unit.alive() and not _by_operator(d):
+                unit.probe_restarted()  # a restart of a unit that is up: its own backoff streak
         self._start_remedy(unit, run)
 
     def _execute_host(self, d: Decision, body: dict[str, Any]) -> None:

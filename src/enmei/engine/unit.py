@@ -86,7 +86,15 @@ class UnitRuntime:
         self._notify: NotifySocket | None = None
         self._notify_refused = False
         self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
-                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
+                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s,
+                                    spec.restart.reset_after_s)
+        # Backoff streaks (see RestartConfig): crash retries in a row, probe-caused restarts in a row, both
+        # since the unit was last running for reset_after_s (or reset); the wait the last crash earned.
+        self.crash_retries = 0
+        self.probe_restarts = 0
+        self._crash_delay_s = 0.0
+        self.last_reset: float | None = None  # monotonic time of the last ``reset`` (ctl, web)
+        self._running_since = self.state_since  # (for an adopted unit: since its instance started)
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -115,6 +123,8 @@ class UnitRuntime:
             raise StateError(f"unit {self.name}", str(old), tuple(str(s) for s in sorted(ARCS[old])))
         self._state = state
         self.state_since = self.clock.monotonic()
+        if state is UnitState.RUNNING:
+            self._running_since = self.state_since
         if state in (UnitState.STARTING,):
             self.started_mono = self.state_since
         elif state in (UnitState.EXITED, UnitState.STOPPED):
@@ -127,17 +137,67 @@ class UnitRuntime:
         old, self.health = self.health, health
         self._record(RecordKind.HEALTH, self.name, {"from": str(old), "to": str(health), "reason": reason})
 
+    def _settle(self, now: float) -> None:
+        """A unit running for ``reset_after_s`` has proven itself: its backoff streaks start over."""
+        if self._state is UnitState.RUNNING and self.budget.healthy(now - self._running_since):
+            self.crash_retries = 0
+            self.probe_restarts = 0
+            self._crash_delay_s = 0.0
+
+    def next_delay_s(self, now: float) -> float:
+        """The wait before this unit's next restart, by its cause: a probe-caused one while it is up,
+        else the one its last crash earned (0 after a healthy period)."""
+        self._settle(now)
+        if self.alive() and self._state in (UnitState.RUNNING, UnitState.STARTING):
+            return self.budget.probe_delay_s(self.probe_restarts)
+        return self._crash_delay_s
+
+    def _crashed(self, was: UnitState) -> None:
+        """An instance ended on its own (or its start failed) while in state ``was``:
+        after a healthy period a restart at once, else the next retry's backoff, the streak one longer."""
+        if was not in (UnitState.STARTING, UnitState.RUNNING):
+            return  # stopped on purpose (an operator's stop, a restart's stop): not a crash
+        now = self.clock.monotonic()
+        if was is UnitState.RUNNING and self.budget.healthy(now - self._running_since):
+            self.crash_retries = 0
+            self.probe_restarts = 0
+            self._crash_delay_s = 0.0
+            return
+        self._crash_delay_s = self.budget.crash_delay_s(self.crash_retries)
+        self.crash_retries += 1
+
+    def probe_restarted(self) -> None:
+        """A restart of this unit while it was up (a failed probe, an anomaly) was carried out."""
+        self.probe_restarts += 1
+
+    def reset(self, now: float) -> dict[str, Any]:
+        """Forget the restart budget's restarts and the backoff streaks (``enmei ctl reset``); from now on
+        the shipped policy's breaker counts only failures after ``now``. Returns what was cleared."""
+        cleared = {"restarts_in_window": self.budget.in_window(self.restarts, now),
+                   "crash_retries": self.crash_retries, "probe_restarts": self.probe_restarts,
+                   "next_delay_s": self._crash_delay_s}
+        self.restarts.clear()
+        self.crash_retries = 0
+        self.probe_restarts = 0
+        self._crash_delay_s = 0.0
+        self.last_reset = now
+        return cleared
+
     def view(self, now: float) -> UnitView:
+        next_delay = self.next_delay_s(now)
         recent = self.budget.in_window(self.restarts, now)
         spec = self._spec
         return UnitView(
             name=self.name, backend=self.backend.kind, state=self._state, health=self.health, alive=self.alive(),
             uptime_s=(now - self.started_mono) if self.started_mono is not None and self.alive() else None,
             remedy=self.remedy.action if self.remedy else None, restarts_in_window=recent,
-            budget=spec.restart.budget, window_s=spec.restart.window_s, next_delay_s=self.budget.next_delay_s(recent),
+            budget=spec.restart.budget, window_s=spec.restart.window_s, next_delay_s=next_delay,
             escalate_retry_s=spec.escalate.retry_every_s, rejuvenate_every_s=spec.rejuvenate.every_s,
             rejuvenate_window_s=spec.rejuvenate.window_s, stop_timeout_s=spec.stop_timeout_s,
             capabilities=frozenset(str(c) for c in self.backend.capabilities),
+            breaker_failures=spec.escalate.breaker_failures, breaker_within_s=spec.escalate.breaker_within_s,
+            breaker_open_s=spec.escalate.breaker_open_s, last_reset=self.last_reset,
+            reset_after_s=spec.restart.reset_after_s,
         )
 
     # -- control (what remedies use) ---------------------------------------------------------------
@@ -156,6 +216,7 @@ class UnitRuntime:
             identity = await self.backend.start(self.name, spec)
         except StartError as exc:
             self.close_startup()
+            self._crashed(UnitState.STARTING)
             self._record(RecordKind.UNIT_EVENT, self.name, {"event": "start_failed", "cause": exc.cause})
             self.set_state(UnitState.EXITED, f"start failed: {exc.cause}")
             if not self._exit.done():
@@ -320,6 +381,7 @@ class UnitRuntime:
 
     def on_exit(self, detail: Mapping[str, Any]) -> None:
         """The instance ended on its own (or while being stopped)."""
+        self._crashed(self._state)
         if self._state in (UnitState.STARTING, UnitState.RUNNING, UnitState.STOPPING):
             self.set_state(UnitState.EXITED, _describe_exit(detail))
         if self._exit is not None and not self._exit.done():
@@ -332,6 +394,7 @@ class UnitRuntime:
         self._exit = asyncio.get_running_loop().create_future()
         self.set_state(UnitState.RUNNING, f"adopted pid {identity.pid} from an earlier supervisor")
         self.started_mono = self.clock.monotonic() - max(0.0, self.clock.wall() - identity.started_wall)
+        self._running_since = self.started_mono  # it proved itself while the earlier supervisor watched
 
     def observe_load(self, mono: float, values: Mapping[str, float]) -> None:
         for key, value in values.items():

@@ -36,6 +36,12 @@ class UnitView:
     rejuvenate_window_s: float
     stop_timeout_s: float
     capabilities: frozenset[str] = frozenset()
+    # the shipped policy's circuit breaker (escalate.breaker_*), and the last reset (monotonic; None: never)
+    breaker_failures: int = 4
+    breaker_within_s: float = 120.0
+    breaker_open_s: float = 300.0
+    last_reset: float | None = None
+    reset_after_s: float = 10.0
 
     @property
     def budget_left(self) -> int:
@@ -49,7 +55,9 @@ class UnitView:
             "budget_left": self.budget_left, "window_s": self.window_s, "next_delay_s": self.next_delay_s,
             "escalate_retry_s": self.escalate_retry_s, "rejuvenate_every_s": self.rejuvenate_every_s,
             "rejuvenate_window_s": self.rejuvenate_window_s, "stop_timeout_s": self.stop_timeout_s,
-            "capabilities": sorted(self.capabilities),
+            "capabilities": sorted(self.capabilities), "breaker_failures": self.breaker_failures,
+            "breaker_within_s": self.breaker_within_s, "breaker_open_s": self.breaker_open_s,
+            "last_reset": self.last_reset, "reset_after_s": self.reset_after_s,
         }
 
 

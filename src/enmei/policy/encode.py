@@ -45,7 +45,8 @@ __all__ = [
 UNIT_FIELDS = (
     "name", "backend", "state", "health", "alive", "uptime_s", "remedy", "restarts_in_window", "budget",
     "budget_left", "window_s", "next_delay_s", "escalate_retry_s", "rejuvenate_every_s", "rejuvenate_window_s",
-    "stop_timeout_s", "capabilities",
+    "stop_timeout_s", "capabilities", "breaker_failures", "breaker_within_s", "breaker_open_s", "last_reset",
+    "reset_after_s",
 )
 MAX_DECISIONS = 32
 _MAX_REASON = 1024
@@ -125,7 +126,8 @@ def unit_row(u: UnitView) -> list[Any]:
     """One unit as the positional list the driver expects (the order of ``UNIT_FIELDS``)."""
     return [u.name, u.backend, str(u.state), str(u.health), u.alive, u.uptime_s, u.remedy, u.restarts_in_window,
             u.budget, u.budget_left, u.window_s, u.next_delay_s, u.escalate_retry_s, u.rejuvenate_every_s,
-            u.rejuvenate_window_s, u.stop_timeout_s, sorted(u.capabilities)]
+            u.rejuvenate_window_s, u.stop_timeout_s, sorted(u.capabilities), u.breaker_failures, u.breaker_within_s,
+            u.breaker_open_s, u.last_reset, u.reset_after_s]
 
 
 def _data_json(value: Any) -> str:
@@ -162,7 +164,8 @@ def _unit_json(u: UnitView) -> str:
             f"{_num(u.uptime_s)},{'null' if u.remedy is None else s(u.remedy)},{int(u.restarts_in_window)},"
             f"{int(u.budget)},{int(u.budget_left)},{_num(u.window_s)},{_num(u.next_delay_s)},"
             f"{_num(u.escalate_retry_s)},{_num(u.rejuvenate_every_s)},{_num(u.rejuvenate_window_s)},"
-            f"{_num(u.stop_timeout_s)},{caps}]")
+            f"{_num(u.stop_timeout_s)},{caps},{int(u.breaker_failures)},{_num(u.breaker_within_s)},"
+            f"{_num(u.breaker_open_s)},{_num(u.last_reset)},{_num(u.reset_after_s)}]")
 
 
 def event_json(event: Event) -> str:

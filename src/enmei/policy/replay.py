@@ -118,6 +118,10 @@ def _view_of(d: Mapping[str, Any]) -> UnitView:
         next_delay_s=float(d["next_delay_s"]), escalate_retry_s=float(d["escalate_retry_s"]),
         rejuvenate_every_s=d.get("rejuvenate_every_s"), rejuvenate_window_s=float(d["rejuvenate_window_s"]),
         stop_timeout_s=float(d["stop_timeout_s"]), capabilities=_recorded_capabilities(d),
+        # views journaled before these were configurable had the shipped policy's constants
+        breaker_failures=int(d.get("breaker_failures", 4)), breaker_within_s=float(d.get("breaker_within_s", 120.0)),
+        breaker_open_s=float(d.get("breaker_open_s", 300.0)), last_reset=d.get("last_reset"),
+        reset_after_s=float(d.get("reset_after_s", 10.0)),
     )
 
 

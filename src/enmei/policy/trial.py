@@ -33,5 +33,7 @@ def config_view(config: Config, now: float = 1000.0) -> View:
             next_delay_s=spec.restart.backoff_first_s, escalate_retry_s=spec.escalate.retry_every_s,
             rejuvenate_every_s=spec.rejuvenate.every_s, rejuvenate_window_s=spec.rejuvenate.window_s,
             stop_timeout_s=spec.stop_timeout_s,
-            capabilities=frozenset(str(c) for c in capabilities_of(spec.backend)))
+            capabilities=frozenset(str(c) for c in capabilities_of(spec.backend)),
+            breaker_failures=spec.escalate.breaker_failures, breaker_within_s=spec.escalate.breaker_within_s,
+            breaker_open_s=spec.escalate.breaker_open_s, reset_after_s=spec.restart.reset_after_s)
     return View(now, units)
