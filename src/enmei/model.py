@@ -119,6 +119,7 @@ class RecordKind(StrEnum):
     SAMPLES = "samples"  # a summary of observations over a period
     POLICY = "policy"  # policy loaded, reloaded, rejected
     RELOAD = "reload"  # a config reload: its diff, its refusal (file:line:key), its end
+    RESET = "unit.reset"  # an operator reset a unit's budget, backoff and breakers (enmei ctl reset)
     ANCHOR = "anchor"  # an HMAC anchor over the chain so far
 
 

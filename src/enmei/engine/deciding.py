@@ -65,7 +65,7 @@ DEFAULT_OVERRUNS = 3
 _MAX_INFLIGHT = 1000
 
 RecordFn = Callable[[str, str | None, Mapping[str, Any]], int]
-ExecuteFn = Callable[[Decision, "int | None", View], None]
+ExecuteFn = Callable[[Decision, "int | None", View], object]
 Notices = list[dict[str, Any]]
 
 

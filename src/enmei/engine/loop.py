@@ -22,7 +22,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from enmei.box.anchor import Anchors
@@ -81,12 +81,18 @@ JudgeFactory = Callable[[str, UnitBase], UnitDetectors | None]
 
 @dataclass(frozen=True)
 class Command:
-    """An operator's request (CLI, web): run ``action`` on ``unit`` now, outside the policy."""
+    """An operator's request (ctl, CLI, web): run ``action`` on ``unit`` now, outside the policy, or
+    ``reset`` it. ``reply``, if given, is resolved with what was done (see ``Engine.control``)."""
 
     action: str
     unit: str
     args: Mapping[str, Any]
     by: str = "operator"
+    reply: asyncio.Future[dict[str, Any]] | None = field(default=None, compare=False, repr=False)
+    preempted: Mapping[str, Any] | None = None  # the repair this command cancelled, for its record
+
+#: what an operator may ask besides the remedies: forget the unit's budget, backoff and breakers
+RESET = "reset"
 
 
 class Engine:
@@ -169,8 +175,17 @@ class Engine:
         return moved
 
     def submit(self, action: str, unit: str, args: Mapping[str, Any] | None = None, by: str = "operator") -> None:
-        """Queue an operator's request; it is journaled as a decision of ``by``."""
+        """Queue an operator's request; it is journaled as a decision of ``by`` (``reset``: a reset record)."""
         self.queue.put_nowait(Command(action, unit, dict(args or {}), by))
+
+    def control(self, action: str, unit: str, args: Mapping[str, Any] | None = None,
+                by: str = "operator") -> asyncio.Future[dict[str, Any]]:
+        """``submit``, with an answer: a future resolved once the command is carried out or refused, with
+        ``{"unit", "action", "by", "seq", "preempted", "rejected", "suppressed", "cleared"}`` (the decision
+        or reset record's seq; the repair it cancelled; why it was refused). Never raises into the loop."""
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.queue.put_nowait(Command(action, unit, dict(args or {}), by, reply))
+        return reply
 
     def view(self) -> View:
         now = self.clock.monotonic()
@@ -534,16 +549,71 @@ class Engine:
 
     def _on_command(self, cmd: Command) -> None:
         """An operator's stop, start or restart overrides a running repair (a restart waiting out a long
-        delay, an escalation's slow retry): the repair is cancelled, and the command carried out once the
-        cancelled one has let go of the unit. Any other command waits its turn like a policy's decision."""
+        delay, an escalation's slow retry, the policy's own start): the repair is cancelled — its outcome
+        record says by whom and for what — and the command carried out once the cancelled one has let go
+        of the unit; the command's decision record names the repair it pre-empted. ``reset`` clears the
+        unit's budget, backoff and breakers (``_reset``). Any other command is refused while a repair
+        runs, on the record and in its reply (never silently)."""
+        try:
+            if cmd.action == RESET:
+                answer = self._reset(cmd)
+            elif self._preempt(cmd):
+                return  # carried out (and answered) once the repair has let go of the unit
+            else:
+                body = self._execute(Decision(cmd.action, cmd.unit, f"requested by {cmd.by}", cmd.args,
+                                              policy=cmd.by, rule="manual"), None, preempted=cmd.preempted)
+                answer = {k: body.get(k) for k in ("seq", "rejected", "suppressed")}
+                answer["preempted"] = cmd.preempted
+        except Exception as exc:  # the answer must come, even when carrying out failed
+            _answer(cmd, {"rejected": f"internal error: {type(exc).__name__}: {exc}"})
+            raise
+        _answer(cmd, answer)
+
+    def _preempt(self, cmd: Command) -> bool:
+        """Cancel the unit's running repair for an operator's stop/start/restart and run ``cmd`` once it has
+        ended; False if nothing needs pre-empting."""
         unit = self.units.get(cmd.unit)
-        running = unit.remedy.task if unit is not None and unit.remedy is not None else None
-        if running is not None and cmd.action in _OVERRIDES and not running.done():
-            running.cancel()
-            running.add_done_callback(lambda _: self.queue.put_nowait(cmd))
-            return
-        self._execute(Decision(cmd.action, cmd.unit, f"requested by {cmd.by}", cmd.args, policy=cmd.by,
-                               rule="manual"), None)
+        run = unit.remedy if unit is not None else None
+        if run is None or cmd.action not in _OVERRIDES or run.task is None or run.task.done():
+            return False
+        why = f"pre-empted by {cmd.by}: {cmd.action} requested"
+        if not run.cancel(cmd.by, why):
+            return False
+        log.info("unit %s: %s cancels remedy %s (%s)", cmd.unit, cmd.by, run.remedy_id, run.action)
+        again = replace(cmd, preempted={"remedy_id": run.remedy_id, "action": run.action,
+                                        "decision_seq": run.decision_seq, "by": cmd.by})
+        run.task.add_done_callback(lambda _: self.queue.put_nowait(again))
+        return True
+
+    def _reset(self, cmd: Command) -> dict[str, Any]:
+        """``reset UNIT``: the restart budget's restarts and the backoff streaks are forgotten, the shipped
+        policy's breakers close (they count failures after ``last_reset`` only), a running escalation or
+        restart is cancelled, and a unit left down by them (exited, backing off, escalated) is started at
+        once by the operator. A stopped unit stays stopped. Journaled as one ``unit.reset`` record."""
+        unit = self.units.get(cmd.unit)
+        if unit is None:
+            known = ", ".join(sorted(self.units)) or "none"
+            return {"rejected": f"no unit named {cmd.unit!r} (units: {known})"}
+        now = self.clock.monotonic()
+        body: dict[str, Any] = {"by": cmd.by, "cleared": unit.reset(now), "last_reset": now,
+                                "state": str(unit.state)}
+        run = unit.remedy
+        cancelled = None
+        if run is not None and run.action in ("escalate", "restart", "start") and \
+                run.cancel(cmd.by, f"pre-empted by {cmd.by}: reset requested"):
+            cancelled = {"remedy_id": run.remedy_id, "action": run.action, "decision_seq": run.decision_seq,
+                         "by": cmd.by}
+        body["cancelled"] = cancelled
+        down = unit.state in (UnitState.EXITED, UnitState.BACKOFF, UnitState.ESCALATED) and not unit.alive()
+        body["start"] = down or (cancelled is not None and unit.state is not UnitState.STOPPED)
+        seq = self.record(RecordKind.RESET, unit.name, body)
+        if body["start"]:
+            start = Command("start", unit.name, {}, cmd.by, preempted=cancelled)
+            if cancelled is not None and run is not None and run.task is not None:
+                run.task.add_done_callback(lambda _: self.queue.put_nowait(start))
+            else:
+                self.queue.put_nowait(start)
+        return {"seq": seq, "cleared": body["cleared"], "preempted": cancelled, "start": body["start"]}
 
     # -- policy and remedies -----------------------------------------------------------------------
 
@@ -552,7 +622,8 @@ class Engine:
         fallback: ``enmei.engine.deciding``); the decisions are carried out in event order."""
         self.decider.decide(event, self.view(), cause_seq)
 
-    def _execute(self, d: Decision, cause_seq: int | None, view: View | None = None) -> None:
+    def _execute(self, d: Decision, cause_seq: int | None, view: View | None = None, *,
+                 preempted: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Journal decision ``d`` and carry it out: an engine action at once, a remedy as a task.
 
         Whoever made it (a policy, the fallback, an operator), the decision is checked against the one
@@ -562,16 +633,21 @@ class Engine:
         budget is spent is refused and the unit escalated instead (alert, slow retries), and an escalation
         waits at least the configured ``escalate.retry_every_s``. An operator's command is counted in
         the budget but not refused by it (an operator may always restart a unit by hand).
+
+        Returns the decision's record body (with ``seq`` once it was carried out); ``preempted`` names the
+        repair an operator's command cancelled, for that record.
         """
         body: dict[str, Any] = {"action": d.action, "reason": d.reason, "args": dict(d.args), "policy": d.policy,
                                 "rule": d.rule, "cause_seq": cause_seq, "not_before": d.not_before}
+        if preempted is not None:
+            body["preempted"] = dict(preempted)
         if view is not None and d.unit in view.units:
             # The evidence the policy saw: replay feeds the same event and view to another policy.
             body["view"] = view.units[d.unit].as_dict()
             body["now"] = view.now
         if d.unit == HOST:
             self._execute_host(d, body)
-            return
+            return body
         unit = self.units.get(d.unit)
         act = action_of(d.action)
         problem: str | None = None
@@ -587,15 +663,15 @@ class Engine:
                 seq = self.record(RecordKind.DECISION, d.unit, body)
                 self.alert(d.unit, d.reason, Severity(str(d.args.get("severity", "warning"))),
                            {"decision_seq": seq})
-                return
+                return body
             if problem is None and d.action == "none":
                 self.record(RecordKind.DECISION, d.unit, body)
-                return
+                return body
             if problem is None:
                 problem = monitor(self, unit, d.args) if d.action == "monitor" else inject(self, unit, d.args)
                 if problem is None:
                     self.record(RecordKind.DECISION, d.unit, body)
-                    return
+                    return body
         elif act.remedy is not None and (
                 refused := act.remedy.refusal(unit.backend.capabilities, unit.backend.kind)) is not None:
             problem = refused
@@ -607,14 +683,16 @@ class Engine:
             body["rejected"] = problem
             self.record(RecordKind.DECISION, d.unit, body)
             log.warning("decision rejected: %s", problem)
-            return
+            return body
         assert unit is not None
         assert act is not None
         assert act.remedy is not None
         if unit.remedy is not None:
             body["suppressed"] = f"remedy {unit.remedy.remedy_id} ({unit.remedy.action}) is running"
+            if _by_operator(d):
+                body["suppressed"] += "; an operator's stop, start or restart pre-empts it"
             self.record(RecordKind.DECISION, d.unit, body)
-            return
+            return body
         now = self.clock.monotonic()
         counted = act.counts_as_restart or (d.action == "start" and unit.state is UnitState.EXITED
                                             and d.rule != "autostart")
@@ -629,7 +707,7 @@ class Engine:
                 self._execute(Decision("escalate", d.unit, why,
                                        {"retry_in_s": unit.spec.escalate.retry_every_s, "why": why},
                                        policy="engine", rule="budget-enforced"), seq)
-                return
+                return body
             floor = float(unit.spec.escalate.retry_every_s)
             if float(args.get("retry_in_s", floor)) < floor:
                 args["retry_in_s"] = floor
@@ -645,6 +723,7 @@ class Engine:
             if d.action == "restart" and unit.alive() and not _by_operator(d):
                 unit.probe_restarted()  # a restart of a unit that is up: its own backoff streak
         self._start_remedy(unit, run)
+        return {**body, "seq": seq}
 
     def _execute_host(self, d: Decision, body: dict[str, Any]) -> None:
         """A decision on the host: the same checks, journal records, deadline and one-at-a-time rule as a
@@ -843,6 +922,13 @@ _OVERRIDES = frozenset({"stop", "start", "restart"})
 
 def _by_operator(d: Decision) -> bool:
     return d.rule == "manual"
+
+
+def _answer(cmd: Command, answer: Mapping[str, Any]) -> None:
+    """Resolve an operator's reply future (if any, and not abandoned by its client)."""
+    if cmd.reply is not None and not cmd.reply.done():
+        cmd.reply.set_result({"unit": cmd.unit, "action": cmd.action, "by": cmd.by, "seq": None, "preempted": None,
+                              "rejected": None, "suppressed": None, **answer})
 
 
 def journal_for(loaded: LoadedConfig) -> Journal:

@@ -45,6 +45,17 @@ class RemedyRun:
     state: RemedyState = RemedyState.PENDING
     started_mono: float = 0.0
     task: asyncio.Task[Outcome] | None = field(default=None, repr=False)
+    cancelled_by: str | None = None  # who pre-empted it (an operator), and why: in its outcome record
+    cancel_reason: str | None = None
+
+    def cancel(self, by: str, reason: str) -> bool:
+        """Pre-empt the run (an operator's command): its outcome is CANCELLED with ``reason`` and
+        ``cancelled_by``. False if it is not running any more."""
+        if self.task is None or self.task.done():
+            return False
+        self.cancelled_by, self.cancel_reason = by, reason
+        self.task.cancel()
+        return True
 
     @property
     def action(self) -> str:
@@ -86,7 +97,8 @@ class RemedyRun:
             if self.state is RemedyState.PENDING:
                 self.started_mono = clock.monotonic()
             self.state = RemedyState.CANCELLED
-            return self._outcome(Result(RemedyState.CANCELLED, "cancelled"))
+            data = {"cancelled_by": self.cancelled_by} if self.cancelled_by else {}
+            return self._outcome(Result(RemedyState.CANCELLED, self.cancel_reason or "cancelled", data))
         except Exception as exc:  # a bug in a remedy must not take the supervisor down
             log.exception("remedy %s crashed", self.remedy_id)
             if self.state is RemedyState.PENDING:
