@@ -51,7 +51,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_cgroup2_mount, parse_own_cgroup
+import psutil
+
+from enmei.visor.cgroup import (
+    SUPERVISOR_LEAF,
+    Cgroup,
+    CgroupError,
+    CgroupTree,
+    parse_cgroup2_mount,
+    parse_own_cgroup,
+)
 
 __all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "caged_argv",
            "current_cage", "current_cage_owner", "enter_cage", "host_support", "install_cage", "join_thread",
@@ -112,13 +121,13 @@ def host_support(proc: Path = Path("/proc/self")) -> dict[str, str | None]:
         why = f"no {ctrl} controller (neither in cgroup v2 for enmei's cgroup nor mounted as cgroup v1)"
         if v2_mount is not None and v2_own is not None:
             base = Path(v2_mount) / v2_own.lstrip("/")
-            passed = _words(base / "cgroup.subtree_control")
-            if ctrl in passed and os.access(base, os.W_OK):
+            # Passed on already, or delegated: enmei then moves into its tree's leaf and passes it on.
+            usable = _words(base / "cgroup.subtree_control") | _words(base / "cgroup.controllers")
+            if ctrl in usable and os.access(base, os.W_OK):
                 out[ctrl] = None
                 continue
-            if ctrl in _words(base / "cgroup.controllers"):
-                why = (f"cgroup v2 offers {ctrl} to {v2_own} but it does not pass it on to the cgroups beneath it "
-                       "(enmei never enables a controller outside its own subtree)")
+            if ctrl in usable:
+                why = f"cgroup v2 offers {ctrl} to {v2_own}, which is not writable (not delegated to this user)"
         if ctrl in mounts and ctrl in own:
             mount, root = mounts[ctrl]
             mine = own[ctrl][len(root):] if root != "/" and own[ctrl].startswith(root) else own[ctrl]
@@ -330,10 +339,17 @@ class ResourceCage:
     def _enable_v2(self) -> None:
         assert self.tree is not None
         root = self.tree.root
-        try:
-            offered = set((root / "cgroup.controllers").read_text().split())
-        except OSError:
-            offered = set()
+        offered = _words(root / "cgroup.controllers")
+        delegated = _words(root.parent / "cgroup.controllers") & ({"cpu", "memory", "pids"} - offered)
+        if delegated:
+            # Delegated to the cgroup enmei runs in (systemd Delegate=) but not passed on: a cgroup with
+            # processes cannot pass controllers on, so enmei moves into a leaf of its own tree first.
+            why = self._leave_own_cgroup(root, delegated)
+            if why is None:
+                offered = _words(root / "cgroup.controllers")
+            else:
+                for ctrl in delegated:
+                    self.missing[ctrl] = why
         for ctrl in ("cpu", "memory", "pids"):
             if ctrl not in offered:
                 continue
@@ -342,6 +358,45 @@ class ResourceCage:
                 self.v2.add(ctrl)
             except CgroupError as exc:
                 self.missing[ctrl] = f"cgroup v2 offers {ctrl} but it cannot be enabled in {root}: {exc.cause}"
+
+    def _leave_own_cgroup(self, root: Path, ctrls: set[str]) -> str | None:
+        """Move this process (and its own children still there) from the cgroup it runs in into
+        ``<tree>/supervisor``, then enable ``ctrls`` in that cgroup's ``subtree_control``: the systemd
+        delegation model (the delegated cgroup is enmei's to organise). Refused — a reason returned, nothing
+        moved — when a process enmei did not start is in that cgroup, or enmei already runs in such a leaf."""
+        own = root.parent
+        if own.name == SUPERVISOR_LEAF and own.parent.name.startswith("enmei-"):
+            return (f"cgroup v2 offers {', '.join(sorted(ctrls))} to {own}, the leaf of another enmei tree, which "
+                    "cannot pass it on")
+        me = os.getpid()
+        ours: list[int] = []
+        others: list[int] = []
+        for pid in _procs(own):
+            if pid == me:
+                continue
+            try:
+                mine = me in (p.pid for p in psutil.Process(pid).parents())
+            except psutil.Error:
+                continue  # gone meanwhile
+            (ours if mine else others).append(pid)
+        if others:
+            return (f"cgroup v2 offers {', '.join(sorted(ctrls))} to {own}, but processes enmei did not start are "
+                    f"in it too (pids {others[:5]}): run enmei alone in its cgroup (a systemd service with "
+                    "Delegate=yes) so it can pass them on")
+        leaf = root / SUPERVISOR_LEAF
+        try:
+            _mkdir(leaf)
+            for pid in (me, *ours):
+                with contextlib.suppress(CgroupError):  # a child that ended meanwhile
+                    _write(leaf / "cgroup.procs", str(pid))
+            if me not in _procs(leaf):
+                return f"enmei could not move into {leaf}"
+            for ctrl in sorted(ctrls):
+                _write(own / "cgroup.subtree_control", f"+{ctrl}")
+        except CgroupError as exc:
+            return f"cgroup v2 offers {', '.join(sorted(ctrls))} to {own} but it cannot be passed on: {exc}"
+        log.info("resource cage: enmei moved into %s and passes %s on from %s", leaf, ", ".join(sorted(ctrls)), own)
+        return None
 
     def _v1_base(self, ctrl: str, own: dict[str, str], mounts: dict[str, tuple[str, str]]) -> Path | str:
         """enmei's ``enmei-<instance>`` group in ``ctrl``'s v1 hierarchy (made), or why there is none."""

@@ -5,15 +5,15 @@ Where: beneath the cgroup enmei itself runs in (``/proc/self/cgroup``, the ``0::
 mount (``/proc/self/mountinfo``): ``<mount><own cgroup>/enmei-<instance>/unit-<name>``. That is a
 delegated subtree under systemd (pure v2 at ``/sys/fs/cgroup``) and the hybrid layout's
 ``/sys/fs/cgroup/unified`` elsewhere. enmei creates only that subtree and removes it again; it never
-moves itself, never enables controllers and never writes into a cgroup it did not create. Without a
+moves itself here, never enables controllers and never writes into a cgroup it did not create (the
+Resource Cage, ``enmei.visor.cage``, may move enmei into ``enmei-<instance>/supervisor`` on a delegated v2
+cgroup so that controllers can be passed on; ``discover`` then finds the same tree). Without a
 writable cgroup v2 ``CgroupTree.discover`` returns None and the process backend falls back to the
 session and a scan by its environment marks.
 
 What the next mechanisms (Resource Cage: limits per unit) build on: ``Cgroup`` — ``create``, ``add``,
 ``procs``, ``events``, ``populated``, ``kill``, ``freeze``/``thaw``, ``wait_empty``, ``remove`` — and
-``CgroupTree`` — ``discover``, ``unit``, ``existing``, ``remove``. (Limits need controllers enabled in
-``cgroup.subtree_control`` of the tree, which the "no internal processes" rule allows only once enmei
-itself has moved to a leaf of its own: that step belongs to the Resource Cage, not here.)
+``CgroupTree`` — ``discover``, ``unit``, ``existing``, ``remove``.
 
 Every method raises ``CgroupError`` (a ``VisorError``) naming the cgroup and what failed; none blocks
 longer than its timeout.
@@ -37,8 +37,10 @@ from pathlib import Path
 
 from enmei.errors import VisorError
 
-__all__ = ["Cgroup", "CgroupError", "CgroupTree", "parse_cgroup2_mount", "parse_own_cgroup"]
+__all__ = ["SUPERVISOR_LEAF", "Cgroup", "CgroupError", "CgroupTree", "parse_cgroup2_mount", "parse_own_cgroup",
+           "tree_base"]
 
+SUPERVISOR_LEAF = "supervisor"  # enmei-<instance>/supervisor: where enmei itself runs once it passes controllers on
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -69,6 +71,20 @@ def parse_cgroup2_mount(text: str) -> str | None:
             if len(fields) >= 5:
                 return fields[4].replace("\\040", " ")
     return None
+
+
+def tree_base(mount: str, own: str, instance: str) -> Path:
+    """The directory ``enmei-<instance>`` is made in: the cgroup enmei runs in — or, if that is the
+    ``supervisor`` leaf of this instance's own tree (the Resource Cage moved enmei there), the cgroup the
+    tree is in.
+
+    >>> str(tree_base("/sys/fs/cgroup", "/system.slice/enmei.service/enmei-ab/supervisor", "ab"))
+    '/sys/fs/cgroup/system.slice/enmei.service'
+    """
+    parts = own.rstrip("/").split("/")
+    if parts[-2:] == [f"enmei-{instance}", SUPERVISOR_LEAF]:
+        own = "/".join(parts[:-2]) or "/"
+    return Path(mount) / own.lstrip("/")
 
 
 class Cgroup:
@@ -205,7 +221,7 @@ class CgroupTree:
             return None
         if mount is None or own is None or ".." in own.split("/"):
             return None
-        base = Path(mount) / own.lstrip("/")
+        base = tree_base(mount, own, instance)
         try:
             root = Cgroup.create(base / f"enmei-{instance}")
             probe = Cgroup.create(root.path / ".probe")  # a child may be made: a delegated, writable tree

@@ -62,7 +62,7 @@ from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.cage import HelperCage, Limits, ResourceCage, UnitCage, current_cage_owner, install_cage
 from enmei.visor.capture import Capture, attach_existing, make_pipe
-from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_own_cgroup
+from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_cgroup2_mount
 from enmei.visor.identity import RunAs, launcher_prefix, popen_kwargs, resolve
 from enmei.visor.logs import rotate, tail_lines
 from enmei.visor.reaper import Orphans, is_subreaper
@@ -632,12 +632,13 @@ class ProcessBackend(Backend):
             if tree is None or not is_subreaper():
                 return []
             try:
-                own = parse_own_cgroup(Path("/proc/self/cgroup").read_text())
+                mount = parse_cgroup2_mount(Path("/proc/self/mountinfo").read_text())
             except OSError:
-                own = None
-            if own is None:
+                mount = None
+            if mount is None or not tree.root.is_relative_to(mount):
                 return []
-            self._orphans = Orphans(f"{own.rstrip('/')}/{tree.root.name}")
+            # The tree as /proc/PID/cgroup names it (enmei may have moved itself into a leaf of it since).
+            self._orphans = Orphans("/" + str(tree.root.relative_to(mount)).strip("/"))
         done = self._orphans.reap(run.identity.pid for run in self._units.values())
         for pid, code, sig in done:
             log.info("reaped orphan %d of a unit (%s)", pid,

@@ -104,7 +104,9 @@ class Orphans:
             if pid in kept:
                 continue
             path = _zombie_cgroup(pid)
-            if path is None or not (path == self.root or path.startswith(self.root + "/")):
+            # Only the units' cgroups: enmei's own leaf (``supervisor``) and the helper cage hold its own
+            # children, whose owners reap them.
+            if path is None or not path.startswith(self.root + "/unit-"):
                 continue
             if pid not in self._seen:
                 now.add(pid)  # the first sight: its owner, if enmei itself spawned it, reaps it by the next
