@@ -7,7 +7,9 @@ A ``Daemon`` is made by its kind's ``prepare`` (``enmei.daemons.prepare("nginx")
   ``cleanup()`` removes it; it never stops a process (the caller runs and stops the daemon).
 * ``argv``: the command that runs the daemon in the foreground (no daemonizing), ``user``: who it runs
   as (None: the caller's user), ``stop_signal``: its natural graceful stop, ``probe``: its natural enmei
-  probe (a ``[[units.NAME.probes]]`` table), ``pre_start``: commands that check its config first.
+  liveness probe (a ``[[units.NAME.probes]]`` table), ``readiness``: a readiness probe where the daemon
+  has a state of "alive but not serving" (it is then the start-up probe), ``pre_start``: commands that
+  check its config first.
 * ``unit_table()`` / ``unit_toml()``: all of that as an enmei unit, as a dict or as TOML text.
 * ``request(timeout_s)``: one client request, as a user of the daemon would make it; raises
   ``RequestFailed`` (with what went wrong) if it is not answered correctly within ``timeout_s``.
@@ -144,7 +146,8 @@ class Daemon(ABC):
         self.argv: list[str] = []
         self.user: str | None = None
         self.stop_signal = "SIGTERM"
-        self.probe: dict[str, Any] = {}
+        self.probe: dict[str, Any] = {}  # the liveness probe (its failures restart the daemon)
+        self.readiness: dict[str, Any] | None = None  # a readiness probe, if the daemon has a "not yet" state
         self.pre_start: list[list[str]] = []
         self.config_file: Path | None = None  # the file break_config/fix_config change
         self._good_config: str | None = None
@@ -158,8 +161,8 @@ class Daemon(ABC):
             table["user"] = self.user
         if self.pre_start:
             table["pre_start"] = [list(c) for c in self.pre_start]
-        table["startup_probe"] = self.probe["name"]
-        table["probes"] = [dict(self.probe)]
+        table["startup_probe"] = (self.readiness or self.probe)["name"]
+        table["probes"] = [dict(self.probe)] + ([dict(self.readiness)] if self.readiness else [])
         return table
 
     def unit_toml(self, unit: str | None = None, **overrides: Any) -> str:

@@ -12,8 +12,12 @@ Choices, and why:
   SIGTERM is the *smart* one, which waits for every client to leave; SIGQUIT is the immediate one, which
   needs crash recovery on the next start. ``kill_mode = "main-then-group"``: only the postmaster gets it
   (it stops its children in order, as systemd's ``KillMode=mixed``); what is left is killed when it ends.
-* probe: ``pg_isready -h 127.0.0.1 -p PORT -t 1`` as an exec probe, also the start-up probe, so that crash
-  recovery at start-up is never taken for a hang (``startup_timeout_s = 120``).
+* probes: ``pg_isready -h 127.0.0.1 -p PORT -U postgres -t 1`` twice, as exec probes: liveness ``alive``
+  passes on exit 0 *or* 1 (the server answered, even "rejecting: starting up"), so the postmaster's own
+  crash recovery after a killed child is not taken for a hang and restarted in the middle (it was: see
+  ``tests/e2e/daemons/test_postgresql.py``); readiness ``ready`` (exit 0: accepting) marks the unit
+  degraded meanwhile and is the start-up probe, so a slow start (recovery) is never killed by
+  liveness (``startup_timeout_s = 120``).
 * ``request()`` speaks the wire protocol itself (startup, ``SELECT 1``, terminate): no ``psql`` process
   per request; ``PgClient`` keeps a connection open (a client connected during a stop).
 """
@@ -194,8 +198,15 @@ class PostgreSQL(Daemon):
                   "-c", "listen_addresses=127.0.0.1"]
         d.stop_signal = "SIGINT"
         d.config_file = data / "postgresql.conf"
-        d.probe = {"name": "ready", "kind": "exec", "interval_s": 0.5, "timeout_s": 2.0, "fail_after": 2,
-                   "command": [binaries["pg_isready"], "-q", "-h", "127.0.0.1", "-p", str(port), "-t", "1"]}
+        isready = [binaries["pg_isready"], "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                   "-d", "postgres", "-t", "1"]
+        # pg_isready exits 0 accepting, 1 rejecting (starting up, in recovery, shutting down), 2 no answer.
+        # Alive is "answers at all": the postmaster recovering after a crashed child, by itself, rejects
+        # connections for a while and must not be restarted in the middle of it. Ready is "accepting".
+        d.probe = {"name": "alive", "kind": "exec", "command": isready, "expect_exit": [0, 1],
+                   "interval_s": 0.5, "timeout_s": 1.5, "fail_after": 2}
+        d.readiness = {"name": "ready", "kind": "exec", "command": isready, "role": "readiness",
+                       "interval_s": 0.5, "timeout_s": 1.5, "fail_after": 2}
         return d
 
     def unit_table(self) -> dict[str, Any]:

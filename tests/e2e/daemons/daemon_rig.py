@@ -256,10 +256,13 @@ class Rig:
 
 @contextlib.contextmanager
 def running(kind: str, tmp_path: Path, *, unit: str | None = None, extra: str = "", wait: bool = True,
-            **overrides: Any) -> Iterator[Rig]:
-    """The rig of module docstring, started (and, with ``wait``, RUNNING and answering)."""
+            prefix: list[str] | None = None, **overrides: Any) -> Iterator[Rig]:
+    """The rig of module docstring, started (and, with ``wait``, RUNNING and answering); ``prefix`` goes
+    before the daemon's argv (a wrapper that delays it, say); ``overrides`` replace keys of its unit."""
     rig = Rig(daemons.prepare(kind), unit or kind, tmp_path)
     try:
+        if prefix:
+            overrides["command"] = [*prefix, *rig.daemon.argv]
         rig.start(extra, **overrides)
         if wait:
             rig.until_running()

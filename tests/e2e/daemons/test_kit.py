@@ -30,7 +30,8 @@ def test_each_daemon_is_a_valid_unit_in_a_dir_of_its_own(kind: str, tmp_path: Pa
         unit = load_text(cfg.read_text(), cfg).config.units[kind]
         assert isinstance(unit, ProcessUnit)
         assert unit.command == d.argv and unit.stop_signal == d.stop_signal
-        assert unit.listen == [f"127.0.0.1:{d.port}"] and unit.startup_probe == d.probe["name"]
+        assert unit.listen == [f"127.0.0.1:{d.port}"]
+        assert unit.startup_probe == (d.readiness or d.probe)["name"]
         # Every path the daemon is told about lies in its dir.
         paths = [a for a in d.argv if a.startswith("/") and a != d.argv[0]]
         assert paths and all(Path(p).resolve().is_relative_to(d.root) for p in paths), paths
