@@ -126,3 +126,46 @@ def abuse(as_json: JsonOpt = False,
             flat[f"{name}: {key}"] = value
     flat.update({k: v for k, v in result.items() if k != "attacks"})
     emit("enmei bench abuse", flat, False)
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@app.command()
+def daemons(as_json: JsonOpt = False,
+            repeats: Annotated[int, typer.Option(min=1, help="Repeats of each cell")] = 3,
+            daemons: Annotated[str | None, typer.Option("--daemons", help="Comma-separated: nginx,redis,postgresql")]
+            = None,
+            faults: Annotated[str | None, typer.Option(
+                "--faults", help="Comma-separated: kill,hang,slow_start_crash,broken_config")] = None,
+            supervisors: Annotated[str | None, typer.Option(
+                "--supervisors", help="Comma-separated: enmei,supervisord,monit")] = None,
+            progress: Annotated[bool, typer.Option(help="Say each repeat's figures on stderr as it ends")] = True,
+            ) -> None:
+    """Real nginx, Redis and PostgreSQL under enmei, supervisord and Monit: kill -9, hang (SIGSTOP),
+    slow start + crash, broken config fixed by the operator; detect_s, back_s, failed requests, leftovers."""
+    import sys
+
+    from enmei.bench import daemons as bench_daemons
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    try:
+        result = bench_daemons.run(repeats, _names(daemons), _names(faults), _names(supervisors),
+                                   progress=say if progress else None)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    t = Table(title="enmei bench daemons (medians)", title_justify="left")
+    for col in ("daemon", "fault", "supervisor", "recovered", "detect_s", "back_s", "failed", "leftovers"):
+        t.add_column(col, justify="left" if col in ("daemon", "fault", "supervisor") else "right")
+    for c in result["cells"]:
+        t.add_row(c["daemon"], c["fault"], c["supervisor"], "yes" if c["recovered"] else "[red]no[/]",
+                  str(c["median_detect_s"]), str(c["median_back_s"]), str(c["median_failed_requests"]),
+                  str(c["leftover_processes"]))
+    console.print(t)
+    emit("summary", {k: v for k, v in result.items() if k not in ("cells", "configs")}, False)

@@ -1,0 +1,615 @@
+"""``enmei bench daemons``: real nginx, Redis and PostgreSQL under enmei, supervisord and Monit (issue 12).
+
+For each daemon × fault × supervisor, ``repeats`` times, a fresh daemon (``enmei.daemons.prepare``, a
+new temp dir and port) is run by a fresh supervisor (``enmei.bench.daemons_peers``); once the supervisor
+holds it up and the client is answered, one fault is made:
+
+* ``kill``: SIGKILL of the daemon's main process (nginx's master, the postmaster, redis-server).
+* ``hang``: SIGSTOP of every process of the daemon (it accepts connections into the backlog, answers none).
+* ``slow_start_crash``: the start wrapper is made slow (4 s of sleep before the daemon, under every
+  supervisor the same), the main process is SIGKILLed (not timed), and once the supervisor's new start
+  has been sleeping 1.5 s, that starting process is SIGKILLed: the fault. The next start is slow too.
+* ``broken_config``: the daemon's config is made invalid (``Daemon.break_config``) and its main process
+  SIGKILLed: every restart fails. ``FIX_AFTER_S`` after the fault the operator puts the config back and
+  starts it the natural way of the tool (``EnmeiDriver.operator_start`` etc.).
+
+Throughout, a client makes one request every 50 ms (``Daemon.request``, timeout 1 s; a request that
+takes longer delays the next). Figures of one repeat:
+
+* ``detect_s``: fault → the supervisor's first reaction: the first new line naming the unit in its
+  log (enmei's ``--plain`` journal lines, supervisord's and Monit's log files, each read as it is
+  written, every 20 ms) or, seen by a /proc scan every 100 ms, a new process of the daemon (a restart)
+  or, for a hang, one of the stopped processes continued or gone.
+* ``back_s``: fault → the first successful request after it. After ``kill``, ``slow_start_crash`` and
+  ``broken_config`` a success counts only while no process of the instance from before the fault is
+  alive: a SIGKILLed nginx master leaves its workers serving on the inherited socket, which is not a
+  recovery (the supervisor's new master cannot even bind then). None if not back within ``WAIT_S``.
+* ``failed_requests``: failed requests from the fault until 1 s after ``back_s`` (or ``WAIT_S``).
+* ``leftover_processes``: processes of the daemon alive once the supervisor has been stopped its natural
+  way: found by a /proc scan for the daemon's program names (and the wrapper) with the temp dir in the
+  command line or working directory, and by every (pid, start time) seen during the repeat. The bench
+  then kills them (SIGCONT, SIGKILL by pid) so that the next repeat starts clean.
+
+Summary (``summarize``): ``cells``, ``all_recovered`` (enmei recovered in every repeat of every cell),
+``leftover_processes`` (enmei's total; every supervisor's in ``leftover_processes_by_supervisor``),
+``cells_peer_recovered`` (cells where supervisord or Monit recovered in every repeat),
+``enmei_not_slower_cells`` (of those, the cells where enmei's median ``back_s`` ≤ the best such peer's
+median), ``postgres_hang_back_s_max`` (enmei; None if a repeat did not recover). Every supervisor,
+daemon and temp dir is removed at the end, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enmei.bench.daemons_peers import DRIVERS, Driver, write_wrapper
+from enmei.daemons import Daemon, RequestFailed, kinds, prepare
+
+__all__ = ["DAEMONS", "FAULTS", "FIX_AFTER_S", "GOAL_PG_HANG_S", "SUPERVISORS", "WAIT_S", "Repeat", "run",
+           "run_cell", "summarize"]
+
+DAEMONS = ("nginx", "redis", "postgresql")
+FAULTS = ("kill", "hang", "slow_start_crash", "broken_config")
+SUPERVISORS = ("enmei", "supervisord", "monit")
+PEERS = ("supervisord", "monit")
+WAIT_S = 45.0  # fault -> back; not back by then: not recovered
+FIX_AFTER_S = 10.0  # broken_config: the operator's fix and start this long after the fault
+STEADY_S = 90.0  # a fresh supervisor must hold its daemon up within this
+REQUEST_EVERY_S = 0.05
+REQUEST_TIMEOUT_S = 1.0
+SCAN_EVERY_S = 0.1
+TAIL_EVERY_S = 0.02
+GOAL_PG_HANG_S = 5.0
+
+
+# -- processes of a daemon -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    start: int  # start time in clock ticks since boot: (pid, start) is the identity, never a recycled pid
+    ppid: int
+    comm: str
+    state: str
+
+
+def _stat(pid: int) -> Proc | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1:raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2:].split()
+    return Proc(pid, int(rest[19]), int(rest[1]), comm, rest[0])
+
+
+def scan(root: Path, comms: frozenset[str]) -> dict[int, Proc]:
+    """The live processes named one of ``comms`` whose command line or working directory holds ``root``."""
+    out: dict[int, Proc] = {}
+    needle = str(root)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        p = _stat(int(entry))
+        if p is None or p.comm not in comms or p.state in ("Z", "X"):
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+            mine = needle in cmdline or os.readlink(f"/proc/{entry}/cwd").startswith(needle)
+        except OSError:
+            continue
+        if mine:
+            out[p.pid] = p
+    return out
+
+
+def alive(p: Proc) -> bool:
+    """Whether the process ``p`` (the same pid *and* start time) still runs (a zombie does not)."""
+    now = _stat(p.pid)
+    return now is not None and now.start == p.start and now.state not in ("Z", "X")
+
+
+def main_process(procs: dict[int, Proc], program: str) -> Proc | None:
+    """The daemon's main process: named ``program``, its parent not one of the daemon's (the oldest)."""
+    cands = [p for p in procs.values() if p.comm == program and p.ppid not in procs]
+    return min(cands, key=lambda p: p.start) if cands else None
+
+
+def _signal(p: Proc, sig: int) -> None:
+    if alive(p):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(p.pid, sig)
+
+
+# -- the watchers ----------------------------------------------------------------------------------
+
+class _Loop:
+    """A daemon thread calling ``step`` every ``every_s`` until ``stop()``."""
+
+    def __init__(self, every_s: float, name: str) -> None:
+        self.every_s = every_s
+        self.halt = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _run(self) -> None:
+        nxt = time.monotonic()
+        while not self.halt.is_set():
+            self.step()
+            nxt += self.every_s
+            self.halt.wait(max(0.0, nxt - time.monotonic()))
+            nxt = max(nxt, time.monotonic() - self.every_s)  # after a slow step: no burst to catch up
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.thread.join(timeout=30)
+
+
+class ProcWatch(_Loop):
+    """Scans the daemon's processes; remembers every one seen and, after ``mark``, the first new one and
+    the first change of a stopped one."""
+
+    def __init__(self, root: Path, comms: frozenset[str]) -> None:
+        super().__init__(SCAN_EVERY_S, "enmei-bench-procs")
+        self.root, self.comms = root, comms
+        self.lock = threading.Lock()
+        self.seen: dict[tuple[int, int], Proc] = {}
+        self.before: set[tuple[int, int]] = set()
+        self.stopped: set[tuple[int, int]] = set()
+        self.first_new: float | None = None
+        self.first_changed: float | None = None
+        self.marked = False
+
+    def step(self) -> None:
+        now = scan(self.root, self.comms)
+        t = time.monotonic()
+        with self.lock:
+            for p in now.values():
+                self.seen[(p.pid, p.start)] = p
+            if not self.marked:
+                return
+            ids = {(p.pid, p.start): p for p in now.values()}
+            if self.first_new is None and any(k not in self.before for k in ids):
+                self.first_new = t
+            if self.first_changed is None and self.stopped and any(
+                    k not in ids or ids[k].state not in ("T", "t") for k in self.stopped):
+                self.first_changed = t
+
+    def mark(self, before: dict[int, Proc], stopped: Sequence[Proc] = ()) -> None:
+        """From now on, a process not in ``before`` is a reaction, and so is one of ``stopped`` changed."""
+        with self.lock:
+            self.before = {(p.pid, p.start) for p in before.values()}
+            self.stopped = {(p.pid, p.start) for p in stopped}
+            self.first_new = self.first_changed = None
+            self.marked = True
+
+    def reaction(self) -> float | None:
+        with self.lock:
+            times = [t for t in (self.first_new, self.first_changed) if t is not None]
+        return min(times) if times else None
+
+    def every_seen(self) -> list[Proc]:
+        with self.lock:
+            return list(self.seen.values())
+
+
+class LogTail(_Loop):
+    """Reads ``path`` as it grows; the arrival time of the first line naming ``unit`` after ``mark``."""
+
+    def __init__(self, path: Path, unit: str) -> None:
+        super().__init__(TAIL_EVERY_S, "enmei-bench-log")
+        self.path, self.unit = path, unit
+        self.offset = 0
+        self.partial = b""
+        self.since: float | None = None
+        self.first: float | None = None
+        self.first_line = ""
+
+    def step(self) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return
+        if not data:
+            return
+        t = time.monotonic()
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        if self.since is None or self.first is not None:
+            return
+        for raw in lines:
+            line = raw.decode(errors="replace")
+            if self.unit in line:
+                self.first, self.first_line = t, line.strip()[:200]
+                return
+
+    def mark(self) -> None:
+        self.step()  # what is written before the fault is not a reaction to it
+        self.since, self.first, self.first_line = time.monotonic(), None, ""
+
+
+class Client(_Loop):
+    """One request every ``REQUEST_EVERY_S``: (sent, done, ok, error) of each."""
+
+    def __init__(self, request: Callable[[float], None]) -> None:
+        super().__init__(REQUEST_EVERY_S, "enmei-bench-client")
+        self.request = request
+        self.lock = threading.Lock()
+        self.results: list[tuple[float, float, bool, str]] = []
+        self.accept: Callable[[], bool] = lambda: True
+
+    def step(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.request(REQUEST_TIMEOUT_S)
+            ok, err = self.accept(), ""
+            if not ok:
+                err = "answered by the instance from before the fault"
+        except RequestFailed as exc:
+            ok, err = False, str(exc)[:200]
+        except Exception as exc:  # a client's failure of any kind is a failed request
+            ok, err = False, f"{type(exc).__name__}: {exc}"[:200]
+        with self.lock:
+            self.results.append((t0, time.monotonic(), ok, err))
+
+    def since(self, t: float) -> list[tuple[float, float, bool, str]]:
+        with self.lock:
+            return [r for r in self.results if r[0] >= t]
+
+    def ok_streak(self, n: int) -> bool:
+        with self.lock:
+            tail = self.results[-n:]
+        return len(tail) == n and all(r[2] for r in tail)
+
+
+# -- one repeat ------------------------------------------------------------------------------------
+
+@dataclass
+class Repeat:
+    """The figures of one repeat (see the module docstring); ``error`` if it could not be measured."""
+
+    detect_s: float | None = None
+    back_s: float | None = None
+    failed_requests: int = 0
+    leftover_processes: int = 0
+    reaction: str = ""
+    operator: str = ""
+    error: str = ""
+    config: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"detect_s": self.detect_s, "back_s": self.back_s,
+                               "failed_requests": self.failed_requests,
+                               "leftover_processes": self.leftover_processes}
+        for k in ("reaction", "operator", "error"):
+            if getattr(self, k):
+                out[k] = getattr(self, k)
+        return out
+
+
+def _wait(cond: Callable[[], bool], timeout_s: float, every_s: float = 0.05) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(every_s)
+    return cond()
+
+
+@dataclass
+class _Rig:
+    d: Daemon
+    driver: Driver
+    program: str
+    comms: frozenset[str]
+    watch: ProcWatch
+    tail: LogTail
+    client: Client
+    loops: list[_Loop] = field(default_factory=list)
+
+    def procs(self) -> dict[int, Proc]:
+        return scan(self.d.root, self.comms)
+
+
+@contextlib.contextmanager
+def _rig(daemon: str, supervisor: str, parent: Path) -> Iterator[_Rig]:
+    d = prepare(daemon, parent)
+    rig: _Rig | None = None
+    try:
+        wrapper = write_wrapper(d)
+        driver = DRIVERS[supervisor](d, wrapper)
+        program = Path(d.argv[0]).name
+        comms = frozenset({program[:15], wrapper.name[:15]})
+        rig = _Rig(d, driver, program, comms, ProcWatch(d.root, comms),
+                   LogTail(driver.reaction_log(), d.kind), Client(d.request))
+        yield rig
+    finally:
+        if rig is not None:
+            for loop in rig.loops:
+                loop.stop()
+            rig.driver.stop()
+            _kill_all(rig)
+        d.cleanup()
+
+
+def _leftovers(rig: _Rig) -> list[Proc]:
+    found = {(p.pid, p.start): p for p in rig.procs().values()}
+    for p in rig.watch.every_seen():
+        if alive(p):
+            found[(p.pid, p.start)] = p
+    return list(found.values())
+
+
+def _kill_all(rig: _Rig) -> None:
+    """SIGCONT and SIGKILL, by pid, whatever of the daemon is left; wait (bounded) until it is gone."""
+    for _ in range(5):
+        left = _leftovers(rig)
+        if not left:
+            return
+        for p in left:
+            _signal(p, signal.SIGCONT)
+            _signal(p, signal.SIGKILL)
+        _wait(lambda left=left: not any(alive(p) for p in left), 10.0)  # type: ignore[misc]
+
+
+def _fault(rig: _Rig, fault: str, r: Repeat) -> tuple[float, bool]:
+    """Make ``fault``; (its instant, whether a success needs the old instance gone)."""
+    procs = rig.procs()
+    main = main_process(procs, rig.program)
+    if main is None:
+        raise RuntimeError(f"no main {rig.program} process among {sorted(procs)}")
+    if fault == "kill":
+        rig.watch.mark(procs)
+        rig.tail.mark()
+        t0 = time.monotonic()
+        os.kill(main.pid, signal.SIGKILL)
+        return t0, True
+    if fault == "hang":
+        rig.watch.mark(procs, list(procs.values()))
+        rig.tail.mark()
+        t0 = time.monotonic()
+        for p in procs.values():
+            _signal(p, signal.SIGSTOP)
+        return t0, False
+    if fault == "slow_start_crash":
+        (rig.d.root / "slow").touch()
+        os.kill(main.pid, signal.SIGKILL)
+        wrapper = rig.driver.wrapper.name[:15]
+        starting: list[Proc] = []
+
+        def restarted() -> bool:
+            starting[:] = [p for p in rig.procs().values() if p.comm == wrapper]
+            return bool(starting)
+
+        if not _wait(restarted, WAIT_S):
+            raise RuntimeError(f"the supervisor did not start {rig.d.kind} again within {WAIT_S:g} s "
+                               "of the first kill (before the timed crash)")
+        time.sleep(1.5)  # well inside the 4 s slow start
+        procs = rig.procs()
+        rig.watch.mark(procs)
+        rig.tail.mark()
+        t0 = time.monotonic()
+        for p in starting:
+            _signal(p, signal.SIGKILL)
+        return t0, True
+    if fault == "broken_config":
+        rig.d.break_config()
+        rig.watch.mark(procs)
+        rig.tail.mark()
+        t0 = time.monotonic()
+        os.kill(main.pid, signal.SIGKILL)
+        return t0, True
+    raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+
+
+def run_cell(daemon: str, fault: str, supervisor: str, parent: Path) -> Repeat:
+    """One repeat of one cell in a new directory beneath ``parent``; never raises for a failed measurement
+    (``Repeat.error`` says what went wrong); everything it started is gone when it returns."""
+    r = Repeat()
+    try:
+        with _rig(daemon, supervisor, parent) as rig:
+            r.config = rig.driver.shown_config()
+            _measure(rig, fault, r)
+    except Exception as exc:  # one cell's failure is a figure, the others go on
+        r.error = r.error or f"{type(exc).__name__}: {exc}"[:600]
+    return r
+
+
+def _measure(rig: _Rig, fault: str, r: Repeat) -> None:
+    rig.driver.start()
+    rig.loops = [rig.watch, rig.tail, rig.client]
+    for loop in rig.loops:
+        loop.start()
+    def steady() -> bool:
+        if not rig.driver.alive():
+            raise RuntimeError(f"{rig.driver.name} ended before it held {rig.d.kind} up: {rig.driver.log_tail(600)}")
+        return rig.client.ok_streak(5) and rig.driver.steady()
+
+    if not _wait(steady, STEADY_S, 0.2):
+        r.error = (f"{rig.driver.name} did not hold {rig.d.kind} up within {STEADY_S:g} s: "
+                   f"{rig.driver.log_tail(600)}")
+        return
+    time.sleep(0.5)
+    t0, needs_new = _fault(rig, fault, r)
+    before = list(rig.watch.every_seen())
+    if needs_new:
+        old = [p for p in before if alive(p)]
+        rig.client.accept = lambda: not any(alive(p) for p in old)
+    fixed = False
+    end = t0 + WAIT_S
+    back: float | None = None
+    while time.monotonic() < end:
+        if fault == "broken_config" and not fixed and time.monotonic() >= t0 + FIX_AFTER_S:
+            rig.d.fix_config()
+            r.operator = f"at {time.monotonic() - t0:.2f} s: {rig.driver.operator_start()}"[:400]
+            fixed = True
+        oks = [x for x in rig.client.since(t0) if x[2]]
+        if oks:
+            back = oks[0][1]
+            break
+        time.sleep(0.05)
+    if back is not None:
+        time.sleep(1.0)
+    done = rig.client.since(t0)
+    until = (back + 1.0) if back is not None else end
+    r.back_s = None if back is None else round(back - t0, 3)
+    r.failed_requests = sum(1 for x in done if not x[2] and x[0] <= until)
+    detect = [t for t in (rig.tail.first, rig.watch.reaction()) if t is not None]
+    r.detect_s = round(min(detect) - t0, 3) if detect else None
+    r.reaction = rig.tail.first_line
+    with contextlib.suppress(FileNotFoundError):
+        (rig.d.root / "slow").unlink()
+    if fault == "broken_config" and not fixed:
+        rig.d.fix_config()
+    for loop in rig.loops:
+        loop.stop()
+    rig.driver.stop()
+    left = _leftovers(rig)
+    r.leftover_processes = len(left)
+    if left:
+        r.reaction = (r.reaction + f" | left: {', '.join(f'{p.pid} {p.comm} {p.state}' for p in left)}")[:600]
+
+
+# -- the summary -----------------------------------------------------------------------------------
+
+def _median(xs: Sequence[float | int | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return round(statistics.median(vals), 3) if vals else None
+
+
+def cell_summary(daemon: str, fault: str, supervisor: str, repeats: Sequence[Repeat]) -> dict[str, Any]:
+    """One row of the table: every repeat's figures and their medians; ``recovered`` only if every
+    repeat came back (a repeat that could not be measured counts as not recovered)."""
+    back = [x.back_s for x in repeats]
+    recovered = bool(repeats) and all(b is not None and not x.error for b, x in zip(back, repeats, strict=True))
+    return {"daemon": daemon, "fault": fault, "supervisor": supervisor, "repeats": len(repeats),
+            "recovered": recovered,
+            "median_detect_s": _median([x.detect_s for x in repeats]),
+            "median_back_s": _median(back) if recovered else None,
+            "median_failed_requests": _median([x.failed_requests for x in repeats]),
+            "leftover_processes": sum(x.leftover_processes for x in repeats),
+            "detect_s": [x.detect_s for x in repeats], "back_s": back,
+            "failed_requests": [x.failed_requests for x in repeats],
+            "leftovers": [x.leftover_processes for x in repeats],
+            "runs": [x.as_dict() for x in repeats]}
+
+
+def summarize(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The summary of the table ``cells`` (rows of ``cell_summary``); see the module docstring.
+
+    A cell here is one (daemon, fault): enmei's row is compared with the rows of the peers that
+    recovered in every repeat (``back_s`` medians; a tie counts as not slower)."""
+    by_sup: dict[str, int] = {}
+    for c in cells:
+        by_sup[c["supervisor"]] = by_sup.get(c["supervisor"], 0) + int(c["leftover_processes"])
+    enmei = {(c["daemon"], c["fault"]): c for c in cells if c["supervisor"] == "enmei"}
+    peer_recovered: list[str] = []
+    not_slower: list[str] = []
+    slower: list[str] = []
+    for key, e in enmei.items():
+        peers = [c for c in cells if (c["daemon"], c["fault"]) == key and c["supervisor"] in PEERS and c["recovered"]]
+        if not peers:
+            continue
+        name = f"{key[0]}/{key[1]}"
+        peer_recovered.append(name)
+        best = min(float(c["median_back_s"]) for c in peers)
+        if e["recovered"] and e["median_back_s"] is not None and e["median_back_s"] <= best:
+            not_slower.append(name)
+        else:
+            slower.append(name)
+    pg_hang = [b for c in enmei.values() if c["daemon"] == "postgresql" and c["fault"] == "hang" for b in c["back_s"]]
+    pg_max = None if not pg_hang or any(b is None for b in pg_hang) else max(pg_hang)
+    all_recovered = bool(enmei) and all(c["recovered"] for c in enmei.values())
+    leftovers = by_sup.get("enmei", 0)
+    return {"cells": list(cells), "all_recovered": all_recovered, "leftover_processes": leftovers,
+            "leftover_processes_by_supervisor": by_sup,
+            "cells_peer_recovered": len(peer_recovered), "enmei_not_slower_cells": len(not_slower),
+            "peer_recovered": peer_recovered, "enmei_slower": slower,
+            "postgres_hang_back_s_max": pg_max,
+            "goals_met": {"all_recovered": all_recovered, "not_slower": not slower and bool(enmei),
+                          "no_leftovers": leftovers == 0,
+                          "postgres_hang_le_5s": pg_max is not None and pg_max <= GOAL_PG_HANG_S}}
+
+
+# -- the run ---------------------------------------------------------------------------------------
+
+def _pick(given: Sequence[str] | None, known: Sequence[str], what: str) -> tuple[str, ...]:
+    if not given:
+        return tuple(known)
+    unknown = [g for g in given if g not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(unknown)}; known: {', '.join(known)}")
+    return tuple(g for g in known if g in given)
+
+
+def run(repeats: int = 3, daemons: Sequence[str] | None = None, faults: Sequence[str] | None = None,
+        supervisors: Sequence[str] | None = None,
+        progress: Callable[[str], None] | None = None, parent: Path | None = None) -> dict[str, Any]:
+    """The whole table (or the subset asked for) and its summary; its temp dir is made beneath ``parent``
+    (default: the system's temp dir; it must be open to the daemons' users) and removed at the end.
+    ``ValueError`` for an unknown name or ``repeats`` < 1. A SIGTERM ends it like Ctrl-C: the repeat
+    under way is cleaned up, then it raises ``KeyboardInterrupt``."""
+    if repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, not {repeats}")
+    ds = _pick(daemons, [k for k in DAEMONS if k in kinds()], "daemons")
+    fs = _pick(faults, FAULTS, "faults")
+    ss = _pick(supervisors, SUPERVISORS, "supervisors")
+    for s in ss:
+        if s != "enmei" and shutil.which(s) is None:
+            raise ValueError(f"{s} is not installed (Debian package {'supervisor' if s == 'supervisord' else s})")
+    old = None
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGTERM, _term)
+    # The daemon's user must reach its files: a parent open to others (not a 0700 pytest tmp_path).
+    tmp = Path(tempfile.mkdtemp(prefix="enmei-bench-daemons-", dir=parent))
+    tmp.chmod(0o755)
+    t_start = time.monotonic()
+    try:
+        cells: list[dict[str, Any]] = []
+        configs: dict[str, dict[str, str]] = {}
+        for daemon in ds:
+            for fault in fs:
+                for sup in ss:
+                    reps = []
+                    for i in range(repeats):
+                        rep = run_cell(daemon, fault, sup, tmp)
+                        reps.append(rep)
+                        configs.setdefault(daemon, {}).setdefault(sup, rep.config)
+                        if progress is not None:
+                            progress(f"{daemon} {fault} {sup} #{i + 1}: back_s={rep.back_s} detect_s={rep.detect_s}"
+                                     f" failed={rep.failed_requests} left={rep.leftover_processes}"
+                                     + (f" error={rep.error[:200]}" if rep.error else ""))
+                    cells.append(cell_summary(daemon, fault, sup, reps))
+        out = summarize(cells)
+        out.update({"repeats": repeats, "wait_s": WAIT_S, "fix_after_s": FIX_AFTER_S,
+                    "request_every_s": REQUEST_EVERY_S, "request_timeout_s": REQUEST_TIMEOUT_S,
+                    "configs": configs, "seconds": round(time.monotonic() - t_start, 1)})
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
