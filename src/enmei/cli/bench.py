@@ -60,6 +60,30 @@ def nab(as_json: JsonOpt = False,
 
 
 @app.command()
+def detect(as_json: JsonOpt = False,
+           quick: Annotated[bool, typer.Option("--quick", help="A few files per corpus, 2 folds (a smoke run)")]
+           = False,
+           data: Annotated[Path | None, typer.Option(help="Corpora directory (default $ENMEI_DATA_DIR or ../data)")]
+           = None) -> None:
+    """enmei's default detector and three baselines on NAB, SMAP, MSL and UCR files: thresholds fixed on
+    training data (k-fold over NAB, NAB -> the other corpora), NAB's optimised score beside them."""
+    from enmei.bench import detect as bench_detect
+
+    result = bench_detect.run(quick=quick, data_dir=data)
+    if as_json:
+        emit("enmei bench detect", result, True)
+        return
+    flat: dict[str, Any] = {}
+    for row in result["corpora"]:
+        for det, figures in row["detectors"].items():
+            flat[f"{row['corpus']} {det}"] = (f"fixed {figures['standard_fixed']:.1f}  optimised "
+                                              f"{figures['standard_optimised']:.1f}  F1 {figures['event_f1']:.2f}  "
+                                              f"FA/1000 {figures['false_alarms_per_1000']:.2f}")
+    flat.update({k: v for k, v in result.items() if k not in ("corpora", "detectors")})
+    emit("enmei bench detect", flat, False)
+
+
+@app.command()
 def aging(as_json: JsonOpt = False, seed: Annotated[int, typer.Option(help="Generator seed")] = 0) -> None:
     """Aging detection on generated memory series: leaks under noise, and controls that do not leak."""
     from enmei.bench import aging as bench_aging

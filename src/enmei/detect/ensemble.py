@@ -22,12 +22,13 @@ __all__ = ["MaxOf", "detector_from_state", "detector_kinds"]
 def detector_kinds() -> dict[str, type[StreamingDetector]]:
     """Every detector kind this package can restore, by its ``kind`` name."""
     from enmei.detect.aging import TrendDetector
-    from enmei.detect.baselines import WindowedGaussian
+    from enmei.detect.alarm import OneAlarmPerEpisode
+    from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
     from enmei.detect.charts import CUSUM, EWMA, Shewhart
     from enmei.detect.novelty import NoveltyDetector
 
     classes: list[type[StreamingDetector]] = [Shewhart, EWMA, CUSUM, MaxOf, WindowedGaussian,
-                                              NoveltyDetector, TrendDetector]
+                                              NoveltyDetector, TrendDetector, RollingRobustZ, OneAlarmPerEpisode]
     return {cls.kind: cls for cls in classes}
 
 

@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 
 from enmei.detect import registry
 from enmei.detect.aging import TrendDetector
+from enmei.detect.alarm import OneAlarmPerEpisode
 from enmei.detect.base import StateFormatError, StreamingDetector
-from enmei.detect.baselines import WindowedGaussian
+from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
 from enmei.detect.charts import CUSUM, EWMA, Shewhart
 from enmei.detect.ensemble import MaxOf, detector_from_state, detector_kinds
 from enmei.detect.novelty import NoveltyDetector
@@ -35,6 +36,10 @@ FACTORIES: dict[str, Factory] = {
     "max_of": lambda: MaxOf([Shewhart(learning=20), EWMA(learning=20), CUSUM(learning=20)]),
     "windowed_gaussian": lambda: WindowedGaussian(window=50),
     "novelty": lambda: NoveltyDetector(learning=60, resolutions=(4, 8), rest=10, season_s=20 * 60.0),
+    "rolling_robust_z": lambda: RollingRobustZ(window=100),
+    "one_alarm_per_episode": lambda: OneAlarmPerEpisode(RollingRobustZ(window=100), rest=15),
+    "novelty_rested": lambda: OneAlarmPerEpisode(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1,
+                                                                 season_s=20 * 60.0), rest=10),
     "aging": lambda: TrendDetector(limit=500.0, bucket_s=1200.0, window=12, min_buckets=9, warmup_s=20.0),
 }
 ALL = sorted(FACTORIES)
@@ -284,3 +289,13 @@ def test_some_kinds_have_something_to_say_on_the_contract_stream() -> None:
     said = {k: sum(len(j.verdicts) for j in feed_all(build_kind(k), unit_stream(600, seed=5)))
             for k in BUILTIN_KINDS}
     assert all(said[k] > 0 for k in ("probe_failures", "latency", "aging", "reaction", "log_pattern")), said
+
+
+def test_the_alarm_rule_apart_gives_the_novelty_detectors_own_scores() -> None:
+    """The rest rule is a separate component: wrapping a rule-less novelty detector (rest = 1) in it
+    gives exactly the scores of the detector with the rule built in."""
+    data = series(900, seed=5)
+    built_in = run(NoveltyDetector(learning=60, resolutions=(4, 8), rest=25, season_s=20 * 60.0), data)
+    apart = run(OneAlarmPerEpisode(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1, season_s=20 * 60.0),
+                                   rest=25), data)
+    assert apart == built_in and max(apart) > 0.0

@@ -1,0 +1,49 @@
+"""``enmei bench detect --quick --json`` on the real corpora (skipped where they were not put)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from enmei.bench import corpora
+from enmei.bench.nab import default_nab_dir
+
+pytestmark = pytest.mark.integration
+
+DATA = corpora.default_data_dir()
+if not (default_nab_dir() / "labels" / "combined_windows.json").exists() or not (
+        DATA / "telemanom" / "labeled_anomalies.csv").exists() or not (DATA / "ucr").is_dir():
+    pytest.skip(f"corpora not found (NAB at {default_nab_dir()}, others under {DATA})", allow_module_level=True)
+
+KEYS = {"standard_fixed", "standard_optimised", "event_f1", "false_alarms_per_1000", "threshold"}
+
+
+def test_quick_run_reports_every_corpus_and_detector_at_thresholds_fixed_on_nab() -> None:
+    out = subprocess.run([sys.executable, "-m", "enmei", "bench", "detect", "--quick", "--json"],
+                         capture_output=True, text=True, timeout=1800, check=True)
+    result = json.loads(out.stdout)
+    assert [r["corpus"] for r in result["corpora"]] == ["nab", "smap", "msl", "ucr"]
+    assert set(result["detectors"]) >= {"enmei", "windowed_gaussian", "robust_z"}
+    nab = result["corpora"][0]["detectors"]
+    for row in result["corpora"]:
+        assert row["files"] >= 1
+        assert set(row["detectors"]) == set(result["detectors"])
+        best_baseline = max(v["standard_fixed"] for d, v in row["detectors"].items() if d != "enmei")
+        assert row["margin_over_best_baseline_fixed"] == pytest.approx(
+            row["detectors"]["enmei"]["standard_fixed"] - best_baseline)
+        for det, figures in row["detectors"].items():
+            assert set(figures) >= KEYS
+            assert 0.0 <= figures["event_f1"] <= 1.0 and figures["false_alarms_per_1000"] >= 0.0
+            if row["corpus"] != "nab":
+                # Fixed before this corpus was seen: NAB's threshold, never better than the corpus' own best.
+                assert figures["threshold"] == nab[det]["threshold"]
+                assert figures["standard_fixed"] <= figures["standard_optimised"] + 1e-9
+    assert len(result["nab_test_folds"]["enmei"]) == result["k"] == 2
+    assert result["nab_test_fold_min"] == min(result["nab_test_folds"]["enmei"])
+    assert result["min_margin_over_best_baseline_fixed"] == min(
+        r["margin_over_best_baseline_fixed"] for r in result["corpora"])
+    assert set(result["goals"]) == {"margin_10_points_every_corpus", "false_alarms_at_most_windowed_gaussian",
+                                    "nab_test_folds_at_least_70"}
