@@ -356,3 +356,44 @@ def test_enmei_check_shows_a_notice_for_each_limit_a_non_root_enmei_cannot_apply
         assert "not writable" in err
     finally:
         shutil.rmtree(where)
+
+
+async def test_an_adopted_unit_keeps_its_limit_groups_and_they_go_with_it(tmp_path: Path) -> None:
+    """A supervisor that closes leaves the unit (and its groups) running; the next one adopts the unit with
+    its groups, sees an OOM kill in them, and removes them when the unit is gone."""
+    ready = tmp_path / "ready"
+    grow = tmp_path / "grow"
+    script = ("import os, sys, time\nopen(sys.argv[1], 'w').close()\nhoard = []\n"
+              "while not os.path.exists(sys.argv[2]):\n    time.sleep(0.05)\n"
+              "for _ in range(256):\n    hoard.append(bytearray(4 << 20))\n    time.sleep(0.01)\ntime.sleep(600)\n")
+    cfg = f'[units.a]\ncommand = ["{PY}", "-c", {json.dumps(script)}, "{ready}", "{grow}"]\nmemory_max = "64MiB"\n'
+    spec = load_text(cfg, tmp_path / "enmei.toml").config.units["a"]
+    first = ProcessBackend(clock=SystemClock(), state_dir=tmp_path / "state", emit=lambda e: None)
+    ident = await first.start("a", spec)
+    held: subprocess.Popen[bytes] | None = None
+    try:
+        assert await asyncio.to_thread(wait_until, ready.exists, scaled(20))
+        assert first.cage is not None
+        group = first.cage.v1["memory"] / "unit-a"
+        held = first._units["a"].popen  # kept: not collected as "still running"; the adopter reaps the child
+        await first.close()  # the unit runs on, in its groups
+        assert group.exists() and psutil.pid_exists(ident.pid)
+        events: list[UnitEvent] = []
+        second = ProcessBackend(clock=SystemClock(), state_dir=tmp_path / "state", emit=events.append)
+        try:
+            assert await second.adopt("a", spec, ident)
+            grow.touch()
+            assert await auntil(lambda: any(e.kind is UnitEventKind.EXITED for e in events), 60, fail=False)
+            exited = next(e for e in events if e.kind is UnitEventKind.EXITED)
+            assert exited.detail["reason"] == "oom"
+            assert await auntil(lambda: not group.exists(), 30, fail=False)
+        finally:
+            with contextlib.suppress(Exception):
+                await second.stop("a", timeout_s=1.0)
+            await second.close()
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(ident.pid, signal.SIGKILL)
+            os.waitpid(ident.pid, 0)
+    assert held is not None and held.poll() is not None
+    assert _v1_dirs(first.instance) == []
