@@ -45,9 +45,16 @@ def test_aggregate_queries_answer_from_the_journal(tmp_path: Path) -> None:
         assert r.last_start_seq(6) == 1
         assert r.last_start_seq(10) == 7
         assert r.last_start_seq(0) is None
-        assert [(k, u) for k, u, _ in r.counted_records(1, 10)] == [
-            ("verdict", "a"), ("decision", "a"), ("unit.event", "b"), ("alert", "")]
-        assert [k for k, _, _ in r.counted_records(7, 9)] == ["unit.event"]
+        assert r.count_by("verdict", ["kind"], 10) == [("a", "latency", 1)]
+        assert r.count_by("decision", ["action", "nope"], 10) == [("a", "restart", None, 1)]
+        assert r.count_by("verdict", ["kind"], 1) == []
+        assert r.exit_counts(10) == [("b", "other", 1)] and r.exit_counts(8) == []
+        assert r.restart_counts(10, ["restart"]) == [("a", "restart", "other", 1)]  # no cause_seq
+        assert r.restart_counts(10, []) == []
+        assert r.flood_counts(10) == [("b", "stderr", 0, 0)]
+        assert r.sample_histogram(".ok", [0.5], T + 2) == [("a", "http.ok", 0, 1, 0.0), ("a", "http.ok", 1, 2, 2.0)]
+        with pytest.raises(ValueError, match="not a field name"):
+            r.count_by("verdict", ["kind') --"], 10)
         assert r.latest_sample("a", "http.ok") == 1.0
         assert r.latest_sample("a", "nope") is None
         assert r.sample_count("a", "http.ok", T, T + 2) == 3

@@ -189,17 +189,108 @@ class Reader:
                          "json_extract(body, '$.event') = 'started'", (up_to_seq,))
         return int(rows[0][0]) if rows and rows[0][0] is not None else None
 
-    def counted_records(self, first_seq: int, last_seq: int) -> Iterator[tuple[str, str, str]]:
-        """(kind, unit, raw JSON body) of the records ``/metrics`` counts with ``first_seq <= seq <= last_seq``,
-        in seq order: verdicts, decisions, remedy outcomes, alerts and ``unit.event`` log floods."""
-        sql = ("SELECT kind, unit, body FROM records WHERE seq >= ? AND seq <= ? AND (kind IN "
-               "('verdict', 'decision', 'remedy.outcome', 'alert') OR (kind = 'unit.event' AND "
-               "json_extract(body, '$.event') = 'log_flood')) ORDER BY seq")
-        with _reading(self.path):
-            for kind, unit, body in self.conn.execute(sql, (first_seq, last_seq)):
-                yield str(kind), str(unit), str(body)
+    # -- the counters of ``/metrics``, seeded at start (``enmei.web.counters``) ----------------------
+    # Each is one GROUP BY query over the records up to a seq: the answer is bounded by the number of
+    # units times the label values, however long the journal is.
+
+    def count_by(self, kind: str, fields: Sequence[str], up_to_seq: int) -> list[tuple[Any, ...]]:
+        """(unit, body field values..., n) for the records of ``kind`` with ``seq <= up_to_seq``, grouped by
+        the unit and the top-level body ``fields`` (a missing field reads as None)."""
+        cols = "".join(f", json_extract(body, '$.{_field(f)}')" for f in fields)
+        groups = ", ".join(str(i) for i in range(1, len(fields) + 2))
+        return self._all(f"SELECT unit{cols}, COUNT(*) FROM records WHERE kind = ? AND seq <= ?"  # noqa: S608
+                         f" GROUP BY {groups}", (kind, up_to_seq))
+
+    def exit_counts(self, up_to_seq: int) -> list[tuple[str, str, int]]:
+        """(unit, reason, n) of the units' ends with ``seq <= up_to_seq``: every ``exited`` unit event (reason
+        ``signal`` if it names a signal, else ``clean`` for code 0, ``error`` for another code, ``other`` for
+        a backend's reason) and every move to EXITED because a start failed (``start_failed``)."""
+        rows = self._all(
+            "SELECT unit, CASE WHEN kind = 'unit.state' THEN 'start_failed'"
+            " WHEN json_type(body, '$.signal') = 'text' AND json_extract(body, '$.signal') != '' THEN 'signal'"
+            " WHEN json_type(body, '$.code') = 'integer' AND json_extract(body, '$.code') = 0 THEN 'clean'"
+            " WHEN json_type(body, '$.code') = 'integer' THEN 'error' ELSE 'other' END, COUNT(*)"
+            " FROM records WHERE seq <= ? AND ((kind = 'unit.event' AND json_extract(body, '$.event') = 'exited')"
+            " OR (kind = 'unit.state' AND json_extract(body, '$.to') = 'exited'"
+            " AND json_extract(body, '$.reason') LIKE 'start failed%')) GROUP BY 1, 2", (up_to_seq,))
+        return [(str(u), str(r), int(n)) for u, r, n in rows]
+
+    def restart_counts(self, up_to_seq: int, actions: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        """(unit, action, reason, n) of the decisions with ``seq <= up_to_seq`` the engine carried out (not
+        rejected, not suppressed) that count as a restart: one of ``actions``, or one the engine marked
+        ``counted_as_restart`` (a start after an exit). The reason: ``operator`` for an operator's command,
+        else what caused it — ``exit`` (a unit event), ``verdict`` (a probe's or detector's), ``other``."""
+        marks = ",".join("?" * len(actions)) or "NULL"
+        sql = _RESTARTS.replace("$marks", marks)
+        rows = self._all(sql, (up_to_seq, *actions))
+        return [(str(u), str(a), str(r), int(n)) for u, a, r, n in rows]
+
+    def value_buckets(self, kind: str, field: str, label: str, bounds: Sequence[float],
+                      up_to_seq: int) -> list[tuple[str, int, int, float]]:
+        """(label value, bucket, n, sum) of the numeric, non-negative body ``field`` of the records of ``kind``
+        with ``seq <= up_to_seq``, grouped by the body field ``label`` and the histogram bucket: the index of
+        the first of the sorted ``bounds`` the value is at most, ``len(bounds)`` past the last."""
+        f, lab = _field(field), _field(label)
+        case, args = _bucket_case(f"json_extract(body, '$.{f}')", bounds)
+        rows = self._all(
+            f"SELECT json_extract(body, '$.{lab}'), {case}, COUNT(*), SUM(json_extract(body, '$.{f}'))"  # noqa: S608
+            f" FROM records WHERE kind = ? AND seq <= ? AND json_type(body, '$.{f}') IN ('integer', 'real')"
+            f" AND json_extract(body, '$.{f}') >= 0 GROUP BY 1, 2", (*args, kind, up_to_seq))
+        return [(str(a), int(b), int(n), _f(s)) for a, b, n, s in rows]
+
+    def sample_histogram(self, suffix: str, bounds: Sequence[float],
+                         up_to_wall: float) -> list[tuple[str, str, int, int, float]]:
+        """(unit, metric, bucket, n, sum) of the samples whose metric ends with ``suffix`` (e.g. ``.duration_s``)
+        and ``wall <= up_to_wall``, grouped by unit, metric and bucket (as in ``value_buckets``). Samples older
+        than the journal's retention are gone: they are not in the answer."""
+        case, args = _bucket_case("value", bounds)
+        rows = self._all(f"SELECT unit, metric, {case}, COUNT(*), SUM(value) FROM samples"  # noqa: S608
+                         " WHERE substr(metric, -?) = ? AND wall <= ? AND value >= 0 GROUP BY 1, 2, 3",
+                         (*args, len(suffix), suffix, up_to_wall))
+        return [(str(u), str(m), int(b), int(n), _f(s)) for u, m, b, n, s in rows]
+
+    def flood_counts(self, up_to_seq: int) -> list[tuple[str, str, int, int]]:
+        """(unit, stream, flood episodes begun, bytes dropped in the episodes that ended) of the ``log_flood``
+        unit events with ``seq <= up_to_seq``."""
+        rows = self._all(
+            "SELECT unit, json_extract(body, '$.stream'), SUM(json_extract(body, '$.phase') = 'begin'),"
+            " SUM(CASE WHEN json_extract(body, '$.phase') = 'end' AND json_type(body, '$.dropped_bytes') = 'integer'"
+            " AND json_extract(body, '$.dropped_bytes') >= 0 THEN json_extract(body, '$.dropped_bytes') ELSE 0 END)"
+            " FROM records WHERE kind = 'unit.event' AND json_extract(body, '$.event') = 'log_flood' AND seq <= ?"
+            " GROUP BY 1, 2", (up_to_seq,))
+        return [(str(u), str(s), int(b or 0), int(d or 0)) for u, s, b, d in rows]
+
+    def flood_phases(self, first_seq: int, last_seq: int) -> list[tuple[str, str, str]]:
+        """(unit, stream, phase) of the newest ``log_flood`` unit event of each unit and stream with
+        ``first_seq <= seq <= last_seq``."""
+        rows = self._all(
+            "SELECT unit, json_extract(body, '$.stream'), json_extract(body, '$.phase'), MAX(seq) FROM records"
+            " WHERE kind = 'unit.event' AND json_extract(body, '$.event') = 'log_flood' AND seq >= ? AND seq <= ?"
+            " GROUP BY 1, 2", (first_seq, last_seq))
+        return [(str(u), str(s), str(p)) for u, s, p, _ in rows]
 
 
+def _field(name: str) -> str:
+    # Field names are spliced into JSON paths: only plain identifiers, never text from outside.
+    if not name.isidentifier():
+        raise ValueError(f"not a field name: {name!r}")
+    return name
+
+
+def _bucket_case(expr: str, bounds: Sequence[float]) -> tuple[str, list[float]]:
+    """A CASE giving the index of the first bound ``expr`` is at most (``len(bounds)`` past the last)."""
+    whens = "".join(f" WHEN {expr} <= ? THEN {i}" for i in range(len(bounds)))
+    return f"CASE{whens} ELSE {len(bounds)} END", [float(b) for b in bounds]
+
+
+_RESTARTS = (
+    "SELECT d.unit, json_extract(d.body, '$.action'), CASE WHEN json_extract(d.body, '$.rule') = 'manual'"
+    " THEN 'operator' WHEN c.kind = 'unit.event' THEN 'exit' WHEN c.kind = 'verdict' THEN 'verdict'"
+    " ELSE 'other' END, COUNT(*) FROM records d LEFT JOIN records c"
+    " ON c.seq = json_extract(d.body, '$.cause_seq') AND json_type(d.body, '$.cause_seq') = 'integer'"
+    " WHERE d.kind = 'decision' AND d.seq <= ? AND json_type(d.body, '$.rejected') IS NULL"
+    " AND json_type(d.body, '$.suppressed') IS NULL AND (json_extract(d.body, '$.action') IN ($marks)"
+    " OR json_type(d.body, '$.counted_as_restart') = 'true') GROUP BY 1, 2, 3")
 _WINDOW = "FROM samples WHERE unit = ? AND metric = ? AND wall >= ? AND wall <= ?"
 
 

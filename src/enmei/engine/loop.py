@@ -122,6 +122,8 @@ class Engine:
         self.state_dir = loaded.state_dir
         self.queue: asyncio.Queue[Event | Observation | Command] = asyncio.Queue()
         self.subscribers: list[Subscriber] = []
+        # Called with every probe observation the engine handles (the metrics' histograms); must not block.
+        self.observers: list[Callable[[Observation], None]] = []
         self._factories: dict[str, BackendFactory] = dict(backends or {})
         self._backends: dict[str, Backend] = {}
         self._judge_factory: JudgeFactory = judge_factory or unit_detectors
@@ -496,6 +498,11 @@ class Engine:
         rows = [(obs.unit, f"{obs.probe}.{k}", wall, float(v)) for k, v in obs.values.items()]
         rows.append((obs.unit, f"{obs.probe}.ok", wall, 1.0 if obs.ok else 0.0))
         self.journal.add_samples(rows)
+        for fn in self.observers:
+            try:
+                fn(obs)
+            except Exception:  # a broken display must not break supervision
+                log.exception("observer failed")
         unit.observe_load(obs.mono, obs.values)
         if unit.state is UnitState.STARTING and obs.ok:
             unit.probe_passed(obs.probe, obs.mono)  # the start-up probe's pass completes the start-up
@@ -860,12 +867,15 @@ class Engine:
                 next_at = now + probe.interval_s
             if unit.state not in (UnitState.RUNNING, UnitState.STARTING) or not unit.alive():
                 continue
+            t0 = clock.monotonic()
             try:
                 obs = await probe.observe()
             except Exception as exc:  # a broken probe is journaled, and keeps trying
                 log.exception("probe %s/%s failed", unit.name, probe.name)
                 obs = Observation(unit.name, probe.name, False, clock.monotonic(), clock.wall(), {},
                                   f"probe error: {type(exc).__name__}: {exc}")
+            if probe.timed:  # how long the probe took, whatever it found (a timeout too): a sample
+                obs = replace(obs, values={**obs.values, "duration_s": clock.monotonic() - t0})
             self.queue.put_nowait(obs)
 
     # -- shutdown ----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
+from typing import ClassVar
 
 from enmei.clock import Clock
 from enmei.model import Observation
@@ -17,7 +18,13 @@ __all__ = ["Probe"]
 
 
 class Probe(abc.ABC):
-    """Observes ``unit`` every ``interval_s``; ``name`` identifies the probe within the unit."""
+    """Observes ``unit`` every ``interval_s``; ``name`` identifies the probe within the unit.
+
+    ``timed``: the probe checks the service (http, tcp, exec): the engine adds ``duration_s``, how long
+    ``observe`` took, to each of its observations (a sample, and the ``/metrics`` probe histogram).
+    """
+
+    timed: ClassVar[bool] = False
 
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock) -> None:
         self.unit = unit

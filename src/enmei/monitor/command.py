@@ -40,6 +40,8 @@ _MAX_LINE = 512
 class ExecProbe(Probe):
     """Run ``command``; ok when it exits with a code in ``expect_exit`` within ``timeout_s``."""
 
+    timed = True
+
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock, *, command: list[str],
                  timeout_s: float, expect_exit: list[int], max_output: int = 4096,
                  backend: Backend | None = None, cwd: Path | None = None,

@@ -61,6 +61,8 @@ async def http_get(host: str, port: int, target: str, *, timeout_s: float, max_b
 class HttpProbe(Probe):
     """GET ``url``; ok when the status is in ``expect_status``. Values: ``latency_s``, ``status``."""
 
+    timed = True
+
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock, *, url: str,
                  timeout_s: float, expect_status: list[int]) -> None:
         super().__init__(unit, name, interval_s, clock)

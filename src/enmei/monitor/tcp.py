@@ -25,6 +25,8 @@ class TcpProbe(Probe):
     expectation, the answer to ``send`` fits it in that time. Values: ``connect_s``, and with an
     exchange ``answer_s`` (connection to fitting answer)."""
 
+    timed = True
+
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock, *, host: str, port: int,
                  timeout_s: float, send: bytes | None = None, expect: bytes | None = None,
                  expect_regex: str | None = None, max_read: int = 4096) -> None:

@@ -829,6 +829,8 @@ def process_stats(proc: psutil.Process) -> dict[str, float]:
             out["rss_bytes"] = float(mem.rss)
             out["vms_bytes"] = float(mem.vms)
             out["cpu_percent"] = proc.cpu_percent(None)
+            cpu = proc.cpu_times()
+            out["cpu_seconds"] = float(cpu.user + cpu.system)
             out["num_threads"] = float(proc.num_threads())
             out["num_fds"] = float(proc.num_fds())
             io = proc.io_counters()

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from enmei import __version__
 from enmei.errors import BoxError, PolicyError, VisorError
+from enmei.monitor.procstats import StatsProbe
 from enmei.remedy import REMEDIES
 from enmei.report.data import incidents_between, unit_figures
 from enmei.report.incidents import filter_incidents
@@ -253,15 +254,20 @@ async def events(ctx: Ctx, unit: Annotated[str | None, Query(pattern=_NAME)] = N
 @router.get("/metrics", tags=["live"], summary="Prometheus metrics", response_class=Response,
             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics(ctx: Ctx, request: Request) -> Response:
+    tally = await ctx.counters()
+    if tally is None:
+        raise HTTPException(503, "the counters are still being read from the journal; try again")
     e = ctx.engine
     view = e.view()
     v = ctx.verified
     snap = Snapshot(
         version=__version__, policy=e.policy.version, units=dict(view.units),
-        probes={u: [p.name for p in ps] for u, ps in e.probes.items()}, tally=ctx.tally.copy(),
+        probes={u: [p.name for p in ps] for u, ps in e.probes.items()}, tally=tally,
         journal_path=e.journal.path, journal_last_seq=e.journal.last_seq, journal_durable_seq=e.journal.durable_seq,
         journal_pending=e.journal.pending, journal_ok=e.journal.status == "ok",
         journal_dropped_samples=e.journal.dropped_samples, verify_ok=None if v is None else v.ok,
-        verify_wall=ctx.verified_wall, web_refused=dict(getattr(request.app.state, "gate_tally", GateTally()).counts))
+        verify_wall=ctx.verified_wall, web_refused=dict(getattr(request.app.state, "gate_tally", GateTally()).counts),
+        timed={u: [p.name for p in ps if p.timed] for u, ps in e.probes.items()},
+        stats_units=frozenset(u for u, ps in e.probes.items() if any(isinstance(p, StatsProbe) for p in ps)))
     return Response(await ctx.blocking(render, snap), media_type=CONTENT_TYPE_LATEST)
 

@@ -43,7 +43,7 @@ class WebContext:
         self.token_path = token_path
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enmei-web")
         self.events = Broadcaster()
-        self.tally = Tally(after_seq=engine.journal.last_seq)
+        self.tally = Tally(after_seq=engine.journal.last_seq, after_wall=time.time())
         self.verify_every_s = verify_every_s
         self.verify_first_s = verify_first_s
         self.verified: VerifyResult | None = None
@@ -53,8 +53,10 @@ class WebContext:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.replaying = False  # one policy replay at a time
         self.closed = False
+        self._seeding: asyncio.Task[None] | None = None
         engine.subscribe(self.events)
         engine.subscribe(self.tally)
+        engine.observers.append(self.tally.observe)
 
     # -- off the loop ------------------------------------------------------------------------------
 
@@ -87,7 +89,7 @@ class WebContext:
     def start(self) -> None:
         """Seed the metrics counters from the journal; verify the journal's chain ``verify_first_s`` after
         start (not during the supervisor's own start-up) and every ``verify_every_s`` after that."""
-        self._spawn(self._seed())
+        self._seeding_task()
         self._spawn(self._verify_loop())
 
     def _spawn(self, coro: Any) -> None:
@@ -95,25 +97,37 @@ class WebContext:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _seeding_task(self) -> asyncio.Task[None]:
+        if self._seeding is None:
+            self._seeding = asyncio.create_task(self._seed(), name="enmei-web-seed")
+            self._tasks.add(self._seeding)
+        return self._seeding
+
+    async def counters(self, timeout_s: float = 30.0) -> Tally | None:
+        """A copy of the metrics counters once they are seeded from the journal (the seeding starts here if
+        ``start`` has not started it); None if that takes longer than ``timeout_s`` — a scrape then fails
+        rather than show counters that went back (``rate()`` would read that as a reset)."""
+        task = self._seeding_task()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        return self.tally.copy() if task.done() else None
+
     async def _seed(self) -> None:
+        """Add the journal's counts up to the tally's start (``enmei.web.counters``). A journal that cannot
+        be read is logged, and the counters go on from what was counted live."""
         upto = self.tally.after_seq
-        if upto <= 0 or not await self.visible(upto, timeout_s=30.0):
+        if upto <= 0:
             return
+        if not await self.visible(upto, timeout_s=30.0):
+            log.warning("the journal did not catch up in 30 s: /metrics counters seeded from what it holds")
+        with contextlib.suppress(Exception):
+            await self.engine.journal.aflush(timeout_s=5.0)  # probe samples queued before the tally began
         try:
-            seeded = await self.blocking(seed_tally, self.engine.journal.path, upto)
+            seeded = await self.blocking(seed_tally, self.engine.journal.path, upto, self.tally.after_wall)
         except Exception:
             log.exception("cannot count the journal's records for /metrics")
             return
-        t = self.tally
-        t.verdicts.update(seeded.verdicts)
-        t.decisions.update(seeded.decisions)
-        t.remedies.update(seeded.remedies)
-        t.alerts.update(seeded.alerts)
-        for action, total in seeded.duration_sum.items():
-            t.duration_sum[action] = t.duration_sum.get(action, 0.0) + total
-        for action, counts in seeded.durations.items():
-            mine = t.durations.setdefault(action, [0] * len(counts))
-            t.durations[action] = [a + b for a, b in zip(mine, counts, strict=True)]
+        self.tally.merge(seeded)
 
     async def _verify_loop(self) -> None:
         await asyncio.sleep(self.verify_first_s)
@@ -150,6 +164,8 @@ class WebContext:
         for fn in (self.events, self.tally):
             with contextlib.suppress(ValueError):
                 self.engine.subscribers.remove(fn)
+        with contextlib.suppress(ValueError):
+            self.engine.observers.remove(self.tally.observe)
         self.events.close()
         for task in list(self._tasks):
             task.cancel()

@@ -1,23 +1,40 @@
 """``/metrics``: the supervisor in Prometheus exposition format, read at scrape time.
 
-A scrape takes a :class:`Snapshot` of the engine on the event loop (microseconds: the unit views,
-journal counters and the :class:`Tally`), then renders it in a worker thread through a fresh
-``CollectorRegistry`` holding one custom collector — nothing is registered in prometheus_client's
-global registry, so embedding enmei never pollutes a host program's metrics.
+A scrape takes a :class:`Snapshot` of the engine on the event loop (microseconds: the unit views, journal
+counters and the :class:`~enmei.web.counters.Tally`), then renders it in a worker thread through a fresh
+``CollectorRegistry`` holding one custom collector — nothing is registered in prometheus_client's global
+registry, so embedding enmei never pollutes a host program's metrics.
 
-Series (every name starts with ``enmei_``):
+Every series of a configured unit is there from the first scrape (zeros until something is counted) and
+keeps its label set across scrapes: labels take values from fixed sets (``enmei.web.counters``). The
+counters continue across enmei restarts (seeded from the journal, ``enmei.web.counters``). The names,
+labels and meanings are listed in the README ("Metrics reference") and below.
+
+Units (``unit`` label; ``@host`` for decisions and remedies on the host):
 
 * ``enmei_info{version,policy}`` 1; ``enmei_unit_state{unit,state}`` and ``enmei_unit_health{unit,health}``
   1 for the current value and 0 for the others; ``enmei_unit_up{unit}``, ``enmei_unit_uptime_seconds``,
-  ``enmei_unit_restarts_in_window``, ``enmei_unit_restart_budget``, ``enmei_unit_remedy_running``;
-* ``enmei_probe_latency_seconds{unit,probe}`` and ``enmei_probe_ok{unit,probe}``: the newest sample;
+  ``enmei_unit_restarts_in_window``, ``enmei_unit_restart_budget``;
+* ``enmei_unit_remedy_running{unit}`` 1 while a remedy runs, and ``enmei_unit_remedy_action{unit,action}``
+  1 for the running remedy's action and 0 for the other remedies;
+* ``enmei_unit_exits_total{unit,reason}`` (``clean``, ``error``, ``signal``, ``other``, ``start_failed``),
+  ``enmei_unit_restarts_total{unit,action,reason}`` (``restart``, ``escalate``, ``start`` after an exit;
+  caused by an ``exit``, a ``verdict``, an ``operator``, ``other``);
+* for units with a ``process`` probe, the main process's newest stats (0 while the unit has no process):
+  ``enmei_unit_resident_memory_bytes``, ``enmei_unit_open_fds``, ``enmei_unit_threads`` (gauges) and
+  ``enmei_unit_cpu_seconds_total`` (a counter of the current process: it restarts with the unit);
+* ``enmei_probe_duration_seconds{unit,probe}``: histogram of how long each http, tcp and exec probe took,
+  failures and timeouts included (buckets ``PROBE_BUCKETS``, 1 ms to 10 s);
+  ``enmei_probe_latency_seconds{unit,probe}`` and ``enmei_probe_ok{unit,probe}``: the newest sample;
 * ``enmei_verdicts_total{unit,kind}``, ``enmei_decisions_total{unit,action}``,
-  ``enmei_remedies_total{unit,action,state}`` (by outcome), ``enmei_alerts_total{severity}``, and the
-  histogram ``enmei_remedy_duration_seconds{action}`` — counted over this supervisor's run (since its
-  last ``supervisor started`` record, read back from the journal when the web server starts);
+  ``enmei_remedies_total{unit,action,state}`` (by outcome), ``enmei_alerts_total{unit,severity}`` (``unit``
+  empty for the supervisor's own alerts) and the histogram ``enmei_remedy_duration_seconds{action}``;
 * ``enmei_log_floods_total{unit,stream}`` (flood episodes of a captured output stream begun),
   ``enmei_log_dropped_bytes_total{unit,stream}`` (dropped in episodes that ended) and
   ``enmei_log_flooding{unit,stream}`` (1 while an episode lasts), from the ``log_flood`` unit events;
+
+The supervisor:
+
 * ``enmei_journal_records``, ``enmei_journal_durable_records``, ``enmei_journal_pending_records``,
   ``enmei_journal_size_bytes`` (file and WAL), ``enmei_journal_writable`` (0 while degraded),
   ``enmei_journal_dropped_samples``, ``enmei_journal_verify_ok`` and
@@ -28,13 +45,11 @@ Series (every name starts with ``enmei_``):
 
 from __future__ import annotations
 
-import bisect
 import contextlib
-from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -42,86 +57,19 @@ from prometheus_client.registry import Collector
 
 from enmei.box import Reader
 from enmei.errors import BoxError
-from enmei.model import Health, UnitState
+from enmei.model import Health, Severity, UnitState
+from enmei.policy.actions import actions
 from enmei.policy.base import UnitView
+from enmei.web.counters import (
+    BUCKETS,
+    EXIT_REASONS,
+    PROBE_BUCKETS,
+    RESTART_REASONS,
+    Tally,
+    seed_tally,
+)
 
-__all__ = ["BUCKETS", "Snapshot", "Tally", "journal_size", "render", "seed_tally"]
-
-#: Remedy duration histogram buckets (seconds): restarts take about a second, rejuvenations up to minutes.
-BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-
-@dataclass
-class Tally:
-    """Counters kept from the journal records the engine writes (an engine subscriber; O(1) per record)."""
-
-    verdicts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    decisions: Counter[tuple[str, str]] = field(default_factory=Counter)
-    remedies: Counter[tuple[str, str, str]] = field(default_factory=Counter)
-    alerts: Counter[str] = field(default_factory=Counter)
-    durations: dict[str, list[int]] = field(default_factory=dict)  # action -> counts per bucket (+Inf last)
-    duration_sum: dict[str, float] = field(default_factory=dict)
-    floods: Counter[tuple[str, str]] = field(default_factory=Counter)  # (unit, stream) -> episodes begun
-    flood_dropped: Counter[tuple[str, str]] = field(default_factory=Counter)  # bytes, episodes ended
-    flooding: dict[tuple[str, str], bool] = field(default_factory=dict)
-    after_seq: int = 0  # live records at or below this seq are counted by ``seed_tally`` instead
-
-    def __call__(self, seq: int, kind: str, unit: str, body: Mapping[str, Any]) -> None:
-        if seq <= self.after_seq:
-            return
-        self.add(kind, unit, body)
-
-    def add(self, kind: str, unit: str, body: Mapping[str, Any]) -> None:
-        if kind == "verdict":
-            self.verdicts[(unit, str(body.get("kind", "?")))] += 1
-        elif kind == "decision":
-            self.decisions[(unit, str(body.get("action", "?")))] += 1
-        elif kind == "remedy.outcome":
-            action = str(body.get("action", "?"))
-            self.remedies[(unit, action, str(body.get("state", "?")))] += 1
-            d = body.get("duration_s")
-            if isinstance(d, (int, float)) and not isinstance(d, bool) and d >= 0:
-                counts = self.durations.setdefault(action, [0] * (len(BUCKETS) + 1))
-                counts[bisect.bisect_left(BUCKETS, float(d))] += 1
-                self.duration_sum[action] = self.duration_sum.get(action, 0.0) + float(d)
-        elif kind == "alert":
-            self.alerts[str(body.get("severity", "?"))] += 1
-        elif kind == "unit.event" and body.get("event") == "log_flood":
-            key = (unit, str(body.get("stream", "?")))
-            if body.get("phase") == "begin":
-                self.floods[key] += 1
-                self.flooding[key] = True
-            elif body.get("phase") == "end":
-                self.flooding[key] = False
-                d = body.get("dropped_bytes")
-                if isinstance(d, int) and not isinstance(d, bool) and d >= 0:
-                    self.flood_dropped[key] += d
-
-    def copy(self) -> Tally:
-        return Tally(Counter(self.verdicts), Counter(self.decisions), Counter(self.remedies), Counter(self.alerts),
-                     {k: list(v) for k, v in self.durations.items()}, dict(self.duration_sum), Counter(self.floods),
-                     Counter(self.flood_dropped), dict(self.flooding), self.after_seq)
-
-
-def seed_tally(journal: Path, up_to_seq: int) -> Tally:
-    """A tally of the records from this supervisor's last start up to ``up_to_seq`` (reads the journal; a thread).
-
-    Raises ``BoxError`` when the journal cannot be read.
-    """
-    import json
-
-    t = Tally()
-    with Reader(journal) as reader:
-        first = reader.last_start_seq(up_to_seq) or 1
-        for kind, unit, body in reader.counted_records(first, up_to_seq):
-            try:
-                data = json.loads(body)
-            except ValueError:
-                continue
-            if isinstance(data, dict):
-                t.add(kind, unit, data)
-    t.after_seq = up_to_seq
-    return t
+__all__ = ["BUCKETS", "PROBE_BUCKETS", "Snapshot", "Tally", "journal_size", "render", "seed_tally"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +90,32 @@ class Snapshot:
     verify_ok: bool | None
     verify_wall: float | None
     web_refused: Mapping[str, int] = field(default_factory=dict)  # reason -> requests/connections refused
+    timed: Mapping[str, list[str]] = field(default_factory=dict)  # unit -> probes with a duration histogram
+    stats_units: frozenset[str] = frozenset()  # units with a process probe
+
+
+K = TypeVar("K", bound=tuple[str, ...])
+
+
+def _remedy_actions() -> list[str]:
+    return sorted(n for n, a in actions().items() if not a.engine)
+
+
+def _histogram(fam: HistogramMetricFamily, labels: list[str], bounds: Sequence[float], counts: Sequence[int],
+               total: float) -> None:
+    cum, buckets = 0, []
+    for bound, n in zip((*map(str, bounds), "+Inf"), counts, strict=True):
+        cum += n
+        buckets.append((bound, float(cum)))
+    fam.add_metric(labels, buckets, total)
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Mapping[K, int],
+             zeros: Iterable[K] = ()) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=labels)
+    for key in sorted({*values, *zeros}):
+        fam.add_metric(list(key), float(values.get(key, 0)))
+    return fam
 
 
 class _Collector(Collector):
@@ -154,36 +128,10 @@ class _Collector(Collector):
         info = GaugeMetricFamily("enmei_info", "enmei's version and the policy in force", labels=["version", "policy"])
         info.add_metric([s.version, s.policy], 1)
         yield info
-        state = GaugeMetricFamily("enmei_unit_state", "1 for the unit's lifecycle state, 0 for the others",
-                                  labels=["unit", "state"])
-        health = GaugeMetricFamily("enmei_unit_health", "1 for the unit's health, 0 for the others",
-                                   labels=["unit", "health"])
-        up = GaugeMetricFamily("enmei_unit_up", "1 while the unit's process or VM is alive", labels=["unit"])
-        uptime = GaugeMetricFamily("enmei_unit_uptime_seconds", "Since the current instance started", labels=["unit"])
-        restarts = GaugeMetricFamily("enmei_unit_restarts_in_window", "Restarts within the budget window",
-                                     labels=["unit"])
-        budget = GaugeMetricFamily("enmei_unit_restart_budget", "Restarts allowed per window", labels=["unit"])
-        running = GaugeMetricFamily("enmei_unit_remedy_running", "1 while a remedy runs on the unit",
-                                    labels=["unit", "action"])
-        for name, v in sorted(s.units.items()):
-            for st in UnitState:
-                state.add_metric([name, str(st)], 1.0 if v.state is st else 0.0)
-            for h in Health:
-                health.add_metric([name, str(h)], 1.0 if v.health is h else 0.0)
-            up.add_metric([name], 1.0 if v.alive else 0.0)
-            if v.uptime_s is not None:
-                uptime.add_metric([name], v.uptime_s)
-            restarts.add_metric([name], v.restarts_in_window)
-            budget.add_metric([name], v.budget)
-            running.add_metric([name, v.remedy or ""], 1.0 if v.remedy else 0.0)
-        yield from (state, health, up, uptime, restarts, budget, running)
-        latency = GaugeMetricFamily("enmei_probe_latency_seconds", "Newest probe latency", labels=["unit", "probe"])
-        ok = GaugeMetricFamily("enmei_probe_ok", "1 if the newest probe passed", labels=["unit", "probe"])
-        for (unit, metric), value in sorted(self.latest.items()):
-            probe, _, what = metric.rpartition(".")
-            (latency if what == "latency_s" else ok).add_metric([unit, probe], value)
-        yield from (latency, ok)
-        yield from self._counters(s.tally)
+        yield from self._units(s)
+        yield from self._stats(s)
+        yield from self._probes(s)
+        yield from self._counters(s.tally, sorted(s.units))
         refused = CounterMetricFamily("enmei_web_refused", "Web requests refused and connections closed by the "
                                       "limits (no_token, body_too_large, header_timeout, idle_per_client...)",
                                       labels=["reason"])
@@ -193,40 +141,97 @@ class _Collector(Collector):
         yield from self._journal(s)
 
     @staticmethod
-    def _counters(t: Tally) -> Iterator[Metric]:
-        verdicts = CounterMetricFamily("enmei_verdicts", "Verdicts by kind", labels=["unit", "kind"])
-        for (u, k), n in sorted(t.verdicts.items()):
-            verdicts.add_metric([u, k], n)
-        decisions = CounterMetricFamily("enmei_decisions", "Decisions by action", labels=["unit", "action"])
-        for (u, a), n in sorted(t.decisions.items()):
-            decisions.add_metric([u, a], n)
-        remedies = CounterMetricFamily("enmei_remedies", "Remedies by how they ended",
-                                       labels=["unit", "action", "state"])
-        for (u, a, st), n in sorted(t.remedies.items()):
-            remedies.add_metric([u, a, st], n)
-        alerts = CounterMetricFamily("enmei_alerts", "Alerts by severity", labels=["severity"])
-        for sev, n in sorted(t.alerts.items()):
-            alerts.add_metric([sev], n)
+    def _units(s: Snapshot) -> Iterator[Metric]:
+        state = GaugeMetricFamily("enmei_unit_state", "1 for the unit's lifecycle state, 0 for the others",
+                                  labels=["unit", "state"])
+        health = GaugeMetricFamily("enmei_unit_health", "1 for the unit's health, 0 for the others",
+                                   labels=["unit", "health"])
+        up = GaugeMetricFamily("enmei_unit_up", "1 while the unit's process or VM is alive", labels=["unit"])
+        uptime = GaugeMetricFamily("enmei_unit_uptime_seconds", "Since the current instance started (0 while "
+                                   "it is not running)", labels=["unit"])
+        restarts = GaugeMetricFamily("enmei_unit_restarts_in_window", "Restarts within the budget window",
+                                     labels=["unit"])
+        budget = GaugeMetricFamily("enmei_unit_restart_budget", "Restarts allowed per window", labels=["unit"])
+        running = GaugeMetricFamily("enmei_unit_remedy_running", "1 while a remedy runs on the unit",
+                                    labels=["unit"])
+        action = GaugeMetricFamily("enmei_unit_remedy_action", "1 for the action of the remedy running on the "
+                                   "unit, 0 for the other remedies", labels=["unit", "action"])
+        remedies = _remedy_actions()
+        for name, v in sorted(s.units.items()):
+            for st in UnitState:
+                state.add_metric([name, str(st)], 1.0 if v.state is st else 0.0)
+            for h in Health:
+                health.add_metric([name, str(h)], 1.0 if v.health is h else 0.0)
+            up.add_metric([name], 1.0 if v.alive else 0.0)
+            uptime.add_metric([name], v.uptime_s if v.uptime_s is not None else 0.0)
+            restarts.add_metric([name], v.restarts_in_window)
+            budget.add_metric([name], v.budget)
+            running.add_metric([name], 1.0 if v.remedy else 0.0)
+            for a in sorted({*remedies, *([v.remedy] if v.remedy else [])}):
+                action.add_metric([name, a], 1.0 if v.remedy == a else 0.0)
+        yield from (state, health, up, uptime, restarts, budget, running, action)
+
+    @staticmethod
+    def _stats(s: Snapshot) -> Iterator[Metric]:
+        rss = GaugeMetricFamily("enmei_unit_resident_memory_bytes", "Resident memory of the unit's main process",
+                                labels=["unit"])
+        cpu = CounterMetricFamily("enmei_unit_cpu_seconds", "CPU time (user and system) of the unit's current "
+                                  "main process", labels=["unit"])
+        fds = GaugeMetricFamily("enmei_unit_open_fds", "Open file descriptors of the unit's main process",
+                                labels=["unit"])
+        threads = GaugeMetricFamily("enmei_unit_threads", "Threads of the unit's main process", labels=["unit"])
+        for name in sorted(s.stats_units):
+            v = s.units.get(name)
+            stats = s.tally.stats.get(name, {}) if v is not None and v.alive else {}
+            rss.add_metric([name], stats.get("rss_bytes", 0.0))
+            cpu.add_metric([name], stats.get("cpu_seconds", 0.0))
+            fds.add_metric([name], stats.get("num_fds", 0.0))
+            threads.add_metric([name], stats.get("num_threads", 0.0))
+        yield from (rss, cpu, fds, threads)
+
+    def _probes(self, s: Snapshot) -> Iterator[Metric]:
+        hist = HistogramMetricFamily("enmei_probe_duration_seconds", "How long each http, tcp and exec probe "
+                                     "took, failures and timeouts included", labels=["unit", "probe"])
+        t = s.tally
+        keys = {(u, p) for u, ps in s.timed.items() for p in ps} | set(t.probe_counts)
+        empty = [0] * (len(PROBE_BUCKETS) + 1)
+        for unit, probe in sorted(keys):
+            _histogram(hist, [unit, probe], PROBE_BUCKETS, t.probe_counts.get((unit, probe), empty),
+                       t.probe_sum.get((unit, probe), 0.0))
+        yield hist
+        latency = GaugeMetricFamily("enmei_probe_latency_seconds", "Newest probe latency", labels=["unit", "probe"])
+        ok = GaugeMetricFamily("enmei_probe_ok", "1 if the newest probe passed", labels=["unit", "probe"])
+        for (unit, metric), value in sorted(self.latest.items()):
+            probe, _, what = metric.rpartition(".")
+            (latency if what == "latency_s" else ok).add_metric([unit, probe], value)
+        yield from (latency, ok)
+
+    @staticmethod
+    def _counters(t: Tally, units: Sequence[str] = ()) -> Iterator[Metric]:
+        restart_actions = sorted({*t.restart_actions, "start"})
+        yield _counter("enmei_unit_exits", "Ends of a unit's instance not asked for by enmei, by reason (clean, "
+                       "error, signal, other, start_failed)", ["unit", "reason"], t.exits,
+                       [(u, r) for u in units for r in EXIT_REASONS])
+        yield _counter("enmei_unit_restarts", "Restarts carried out, by action and cause (exit, verdict, "
+                       "operator, other)", ["unit", "action", "reason"], t.restarts,
+                       [(u, a, r) for u in units for a in restart_actions for r in RESTART_REASONS])
+        yield _counter("enmei_verdicts", "Verdicts by kind", ["unit", "kind"], t.verdicts)
+        yield _counter("enmei_decisions", "Decisions by action", ["unit", "action"], t.decisions)
+        yield _counter("enmei_remedies", "Remedies by how they ended", ["unit", "action", "state"], t.remedies)
+        severities = (*map(str, Severity), "other")
+        yield _counter("enmei_alerts", "Alerts journaled, by unit (empty: the supervisor's own) and severity",
+                       ["unit", "severity"], t.alerts, [(u, sev) for u in ("", *units) for sev in severities])
         hist = HistogramMetricFamily("enmei_remedy_duration_seconds", "How long remedies took", labels=["action"])
         for action, counts in sorted(t.durations.items()):
-            cum, buckets = 0, []
-            for bound, n in zip((*map(str, BUCKETS), "+Inf"), counts, strict=True):
-                cum += n
-                buckets.append((bound, float(cum)))
-            hist.add_metric([action], buckets, t.duration_sum[action])
-        yield from (verdicts, decisions, remedies, alerts, hist)
-        floods = CounterMetricFamily("enmei_log_floods", "Flood episodes of a captured output stream",
-                                     labels=["unit", "stream"])
-        for (u, st), n in sorted(t.floods.items()):
-            floods.add_metric([u, st], n)
-        dropped = CounterMetricFamily("enmei_log_dropped_bytes", "Output bytes dropped in ended flood episodes",
-                                      labels=["unit", "stream"])
-        for (u, st), n in sorted(t.flood_dropped.items()):
-            dropped.add_metric([u, st], n)
+            _histogram(hist, [action], BUCKETS, counts, t.duration_sum.get(action, 0.0))
+        yield hist
+        yield _counter("enmei_log_floods", "Flood episodes of a captured output stream", ["unit", "stream"], t.floods)
+        yield _counter("enmei_log_dropped_bytes", "Output bytes dropped in ended flood episodes", ["unit", "stream"],
+                       t.flood_dropped)
         flooding = GaugeMetricFamily("enmei_log_flooding", "1 while a flood episode lasts", labels=["unit", "stream"])
         for (u, st), on in sorted(t.flooding.items()):
             flooding.add_metric([u, st], 1.0 if on else 0.0)
-        yield from (floods, dropped, flooding)
+        yield flooding
 
     @staticmethod
     def _journal(s: Snapshot) -> Iterator[Metric]:
