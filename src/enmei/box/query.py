@@ -219,7 +219,8 @@ class Reader:
         """(unit, action, reason, n) of the decisions with ``seq <= up_to_seq`` the engine carried out (not
         rejected, not suppressed) that count as a restart: one of ``actions``, or one the engine marked
         ``counted_as_restart`` (a start after an exit). The reason: ``operator`` for an operator's command,
-        else what caused it — ``exit`` (a unit event), ``verdict`` (a probe's or detector's), ``other``."""
+        else what caused it — ``exit`` (a unit event), ``verdict`` (a probe's or detector's), ``retry`` (a remedy's
+        outcome), ``other``."""
         marks = ",".join("?" * len(actions)) or "NULL"
         sql = _RESTARTS.replace("$marks", marks)
         rows = self._all(sql, (up_to_seq, *actions))
@@ -286,7 +287,7 @@ def _bucket_case(expr: str, bounds: Sequence[float]) -> tuple[str, list[float]]:
 _RESTARTS = (
     "SELECT d.unit, json_extract(d.body, '$.action'), CASE WHEN json_extract(d.body, '$.rule') = 'manual'"
     " THEN 'operator' WHEN c.kind = 'unit.event' THEN 'exit' WHEN c.kind = 'verdict' THEN 'verdict'"
-    " ELSE 'other' END, COUNT(*) FROM records d LEFT JOIN records c"
+    " WHEN c.kind = 'remedy.outcome' THEN 'retry' ELSE 'other' END, COUNT(*) FROM records d LEFT JOIN records c"
     " ON c.seq = json_extract(d.body, '$.cause_seq') AND json_type(d.body, '$.cause_seq') = 'integer'"
     " WHERE d.kind = 'decision' AND d.seq <= ? AND json_type(d.body, '$.rejected') IS NULL"
     " AND json_type(d.body, '$.suppressed') IS NULL AND (json_extract(d.body, '$.action') IN ($marks)"

@@ -41,12 +41,14 @@ PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 #: How a unit ended: killed by a signal, exited 0, exited with another code, a backend's reason (a VM's
 #: panic, QEMU gone without a SHUTDOWN event), or its start failed.
 EXIT_REASONS = ("clean", "error", "signal", "other", "start_failed")
-#: What caused a restart: a unit's exit, a verdict (failed probe, anomaly, aging, panic), an operator's
-#: command, or something else (a schedule, an escalation's retry, the policy's own choice).
-RESTART_REASONS = ("exit", "verdict", "operator", "other")
+#: What caused a restart: a unit's exit, a verdict (failed probe, anomaly, aging, panic), a remedy that
+#: ended (a failed restart retried, an escalation's retry), an operator's command, or something else (a
+#: schedule, the policy's own choice on a tick).
+RESTART_REASONS = ("exit", "verdict", "retry", "operator", "other")
 #: Process-stat values exported as per-unit series (the newest observation of the unit's process probe).
 STATS = ("rss_bytes", "cpu_seconds", "num_fds", "num_threads")
 
+_CAUSE_REASONS = {"unit.event": "exit", "verdict": "verdict", "remedy.outcome": "retry"}  # cause kind -> reason
 _CAUSES_KEPT = 4096  # recent seqs of records that can cause a decision (their kind names the reason)
 
 
@@ -106,7 +108,7 @@ class Tally:
     def __call__(self, seq: int, kind: str, unit: str, body: Mapping[str, Any]) -> None:
         if seq <= self.after_seq:
             return
-        if kind in ("unit.event", "verdict"):
+        if kind in _CAUSE_REASONS:
             self.causes[seq] = kind
             if len(self.causes) > _CAUSES_KEPT:
                 self.causes.popitem(last=False)
@@ -155,7 +157,7 @@ class Tally:
         else:
             cause = body.get("cause_seq")
             kind = self.causes.get(cause) if isinstance(cause, int) and not isinstance(cause, bool) else None
-            reason = {"unit.event": "exit", "verdict": "verdict"}.get(kind or "", "other")
+            reason = _CAUSE_REASONS.get(kind or "", "other")
         self.restarts[(unit, action, reason)] += 1
 
     def observe(self, obs: Observation) -> None:

@@ -19,7 +19,7 @@ Units (``unit`` label; ``@host`` for decisions and remedies on the host):
   1 for the running remedy's action and 0 for the other remedies;
 * ``enmei_unit_exits_total{unit,reason}`` (``clean``, ``error``, ``signal``, ``other``, ``start_failed``),
   ``enmei_unit_restarts_total{unit,action,reason}`` (``restart``, ``escalate``, ``start`` after an exit;
-  caused by an ``exit``, a ``verdict``, an ``operator``, ``other``);
+  caused by an ``exit``, a ``verdict``, a ``retry`` after a remedy ended, an ``operator``, ``other``);
 * for units with a ``process`` probe, the main process's newest stats (0 while the unit has no process):
   ``enmei_unit_resident_memory_bytes``, ``enmei_unit_open_fds``, ``enmei_unit_threads`` (gauges) and
   ``enmei_unit_cpu_seconds_total`` (a counter of the current process: it restarts with the unit);
@@ -213,7 +213,7 @@ class _Collector(Collector):
                        "error, signal, other, start_failed)", ["unit", "reason"], t.exits,
                        [(u, r) for u in units for r in EXIT_REASONS])
         yield _counter("enmei_unit_restarts", "Restarts carried out, by action and cause (exit, verdict, "
-                       "operator, other)", ["unit", "action", "reason"], t.restarts,
+                       "retry, operator, other)", ["unit", "action", "reason"], t.restarts,
                        [(u, a, r) for u in units for a in restart_actions for r in RESTART_REASONS])
         yield _counter("enmei_verdicts", "Verdicts by kind", ["unit", "kind"], t.verdicts)
         yield _counter("enmei_decisions", "Decisions by action", ["unit", "action"], t.decisions)

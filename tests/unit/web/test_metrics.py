@@ -46,6 +46,7 @@ HISTORY: list[tuple[str, str | None, dict[str, Any]]] = [
     ("unit.event", "web", {"event": "log_flood", "stream": "stderr", "phase": "begin"}),
     ("remedy.outcome", "web", {"action": "restart", "state": "failed", "duration_s": 9999}),
     ("remedy.outcome", "web", {"action": "restart", "state": "failed", "duration_s": True}),
+    ("decision", "web", {"action": "restart", "rule": "retry-after-failure", "cause_seq": 4}),
 ]
 
 
@@ -70,7 +71,8 @@ def test_tally_counts_what_the_engine_writes() -> None:
                        ("web", "start_failed"): 1}
     assert t.restarts == {("web", "restart", "exit"): 1, ("web", "escalate", "other"): 1,
                           ("vm", "restart", "verdict"): 1, ("web", "start", "exit"): 1,
-                          ("web", "restart", "operator"): 1, ("web", "restart", "other"): 1}
+                          ("web", "restart", "operator"): 1, ("web", "restart", "other"): 1,
+                          ("web", "restart", "retry"): 1}
     assert t.alerts == {("web", "critical"): 1, ("", "warning"): 1, ("web", "other"): 1}
     assert t.remedies == {("web", "restart", "succeeded"): 1, ("web", "restart", "failed"): 2}
     counts = t.durations["restart"]
