@@ -40,3 +40,12 @@ def test_the_example_passes_enmei_check_and_matches_the_tested_kit(kind: str, tm
     finally:
         d.cleanup()
     assert _choices(example) == _choices(kit)
+
+
+@pytest.mark.parametrize("kind", ["nginx", "redis", "postgresql"])
+def test_the_readme_shows_the_example_as_it_is(kind: str) -> None:
+    """README's "Supervising real daemons" quotes each example without its comments, exactly."""
+    readme = (EXAMPLES.parents[1] / "README.md").read_text()
+    text = (EXAMPLES / f"{kind}.toml").read_text()
+    body = "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
+    assert f"```toml\n{body}\n```" in readme
