@@ -43,7 +43,7 @@ class WebContext:
         self.token_path = token_path
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="enmei-web")
         self.events = Broadcaster()
-        self.tally = Tally(after_seq=engine.journal.last_seq, after_wall=time.time())
+        self.tally = Tally(after_seq=engine.journal.last_seq, after_wall=engine.clock.wall())
         self.verify_every_s = verify_every_s
         self.verify_first_s = verify_first_s
         self.verified: VerifyResult | None = None
