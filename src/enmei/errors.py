@@ -21,6 +21,7 @@ checks this drawing against the classes, and that each of them is raised somewhe
      |    +-- IntegrityError        the journal was cut, rolled back or replaced (seq of the first bad record)
          +-- DaemonError                daemons.base: a daemon of the kit could not be prepared
      |    +-- MissingDaemonError    daemons.base: its binary is missing (names the Debian package)
+     +-- CtlError                   ctl.protocol: a ctl request cannot be served, or no enmei answers
      +-- StateFormatError           detect.base: a saved detector state is not one this version reads
      +-- UnknownBackendError        visor.registry: a config names a backend kind nobody registered
      +-- UnsafePathError            fsafe: a file enmei trusts has the wrong owner, mode or is a link

@@ -29,6 +29,7 @@ class Exit(IntEnum):
     INTEGRITY = 4  # the journal's hash chain is broken
     START = 5  # enmei could not start (journal locked, state dir not writable, missing system package)
     BENCH_GOAL = 6  # a benchmark ran but missed its goal (with --check)
+    NOT_RUNNING = 7  # enmei ctl: no enmei answers on the state dir's socket
     INTERRUPTED = 130
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from enmei import __version__
-from enmei.cli import bench, box
+from enmei.cli import bench, box, ctl
 from enmei.cli import policy as policy_cmd
 from enmei.cli import report as report_cmd
 from enmei.cli.common import Exit, console, err_console, fail
@@ -37,6 +37,7 @@ app = typer.Typer(
 app.add_typer(box.app, name="box")
 app.add_typer(bench.app, name="bench")
 app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(ctl.app, name="ctl")
 app.command(name="report")(report_cmd.report)
 
 

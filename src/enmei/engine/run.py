@@ -23,6 +23,7 @@ from typing import Any
 from enmei.box import Journal
 from enmei.clock import Clock
 from enmei.config.load import LoadedConfig
+from enmei.ctl.server import serve_control
 from enmei.engine.loop import Engine, journal_for
 from enmei.engine.notify import ServiceNotifier
 from enmei.engine.statedir import StateDir
@@ -88,6 +89,7 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
     side: asyncio.Task[None] | None = None
+    service.append(asyncio.create_task(serve_control(engine), name="ctl"))  # state_dir/ctl.sock
     try:
         if companion is not None:
             side = asyncio.create_task(companion(engine), name="companion")

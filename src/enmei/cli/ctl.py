@@ -1,0 +1,161 @@
+"""``enmei ctl``: status, start, stop, restart, reset, reload and logs of a running supervisor, over its
+state dir's UNIX socket (``enmei.ctl``). Tables by default, ``--json`` for scripts.
+
+Exit codes: 0 done; 1 refused (unknown unit, a command the engine refused, bad arguments the server
+named); 7 no enmei answers on that state dir (the message names the socket and whether an enmei holds
+the state dir's lock); 3 the config given with ``-c`` is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from enmei.cli.common import Exit, console, fail
+from enmei.ctl.client import request
+from enmei.ctl.protocol import CtlError
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Control a running enmei over its local socket (state_dir/ctl.sock): status, start, stop, "
+                       "restart, reset, reload, logs.", no_args_is_help=True)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The config of the running enmei")]
+StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Its state dir (instead of --config)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the answer as JSON")]
+UnitArg = Annotated[str, typer.Argument(help="The unit")]
+
+
+def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
+    """``--state-dir``, else the one ``--config`` names, else ``./enmei.toml``'s, else ``./.enmei``."""
+    if state_dir is not None:
+        return state_dir
+    if config is None and Path("enmei.toml").exists():
+        config = Path("enmei.toml")
+    if config is not None:
+        from enmei.config.load import load
+        from enmei.errors import ConfigError
+
+        try:
+            return load(config).state_dir
+        except ConfigError as exc:
+            fail(str(exc), Exit.CONFIG)
+    return Path(".enmei")
+
+
+def _ask(config: Path | None, state_dir: Path | None, req: dict[str, Any]) -> dict[str, Any]:
+    try:
+        answer = request(_state_dir(config, state_dir), req)
+    except CtlError as exc:
+        fail(str(exc), Exit.NOT_RUNNING if exc.not_running else Exit.ERROR)
+    if not answer.get("ok"):
+        fail(str(answer.get("error") or "refused"), Exit.ERROR)
+    return answer
+
+
+def _print_json(answer: dict[str, Any]) -> None:
+    console.print_json(json.dumps({k: v for k, v in answer.items() if k != "ok"}, default=str))
+
+
+def _secs(x: Any) -> str:
+    if x is None:
+        return "-"
+    x = float(x)
+    if x < 120:
+        return f"{x:.1f}s"
+    if x < 7200:
+        return f"{x / 60:.0f}m"
+    return f"{x / 3600:.1f}h"
+
+
+@app.command()
+def status(unit: Annotated[str | None, typer.Argument(help="Only this unit")] = None, config: ConfigOpt = None,
+           state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Every unit (or one): state, health, pid, restarts against the budget, the next backoff, the running
+    remedy and the last reset (--json: also uptime, the breaker's settings, the backoff streaks)."""
+    answer = _ask(config, state_dir, {"op": "status", **({"unit": unit} if unit else {})})
+    if as_json:
+        _print_json(answer)
+        return
+    table = Table(title=f"enmei (pid {answer.get('pid')}): {answer.get('config')}", title_justify="left")
+    for col in ("unit", "state", "for", "health", "pid", "restarts", "next delay", "remedy", "reset"):
+        table.add_column(col, no_wrap=col in ("unit", "state", "remedy"))
+    for u in answer["units"]:
+        table.add_row(
+            u["name"], u["state"], _secs(u["state_for_s"]), u["health"], str(u["pid"] or "-"),
+            f"{u['restarts_in_window']}/{u['budget']}", _secs(u["next_delay_s"]), u["remedy"] or "-",
+            "-" if u["last_reset_ago_s"] is None else f"{_secs(u['last_reset_ago_s'])} ago")
+    console.print(table)
+
+
+def _command(op: str, unit: str, config: Path | None, state_dir: Path | None, as_json: bool) -> None:
+    answer = _ask(config, state_dir, {"op": op, "unit": unit})
+    if as_json:
+        _print_json(answer)
+        return
+    if answer.get("queued"):
+        console.print(f"{op} {unit}: queued; {answer.get('note', '')}")
+        return
+    said = f"{op} {unit}: done (record {answer.get('seq')})"
+    pre = answer.get("preempted")
+    if pre:
+        said += f"; cancelled {pre.get('action')} {pre.get('remedy_id')}"
+    if op == "reset":
+        cleared = answer.get("cleared") or {}
+        said += (f"; cleared {cleared.get('restarts_in_window', 0)} restarts, backoff and breakers"
+                 + ("; starting it now" if answer.get("start") else ""))
+    console.print(said, highlight=False)
+
+
+@app.command()
+def start(unit: UnitArg, config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Start a unit now; a running repair or escalation is cancelled (journaled, with who asked)."""
+    _command("start", unit, config, state_dir, as_json)
+
+
+@app.command()
+def stop(unit: UnitArg, config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop a unit; it stays stopped (a running repair is cancelled)."""
+    _command("stop", unit, config, state_dir, as_json)
+
+
+@app.command()
+def restart(unit: UnitArg, config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Restart a unit now (counted in its budget, never refused by it)."""
+    _command("restart", unit, config, state_dir, as_json)
+
+
+@app.command()
+def reset(unit: UnitArg, config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Forget the unit's restarts, backoff and breakers (like systemd's reset-failed); a unit left down by
+    an escalation or backoff is started at once. A stopped unit stays stopped."""
+    _command("reset", unit, config, state_dir, as_json)
+
+
+@app.command()
+def reload(config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Re-read the config and apply what changed (where this build can)."""
+    answer = _ask(config, state_dir, {"op": "reload"})
+    if as_json:
+        _print_json(answer)
+        return
+    console.print_json(json.dumps(answer.get("reload"), default=str))
+
+
+@app.command()
+def logs(unit: UnitArg, lines: Annotated[int, typer.Option("-n", "--lines", min=1, max=10_000)] = 50,
+         stream: Annotated[str, typer.Option("--stream", help="stderr, stdout or console")] = "stderr",
+         config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """The newest lines of a unit's captured log."""
+    answer = _ask(config, state_dir, {"op": "logs", "unit": unit, "lines": lines, "stream": stream})
+    if as_json:
+        _print_json(answer)
+        return
+    if answer.get("error"):
+        fail(f"{unit} {stream}: {answer['error']}", Exit.ERROR)
+    for line in answer.get("lines", []):
+        typer.echo(line)
