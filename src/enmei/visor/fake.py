@@ -23,6 +23,7 @@ import psutil
 from enmei.config.model import ProcessUnit
 from enmei.errors import StartError
 from enmei.visor.base import Identity
+from enmei.visor.cage import ResourceCage
 from enmei.visor.process import Launch, ProcessBackend, _Running
 
 __all__ = ["FakeBackend", "SimProcess"]
@@ -106,6 +107,9 @@ class FakeBackend(ProcessBackend):
 
     def _end_group(self, run: _Running) -> None:
         pass
+
+    def _make_cage(self) -> ResourceCage | None:
+        return None  # simulated processes join no cgroup, and helpers of the tests stay uncaged
 
     async def _end_leftovers(self, name: str) -> None:
         return None  # simulated processes leave nothing behind (and no cgroup is made)

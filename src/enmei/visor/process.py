@@ -145,7 +145,7 @@ class ProcessBackend(Backend):
         self._tree_known = False
         self._orphans: Orphans | None = None  # made on first use, where enmei is a subreaper with a tree
         # The Resource Cage (limits, the helper cage) discovers what the host offers on first use.
-        self.cage: ResourceCage | None = ResourceCage(self.instance, lambda: self.cgroups) if cgroups else None
+        self.cage: ResourceCage | None = self._make_cage() if cgroups else None
         if self.cage is not None:
             install_cage(self.cage)
         self._releases: dict[str, asyncio.Future[Any]] = {}  # unit -> removal of its limit groups, under way
@@ -682,6 +682,10 @@ class ProcessBackend(Backend):
         return True
 
     # -- the operating-system edge (a fake backend overrides only these) ---------------------------
+
+    def _make_cage(self) -> ResourceCage | None:
+        """This supervisor's Resource Cage (it touches no cgroup until first used)."""
+        return ResourceCage(self.instance, lambda: self.cgroups)
 
     def _spawn(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], out_fd: int,
                err_fd: int, launch: Launch
