@@ -14,7 +14,8 @@ where the history really is gone:
   shows a lower count — one reset that Prometheus's ``rate()`` handles as such.
 
 Label values are bounded by fixed sets: exit reasons (:data:`EXIT_REASONS`), restart reasons
-(:data:`RESTART_REASONS`), alert severities (``enmei.model.Severity``, anything else is ``other``).
+(:data:`RESTART_REASONS`), alert severities (``enmei.model.Severity``, anything else is ``other``),
+decision actions (the action vocabulary, anything else is ``unknown``), verdict kinds.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from typing import Any
 
 from enmei.box import Reader
 from enmei.model import Observation, Severity
-from enmei.policy.actions import restart_actions
+from enmei.policy.actions import actions, restart_actions
 
 __all__ = ["BUCKETS", "EXIT_REASONS", "PROBE_BUCKETS", "RESTART_REASONS", "STATS", "Tally", "exit_reason",
            "seed_tally"]
@@ -65,6 +66,12 @@ def exit_reason(kind: str, body: Mapping[str, Any]) -> str | None:
     if kind == "unit.state" and body.get("to") == "exited" and str(body.get("reason", "")).startswith("start failed"):
         return "start_failed"
     return None
+
+
+def _action(value: object) -> str:
+    # A policy may name an action that does not exist (the engine refuses it, on the record): such
+    # names are counted as "unknown", so that a hostile policy cannot grow the label set without bound.
+    return str(value) if isinstance(value, str) and value in actions() else "unknown"
 
 
 def _severity(value: object) -> str:
@@ -119,7 +126,7 @@ class Tally:
         if kind == "verdict":
             self.verdicts[(unit, str(body.get("kind", "?")))] += 1
         elif kind == "decision":
-            self.decisions[(unit, str(body.get("action", "?")))] += 1
+            self.decisions[(unit, _action(body.get("action")))] += 1
             self._restart(unit, body)
         elif kind == "remedy.outcome":
             action = str(body.get("action", "?"))
@@ -213,7 +220,7 @@ def seed_tally(journal: Path, up_to_seq: int, up_to_wall: float = 0.0) -> Tally:
         for unit, vkind, n in r.count_by("verdict", ["kind"], up_to_seq):
             t.verdicts[(str(unit), str(vkind if vkind is not None else "?"))] += int(n)
         for unit, action, n in r.count_by("decision", ["action"], up_to_seq):
-            t.decisions[(str(unit), str(action if action is not None else "?"))] += int(n)
+            t.decisions[(str(unit), _action(action))] += int(n)
         for unit, action, state, n in r.count_by("remedy.outcome", ["action", "state"], up_to_seq):
             t.remedies[(str(unit), _str(action), _str(state))] += int(n)
         for unit, severity, n in r.count_by("alert", ["severity"], up_to_seq):

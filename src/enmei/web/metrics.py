@@ -26,7 +26,8 @@ Units (``unit`` label; ``@host`` for decisions and remedies on the host):
 * ``enmei_probe_duration_seconds{unit,probe}``: histogram of how long each http, tcp and exec probe took,
   failures and timeouts included (buckets ``PROBE_BUCKETS``, 1 ms to 10 s);
   ``enmei_probe_latency_seconds{unit,probe}`` and ``enmei_probe_ok{unit,probe}``: the newest sample;
-* ``enmei_verdicts_total{unit,kind}``, ``enmei_decisions_total{unit,action}``,
+* ``enmei_verdicts_total{unit,kind}`` (every kind from the first scrape), ``enmei_decisions_total{unit,action}``
+  (an action name outside the vocabulary is ``unknown``),
   ``enmei_remedies_total{unit,action,state}`` (by outcome), ``enmei_alerts_total{unit,severity}`` (``unit``
   empty for the supervisor's own alerts) and the histogram ``enmei_remedy_duration_seconds{action}``;
 * ``enmei_log_floods_total{unit,stream}`` (flood episodes of a captured output stream begun),
@@ -57,7 +58,7 @@ from prometheus_client.registry import Collector
 
 from enmei.box import Reader
 from enmei.errors import BoxError
-from enmei.model import Health, Severity, UnitState
+from enmei.model import Health, Severity, UnitState, VerdictKind
 from enmei.policy.actions import actions
 from enmei.policy.base import UnitView
 from enmei.web.counters import (
@@ -215,7 +216,8 @@ class _Collector(Collector):
         yield _counter("enmei_unit_restarts", "Restarts carried out, by action and cause (exit, verdict, "
                        "retry, operator, other)", ["unit", "action", "reason"], t.restarts,
                        [(u, a, r) for u in units for a in restart_actions for r in RESTART_REASONS])
-        yield _counter("enmei_verdicts", "Verdicts by kind", ["unit", "kind"], t.verdicts)
+        yield _counter("enmei_verdicts", "Verdicts by kind", ["unit", "kind"], t.verdicts,
+                       [(u, str(k)) for u in units for k in VerdictKind])
         yield _counter("enmei_decisions", "Decisions by action", ["unit", "action"], t.decisions)
         yield _counter("enmei_remedies", "Remedies by how they ended", ["unit", "action", "state"], t.remedies)
         severities = (*map(str, Severity), "other")

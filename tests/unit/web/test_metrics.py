@@ -47,6 +47,7 @@ HISTORY: list[tuple[str, str | None, dict[str, Any]]] = [
     ("remedy.outcome", "web", {"action": "restart", "state": "failed", "duration_s": 9999}),
     ("remedy.outcome", "web", {"action": "restart", "state": "failed", "duration_s": True}),
     ("decision", "web", {"action": "restart", "rule": "retry-after-failure", "cause_seq": 4}),
+    ("decision", "web", {"action": "x" * 300, "rule": "hostile", "rejected": "no remedy named that"}),
 ]
 
 
@@ -75,6 +76,7 @@ def test_tally_counts_what_the_engine_writes() -> None:
                           ("web", "restart", "retry"): 1}
     assert t.alerts == {("web", "critical"): 1, ("", "warning"): 1, ("web", "other"): 1}
     assert t.remedies == {("web", "restart", "succeeded"): 1, ("web", "restart", "failed"): 2}
+    assert t.decisions[("web", "unknown")] == 1 and not any(len(a) > 20 for _, a in t.decisions)
     counts = t.durations["restart"]
     assert len(counts) == len(BUCKETS) + 1 and counts[BUCKETS.index(1.0)] == 1 and counts[-1] == 1
     assert t.duration_sum["restart"] == 0.7 + 9999
@@ -194,6 +196,7 @@ def test_every_series_of_a_unit_is_there_from_the_first_scrape_with_stable_label
         for sev in ("info", "warning", "critical"):
             assert first[f"enmei_alerts_total{{severity={sev},unit={unit}}}"] == 0
         assert first[f"enmei_unit_remedy_running{{unit={unit}}}"] == 0
+        assert first[f"enmei_verdicts_total{{kind=probe_failed,unit={unit}}}"] == 0
         assert first[f"enmei_unit_remedy_action{{action=restart,unit={unit}}}"] == 0
     assert first["enmei_alerts_total{severity=critical,unit=}"] == 0
     assert first["enmei_probe_duration_seconds_count{probe=http,unit=web}"] == 0
@@ -206,8 +209,9 @@ def test_every_series_of_a_unit_is_there_from_the_first_scrape_with_stable_label
     t.observe(_obs("web", "proc", 1e12, rss_bytes=5e6, cpu_seconds=1.5, num_fds=7, num_threads=2))
     later = _series(render(_snap(tmp_path, t, web=_view("web", remedy="restart"), db=_view("db"))))
     assert set(first) <= set(later)
-    fixed = ("enmei_unit_exits_total", "enmei_unit_restarts_total", "enmei_alerts_total", "enmei_unit_remedy",
-             "enmei_probe_duration", "enmei_unit_resident", "enmei_unit_cpu", "enmei_unit_open", "enmei_unit_threads")
+    fixed = ("enmei_unit_exits_total", "enmei_verdicts_total", "enmei_unit_restarts_total", "enmei_alerts_total",
+             "enmei_unit_remedy", "enmei_probe_duration", "enmei_unit_resident", "enmei_unit_cpu", "enmei_unit_open",
+             "enmei_unit_threads")
     assert {k for k in later if k.startswith(fixed) and "unit=vm" not in k} == {k for k in first if k.startswith(fixed)}
     assert later["enmei_unit_remedy_running{unit=web}"] == 1
     assert later["enmei_unit_remedy_action{action=restart,unit=web}"] == 1
