@@ -61,6 +61,7 @@ __all__ = [
     "UnitBase",
     "UnitConfig",
     "config_model",
+    "dependency_cycle",
     "probe_name",
 ]
 
@@ -443,6 +444,11 @@ class _UnitBase(_Model):
     startup_log_stream: Literal["stdout", "stderr"] = "stderr"
     startup_notify: bool = False
     startup_timeout_s: float = Field(default=60.0, gt=0)
+    # Order between units: a unit starts once the units it is `after` are running (their start-up
+    # condition met), and stops before them; `requires` orders the same way and, while a required unit is
+    # down or restarting, the dependent's probe failures and exits are not held against it (it waits).
+    after: list[str] = Field(default_factory=list)
+    requires: list[str] = Field(default_factory=list)
     # [[units.NAME.detectors]]: each entry validated by the options model its `kind` registered
     # (enmei.detect.registry); an entry replaces the default detector of its name, others add to them.
     detectors: list[DetectorOptions] = Field(default_factory=list)
@@ -537,7 +543,43 @@ class _UnitBase(_Model):
 
 
 def _detector_problem(i: int, msg: str) -> Any:
-    return {"type": "value_error", "loc": ("detectors", i), "input": None, "ctx": {"error": ValueError(msg)}}
+    return _problem(("detectors", i), msg)
+
+
+def _problem(loc: tuple[str | int, ...], msg: str) -> Any:
+    return {"type": "value_error", "loc": loc, "input": None, "ctx": {"error": ValueError(msg)}}
+
+
+def dependency_cycle(edges: Mapping[str, list[str]]) -> list[str] | None:
+    """A cycle of ``edges`` (unit -> the units it is after or requires) as ``[a, b, ..., a]``, the first
+    found in the mapping's order; None if there is none. Names outside ``edges`` are ignored.
+
+    >>> dependency_cycle({"a": ["b"], "b": ["c"], "c": ["a"]})
+    ['a', 'b', 'c', 'a']
+    >>> dependency_cycle({"a": ["b"], "b": []}) is None
+    True
+    """
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in edges.get(node, []):
+            if nxt not in edges:
+                continue
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if state.get(nxt) is None and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in edges:
+        if state.get(start) is None and (found := visit(start)) is not None:
+            return found
+    return None
 
 
 class ProcessUnit(_UnitBase):
@@ -687,6 +729,32 @@ class Config(_Model):
         if cls is Config:
             return cast(Self, config_model().model_validate(obj, **kwargs))
         return super().model_validate(obj, **kwargs)
+
+    @model_validator(mode="after")
+    def _dependencies(self) -> Self:
+        # Checked on the whole file (a unit cannot see the others): each problem at its own key and line.
+        problems: list[Any] = []
+        for name, unit in self.units.items():
+            for key in ("after", "requires"):
+                for i, other in enumerate(getattr(unit, key)):
+                    why = None
+                    if other == name:
+                        why = f"unit {name} cannot be {key.removesuffix('s')} itself"
+                    elif other not in self.units:
+                        why = f"{other!r} names no unit (units: {', '.join(self.units)})"
+                    if why is not None:
+                        problems.append(_problem(("units", name, key, i), why))
+        if not problems:
+            cycle = dependency_cycle({n: [*u.after, *u.requires] for n, u in self.units.items()})
+            if cycle is not None:
+                first, second = cycle[0], cycle[1]
+                unit = self.units[first]
+                key = "after" if second in unit.after else "requires"
+                problems.append(_problem(("units", first, key, [*getattr(unit, key)].index(second)),
+                                         f"a dependency cycle: {' -> '.join(cycle)}"))
+        if problems:
+            raise ValidationError.from_exception_data("Config", problems)
+        return self
 
     @field_validator("units", mode="before")
     @classmethod

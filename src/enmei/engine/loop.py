@@ -29,13 +29,14 @@ from enmei.box.anchor import Anchors
 from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
-from enmei.config.model import UnitBase
+from enmei.config.model import Config, UnitBase
 from enmei.detect.unitset import UnitDetectors
 from enmei.detect.wiring import unit_detectors
 from enmei.engine.actions import inject, monitor, run_alert_command
 from enmei.engine.alerts import AlertGate
 from enmei.engine.deciding import DEFAULT_DEADLINE_S, Decider
 from enmei.engine.host import HOST_BUDGET, HostRuntime
+from enmei.engine.order import Order
 from enmei.engine.reload import Reloader
 from enmei.engine.remedies import RemedyRun
 from enmei.engine.summary import Summaries
@@ -151,6 +152,13 @@ class Engine:
         self.first_starts = asyncio.Event()
         self._first_pending: set[str] = set()
         self._progress_seen = -1
+        # Order between units (``after``/``requires``, enmei.engine.order): starts that wait for their
+        # dependencies (name -> (reason, rule)), units waiting for a required unit that is down (name ->
+        # since, those), and dependents that exited meanwhile, started again once it is back.
+        self._order: tuple[Config, Order] | None = None
+        self._deferred: dict[str, tuple[str, str]] = {}
+        self._waiting: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._start_when_back: set[str] = set()
         self.reloader = Reloader(self)
 
     # -- public ------------------------------------------------------------------------------------
@@ -369,7 +377,7 @@ class Engine:
         self._spawn_probes(name)
         unit = self.units[name]
         if unit.spec.autostart:
-            self._execute(Decision("start", name, reason, policy="engine", rule="reload"), None)
+            self._start_in_order(name, reason, "reload")
         else:
             unit.set_state(UnitState.STOPPED, "autostart = false")
 
@@ -400,9 +408,10 @@ class Engine:
         for name, unit in self.units.items():
             if unit.state is UnitState.PENDING:
                 if unit.spec.autostart:
-                    self._execute(Decision("start", name, "autostart", policy="engine", rule="autostart"), None)
-                    if unit.remedy is not None:
-                        self._first_pending.add(name)
+                    self._first_pending.add(name)
+                    self._start_in_order(name, "autostart", "autostart")
+                    if unit.remedy is None and name not in self._deferred:
+                        self._first_pending.discard(name)  # refused: there is no attempt to wait for
                 else:
                     unit.set_state(UnitState.STOPPED, "autostart = false")
         self._first_attempted(None)
@@ -412,6 +421,95 @@ class Engine:
             self._first_pending.discard(name)
         if not self._first_pending:
             self.first_starts.set()
+
+    # -- order between units (after / requires: enmei.engine.order) --------------------------------
+
+    @property
+    def order(self) -> Order:
+        """The dependency graph of the config in force (rebuilt when a reload changes it)."""
+        if self._order is None or self._order[0] is not self.config:
+            self._order = (self.config, Order.of(self.config.units))
+        return self._order[1]
+
+    def _start_in_order(self, name: str, reason: str, rule: str) -> None:
+        """Start the unit now, or once the units it is after are up (journaled: waiting for them)."""
+        waits = self.order.blocking_start(name, self.units, self._attempted())
+        if not waits:
+            self._execute(Decision("start", name, reason, policy="engine", rule=rule), None)
+            return
+        self._deferred[name] = (reason, rule)
+        self.record(RecordKind.UNIT_EVENT, name, {
+            "event": "waiting", "for": waits, "cause": f"waiting for {', '.join(waits)} to start first (after)"})
+
+    def _attempted(self) -> set[str]:
+        """Units whose first start attempt is over (or that never had one to make)."""
+        return {n for n in self.units if n not in self._first_pending and n not in self._deferred}
+
+    def _release_ordered(self) -> None:
+        """Start what waited for its dependencies and may start now; start again the dependents that
+        exited while a unit they require was down, once it is back. Nothing once enmei is stopping."""
+        if self._stopping.is_set():
+            return
+        for name, (reason, rule) in list(self._deferred.items()):
+            unit = self.units.get(name)
+            if unit is None or unit.state is not UnitState.PENDING:
+                self._deferred.pop(name, None)  # removed, or started by an operator meanwhile
+                if name in self._first_pending:
+                    self._first_attempted(name)
+                continue
+            waits = self.order.blocking_start(name, self.units, self._attempted())
+            if not waits:
+                del self._deferred[name]
+                self._execute(Decision("start", name, f"{reason}; after {', '.join(self.order.after[name])}",
+                                       policy="engine", rule=rule), None)
+                if unit.remedy is None:
+                    self._first_attempted(name)
+            elif name in self._first_pending and all(
+                    d in self._attempted() and self.units[d].state is not UnitState.STARTING and
+                    not self.units[d].busy for d in waits):
+                # What it requires had its first attempt and is down: its own first attempt is to wait
+                # (enmei is ready; it starts once they are up).
+                self.record(RecordKind.UNIT_EVENT, name, {
+                    "event": "waiting", "for": waits,
+                    "cause": f"not started: requires {', '.join(waits)}, which is not running"})
+                self._first_attempted(name)
+        for name in list(self._start_when_back):
+            unit = self.units.get(name)
+            if unit is None or unit.state is not UnitState.STOPPED or unit.busy:
+                if unit is None or unit.state is not UnitState.STOPPED:
+                    self._start_when_back.discard(name)  # gone, or started by someone meanwhile
+                continue
+            if not self.order.down_required(name, self.units):
+                self._start_when_back.discard(name)
+                back = ", ".join(self.order.requires.get(name, ()))
+                self._execute(Decision("start", name, f"exited while {back} was down; {back} is running again",
+                                       policy="engine", rule="requires"), None)
+
+    def _blame_elsewhere(self, unit: UnitRuntime, what: str) -> bool:
+        """Whether a unit it requires is down (then ``what`` — its probe failures, its exit — is that
+        unit's doing: journaled once as waiting for it); a unit that waited and whose dependencies are
+        back resumes (journaled; its detectors start over)."""
+        down = tuple(self.order.down_required(unit.name, self.units))
+        name = unit.name
+        if down:
+            since, before = self._waiting.get(name, (self.clock.monotonic(), ()))
+            if before != down:
+                self._waiting[name] = (since, down)
+                self.record(RecordKind.UNIT_EVENT, name, {
+                    "event": "waiting", "for": list(down),
+                    "cause": f"waiting for {', '.join(down)}: {what} not held against {name}"})
+                judge = self.judges.get(name)
+                if judge is not None:
+                    judge.reset()
+            return True
+        if name in self._waiting:
+            since, before = self._waiting.pop(name)
+            self.record(RecordKind.UNIT_EVENT, name, {
+                "event": "resumed", "for": list(before), "waited_s": round(self.clock.monotonic() - since, 3)})
+            judge = self.judges.get(name)
+            if judge is not None:
+                judge.reset()  # failures seen while it waited are not half a streak now
+        return False
 
     async def _resolve_interrupted(self) -> None:
         """Journal remedies whose intent was written but whose outcome never was (a supervisor crash)."""
@@ -476,7 +574,14 @@ class Engine:
         if ev.kind is UnitEventKind.EXITED:
             unit.on_exit(ev.detail)
             if unit.remedy is None:
-                self._decide(ev, seq)
+                if self._blame_elsewhere(unit, "its exit is"):
+                    # Stopped, not exited: nothing (a policy's tick) restarts it into a dead dependency;
+                    # it is started again once what it requires is back, not counted as a restart.
+                    waits = ", ".join(self._waiting[ev.unit][1])
+                    unit.set_state(UnitState.STOPPED, f"waiting for {waits}: started again once running")
+                    self._start_when_back.add(ev.unit)
+                else:
+                    self._decide(ev, seq)
         elif ev.kind is UnitEventKind.STOPPED:
             self._identity_changed(ev.unit, None)
         elif ev.kind is UnitEventKind.STARTED:
@@ -508,6 +613,8 @@ class Engine:
             unit.probe_passed(obs.probe, obs.mono)  # the start-up probe's pass completes the start-up
         if unit.state is not UnitState.RUNNING or unit.remedy is not None:
             return  # a unit starting or under repair is not judged
+        if self._blame_elsewhere(unit, "its probe failures are"):
+            return
         detectors = self.judges.get(obs.unit)
         if detectors is None:
             return
@@ -545,6 +652,7 @@ class Engine:
             self.decider.reload()  # hot reload: one stat per tick (in the policy's worker, if it has one)
         except Exception:
             log.exception("policy reload check failed")
+        self._release_ordered()
         self._decide(tick, None)
 
     def _policy_notices(self, notices: list[dict[str, Any]] | None = None) -> None:
@@ -806,6 +914,7 @@ class Engine:
             "unit_state": str(unit.state)})
         if unit.name in self._first_pending:
             self._first_attempted(unit.name)
+        self._release_ordered()  # a dependency may be up (or settled down) now
         if outcome.state is not RemedyState.CANCELLED:
             self._outcome_seq[run.remedy_id] = seq
             self.queue.put_nowait(outcome)
@@ -897,7 +1006,20 @@ class Engine:
                     self.record(RecordKind.ALERT, unit.name, {"severity": "critical",
                                                               "message": f"could not stop at shutdown: {exc}"})
 
-            await asyncio.gather(*(stop_one(u) for u in self.units.values() if u.alive()))
+            # In reverse order: a unit stops once every unit after it (or requiring it) has stopped.
+            stopped = {name: asyncio.Event() for name in self.units}
+
+            async def stop_in_order(unit: UnitRuntime) -> None:
+                try:
+                    for dependent in self.order.stop_after(unit.name):
+                        if dependent in stopped:
+                            await stopped[dependent].wait()
+                    if unit.alive():
+                        await stop_one(unit)
+                finally:
+                    stopped[unit.name].set()
+
+            await asyncio.gather(*(stop_in_order(u) for u in list(self.units.values())))
             # Handle what the backends reported while stopping (STOPPED events) before the end record.
             while not self.queue.empty():
                 item = self.queue.get_nowait()

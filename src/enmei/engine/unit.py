@@ -111,6 +111,11 @@ class UnitRuntime:
                                     spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
 
     @property
+    def busy(self) -> bool:
+        """A remedy is running on the unit."""
+        return self.remedy is not None
+
+    @property
     def state(self) -> UnitState:
         return self._state
 
