@@ -4,7 +4,7 @@ Each loader returns NAB-style :class:`~enmei.detect.nab_score.NabSeries` (values
 labelled anomaly ranges as windows), so that every corpus is scored by the same NAB scorer:
 
 - ``nab`` — NAB v1.1 (``$ENMEI_NAB_DIR`` or ``../shared/data/nab``; see :mod:`enmei.bench.nab`).
-- ``smap`` and ``msl`` — NASA's SMAP and MSL spacecraft telemetry (Hundman et al., KDD 2018; the
+- ``smap`` and ``msl`` — NASA's SMAP (54 channels) and MSL (27) spacecraft telemetry (Hundman et al., KDD 2018; the
   ``telemanom`` release, Caltech BSD-style licence): ``telemanom/test/<chan>.npy`` (column 0 is the
   telemetry value; the others are command flags, not used) and ``telemanom/labeled_anomalies.csv``
   (the labelled ranges, row indices, both ends included, become the windows — widened the NAB way,
@@ -89,13 +89,17 @@ def load_telemanom(root: Path, spacecraft: str) -> list[NabSeries]:
     if not labels.exists():
         raise FileNotFoundError(f"no telemanom labels at {labels}")
     out: list[NabSeries] = []
+    ranges: dict[str, list[tuple[int, int]]] = {}
     with labels.open(newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["spacecraft"] == spacecraft]
-    for r in sorted(rows, key=lambda r: r["chan_id"]):
-        values = np.load(root / "test" / f"{r['chan_id']}.npy")[:, 0].astype(np.float64)
-        ranges = [(int(a), int(b)) for a, b in ast.literal_eval(r["anomaly_sequences"])]
-        out.append(NabSeries(f"{spacecraft.lower()}/{r['chan_id']}", _stamps(len(values)), values,
-                             _windows(ranges, len(values))))
+        for r in csv.DictReader(fh):
+            if r["spacecraft"] == spacecraft:
+                # (A channel may be listed twice — SMAP's P-2 is: its labels are united.)
+                ranges.setdefault(r["chan_id"], []).extend(
+                    (int(a), int(b)) for a, b in ast.literal_eval(r["anomaly_sequences"]))
+    for chan in sorted(ranges):
+        values = np.load(root / "test" / f"{chan}.npy")[:, 0].astype(np.float64)
+        out.append(NabSeries(f"{spacecraft.lower()}/{chan}", _stamps(len(values)), values,
+                             _windows(ranges[chan], len(values))))
     return out
 
 

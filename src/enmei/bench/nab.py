@@ -1,7 +1,8 @@
 """``enmei bench nab``: enmei's anomaly detector on the Numenta Anomaly Benchmark (NAB v1.1).
 
-Every one of the 58 series is fed to a fresh :class:`~enmei.detect.novelty.NoveltyDetector`, one
-sample at a time (value, timestamp), exactly as the supervisor would; the scores are then scored by
+Every one of the 58 series is fed to a fresh :func:`enmei.detect.metric.scorer` (a
+:class:`~enmei.detect.novelty.NoveltyDetector` inside the one-alarm-per-episode rule), one sample at a
+time (value, timestamp), exactly as a unit's ``metric`` detector feeds it; the scores are then scored by
 :mod:`enmei.detect.nab_score` (NAB's windows, probation, scaled sigmoid, three profiles, one optimised
 threshold per profile, normalised between the null and the perfect detector). The NAB baseline
 ``windowedGaussian`` (published standard score 39.65) is run and scored the same way as a check of
@@ -33,8 +34,8 @@ import numpy.typing as npt
 
 from enmei.detect.base import StreamingDetector
 from enmei.detect.baselines import WindowedGaussian
+from enmei.detect.metric import scorer
 from enmei.detect.nab_score import NabSeries, load_corpus, load_profiles, score_corpus
-from enmei.detect.novelty import NoveltyDetector
 
 __all__ = ["default_nab_dir", "detect_series", "make_detector", "run"]
 
@@ -61,9 +62,10 @@ def default_nab_dir() -> Path:
     return candidates[0]
 
 
-def make_detector(series: NabSeries) -> NoveltyDetector:
-    """enmei's detector for one NAB series (learning = NAB's probationary period)."""
-    return NoveltyDetector.for_rows(len(series.values))
+def make_detector(series: NabSeries) -> StreamingDetector:
+    """enmei's detector for one NAB series: :func:`enmei.detect.metric.scorer` — what a unit's
+    ``metric`` detector runs — with learning = NAB's probationary period of the series."""
+    return scorer(learning=max(2, series.probation))
 
 
 def detect_series(series: NabSeries, detector: StreamingDetector | None = None) -> npt.NDArray[np.float64]:

@@ -58,6 +58,13 @@ class OneAlarmPerEpisode(StreamingDetector):
         self._ev = ev
         return score if beaten else 0.0
 
+    def level_for(self, alpha: float) -> float:
+        """The wrapped detector's level: the rule only removes scores, it does not rescale them."""
+        return self.inner.level_for(alpha)
+
+    def alpha_of(self, score: float) -> float:
+        return self.inner.alpha_of(score)
+
     def _params(self) -> dict[str, Any]:
         return {"rest": self.rest}
 

@@ -139,6 +139,23 @@ class StreamingDetector(ABC):
             return 0.0
         return 1.0 if s > 1.0 else s
 
+    def level_for(self, alpha: float) -> float:
+        """The score at or above which this detector's nominal false-alarm probability per sample is
+        ``alpha`` — the calibration that lets one threshold mean the same for every detector.
+
+        The default reads the score as ``1 - p`` (a nominal p-value: control charts, the windowed
+        Gaussian, the robust z-score), so the level is ``1 - alpha``; a detector whose score means
+        something else overrides this (:class:`~enmei.detect.novelty.NoveltyDetector`). Raises
+        ``ValueError`` unless ``0 < alpha < 1``."""
+        if not 0.0 < alpha < 1.0:
+            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        return 1.0 - alpha
+
+    def alpha_of(self, score: float) -> float:
+        """The nominal false-alarm probability per sample of a score (the inverse of :meth:`level_for`;
+        1.0 for a score of 0)."""
+        return 1.0 - score if score > 0.0 else 1.0
+
     def evidence(self) -> dict[str, Any]:
         """What the last score rests on (a copy: value, centre, limits, rule, window...)."""
         return dict(self._ev)

@@ -341,8 +341,8 @@ def score_at_threshold(corpus: Sequence[NabSeries], scores: Sequence[FloatArray]
     out: dict[str, ProfileResult] = {}
     for name, cm in (profiles or DEFAULT_PROFILES).items():
         rows = _collect(corpus, cm)
-        per_file = _per_file(rows, all_scores, threshold, cm, [s.name for s in corpus])
-        raw = math.fsum(per_file.values())
+        # (Summed per file in corpus order, not through a name-keyed dict: two files may share a name.)
+        raw = math.fsum(_file_totals(rows, all_scores, threshold, cm, len(corpus)))
         out[name] = _result(name, corpus, rows, all_scores, raw, threshold, cm)
     return out
 
@@ -389,10 +389,15 @@ def event_counts(corpus: Sequence[NabSeries], scores: Sequence[FloatArray], thre
 
 def _per_file(rows: _Rows, scores: FloatArray, threshold: float, cm: CostMatrix,
               names: Sequence[str]) -> dict[str, float]:
-    """Raw score of each file at ``threshold`` (they sum to the corpus total)."""
+    """Raw score of each file at ``threshold`` (they sum to the corpus total when names are unique)."""
+    return dict(zip(names, _file_totals(rows, scores, threshold, cm, len(names)), strict=True))
+
+
+def _file_totals(rows: _Rows, scores: FloatArray, threshold: float, cm: CostMatrix, files: int) -> list[float]:
+    """Raw score of each file at ``threshold``, in corpus order."""
     hit = scores >= threshold
-    out: dict[str, float] = {}
-    for f, name in enumerate(names):
+    out: list[float] = []
+    for f in range(files):
         sel = rows.file == f
         h = hit[sel]
         v = rows.value[sel]
@@ -402,5 +407,5 @@ def _per_file(rows: _Rows, scores: FloatArray, threshold: float, cm: CostMatrix,
             m = w == wid
             got = v[m & h]
             total += float(got.max()) if len(got) else -cm.fn_weight
-        out[name] = total
+        out.append(total)
     return out

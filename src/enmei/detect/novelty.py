@@ -25,9 +25,11 @@ How a score is made, one sample at a time:
    (``weights``) and summed; the sum divided by ``theta`` is the evidence ``e``.
 4. **Range break.** If the value leaves the running ``[min, max]`` of everything seen by more than
    ``tolerance`` of its width, ``e += range_base + range_slope * excess`` (excess in widths).
-5. **Score** ``e / (1 + e)`` in [0, 1), reported only if it beats every score of the previous
-   ``rest`` samples (else 0): one alarm per episode, whatever threshold is put on it. ``rest`` is
-   0.3 × ``learning`` by default.
+5. **Score** ``e / (1 + e)`` in [0, 1) (its meaning as a nominal false-alarm probability per sample,
+   ``exp(-theta * e)``, is :meth:`NoveltyDetector.level_for` / ``alpha_of``), reported only if it
+   beats every score of the previous ``rest`` samples (else 0): one alarm per episode, whatever
+   threshold is put on it. ``rest`` is 0.3 × ``learning`` by default (``rest = 1``: no rule; the rule
+   on its own is :class:`~enmei.detect.alarm.OneAlarmPerEpisode`).
 
 Bad input follows :mod:`enmei.detect.base` (NaN/inf skipped, clamping, monotone clock). Timestamps are
 used for the hour of day (UTC) and for the sampling interval; the seasonal comparison counts samples,
@@ -209,6 +211,22 @@ class NoveltyDetector(StreamingDetector):
         from enmei.detect.nab_score import probation_length
 
         return cls(learning=max(2, probation_length(int(n_rows))), **options)
+
+    def level_for(self, alpha: float) -> float:
+        """The score whose evidence ``e`` has ``theta * e = -ln(alpha)``: the summed surprises are
+        ``-ln`` of Good–Turing estimates of how likely a new context is, so ``exp(-theta * e)`` is the
+        nominal probability of that much novelty in one sample (as if the families were independent;
+        a range break counts as log-probability ``range_base + range_slope * excess`` too)."""
+        super().level_for(alpha)
+        e = -math.log(alpha) / self.theta
+        return e / (1.0 + e)
+
+    def alpha_of(self, score: float) -> float:
+        if not score > 0.0:
+            return 1.0
+        if score >= 1.0:
+            return 0.0
+        return math.exp(-self.theta * score / (1.0 - score))
 
     # -- scoring --------------------------------------------------------------------------------
     def _step(self, x: float, t: float) -> float:

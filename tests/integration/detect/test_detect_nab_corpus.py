@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from enmei.bench import nab
+from enmei.detect.base import StreamingDetector
 from enmei.detect.baselines import WindowedGaussian
+from enmei.detect.ensemble import detector_from_state
 from enmei.detect.nab_score import load_corpus, score_corpus
-from enmei.detect.novelty import NoveltyDetector
 
 pytestmark = pytest.mark.integration
 
@@ -57,12 +58,12 @@ def test_point_at_a_time_with_restarts_equals_the_benchmark(corpus) -> None:  # 
     r = random.Random(0)
     for series in [s for s in corpus if "Tweets" not in s.name][::6]:
         reference = nab.detect_series(series, nab.make_detector(series))
-        det: NoveltyDetector = nab.make_detector(series)
+        det: StreamingDetector = nab.make_detector(series)
         stamps = series.seconds().tolist()
         got = []
         for _i, (v, t) in enumerate(zip(series.values.tolist(), stamps, strict=True)):
             if r.random() < 0.002:
-                det = NoveltyDetector.from_state(json.loads(json.dumps(det.state())))
+                det = detector_from_state(json.loads(json.dumps(det.state())))
             got.append(det.update(v, t))
         assert np.array_equal(np.array(got), reference), series.name
         # no look-ahead: a prefix of the series gets the prefix of the scores

@@ -18,7 +18,8 @@ def test_telemanom_and_ucr_files_become_nab_series(tmp_path: Path, monkeypatch: 
     (tele / "labeled_anomalies.csv").write_text(
         'chan_id,spacecraft,anomaly_sequences,class,num_values\n'
         'A-1,SMAP,"[[100, 109], [500, 800]]","[point, contextual]",1000\n'
-        'M-1,MSL,"[[495, 520]]",[point],500\n')
+        'M-1,MSL,"[[495, 520]]",[point],500\n'
+        'A-1,SMAP,"[[900, 999]]",[point],1000\n')  # a channel listed twice: its labels are united
     (tmp_path / "ucr").mkdir()
     ucr_text = "\n".join(str(float(i)) for i in range(1000))
     (tmp_path / "ucr" / "001_UCR_Anomaly_Test_300_400_404.txt").write_text(ucr_text)
@@ -27,8 +28,8 @@ def test_telemanom_and_ucr_files_become_nab_series(tmp_path: Path, monkeypatch: 
     assert corpora.default_data_dir() == tmp_path
     (smap,) = corpora.load("smap")
     assert smap.name == "smap/A-1" and smap.values[:3].tolist() == [0.0, 1.0, 2.0]
-    # A narrow label is widened to 10 % of the file / its 2 labels = 50 rows, centred; a wide one kept.
-    assert smap.windows == ((80, 129), (500, 800))
+    # A narrow label is widened to 10 % of the file / its 3 labels = 33 rows, centred; wide ones kept.
+    assert smap.windows == ((89, 121), (500, 800), (900, 999))
     assert smap.seconds()[1] - smap.seconds()[0] == 60.0
     (msl,) = corpora.load("msl")
     assert msl.windows == ((483, 499),)  # widened to 50 rows (483..532), cut at the end of the file

@@ -185,3 +185,10 @@ def test_a_short_series_is_scored_by_a_detector_sized_for_it() -> None:
     assert np.count_nonzero(scores[series.probation:]) > 0
     assert float(np.argmax(scores)) in range(300, 306)
     assert NoveltyDetector.for_rows(n).learning == series.probation == 60
+
+
+def test_fixed_threshold_with_two_files_of_one_name() -> None:
+    corpus, scores = synthetic(5)
+    twins = [NabSeries("same.csv", s.timestamps, s.values, s.windows) for s in corpus]
+    best = score_corpus(twins, scores)["standard"]
+    assert score_at_threshold(twins, scores, best.threshold)["standard"].raw == pytest.approx(best.raw)
