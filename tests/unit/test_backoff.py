@@ -114,3 +114,14 @@ async def test_the_shipped_breaker_follows_the_escalate_keys(tmp_path: Path) -> 
         assert rig.clock.monotonic() >= 100
     finally:
         await rig.close()
+
+
+async def test_a_reload_in_place_takes_the_new_reset_after_s(tmp_path: Path) -> None:
+    rig = await start_rig(tmp_path, CONFIG)
+    try:
+        unit = rig.engine.units["a"]
+        new = unit.spec.model_copy(update={"restart": unit.spec.restart.model_copy(update={"reset_after_s": 3.0})})
+        unit.respec(new)
+        assert unit.budget.reset_after_s == 3.0 and unit.view(rig.clock.monotonic()).reset_after_s == 3.0
+    finally:
+        await rig.close()

@@ -85,9 +85,7 @@ class UnitRuntime:
         self._log_watch: LogLineWatch | None = None
         self._notify: NotifySocket | None = None
         self._notify_refused = False
-        self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
-                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s,
-                                    spec.restart.reset_after_s)
+        self.budget = _budget(spec)
         # Backoff streaks (see RestartConfig): crash retries in a row, probe-caused restarts in a row, both
         # since the unit was last running for reset_after_s (or reset); the wait the last crash earned.
         self.crash_retries = 0
@@ -107,8 +105,7 @@ class UnitRuntime:
         the restart history is kept; the instance is not touched."""
         self._spec = spec
         self.restarts = deque(self.restarts, maxlen=max(64, spec.restart.budget * 4))
-        self.budget = RestartBudget(spec.restart.backoff_first_s, spec.restart.backoff_factor,
-                                    spec.restart.backoff_max_s, spec.restart.budget, spec.restart.window_s)
+        self.budget = _budget(spec)  # (the backoff streaks are kept: the same instance runs on)
 
     @property
     def busy(self) -> bool:
@@ -407,6 +404,11 @@ class UnitRuntime:
             if series is None:
                 series = self.load[key] = deque(maxlen=_LOAD_KEEP)
             series.append((mono, value))
+
+
+def _budget(spec: UnitBase) -> RestartBudget:
+    r = spec.restart
+    return RestartBudget(r.backoff_first_s, r.backoff_factor, r.backoff_max_s, r.budget, r.window_s, r.reset_after_s)
 
 
 def _describe_exit(detail: Mapping[str, Any]) -> str:
