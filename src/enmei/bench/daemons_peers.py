@@ -292,7 +292,8 @@ class MonitDriver(Driver):
             f"setsid {_sh(str(self.wrapper))} </dev/null >>{log} 2>&1 &\n"
             f"echo $! > {pid}\n"
             f"for _ in $(seq {self.start_timeout_s * 10}); do\n"
-            "  kill -0 $! 2>/dev/null || exit 1\n"
+            "  # dead, or a zombie not reaped yet (kill -0 would take it for alive)\n"
+            '  st=$(cut -d" " -f3 /proc/$!/stat 2>/dev/null); [ -n "$st" ] && [ "$st" != Z ] || exit 1\n'
             f"  (exec 3<>/dev/tcp/127.0.0.1/{self.d.port}) 2>/dev/null && exit 0\n"
             "  sleep 0.1\n"
             "done\n"
