@@ -24,7 +24,9 @@ takes longer delays the next). Figures of one repeat:
   ``broken_config`` a success counts only while no process of the instance from before the fault is
   alive: a SIGKILLed nginx master leaves its workers serving on the inherited socket, which is not a
   recovery (the supervisor's new master cannot even bind then). None if not back within ``WAIT_S``.
-* ``failed_requests``: failed requests from the fault until 1 s after ``back_s`` (or ``WAIT_S``).
+* ``failed_requests``: failed requests from the fault until 1 s after ``back_s`` (or ``WAIT_S``);
+  ``stale_answers``: those answered while the instance from before the fault was still alive (not
+  counted as failed, nor as back).
 * ``leftover_processes``: processes of the daemon alive once the supervisor has been stopped its natural
   way: found by a /proc scan for the daemon's program names (and the wrapper) with the temp dir in the
   command line or working directory, and by every (pid, start time) seen during the repeat. The bench
@@ -298,6 +300,9 @@ class LogTail(_Loop):
         self.since, self.first, self.first_line = time.monotonic(), None, ""
 
 
+STALE = "answered by the instance from before the fault"
+
+
 class Client(_Loop):
     """One request every ``REQUEST_EVERY_S``: (sent, done, ok, error) of each."""
 
@@ -314,7 +319,7 @@ class Client(_Loop):
             self.request(REQUEST_TIMEOUT_S)
             ok, err = self.accept(), ""
             if not ok:
-                err = "answered by the instance from before the fault"
+                err = STALE
         except RequestFailed as exc:
             ok, err = False, str(exc)[:200]
         except Exception as exc:  # a client's failure of any kind is a failed request
@@ -341,6 +346,7 @@ class Repeat:
     detect_s: float | None = None
     back_s: float | None = None
     failed_requests: int = 0
+    stale_answers: int = 0
     leftover_processes: int = 0
     reaction: str = ""
     operator: str = ""
@@ -349,7 +355,7 @@ class Repeat:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"detect_s": self.detect_s, "back_s": self.back_s,
-                               "failed_requests": self.failed_requests,
+                               "failed_requests": self.failed_requests, "stale_answers": self.stale_answers,
                                "leftover_processes": self.leftover_processes}
         for k in ("reaction", "operator", "error"):
             if getattr(self, k):
@@ -525,7 +531,8 @@ def _measure(rig: _Rig, fault: str, r: Repeat) -> None:
     done = rig.client.since(t0)
     until = (back + 1.0) if back is not None else end
     r.back_s = None if back is None else round(back - t0, 3)
-    r.failed_requests = sum(1 for x in done if not x[2] and x[0] <= until)
+    r.failed_requests = sum(1 for x in done if not x[2] and x[3] != STALE and x[0] <= until)
+    r.stale_answers = sum(1 for x in done if x[3] == STALE and x[0] <= until)
     detect = [t for t in (rig.tail.first, rig.watch.reaction()) if t is not None]
     r.detect_s = round(min(detect) - t0, 3) if detect else None
     r.reaction = rig.tail.first_line
@@ -564,6 +571,7 @@ def cell_summary(daemon: str, fault: str, supervisor: str, repeats: Sequence[Rep
             "leftover_processes": sum(x.leftover_processes for x in repeats),
             "detect_s": [x.detect_s for x in repeats], "back_s": back,
             "failed_requests": [x.failed_requests for x in repeats],
+            "stale_answers": [x.stale_answers for x in repeats],
             "leftovers": [x.leftover_processes for x in repeats],
             "runs": [x.as_dict() for x in repeats]}
 
