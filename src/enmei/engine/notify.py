@@ -62,8 +62,7 @@ class ServiceNotifier:
         self.address = address
         self.watchdog_s = watchdog_s
         self._to = notify_address(address)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.setblocking(False)
+        self._sock: socket.socket | None = None
         self._failed = False
         self.sent: list[str] = []  # the last messages, newest last (kept short: for logs and tests)
 
@@ -86,7 +85,7 @@ class ServiceNotifier:
         """Send ``fields`` (``"READY=1"``, ``"STATUS=..."``) as one datagram; False if it failed."""
         message = "\n".join(fields)
         try:
-            self._sock.sendto(message.encode(), self._to)
+            self._transmit(message.encode())
         except OSError as exc:
             if not self._failed:
                 self._failed = True
@@ -94,6 +93,13 @@ class ServiceNotifier:
             return False
         self.sent = [*self.sent[-31:], message]
         return True
+
+    def _transmit(self, data: bytes) -> None:
+        """The I/O edge: one datagram to the service manager (``OSError`` when it cannot be sent)."""
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.setblocking(False)
+        self._sock.sendto(data, self._to)
 
     def ready(self, status: str) -> None:
         self.send("READY=1", f"STATUS={status}")
@@ -118,4 +124,6 @@ class ServiceNotifier:
                 log.warning("the engine loop made no progress in %.3gs: no watchdog ping", self.watchdog_s)
 
     def close(self) -> None:
-        self._sock.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

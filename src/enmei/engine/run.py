@@ -52,28 +52,36 @@ async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock
     from enmei.policy.manager import open_policy
 
     hup_before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # from the first instant: never killed by it
+    # Read (and removed from the environment) before any child exists: the policy sandbox, the units.
+    notifier = ServiceNotifier.from_env()
     try:
         with StateDir(loaded.state_dir, journal=loaded.journal_path, key=loaded.anchor_key_path):
             if policy is None:
                 policy = open_policy(loaded.policy_path)
             journal = journal_for(loaded).open()
             try:
-                return await _run(loaded, journal, policy, clock, on_start, companion, judge_factory)
+                return await _run(loaded, journal, policy, clock, on_start, companion, judge_factory, notifier)
             finally:
                 journal.close()
+    except Exception as exc:
+        if notifier is not None:  # systemctl status says why enmei did not come up
+            notifier.send(f"STATUS=cannot start: {type(exc).__name__}: {exc}"[:1000])
+        raise
     finally:
+        if notifier is not None:
+            notifier.close()
         signal.signal(signal.SIGHUP, hup_before)
 
 
 async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Clock | None,
-               on_start: Callable[[Engine], None] | None, companion: Hook | None, judge_factory: Any) -> Engine:
+               on_start: Callable[[Engine], None] | None, companion: Hook | None, judge_factory: Any,
+               notifier: ServiceNotifier | None) -> Engine:
     engine = Engine(loaded, journal=journal, policy=policy, clock=clock, judge_factory=judge_factory)
     if on_start is not None:
         on_start(engine)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.stop)
-    notifier = ServiceNotifier.from_env()
     service: list[asyncio.Task[None]] = []
     if notifier is not None:
         service = _serve_notify(engine, notifier)
@@ -101,8 +109,6 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
         for task in [*service, *([side] if side is not None else [])]:
             task.cancel()
         await asyncio.gather(*service, *([side] if side is not None else []), return_exceptions=True)
-        if notifier is not None:
-            notifier.close()
     return engine
 
 
