@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from enmei import __version__
+from enmei.engine.loop import RESET
 from enmei.errors import BoxError, PolicyError, VisorError
 from enmei.monitor.procstats import StatsProbe
 from enmei.remedy import REMEDIES
@@ -121,7 +122,7 @@ async def unit_snapshots(ctx: Ctx, name: UnitName) -> dict[str, Any]:
 
 
 @router.post("/api/units/{name}/actions/{action}", tags=["actions"], status_code=202, dependencies=[Token],
-             summary="Ask for an action now (restart, rejuvenate, stop, start, snapshot, restore...)",
+             summary="Ask for an action now (restart, rejuvenate, stop, start, reset, snapshot, restore...)",
              responses={401: {"description": "No token"}, 403: {"description": "Wrong token"},
                         404: {"description": "No such unit"},
                         422: {"description": "Unsupported action or bad arguments"}})
@@ -129,7 +130,10 @@ async def unit_action(ctx: Ctx, name: UnitName, action: Annotated[str, Path(patt
                       req: Annotated[ActionRequest | None, Body()] = None) -> ActionAccepted:
     unit = unit_or_404(ctx, name)
     args = dict(req.args) if req is not None else {}
-    problem = action_problem(unit, action) or REMEDIES[action].check_args(args)
+    if action == RESET:  # not a remedy: the unit's budget, backoff and breakers are forgotten (enmei ctl reset)
+        problem = "reset takes no arguments" if args else None
+    else:
+        problem = action_problem(unit, action) or REMEDIES[action].check_args(args)
     if problem is not None:
         raise HTTPException(422, problem)
     after = ctx.engine.journal.last_seq

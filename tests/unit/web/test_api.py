@@ -143,6 +143,16 @@ async def test_restart_from_the_api_is_journaled_and_done(rig: WebRig) -> None:
     assert inc["steps"][0]["outcome"]["body"]["state"] == "succeeded"
 
 
+async def test_reset_from_the_api_is_journaled_as_the_web_operators(rig: WebRig) -> None:
+    r = await rig.client.post("/api/units/web/actions/reset", headers=rig.auth)
+    assert r.status_code == 202 and r.json()["action"] == "reset"
+    assert await rig.until(lambda: any(k == "unit.reset" for _, k, _, _ in rig.rig.records))
+    (body,) = [b for _, k, u, b in rig.rig.records if k == "unit.reset" and u == "web"]
+    assert body["by"] == "operator:web" and "restarts_in_window" in body["cleared"]
+    r = await rig.client.post("/api/units/web/actions/reset", headers=rig.auth, json={"args": {"x": 1}})
+    assert r.status_code == 422 and r.json()["detail"] == "reset takes no arguments"
+
+
 async def test_an_action_without_a_body_is_fine(rig: WebRig) -> None:
     r = await rig.client.post("/api/units/batch/actions/stop", headers=rig.auth)
     assert r.status_code == 202
