@@ -16,12 +16,32 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 from enmei.detect.base import StateFormatError, StreamingDetector, check_state
 
-__all__ = ["OneAlarmPerEpisode"]
+__all__ = ["OneAlarmPerEpisode", "rested"]
+
+
+def rested(scores: Sequence[float], rest: int) -> list[float]:
+    """The rule applied afterwards to a whole stream's scores: what :class:`OneAlarmPerEpisode` with
+    ``rest`` reports for an inner detector that gave ``scores`` (a stream without skipped samples).
+    Lets a benchmark try several ``rest`` values on one run of the detector. ``ValueError`` if
+    ``rest < 1``."""
+    if rest < 1:
+        raise ValueError("rest must be >= 1 sample")
+    out: list[float] = []
+    peaks: deque[tuple[int, float]] = deque()
+    for i, score in enumerate(scores):
+        while peaks and peaks[0][0] <= i - rest:
+            peaks.popleft()
+        beaten = not peaks or score > peaks[0][1]
+        while peaks and peaks[-1][1] <= score:
+            peaks.pop()
+        peaks.append((i, score))
+        out.append(score if beaten else 0.0)
+    return out
 
 
 class OneAlarmPerEpisode(StreamingDetector):

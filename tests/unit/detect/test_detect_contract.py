@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from enmei.detect import registry
 from enmei.detect.aging import TrendDetector
-from enmei.detect.alarm import OneAlarmPerEpisode
+from enmei.detect.alarm import OneAlarmPerEpisode, rested
 from enmei.detect.base import StateFormatError, StreamingDetector
 from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
 from enmei.detect.charts import CUSUM, EWMA, Shewhart
@@ -299,3 +299,14 @@ def test_the_alarm_rule_apart_gives_the_novelty_detectors_own_scores() -> None:
     apart = run(OneAlarmPerEpisode(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1, season_s=20 * 60.0),
                                    rest=25), data)
     assert apart == built_in and max(apart) > 0.0
+
+
+def test_the_rule_applied_afterwards_equals_the_streaming_rule() -> None:
+    data = series(900, seed=6)
+    raw = run(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1, season_s=20 * 60.0), data)
+    for rest in (1, 7, 40):
+        streaming = run(OneAlarmPerEpisode(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1,
+                                                           season_s=20 * 60.0), rest=rest), data)
+        assert rested(raw, rest) == streaming
+    with pytest.raises(ValueError, match="rest"):
+        rested(raw, 0)
