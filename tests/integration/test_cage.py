@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -28,7 +29,7 @@ from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitEvent, UnitEventKind, UnitState
-from enmei.visor.cage import ResourceCage, parse_v1_mounts, parse_v1_own
+from enmei.visor.cage import ResourceCage, caged_argv, install_cage, parse_v1_mounts, parse_v1_own
 from enmei.visor.process import ProcessBackend
 from support.wait import auntil, scaled
 
@@ -397,3 +398,35 @@ async def test_an_adopted_unit_keeps_its_limit_groups_and_they_go_with_it(tmp_pa
             os.waitpid(ident.pid, 0)
     assert held is not None and held.poll() is not None
     assert _v1_dirs(first.instance) == []
+
+
+def test_busy_units_cannot_push_a_helper_below_its_weight(request: pytest.FixtureRequest) -> None:
+    """A helper in the cage and the same helper outside it, side by side beside six busy processes of a
+    unit without cpu_max: the caged one gets about twice the CPU (its weight is two units'), whatever
+    else loads the machine. Before the cage both got the same share."""
+    spin = [PY, "-c", "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 8: pass"]
+    instance = hashlib.sha256(f"{request.node.nodeid}{os.getpid()}".encode()).hexdigest()[:16]
+    cage = ResourceCage(instance, None)
+    install_cage(cage)
+    started: list[subprocess.Popen[bytes]] = []
+    try:
+        started += [subprocess.Popen(spin) for _ in range(6)]  # the unit's busy processes
+        caged, free = subprocess.Popen(caged_argv(spin)), subprocess.Popen(spin)
+        started += [caged, free]
+        assert caged_argv(spin) != spin  # there is a cage on this host
+        time.sleep(1.0)  # a measurement window, not a wait for an event
+        pc, pf = psutil.Process(caged.pid), psutil.Process(free.pid)
+        c0, f0, t0 = _cpu_s(pc.pid), _cpu_s(pf.pid), time.monotonic()
+        time.sleep(3.0)
+        took = time.monotonic() - t0
+        in_cage, outside = (_cpu_s(pc.pid) - c0) / took, (_cpu_s(pf.pid) - f0) / took
+        print(f"beside 6 busy unit processes: a helper got {in_cage:.2f} CPU in the cage, {outside:.2f} outside it")
+        assert in_cage >= 1.4 * outside
+    finally:
+        for p in started:
+            with contextlib.suppress(ProcessLookupError):
+                p.kill()
+            p.wait()
+        install_cage(None)
+        cage.remove()
+    assert _v1_dirs(instance) == []

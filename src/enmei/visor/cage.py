@@ -22,10 +22,11 @@ An out-of-memory kill is counted by the kernel (``oom_kill`` in v1 ``memory.oom_
 ``memory.events``): ``oom_kills`` lets the backend report an exit as ``reason = "oom"``.
 
 The helper cage ``enmei-<instance>/cage`` holds enmei's heavy work in subprocesses — the policy sandbox
-worker, exec probes, ``pre_start`` and ``stop_command`` commands — with a CPU weight below the units'
-(v1 ``cpu.shares`` 256 of 1024, v2 ``cpu.weight`` 25 of 100), a CPU quota of half the machine's CPUs
-(at least one) and ``pids.max`` 512: a runaway helper can neither starve the units nor fork without
-bound, and a busy unit gets no more than its weight against them. Only processes are caged: the
+worker, exec probes, ``pre_start`` and ``stop_command`` commands — with a CPU weight twice a unit's
+(v1 ``cpu.shares`` 2048 of 1024, v2 ``cpu.weight`` 200 of 100) as a floor, a CPU quota of half the
+machine's CPUs (at least one) as a ceiling, and ``pids.max`` 512: busy units cannot push the helpers (an
+exec probe) below their weight, and runaway helpers can neither take more than half the machine from the
+units nor fork without bound. Only processes are caged: the
 engine's event loop thread (where detectors score) stays in enmei's own cgroup, so the units' load can
 never slow supervision through a cage quota.
 
@@ -70,8 +71,10 @@ log = logging.getLogger(__name__)
 
 CPU_PERIOD_US = 100_000  # the CFS period for a quota: 0.1 s, the kernel's default
 HELPER_PIDS_MAX = 512  # processes and threads of all helpers together
-_HELPER_SHARES_V1 = 256  # of the default 1024 each unit and enmei itself have
-_HELPER_WEIGHT_V2 = 25  # of the default 100
+# Twice a unit's weight (v1: 1024 per task of a unit without cpu_max, v2: 100 per unit cgroup): a floor the
+# units' load cannot push the helpers below; the quota (half the CPUs) is the ceiling they never pass.
+_HELPER_SHARES_V1 = 2048
+_HELPER_WEIGHT_V2 = 200
 _RESOURCES = {"cpu_max": ("cpu", "cpu"), "memory_max": ("memory", "memory"), "pids_max": ("pids", "pids")}
 _RELEASE_WAIT_S = 3.0  # a group whose processes just died may refuse rmdir for a moment
 
