@@ -94,7 +94,12 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     assert verify(loaded.journal_path).ok
 
 
+@pytest.mark.parametrize("running", ["[units.web.restart]\nreset_after_s = 0.5\n"], indirect=True)
 async def test_kill9_is_seen_and_restarted_within_one_second(running: Running) -> None:
+    unit = running.unit()
+    # A unit that ran reset_after_s proved itself: its crash is restarted at once (a younger one's is a
+    # retry, after backoff_first_s).
+    assert await running.until(lambda: unit.budget.healthy(unit.clock.monotonic() - unit.state_since), 5)
     old = running.pid()
     t0 = time.monotonic()
     os.kill(old, signal.SIGKILL)
