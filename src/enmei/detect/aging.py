@@ -1,31 +1,48 @@
-"""Software aging: a resource that trends towards its limit (Mann–Kendall test, Sen's slope).
+"""Software aging: a resource whose *floor* keeps rising towards its limit, told apart from normal growth.
 
-:class:`TrendDetector` watches one resource (RSS, open fds, threads...) and answers two questions:
-does it grow *persistently*, and when will it reach ``limit`` at this rate?
+:class:`TrendDetector` watches one resource (RSS, open fds, threads...) and answers three questions:
+does its lower envelope grow persistently, is that growth slowing down towards a bound (a cache that
+fills, a buffer pool warming up: not a leak), and will it reach ``limit`` soon enough that waiting for
+more evidence is a risk?
 
 How, and at what cost:
 
 - **Warm-up.** Samples in the first ``warmup_s`` seconds after the first sample are dropped: a service
   that fills its caches at start is not aging.
-- **Buckets.** Samples are grouped in ``bucket_s``-second buckets keyed by time; a bucket keeps its
-  *minimum* — the floor that garbage collection and freeing never go below, so a GC sawtooth or a
-  burst of load does not look like growth. A bucket is judged when the first sample of a later bucket
-  arrives. The window holds the last ``window`` non-empty buckets (gaps are skipped; slopes use real
-  times). Per sample the work is O(1); per closed bucket it is O(window²) with window bounded (120 by
-  default: about 15k pairs in numpy, well under a millisecond, once per ``bucket_s``).
-- **Test.** For the most recent ``m`` buckets, ``m`` in {window, window/2, window/4} (each at least
-  ``min_buckets``): the Mann–Kendall statistic S with the tie-corrected variance gives a one-sided
-  p-value for an upward trend (``z = (S - 1) / sqrt(var)``). The trend must also be *persistent*:
-  each third of those buckets must trend up on its own (Mann–Kendall z >= ``segment_z``) at a
-  Sen slope of at least ``consistency`` times the slope of the whole, which rejects a single step
-  or a short ramp to a plateau (flat on at least one side of it).
-- **Rate and exhaustion.** Sen's slope (median of pairwise slopes, per second) and a level through
-  the median intercept at the last bucket give ``exhaust_in_s = (limit - level) / slope``.
-- **Score.** ``1 - p`` of the most significant persistent upward suffix, if it predicts exhaustion
-  within ``horizon_s``; otherwise at most 0.5 (a trend that will not matter within the horizon, or
-  no limit known and ``horizon_s`` finite). Between bucket closes the score of the last judgement is
-  repeated. Evidence: value, level (the centre), upper (the limit), slope_per_s, exhaust_in_s
-  (None if never), mk_z, mk_p, buckets, window_s, persistent, rule ``mann_kendall`` or ``none``.
+- **Scales.** Samples are grouped in buckets at ``levels`` time scales: ``bucket_s``, ``bucket_s *
+  factor``, ``bucket_s * factor**2``... (default 5 s, 20 s, 80 s... up to about 3.8 days). A bucket keeps
+  its *minimum* — the floor that garbage collection and freeing never go below, so a GC sawtooth or a
+  burst of load does not look like growth — and its maximum (for the headroom, below). Each scale keeps
+  its last ``window`` closed buckets (gaps skipped; slopes use real times). A bucket is judged when the
+  first sample of a later bucket arrives; a scale whose buckets are shorter than twice the sampling
+  interval is not judged (it would be the next scale with less smoothing). Per sample the work is
+  O(levels); per closed bucket O(window²) with window small (24): the judging of all scales together
+  costs a bounded amount per ``bucket_s`` of stream time, so the cost per sample is O(1) amortised
+  whatever the sampling rate.
+- **Trend.** At a scale with at least ``min_buckets`` buckets: the Mann–Kendall statistic S of the
+  bucket minima with the tie-corrected variance gives a one-sided p-value for an upward trend
+  (``z = (S - 1) / sqrt(var)``). With ``n`` buckets p can never be below :func:`min_p` (n): 0.0043 for
+  6, 4.2e-4 for 8 — a threshold below that can never fire, which the config refuses at check time.
+- **Not slowing down.** Sen's slope of the whole window ``s`` and of its most recent half ``s2``: a leak
+  keeps its rate (``s2 ≈ s``, or faster), growth towards a bound decelerates (``s2 → 0``). The trend
+  counts only if ``s2 >= slope_ratio * s`` (default 0.5) and ``s2 > 0``. This also rejects a step
+  followed by a flat stretch.
+- **Exhaustion.** The floor at the last bucket (the median intercept) plus the *headroom* the resource
+  needs above its floor (the median bucket spread, max - min: a sawtooth peaks above its floor, and it
+  is the peak that meets the limit) gives ``exhaust_in_s = max(0, (limit - floor - spread) / s)``.
+- **Urgency.** The trend is acted on when ``exhaust_in_s <= urgency * span`` (``span``: the time the
+  window covers, the length of the evidence) and ``exhaust_in_s <= horizon_s``. Growth seen for an hour
+  that would reach the limit in a day is worth watching, not a restart: if it is a cache filling up, the
+  next hours show it slowing down. With ``urgency = 1`` a steady leak is acted on, at the latest, when
+  it has used half of the room it had when it began — never after the limit. Short windows (fine
+  scales) catch fast leaks within a minute or two; long ones catch slow leaks.
+- **Score.** ``1 - p`` of the most significant urgent, non-slowing trend over the scales; otherwise at
+  most 0.5 (a trend that is slowing, or not urgent). With ``limit=None`` there is no exhaustion to
+  predict: a non-slowing significant trend alone scores ``1 - p`` (``exhaust_in_s`` None). Between bucket
+  closes the score of the last judgement of each scale is repeated. Evidence: value, level (the floor,
+  also ``centre``), spread, upper/limit, slope_per_s, recent_slope_per_s, exhaust_in_s (None if never),
+  mk_z, mk_p, buckets, bucket_s, window_s, urgent, rule (``leak``; ``slowing``, ``not_urgent`` or
+  ``none`` when no trend counts; ``warmup``).
 
 ``direction="down"`` watches a resource that is exhausted by falling (free memory, free disk): the
 values and the limit are negated inside, the evidence is given back in the original units.
@@ -37,6 +54,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from enmei.detect.base import StreamingDetector
@@ -47,7 +65,27 @@ if TYPE_CHECKING:
 # numpy is imported where a bucket is judged, not with the module: importing enmei.detect (which the
 # config does, for the detector registry) must stay light for `enmei check` and the policy sandbox.
 
-__all__ = ["TrendDetector", "mann_kendall", "sen_slope"]
+__all__ = ["TrendDetector", "mann_kendall", "min_p", "sen_slope"]
+
+
+def min_p(n: int) -> float:
+    """The smallest one-sided p-value the Mann–Kendall test can give on ``n`` values (all increasing).
+
+    >>> round(min_p(6), 4), round(min_p(8), 5)
+    (0.0043, 0.00042)
+    """
+    if n < 3:
+        return 1.0
+    s = n * (n - 1) / 2.0
+    var = n * (n - 1) * (2 * n + 5) / 18.0
+    return 0.5 * math.erfc((s - 1.0) / math.sqrt(var) / math.sqrt(2.0))
+
+
+@lru_cache(maxsize=256)
+def _pairs(n: int) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+    i, j = np.triu_indices(n, 1)
+    return i, j
 
 
 def mann_kendall(y: np.ndarray) -> tuple[float, float, float]:
@@ -56,11 +94,14 @@ def mann_kendall(y: np.ndarray) -> tuple[float, float, float]:
     n = len(y)
     if n < 3:
         return 0.0, 0.0, 1.0
-    diff = y[None, :] - y[:, None]
-    s = float(np.sign(diff[np.triu_indices(n, 1)]).sum())
-    _, counts = np.unique(y, return_counts=True)
-    ties = counts[counts > 1].astype(np.float64)
-    var = (n * (n - 1) * (2 * n + 5) - float(np.sum(ties * (ties - 1) * (2 * ties + 5)))) / 18.0
+    i, j = _pairs(n)
+    s = float(np.sign(y[j] - y[i]).sum())
+    var = n * (n - 1) * (2 * n + 5) / 18.0
+    ordered = np.sort(y)
+    if (ordered[1:] == ordered[:-1]).any():  # ties (rare in real numbers, common in counts like fds)
+        _, counts = np.unique(ordered, return_counts=True)
+        ties = counts[counts > 1].astype(np.float64)
+        var -= float(np.sum(ties * (ties - 1) * (2 * ties + 5))) / 18.0
     if var <= 0.0:
         return s, 0.0, 1.0
     if s > 0:
@@ -78,26 +119,89 @@ def sen_slope(t: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     n = len(y)
     if n < 2:
         return 0.0, float(y[0]) if n else 0.0
-    i, j = np.triu_indices(n, 1)
+    i, j = _pairs(n)
     dt = t[j] - t[i]
     ok = dt > 0
     if not ok.any():
         return 0.0, float(np.median(y))
-    slope = float(np.median((y[j][ok] - y[i][ok]) / dt[ok]))
-    return slope, float(np.median(y - slope * t))
+    slope = _median((y[j][ok] - y[i][ok]) / dt[ok])
+    return slope, _median(y - slope * t)
+
+
+def _median(a: np.ndarray) -> float:
+    # np.median's checks cost more than the work on the few hundred values here.
+    import numpy as np
+    b = np.sort(a)
+    m = len(b) // 2
+    return float(b[m]) if len(b) % 2 else float(0.5 * (b[m - 1] + b[m]))
+
+
+@lru_cache(maxsize=1024)
+def _masks(n: int, a: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Over the pairs of ``n`` values: those within ``a..n-1``, within its first half, within its second."""
+    i, j = _pairs(n)
+    half = a + (n - a) // 2
+    return i >= a, (i >= a) & (j < half), i >= half
+
+
+def _mk_p(s: float, y: np.ndarray, n: int, ties: bool) -> tuple[float, float]:
+    """(z, one-sided p) of the Mann–Kendall statistic ``s`` of ``y`` (``ties``: some values are equal)."""
+    import numpy as np
+    var = n * (n - 1) * (2 * n + 5) / 18.0
+    if ties:
+        _, counts = np.unique(y, return_counts=True)
+        t = counts[counts > 1].astype(np.float64)
+        var -= float(np.sum(t * (t - 1) * (2 * t + 5))) / 18.0
+    if var <= 0.0:
+        return 0.0, 1.0
+    z = (s - 1.0) / math.sqrt(var) if s > 0 else ((s + 1.0) / math.sqrt(var) if s < 0 else 0.0)
+    return z, 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+#: Above this p-value the slopes are not computed (the score is min(1 - p, 0.5) either way).
+_TREND_P = 0.05
+
+
+class _Scale:
+    """The buckets of one time scale: the open one (min, max) and the last ``window`` closed ones."""
+
+    __slots__ = ("closed", "hi", "idx", "lo", "width")
+
+    def __init__(self, width: float, window: int) -> None:
+        self.width = width
+        self.idx: int | None = None
+        self.lo = math.inf
+        self.hi = -math.inf
+        self.closed: deque[tuple[float, float, float]] = deque(maxlen=window)  # (mid time, min, max)
+
+    def dump(self) -> dict[str, Any]:
+        return {"idx": self.idx, "lo": None if math.isinf(self.lo) else self.lo,
+                "hi": None if math.isinf(self.hi) else self.hi,
+                "closed": [list(b) for b in self.closed]}
+
+    def load(self, data: Any) -> None:
+        self.idx = None if data["idx"] is None else int(data["idx"])
+        self.lo = math.inf if data["lo"] is None else float(data["lo"])
+        self.hi = -math.inf if data["hi"] is None else float(data["hi"])
+        self.closed.clear()
+        self.closed.extend((float(a), float(b), float(c)) for a, b, c in data["closed"])
 
 
 class TrendDetector(StreamingDetector):
-    """Persistent upward trend of a resource and its predicted time to exhaustion."""
+    """A persistent, non-slowing rise of a resource's floor and its predicted time to exhaustion."""
 
     kind: ClassVar[str] = "aging"
+    version: ClassVar[int] = 2
 
-    def __init__(self, limit: float | None = None, bucket_s: float = 60.0, window: int = 120,
-                 min_buckets: int = 20, horizon_s: float = 86400.0, warmup_s: float = 600.0,
-                 segment_z: float = 1.0, consistency: float = 0.3, direction: str = "up") -> None:
+    def __init__(self, limit: float | None = None, bucket_s: float = 5.0, window: int = 24,
+                 min_buckets: int = 8, horizon_s: float = 86400.0, warmup_s: float = 10.0,
+                 slope_ratio: float = 0.5, urgency: float = 0.5, levels: int = 8, factor: int = 4,
+                 direction: str = "up") -> None:
         super().__init__()
-        if bucket_s <= 0 or window < 6 or not 6 <= min_buckets <= window:
-            raise ValueError("need bucket_s > 0 and 6 <= min_buckets <= window")
+        if bucket_s <= 0 or not 4 <= min_buckets <= window or levels < 1 or factor < 2:
+            raise ValueError("need bucket_s > 0, 4 <= min_buckets <= window, levels >= 1, factor >= 2")
+        if not 0.0 <= slope_ratio <= 1.0 or urgency <= 0 or horizon_s <= 0:
+            raise ValueError("need 0 <= slope_ratio <= 1, urgency > 0 and horizon_s > 0")
         if direction not in ("up", "down"):
             raise ValueError("direction is 'up' or 'down'")
         self.limit = None if limit is None else float(limit)
@@ -106,107 +210,171 @@ class TrendDetector(StreamingDetector):
         self.min_buckets = int(min_buckets)
         self.horizon_s = float(horizon_s)
         self.warmup_s = float(warmup_s)
-        self.segment_z = float(segment_z)
-        self.consistency = float(consistency)
+        self.slope_ratio = float(slope_ratio)
+        self.urgency = float(urgency)
+        self.levels = int(levels)
+        self.factor = int(factor)
         self.direction = direction
         self._sign = 1.0 if direction == "up" else -1.0
         self._t0: float | None = None
-        self._bucket: int | None = None
-        self._bucket_min = math.inf
-        self._buckets: deque[tuple[float, float]] = deque(maxlen=self.window)
-        self._score = 0.0
-        self._judged: dict[str, Any] = {"rule": "none", "buckets": 0}
+        self._t_prev: float | None = None
+        self._dt = math.inf  # the sampling interval, smoothed (a scale finer than twice it is not judged)
+        self._scales = [_Scale(self.bucket_s * self.factor ** k, self.window) for k in range(self.levels)]
+        self._scores = [0.0] * self.levels
+        self._judged: list[dict[str, Any]] = [{"rule": "none", "buckets": 0} for _ in range(self.levels)]
+        self._best: int | None = None  # the scale whose score is the highest (recomputed on a judgement)
 
+    # -- streaming ------------------------------------------------------------------------------
     def _step(self, x: float, t: float) -> float:
         if self._t0 is None:
             self._t0 = t
         if t - self._t0 < self.warmup_s:
             self._ev = {"value": x, "t": t, "rule": "warmup"}
             return 0.0
+        if self._t_prev is not None and t > self._t_prev:
+            dt = t - self._t_prev
+            self._dt = dt if math.isinf(self._dt) else 0.9 * self._dt + 0.1 * dt
+        self._t_prev = t
         y = self._sign * x
-        idx = math.floor((t - self._t0 - self.warmup_s) / self.bucket_s)
-        if self._bucket is None:
-            self._bucket, self._bucket_min = idx, y
-        elif idx != self._bucket:
-            mid = self._t0 + self.warmup_s + (self._bucket + 0.5) * self.bucket_s
-            self._buckets.append((mid, self._bucket_min))
-            self._bucket, self._bucket_min = idx, y
-            self._judge(mid)
-        elif y < self._bucket_min:
-            self._bucket_min = y
-        self._ev = {**self._judged, "value": x, "t": t}
-        return self._score
+        origin = self._t0 + self.warmup_s
+        sc = self._scales[0]
+        idx = math.floor((t - origin) / sc.width)
+        judged = False
+        if sc.idx is None:
+            sc.idx, sc.lo, sc.hi = idx, y, y
+        elif idx != sc.idx:
+            judged = self._close(0, t, origin)
+            sc.idx, sc.lo, sc.hi = idx, y, y
+        else:
+            sc.lo = min(sc.lo, y)
+            sc.hi = max(sc.hi, y)
+        if judged or self._best is None:
+            scores = self._scores
+            self._best = max(range(self.levels), key=scores.__getitem__)
+        self._ev = {**self._judged[self._best], "value": x, "t": t}
+        return self._scores[self._best]
 
-    def _judge(self, now: float) -> None:
-        n = len(self._buckets)
-        self._score = 0.0
-        self._judged = {"rule": "none", "buckets": n}
+    def _close(self, k: int, t: float, origin: float) -> bool:
+        """Close the open bucket of scale ``k`` (a sample at ``t`` lies beyond it), fold it into the next
+        coarser scale's open bucket (the scales' buckets nest: each width is ``factor`` times the last),
+        and close that one too if ``t`` lies beyond it. Only the finest scale sees every sample, so the
+        work per sample is O(1), amortised over the scales. Returns whether a scale was judged."""
+        sc = self._scales[k]
+        assert sc.idx is not None
+        mid = origin + (sc.idx + 0.5) * sc.width
+        sc.closed.append((mid, sc.lo, sc.hi))
+        judged = False
+        if sc.width >= 2.0 * self._dt or k == self.levels - 1:
+            self._judge(k, mid + 0.5 * sc.width)
+            judged = True
+        if k + 1 < self.levels:
+            up = self._scales[k + 1]
+            if up.idx is None:
+                up.idx = sc.idx // self.factor
+            up.lo = min(up.lo, sc.lo)
+            up.hi = max(up.hi, sc.hi)
+            idx = math.floor((t - origin) / up.width)
+            if idx != up.idx:
+                judged = self._close(k + 1, t, origin) or judged
+                up.idx, up.lo, up.hi = idx, math.inf, -math.inf
+        return judged
+
+    def _judge(self, k: int, now: float) -> None:
+        """Judge scale ``k``: its whole window, then shorter recent parts of it (half, ``min_buckets``),
+        longest first; the first urgent one wins (the longest evidence), else the most significant."""
+        sc = self._scales[k]
+        n = len(sc.closed)
+        self._scores[k] = 0.0
+        self._judged[k] = {"rule": "none", "buckets": n, "bucket_s": sc.width}
         if n < self.min_buckets:
             return
         import numpy as np
 
-        ts = np.array([b[0] for b in self._buckets])
-        ys = np.array([b[1] for b in self._buckets])
-        best: tuple[float, int, float, float, float] | None = None
-        sizes = sorted({n, n // 2, n // 4}, reverse=True)
-        for m in sizes:
+        arr = np.array(sc.closed)
+        tt, ys, hs = arr[:, 0] - now, arr[:, 1], arr[:, 2]
+        # Every pairwise difference of the window once; each part judged below is a mask over them.
+        i, j = _pairs(n)
+        dy = ys[j] - ys[i]
+        slopes = dy / (tt[j] - tt[i])  # bucket times are strictly increasing
+        signs = np.sign(dy)
+        best: tuple[float, dict[str, Any]] | None = None
+        for m in sorted({n, n // 2, self.min_buckets}, reverse=True):
             if m < self.min_buckets:
                 continue
-            y = ys[-m:]
-            tt = ts[-m:] - now
-            _, z, p = mann_kendall(y)
-            if z <= 0.0 or (best is not None and p >= best[0]):
-                continue
-            slope, intercept = sen_slope(tt, y)
-            if slope <= 0.0 or not self._persistent(tt, y, slope):
-                continue
-            best = (p, m, z, slope, intercept)
-        if best is None:
-            return
-        p, m, z, slope, level = best  # the intercept is the level at t = now (times shifted by now)
-        exhaust: float | None = None
-        if self.limit is not None:
-            lim = self._sign * self.limit
-            exhaust = max(0.0, (lim - level) / slope)
-        soon = exhaust is not None and exhaust <= self.horizon_s
-        if self.limit is None and math.isinf(self.horizon_s):
-            soon = True
-        self._score = 1.0 - p if soon else min(1.0 - p, 0.5)
-        self._judged = {
-            "rule": "mann_kendall", "buckets": m, "window_s": float(ts[-1] - ts[-m] + self.bucket_s),
-            "slope_per_s": self._sign * slope, "level": self._sign * level, "centre": self._sign * level,
-            "upper": self.limit, "limit": self.limit, "exhaust_in_s": exhaust, "mk_z": z, "mk_p": p,
-            "persistent": True, "judged_at": now,
+            score, ev = self._part(n - m, n, signs, slopes, tt, ys, hs, sc.width)
+            if best is None or score > best[0]:
+                best = (score, ev)
+            if ev["rule"] == "leak":
+                break
+        assert best is not None
+        self._scores[k], self._judged[k] = best[0], {**best[1], "judged_at": now}
+
+    def _part(self, a: int, n: int, signs: np.ndarray, slopes: np.ndarray, tt: np.ndarray, ys: np.ndarray,
+              hs: np.ndarray, width: float) -> tuple[float, dict[str, Any]]:
+        """(score, evidence) of buckets ``a`` to ``n - 1`` of the window (times relative to now)."""
+        m = n - a
+        whole, early_mask, recent_mask = _masks(n, a)
+        y = ys[a:]
+        s = float(signs[whole].sum())
+        z, p = _mk_p(s, y, m, bool((signs[whole] == 0).any()))
+        if p > _TREND_P:
+            # No trend worth a slope (the score of such a trend is at most 0.5 either way): skipping the
+            # slopes here keeps noise cheap to judge.
+            return (min(1.0 - p, 0.5) if z > 0 else 0.0), {"rule": "none", "buckets": m, "bucket_s": width,
+                                                           "mk_z": z, "mk_p": p}
+        slope = _median(slopes[whole])
+        level = _median(y - slope * tt[a:])  # the floor at t = now (times are relative to now)
+        early = _median(slopes[early_mask])
+        recent = _median(slopes[recent_mask])
+        span = float(tt[-1] - tt[a] + width)
+        spread = _median(hs[a:] - y)
+        ev: dict[str, Any] = {
+            "rule": "none", "buckets": m, "bucket_s": width, "window_s": span,
+            "slope_per_s": self._sign * slope, "early_slope_per_s": self._sign * early,
+            "recent_slope_per_s": self._sign * recent,
+            "level": self._sign * level, "centre": self._sign * level, "spread": spread,
+            "upper": self.limit, "limit": self.limit, "exhaust_in_s": None, "mk_z": z, "mk_p": p,
+            "urgent": False,
         }
+        capped = min(1.0 - p, 0.5)
+        if slope <= 0.0 or recent <= 0.0 or recent < self.slope_ratio * slope:
+            ev["rule"] = "slowing"
+            return capped, ev
+        if early < self.slope_ratio * slope:
+            # Flat, then rising: the rise is shorter than these buckets, so their span is not the length
+            # of the evidence. A shorter part, or a finer scale, lies within the rise and judges it.
+            ev["rule"] = "late_start"
+            return capped, ev
+        if self.limit is None:
+            urgent = True
+        else:
+            room = self._sign * self.limit - level - spread
+            exhaust = max(0.0, room / slope)
+            ev["exhaust_in_s"] = exhaust
+            urgent = exhaust <= self.horizon_s and exhaust <= self.urgency * span
+        ev["urgent"] = urgent
+        ev["rule"] = "leak" if urgent else "not_urgent"
+        return (1.0 - p if urgent else capped), ev
 
-    def _persistent(self, tt: np.ndarray, y: np.ndarray, slope: float) -> bool:
-        """Each third trends up on its own, at a rate comparable with the whole (no step, no plateau)."""
-        m = len(y)
-        third = m // 3
-        for k in range(3):
-            seg = slice(k * third, (k + 1) * third if k < 2 else m)
-            if mann_kendall(y[seg])[1] < self.segment_z:
-                return False
-            if sen_slope(tt[seg], y[seg])[0] < self.consistency * slope:
-                return False
-        return True
-
+    # -- state ----------------------------------------------------------------------------------
     def _params(self) -> dict[str, Any]:
         return {"limit": self.limit, "bucket_s": self.bucket_s, "window": self.window,
                 "min_buckets": self.min_buckets, "horizon_s": self.horizon_s, "warmup_s": self.warmup_s,
-                "segment_z": self.segment_z, "consistency": self.consistency,
-                "direction": self.direction}
+                "slope_ratio": self.slope_ratio, "urgency": self.urgency, "levels": self.levels,
+                "factor": self.factor, "direction": self.direction}
 
     def _dump(self) -> Any:
-        return {"t0": self._t0, "bucket": self._bucket,
-                "bucket_min": None if math.isinf(self._bucket_min) else self._bucket_min,
-                "buckets": [[a, b] for a, b in self._buckets], "score": self._score,
-                "judged": dict(self._judged)}
+        return {"t0": self._t0, "t_prev": self._t_prev, "dt": None if math.isinf(self._dt) else self._dt,
+                "scales": [sc.dump() for sc in self._scales], "scores": list(self._scores),
+                "judged": [dict(j) for j in self._judged]}
 
     def _load(self, data: Any) -> None:
         self._t0 = None if data["t0"] is None else float(data["t0"])
-        self._bucket = None if data["bucket"] is None else int(data["bucket"])
-        self._bucket_min = math.inf if data["bucket_min"] is None else float(data["bucket_min"])
-        self._buckets = deque(((float(a), float(b)) for a, b in data["buckets"]), maxlen=self.window)
-        self._score = float(data["score"])
-        self._judged = dict(data["judged"])
+        self._t_prev = None if data["t_prev"] is None else float(data["t_prev"])
+        self._dt = math.inf if data["dt"] is None else float(data["dt"])
+        if len(data["scales"]) != self.levels or len(data["scores"]) != self.levels:
+            raise ValueError("the state has another number of scales")
+        for sc, d in zip(self._scales, data["scales"], strict=True):
+            sc.load(d)
+        self._scores = [float(s) for s in data["scores"]]
+        self._judged = [dict(j) for j in data["judged"]]
