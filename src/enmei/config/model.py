@@ -31,13 +31,15 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     create_model,
     field_validator,
     model_validator,
 )
 
+from enmei.detect.aging_keys import AgingLimits, min_buckets_problem
 from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
-from enmei.detect.registry import DetectorOptions, byte_sizes, check_fits, validate_entries
+from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
 from enmei.visor.identity import parse_umask
 
 __all__ = [
@@ -170,28 +172,42 @@ class DetectConfig(_Model):
     default of its name, by default its kind: see ``enmei.detect.wiring``).
 
     Latency: one control chart (EWMA + CUSUM on log latency) per HTTP probe, after a learning phase of
-    ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample. Aging: a Mann–Kendall
-    trend test per metric of ``aging_limits`` (``rss_bytes = "512MiB"``, ``num_fds = 1024``), on
-    ``aging_bucket_s`` buckets, judged from ``aging_min_buckets`` buckets on, ignoring the first
-    ``aging_warmup_s``; a verdict when exhaustion is predicted within ``aging_horizon_s``. The defaults
-    suit services that leak over hours; the demo uses seconds.
+    ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample.
+
+    Aging (``aging``, on for every unit with a ``process`` probe): the floor of each resource of
+    ``aging_limits`` (default: ``rss_bytes`` up to the unit's ``memory_max``, else the machine's memory;
+    ``num_fds`` up to the open-files limit) in ``aging_bucket_s`` buckets at several time scales
+    (``aging_window`` buckets each), judged from ``aging_min_buckets`` buckets on, ignoring the first
+    ``aging_warmup_s``. A verdict needs a Mann–Kendall trend at significance ``aging_alpha`` that is not
+    slowing down (the recent half's slope at least ``aging_slope_ratio`` of the whole's) and a predicted
+    exhaustion within ``aging_urgency`` times the length of the evidence and within ``aging_horizon_s``.
+    See :mod:`enmei.detect.aging`.
     """
 
     latency: bool = True
     latency_learning: int = Field(default=300, ge=10)
     latency_alpha: float = Field(default=1e-6, gt=0, lt=0.5)
     latency_hold_off_s: float = Field(default=300.0, ge=0)
-    aging_limits: dict[str, float] = Field(default_factory=dict)
-    aging_bucket_s: float = Field(default=60.0, gt=0)
-    aging_min_buckets: int = Field(default=20, ge=6, le=120)
-    aging_warmup_s: float = Field(default=600.0, ge=0)
+    aging: bool = True
+    aging_limits: AgingLimits | None = None
+    aging_bucket_s: float = Field(default=5.0, gt=0)
+    aging_alpha: float = Field(default=1e-3, gt=0, lt=0.5)
+    aging_window: int = Field(default=24, ge=6, le=120)
+    aging_min_buckets: int = Field(default=8, ge=4, le=120)
+    aging_warmup_s: float = Field(default=30.0, ge=0)
     aging_horizon_s: float = Field(default=86_400.0, gt=0)
+    aging_urgency: float = Field(default=1.0, gt=0)
+    aging_slope_ratio: float = Field(default=0.5, ge=0, le=1)
     aging_hold_off_s: float = Field(default=1800.0, ge=0)
 
-    @field_validator("aging_limits", mode="before")
+    @field_validator("aging_min_buckets")
     @classmethod
-    def _sizes(cls, v: Any) -> Any:
-        return byte_sizes(v)
+    def _can_fire(cls, v: int, info: ValidationInfo) -> int:
+        alpha = info.data.get("aging_alpha")
+        problem = None if alpha is None else min_buckets_problem(v, alpha)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
 
 ProbeRole = Literal["liveness", "readiness"]

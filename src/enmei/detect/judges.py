@@ -1,20 +1,21 @@
 """The statistical unit detectors a unit gets by default: ``latency`` (control charts) and ``aging``.
 
-Both are a :class:`~enmei.detect.pipeline.UnitJudge` restricted to one half of its job, so their
-verdicts are exactly the judge's (see that module for the statistics and the evidence):
+``latency`` is a :class:`~enmei.detect.pipeline.UnitJudge` restricted to its latency half, so its
+verdicts are exactly the judge's (see that module for the statistics and the evidence); ``aging`` lives
+in :mod:`enmei.detect.aging_unit`:
 
 - ``latency`` — one EWMA + CUSUM chart on the log latency of each probe reporting ``metric``; ANOMALY
   verdicts. ``reset()`` keeps the learned baseline (a restart does not change what normal latency is).
   ``limits()`` gives each learned chart's single-value limits.
-- ``aging`` — a Mann–Kendall trend per metric of ``limits``; AGING verdicts with the predicted time to
-  exhaustion. ``reset()`` starts the trends over (a restart frees what leaked).
+- ``aging`` — the floor of each resource trending towards its limit without slowing down
+  (:mod:`enmei.detect.aging`); AGING verdicts with the predicted time to exhaustion. ``reset()``
+  starts the trends over (a restart frees what leaked).
 
 Options (``[[units.NAME.detectors]]``), with the defaults of ``[units.NAME.detect]``::
 
     kind = "latency"   metric = "latency_s"  learning = 300  alpha = 1e-6  side = "up"  hold_off_s = 300
                        repeat_s = 60   (per probe: each probe's chart has its own hold-off)
-    kind = "aging"     limits = {rss_bytes = "512MiB"}  bucket_s = 60  min_buckets = 20  warmup_s = 600
-                       horizon_s = 86400  hold_off_s = 1800
+    kind = "aging"     see enmei.detect.aging_unit
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from enmei.detect.pipeline import UnitJudge
 from enmei.detect.protocol import DetectorContext, Judgement, Limit
-from enmei.detect.registry import DetectorOptions, byte_sizes, register
+from enmei.detect.registry import DetectorOptions, register
 from enmei.model import Observation
 
-__all__ = ["AgingDetector", "AgingOptions", "LatencyDetector", "LatencyOptions"]
+__all__ = ["LatencyDetector", "LatencyOptions"]
 
 
 class LatencyOptions(DetectorOptions):
@@ -39,20 +40,6 @@ class LatencyOptions(DetectorOptions):
     hold_off_s: float = Field(default=300.0, ge=0)
     side: Literal["up", "both"] = "up"
     repeat_s: float | None = Field(default=60.0, gt=0)
-
-
-class AgingOptions(DetectorOptions):
-    limits: dict[str, float] = Field(default_factory=dict)
-    bucket_s: float = Field(default=60.0, gt=0)
-    min_buckets: int = Field(default=20, ge=6, le=120)
-    warmup_s: float = Field(default=600.0, ge=0)
-    horizon_s: float = Field(default=86_400.0, gt=0)
-    hold_off_s: float = Field(default=1800.0, ge=0)
-
-    @field_validator("limits", mode="before")
-    @classmethod
-    def _sizes(cls, v: Any) -> Any:
-        return byte_sizes(v)
 
 
 def _plain(x: Any) -> Any:
@@ -95,45 +82,8 @@ class LatencyDetector:
         return self.judge.limits()
 
 
-class AgingDetector:
-    """AGING verdicts from resource trends (one per metric of ``limits``)."""
-
-    def __init__(self, unit: str, opts: AgingOptions) -> None:
-        self.kind = "aging"
-        self.name = opts.detector_name
-        self.judge = UnitJudge(unit, latency_metric="-", aging_limits=opts.limits, aging_bucket_s=opts.bucket_s,
-                               aging_min_buckets=opts.min_buckets, aging_warmup_s=opts.warmup_s,
-                               aging_horizon_s=opts.horizon_s, aging_hold_off_s=opts.hold_off_s,
-                               critical_exhaust_s=min(3600.0, opts.horizon_s))
-
-    def feed(self, obs: Observation) -> Judgement:
-        return Judgement(tuple(self.judge.feed(obs)))
-
-    def reset(self) -> None:
-        """Forget every trend: a new instance has not leaked yet."""
-        self.judge.reset()
-
-    def state(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for metric, limit in self.judge.aging_limits.items():
-            det = self.judge.aging.get(metric)
-            ev = det.evidence() if det is not None else {}
-            out[metric] = {"limit": limit, **{k: _plain(ev.get(k)) for k in (
-                "level", "slope_per_s", "exhaust_in_s", "buckets", "rule")}}
-        return {"metrics": out}
-
-    def limits(self) -> dict[str, Limit]:
-        return {}
-
-
 def _latency(ctx: DetectorContext, opts: LatencyOptions) -> LatencyDetector:
     return LatencyDetector(ctx.unit, opts)
 
 
-def _aging(ctx: DetectorContext, opts: AgingOptions) -> AgingDetector:
-    return AgingDetector(ctx.unit, opts)
-
-
 register("latency", LatencyOptions, _latency, example={"learning": 20, "hold_off_s": 0})
-register("aging", AgingOptions, _aging, example={"limits": {"rss_bytes": 2e6}, "bucket_s": 1, "min_buckets": 6,
-                                                     "warmup_s": 0})

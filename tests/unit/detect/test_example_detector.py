@@ -95,6 +95,8 @@ interval_s = 1.0
 kind = "test_rss_above"
 name = "rss"
 max_bytes = 50_000_000
+[units.a.detect]
+aging = false  # a process probe brings the aging detector by default: this test watches one kind only
 """
 
 

@@ -11,8 +11,10 @@ import pytest
 from enmei.clock import FakeClock
 from enmei.config.load import check, load_text
 from enmei.detect import registry
+from enmei.detect.aging_keys import default_limits
+from enmei.detect.aging_unit import AgingDetector
 from enmei.detect.failures import ProbeFailureDetector, ProbeFailureOptions
-from enmei.detect.judges import AgingDetector, LatencyDetector
+from enmei.detect.judges import LatencyDetector
 from enmei.detect.logmatch import LogPatternDetector, LogPatternOptions
 from enmei.detect.pipeline import UnitJudge
 from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit
@@ -56,12 +58,13 @@ def test_a_unit_that_configures_none_gets_the_old_set(tmp_path: Path) -> None:
     assert isinstance(pf, ProbeFailureDetector)
     assert {p: t.fail_after for p, t in pf.trackers.items()} == {"http": 2}  # passive probes cannot fail
     aging = dets.get("aging")
-    assert isinstance(aging, AgingDetector) and aging.judge.aging_limits == {"rss_bytes": 64 * 2**20}
+    assert isinstance(aging, AgingDetector) and aging.aging_limits == {"rss_bytes": 64 * 2**20}
 
 
 def test_nothing_to_judge_gives_an_empty_set(tmp_path: Path) -> None:
     text = '[units.a]\ncommand = ["/bin/true"]\n[[units.a.probes]]\nkind = "process"\n'
-    assert len(detectors_of(tmp_path, text, "a")) == 0
+    assert len(detectors_of(tmp_path, text + '[units.a.detect]\naging = false\n', "a")) == 0
+    assert len(detectors_of(tmp_path, '[units.a]\ncommand = ["/bin/true"]\n', "a")) == 0
     off = WEB.replace("[units.web.detect]\naging_limits", "[units.web.detect]\nlatency = false\naging_limits")
     assert [d.kind for d in detectors_of(tmp_path, off)] == ["probe_failures", "aging"]
 
@@ -81,13 +84,23 @@ pattern = "Traceback"
     assert isinstance(pf, ProbeFailureDetector) and pf.trackers["http"].fail_after == 5
 
 
-def test_default_verdicts_are_the_old_judges(tmp_path: Path) -> None:
-    """The latency and aging detectors give exactly the verdicts of the one UnitJudge they replace."""
+def test_a_unit_with_a_process_probe_gets_aging_up_to_what_it_can_reach(tmp_path: Path) -> None:
+    """Issue 13 item 6: no aging_limits is not 'no aging' — the limits are what the unit can reach."""
+    text = '[units.a]\ncommand = ["/bin/true"]\n[[units.a.probes]]\nkind = "process"\n'
+    aging = detectors_of(tmp_path, text, "a").get("aging")
+    assert isinstance(aging, AgingDetector)
+    assert aging.aging_limits == default_limits(None)
+    assert aging.aging_limits["rss_bytes"] > 2**20  # the machine's memory here: no memory_max
+    assert default_limits(300 * 2**20, nofile=64.0) == {"rss_bytes": 300 * 2**20, "num_fds": 64.0}
+
+
+def test_default_verdicts(tmp_path: Path) -> None:
+    """The latency detector gives exactly the verdicts of the UnitJudge it wraps; the aging one an AGING
+    verdict with its evidence, before the limit."""
     dets = detectors_of(tmp_path, WEB.replace('aging_limits = { rss_bytes = "64MiB" }',
                                               'aging_limits = { rss_bytes = "64MiB" }\nlatency_learning = 40\n'
-                                              'aging_bucket_s = 1\naging_min_buckets = 6\naging_warmup_s = 0'))
-    old = UnitJudge("web", aging_limits={"rss_bytes": 64 * 2**20}, learning=40, hold_off_s=300.0,
-                    aging_bucket_s=1.0, aging_min_buckets=6, aging_warmup_s=0.0, critical_exhaust_s=3600.0)
+                                              'aging_bucket_s = 1\naging_min_buckets = 8\naging_warmup_s = 0'))
+    old = UnitJudge("web", learning=40, hold_off_s=300.0)
     rng = random.Random(3)
     new_v, old_v = [], []
     for i in range(300):
@@ -97,11 +110,51 @@ def test_default_verdicts_are_the_old_judges(tmp_path: Path) -> None:
         for o in (lat, rss):
             new_v += dets.feed(o).verdicts
             old_v += old.feed(o)
-    assert {v.kind for v in old_v} == {VerdictKind.ANOMALY, VerdictKind.AGING}
-    assert new_v == old_v
+    assert [v for v in new_v if v.kind is VerdictKind.ANOMALY] == old_v
+    assert {v.kind for v in old_v} == {VerdictKind.ANOMALY}
+    aging = [v for v in new_v if v.kind is VerdictKind.AGING]
+    assert aging
+    ev = aging[0].evidence
+    assert ev["metric"] == "rss_bytes" and ev["rule"] == "leak"
+    assert ev["value"] < 64 * 2**20
+    assert ev["slope_per_s"] == pytest.approx(2e5, rel=0.05)
+    assert 0 < ev["exhaust_in_s"] < (64 * 2**20 - ev["value"]) / 2e5 * 1.2
 
 
 # -- config: errors name file, key and line --------------------------------------------------------
+
+def test_aging_limits_with_an_unknown_key_or_a_bad_size_name_file_line_and_key(tmp_path: Path) -> None:
+    """Issue 13: `aging_limits = { rss = "250MiB" }` (a typo) passed `enmei check` silently."""
+    path = tmp_path / "enmei.toml"
+    base = '[units.a]\ncommand = ["/bin/true"]\n[[units.a.probes]]\nkind = "process"\n[units.a.detect]\n'
+    path.write_text(base + 'aging_limits = { rss = "250MiB" }\n')
+    [p] = check(path)
+    assert (p.line, p.key) == (6, "units.a.detect.aging_limits.rss")
+    assert "unknown key 'rss'" in p.message and "rss_bytes" in p.message
+    path.write_text(base + 'aging_limits = { rss_bytes = "250XB", num_fds = "many" }\n')
+    assert {(p.line, p.key) for p in check(path)} == {(6, "units.a.detect.aging_limits.rss_bytes"),
+                                                     (6, "units.a.detect.aging_limits.num_fds")}
+    path.write_text(base + 'aging_limits = { rss_bytes = "250MiB", num_fds = 512 }\n')
+    assert check(path) == []
+    aging = detectors_of(tmp_path, path.read_text(), "a").get("aging")
+    assert isinstance(aging, AgingDetector)
+    assert aging.aging_limits == {"rss_bytes": 250 * 2**20, "num_fds": 512.0}
+
+
+def test_min_buckets_that_can_never_fire_is_refused_with_the_reason(tmp_path: Path) -> None:
+    """Issue 13: aging_min_buckets = 6 could never fire (a hidden p < 1e-3) and nothing said so."""
+    path = tmp_path / "enmei.toml"
+    base = '[units.a]\ncommand = ["/bin/true"]\n[[units.a.probes]]\nkind = "process"\n[units.a.detect]\n'
+    path.write_text(base + "aging_min_buckets = 6\n")
+    [p] = check(path)
+    assert (p.line, p.key) == (6, "units.a.detect.aging_min_buckets")
+    assert "can never fire at aging_alpha = 0.001" in p.message and "aging_min_buckets >= 8" in p.message
+    path.write_text(base + "aging_alpha = 0.005\naging_min_buckets = 6\n")
+    assert check(path) == []
+    path.write_text(base + '[[units.a.detectors]]\nkind = "aging"\nmin_buckets = 6\n')
+    [p] = check(path)
+    assert p.key.startswith("units.a.detectors[0]") and "min_buckets = 6 can never fire" in p.message
+
 
 def test_bad_entries_name_file_key_and_line(tmp_path: Path) -> None:
     path = tmp_path / "enmei.toml"
