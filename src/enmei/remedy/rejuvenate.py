@@ -4,9 +4,13 @@ This is the seed's software rejuvenation. Given a window (``window_s``), the rem
 load metric (``metric``, e.g. ``latency_s`` or ``cpu_percent``) and restarts at the first moment the
 load is at or below the ``quantile`` of its recent history (the last ``history_s``); if no such moment
 comes, it restarts when the window ends; with too little history to judge (fewer than 5 values),
-it restarts at once. The restart itself is graceful: stop with the unit's
-``stop_timeout_s``, start, and check that the start holds. The outcome records the chosen moment, the
-load then and the threshold, so the choice can be audited.
+it restarts at once. When the unit has never reported ``metric`` (a unit without an HTTP probe has no
+``latency_s``) and the decision did not name one, its ``cpu_percent`` (the process probe's) is the load.
+The restart itself is graceful: stop with the unit's ``stop_timeout_s``, start, and check that the start
+holds. The outcome records the chosen moment, the load then and the threshold, so the choice can be
+audited, and the service's real downtime: ``downtime_s`` from the beginning of the stop until the new
+instance is started (``stopping_s`` + ``starting_s``), without the ``start_s`` the start is then held
+for to see that it lasts (the service already runs then).
 """
 
 from __future__ import annotations
@@ -16,14 +20,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from enmei.errors import StopError
-from enmei.model import RemedyState
+from enmei.errors import StartError, StopError
 from enmei.remedy.base import Remedy, Result, UnitControl
-from enmei.remedy.restart import start_and_hold
 
 __all__ = ["Rejuvenate", "quiet_threshold"]
 
 _POLL_S = 0.25
+_FALLBACK_METRIC = "cpu_percent"
 
 
 def quiet_threshold(values: list[float], quantile: float) -> float | None:
@@ -60,6 +63,9 @@ class Rejuvenate(Remedy):
         clock = unit.clock
         t0 = clock.monotonic()
         history = [v for _, v in unit.load_history(metric, t0 - history_s)]
+        if not history and "metric" not in args and unit.load_history(_FALLBACK_METRIC, t0 - history_s):
+            metric = _FALLBACK_METRIC
+            history = [v for _, v in unit.load_history(metric, t0 - history_s)]
         threshold = quiet_threshold(history, quantile)
         reason = "window ended"
         load: float | None = None
@@ -79,12 +85,21 @@ class Rejuvenate(Remedy):
         waited = clock.monotonic() - t0
         data: dict[str, Any] = {"metric": metric, "waited_s": round(waited, 3), "load": load,
                                 "threshold": threshold, "reason": reason}
+        down_at = clock.monotonic()
         if unit.alive():
             try:
                 await unit.stop(spec.stop_timeout_s)
             except StopError as exc:
                 return Result.failed(f"could not stop: {exc.cause}", **data)
-        started = await start_and_hold(unit)
-        if started.state is not RemedyState.SUCCEEDED:
-            return Result(started.state, started.detail, data)
-        return Result.ok(f"rejuvenated after {waited:.1f}s ({reason})", **data)
+        stopped_at = clock.monotonic()
+        try:
+            await unit.start()
+        except StartError as exc:
+            return Result.failed(f"start failed: {exc.cause}", **data)
+        up_at = clock.monotonic()
+        data.update({"downtime_s": round(up_at - down_at, 3), "stopping_s": round(stopped_at - down_at, 3),
+                     "starting_s": round(up_at - stopped_at, 3)})
+        why = await unit.wait_stable()
+        if why is not None:
+            return Result.failed(why, **data)
+        return Result.ok(f"rejuvenated after {waited:.1f}s ({reason}); down {up_at - down_at:.2f}s", **data)
