@@ -167,14 +167,17 @@ def run(seed: int = 0) -> dict[str, float]:
     delays: list[float] = []
     leads: list[float] = []
     found = missed = false_alarms = 0
+    exhausting = exhausting_found = 0
     per_kind: dict[str, list[float]] = {}
     for s in series:
         at = first_alarm(s)
         if s.leak:
             assert s.leak_start_s is not None
             exhaust = s.exhaust_at_s
+            exhausting += exhaust is not None
             if at is not None and at >= s.leak_start_s and (exhaust is None or at < exhaust):
                 found += 1
+                exhausting_found += exhaust is not None
                 delays.append(at - s.leak_start_s)
                 per_kind.setdefault(s.kind, []).append(at - s.leak_start_s)
                 if exhaust is not None:
@@ -191,6 +194,9 @@ def run(seed: int = 0) -> dict[str, float]:
         "false_alarms": float(false_alarms),
         "median_delay_s": statistics.median(delays) if delays else math.nan,
         "leaks": float(leaks),
+        # Leaks that reach their limit within the series: the ones that must be found (a leak with 20 h
+        # left after 4 h is, by the detector's urgency, not yet worth a restart).
+        "detection_rate_exhausting": exhausting_found / exhausting if exhausting else 0.0,
         "controls": float(sum(1 for s in series if not s.leak)),
         "max_delay_s": max(delays) if delays else math.nan,
         "min_lead_s": min(leads) if leads else math.nan,
