@@ -131,6 +131,8 @@ def test_ctl_controls_a_real_enmei_and_hostile_clients_stall_nothing(tmp_path: P
     # clear errors
     r = _ctl(state, "start", "nope")
     assert r.returncode == 1 and "no unit named 'nope' (units: flap, web)" in r.stderr, r.stderr
+    r = enmei("ctl", "status", "web", "--json", "-c", str(cfg), timeout=scaled(60))  # the config finds the socket
+    assert r.returncode == 0 and [u["name"] for u in json.loads(r.stdout)["units"]] == ["web"], r.stderr
     r = _ctl(state, "reload", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["reload"]["ok"] is True, (r.stdout, r.stderr)
     r = _ctl(state, "logs", "web", "-n", "5")

@@ -720,7 +720,8 @@ class Engine:
                          "by": cmd.by}
         body["cancelled"] = cancelled
         down = unit.state in (UnitState.EXITED, UnitState.BACKOFF, UnitState.ESCALATED) and not unit.alive()
-        body["start"] = down or (cancelled is not None and unit.state is not UnitState.STOPPED)
+        # (another repair still running, a rejuvenation say, brings the unit back itself: left alone)
+        body["start"] = (down and run is None) or (cancelled is not None and unit.state is not UnitState.STOPPED)
         seq = self.record(RecordKind.RESET, unit.name, body)
         if body["start"]:
             start = Command("start", unit.name, {}, cmd.by, preempted=cancelled)
