@@ -189,7 +189,10 @@ def _v1_values(key: str, value: float | int) -> list[tuple[str, str]]:
         return [("cpu.cfs_period_us", str(CPU_PERIOD_US)),
                 ("cpu.cfs_quota_us", str(max(1000, round(float(value) * CPU_PERIOD_US))))]
     if key == "memory_max":
-        return [("memory.limit_in_bytes", str(int(value)))]
+        # With swap too (memsw, where swap accounting is on): past memory_max the kernel OOM-kills, it does
+        # not swap. memsw may never be below the limit: lifted first, set after.
+        return [("memory.memsw.limit_in_bytes?", "-1"), ("memory.limit_in_bytes", str(int(value))),
+                ("memory.memsw.limit_in_bytes?", str(int(value)))]
     return [("pids.max", str(int(value)))]
 
 
@@ -197,8 +200,17 @@ def _v2_values(key: str, value: float | int) -> list[tuple[str, str]]:
     if key == "cpu_max":
         return [("cpu.max", f"{max(1000, round(float(value) * CPU_PERIOD_US))} {CPU_PERIOD_US}")]
     if key == "memory_max":
-        return [("memory.max", str(int(value)))]
+        return [("memory.max", str(int(value))), ("memory.swap.max?", "0")]  # OOM at the limit, never swap
     return [("pids.max", str(int(value)))]
+
+
+def _write_all(group: Path, values: list[tuple[str, str]]) -> None:
+    """Write each (file, value); a file whose name ends in ``?`` is written only if the kernel has it."""
+    for spelled, text in values:
+        name = spelled.rstrip("?")
+        if spelled.endswith("?") and not (group / name).exists():
+            continue
+        _write(group / name, text)
 
 
 def _write(path: Path, value: str) -> None:
@@ -452,14 +464,12 @@ class ResourceCage:
             ctrl = _RESOURCES[key][0]
             try:
                 if ctrl in self.v2 and v2 is not None:
-                    for name, text in _v2_values(key, value):
-                        _write(v2.path / name, text)
+                    _write_all(v2.path, _v2_values(key, value))
                     cage.v2 = v2.path
                 elif ctrl in self.v1:
                     group = self.v1[ctrl] / f"unit-{unit}"
                     _mkdir(group)
-                    for name, text in _v1_values(key, value):
-                        _write(group / name, text)
+                    _write_all(group, _v1_values(key, value))
                     cage.v1[ctrl] = group
                 else:
                     why = self.missing.get(ctrl, f"no {ctrl} controller")
