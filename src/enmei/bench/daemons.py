@@ -224,6 +224,7 @@ class ProcWatch(_Loop):
         self.seen: dict[tuple[int, int], Proc] = {}
         self.before: set[tuple[int, int]] = set()
         self.stopped: set[tuple[int, int]] = set()
+        self.seen_stopped: set[tuple[int, int]] = set()
         self.first_new: float | None = None
         self.first_changed: float | None = None
         self.marked = False
@@ -240,8 +241,14 @@ class ProcWatch(_Loop):
             ids = {(p.pid, p.start): p for p in now.values()}
             if self.first_new is None and any(k not in self.before for k in ids):
                 self.first_new = t
-            if self.first_changed is None and self.stopped and any(
-                    k not in ids or ids[k].state not in ("T", "t") for k in self.stopped):
+            for k in self.stopped:
+                if k in ids and ids[k].state in ("T", "t"):
+                    self.seen_stopped.add(k)
+            # a stopped process is changed once it is gone, or running again after it was seen stopped
+            # (a SIGSTOP takes effect when the process next runs: "not stopped yet" is no reaction)
+            if self.first_changed is None and any(
+                    k not in ids or (k in self.seen_stopped and ids[k].state not in ("T", "t"))
+                    for k in self.stopped):
                 self.first_changed = t
 
     def mark(self, before: dict[int, Proc], stopped: Sequence[Proc] = ()) -> None:
@@ -249,6 +256,7 @@ class ProcWatch(_Loop):
         with self.lock:
             self.before = {(p.pid, p.start) for p in before.values()}
             self.stopped = {(p.pid, p.start) for p in stopped}
+            self.seen_stopped = set()
             self.first_new = self.first_changed = None
             self.marked = True
 
@@ -348,6 +356,7 @@ class Repeat:
     failed_requests: int = 0
     stale_answers: int = 0
     leftover_processes: int = 0
+    detect_by: str = ""  # "log" (the supervisor's first line naming the unit) or "processes" (/proc)
     reaction: str = ""
     operator: str = ""
     error: str = ""
@@ -357,7 +366,7 @@ class Repeat:
         out: dict[str, Any] = {"detect_s": self.detect_s, "back_s": self.back_s,
                                "failed_requests": self.failed_requests, "stale_answers": self.stale_answers,
                                "leftover_processes": self.leftover_processes}
-        for k in ("reaction", "operator", "error"):
+        for k in ("detect_by", "reaction", "operator", "error"):
             if getattr(self, k):
                 out[k] = getattr(self, k)
         return out
@@ -533,8 +542,10 @@ def _measure(rig: _Rig, fault: str, r: Repeat) -> None:
     r.back_s = None if back is None else round(back - t0, 3)
     r.failed_requests = sum(1 for x in done if not x[2] and x[3] != STALE and x[0] <= until)
     r.stale_answers = sum(1 for x in done if x[3] == STALE and x[0] <= until)
-    detect = [t for t in (rig.tail.first, rig.watch.reaction()) if t is not None]
-    r.detect_s = round(min(detect) - t0, 3) if detect else None
+    detect = [(t, by) for t, by in ((rig.tail.first, "log"), (rig.watch.reaction(), "processes")) if t is not None]
+    if detect:
+        t, r.detect_by = min(detect)
+        r.detect_s = round(t - t0, 3)
     r.reaction = rig.tail.first_line
     with contextlib.suppress(FileNotFoundError):
         (rig.d.root / "slow").unlink()
