@@ -285,6 +285,9 @@ interval_s = 0.3
     seen = _groups(probe)
     assert seen[""].endswith("/unit-svc")  # still tracked in the unit's v2 cgroup (this host's cage is v1)
     base = Path(mounts["cpu"][0]) / seen["cpu"].lstrip("/")
+    instance = base.parent.name
+    # No unit asks for memory_max: the memory hierarchy (a cgroup enmei did not make) is left untouched.
+    assert not (Path(mounts["memory"][0]) / own["memory"].lstrip("/") / instance).exists()
     instance_dirs = [Path(mounts[c][0]) / _groups(probe)[c].lstrip("/").rsplit("/", 1)[0] for c in ("cpu", "pids")]
 
     def sandbox() -> psutil.Process | None:

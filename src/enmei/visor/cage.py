@@ -414,7 +414,8 @@ class ResourceCage:
         return None
 
     def _v1_base(self, ctrl: str, own: dict[str, str], mounts: dict[str, tuple[str, str]]) -> Path | str:
-        """enmei's ``enmei-<instance>`` group in ``ctrl``'s v1 hierarchy (made), or why there is none."""
+        """Where enmei's ``enmei-<instance>`` group in ``ctrl``'s v1 hierarchy goes (made when a limit or the
+        helper cage first needs it: a hierarchy nothing is limited in is never written), or why there is none."""
         if ctrl not in mounts:
             return self.missing.get(ctrl) or f"no {ctrl} controller (not in cgroup v2 for enmei's tree, no v1 mount)"
         mount, root = mounts[ctrl]
@@ -426,10 +427,8 @@ class ResourceCage:
         if ".." in mine.split("/"):
             return f"unsafe {ctrl} cgroup path {mine!r}"
         base = Path(mount) / mine.lstrip("/") / f"enmei-{self.instance}"
-        try:
-            _mkdir(base)
-        except CgroupError as exc:
-            return f"cannot create {base}: {exc.cause}"
+        if not base.is_dir() and not (base.parent.is_dir() and os.access(base.parent, os.W_OK)):
+            return f"cannot create {base}: {base.parent} is not writable"
         return base
 
     def notice_for(self, key: str) -> str | None:
@@ -468,6 +467,7 @@ class ResourceCage:
                     cage.v2 = v2.path
                 elif ctrl in self.v1:
                     group = self.v1[ctrl] / f"unit-{unit}"
+                    _mkdir(self.v1[ctrl])
                     _mkdir(group)
                     _write_all(group, _v1_values(key, value))
                     cage.v1[ctrl] = group
@@ -574,6 +574,7 @@ class HelperCage:
                 continue
             path = base / "cage"
             try:
+                _mkdir(base)
                 _mkdir(path)
                 if ctrl == "cpu":
                     _write(path / "cpu.shares", str(_HELPER_SHARES_V1))
