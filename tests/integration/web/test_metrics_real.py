@@ -138,6 +138,8 @@ def _running_with_history(base: str) -> dict[str, float] | None:
     s = _scrape(base)
     if s is None:
         return None
+    # Every unit's exit counters are there from the first scrape: their absence is a failure now, not later.
+    assert 'enmei_unit_exits_total{"reason": "error", "unit": "crasher"}' in s, sorted(s)[:50]
     exits = s.get('enmei_unit_exits_total{"reason": "error", "unit": "crasher"}', 0.0)
     timed = all(s.get(f'enmei_probe_duration_seconds_count{{"probe": "{p}", "unit": "web"}}', 0.0) > 0
                 for p in ("http", "tcp", "exec"))
