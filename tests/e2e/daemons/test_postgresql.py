@@ -63,8 +63,9 @@ def test_a_hung_postgres_is_seen_by_pg_isready_and_shut_down_fast_not_killed(tmp
 
 
 def test_a_killed_backend_is_recovered_by_the_postmaster_and_enmei_does_not_restart(tmp_path: Path) -> None:
-    """The postmaster answers a crashed child by ending all backends and recovering, rejecting connections
-    meanwhile: enmei sees the unit degraded (readiness) and ok again, and restarts nothing."""
+    """The postmaster answers a crashed child (a backend, then a background worker) by ending all backends
+    and recovering, rejecting connections meanwhile: enmei sees the unit degraded (readiness) and ok
+    again, and restarts nothing."""
     with running("postgresql", tmp_path) as rig:
         postmaster = rig.until_running()
         with PgClient(rig.daemon.port) as client:
@@ -78,6 +79,16 @@ def test_a_killed_backend_is_recovered_by_the_postmaster_and_enmei_does_not_rest
         rig.until(lambda: "database system is ready to accept connections" in rig.unit_log().split(
             "reinitializing")[-1], 60, "the postmaster's recovery done")
         rig.until(lambda: rig.answers() and rig.view()["health"] == "ok", 60, "answering and healthy again")
+        # A background worker killed is a crash too: the postmaster recovers again, by itself.
+        (launcher,) = rig.until(lambda: rig.children("logical replication launcher"), 60, "the launcher")
+        os.kill(launcher.pid, signal.SIGKILL)
+        rig.until(lambda: rig.unit_log().count("all server processes terminated; reinitializing") == 2, 60,
+                  "the postmaster reinitializing again")
+        rig.until(lambda: "database system is ready to accept connections" in rig.unit_log().split(
+            "reinitializing")[-1], 60, "the postmaster's second recovery done")
+        rig.until(lambda: rig.answers() and rig.view()["health"] == "ok", 60, "answering and healthy again")
+        assert f'background worker "logical replication launcher" (PID {launcher.pid}) was terminated by signal 9' \
+            in rig.unit_log()
         assert rig.pid() == postmaster
         assert rig.events("exited") == [] and rig.events("stopped") == [] and rig.records("verdict") == []
         assert [b["action"] for _, _, b in rig.records("decision")] == ["start"]  # the autostart alone
