@@ -100,7 +100,8 @@ def _command(op: str, unit: str, config: Path | None, state_dir: Path | None, as
     if answer.get("queued"):
         console.print(f"{op} {unit}: queued; {answer.get('note', '')}")
         return
-    said = f"{op} {unit}: done (record {answer.get('seq')})"
+    outcome = answer.get("outcome") or {}
+    said = f"{op} {unit}: {outcome.get('detail') or 'done'} (record {answer.get('seq')})"
     pre = answer.get("preempted")
     if pre:
         said += f"; cancelled {pre.get('action')} {pre.get('remedy_id')}"

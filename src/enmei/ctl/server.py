@@ -243,9 +243,13 @@ class ControlServer:
                 answer = await _within(reply, _COMMAND_WAIT_S)
             except TimeoutError:
                 return {"unit": name, "action": op, "queued": True,
-                        "note": f"not carried out within {_COMMAND_WAIT_S:g}s; see enmei box tail"}
+                        "note": f"still running after {_COMMAND_WAIT_S:g}s; see enmei ctl status, enmei box tail"}
             if answer.get("rejected") or answer.get("suppressed"):
                 raise CtlError(f"{op} {name}: {answer.get('rejected') or answer.get('suppressed')}")
+            outcome = answer.get("outcome") or {}
+            if outcome.get("state") not in (None, "succeeded"):
+                raise CtlError(f"{op} {name}: {outcome.get('state')}: {outcome.get('detail')} "
+                               f"(record {answer.get('seq')})")
             return answer
         if op == "reload":
             hook = getattr(engine, "request_reload", None)

@@ -190,9 +190,10 @@ class Engine:
 
     def control(self, action: str, unit: str, args: Mapping[str, Any] | None = None,
                 by: str = "operator") -> asyncio.Future[dict[str, Any]]:
-        """``submit``, with an answer: a future resolved once the command is carried out or refused, with
-        ``{"unit", "action", "by", "seq", "preempted", "rejected", "suppressed", "cleared"}`` (the decision
-        or reset record's seq; the repair it cancelled; why it was refused). Never raises into the loop."""
+        """``submit``, with an answer: a future resolved once the command's remedy has ended (or at once when
+        it was refused, or for ``reset``), with ``{"unit", "action", "by", "seq", "preempted", "rejected",
+        "suppressed", "outcome", "cleared"}`` (the decision or reset record's seq; the repair it cancelled;
+        why it was refused; the remedy's end state and detail). Never raises into the loop."""
         reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.queue.put_nowait(Command(action, unit, dict(args or {}), by, reply))
         return reply
@@ -679,6 +680,13 @@ class Engine:
                                               policy=cmd.by, rule="manual"), None, preempted=cmd.preempted)
                 answer = {k: body.get(k) for k in ("seq", "rejected", "suppressed")}
                 answer["preempted"] = cmd.preempted
+                unit = self.units.get(cmd.unit)
+                run = unit.remedy if unit is not None else None
+                if cmd.reply is not None and run is not None and run.task is not None and \
+                        run.decision_seq == answer["seq"]:
+                    # Answered when the remedy ends (a stop has stopped), with its outcome.
+                    run.task.add_done_callback(lambda t: _answer(cmd, {**answer, "outcome": _outcome_of(t)}))
+                    return
         except Exception as exc:  # the answer must come, even when carrying out failed
             _answer(cmd, {"rejected": f"internal error: {type(exc).__name__}: {exc}"})
             raise
@@ -1055,6 +1063,13 @@ _OVERRIDES = frozenset({"stop", "start", "restart"})
 
 def _by_operator(d: Decision) -> bool:
     return d.rule == "manual"
+
+
+def _outcome_of(task: asyncio.Task[Any]) -> dict[str, Any]:
+    if task.cancelled() or task.exception() is not None:
+        return {"state": "cancelled", "detail": "the remedy did not finish"}
+    out = task.result()
+    return {"state": str(out.state), "detail": out.detail}
 
 
 def _answer(cmd: Command, answer: Mapping[str, Any]) -> None:
