@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from enmei.bench.daemons import Proc, Repeat, cell_summary, main_process, summarize
+from enmei.bench.daemons import Repeat, cell_summary, summarize
+from enmei.bench.daemons_watch import Proc, main_process
 
 
 def _reps(*backs: float | None, left: int = 0, error: str = "") -> list[Repeat]:
