@@ -40,3 +40,14 @@ def test_describe_covers_the_record_kinds() -> None:
     assert describe("remedy.outcome", {"action": "restart", "state": "failed", "duration_s": 1, "detail": "d"}) \
         == "remedy restart failed in 1s: d"
     assert describe("samples", {}) == ""
+
+
+def test_describe_shows_a_reload_and_a_wait_for_a_dependency() -> None:
+    assert describe("reload", {"event": "diff", "ok": True, "summary": "+b ~a(command: restart)"}) \
+        == "reload diff: +b ~a(command: restart)"
+    assert describe("reload", {"event": "rejected", "ok": False, "error": "f:3: units.a: bad"}) \
+        == "reload rejected: f:3: units.a: bad"
+    assert describe("unit.event", {"event": "waiting", "for": ["db"], "cause": "waiting for db: x"}) \
+        == "waiting for db: x"
+    assert describe("unit.event", {"event": "resumed", "for": ["db"], "waited_s": 1.5}) \
+        == "resumed: db running again after 1.5s"

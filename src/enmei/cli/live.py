@@ -25,7 +25,8 @@ _STATE_STYLE = {
 }
 _HEALTH_STYLE = {Health.OK: "green", Health.DEGRADED: "yellow", Health.FAILING: "bold red", Health.UNKNOWN: "dim"}
 _KIND_STYLE = {"verdict": "magenta", "decision": "cyan", "remedy.start": "blue", "remedy.outcome": "blue",
-               "alert": "bold red", "unit.state": "white", "unit.event": "yellow", "unit.health": "white"}
+               "alert": "bold red", "unit.state": "white", "unit.event": "yellow", "unit.health": "white",
+               "reload": "bold"}
 
 
 def describe(kind: str, body: Mapping[str, Any]) -> str:
@@ -41,6 +42,10 @@ def describe(kind: str, body: Mapping[str, Any]) -> str:
             return f"EXITED ({how}) after {body.get('uptime_s')}s"
         if ev == "started":
             return f"started pid {body.get('pid')}"
+        if ev == "waiting":
+            return str(body.get("cause") or f"waiting for {', '.join(body.get('for') or [])}")
+        if ev == "resumed":
+            return f"resumed: {', '.join(body.get('for') or [])} running again after {body.get('waited_s')}s"
         return str(ev)
     if kind == "verdict":
         return f"{body.get('kind')}: {body.get('summary')}"
@@ -62,6 +67,10 @@ def describe(kind: str, body: Mapping[str, Any]) -> str:
         return f"supervisor {body.get('event')}"
     if kind == "policy":
         return f"policy {body.get('event')}: {body.get('error') or body.get('version', '')}"
+    if kind == "reload":  # the diff, or why the old config stays in force
+        if body.get("ok") is False:
+            return f"reload {body.get('event')}: {body.get('error')}"
+        return f"reload {body.get('event')}: {body.get('summary', '')}"
     return ""
 
 

@@ -313,11 +313,10 @@ class Engine:
             return body
         return self.reloader.request(by)
 
-    async def _release(self, unit: UnitRuntime) -> None:
-        """Cancel the unit's running remedy and wait until it let go of the unit."""
+    async def _release(self, unit: UnitRuntime, reason: str) -> None:
+        """Cancel the unit's running remedy (its outcome says ``reason``) and wait until it let go."""
         run = unit.remedy
-        if run is not None and run.task is not None and not run.task.done():
-            run.task.cancel()
+        if run is not None and run.task is not None and run.cancel("reload", reason):
             await asyncio.gather(run.task, return_exceptions=True)
 
     async def remove_unit(self, name: str, reason: str) -> None:
@@ -325,7 +324,7 @@ class Engine:
         unit = self.units[name]
         self.record(RecordKind.UNIT_EVENT, name, {"event": "removed", "reason": reason})
         await self._drop_watch(name)
-        await self._release(unit)
+        await self._release(unit, reason)
         try:
             await unit.stop()
         finally:
@@ -338,7 +337,7 @@ class Engine:
         unit = self.units[name]
         self.record(RecordKind.UNIT_EVENT, name, {"event": "reconfigured", "how": "restart", "reason": reason})
         await self._drop_watch(name)
-        await self._release(unit)
+        await self._release(unit, reason)
         try:
             await unit.stop()
         finally:
