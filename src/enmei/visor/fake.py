@@ -29,6 +29,10 @@ from enmei.visor.process import Launch, ProcessBackend, _Running
 __all__ = ["FakeBackend", "SimProcess"]
 
 
+#: signals whose default action does not end a process (a stop sends SIGCONT after its stop signal)
+_HARMLESS = frozenset({signal.SIGCONT, signal.SIGCHLD, signal.SIGWINCH, signal.SIGURG})
+
+
 @dataclass
 class SimProcess:
     pid: int
@@ -130,7 +134,7 @@ class FakeBackend(ProcessBackend):
         proc = self.world.get(run.identity.pid)
         if proc is None or not proc.alive or run.done.done():
             return
-        if sig == signal.SIGTERM and proc.ignore_term:
+        if sig in _HARMLESS or (sig == signal.SIGTERM and proc.ignore_term):
             return
         self._die(proc, code=None, sig=int(sig))
         asyncio.get_running_loop().call_soon(self._on_exit, run.identity.unit, run)
