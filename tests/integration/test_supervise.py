@@ -18,7 +18,7 @@ from enmei.box import Reader, verify
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
-from enmei.model import UnitState
+from enmei.model import Health, UnitState
 from enmei.monitor.http import http_get
 from support.wait import auntil, scaled
 
@@ -117,6 +117,8 @@ async def test_kill9_is_seen_and_restarted_within_one_second(running: Running) -
 
 async def test_a_hung_service_that_ignores_sigterm_is_probed_failing_and_killed(running: Running) -> None:
     port = running.port  # type: ignore[attr-defined]
+    # RUNNING means it held for start_s (0.3 s); on a loaded machine the service may not listen yet.
+    assert await running.until(lambda: running.unit().health is Health.OK, 10), "never answered its probe"
     old = running.pid()
     t0 = time.monotonic()
     await http_get("127.0.0.1", port, "/admin/hang?ignore_term=1", timeout_s=2)
