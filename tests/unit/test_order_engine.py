@@ -61,3 +61,17 @@ async def test_a_crash_of_what_it_requires_is_not_decided_for_the_dependent(tmp_
         assert [(b["action"], b["rule"]) for b in web] == [("start", "requires")]
     finally:
         await rig.close()
+
+
+async def test_enmei_is_ready_when_what_a_unit_requires_is_not_going_to_start(tmp_path: Path) -> None:
+    rig = await start_rig(tmp_path, TWO.replace('[units.db]\n', '[units.db]\nautostart = false\n'))
+    e = rig.engine
+    try:
+        assert await rig.until(e.first_starts.is_set)
+        assert e.units["web"].state is UnitState.PENDING and e.units["db"].state is UnitState.STOPPED
+        causes = [b["cause"] for b in rig.bodies("unit.event", "web") if b["event"] == "waiting"]
+        assert causes[-1] == "not started: requires db, which is not running", causes
+        e.submit("start", "db")  # once db runs, web starts
+        assert await rig.advance_until(lambda: e.units["web"].state is UnitState.RUNNING, 10)
+    finally:
+        await rig.close()

@@ -414,6 +414,7 @@ class Engine:
                         self._first_pending.discard(name)  # refused: there is no attempt to wait for
                 else:
                     unit.set_state(UnitState.STOPPED, "autostart = false")
+        self._release_ordered()  # a start waiting only for units that are not going to start
         self._first_attempted(None)
 
     def _first_attempted(self, name: str | None) -> None:
