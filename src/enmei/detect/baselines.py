@@ -15,7 +15,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from statistics import NormalDist
 from typing import Any, ClassVar
 
 from enmei.detect.base import StreamingDetector
@@ -108,11 +107,8 @@ class RollingRobustZ(StreamingDetector):
     ``scale`` is the interquartile range / 1.349 (the normal's sigma from its quartiles; a robust
     scale like 1.4826 × MAD, but read straight off the sorted window, O(log window) per sample plus
     a C-level list insert), floored at 1e-9 and at 1e-6 × |median|. The score is
-    ``|z| / (1 + |z|)``, 0 until ``min_window`` values are seen: monotone in ``|z|`` and, unlike
-    ``1 - p``, never rounded to 1.0 (past ``|z|`` ≈ 8.3 every ``1 - p`` is 1.0 in floating point, and
-    ties would blunt the ranking and the alarm rule). Its calibration (:meth:`level_for`) is the
-    two-sided normal tail: ``alpha_of(score) = P(|N(0,1)| >= |z|)``. No alarm rule of its own: wrap it
-    in :class:`~enmei.detect.alarm.OneAlarmPerEpisode`.
+    ``1 - P(|N(0,1)| >= |z|)`` — a nominal two-sided p-value, 0 until ``min_window`` values are
+    seen. No alarm rule of its own: wrap it in :class:`~enmei.detect.alarm.OneAlarmPerEpisode`.
     """
 
     kind: ClassVar[str] = "rolling_robust_z"
@@ -137,7 +133,7 @@ class RollingRobustZ(StreamingDetector):
             scale = (_quantile(srt, 0.75) - _quantile(srt, 0.25)) / 1.349
             scale = max(scale, 1e-9, 1e-6 * abs(med))
             z = (x - med) / scale
-            score = abs(z) / (1.0 + abs(z))
+            score = 1.0 - math.erfc(abs(z) / math.sqrt(2.0))
         self._ev = {"value": x, "t": t, "centre": None if math.isnan(med) else med, "z": z,
                     "rule": "robust_z", "window": n}
         self._fifo.append(x)
@@ -146,18 +142,6 @@ class RollingRobustZ(StreamingDetector):
             old = self._fifo.popleft()
             del srt[bisect.bisect_left(srt, old)]
         return score
-
-    def level_for(self, alpha: float) -> float:
-        super().level_for(alpha)
-        z = NormalDist().inv_cdf(1.0 - alpha / 2.0)
-        return z / (1.0 + z)
-
-    def alpha_of(self, score: float) -> float:
-        if not score > 0.0:
-            return 1.0
-        if score >= 1.0:
-            return 0.0
-        return math.erfc(score / (1.0 - score) / math.sqrt(2.0))
 
     def _params(self) -> dict[str, Any]:
         return {"window": self.window, "min_window": self.min_window}
