@@ -11,6 +11,10 @@ detector is fed; each told a series' probation length, as every NAB entrant is):
   runs it (no alarm rule).
 - ``robust_z`` — :class:`~enmei.detect.baselines.RollingRobustZ` inside the *same* alarm rule
   (:class:`~enmei.detect.alarm.OneAlarmPerEpisode`, same ``rest``).
+- ``latency_charts`` — the chart the default ``latency`` detector runs per probe (EWMA + CUSUM,
+  :class:`~enmei.detect.pipeline.UnitJudge`'s own construction), here two-sided on the raw values,
+  inside the same rule: not a baseline to beat, the figure of the supervisor's latency default on
+  generic anomalies (it is not counted in the margins).
 - ``hst`` — river's ``HalfSpaceTrees`` (values min-max scaled online) inside the same rule, when
   ``river`` is installed (the ``bench`` extra); absent otherwise, and the output says so.
 
@@ -59,6 +63,7 @@ from enmei.detect.base import StreamingDetector
 from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
 from enmei.detect.metric import scorer
 from enmei.detect.nab_score import DEFAULT_PROFILES, NabSeries, event_counts, score_at_threshold, score_corpus
+from enmei.detect.pipeline import UnitJudge
 
 __all__ = ["DEFAULT_CORPORA", "detectors", "run"]
 
@@ -117,6 +122,7 @@ def detectors() -> dict[str, Callable[[NabSeries], StreamingDetector]]:
         "enmei": lambda s: scorer(learning=max(2, s.probation), rest=1),
         "windowed_gaussian": lambda s: WindowedGaussian(),
         "robust_z": lambda s: RollingRobustZ(),
+        "latency_charts": _charts,
     }
     try:
         import river  # noqa: F401
@@ -126,7 +132,13 @@ def detectors() -> dict[str, Callable[[NabSeries], StreamingDetector]]:
     return out
 
 
-_RULED = ("enmei", "robust_z", "hst")
+_RULED = ("enmei", "robust_z", "hst", "latency_charts")
+
+
+def _charts(series: NabSeries) -> StreamingDetector:
+    # The latency detector's own chart (EWMA + CUSUM, clipped, alpha 1e-6), built by the same code,
+    # two-sided and on the raw values (a NAB value may be <= 0, so no log), learning = probation.
+    return UnitJudge("bench", learning=max(10, series.probation), side="both").make_chart()
 
 
 def _rest_for(series: NabSeries, fraction: float) -> int:
@@ -257,7 +269,7 @@ def run(*, quick: bool = False, data_dir: Path | None = None, names: Sequence[st
     rows = []
     margins = []
     for n in names:
-        base = [v["standard_fixed"] for d, v in per[n].items() if d != "enmei"]
+        base = [v["standard_fixed"] for d, v in per[n].items() if d not in ("enmei", "latency_charts")]
         margin = per[n]["enmei"]["standard_fixed"] - max(base)
         margins.append(margin)
         rows.append({"corpus": n, "files": len(loaded[n]), "rows": sum(len(s.values) for s in loaded[n]),

@@ -154,6 +154,11 @@ class UnitJudge:
             CUSUM(learning=n, k=0.5, h=self._cusum_h, clip=clip, side=self.side),
         ])
 
+    def make_chart(self) -> MaxOf:
+        """A fresh, unlearned chart of one latency component, built as this judge builds its own (the
+        benchmark scores it)."""
+        return self._make_chart()
+
     def _latency_gate(self, component: str) -> Threshold:
         gate = self.latency_gates.get(component)
         if gate is None:
