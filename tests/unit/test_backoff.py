@@ -125,3 +125,14 @@ async def test_a_reload_in_place_takes_the_new_reset_after_s(tmp_path: Path) -> 
         assert unit.budget.reset_after_s == 3.0 and unit.view(rig.clock.monotonic()).reset_after_s == 3.0
     finally:
         await rig.close()
+
+
+async def test_a_start_up_that_never_completes_is_retried_with_backoff(tmp_path: Path) -> None:
+    config = CONFIG.replace("start_s = 1.0", 'start_s = 1.0\nstartup_log = "never printed"\nstartup_timeout_s = 5')
+    rig = await start_rig(tmp_path, config)
+    try:
+        assert await rig.advance_until(lambda: len(_restart_delays(rig)) >= 2, 60)
+        assert any(b["event"] == "startup_timeout" for b in rig.bodies("unit.event", "a"))
+        assert _restart_delays(rig)[:2] == [1.0, 2.0]  # before: 0.0 every time (nothing counted them)
+    finally:
+        await rig.close()

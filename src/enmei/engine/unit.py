@@ -315,6 +315,7 @@ class UnitRuntime:
         why = f"start-up not complete within startup_timeout_s = {spec.startup_timeout_s:g}s " \
               f"(waiting for {spec.startup_condition()})"
         self._record(RecordKind.UNIT_EVENT, self.name, {"event": "startup_timeout", "cause": why})
+        self._crashed(UnitState.STARTING)  # a start that never completed: the next one is a retry
         try:
             await self.stop()
         except StopError as exc:
