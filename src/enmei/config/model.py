@@ -37,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from enmei.detect.aging_keys import DEFAULTS as AGING
 from enmei.detect.aging_keys import AgingLimits, min_buckets_problem
 from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
 from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
@@ -179,7 +180,7 @@ class DetectConfig(_Model):
     ``num_fds`` up to the open-files limit) in ``aging_bucket_s`` buckets at several time scales
     (``aging_window`` buckets each), judged from ``aging_min_buckets`` buckets on, ignoring the first
     ``aging_warmup_s``. A verdict needs a Mann–Kendall trend at significance ``aging_alpha`` that is not
-    slowing down (the recent half's slope at least ``aging_slope_ratio`` of the whole's) and a predicted
+    slowing down (the recent half's slope at least ``aging_slope_ratio`` of the early half's) and a predicted
     exhaustion within ``aging_urgency`` times the length of the evidence and within ``aging_horizon_s``.
     See :mod:`enmei.detect.aging`.
     """
@@ -190,15 +191,15 @@ class DetectConfig(_Model):
     latency_hold_off_s: float = Field(default=300.0, ge=0)
     aging: bool = True
     aging_limits: AgingLimits | None = None
-    aging_bucket_s: float = Field(default=5.0, gt=0)
-    aging_alpha: float = Field(default=1e-3, gt=0, lt=0.5)
-    aging_window: int = Field(default=24, ge=6, le=120)
-    aging_min_buckets: int = Field(default=8, ge=4, le=120)
-    aging_warmup_s: float = Field(default=30.0, ge=0)
-    aging_horizon_s: float = Field(default=86_400.0, gt=0)
-    aging_urgency: float = Field(default=1.0, gt=0)
-    aging_slope_ratio: float = Field(default=0.5, ge=0, le=1)
-    aging_hold_off_s: float = Field(default=1800.0, ge=0)
+    aging_bucket_s: float = Field(default=AGING["bucket_s"], gt=0)
+    aging_alpha: float = Field(default=AGING["alpha"], gt=0, lt=0.5)
+    aging_window: int = Field(default=int(AGING["window"]), ge=6, le=120)
+    aging_min_buckets: int = Field(default=int(AGING["min_buckets"]), ge=4, le=120)
+    aging_warmup_s: float = Field(default=AGING["warmup_s"], ge=0)
+    aging_horizon_s: float = Field(default=AGING["horizon_s"], gt=0)
+    aging_urgency: float = Field(default=AGING["urgency"], gt=0)
+    aging_slope_ratio: float = Field(default=AGING["slope_ratio"], ge=0, le=1)
+    aging_hold_off_s: float = Field(default=AGING["hold_off_s"], ge=0)
 
     @field_validator("aging_min_buckets")
     @classmethod

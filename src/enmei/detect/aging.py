@@ -19,30 +19,41 @@ How, and at what cost:
   O(levels); per closed bucket O(window²) with window small (24): the judging of all scales together
   costs a bounded amount per ``bucket_s`` of stream time, so the cost per sample is O(1) amortised
   whatever the sampling rate.
-- **Trend.** At a scale with at least ``min_buckets`` buckets: the Mann–Kendall statistic S of the
-  bucket minima with the tie-corrected variance gives a one-sided p-value for an upward trend
-  (``z = (S - 1) / sqrt(var)``). With ``n`` buckets p can never be below :func:`min_p` (n): 0.0043 for
-  6, 4.2e-4 for 8 — a threshold below that can never fire, which the config refuses at check time.
-- **Not slowing down.** Sen's slope of the whole window ``s`` and of its most recent half ``s2``: a leak
-  keeps its rate (``s2 ≈ s``, or faster), growth towards a bound decelerates (``s2 → 0``). The trend
-  counts only if ``s2 >= slope_ratio * s`` (default 0.5) and ``s2 > 0``. This also rejects a step
-  followed by a flat stretch.
-- **Exhaustion.** The floor at the last bucket (the median intercept) plus the *headroom* the resource
-  needs above its floor (the median bucket spread, max - min: a sawtooth peaks above its floor, and it
-  is the peak that meets the limit) gives ``exhaust_in_s = max(0, (limit - floor - spread) / s)``.
-- **Urgency.** The trend is acted on when ``exhaust_in_s <= urgency * span`` (``span``: the time the
-  window covers, the length of the evidence) and ``exhaust_in_s <= horizon_s``. Growth seen for an hour
-  that would reach the limit in a day is worth watching, not a restart: if it is a cache filling up, the
-  next hours show it slowing down. With ``urgency = 1`` a steady leak is acted on, at the latest, when
-  it has used half of the room it had when it began — never after the limit. Short windows (fine
-  scales) catch fast leaks within a minute or two; long ones catch slow leaks.
+- **Trend.** At a scale with at least ``min_buckets`` buckets, over the whole window, then its recent
+  half, then its last ``min_buckets`` (the first of these parts that is urgent wins, else the most
+  significant): the Mann–Kendall statistic S of the bucket minima with the tie-corrected variance
+  gives a one-sided p-value for an upward trend (``z = (S - 1) / sqrt(var)``). With ``n`` buckets p
+  can never be below :func:`min_p` (n): 0.0043 for 6, 4.2e-4 for 8 — a threshold below that can never
+  fire, which the config refuses at check time.
+- **Not slowing down, not just starting.** Sen's slope of the part ``s``, of its early half ``s1`` and
+  of its recent half ``s2``: a leak keeps its rate (``s1 ≈ s2 ≈ s``), growth towards a bound
+  decelerates (``s2 → 0``). The trend counts only if ``s2 > 0`` and ``s2 >= slope_ratio * max(s1, s)``
+  (default 0.5; rule ``slowing`` otherwise: this also rejects a step followed by a flat stretch), and
+  ``s1 >= slope_ratio * s`` (rule ``late_start`` otherwise: flat, then rising — the rise is shorter
+  than the part, so the part's length is not the length of the evidence; a shorter part, tried next,
+  or a finer scale judges it).
+- **Exhaustion.** The floor now (the last bucket's, moved on by the trend over one bucket, at most the
+  value just measured) plus the *headroom* the resource
+  needs above its floor (the median bucket spread, max - min, less what the trend itself adds within a
+  bucket: a sawtooth peaks above its floor, and it is the peak that meets the limit) gives
+  ``exhaust_in_s = max(0, (limit - floor - spread) / s)``.
+- **Urgency.** The trend is acted on when ``exhaust_in_s <= urgency * evidence_s`` and ``exhaust_in_s
+  <= horizon_s``; ``evidence_s``, the length of the evidence, is the time the part covers, or less: the
+  time the slope ``s`` takes to raise the floor from the part's first bucket to its last (a part that
+  begins on a flat stretch holds less evidence than its span). Growth seen for an hour
+  that would reach the limit in a day is worth watching, not a restart: if it is a cache filling up,
+  the next hours show it slowing down. With ``urgency = 0.5`` (the default) a steady leak is acted on
+  once it has used two thirds of the room it had when it began (later by up to a scale's step: the
+  spans are quantised), never after the limit; a steady rise that stops at two thirds of the limit or
+  below is never taken for one. Short windows (fine scales) catch fast leaks within a minute or two;
+  long ones catch slow leaks.
 - **Score.** ``1 - p`` of the most significant urgent, non-slowing trend over the scales; otherwise at
   most 0.5 (a trend that is slowing, or not urgent). With ``limit=None`` there is no exhaustion to
-  predict: a non-slowing significant trend alone scores ``1 - p`` (``exhaust_in_s`` None). Between bucket
-  closes the score of the last judgement of each scale is repeated. Evidence: value, level (the floor,
-  also ``centre``), spread, upper/limit, slope_per_s, recent_slope_per_s, exhaust_in_s (None if never),
-  mk_z, mk_p, buckets, bucket_s, window_s, urgent, rule (``leak``; ``slowing``, ``not_urgent`` or
-  ``none`` when no trend counts; ``warmup``).
+  predict: a non-slowing significant trend alone scores ``1 - p`` (``exhaust_in_s`` None). Between
+  bucket closes the score of the last judgement of each scale is repeated. Evidence: value, level (the
+  floor, also ``centre``), spread, upper/limit, slope_per_s, early_slope_per_s, recent_slope_per_s,
+  exhaust_in_s (None if never), mk_z, mk_p, buckets, bucket_s, window_s, evidence_s, urgent, rule (``leak``;
+  ``slowing``, ``late_start``, ``not_urgent`` or ``none`` when no trend counts; ``warmup``).
 
 ``direction="down"`` watches a resource that is exhausted by falling (free memory, free disk): the
 values and the limit are negated inside, the evidence is given back in the original units.
@@ -57,6 +68,7 @@ from collections import deque
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from enmei.detect.aging_keys import DEFAULTS as D
 from enmei.detect.base import StreamingDetector
 
 if TYPE_CHECKING:
@@ -193,10 +205,10 @@ class TrendDetector(StreamingDetector):
     kind: ClassVar[str] = "aging"
     version: ClassVar[int] = 2
 
-    def __init__(self, limit: float | None = None, bucket_s: float = 5.0, window: int = 24,
-                 min_buckets: int = 8, horizon_s: float = 86400.0, warmup_s: float = 10.0,
-                 slope_ratio: float = 0.5, urgency: float = 0.5, levels: int = 8, factor: int = 4,
-                 direction: str = "up") -> None:
+    def __init__(self, limit: float | None = None, bucket_s: float = D["bucket_s"], window: int = int(D["window"]),
+                 min_buckets: int = int(D["min_buckets"]), horizon_s: float = D["horizon_s"],
+                 warmup_s: float = D["warmup_s"], slope_ratio: float = D["slope_ratio"],
+                 urgency: float = D["urgency"], levels: int = 8, factor: int = 4, direction: str = "up") -> None:
         super().__init__()
         if bucket_s <= 0 or not 4 <= min_buckets <= window or levels < 1 or factor < 2:
             raise ValueError("need bucket_s > 0, 4 <= min_buckets <= window, levels >= 1, factor >= 2")
@@ -223,6 +235,7 @@ class TrendDetector(StreamingDetector):
         self._scores = [0.0] * self.levels
         self._judged: list[dict[str, Any]] = [{"rule": "none", "buckets": 0} for _ in range(self.levels)]
         self._best: int | None = None  # the scale whose score is the highest (recomputed on a judgement)
+        self._y_now = 0.0  # the (signed) sample being stepped, for the judgements it causes
 
     # -- streaming ------------------------------------------------------------------------------
     def _step(self, x: float, t: float) -> float:
@@ -236,6 +249,7 @@ class TrendDetector(StreamingDetector):
             self._dt = dt if math.isinf(self._dt) else 0.9 * self._dt + 0.1 * dt
         self._t_prev = t
         y = self._sign * x
+        self._y_now = y
         origin = self._t0 + self.warmup_s
         sc = self._scales[0]
         idx = math.floor((t - origin) / sc.width)
@@ -323,13 +337,20 @@ class TrendDetector(StreamingDetector):
             return (min(1.0 - p, 0.5) if z > 0 else 0.0), {"rule": "none", "buckets": m, "bucket_s": width,
                                                            "mk_z": z, "mk_p": p}
         slope = _median(slopes[whole])
-        level = _median(y - slope * tt[a:])  # the floor at t = now (times are relative to now)
+        # The floor now: the last bucket's floor moved on by the trend over one bucket, but never above
+        # the value just measured (the line through the window would run on past a rise that has just
+        # stopped).
+        level = min(float(y[-1]) + max(slope, 0.0) * width, self._y_now)
         early = _median(slopes[early_mask])
         recent = _median(slopes[recent_mask])
         span = float(tt[-1] - tt[a] + width)
-        spread = _median(hs[a:] - y)
+        # How long the evidence really is: the time this rate took to raise the floor as much as it rose
+        # over the part (shorter than the span when the part begins on a flat stretch).
+        evidence = max(0.0, min(span, (level - float(y[0])) / slope)) if slope > 0 else 0.0
+        # The bucket's own rise is not headroom: what a bucket spans beyond its trend is.
+        spread = max(0.0, _median(hs[a:] - y) - slope * width)
         ev: dict[str, Any] = {
-            "rule": "none", "buckets": m, "bucket_s": width, "window_s": span,
+            "rule": "none", "buckets": m, "bucket_s": width, "window_s": span, "evidence_s": evidence,
             "slope_per_s": self._sign * slope, "early_slope_per_s": self._sign * early,
             "recent_slope_per_s": self._sign * recent,
             "level": self._sign * level, "centre": self._sign * level, "spread": spread,
@@ -337,7 +358,7 @@ class TrendDetector(StreamingDetector):
             "urgent": False,
         }
         capped = min(1.0 - p, 0.5)
-        if slope <= 0.0 or recent <= 0.0 or recent < self.slope_ratio * slope:
+        if slope <= 0.0 or recent <= 0.0 or recent < self.slope_ratio * max(early, slope):
             ev["rule"] = "slowing"
             return capped, ev
         if early < self.slope_ratio * slope:
@@ -351,7 +372,7 @@ class TrendDetector(StreamingDetector):
             room = self._sign * self.limit - level - spread
             exhaust = max(0.0, room / slope)
             ev["exhaust_in_s"] = exhaust
-            urgent = exhaust <= self.horizon_s and exhaust <= self.urgency * span
+            urgent = exhaust <= self.horizon_s and exhaust <= self.urgency * evidence
         ev["urgent"] = urgent
         ev["rule"] = "leak" if urgent else "not_urgent"
         return (1.0 - p if urgent else capped), ev

@@ -25,8 +25,17 @@ from typing import Any
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, TypeAdapter
 
-__all__ = ["AgingLimits", "default_limits", "machine_memory_bytes", "memory_max_bytes", "min_buckets_problem",
-           "open_files_limit"]
+__all__ = ["DEFAULTS", "AgingLimits", "default_limits", "machine_memory_bytes", "memory_max_bytes",
+           "min_buckets_problem", "open_files_limit"]
+
+
+#: The defaults of the aging keys (``aging_KEY`` in ``[units.NAME.detect]``, ``KEY`` in an aging
+#: ``[[units.NAME.detectors]]`` entry, the same keyword of :class:`enmei.detect.aging.TrendDetector`):
+#: one place, so that what a unit runs and what the benchmark measures cannot drift apart.
+DEFAULTS: dict[str, float] = {
+    "bucket_s": 5.0, "alpha": 1e-3, "window": 24, "min_buckets": 8, "warmup_s": 10.0, "horizon_s": 86_400.0,
+    "urgency": 0.5, "slope_ratio": 0.5, "hold_off_s": 1800.0,
+}
 
 
 class AgingLimits(BaseModel):

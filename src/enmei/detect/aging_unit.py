@@ -4,8 +4,8 @@ Options (``[[units.NAME.detectors]]`` with ``kind = "aging"``; the defaults are 
 ``[units.NAME.detect]``, whose ``aging_*`` keys are these without the prefix)::
 
     limits = {rss_bytes = "512MiB", num_fds = 1024}   # default: what the unit can really reach (below)
-    bucket_s = 5  window = 24  min_buckets = 8  warmup_s = 30  alpha = 1e-3  urgency = 1
-    slope_ratio = 0.5  horizon_s = 86400  hold_off_s = 1800
+    bucket_s = 5  window = 24  min_buckets = 8  warmup_s = 10  alpha = 1e-3  urgency = 0.5
+    slope_ratio = 0.5  horizon_s = 86400  hold_off_s = 1800      (enmei.detect.aging_keys.DEFAULTS)
 
 Without ``limits`` a unit's resources are watched up to what it can really reach
 (:func:`enmei.detect.aging_keys.default_limits`): ``rss_bytes`` up to its ``memory_max`` (the engine
@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from enmei.detect.aging import TrendDetector
+from enmei.detect.aging_keys import DEFAULTS as D
 from enmei.detect.aging_keys import AgingLimits, default_limits, limits_of, min_buckets_problem
 from enmei.detect.base import Threshold
 from enmei.detect.protocol import NOTHING, DetectorContext, Judgement, Limit
@@ -47,15 +48,15 @@ _REPEAT_S = 3600.0
 
 class AgingOptions(DetectorOptions):
     limits: AgingLimits | None = None
-    bucket_s: float = Field(default=5.0, gt=0)
-    alpha: float = Field(default=1e-3, gt=0, lt=0.5)
-    window: int = Field(default=24, ge=6, le=120)
-    min_buckets: int = Field(default=8, ge=4, le=120)
-    warmup_s: float = Field(default=30.0, ge=0)
-    horizon_s: float = Field(default=86_400.0, gt=0)
-    urgency: float = Field(default=1.0, gt=0)
-    slope_ratio: float = Field(default=0.5, ge=0, le=1)
-    hold_off_s: float = Field(default=1800.0, ge=0)
+    bucket_s: float = Field(default=D["bucket_s"], gt=0)
+    alpha: float = Field(default=D["alpha"], gt=0, lt=0.5)
+    window: int = Field(default=int(D["window"]), ge=6, le=120)
+    min_buckets: int = Field(default=int(D["min_buckets"]), ge=4, le=120)
+    warmup_s: float = Field(default=D["warmup_s"], ge=0)
+    horizon_s: float = Field(default=D["horizon_s"], gt=0)
+    urgency: float = Field(default=D["urgency"], gt=0)
+    slope_ratio: float = Field(default=D["slope_ratio"], ge=0, le=1)
+    hold_off_s: float = Field(default=D["hold_off_s"], ge=0)
 
     @model_validator(mode="after")
     def _can_fire(self) -> AgingOptions:
