@@ -84,11 +84,23 @@ def detect(as_json: JsonOpt = False,
 
 
 @app.command()
-def aging(as_json: JsonOpt = False, seed: Annotated[int, typer.Option(help="Generator seed")] = 0) -> None:
-    """Aging detection on generated memory series: leaks under noise, and controls that do not leak."""
+def aging(as_json: JsonOpt = False,
+          seed: Annotated[int, typer.Option(help="Another seed for the synthetic part (0: the split's own)")] = 0,
+          split: Annotated[str, typer.Option(help="heldout (the figures) or dev (for tuning)")] = "heldout",
+          detail: Annotated[bool, typer.Option("--detail", help="Per-series results too")] = False,
+          data: Annotated[Path | None, typer.Option(help="Recorded series (default: tests/data/aging)")]
+          = None) -> None:
+    """Aging detection on the labelled set (recorded real processes and synthetic series): leaks found
+    before they die, false alarms on growth that levels off, delay, cost; the old detector beside it."""
     from enmei.bench import aging as bench_aging
 
-    emit("enmei bench aging", bench_aging.run(seed), as_json)
+    if split not in ("heldout", "dev"):
+        raise typer.BadParameter("heldout or dev", param_hint="--split")
+    result = bench_aging.run(split, data, detail=detail, seed=seed)
+    if as_json:
+        emit("enmei bench aging", result, True)
+        return
+    emit("enmei bench aging", {k: v for k, v in result.items() if k != "detectors"}, False)
 
 
 @app.command()
