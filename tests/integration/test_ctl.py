@@ -124,6 +124,7 @@ def test_ctl_controls_a_real_enmei_and_hostile_clients_stall_nothing(tmp_path: P
     assert r.returncode == 0 and "cancelled escalate" in r.stdout, (r.stdout, r.stderr)
     assert wait_until(lambda: _status(state)["flap"]["state"] == "running", 60)
     assert time.monotonic() - t0 < scaled(60)
+    print(f"reset of the breaker-open unit -> running (seen by polling enmei ctl) {time.monotonic() - t0:.2f} s")
     flap = _status(state)["flap"]
     assert flap["last_reset_ago_s"] is not None and flap["restarts_in_window"] <= 1
     procs.adopt_pid(flap["pid"])
@@ -160,6 +161,10 @@ def test_ctl_controls_a_real_enmei_and_hostile_clients_stall_nothing(tmp_path: P
         back = time.monotonic() - t0
         procs.adopt_pid(_status(state)["web"]["pid"])
         assert back < scaled(10), back  # each status is a fresh enmei ctl process: seconds, not the 10 s timeouts
+        t1 = time.monotonic()
+        assert _ctl(state, "status", "--json").returncode == 0
+        print(f"with 3 hostile clients connected: kill -9 -> running again (seen by polling enmei ctl) {back:.2f} s, "
+              f"one enmei ctl status {time.monotonic() - t1:.2f} s")
         assert up.poll() is None
     finally:
         for s in (flood, deaf, idle):
