@@ -332,7 +332,20 @@ class MonitDriver(Driver):
                 f"check process {self.unit} with pidfile {self.pidfile}\n"
                 f'    start program = "{self.start_script}"{as_user} with timeout {self.start_timeout_s} seconds\n'
                 f'    stop program = "{self.stop_script}"{as_user} with timeout 30 seconds\n'
-                + test)
+                + test + self._ready_check())
+
+    def _ready_check(self) -> str:
+        """PostgreSQL: Monit's pgsql protocol test takes a read timeout for an answer (a hung postmaster
+        passes it: seen with strace, Monit 5.33), so ``check program`` runs ``pg_isready`` as Monit users
+        do; exit 2 (no response) for 5 cycles restarts it — 1 (rejecting: starting, recovering) does not,
+        and 5 cycles let a slow start (4 s here) finish."""
+        if self.d.kind != "postgresql":
+            return ""
+        isready = self.d.binaries()["pg_isready"]
+        monit = shutil.which("monit") or "monit"
+        return (f'\ncheck program {self.unit}_ready with path "{isready} -q -h 127.0.0.1 -p {self.d.port} -t 1"'
+                " with timeout 3 seconds\n"
+                f'    if status = 2 for 5 cycles then exec "{monit} -c {self.rc} restart {self.unit}"\n')
 
     def start(self) -> None:
         exe = shutil.which("monit") or "monit"
