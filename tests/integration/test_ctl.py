@@ -136,6 +136,13 @@ def test_ctl_controls_a_real_enmei_and_hostile_clients_stall_nothing(tmp_path: P
     assert r.returncode == 0 and [u["name"] for u in json.loads(r.stdout)["units"]] == ["web"], r.stderr
     r = _ctl(state, "reload", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["reload"]["ok"] is True, (r.stdout, r.stderr)
+    # a broken edit: -c still finds the socket, the running enmei refuses it and says where; exit code 3
+    good = cfg.read_text()
+    cfg.write_text(good.replace("stop_timeout_s = 2\n", "stop_timeout_s = 2\nstop_timout_s = 3\n", 1))
+    r = enmei("ctl", "reload", "-c", str(cfg), timeout=scaled(60))
+    assert r.returncode == 3 and "reload refused" in r.stderr and "stop_timout_s" in r.stdout + r.stderr, \
+        (r.stdout, r.stderr)
+    cfg.write_text(good)
     r = _ctl(state, "logs", "web", "-n", "5")
     assert r.returncode == 0 and "hello from web" in r.stdout, (r.stdout, r.stderr)
 

@@ -31,19 +31,34 @@ UnitArg = Annotated[str, typer.Argument(help="The unit")]
 
 
 def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
-    """``--state-dir``, else the one ``--config`` names, else ``./enmei.toml``'s, else ``./.enmei``."""
+    """``--state-dir``, else the one ``--config`` names, else ``./enmei.toml``'s, else ``./.enmei``.
+
+    A config with errors still names its state dir (read from its raw ``[supervisor]`` table, relative
+    to the file as ``enmei up`` resolves it): ``enmei ctl reload`` after a broken edit must reach the
+    running enmei, which refuses the edit and says where it is wrong. Only a file that is not TOML at
+    all, or whose ``state_dir`` is not a string, is an error here."""
     if state_dir is not None:
         return state_dir
     if config is None and Path("enmei.toml").exists():
         config = Path("enmei.toml")
     if config is not None:
+        import tomllib
+
         from enmei.config.load import load
         from enmei.errors import ConfigError
 
         try:
             return load(config).state_dir
         except ConfigError as exc:
-            fail(str(exc), Exit.CONFIG)
+            try:
+                raw = tomllib.loads(config.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+                fail(str(exc), Exit.CONFIG)
+            sup = raw.get("supervisor", {})
+            named = sup.get("state_dir", ".enmei") if isinstance(sup, dict) else None
+            if not isinstance(named, str):
+                fail(str(exc), Exit.CONFIG)
+            return (config.resolve().parent / named).resolve()
     return Path(".enmei")
 
 
@@ -141,10 +156,14 @@ def reset(unit: UnitArg, config: ConfigOpt = None, state_dir: StateOpt = None, a
 def reload(config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
     """Re-read the config and apply what changed (where this build can)."""
     answer = _ask(config, state_dir, {"op": "reload"})
+    result = answer.get("reload")
+    refused = isinstance(result, dict) and result.get("ok") is False
     if as_json:
         _print_json(answer)
-        return
-    console.print_json(json.dumps(answer.get("reload"), default=str))
+    else:
+        console.print_json(json.dumps(result, default=str))
+    if refused:  # the old config stays in force: say so by the exit code too (scripts check it)
+        fail(f"reload refused: {result.get('error') or 'see the journal'}", Exit.CONFIG)
 
 
 @app.command()
