@@ -157,12 +157,12 @@ def reload(config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOp
     """Re-read the config and apply what changed (where this build can)."""
     answer = _ask(config, state_dir, {"op": "reload"})
     result = answer.get("reload")
-    refused = isinstance(result, dict) and result.get("ok") is False
+    refused = result.get("ok") is False if isinstance(result, dict) else False
     if as_json:
         _print_json(answer)
     else:
         console.print_json(json.dumps(result, default=str))
-    if refused:  # the old config stays in force: say so by the exit code too (scripts check it)
+    if refused and isinstance(result, dict):  # the old config stays in force: the exit code says so too
         fail(f"reload refused: {result.get('error') or 'see the journal'}", Exit.CONFIG)
 
 
