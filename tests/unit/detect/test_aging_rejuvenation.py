@@ -47,6 +47,8 @@ async def test_a_fast_leak_is_rejuvenated_before_its_limit_with_the_real_downtim
         # Done before the leak would have reached the limit (the old defaults judged after 600 s + 20 min).
         assert rig.clock.monotonic() - started < life_s
         data = outcome["data"]
+        # No HTTP probe, so no latency_s: the process probe's cpu_percent is the load that picks the moment.
+        assert data["metric"] == "cpu_percent" and data["threshold"] is not None, data
         assert 0.0 <= data["downtime_s"] < 1.0  # start_s (1.0) is not downtime: the service runs then
         assert data["downtime_s"] == round(data["stopping_s"] + data["starting_s"], 3) or abs(
             data["downtime_s"] - data["stopping_s"] - data["starting_s"]) < 0.002
