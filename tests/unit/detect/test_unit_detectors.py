@@ -92,6 +92,10 @@ def test_a_unit_with_a_process_probe_gets_aging_up_to_what_it_can_reach(tmp_path
     assert aging.aging_limits == default_limits(None)
     assert aging.aging_limits["rss_bytes"] > 2**20  # the machine's memory here: no memory_max
     assert default_limits(300 * 2**20, nofile=64.0) == {"rss_bytes": 300 * 2**20, "num_fds": 64.0}
+    caged = detectors_of(tmp_path, text.replace('"/bin/true"]\n', '"/bin/true"]\nmemory_max = "300MiB"\n', 1),
+                         "a").get("aging")
+    assert isinstance(caged, AgingDetector)
+    assert caged.aging_limits["rss_bytes"] == 300 * 2**20  # what the unit can really reach
 
 
 def test_default_verdicts(tmp_path: Path) -> None:
