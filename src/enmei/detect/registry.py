@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -192,7 +193,7 @@ def _one(i: int, entry: Any, problems: list[Any]) -> DetectorOptions | None:
             loc = tuple(err["loc"])
             msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "extra_forbidden" and loc:
-                allowed = sorted(model.model_fields)
+                allowed = sorted(_fields_at(model, loc[:-1]))
                 close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
                 msg = f"unknown key {loc[-1]!r} for a {kind} detector" + (
                     f" (did you mean {close[0]!r}?)" if close else f"; allowed here: {', '.join(allowed)}")
@@ -200,6 +201,20 @@ def _one(i: int, entry: Any, problems: list[Any]) -> DetectorOptions | None:
                 msg = f"missing required key {loc[-1]!r} for a {kind} detector"
             problems.append(_problem((i, *loc), err.get("input"), msg))
         return None
+
+
+def _fields_at(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at ``path`` inside ``model`` (a nested table such as an aging ``limits``)."""
+    for part in path:
+        field = model.model_fields.get(str(part))
+        inner = [a for a in typing.get_args(field.annotation) if isinstance(a, type)] if field else []
+        if field is not None and isinstance(field.annotation, type):
+            inner = [field.annotation]
+        nested = [a for a in inner if issubclass(a, BaseModel)]
+        if not nested:
+            break
+        model = nested[0]
+    return list(model.model_fields)
 
 
 def _problem(loc: tuple[int | str, ...], value: Any, msg: str) -> Any:
