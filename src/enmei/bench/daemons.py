@@ -181,25 +181,33 @@ def _kill_all(rig: _Rig) -> None:
         _wait(lambda left=left: not any(alive(p) for p in left), 10.0)  # type: ignore[misc]
 
 
-def _fault(rig: _Rig, fault: str, r: Repeat) -> tuple[float, bool]:
-    """Make ``fault``; (its instant, whether a success needs the old instance gone)."""
+def _arm(rig: _Rig, procs: dict[int, Proc]) -> None:
+    """Before a fault that ends the daemon's instance: from now on a success counts only once none of
+    ``procs`` is alive (armed before the fault: a request answered an instant after it must not count)."""
+    old = list(procs.values())
+    rig.client.accept = lambda: not any(alive(p) for p in old)
+    rig.watch.mark(procs)
+    rig.tail.mark()
+
+
+def _fault(rig: _Rig, fault: str, r: Repeat) -> float:
+    """Make ``fault``; its instant (monotonic)."""
     procs = rig.procs()
     main = main_process(procs, rig.program)
     if main is None:
         raise RuntimeError(f"no main {rig.program} process among {sorted(procs)}")
     if fault == "kill":
-        rig.watch.mark(procs)
-        rig.tail.mark()
+        _arm(rig, procs)
         t0 = time.monotonic()
         os.kill(main.pid, signal.SIGKILL)
-        return t0, True
+        return t0
     if fault == "hang":
         rig.watch.mark(procs, list(procs.values()))
         rig.tail.mark()
         t0 = time.monotonic()
         for p in procs.values():
             signal_proc(p, signal.SIGSTOP)
-        return t0, False
+        return t0
     if fault == "slow_start_crash":
         (rig.d.root / "slow").touch()
         os.kill(main.pid, signal.SIGKILL)
@@ -215,19 +223,17 @@ def _fault(rig: _Rig, fault: str, r: Repeat) -> tuple[float, bool]:
                                "of the first kill (before the timed crash)")
         time.sleep(1.5)  # well inside the 4 s slow start
         procs = rig.procs()
-        rig.watch.mark(procs)
-        rig.tail.mark()
+        _arm(rig, procs)
         t0 = time.monotonic()
         for p in starting:
             signal_proc(p, signal.SIGKILL)
-        return t0, True
+        return t0
     if fault == "broken_config":
         rig.d.break_config()
-        rig.watch.mark(procs)
-        rig.tail.mark()
+        _arm(rig, procs)
         t0 = time.monotonic()
         os.kill(main.pid, signal.SIGKILL)
-        return t0, True
+        return t0
     raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
 
 
@@ -259,11 +265,7 @@ def _measure(rig: _Rig, fault: str, r: Repeat) -> None:
                    f"{rig.driver.log_tail(600)}")
         return
     time.sleep(0.5)
-    t0, needs_new = _fault(rig, fault, r)
-    before = list(rig.watch.every_seen())
-    if needs_new:
-        old = [p for p in before if alive(p)]
-        rig.client.accept = lambda: not any(alive(p) for p in old)
+    t0 = _fault(rig, fault, r)
     fixed = False
     end = t0 + WAIT_S
     back: float | None = None
