@@ -2,7 +2,8 @@
 
 The reproduction of issue 13 ("three endpoints, one drifting to 3x slower"), made deterministic: the
 root endpoint is slowed while the charts learn and then made fast again (a *speed-up*), ``/api/items``
-is slowed and judged, and ``/api/search`` is slowed while ``/api/items``' hold-off still runs. The old
+is made 3x slower and judged, and ``/api/search`` 3x slower while ``/api/items``' hold-off still runs.
+The shipped policy acts as it does (a first warning: watch; a second: restart). The old
 single, unit-wide, two-sided stream flagged the speed-up ("cusum_down"), named another endpoint as
 suspect and then sat out its 300 s hold-off while ``/api/search`` was plainly out of control.
 """
@@ -30,7 +31,7 @@ PY = sys.executable
 pytestmark = pytest.mark.integration
 
 PROBES = {"root": "/", "items": "/api/items", "search": "/api/search"}
-SLOW_MS = 60  # added to one endpoint: many times its loopback latency of a few ms (well beyond 3x)
+ROOT_SLOW_MS = 10.0  # the root while the charts learn (then it gets faster)
 
 
 def config(port: int) -> str:
@@ -40,8 +41,8 @@ kind = "http"
 name = "{name}"
 url = "http://127.0.0.1:{port}{path}"
 interval_s = 0.1
-timeout_s = 2.0
-fail_after = 5
+timeout_s = 5.0
+fail_after = 30
 """ for name, path in PROBES.items())
     return f"""
 [units.web]
@@ -65,10 +66,17 @@ async def test_one_endpoint_slower_is_named_and_a_faster_one_is_not_an_anomaly(t
     engine.subscribe(lambda _s, k, _u, b: verdicts.append(dict(b)) if k == "verdict" else None)
     task = asyncio.create_task(engine.run())
 
-    async def fault(endpoint: str) -> None:
-        status, _ = await http_get("127.0.0.1", port, f"/admin/fault?latency_ms={SLOW_MS}&endpoint={endpoint}",
+    async def fault(endpoint: str, ms: float) -> None:
+        status, _ = await http_get("127.0.0.1", port, f"/admin/fault?latency_ms={ms:.2f}&endpoint={endpoint}",
                                    timeout_s=5)
         assert status == 200
+
+    def slow_ms(probe: str) -> float:
+        # Three times the endpoint's learned median (at least +5 ms): a warning, well below the 10x of a
+        # critical verdict (on which the shipped policy restarts at once, resetting the faults).
+        det = next(d for d in engine.judges["web"] if d.kind == "latency")
+        centre_ms = det.limits()[f"{probe}.latency_s"].centre * 1000
+        return max(2 * centre_ms, 5.0)
 
     def anomalies(probe: str) -> list[dict[str, Any]]:
         return [v for v in verdicts if v["kind"] == "anomaly" and v["evidence"]["probe"] == probe]
@@ -93,12 +101,12 @@ async def test_one_endpoint_slower_is_named_and_a_faster_one_is_not_an_anomaly(t
         assert await auntil(lambda: "web" in engine.units and engine.units["web"].state is UnitState.RUNNING,
                             scaled(30), fail=False), "no start"
         assert await answers(), "the service never answered"
-        await fault("/")  # the root is slow while every chart learns its baseline...
+        await fault("/", ROOT_SLOW_MS)  # the root is slow while every chart learns its baseline...
         assert await auntil(learned, scaled(60), fail=False), "the charts never finished learning"
-        await fault("/api/items")  # ...then fast again (a speed-up), and /api/items turns slow
+        await fault("/api/items", slow_ms("items"))  # ...then fast again (a speed-up), /api/items 3x slower
         assert await auntil(lambda: anomalies("items"), scaled(30), fail=False), "no verdict on /api/items"
         t_items = time.monotonic()
-        await fault("/api/search")  # well inside the 300 s hold-off of /api/items' stream
+        await fault("/api/search", slow_ms("search"))  # well inside the 300 s hold-off of /api/items' stream
         assert await auntil(lambda: anomalies("search"), scaled(30), fail=False), \
             "no verdict on /api/search while /api/items was held off"
         assert time.monotonic() - t_items < 300  # (what the old unit-wide hold-off would have blocked)
@@ -106,8 +114,11 @@ async def test_one_endpoint_slower_is_named_and_a_faster_one_is_not_an_anomaly(t
             ev = anomalies(probe)[0]["evidence"]
             assert ev["suspect"] == probe == ev["component"]
             assert ev["side"] == "up" and ev["value"] > ev["centre"]
-        assert anomalies("root") == []  # faster is not an anomaly
-        assert not any(v["evidence"].get("rule") == "cusum_down" for v in verdicts if v["kind"] == "anomaly")
+        # Faster is not an anomaly: the root's speed-up gave no verdict (one from a load spike that made it
+        # *slower* would be right, and is allowed), and no verdict anywhere was about a speed-up.
+        assert all(v["evidence"]["value"] > v["evidence"]["centre"] for v in anomalies("root"))
+        assert not any(v["evidence"].get("rule") == "cusum_down" or v["evidence"]["value"] < v["evidence"]["centre"]
+                       for v in verdicts if v["kind"] == "anomaly")
     finally:
         engine.stop()
         await asyncio.wait_for(task, scaled(60))
