@@ -19,7 +19,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from enmei.detect.base import StateFormatError, StreamingDetector, check_state
+from enmei.detect.base import StateFormatError, StreamingDetector, check_state, detector_from_state
 
 __all__ = ["OneAlarmPerEpisode", "rested"]
 
@@ -96,8 +96,6 @@ class OneAlarmPerEpisode(StreamingDetector):
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> OneAlarmPerEpisode:
-        from enmei.detect.ensemble import detector_from_state
-
         params, data = check_state(state, cls.kind, cls.version)
         try:
             body = data["body"]

@@ -34,6 +34,7 @@ Promises every detector in this package keeps (the contract tests check them on 
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -52,6 +53,8 @@ __all__ = [
     "Threshold",
     "check_state",
     "clamp",
+    "detector_from_state",
+    "detector_kinds",
 ]
 
 STATE_FORMAT = "enmei.detect"
@@ -304,3 +307,36 @@ def _fin(x: float) -> float | None:
 
 def _unfin(x: Any) -> float:
     return -math.inf if x is None else float(x)
+
+
+#: Every detector kind ``state()`` can name, by module and class. Imported by name on first use: these
+#: modules import this one, and the wrappers among them (MaxOf, OneAlarmPerEpisode) restore their inner
+#: detectors through :func:`detector_from_state`, so a static import either way would be a cycle.
+_KIND_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("enmei.detect.charts", ("Shewhart", "EWMA", "CUSUM")),
+    ("enmei.detect.ensemble", ("MaxOf",)),
+    ("enmei.detect.baselines", ("WindowedGaussian", "RollingRobustZ")),
+    ("enmei.detect.novelty", ("NoveltyDetector",)),
+    ("enmei.detect.aging", ("TrendDetector",)),
+    ("enmei.detect.alarm", ("OneAlarmPerEpisode",)),
+)
+
+
+def detector_kinds() -> dict[str, type[StreamingDetector]]:
+    """Every detector kind this package can restore, by its ``kind`` name."""
+    out: dict[str, type[StreamingDetector]] = {}
+    for module, names in _KIND_CLASSES:
+        mod = importlib.import_module(module)
+        for name in names:
+            cls = getattr(mod, name)
+            out[cls.kind] = cls
+    return out
+
+
+def detector_from_state(state: Mapping[str, Any]) -> StreamingDetector:
+    """The detector that saved ``state``; StateFormatError if its kind is unknown or the state bad."""
+    kind = state.get("kind") if isinstance(state, Mapping) else None
+    cls = detector_kinds().get(str(kind))
+    if cls is None:
+        raise StateFormatError(str(kind), "unknown detector kind")
+    return cls.from_state(state)

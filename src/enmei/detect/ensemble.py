@@ -6,7 +6,8 @@ earliest change-point estimate any member gives, e.g. a CUSUM's, or None). Since
 score is ``1 - nominal alpha``, the maximum is the strongest evidence; its own nominal false-alarm rate
 is at most the sum of the members' (a union bound).
 
-:func:`detector_from_state` rebuilds any detector kind of this package from ``state()``.
+:func:`detector_from_state` (defined in :mod:`enmei.detect.base`, re-exported here) rebuilds any detector
+kind of this package from ``state()``.
 """
 
 from __future__ import annotations
@@ -14,31 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from enmei.detect.base import StateFormatError, StreamingDetector, check_state
+from enmei.detect.base import StateFormatError, StreamingDetector, check_state, detector_from_state, detector_kinds
 
 __all__ = ["MaxOf", "detector_from_state", "detector_kinds"]
-
-
-def detector_kinds() -> dict[str, type[StreamingDetector]]:
-    """Every detector kind this package can restore, by its ``kind`` name."""
-    from enmei.detect.aging import TrendDetector
-    from enmei.detect.alarm import OneAlarmPerEpisode
-    from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
-    from enmei.detect.charts import CUSUM, EWMA, Shewhart
-    from enmei.detect.novelty import NoveltyDetector
-
-    classes: list[type[StreamingDetector]] = [Shewhart, EWMA, CUSUM, MaxOf, WindowedGaussian,
-                                              NoveltyDetector, TrendDetector, RollingRobustZ, OneAlarmPerEpisode]
-    return {cls.kind: cls for cls in classes}
-
-
-def detector_from_state(state: Mapping[str, Any]) -> StreamingDetector:
-    """The detector that saved ``state``; StateFormatError if its kind is unknown or the state bad."""
-    kind = state.get("kind") if isinstance(state, Mapping) else None
-    cls = detector_kinds().get(str(kind))
-    if cls is None:
-        raise StateFormatError(str(kind), "unknown detector kind")
-    return cls.from_state(state)
 
 
 class MaxOf(StreamingDetector):
