@@ -41,6 +41,19 @@ expect_body = "hits"
 """
 
 
+async def answers(port: int) -> bool:
+    end = asyncio.get_running_loop().time() + scaled(30)
+    while asyncio.get_running_loop().time() < end:
+        try:
+            status, _ = await http_get("127.0.0.1", port, "/health", timeout_s=2)
+            if status == 200:
+                return True
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    return False
+
+
 async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     loaded = load_text(config(port), tmp_path / "enmei.toml")
@@ -55,6 +68,8 @@ async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
 
     try:
         assert await until(lambda: "web" in engine.units and engine.units["web"].state is UnitState.RUNNING)
+        # RUNNING means it held for start_s (0.3 s): on a loaded machine it may not listen yet
+        assert await answers(port), "the service never answered"
         # A synthetic search works: no verdict. Wait for both injections to be observed *and* handled
         # (the consumer takes an observation off the queue and judges it in one step): no sleep, no race.
         injector = engine.injectors["web"]["search"]
