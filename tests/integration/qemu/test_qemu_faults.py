@@ -30,7 +30,7 @@ async def test_guest_that_never_reaches_service_ready(vmh: VmHarness) -> None:
     with pytest.raises(StartError, match="service-ready") as info:
         await b.start("vm", spec)
     assert ready_s <= loop.time() - t < 2 * ready_s
-    assert "network" in str(info.value)  # it says how far the guest got
+    assert "phases seen:" in str(info.value)  # it says how far the guest got (how far depends on the load)
     assert vmh.kinds("vm") == [UnitEventKind.START_FAILED]
     assert not b.alive("vm") and vmh.our_qemus() == []
 
