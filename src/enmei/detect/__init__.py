@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the same names, typed, for the type checker (at run time they resolve on first use)
     from enmei.detect.aging import TrendDetector
-    from enmei.detect.base import Alarm, Detector, StateFormatError, StreamingDetector, Threshold
+    from enmei.detect.base import Alarm, Detector, StateFormatError, StreamingDetector, Threshold, detector_from_state
     from enmei.detect.baselines import WindowedGaussian
     from enmei.detect.charts import CUSUM, EWMA, Shewhart
-    from enmei.detect.ensemble import MaxOf, detector_from_state
+    from enmei.detect.ensemble import MaxOf
     from enmei.detect.narrow import Narrower, Suspect
     from enmei.detect.novelty import NoveltyDetector
     from enmei.detect.pipeline import UnitJudge
@@ -55,7 +55,7 @@ _EXPORTS: dict[str, str] = {
     "Threshold": "base",
     "WindowedGaussian": "baselines",
     "CUSUM": "charts", "EWMA": "charts", "Shewhart": "charts",
-    "MaxOf": "ensemble", "detector_from_state": "ensemble",
+    "MaxOf": "ensemble", "detector_from_state": "base",
     "Narrower": "narrow", "Suspect": "narrow",
     "NoveltyDetector": "novelty",
     "UnitJudge": "pipeline",

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from enmei.detect.base import StateFormatError, StreamingDetector, check_state, detector_from_state
 
-__all__ = ["OneAlarmPerEpisode", "rested"]
+__all__ = ["OneAlarmPerEpisode", "beats_recent", "rested"]
 
 
 def rested(scores: Sequence[float], rest: int) -> list[float]:
@@ -44,6 +44,20 @@ def rested(scores: Sequence[float], rest: int) -> list[float]:
     return out
 
 
+def beats_recent(peaks: deque[tuple[int, float]], i: int, rest: int, score: float) -> bool:
+    """The rule's step for sample ``i``: does ``score`` beat every score of the last ``rest`` samples?
+
+    ``peaks`` is the rule's whole memory (a monotone queue of (index, score), at most ``rest`` long, so
+    O(1) amortised per sample); it is updated in place with ``score``."""
+    while peaks and peaks[0][0] <= i - rest:
+        peaks.popleft()
+    beaten = not peaks or score > peaks[0][1]
+    while peaks and peaks[-1][1] <= score:
+        peaks.pop()
+    peaks.append((i, score))
+    return beaten
+
+
 class OneAlarmPerEpisode(StreamingDetector):
     """Scores of ``inner`` that beat the previous ``rest`` scores; 0 for the others."""
 
@@ -64,15 +78,8 @@ class OneAlarmPerEpisode(StreamingDetector):
         if ev.get("skipped"):
             self._ev = ev
             return 0.0
-        i = self._i
+        beaten = beats_recent(self._peaks, self._i, self.rest, score)
         self._i += 1
-        peaks = self._peaks
-        while peaks and peaks[0][0] <= i - self.rest:
-            peaks.popleft()
-        beaten = not peaks or score > peaks[0][1]
-        while peaks and peaks[-1][1] <= score:
-            peaks.pop()
-        peaks.append((i, score))
         ev["raw_score"] = score
         ev["suppressed"] = not beaten
         self._ev = ev

@@ -6,8 +6,7 @@ earliest change-point estimate any member gives, e.g. a CUSUM's, or None). Since
 score is ``1 - nominal alpha``, the maximum is the strongest evidence; its own nominal false-alarm rate
 is at most the sum of the members' (a union bound).
 
-:func:`detector_from_state` (defined in :mod:`enmei.detect.base`, re-exported here) rebuilds any detector
-kind of this package from ``state()``.
+:func:`enmei.detect.base.detector_from_state` rebuilds any detector kind of this package from ``state()``.
 """
 
 from __future__ import annotations
@@ -15,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from enmei.detect.base import StateFormatError, StreamingDetector, check_state, detector_from_state, detector_kinds
+from enmei.detect.base import StateFormatError, StreamingDetector, check_state, detector_from_state
 
-__all__ = ["MaxOf", "detector_from_state", "detector_kinds"]
+__all__ = ["MaxOf"]
 
 
 class MaxOf(StreamingDetector):

@@ -28,8 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from enmei.detect.base import STATE_FORMAT, StateFormatError, StreamingDetector, check_state
-from enmei.detect.ensemble import detector_from_state
+from enmei.detect.base import STATE_FORMAT, StateFormatError, StreamingDetector, check_state, detector_from_state
 
 __all__ = ["Narrower", "Suspect"]
 

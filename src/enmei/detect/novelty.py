@@ -48,6 +48,7 @@ import statistics
 from collections import deque
 from typing import Any, ClassVar
 
+from enmei.detect.alarm import beats_recent
 from enmei.detect.base import StreamingDetector
 
 __all__ = ["NoveltyDetector"]
@@ -239,16 +240,10 @@ class NoveltyDetector(StreamingDetector):
             return 0.0
         e, ev = self._evidence(x, t)
         score = e / (1.0 + e)
-        # One alarm per episode: report only what beats the last `rest` scores.
-        i = self._i
+        # One alarm per episode (the rule of enmei.detect.alarm, built in here: its state is this
+        # detector's): report only what beats the last `rest` scores.
+        beaten = beats_recent(self._peaks, self._i, self.rest, score)
         self._i += 1
-        peaks = self._peaks
-        while peaks and peaks[0][0] <= i - self.rest:
-            peaks.popleft()
-        beaten = not peaks or score > peaks[0][1]
-        while peaks and peaks[-1][1] <= score:
-            peaks.pop()
-        peaks.append((i, score))
         ev["raw_score"] = score
         ev["suppressed"] = not beaten
         self._ev = ev

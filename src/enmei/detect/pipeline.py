@@ -64,9 +64,9 @@ from statistics import NormalDist
 from typing import Any, ClassVar
 
 from enmei.detect.aging import TrendDetector
-from enmei.detect.base import STATE_FORMAT, StateFormatError, Threshold, check_state
+from enmei.detect.base import STATE_FORMAT, StateFormatError, Threshold, check_state, detector_from_state
 from enmei.detect.charts import CUSUM, EWMA, cusum_arl0
-from enmei.detect.ensemble import MaxOf, detector_from_state
+from enmei.detect.ensemble import MaxOf
 from enmei.detect.narrow import Narrower
 from enmei.detect.protocol import Limit
 from enmei.model import Observation, Severity, Verdict, VerdictKind

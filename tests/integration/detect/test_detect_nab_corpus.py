@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 
 from enmei.bench import nab
-from enmei.detect.base import StreamingDetector
+from enmei.detect.base import StreamingDetector, detector_from_state
 from enmei.detect.baselines import WindowedGaussian
-from enmei.detect.ensemble import detector_from_state
 from enmei.detect.nab_score import load_corpus, score_corpus
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from enmei.detect import registry
 from enmei.detect.aging import TrendDetector
 from enmei.detect.alarm import OneAlarmPerEpisode, rested
-from enmei.detect.base import StateFormatError, StreamingDetector
+from enmei.detect.base import StateFormatError, StreamingDetector, detector_from_state, detector_kinds
 from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
 from enmei.detect.charts import CUSUM, EWMA, Shewhart
-from enmei.detect.ensemble import MaxOf, detector_from_state, detector_kinds
+from enmei.detect.ensemble import MaxOf
 from enmei.detect.novelty import NoveltyDetector
 from enmei.detect.protocol import DetectorContext, HealthReport, InjectorInfo, Judgement, Limit, ProbeInfo, UnitDetector
 from enmei.model import Health, Observation, Severity, Verdict, VerdictKind, as_dict
