@@ -12,7 +12,7 @@ from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
 from enmei.model import Observation, UnitState
 from enmei.monitor.http import http_get
-from support.wait import auntil, scaled
+from support.wait import answers, auntil, scaled
 
 from .conftest import PY
 
@@ -39,19 +39,6 @@ name = "search"
 url = "http://127.0.0.1:{port}/api/search?q=item-1"
 expect_body = "hits"
 """
-
-
-async def answers(port: int) -> bool:
-    end = asyncio.get_running_loop().time() + scaled(30)
-    while asyncio.get_running_loop().time() < end:
-        try:
-            status, _ = await http_get("127.0.0.1", port, "/health", timeout_s=2)
-            if status == 200:
-                return True
-        except OSError:
-            pass
-        await asyncio.sleep(0.1)
-    return False
 
 
 async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:

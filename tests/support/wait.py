@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-__all__ = ["SLOWNESS", "CountingExecutor", "auntil", "idle", "measure_slowness", "scaled", "until"]
+__all__ = ["SLOWNESS", "CountingExecutor", "answers", "auntil", "idle", "measure_slowness", "scaled", "until"]
 
 T = TypeVar("T")
 
@@ -163,3 +163,21 @@ async def idle(max_real_s: float = 60.0) -> None:
             quiet += 1
         if time.monotonic() > deadline:
             raise AssertionError(f"the event loop did not become idle within {scaled(max_real_s):.0f} s")
+
+
+async def answers(port: int, path: str = "/health", timeout_s: float = 30.0) -> bool:
+    """Whether an HTTP GET of ``path`` on 127.0.0.1:``port`` answers 200 within ``timeout_s`` (scaled).
+
+    A unit is RUNNING once it held for its ``start_s``; on a loaded machine its service may not listen
+    yet. Tests that inject faults into the service wait for this first."""
+    from enmei.monitor.http import http_get
+
+    async def ok() -> bool:
+        try:
+            status, _ = await http_get("127.0.0.1", port, path, timeout_s=2)
+        except OSError:
+            await asyncio.sleep(0.1)
+            return False
+        return status == 200
+
+    return bool(await auntil(ok, timeout_s, f"an answer on port {port}", fail=False))

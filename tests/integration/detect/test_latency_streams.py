@@ -27,7 +27,7 @@ from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
 from enmei.monitor.http import http_get
 from enmei.policy.manager import open_policy
-from support.wait import auntil, scaled
+from support.wait import answers, auntil, scaled
 
 PY = sys.executable
 
@@ -106,22 +106,10 @@ async def test_one_endpoint_slower_is_named_and_a_faster_one_is_not_an_anomaly(t
         det = next(d for d in engine.judges["web"] if d.kind == "latency")
         return len(det.limits()) == len(PROBES)
 
-    async def answers() -> bool:
-        end = time.monotonic() + scaled(30)
-        while time.monotonic() < end:
-            try:
-                status, _ = await http_get("127.0.0.1", port, "/health", timeout_s=2)
-                if status == 200:
-                    return True
-            except OSError:
-                pass
-            await asyncio.sleep(0.1)
-        return False
-
     try:
         assert await auntil(lambda: "web" in engine.units and engine.units["web"].state is UnitState.RUNNING,
                             scaled(30), fail=False), "no start"
-        assert await answers(), "the service never answered"
+        assert await answers(port), "the service never answered"
         await fault("/", ROOT_SLOW_MS)  # the root is slow while every chart learns its baseline...
         assert await auntil(learned, scaled(60), fail=False), "the charts never finished learning"
         await fault("/api/items", slow_ms("items"))  # ...then fast again (a speed-up), /api/items 3x slower
