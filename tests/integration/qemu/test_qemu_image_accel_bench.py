@@ -11,6 +11,7 @@ import pytest
 
 from enmei.visor.qemu import ImageInfo, build
 from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
+from support.wait import scaled
 
 pytestmark = [pytest.mark.integration, pytest.mark.qemu]
 
@@ -45,11 +46,11 @@ async def test_the_kvm_probe_is_bounded_and_its_verdict_cached(qemu_image: Image
     assert calls <= 1  # 0 when /dev/kvm is not usable at all
 
 
-@pytest.mark.timeout(600)  # three kinds of reboot under TCG; the bench bounds each wait itself (60 s)
+@pytest.mark.timeout(900)  # three kinds of reboot under TCG; the bench bounds each wait itself (30-60 s × patience)
 def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
     from enmei.bench.reboot import run
 
-    result = run(runs=1, accel="tcg")
+    result = run(runs=1, accel="tcg", patience=max(2.0, scaled(1.0)))  # a loaded machine boots TCG slowly
     assert set(result) >= {"cold_downtime_s", "phase_downtime_s", "ratio", "runs", "phase_inplace_downtime_s",
                            "phase_standby_downtime_s", "phase_inplace_ratio", "phase_standby_ratio"}
     assert result["runs"] == 1
