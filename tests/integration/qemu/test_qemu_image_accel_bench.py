@@ -50,7 +50,10 @@ async def test_the_kvm_probe_is_bounded_and_its_verdict_cached(qemu_image: Image
 def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
     from enmei.bench.reboot import run
 
-    result = run(runs=1, accel="tcg", patience=max(2.0, scaled(1.0)))  # a loaded machine boots TCG slowly
+    # A loaded machine boots TCG slowly (patience), and a TCG guest probed every 10 ms beside other work
+    # dropped the one panic request (no verdict in 120 s, a load run): the smoke run probes every 50 ms
+    # (the figures' resolution is not what it checks; `enmei bench reboot` keeps its 10 ms).
+    result = run(runs=1, accel="tcg", probe_interval_s=0.05, patience=max(2.0, scaled(1.0)))
     assert set(result) >= {"cold_downtime_s", "phase_downtime_s", "ratio", "runs", "phase_inplace_downtime_s",
                            "phase_standby_downtime_s", "phase_inplace_ratio", "phase_standby_ratio"}
     assert result["runs"] == 1
@@ -60,4 +63,4 @@ def test_reboot_benchmark_smoke(qemu_image: ImageInfo) -> None:
     assert 0 < result["phase_standby_downtime_s"] < result["phase_inplace_downtime_s"] < result["cold_downtime_s"]
     # (the figures are rounded: 4 decimals for seconds, 5 for ratios)
     assert result["ratio"] == pytest.approx(result["phase_downtime_s"] / result["cold_downtime_s"], abs=2e-5)
-    assert result["probe_max_in_flight"] == 60 and result["standby_rss_mib"] > 0
+    assert result["probe_max_in_flight"] == 12 and result["standby_rss_mib"] > 0  # 2 × ceil(0.3 s / 50 ms)
