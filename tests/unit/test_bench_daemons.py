@@ -51,8 +51,20 @@ def test_summary_keys_and_figures() -> None:
     assert s["cells_peer_recovered"] == 2 and sorted(s["peer_recovered"]) == ["postgresql/hang", "redis/kill"]
     assert s["enmei_not_slower_cells"] == 1 and s["enmei_slower"] == ["postgresql/hang"]
     assert s["postgres_hang_back_s_max"] == 6.0
-    assert s["goals_met"] == {"all_recovered": False, "not_slower": False, "no_leftovers": False,
-                              "postgres_hang_le_5s": False}
+    assert s["enmei_not_slower_within_resolution_cells"] == 1 and s["resolution_s"] == 0.05
+    assert s["goals_met"] == {"all_recovered": False, "not_slower": False, "not_slower_within_resolution": False,
+                              "no_leftovers": False, "postgres_hang_le_5s": False}
+
+
+def test_within_resolution_is_one_request_interval_and_no_more() -> None:
+    """Medians 0.04 s apart are one request interval (0.05 s): not told apart; 0.06 s apart are slower."""
+    cells = [cell_summary("redis", "kill", "enmei", _reps(0.54, 0.54, 0.54)),
+             cell_summary("redis", "kill", "monit", _reps(0.5, 0.5, 0.5)),
+             cell_summary("nginx", "kill", "enmei", _reps(0.56, 0.56, 0.56)),
+             cell_summary("nginx", "kill", "monit", _reps(0.5, 0.5, 0.5))]
+    s = summarize(cells)
+    assert s["enmei_not_slower_cells"] == 0 and s["enmei_not_slower_within_resolution_cells"] == 1
+    assert s["goals_met"]["not_slower"] is False and s["goals_met"]["not_slower_within_resolution"] is False
 
 
 def test_summary_goals_met_and_ties() -> None:

@@ -113,8 +113,11 @@ class RestartConfig(_Model):
     * **A crash** (the unit exited, or its start failed). An instance that had been ``running`` for at
       least ``reset_after_s`` proved itself: its crash is restarted at once, and the retry streak starts
       over. A crash of an instance that ran less (it died during its start, or soon after) is a *retry*:
-      the n-th retry in a row waits ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-1))`` —
-      the first one ``backoff_first_s``.
+      the n-th retry in a row starts no sooner than ``min(backoff_max_s, backoff_first_s *
+      backoff_factor**(n-1))`` after the start it retries (the first: ``backoff_first_s``), so it waits
+      that step less the time the crashed instance lived. The backoff bounds the rate of starts: a
+      daemon that dies at once waits the whole step; one that worked for a while, or was killed seconds
+      into a slow start, is restarted at once.
     * **A failed liveness probe** (the unit is up, but does not answer): the probe's ``fail_after``
       failures were the wait, so the first probe-caused restart after a healthy period waits nothing,
       the n-th in a row ``min(backoff_max_s, backoff_first_s * backoff_factor**(n-2))``. Probe-caused

@@ -156,7 +156,8 @@ class UnitRuntime:
 
     def _crashed(self, was: UnitState) -> None:
         """An instance ended on its own (or its start failed) while in state ``was``:
-        after a healthy period a restart at once, else the next retry's backoff, the streak one longer."""
+        after a healthy period a restart at once, else the next retry's backoff less the time the
+        instance lived since its start (``RestartBudget.crash_delay_s``), the streak one longer."""
         if was not in (UnitState.STARTING, UnitState.RUNNING):
             return  # stopped on purpose (an operator's stop, a restart's stop): not a crash
         now = self.clock.monotonic()
@@ -165,7 +166,8 @@ class UnitRuntime:
             self.probe_restarts = 0
             self._crash_delay_s = 0.0
             return
-        self._crash_delay_s = self.budget.crash_delay_s(self.crash_retries)
+        lived = now - self.started_mono if self.started_mono is not None else 0.0
+        self._crash_delay_s = self.budget.crash_delay_s(self.crash_retries, lived_s=lived)
         self.crash_retries += 1
 
     def probe_restarted(self) -> None:

@@ -5,13 +5,19 @@ times and streaks (``enmei.engine.unit``), policies read the result (``next_dela
 README and ``RestartConfig`` state them:
 
 * a crash of an instance that had been running ``reset_after_s`` is restarted at once;
-* the n-th *retry* in a row (a crash of an instance that ran less) waits ``backoff_first_s * factor**(n-1)``;
+* the n-th *retry* in a row (a crash of an instance that ran less) starts no sooner than
+  ``backoff_first_s * factor**(n-1)`` after the start it retries: it waits that less the time the crashed
+  instance lived. The backoff bounds the rate of starts: a daemon that dies at once waits the whole step,
+  one that crashed after a few seconds of work (or 1.5 s into a slow start) is not a tight loop and is
+  restarted at once, as supervisord and Monit restart it;
 * the n-th probe-caused restart in a row waits nothing the first time, then ``backoff_first_s *
   factor**(n-2)``; everything capped at ``backoff_max_s``.
 
 >>> b = RestartBudget(backoff_first_s=0.5, backoff_factor=2.0, backoff_max_s=30.0, budget=5, window_s=300.0)
 >>> [b.crash_delay_s(n) for n in range(5)]
 [0.5, 1.0, 2.0, 4.0, 8.0]
+>>> [b.crash_delay_s(n, lived_s=1.5) for n in range(5)]
+[0.0, 0.0, 0.5, 2.5, 6.5]
 >>> [b.probe_delay_s(n) for n in range(5)]
 [0.0, 0.5, 1.0, 2.0, 4.0]
 >>> b.crash_delay_s(20), b.healthy(running_s=10.0), b.healthy(running_s=9.9)
@@ -51,10 +57,11 @@ class RestartBudget:
     def _step(self, n: int) -> float:
         return float(min(self.backoff_max_s, self.backoff_first_s * self.backoff_factor ** max(0, n)))
 
-    def crash_delay_s(self, retries: int) -> float:
-        """The wait before a retry after a crash that follows ``retries`` retries in a row: the first
-        (``retries`` 0) waits ``backoff_first_s``. (A crash after a healthy period waits 0: not a retry.)"""
-        return self._step(retries)
+    def crash_delay_s(self, retries: int, lived_s: float = 0.0) -> float:
+        """The wait before a retry after a crash that follows ``retries`` retries in a row, of an instance
+        that lived ``lived_s`` since its start: the step (the first, ``retries`` 0, is ``backoff_first_s``)
+        less ``lived_s``, never below 0. (A crash after a healthy period waits 0: not a retry.)"""
+        return max(0.0, self._step(retries) - max(0.0, lived_s))
 
     def probe_delay_s(self, restarts: int) -> float:
         """The wait before a probe-caused restart that follows ``restarts`` such restarts in a row: the
