@@ -31,14 +31,24 @@ async def test_reload_answers_with_the_diff_and_one_runs_at_a_time(tmp_path: Pat
         assert answer["ok"] and answer["applying"] and answer["by"] == "test"
         assert answer["changed"] == {"a": {"keys": ["restart.budget"], "how": "in_place"},
                                      "b": {"keys": ["command"], "how": "restart"}}
-        busy = e.request_reload()
-        assert busy["ok"] is False and "still being applied" in busy["error"]
-        assert await rig.advance_until(lambda: not e.reloader.busy and e.units["b"].state is UnitState.RUNNING, 30)
-        assert e.units["a"].budget.budget == 2
+        # Asked again while that is applied (a second SIGHUP): queued, not refused (old code: refused);
+        # the file read after the apply is the one then on disk: budget 3.
+        (tmp_path / "enmei.toml").write_text(CFG.replace('[units.b]\ncommand = ["/bin/true"]',
+                                                         '[units.b]\ncommand = ["/bin/false"]') +
+                                             "[units.a.restart]\nbudget = 3\n")
+        busy = e.request_reload(by="SIGHUP")
+        assert busy["ok"] and busy["queued"] and busy["after_reload"] == 1
+        assert e.request_reload(by="SIGHUP")["queued"]  # asked twice meanwhile: still one more reload
+        assert await rig.advance_until(lambda: e.reloader.count == 2 and not e.reloader.busy
+                                       and e.units["b"].state is UnitState.RUNNING, 30)
+        assert e.units["a"].budget.budget == 3
         assert e.units["a"].backend.identity("a").pid == a_pid  # type: ignore[union-attr]
         assert e.config.units["b"].command == ["/bin/false"]  # type: ignore[attr-defined]
-        events = [b["event"] for b in rig.bodies("reload")]
-        assert events == ["diff", "refused", "applied"], events
+        events = [(b["event"], b.get("reload", b.get("after_reload"))) for b in rig.bodies("reload")]
+        assert events == [("diff", 1), ("queued", 1), ("queued", 1), ("applied", 1), ("diff", 2),
+                          ("applied", 2)], events
+        second = rig.bodies("reload")[4]
+        assert second["by"] == "SIGHUP" and second["changed"] == {"a": {"keys": ["restart.budget"], "how": "in_place"}}
         # Nothing changed: an empty diff, nothing applied, nothing restarted.
         again = e.request_reload()
         assert again["ok"] and not again["applying"] and again["unchanged"] == ["a", "b"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from enmei.config.load import LoadedConfig, load
@@ -149,7 +149,9 @@ class UnitSet(Protocol):
 @dataclass
 class Reloader:
     """Reloads for one engine: one at a time, each journaled (``reload`` records), the old config kept on
-    any error. ``on_reloading``/``on_done`` are told when an apply begins and ends (sd_notify)."""
+    any error. A request while one is being applied is queued (``queued`` record): once the apply ends,
+    the file is read again — as it is then — and applied; requests queued meanwhile are one reload.
+    ``on_reloading``/``on_done`` are told when an apply begins and ends (sd_notify)."""
 
     engine: UnitSet
     loader: Callable[[str], LoadedConfig] = load
@@ -157,6 +159,7 @@ class Reloader:
     on_done: Callable[[ConfigDiff], None] | None = None
     task: asyncio.Task[Any] | None = None
     count: int = 0
+    queued: list[str] = field(default_factory=list)  # who asked while an apply ran (served as one reload)
 
     @property
     def busy(self) -> bool:
@@ -165,13 +168,17 @@ class Reloader:
     def request(self, by: str = "operator") -> dict[str, Any]:
         """Re-read the config file and apply what changed. Returns (and journals) the diff, with
         ``ok = True`` and ``applying`` (False when nothing is to be done); or ``ok = False`` and
-        ``error`` (with ``problems``: file, line, key, message each) when the file is refused or a reload
-        is still being applied — then nothing changed."""
+        ``error`` (with ``problems``: file, line, key, message each) when the file is refused — then
+        nothing changed. While a reload is being applied: ``ok = True``, ``queued = True`` (the file is
+        read once that apply has ended; its diff and outcome are journaled then)."""
         engine = self.engine
         path = str(engine.loaded.path)
         if self.busy:
-            body: dict[str, Any] = {"event": "refused", "by": by, "config": path, "ok": False,
-                                    "error": "a reload is still being applied; ask again once it is done"}
+            self.queued.append(by)
+            body: dict[str, Any] = {"event": "queued", "by": by, "config": path, "ok": True, "queued": True,
+                                    "after_reload": self.count,
+                                    "message": f"reload {self.count} is being applied; the file is read again "
+                                               "once it is done"}
             engine.record(RecordKind.RELOAD, None, body)
             return body
         try:
@@ -248,6 +255,10 @@ class Reloader:
                          {"failed": failed})
         if self.on_done is not None:
             self.on_done(diff)
+        if self.queued:
+            asked, self.queued = self.queued, []
+            self.task = None  # this apply is done: the queued request starts its own
+            self.request(", ".join(dict.fromkeys(asked)))
 
 
 async def _now(fn: Callable[[str, UnitBase, str], None], name: str, spec: UnitBase, reason: str) -> None:
