@@ -44,3 +44,31 @@ def test_a_hung_redis_is_seen_by_its_ping_probe_and_stopped_gracefully(tmp_path:
         assert not [p for p in hung if psutil.pid_exists(p)]
         assert rig.stopped() == []
         rig.shutdown()
+
+
+def test_a_broken_config_backs_off_escalates_and_starts_once_fixed(tmp_path: Path) -> None:
+    """Redis has no config check to run before its start: with a bad directive it exits at once, every
+    time. Each retry waits its whole backoff step (the instance lived ~0 s), the loop ends in an
+    escalation with an alert (no tight loop, no silent give-up), the unit's log shows Redis's own
+    reason, and the operator's start after the fix brings it back at once."""
+    with running("redis", tmp_path) as rig:
+        old = rig.until_running()
+        rig.daemon.break_config()
+        os.kill(old, signal.SIGKILL)
+        rig.until(lambda: rig.state() == "escalated", 90, "the unit escalated after its failed starts")
+        restarts = [b for _, _, b in rig.records("decision") if b["action"] == "restart"]
+        delays = [float(b["args"].get("delay_s", 0.0)) for b in restarts]
+        # the kill -9 of an instance that ran longer than the first step: at once; then each start that
+        # died at once waits its step (FAST: 0.2 s doubling, at most 2 s) less the ms it lived
+        # (measured: 0.0, 0.37, 0.75 s)
+        assert delays[0] < 0.2 and len(delays) >= 3, delays
+        assert all(0.1 < d <= 2.0 for d in delays[1:]), delays
+        assert delays[2:] == sorted(delays[2:]), delays
+        assert rig.records("alert")
+        assert "no-such-directive-enmei" in rig.unit_log("stdout") + rig.unit_log("stderr")
+        assert not rig.answers()
+        rig.daemon.fix_config()
+        rig.action("start")
+        rig.until_back(old, 60)
+        assert [b["policy"] for _, _, b in rig.records("decision")][-1] == "operator:web"
+        rig.shutdown()
