@@ -68,6 +68,7 @@ from enmei.visor.qemu.errors import BootError, ImageError, QmpError
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag, phases_upto, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
+from enmei.visor.qemu.shadow import ShadowUpdater, StepFn, recorded_boot_files
 from enmei.visor.qemu.standby import StandbyManager
 from enmei.visor.qemu.wholestate import WholeState
 
@@ -107,6 +108,8 @@ class QemuBackend(Backend):
         self.whole = WholeState(clock=clock, state_dir=state_dir, emit=emit, machines=self._vms,
                                 standbys=self.standbys, require=self._require, launch=self._launch_incoming,
                                 identity=self._identity, snapshots=self.api.snapshot_list)
+        self.shadow = ShadowUpdater(clock=clock, host=self.host, machines=self._vms, standbys=self.standbys,
+                                    launch=self._launch_standby)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -372,6 +375,15 @@ class QemuBackend(Backend):
             took = self.clock.monotonic() - start
         return took
 
+    async def shadow_update(self, name: str, *, kernel: str, initrd: str, image: str | None = None,
+                            clone_timeout_s: float | None = None, verify_s: float = 3.0,
+                            on_step: StepFn | None = None) -> dict[str, Any]:
+        """Boot a clone of the unit into ``kernel``/``initrd`` while the guest serves, then swap it in
+        (``enmei.visor.qemu.shadow``); its report. Raises ``VisorError`` (nothing done) or
+        ``UpdateFailed`` (rolled back)."""
+        return await self.shadow.update(name, kernel=kernel, initrd=initrd, image=image,
+                                        clone_timeout_s=clone_timeout_s, verify_s=verify_s, on_step=on_step)
+
     def reboot_report(self, name: str) -> dict[str, Any] | None:
         """How the unit's last phase reboot went: ``via`` (``standby`` or ``in-place``), ``took_s``, and
         for a standby the seconds to end the old QEMU (``kill_s``), move the ports (``forward_s``) and
@@ -400,7 +412,9 @@ class QemuBackend(Backend):
             host.check_port_free(name, int(item.partition(":")[0]))
         await disks.prepare(host, name, spec, paths, fresh_sys=fresh_sys)
         accel = await host.choose_accel(spec.accel, info)
-        return info.kernel, info.initrd, accel
+        # a shadow update recorded newer boot files over the configured image (``shadow``)
+        kernel, initrd = recorded_boot_files(spec, paths) or (info.kernel, info.initrd)
+        return kernel, initrd, accel
 
     async def _launch(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
                       paths: MachinePaths, *, incoming: bool = False,
