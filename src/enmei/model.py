@@ -115,6 +115,7 @@ class RecordKind(StrEnum):
     DECISION = "decision"
     REMEDY_START = "remedy.start"
     REMEDY_OUTCOME = "remedy.outcome"
+    REMEDY_STEP = "remedy.step"  # one step of a running remedy, as it ended (a shadow update's clone, swap...)
     ALERT = "alert"
     SAMPLES = "samples"  # a summary of observations over a period
     POLICY = "policy"  # policy loaded, reloaded, rejected

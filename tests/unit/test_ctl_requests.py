@@ -65,3 +65,20 @@ async def test_answers_name_units_ops_and_bounds(tmp_path: Path) -> None:
         assert "operator:ctl" in str(rig.bodies("decision", "a")[-1]["policy"])
     finally:
         await rig.close()
+
+
+async def test_an_update_of_a_process_unit_is_refused_with_the_capability_it_lacks(tmp_path: Path) -> None:
+    rig = await start_rig(tmp_path, CONFIG)
+    server = ControlServer(rig.engine, tmp_path)
+    try:
+        await rig.advance(1.5)
+        answer = await server._answer(json.dumps({"op": "update", "unit": "a", "image": "v2",
+                                                  "ignored": 1}).encode() + b"\n")
+        assert answer["ok"] is False
+        error = str(answer["error"])
+        assert error.startswith("update a: ") and "shadow_update" in error, error
+        decision = rig.bodies("decision", "a")[-1]
+        assert decision["action"] == "shadow_update" and decision["args"] == {"image": "v2"}
+        assert rig.engine.units["a"].state is UnitState.RUNNING
+    finally:
+        await rig.close()

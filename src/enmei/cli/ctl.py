@@ -62,9 +62,11 @@ def _state_dir(config: Path | None, state_dir: Path | None) -> Path:
     return Path(".enmei")
 
 
-def _ask(config: Path | None, state_dir: Path | None, req: dict[str, Any]) -> dict[str, Any]:
+def _ask(config: Path | None, state_dir: Path | None, req: dict[str, Any], *,
+         timeout_s: float | None = None) -> dict[str, Any]:
     try:
-        answer = request(_state_dir(config, state_dir), req)
+        state = _state_dir(config, state_dir)
+        answer = request(state, req) if timeout_s is None else request(state, req, timeout_s=timeout_s)
     except CtlError as exc:
         fail(str(exc), Exit.NOT_RUNNING if exc.not_running else Exit.ERROR)
     if not answer.get("ok"):

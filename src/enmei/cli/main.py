@@ -15,6 +15,7 @@ from enmei import __version__
 from enmei.cli import bench, box, ctl
 from enmei.cli import policy as policy_cmd
 from enmei.cli import report as report_cmd
+from enmei.cli import update as update_cmd
 from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
@@ -38,6 +39,7 @@ app.add_typer(box.app, name="box")
 app.add_typer(bench.app, name="bench")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(ctl.app, name="ctl")
+app.command(name="update")(update_cmd.update)
 app.command(name="report")(report_cmd.report)
 
 

@@ -8,7 +8,10 @@ the answer is one line ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}`
 * ``start`` / ``stop`` / ``restart`` / ``reset`` with ``unit``: what the engine did (``seq`` of its record,
   the repair it ``preempted``, why it was ``rejected`` or ``suppressed``);
 * ``reload``: the engine's reload answer, or an error if this build has none;
-* ``logs`` with ``unit``, ``lines`` (1..``MAX_LINES``) and ``stream`` (``stderr``, ``stdout``, ``console``).
+* ``logs`` with ``unit``, ``lines`` (1..``MAX_LINES``) and ``stream`` (``stderr``, ``stdout``, ``console``);
+* ``update`` with ``unit`` and any of ``image``, ``kernel``, ``initrd`` (strings), ``clone_timeout_s``,
+  ``verify_s`` (numbers): the ``shadow_update`` remedy of a VM unit, answered when it ends (at most
+  ``UPDATE_WAIT_S``), with its outcome and steps.
 
 A connection may carry several requests, one after the other; the server closes it after
 ``CLIENT_TIMEOUT_S`` without a complete request, or when an answer cannot be written within that time.
@@ -22,7 +25,7 @@ from typing import Any
 from enmei.errors import EnmeiError
 
 __all__ = ["CLIENT_TIMEOUT_S", "MAX_CLIENTS", "MAX_LINES", "MAX_REQUEST", "OPS", "SOCKET_NAME", "STREAMS",
-           "UNIT_OPS", "CtlError", "decode", "encode"]
+           "UNIT_OPS", "UPDATE_ARGS", "UPDATE_WAIT_S", "CtlError", "decode", "encode"]
 
 SOCKET_NAME = "ctl.sock"
 MAX_REQUEST = 64 * 1024
@@ -30,7 +33,9 @@ MAX_LINES = 10_000
 MAX_CLIENTS = 16
 CLIENT_TIMEOUT_S = 10.0
 UNIT_OPS = ("start", "stop", "restart", "reset")
-OPS = ("status", "logs", "reload", *UNIT_OPS)
+OPS = ("status", "logs", "reload", "update", *UNIT_OPS)
+UPDATE_ARGS = ("image", "kernel", "initrd", "clone_timeout_s", "verify_s")
+UPDATE_WAIT_S = 600.0  # a clone boots, under TCG, in seconds to a minute
 STREAMS = ("stderr", "stdout", "console")
 
 

@@ -36,6 +36,8 @@ from enmei.ctl.protocol import (
     SOCKET_NAME,
     STREAMS,
     UNIT_OPS,
+    UPDATE_ARGS,
+    UPDATE_WAIT_S,
     CtlError,
     decode,
     encode,
@@ -228,6 +230,22 @@ class ControlServer:
             raise CtlError(f"no unit named {name!r} (units: {known})")
         return name
 
+    async def _command(self, op: str, name: str, action: str, args: dict[str, Any], by: str,
+                       wait_s: float) -> dict[str, Any]:
+        reply = self.engine.control(action, name, args, by=by)
+        try:
+            answer = await _within(reply, wait_s)
+        except TimeoutError:
+            return {"unit": name, "action": op, "queued": True,
+                    "note": f"still running after {wait_s:g}s; see enmei ctl status, enmei box tail"}
+        if answer.get("rejected") or answer.get("suppressed"):
+            raise CtlError(f"{op} {name}: {answer.get('rejected') or answer.get('suppressed')}")
+        outcome = answer.get("outcome") or {}
+        if outcome.get("state") not in (None, "succeeded"):
+            raise CtlError(f"{op} {name}: {outcome.get('state')}: {outcome.get('detail')} "
+                           f"(record {answer.get('seq')})")
+        return answer
+
     async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         op = req.get("op")
         engine = self.engine
@@ -237,20 +255,11 @@ class ControlServer:
             return {"units": [unit_status(engine, n) for n in names], "pid": os.getpid(),
                     "config": str(engine.loaded.path)}
         if op in UNIT_OPS:
+            return await self._command(str(op), self._unit(req), str(op), {}, by, _COMMAND_WAIT_S)
+        if op == "update":
             name = self._unit(req)
-            reply = engine.control(str(op), name, {}, by=by)
-            try:
-                answer = await _within(reply, _COMMAND_WAIT_S)
-            except TimeoutError:
-                return {"unit": name, "action": op, "queued": True,
-                        "note": f"still running after {_COMMAND_WAIT_S:g}s; see enmei ctl status, enmei box tail"}
-            if answer.get("rejected") or answer.get("suppressed"):
-                raise CtlError(f"{op} {name}: {answer.get('rejected') or answer.get('suppressed')}")
-            outcome = answer.get("outcome") or {}
-            if outcome.get("state") not in (None, "succeeded"):
-                raise CtlError(f"{op} {name}: {outcome.get('state')}: {outcome.get('detail')} "
-                               f"(record {answer.get('seq')})")
-            return answer
+            args = {k: req[k] for k in UPDATE_ARGS if req.get(k) is not None}
+            return await self._command("update", name, "shadow_update", args, by, UPDATE_WAIT_S)
         if op == "reload":
             hook = getattr(engine, "request_reload", None)
             if hook is None:
@@ -269,7 +278,7 @@ class ControlServer:
                 raise CtlError(f"stream must be one of {', '.join(STREAMS)}, not {stream!r}")
             path = engine.units[name].backend.log_path(name, stream)
             return {"unit": name, "stream": stream, **await asyncio.to_thread(log_tail, path, lines)}
-        raise CtlError(f"unknown op {op!r} (ops: status, start, stop, restart, reset, reload, logs)")
+        raise CtlError(f"unknown op {op!r} (ops: status, start, stop, restart, reset, reload, logs, update)")
 
 
 async def _within(fut: asyncio.Future[dict[str, Any]], seconds: float) -> dict[str, Any]:

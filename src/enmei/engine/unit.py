@@ -376,6 +376,14 @@ class UnitRuntime:
     def alert(self, message: str, severity: Severity, data: Mapping[str, Any] | None = None) -> None:
         self._alert(self.name, message, severity, data or {})
 
+    def journal_step(self, step: str, facts: Mapping[str, Any]) -> None:
+        """Journal one step of the unit's running remedy as it ends (``remedy.step``: the remedy's
+        ``action`` and ``remedy_id``, the ``step`` and its facts, e.g. ``took_s``)."""
+        run = self.remedy
+        self._record(RecordKind.REMEDY_STEP, self.name, {
+            "action": run.action if run is not None else None,
+            "remedy_id": run.remedy_id if run is not None else None, "step": step, **facts})
+
     def load_history(self, metric: str, since_mono: float) -> list[tuple[float, float]]:
         series = self.load.get(metric)
         if not series:

@@ -40,3 +40,7 @@ def register(remedy: type[Remedy]) -> type[Remedy]:
 def unregister(name: str) -> None:
     """Remove the remedy registered under ``name`` (unknown names are ignored)."""
     REMEDIES.pop(name, None)
+
+
+# Mechanisms in their own modules register themselves (imported last: they use ``register``).
+from enmei.remedy import shadow as _shadow  # noqa: E402, F401 - registers shadow_update

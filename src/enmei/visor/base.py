@@ -80,6 +80,7 @@ class Capability(StrEnum):
     PANIC_EVENTS = "panic_events"
     PHASE_REBOOT = "phase_reboot"  # back to a boot phase snapshotted earlier instead of booting again
     REBOOT = "reboot"  # reset the machine and boot it again
+    SHADOW_UPDATE = "shadow_update"  # boot a clone into new boot files while the unit serves, then swap
 
 
 @dataclass(frozen=True)

@@ -166,3 +166,32 @@ async def test_a_guest_panic_is_repaired_by_a_phase_reboot_through_the_engine(ri
     assert rig.engine.units["vm"].state is UnitState.RUNNING
     await rig.until("the probe passing again", lambda: any(s > o_seq for s, _ in rig.find("unit.health", to="ok")),
                     10)
+
+
+async def test_a_shadow_update_through_the_engine_swaps_in_the_new_guest_and_journals_each_step(
+        rig: Rig) -> None:
+    v2 = build("shadow-v2", service_version="2.0")  # the "update": the same kernel, another initramfs
+    port = rig.port
+    assert await rig.backend.wait_standby("vm", scaled(60)), rig.backend.standby("vm")
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?put=kept", timeout_s=5) == (200, b"stored\n")
+    old = rig.backend.identity("vm")
+    assert old is not None
+
+    answer = await asyncio.wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+                                                       by="test"), scaled(300))
+    assert answer["outcome"]["state"] == "succeeded", answer
+    ((_, outcome),) = rig.find("remedy.outcome", action="shadow_update")
+    assert outcome["data"]["outcome"] == "updated" and outcome["data"]["replaced_pid"] == old.pid
+    # every step journaled as it ended, with its timing
+    steps = [b["step"] for _, b in rig.find("remedy.step", action="shadow_update")]
+    assert all(b["remedy_id"] == outcome["remedy_id"] and b["took_s"] >= 0
+               for _, b in rig.find("remedy.step", action="shadow_update"))
+    assert steps == ["clone", "boot", "snapshot", "swap", "verify"], steps
+    status, body = await http_get("127.0.0.1", port, "/version", timeout_s=5)
+    assert status == 200 and body.startswith(b"enmei-demo 2.0")
+    await rig.until("the data disk mounted", lambda: "data-ready" in rig.backend.phases("vm"))
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?get", timeout_s=5) == (200, b"kept\n")
+    new = rig.backend.identity("vm")
+    assert new is not None and new.pid != old.pid and new.extra["initrd"] == v2.initrd
+    assert not [b for _, b in rig.find("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
+    assert rig.engine.units["vm"].state is UnitState.RUNNING

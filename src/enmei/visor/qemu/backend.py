@@ -375,7 +375,8 @@ class QemuBackend(Backend):
             took = self.clock.monotonic() - start
         return took
 
-    async def shadow_update(self, name: str, *, kernel: str, initrd: str, image: str | None = None,
+    async def shadow_update(self, name: str, *, kernel: str | None = None, initrd: str | None = None,
+                            image: str | None = None,
                             clone_timeout_s: float | None = None, verify_s: float = 3.0,
                             on_step: StepFn | None = None) -> dict[str, Any]:
         """Boot a clone of the unit into ``kernel``/``initrd`` while the guest serves, then swap it in

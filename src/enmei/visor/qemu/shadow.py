@@ -152,10 +152,13 @@ class ShadowUpdater:
         self.standbys = standbys
         self.launch = launch
 
-    async def update(self, name: str, *, kernel: str, initrd: str, image: str | None = None,
+    async def update(self, name: str, *, kernel: str | None = None, initrd: str | None = None,
+                     image: str | None = None,
                      clone_timeout_s: float | None = None, verify_s: float = 3.0, verify_path: str | None = None,
                      on_step: StepFn | None = None) -> dict[str, Any]:
-        """Update unit ``name`` to boot files ``kernel`` and ``initrd`` (module docstring); returns the
+        """Update unit ``name`` to boot files ``kernel`` and ``initrd`` (module docstring): those of built
+        image ``image`` (a name or a directory), where one is not given those of the running guest.
+        Returns the
         report: ``outcome`` (``updated``), ``steps`` (step -> facts), ``downtime_s`` (the swap's kill to
         resume), ``pid``/``replaced_pid``, ``kernel``, ``initrd``, ``previous``.
 
@@ -172,6 +175,12 @@ class ShadowUpdater:
                              "(a shadow update needs phase_standby = true and phase_snapshot = \"service-ready\")")
         if primary.phase_snapshot is None:
             raise VisorError(name, "shadow update", "the unit has no phase snapshot yet")
+        if image is not None:
+            info = await asyncio.to_thread(self.host.resolve_image, image)  # ImageError names the image
+            kernel, initrd = kernel or info.kernel, initrd or info.initrd
+        if kernel is None and initrd is None:
+            raise VisorError(name, "shadow update", "nothing to update to: give a kernel, an initramfs or an image")
+        kernel, initrd = kernel or primary.kernel, initrd or primary.initrd
         for f in (kernel, initrd):
             if not await asyncio.to_thread(os.path.isfile, f):
                 raise VisorError(name, "shadow update", f"{f}: no such file")
