@@ -105,7 +105,7 @@ def _view() -> View:
 @pytest.mark.usefixtures("registered")
 def test_host_decisions_from_a_policy_are_checked_by_scope() -> None:
     assert actions()["test-replace-hypervisor"].scope == "host"
-    assert remedies_for()["@host"] == ["test-replace-hypervisor"]
+    assert remedies_for()["@host"] == ["rejuvenate_vmm_all", "test-replace-hypervisor"]
     ok = '[{"action": "test-replace-hypervisor", "unit": "@host", "args": {"backend": "qemu"}}]'
     [d] = decisions_from(ok, _view(), policy="p", handler="on_tick")
     assert (d.action, d.unit) == ("test-replace-hypervisor", HOST)

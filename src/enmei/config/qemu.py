@@ -23,6 +23,10 @@ CPU while paused, and some CPU for about a second after each use while the next 
 data disk's QEMU image lock is shared (``share-rw``) between the two QEMUs of the unit; the backend
 guarantees that only one of them ever lets its guest use the disk (``enmei.visor.qemu.backend``).
 
+``ram`` (``"auto"``: shared when ``/dev/shm`` has room) puts guest RAM in a file of a directory enmei
+owns in ``/dev/shm`` (``enmei.visor.qemu.ram``), so that ``rejuvenate_vmm`` can hand the live guest to
+a fresh QEMU process without copying its memory (``enmei.visor.qemu.vmm``).
+
 Guest networking is QEMU user mode with ``restrict=on``: the guest reaches nothing on the host or
 beyond, except the forwarded ports (host to guest, on 127.0.0.1) and the ``guestfwd`` commands (guest
 connections to 10.0.2.100:PORT go to a local command's stdin/stdout; QEMU splits the command into
@@ -64,6 +68,11 @@ class QemuUnit(_UnitBase):
     panic_action: Literal["pause", "exit"] = "pause"  # what QEMU does when the guest panics
     kernel_args: list[str] = Field(default_factory=list)  # appended to the guest kernel command line
     qmp_timeout_s: float = Field(default=10.0, gt=0)  # bound on any one QMP command
+    # guest RAM: "shared" = a file in /dev/shm (``enmei.visor.qemu.ram``; what lets ``rejuvenate_vmm``
+    # replace QEMU without copying RAM), "private" = QEMU's own anonymous memory, "auto" = shared when
+    # /dev/shm has room for it, else private
+    ram: Literal["auto", "shared", "private"] = "auto"
+    vmm_binary: str | None = None  # the QEMU binary rejuvenate_vmm switches to (default: the one running)
     extra_args: list[str] = Field(default_factory=list)
 
     @field_validator("forward")

@@ -144,7 +144,9 @@ def counts_as_restart(name: str) -> bool:
 
 
 def restart_actions() -> list[str]:
-    return [n for n, a in actions().items() if a.counts_as_restart]
+    """The unit actions that count against a unit's restart budget (a host remedy that counts as a
+    restart counts against the host's own budget: it restarts no unit)."""
+    return [n for n, a in actions().items() if a.counts_as_restart and a.scope == "unit"]
 
 
 def check_args(name: str, args: Mapping[str, Any]) -> str | None:

@@ -13,11 +13,13 @@ from enmei.remedy.degrade import Degrade
 from enmei.remedy.rejuvenate import Rejuvenate
 from enmei.remedy.restart import Escalate, Restart, Start, Stop
 from enmei.remedy.vm import ColdReboot, PhaseReboot
+from enmei.remedy.vmm import RejuvenateVmm, RejuvenateVmmAll
 
 __all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "register", "unregister"]
 
 REMEDIES: dict[str, type[Remedy]] = {
-    r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot)
+    r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot,
+                        RejuvenateVmm, RejuvenateVmmAll)
 }
 
 

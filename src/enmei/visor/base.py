@@ -81,6 +81,7 @@ class Capability(StrEnum):
     PHASE_REBOOT = "phase_reboot"  # back to a boot phase snapshotted earlier instead of booting again
     REBOOT = "reboot"  # reset the machine and boot it again
     SHADOW_UPDATE = "shadow_update"  # boot a clone into new boot files while the unit serves, then swap
+    REPLACE_VMM = "replace_vmm"  # a fresh hypervisor process under the live guest (``rejuvenate_vmm``)
 
 
 @dataclass(frozen=True)
@@ -243,6 +244,14 @@ class NetStats(Protocol):
         ...
 
 
+@runtime_checkable
+class VmmReplaceable(Protocol):
+    async def rejuvenate_vmm(self, name: str, *, binary: str | None = None) -> dict[str, Any]:
+        """Replace the process running the unit's machine by a fresh one, the guest running on; a report
+        of how it went. Raises ``VisorError`` (before the switch the old process runs on)."""
+        ...
+
+
 #: The protocol of each capability that has verbs of its own.
 PROTOCOLS: dict[Capability, type] = {
     Capability.SNAPSHOT: Snapshots,
@@ -254,6 +263,7 @@ PROTOCOLS: dict[Capability, type] = {
     Capability.READ_MEMORY: MemoryReads,
     Capability.BLOCK_STATS: BlockStats,
     Capability.NET_STATS: NetStats,
+    Capability.REPLACE_VMM: VmmReplaceable,
 }
 
 
@@ -297,6 +307,8 @@ def need(backend: Backend, capability: Literal[Capability.READ_MEMORY], unit: st
 def need(backend: Backend, capability: Literal[Capability.BLOCK_STATS], unit: str) -> BlockStats: ...
 @overload
 def need(backend: Backend, capability: Literal[Capability.NET_STATS], unit: str) -> NetStats: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.REPLACE_VMM], unit: str) -> VmmReplaceable: ...
 def need(backend: Backend, capability: Capability, unit: str) -> Any:
     """``backend`` as the protocol of ``capability``, for acting on ``unit``.
 

@@ -25,6 +25,7 @@ from enmei.clock import SystemClock
 from enmei.config.qemu import QemuUnit
 from enmei.model import UnitEvent, UnitEventKind, Verdict
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
+from enmei.visor.qemu.cmdline import MachinePaths
 from support.wait import auntil
 
 
@@ -138,6 +139,9 @@ class VmHarness:
             with contextlib.suppress(psutil.Error):
                 os.kill(p.pid, signal.SIGCONT)
                 os.kill(p.pid, signal.SIGKILL)
+        # shared guest RAM files of the units (in /dev/shm) left by a killed QEMU
+        for unit_dir in (self.state_dir / "qemu").glob("*"):
+            shutil.rmtree(MachinePaths(unit_dir.absolute(), unit_dir).ram_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -91,9 +91,10 @@ def test_slots_share_the_unit_files_and_keep_their_own() -> None:
         assert getattr(a, shared) == getattr(unit, shared)
     assert unit.slot_console == unit.console and a.slot_console == Path("/s/qemu/vm/console-a.log")
     assert [f.name for f in unit.slot_files()] == ["qmp.sock", "gate.sock", "qemu.pid", "sys.qcow2",
-                                                   "net-tx.pcap", "net-rx.pcap"]
+                                                   "net-tx.pcap", "net-rx.pcap", "ram"]
     assert [f.name for f in a.slot_files()] == ["qmp-a.sock", "gate-a.sock", "qemu-a.pid", "sys-a.qcow2",
-                                                "net-tx-a.pcap", "net-rx-a.pcap", "console-a.log"]
+                                                "net-tx-a.pcap", "net-rx-a.pcap", "ram-a", "console-a.log"]
+    assert a.ram.parent == unit.ram.parent and str(unit.ram).startswith("/dev/shm/enmei-")
     assert unit.data_disk not in a.slot_files() and unit.console not in a.slot_files()
 
 

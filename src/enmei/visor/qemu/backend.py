@@ -61,7 +61,7 @@ from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
 from enmei.visor.base import Backend, Capability, EmitFn, Identity
 from enmei.visor.logs import rotate
-from enmei.visor.qemu import disks, strays
+from enmei.visor.qemu import disks, ram, strays
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import BootError, ImageError, QmpError
@@ -70,6 +70,7 @@ from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag,
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
 from enmei.visor.qemu.shadow import ShadowUpdater, StepFn, recorded_boot_files
 from enmei.visor.qemu.standby import StandbyManager
+from enmei.visor.qemu.vmm import VmmRejuvenator
 from enmei.visor.qemu.wholestate import WholeState
 
 __all__ = ["QemuBackend", "VerdictFn"]
@@ -105,6 +106,8 @@ class QemuBackend(Backend):
         self.standbys = StandbyManager(clock=clock, host=self.host, emit=emit, machines=self._vms,
                                        launch=self._launch_standby)
         self.api = MonitorApi(self._require)
+        self.vmm = VmmRejuvenator(clock=clock, host=self.host, emit=emit, machines=self._vms,
+                                  standbys=self.standbys)
         self.whole = WholeState(clock=clock, state_dir=state_dir, emit=emit, machines=self._vms,
                                 standbys=self.standbys, require=self._require, launch=self._launch_incoming,
                                 identity=self._identity, snapshots=self.api.snapshot_list)
@@ -124,6 +127,7 @@ class QemuBackend(Backend):
             await strays.reap(self.host, name, paths)
             await asyncio.to_thread(strays.remove_files,
                                     [f for s in strays.SLOTS[1:] for f in paths.with_slot(s).slot_files()])
+            spec = ram.resolve(name, spec, paths)
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except (StartError, ImageError, VisorError) as exc:
@@ -143,7 +147,7 @@ class QemuBackend(Backend):
             raise StartError(name, "start", exc.cause) from exc
         boot_s = round(self.clock.monotonic() - machine.started_mono, 3)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), {
-            "pid": machine.pid, "accel": accel, "boot_s": boot_s,
+            "pid": machine.pid, "accel": accel, "boot_s": boot_s, "ram": spec.ram,
             "phase_snapshot": machine.phase_snapshot, "phase_snapshot_error": machine.snapshot_error}))
         return self._identity(machine)
 
@@ -153,6 +157,7 @@ class QemuBackend(Backend):
         if not isinstance(spec, QemuUnit) or name in self._vms or identity.backend != self.kind:
             return False
         extra = identity.extra
+        spec = spec.model_copy(update={"ram": "shared" if extra.get("ram") == "shared" else "private"})
         try:
             qmp_path = Path(str(extra["qmp"]))
         except KeyError:
@@ -217,6 +222,7 @@ class QemuBackend(Backend):
         if machine is None:
             return
         await machine.stop(timeout_s)
+        ram.remove(machine.paths)  # (and the unit's RAM folder, once its standby's file went too)
 
     def alive(self, name: str) -> bool:
         machine = self._vms.get(name)
@@ -385,6 +391,16 @@ class QemuBackend(Backend):
         return await self.shadow.update(name, kernel=kernel, initrd=initrd, image=image,
                                         clone_timeout_s=clone_timeout_s, verify_s=verify_s, on_step=on_step)
 
+    async def rejuvenate_vmm(self, name: str, *, binary: str | None = None, verify_s: float = 10.0) -> dict[str, Any]:
+        """A fresh QEMU process (``binary``, else the backend's) under the unit's live guest; the report.
+        ``enmei.visor.qemu.vmm`` says how, and what a failure leaves (``VisorError``)."""
+        return await self.vmm.rejuvenate(name, binary=binary, verify_s=verify_s)
+
+    def vmm_report(self, name: str) -> dict[str, Any] | None:
+        """How the unit's last VMM rejuvenation went (``enmei.visor.qemu.vmm``), or None."""
+        report = self.vmm.reports.get(name)
+        return dict(report) if report is not None else None
+
     def reboot_report(self, name: str) -> dict[str, Any] | None:
         """How the unit's last phase reboot went: ``via`` (``standby`` or ``in-place``), ``took_s``, and
         for a standby the seconds to end the old QEMU (``kill_s``), move the ports (``forward_s``) and
@@ -468,7 +484,8 @@ class QemuBackend(Backend):
                                "console_offset": machine.console_offset,
                                "kernel": machine.kernel, "initrd": machine.initrd, "accel": machine.accel,
                                "data_disk": disks.SHARED if machine.data_shared else "raw",
-                               "phase_image": machine.phase_image_id, "promoted": bool(machine.paths.slot)})
+                               "phase_image": machine.phase_image_id, "promoted": bool(machine.paths.slot),
+                               "ram": machine.spec.ram})
 
     def _require(self, name: str, action: str) -> Machine:
         machine = self._vms.get(name)
@@ -507,6 +524,7 @@ class QemuBackend(Backend):
                 self.standbys.drop_soon(machine.name)
         if machine.quiet_exit:
             return
+        ram.remove(machine.paths)  # the unit's guest is gone: so is its memory
         reason = machine.shutdown_reason
         if reason == "guest-panic" or (reason is None and machine.panicked):
             reason = "guest-panicked"

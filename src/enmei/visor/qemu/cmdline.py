@@ -14,10 +14,12 @@ The machine (``pc``, no default devices) has:
 * user-mode networking with ``restrict=on``: host forwards on 127.0.0.1 only, ``guestfwd`` to local
   commands, and two ``filter-dump`` objects that record every frame's header (64 bytes at most) in each
   direction, counted by ``netcount``;
+* guest RAM in QEMU's own memory, or (``ram = "shared"``, resolved by ``enmei.visor.qemu.ram``) in a
+  ``memory-backend-file`` with ``share=on`` at the slot's ``ram`` path in ``/dev/shm``;
 * QMP on a unix socket; ``-daemonize`` so that QEMU outlives the supervisor (it is not our child).
 
 Each QEMU of a unit runs in a *slot*: ``""`` for the one ``start`` makes, ``"a"``/``"b"`` for warm
-standbys. Per slot: QMP and gate sockets, pid file, snapshot disk, network dumps. Per unit: the data
+standbys. Per slot: QMP and gate sockets, pid file, snapshot disk, network dumps, the RAM file. Per unit: the data
 disk, the console log (a standby writes to its own until it takes over), QEMU's log, the phase image.
 A standby is launched paused (``-S``), with its forwards on temporary loopback ports.
 """
@@ -34,6 +36,8 @@ __all__ = [
     "DATA_NODE",
     "GATE_ID",
     "NET_DEV",
+    "RAM_ID",
+    "RAM_ROOT",
     "SYS_NODE",
     "MachinePaths",
     "build_cmdline",
@@ -47,6 +51,9 @@ DATA_NODE = "data"
 NET_DEV = "n0"
 GATE_ID = "gate"
 GUESTFWD_ADDR = "10.0.2.100"
+RAM_ID = "ram0"
+#: where shared guest RAM files live (a tmpfs: the memory is the guest's, not a disk's)
+RAM_ROOT = Path("/dev/shm")
 _SOCK_MAX = 100  # sun_path holds 108 bytes
 
 
@@ -117,13 +124,24 @@ class MachinePaths:
         """A copy of the snapshot disk holding the phase snapshot: what standbys start from."""
         return self.dir / "phase-sys.qcow2"
 
+    @property
+    def ram_dir(self) -> Path:
+        """The unit's directory of shared RAM files, ``/dev/shm/enmei-HASH`` (HASH of ``dir``)."""
+        return RAM_ROOT / f"enmei-{hashlib.sha256(str(self.dir).encode()).hexdigest()[:16]}"
+
+    @property
+    def ram(self) -> Path:
+        """The slot's guest RAM file (used with ``ram = "shared"``)."""
+        return self.ram_dir / self._s("ram", "")
+
     def net_dump(self, direction: str) -> Path:
         """``direction`` is ``tx`` (frames the guest sent) or ``rx`` (frames it received)."""
         return self.dir / self._s(f"net-{direction}", ".pcap")
 
     def slot_files(self) -> list[Path]:
         """The files of this slot's QEMU (removed once it is gone; never the unit's shared files)."""
-        files = [self.qmp, self.gate, self.pidfile, self.sys_disk, self.net_dump("tx"), self.net_dump("rx")]
+        files = [self.qmp, self.gate, self.pidfile, self.sys_disk, self.net_dump("tx"), self.net_dump("rx"),
+                 self.ram]
         return [*files, self.slot_console] if self.slot else files
 
 
@@ -168,12 +186,15 @@ def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePat
     load the phase snapshot into), its console going to the slot's own file."""
     if accel not in ("tcg", "kvm"):
         raise ValueError(f"accel must be tcg or kvm here, not {accel!r}")
-    argv = [binary, "-name", f"enmei-{paths.dir.name},debug-threads=on", "-machine", "pc",
-            "-accel", accel]
+    shared = spec.ram == "shared"
+    argv = [binary, "-name", f"enmei-{paths.dir.name},debug-threads=on",
+            "-machine", f"pc,memory-backend={RAM_ID}" if shared else "pc", "-accel", accel]
     if accel == "kvm":
         argv += ["-cpu", "host"]
     argv += [
         "-m", str(spec.memory_mib), "-smp", str(spec.cpus),
+        *(["-object", f"memory-backend-file,id={RAM_ID},size={spec.memory_mib}M,"
+                      f"mem-path={_opt(str(paths.ram))},share=on"] if shared else []),
         "-nodefaults", "-no-user-config", "-display", "none",
         "-kernel", kernel, "-initrd", initrd, "-append", kernel_append(spec),
         "-chardev", f"file,id=console,path={_opt(str(paths.slot_console if standby else paths.console))},"

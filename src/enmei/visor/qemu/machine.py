@@ -39,6 +39,7 @@ import psutil
 from enmei.clock import Clock
 from enmei.config.qemu import GUEST_PHASES, QemuUnit
 from enmei.errors import IdentityError, StartError, StopError
+from enmei.visor.qemu import ram
 from enmei.visor.qemu.cmdline import MachinePaths, build_cmdline
 from enmei.visor.qemu.console import ConsoleReader, PhaseMark
 from enmei.visor.qemu.errors import BootError, QmpError
@@ -69,18 +70,26 @@ def phases_upto(spec: QemuUnit) -> list[str]:
 
 
 async def launch(host: QemuHost, name: str, spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePaths,
-                 accel: str, incoming: bool = False, standby: bool = False) -> int:
+                 accel: str, incoming: bool = False, standby: bool = False, binary: str | None = None,
+                 keep_ram: bool = False) -> int:
     """Start QEMU daemonized; returns its pid once QEMU is initialized (QMP listening).
 
-    Raises ``StartError`` with the tail of ``qemu.log`` if QEMU refused to start.
+    ``binary`` replaces the host's QEMU binary for this one. With shared RAM the slot's RAM file starts
+    afresh, unless ``keep_ram`` (it holds a live guest: a VMM rejuvenation). Raises ``StartError`` with
+    the tail of ``qemu.log`` if QEMU refused to start.
     """
-    binary = host.binary
+    binary = binary or host.binary
     argv = build_cmdline(spec, kernel=kernel, initrd=initrd, paths=paths, accel=accel, binary=binary,
                          incoming=incoming, standby=standby)
     paths.sock_dir.mkdir(parents=True, exist_ok=True)
     for sock in (paths.qmp, paths.gate):
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
+    if spec.ram == "shared" and not keep_ram:
+        try:
+            ram.fresh(paths)
+        except OSError as exc:
+            raise StartError(name, "start", f"shared guest RAM: {exc}") from exc
     with contextlib.suppress(FileNotFoundError):
         paths.pidfile.unlink()
     try:

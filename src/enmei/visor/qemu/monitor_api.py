@@ -2,7 +2,9 @@
 outside the guest.
 
 * ``stats``: the QEMU process's CPU time (``cpu_seconds``), the guest's vCPU threads' CPU time
-  (``vcpu_seconds``), resident memory, uptime, panics and resets seen, whether the guest runs;
+  (``vcpu_seconds``), resident memory, uptime, panics and resets seen, whether the guest runs; and the
+  aging of the QEMU process itself (``qemu_private_bytes``, ``qemu_fds``, ``qemu_threads``,
+  ``qemu_age_s``: what ``rejuvenate_vmm`` renews);
 * ``block_stats``: per block node (``data``) the counters of ``query-blockstats``;
 * ``net_stats``: frames and bytes the guest sent and received, counted from ``filter-dump`` files
   (``enmei.visor.qemu.netcount`` says why this method);
@@ -90,7 +92,15 @@ class MonitorApi:
                 times = proc.cpu_times()
                 out["cpu_seconds"] = times.user + times.system
                 out["cpu_percent"] = proc.cpu_percent(None)
-                out["rss_bytes"] = float(proc.memory_info().rss)
+                mem = proc.memory_info()
+                out["rss_bytes"] = float(mem.rss)
+                # QEMU's own aging, apart from the guest's memory (what ``rejuvenate_vmm`` renews): its
+                # resident memory that is not file or shared pages (with shared RAM: none of the guest's),
+                # its open fds and threads, and the age of the process
+                out["qemu_private_bytes"] = float(max(0, mem.rss - mem.shared))
+                out["qemu_fds"] = float(proc.num_fds())
+                out["qemu_threads"] = float(proc.num_threads())
+                out["qemu_age_s"] = max(0.0, machine.clock.wall() - proc.create_time())
                 tids = set(machine.vcpu_tids)
                 out["vcpu_seconds"] = sum(t.user_time + t.system_time for t in proc.threads() if t.id in tids)
         except psutil.Error as exc:

@@ -1,0 +1,105 @@
+"""Shared, file-backed guest RAM for VM units (``ram = "shared"``, or ``"auto"`` with room for it).
+
+Why: a guest whose RAM is a file that QEMU maps with ``share=on`` can be handed to a fresh QEMU process
+(``rejuvenate_vmm``, ``enmei.visor.qemu.vmm``) by a local migration with the ``x-ignore-shared``
+capability: the new process maps the same file and only device state travels (a few hundred KiB, not
+the guest's memory). Private RAM must be copied instead. Shared RAM costs no more memory than private
+RAM (the same guest pages, counted as the tmpfs's ``Shmem`` instead of QEMU's anonymous memory), so
+``auto`` uses it whenever ``/dev/shm`` has room.
+
+Where: ``/dev/shm/enmei-HASH/ram[-SLOT]`` (``MachinePaths.ram``), the directory made mode 0700 by enmei
+and owned by it; one file per QEMU slot, except that a VMM rejuvenation links the running slot's file
+under the new slot's name (the same memory). The file of a slot goes with the slot's files (a standby
+dropped, a takeover swept) and with the unit (its QEMU stopped or exited: ``remove``). A new QEMU never
+maps a file left behind (``fresh``): a stale name could still be a link to a running guest's memory.
+
+Room: ``resolve`` checks that ``/dev/shm`` has the guest's RAM free (twice with a warm standby, which
+has RAM of its own) before the first QEMU starts; ``shared`` without room is a ``StartError`` naming the
+figures, ``auto`` then falls back to private RAM (logged, and named in ``STARTED`` as ``ram``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from enmei.config.qemu import QemuUnit
+from enmei.errors import StartError
+from enmei.visor.qemu.cmdline import MachinePaths
+
+__all__ = ["check_file", "free_bytes", "fresh", "needed_bytes", "remove", "resolve"]
+
+log = logging.getLogger(__name__)
+
+_MIB = 2**20
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Bytes free for an unprivileged writer on the file system of ``folder`` (None: not there)."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def needed_bytes(spec: QemuUnit) -> int:
+    """What the unit's guest RAM takes in the tmpfs: its RAM, and a standby's as much again."""
+    return spec.memory_mib * _MIB * (2 if spec.uses_standby else 1)
+
+
+def resolve(name: str, spec: QemuUnit, paths: MachinePaths) -> QemuUnit:
+    """``spec`` with ``ram`` resolved to ``shared`` or ``private`` for a start of the unit.
+
+    Raises ``StartError`` for ``ram = "shared"`` when ``/dev/shm`` is missing or has less room than
+    ``needed_bytes`` (its files of this unit, about to be replaced, count as free)."""
+    if spec.ram == "private":
+        return spec
+    root = paths.ram_dir.parent
+    free = free_bytes(root)
+    if free is not None:
+        with contextlib.suppress(OSError):
+            free += sum(f.stat().st_size for f in paths.ram_dir.iterdir())
+    need = needed_bytes(spec)
+    if free is not None and free >= need:
+        return spec.model_copy(update={"ram": "shared"})
+    have = "it does not exist" if free is None else f"it has {free // _MIB} MiB free"
+    why = (f"shared guest RAM needs {need // _MIB} MiB in {root} (memory_mib = {spec.memory_mib}"
+           f"{', twice for the warm standby' if spec.uses_standby else ''}), but {have}")
+    if spec.ram == "shared":
+        raise StartError(name, "start", f"{why}: enlarge it (mount -o remount,size=... {root}), lower "
+                                        "memory_mib, or set ram = \"private\" (rejuvenate_vmm then copies the RAM)")
+    log.warning("unit %s: %s; its RAM is private (rejuvenate_vmm copies it)", name, why)
+    return spec.model_copy(update={"ram": "private"})
+
+
+def fresh(paths: MachinePaths) -> None:
+    """Before a QEMU of ``paths``' slot starts with RAM of its own: the unit's RAM directory exists (mode
+    0700, enmei's) and no file is left at the slot's name. Raises ``OSError``."""
+    paths.ram_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = paths.ram_dir.lstat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or paths.ram_dir.is_symlink():
+        raise OSError(f"{paths.ram_dir} is not a private directory of this user")
+    with contextlib.suppress(FileNotFoundError):
+        paths.ram.unlink()
+
+
+def check_file(paths: MachinePaths, spec: QemuUnit) -> str | None:
+    """Why the slot's RAM file cannot be handed to another QEMU (missing, wrong size), or None."""
+    try:
+        size = paths.ram.stat().st_size
+    except OSError as exc:
+        return f"the shared RAM file {paths.ram} is missing ({exc.strerror})"
+    if size != spec.memory_mib * _MIB:
+        return f"the shared RAM file {paths.ram} holds {size} bytes, not {spec.memory_mib} MiB"
+    return None
+
+
+def remove(paths: MachinePaths) -> None:
+    """Remove the slot's RAM file, and the unit's RAM directory once empty. Never raises."""
+    with contextlib.suppress(OSError):
+        paths.ram.unlink()
+    with contextlib.suppress(OSError):
+        paths.ram_dir.rmdir()
