@@ -127,7 +127,7 @@ class QemuBackend(Backend):
             await strays.reap(self.host, name, paths)
             await asyncio.to_thread(strays.remove_files,
                                     [f for s in strays.SLOTS[1:] for f in paths.with_slot(s).slot_files()])
-            spec = ram.resolve(name, spec, paths)
+            spec = ram.resolve(name, spec, paths, self.host.free_bytes)
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except (StartError, ImageError, VisorError) as exc:

@@ -544,6 +544,9 @@ class FakeHost(QemuHost):
     def free_port(self) -> int:
         return 20_000 + next(self.world._pids) % 10_000
 
+    def free_bytes(self, folder: Path) -> int | None:
+        return None  # no tmpfs in the fake world: ram = "auto" is private RAM, and nothing is made in /dev/shm
+
     def check_port_free(self, unit: str, port: int) -> None:
         if self.world.port_owner(port) is not None:
             raise StartError(unit, "start", f"forwarded port 127.0.0.1:{port} is in use (Address already in use)")

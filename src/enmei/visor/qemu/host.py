@@ -186,6 +186,14 @@ class QemuHost:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
+    def free_bytes(self, folder: Path) -> int | None:
+        """Bytes an unprivileged writer may still write on ``folder``'s file system (None: no such folder)."""
+        try:
+            st = os.statvfs(folder)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def check_port_free(self, unit: str, port: int) -> None:
         """Raises ``StartError`` if 127.0.0.1:``port`` is in use."""
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -23,17 +23,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError
 from enmei.visor.qemu.cmdline import MachinePaths
 
-__all__ = ["check_file", "free_bytes", "fresh", "needed_bytes", "remove", "resolve"]
+__all__ = ["FreeFn", "check_file", "free_bytes", "fresh", "needed_bytes", "remove", "resolve"]
 
 log = logging.getLogger(__name__)
 
 _MIB = 2**20
+
+FreeFn = Callable[[Path], "int | None"]
 
 
 def free_bytes(folder: Path) -> int | None:
@@ -50,15 +53,16 @@ def needed_bytes(spec: QemuUnit) -> int:
     return spec.memory_mib * _MIB * (2 if spec.uses_standby else 1)
 
 
-def resolve(name: str, spec: QemuUnit, paths: MachinePaths) -> QemuUnit:
+def resolve(name: str, spec: QemuUnit, paths: MachinePaths, free_fn: FreeFn | None = None) -> QemuUnit:
     """``spec`` with ``ram`` resolved to ``shared`` or ``private`` for a start of the unit.
 
     Raises ``StartError`` for ``ram = "shared"`` when ``/dev/shm`` is missing or has less room than
-    ``needed_bytes`` (its files of this unit, about to be replaced, count as free)."""
+    ``needed_bytes`` (its files of this unit, about to be replaced, count as free). ``free_fn`` measures
+    the room (default ``free_bytes``; the backend passes its host's)."""
     if spec.ram == "private":
         return spec
     root = paths.ram_dir.parent
-    free = free_bytes(root)
+    free = (free_fn or free_bytes)(root)
     if free is not None:
         with contextlib.suppress(OSError):
             free += sum(f.stat().st_size for f in paths.ram_dir.iterdir())
