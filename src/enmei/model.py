@@ -102,6 +102,7 @@ class UnitEventKind(StrEnum):
     STOPPED = "stopped"
     START_FAILED = "start_failed"
     LOG_FLOOD = "log_flood"  # a captured stream passed its rate: {"stream", "phase": "begin" | "end", ...}
+    HANDOVER = "handover"  # a step of a socket handover: {"step": "new_started" | "new_ready" | ..., ...}
 
 
 class RecordKind(StrEnum):

@@ -49,7 +49,7 @@ def test_need_names_the_unit_the_backend_and_what_it_has(tmp_path: Path) -> None
     from enmei.visor.process import ProcessBackend
 
     b = ProcessBackend(clock=FakeClock(), state_dir=tmp_path, emit=lambda ev: None)
-    want = r"'web': snapshot failed: not supported by the process backend \(it has: logs"
+    want = r"'web': snapshot failed: not supported by the process backend \(it has: handover, logs"
     with pytest.raises(VisorError, match=want):
         need(b, Capability.SNAPSHOT, "web")
 

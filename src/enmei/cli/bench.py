@@ -136,6 +136,21 @@ def reboot(as_json: JsonOpt = False,
 
 
 @app.command()
+def deploy(as_json: JsonOpt = False,
+           runs: Annotated[int, typer.Option(min=1, max=100, help="Trials of each kind")] = 5,
+           rate: Annotated[float, typer.Option(min=10, max=2000, help="Requests per second to each unit")] = 250.0
+           ) -> None:
+    """A process unit under constant load: plain restart vs socket-handover update (failed requests, gaps)."""
+    from enmei.bench import deploy as bench_deploy
+
+    result = bench_deploy.run(runs, rate)
+    if as_json:
+        print(json.dumps(result))
+        return
+    emit("enmei bench deploy", {k: v for k, v in result.items() if k != "trials"}, False)
+
+
+@app.command()
 def policy(as_json: JsonOpt = False,
            evaluations: Annotated[int, typer.Option(help="Timed evaluations per stream")] = 20_000) -> None:
     """Evaluations per second of the shipped default policy library, and their p99 latency."""

@@ -22,7 +22,7 @@ from enmei.ctl.protocol import CtlError
 __all__ = ["app"]
 
 app = typer.Typer(help="Control a running enmei over its local socket (state_dir/ctl.sock): status, start, stop, "
-                       "restart, reset, reload, logs.", no_args_is_help=True)
+                       "restart, reset, update, reload, logs.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The config of the running enmei")]
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Its state dir (instead of --config)")]

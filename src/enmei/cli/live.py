@@ -42,6 +42,10 @@ def describe(kind: str, body: Mapping[str, Any]) -> str:
             return f"EXITED ({how}) after {body.get('uptime_s')}s"
         if ev == "started":
             return f"started pid {body.get('pid')}"
+        if ev == "handover":
+            pid = body.get("pid") or body.get("serving_pid")
+            cause = f": {body['cause']}" if body.get("cause") else ""
+            return f"handover {body.get('step')} at {body.get('t_s')}s (pid {pid}){cause}"
         if ev == "waiting":
             return str(body.get("cause") or f"waiting for {', '.join(body.get('for') or [])}")
         if ev == "resumed":

@@ -40,6 +40,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(ctl.app, name="ctl")
 app.command(name="update")(update_cmd.update)
+ctl.app.command(name="update")(update_cmd.update)  # `enmei ctl update`: the same
 app.command(name="report")(report_cmd.report)
 
 

@@ -1,6 +1,9 @@
 """``enmei update UNIT``: update a running unit with the shortest interruption its backend can do.
 
-For a VM unit: ``--image`` (a built image's name or directory), or ``--kernel`` / ``--initrd`` (files;
+For a process unit: ``--command`` (the new version's command line; default: the unit's own), run by the
+``handover`` remedy: the new version starts beside the old one on the sockets enmei holds and the old one
+is stopped once the new one is ready (``enmei.remedy.handover``). For a VM unit: ``--image`` (a built
+image's name or directory), or ``--kernel`` / ``--initrd`` (files;
 the one not given stays the running guest's): the ``shadow_update`` remedy boots a clone into the
 update while the unit serves, then swaps it in (``enmei.visor.qemu.shadow``). Asked of the running
 supervisor over its ctl socket, like ``enmei ctl restart``; the steps are in the journal
@@ -26,12 +29,18 @@ def update(unit: UnitArg,
            kernel: Annotated[Path | None, typer.Option(help="A kernel file to update to")] = None,
            initrd: Annotated[Path | None, typer.Option(help="An initramfs file to update to")] = None,
            clone_timeout_s: Annotated[float | None, typer.Option(help="Bound on the clone's boot")] = None,
+           command: Annotated[str | None, typer.Option(help="A process unit's new command line (split like a "
+                                                             "shell; default: the unit's own)")] = None,
            config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
-    """Update a VM unit's kernel or image while it serves (ShadowReboot): a clone boots the update, then
-    takes over in milliseconds; a clone that fails is rolled back and the unit keeps serving."""
-    if image is None and kernel is None and initrd is None:
-        raise typer.BadParameter("give --image, or --kernel and/or --initrd")
+    """Update a running unit while it serves. A process unit (--command): the new version starts beside the
+    old on the sockets enmei holds, the old stops once the new is ready. A VM unit (--image, --kernel,
+    --initrd; ShadowReboot): a clone boots the update, then takes over in milliseconds. An update that
+    fails is rolled back and the unit keeps serving (exit 1)."""
+    if command is not None and (image is not None or kernel is not None or initrd is not None):
+        raise typer.BadParameter("--command updates a process unit; --image/--kernel/--initrd a VM unit: not both")
     req: dict[str, Any] = {"op": "update", "unit": unit}
+    if command is not None:
+        req["command"] = command
     if image is not None:
         req["image"] = image if "/" not in image else str(Path(image).resolve())
     for key, path in (("kernel", kernel), ("initrd", initrd)):

@@ -48,6 +48,7 @@ __all__ = [
     "DegradeMode",
     "EscalateConfig",
     "ExecProbe",
+    "HeldSocket",
     "HttpInjector",
     "HttpProbe",
     "InjectorConfig",
@@ -602,6 +603,43 @@ def dependency_cycle(edges: Mapping[str, list[str]]) -> list[str] | None:
     return None
 
 
+class HeldSocket(_Model):
+    """``[[units.NAME.sockets]]``: a listening socket enmei binds before the unit's first start and holds
+    across its restarts and updates; every instance gets it by the ``LISTEN_FDS`` protocol (fd 3 onwards,
+    in the order of the entries, named in ``LISTEN_FDNAMES``)."""
+
+    address: str  # "127.0.0.1:8080" or "[::1]:8080"
+    name: str | None = None  # its LISTEN_FDNAMES entry (default: "sock<index>")
+    backlog: int = Field(default=1024, ge=1, le=65535)  # connections the kernel queues while none accepts
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{v!r} is not HOST:PORT (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(bare)
+        except ValueError:
+            raise ValueError(f"{v!r}: the host must be an IP address (enmei binds it itself), not {host!r}") from None
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _fdname(cls, v: str | None) -> str | None:
+        # LISTEN_FDNAMES is a colon-separated list of names of at most 255 characters, printable ASCII.
+        if v is not None and (not v or len(v) > 255 or ":" in v or not v.isascii() or not v.isprintable()
+                              or " " in v):
+            raise ValueError(f"{v!r} is not a socket name: 1-255 printable ASCII characters, no ':' or space")
+        return v
+
+
+RestartMode = Literal["plain", "handover"]
+
+
 class ProcessUnit(_UnitBase):
     """``[units.NAME]`` with ``backend = "process"``: any command, in its own session."""
 
@@ -630,6 +668,12 @@ class ProcessUnit(_UnitBase):
     cpu_max: float | None = Field(default=None, gt=0, le=4096)  # CPUs: 0.5, "0.5" or "50%"
     memory_max: ByteSize | None = Field(default=None, ge=1 << 20)  # "256MiB"; past it the kernel OOM-kills
     pids_max: int | None = Field(default=None, ge=1)  # processes and threads of the unit, all together
+    # Listening sockets enmei holds for the unit (``enmei.visor.sockets``), and how a restart of a running
+    # instance is done: "plain" (stop, then start: connections wait in the held socket's backlog) or
+    # "handover" (the new instance is started beside the old on the same sockets, the old is stopped once
+    # the new is ready: ``enmei.remedy.handover``).
+    sockets: list[HeldSocket] = Field(default_factory=list)
+    restart_mode: RestartMode = "plain"
 
     @field_validator("cpu_max", mode="before")
     @classmethod
@@ -694,6 +738,38 @@ class ProcessUnit(_UnitBase):
     @classmethod
     def _signal(cls, v: Any) -> Any:
         return signal_name(v)
+
+    @model_validator(mode="after")
+    def _held_sockets(self) -> ProcessUnit:
+        seen: dict[str, int] = {}
+        names: dict[str, int] = {}
+        for i, sock in enumerate(self.sockets):
+            where = f"sockets[{i}]"
+            if sock.address in seen:
+                raise ValueError(f"{where}.address {sock.address!r} is also sockets[{seen[sock.address]}]")
+            seen[sock.address] = i
+            if sock.address in self.listen:
+                raise ValueError(f"{where}.address {sock.address!r} is also in listen (which must be free at "
+                                 "start): enmei holds it itself, leave it out of listen")
+            name = self.socket_names()[i]
+            if name in names:
+                raise ValueError(f"{where}.name {name!r} is also the name of sockets[{names[name]}]")
+            names[name] = i
+        if len(self.sockets) > 64:
+            raise ValueError(f"sockets: at most 64 entries, not {len(self.sockets)}")
+        if self.restart_mode == "handover":
+            if not self.sockets:
+                raise ValueError("restart_mode = \"handover\" needs [[sockets]]: the new instance takes over "
+                                 "the sockets enmei holds")
+            asked = [k for k in ("cpu_max", "memory_max", "pids_max") if getattr(self, k) is not None]
+            if asked:
+                raise ValueError(f"restart_mode = \"handover\" with {', '.join(asked)}: the Resource Cage's "
+                                 "limits hold one instance, not two side by side; leave one of them out")
+        return self
+
+    def socket_names(self) -> list[str]:
+        """The ``LISTEN_FDNAMES`` of the held sockets, in order (``sock0``... where no name is given)."""
+        return [s.name or f"sock{i}" for i, s in enumerate(self.sockets)]
 
     def stop_bound_s(self) -> float:
         """The longest a stop may take: the stop command's timeout, the graceful signal's, the forced kill's."""

@@ -25,7 +25,7 @@ from typing import Any
 from enmei.errors import EnmeiError
 
 __all__ = ["CLIENT_TIMEOUT_S", "MAX_CLIENTS", "MAX_LINES", "MAX_REQUEST", "OPS", "SOCKET_NAME", "STREAMS",
-           "UNIT_OPS", "UPDATE_ARGS", "UPDATE_WAIT_S", "CtlError", "decode", "encode"]
+           "UNIT_OPS", "UPDATE_ARGS", "UPDATE_REMEDIES", "UPDATE_WAIT_S", "CtlError", "decode", "encode"]
 
 SOCKET_NAME = "ctl.sock"
 MAX_REQUEST = 64 * 1024
@@ -34,8 +34,10 @@ MAX_CLIENTS = 16
 CLIENT_TIMEOUT_S = 10.0
 UNIT_OPS = ("start", "stop", "restart", "reset")
 OPS = ("status", "logs", "reload", "update", *UNIT_OPS)
-UPDATE_ARGS = ("image", "kernel", "initrd", "clone_timeout_s", "verify_s")
+UPDATE_ARGS = ("image", "kernel", "initrd", "clone_timeout_s", "verify_s", "command")
 UPDATE_WAIT_S = 600.0  # a clone boots, under TCG, in seconds to a minute
+#: the remedies ``update`` may run: the first one the unit's backend can have (``Remedy.refusal``)
+UPDATE_REMEDIES = ("handover", "shadow_update")
 STREAMS = ("stderr", "stdout", "console")
 
 

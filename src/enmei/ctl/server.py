@@ -37,6 +37,7 @@ from enmei.ctl.protocol import (
     STREAMS,
     UNIT_OPS,
     UPDATE_ARGS,
+    UPDATE_REMEDIES,
     UPDATE_WAIT_S,
     CtlError,
     decode,
@@ -259,7 +260,7 @@ class ControlServer:
         if op == "update":
             name = self._unit(req)
             args = {k: req[k] for k in UPDATE_ARGS if req.get(k) is not None}
-            return await self._command("update", name, "shadow_update", args, by, UPDATE_WAIT_S)
+            return await self._command("update", name, self._update_remedy(name, args), args, by, UPDATE_WAIT_S)
         if op == "reload":
             hook = getattr(engine, "request_reload", None)
             if hook is None:
@@ -279,6 +280,28 @@ class ControlServer:
             path = engine.units[name].backend.log_path(name, stream)
             return {"unit": name, "stream": stream, **await asyncio.to_thread(log_tail, path, lines)}
         raise CtlError(f"unknown op {op!r} (ops: status, start, stop, restart, reset, reload, logs, update)")
+
+    def _update_remedy(self, name: str, args: dict[str, Any]) -> str:
+        """The update remedy for ``name``: the one its arguments name (``command``: ``handover``; a VM's
+        boot files: ``shadow_update``; the engine refuses it, on the record, for a backend that lacks it),
+        else the first of ``UPDATE_REMEDIES`` its backend can have."""
+        from enmei.remedy import REMEDIES
+
+        if "command" in args:
+            return "handover"
+        if args:
+            return "shadow_update"
+        backend = self.engine.units[name].backend
+        why = []
+        for action in UPDATE_REMEDIES:
+            remedy = REMEDIES.get(action)
+            if remedy is None:
+                continue
+            refusal = remedy.refusal(backend.capabilities, backend.kind)
+            if refusal is None:
+                return action
+            why.append(refusal)
+        raise CtlError(f"update {name}: no update for a {backend.kind} unit ({'; '.join(why) or 'none registered'})")
 
 
 async def _within(fut: asyncio.Future[dict[str, Any]], seconds: float) -> dict[str, Any]:

@@ -392,8 +392,10 @@ class Engine:
                     "earlier supervisor but is not in the config any more: not adopted, not stopped"})
                 continue
             if ident.backend == unit.backend.kind and await unit.backend.adopt(name, unit.spec, ident):
-                self._identities[name] = ident
-                unit.adopted(ident)
+                # The backend may adopt another instance than the saved one (an interrupted handover's).
+                adopted = unit.backend.identity(name) or ident
+                self._identities[name] = adopted
+                unit.adopted(adopted)
         for name, unit in self.units.items():
             if unit.state is UnitState.PENDING:
                 found = await unit.backend.recover(name, unit.spec)

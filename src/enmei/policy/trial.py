@@ -9,7 +9,7 @@ remedy for a unit whose backend lacks what the remedy needs.
     >>> from enmei.config.model import config_model
     >>> cfg = config_model().model_validate({"units": {"web": {"command": ["/bin/true"]}}})
     >>> sorted(config_view(cfg).units["web"].capabilities)
-    ['logs', 'stats']
+    ['handover', 'logs', 'stats']
 """
 
 from __future__ import annotations

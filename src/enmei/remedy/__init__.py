@@ -10,6 +10,7 @@ from __future__ import annotations
 from enmei.remedy.base import Remedy, Result, UnitControl
 from enmei.remedy.budget import RestartBudget
 from enmei.remedy.degrade import Degrade
+from enmei.remedy.handover import Handover
 from enmei.remedy.rejuvenate import Rejuvenate
 from enmei.remedy.restart import Escalate, Restart, Start, Stop
 from enmei.remedy.vm import ColdReboot, PhaseReboot
@@ -19,7 +20,7 @@ __all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "regi
 
 REMEDIES: dict[str, type[Remedy]] = {
     r.name: r for r in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot,
-                        RejuvenateVmm, RejuvenateVmmAll)
+                        RejuvenateVmm, RejuvenateVmmAll, Handover)
 }
 
 

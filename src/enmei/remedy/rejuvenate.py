@@ -21,7 +21,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from enmei.errors import StartError, StopError
+from enmei.model import RemedyState
 from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.handover import handover_restart, wants_handover
 
 __all__ = ["Rejuvenate", "quiet_threshold"]
 
@@ -85,6 +87,12 @@ class Rejuvenate(Remedy):
         waited = clock.monotonic() - t0
         data: dict[str, Any] = {"metric": metric, "waited_s": round(waited, 3), "load": load,
                                 "threshold": threshold, "reason": reason}
+        if wants_handover(unit):  # restart_mode = "handover": no refused connection, no downtime
+            result = await handover_restart(unit)
+            data.update(result.data)
+            if result.state is not RemedyState.SUCCEEDED:
+                return Result.failed(result.detail, **data)
+            return Result.ok(f"rejuvenated by handover after {waited:.1f}s ({reason})", **data)
         down_at = clock.monotonic()
         if unit.alive():
             try:

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from enmei.errors import StartError, StopError
 from enmei.model import Severity, UnitState
 from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.handover import handover_restart, wants_handover
 
 __all__ = ["Escalate", "Restart", "Start", "Stop", "start_and_hold"]
 
@@ -47,6 +48,13 @@ class Restart(Remedy):
 
     async def run(self, unit: UnitControl, args: Mapping[str, Any]) -> Result:
         delay = float(args.get("delay_s", 0.0))
+        if args.get("graceful", True) and wants_handover(unit):
+            # restart_mode = "handover": the old instance serves until the new one is ready (and through
+            # the delay too); a failed handover leaves the old one serving (the outcome says so).
+            if delay > 0:
+                await unit.clock.sleep(delay)
+            result = await handover_restart(unit)
+            return Result(result.state, result.detail, {**result.data, "delay_s": delay, "mode": "handover"})
         if unit.alive():
             try:
                 await unit.stop(unit.spec.stop_timeout_s if args.get("graceful", True) else 0.1)

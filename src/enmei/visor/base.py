@@ -82,6 +82,7 @@ class Capability(StrEnum):
     REBOOT = "reboot"  # reset the machine and boot it again
     SHADOW_UPDATE = "shadow_update"  # boot a clone into new boot files while the unit serves, then swap
     REPLACE_VMM = "replace_vmm"  # a fresh hypervisor process under the live guest (``rejuvenate_vmm``)
+    HANDOVER = "handover"  # a new instance started beside the running one on held sockets (process units)
 
 
 @dataclass(frozen=True)

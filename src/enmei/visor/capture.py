@@ -185,6 +185,19 @@ class Capture:
                 self._pump(s, now)
                 self._end(s, now)
 
+    def rekey(self, unit: str, to: str) -> None:
+        """Go on capturing ``unit``'s streams (same files) under the key ``to`` (a handover sets the old
+        instance's aside while the new one's are captured under the unit's name). Streams already under
+        ``to`` are ended first."""
+        with self._lock:
+            now = self.monotonic()
+            for key in [k for k in self._streams if k[0] == to]:
+                self._end(self._streams[key], now)
+            for (u, stream) in [k for k in self._streams if k[0] == unit]:
+                s = self._streams.pop((u, stream))
+                s.unit = to
+                self._streams[(to, stream)] = s
+
     def capturing(self, unit: str, stream: str) -> bool:
         with self._lock:
             return (unit, stream) in self._streams

@@ -239,12 +239,25 @@ class CgroupTree:
         """The unit's cgroup, made if missing."""
         return Cgroup.create(self.path_for(name))
 
+    def slots(self, name: str) -> tuple[Path, Path]:
+        """The two cgroups a unit's instance may be in: ``unit-<name>`` and ``unit-<name>@b``, where a
+        handover starts the new instance beside the old (``@`` is never in a unit's name)."""
+        first = self.path_for(name)
+        return first, first.with_name(first.name + "@b")
+
+    def other_slot(self, name: str, current: Path | None) -> Cgroup:
+        """The slot ``current`` is not (made if missing)."""
+        a, b = self.slots(name)
+        return Cgroup.create(a if current == b else b)
+
     def existing(self, name: str, path: str | None = None) -> Cgroup | None:
-        """The unit's cgroup if it exists — at ``path`` (a saved identity's) only if that is the one this
-        tree would give it (a planted path is not trusted)."""
+        """The unit's cgroup if it exists — at ``path`` (a saved identity's) only if that is one of the two
+        this tree would give it (``slots``; a planted path is not trusted)."""
         want = self.path_for(name)
-        if path is not None and Path(path) != want:
-            return None
+        if path is not None:
+            if Path(path) not in self.slots(name):
+                return None
+            want = Path(path)
         return Cgroup(want) if (want / "cgroup.procs").exists() else None
 
     def remove(self) -> bool:

@@ -115,7 +115,7 @@ class FakeBackend(ProcessBackend):
     def _make_cage(self) -> ResourceCage | None:
         return None  # simulated processes join no cgroup, and helpers of the tests stay uncaged
 
-    async def _end_leftovers(self, name: str) -> None:
+    async def _end_leftovers(self, name: str, slot: Path | None = None) -> None:
         return None  # simulated processes leave nothing behind (and no cgroup is made)
 
     def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:

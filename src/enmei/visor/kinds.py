@@ -26,7 +26,9 @@ def _qemu(ctx: BackendContext) -> Backend:
 
 
 PROCESS = register_backend(BackendKind(
-    "process", "enmei.config.model:ProcessUnit", _process, frozenset({Capability.STATS, Capability.LOGS}),
-    "any command, in its own session", check="enmei.config.machine:check_process_unit"))
+    "process", "enmei.config.model:ProcessUnit", _process,
+    frozenset({Capability.STATS, Capability.LOGS, Capability.HANDOVER}), "any command, in its own session",
+    check="enmei.config.machine:check_process_unit"))
 QEMU = register_backend(BackendKind(
-    "qemu", "enmei.config.qemu:QemuUnit", _qemu, frozenset(Capability), "a QEMU virtual machine over QMP"))
+    "qemu", "enmei.config.qemu:QemuUnit", _qemu, frozenset(Capability) - {Capability.HANDOVER},
+    "a QEMU virtual machine over QMP"))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -59,6 +60,7 @@ from enmei.clock import within
 from enmei.config.model import ProcessUnit
 from enmei.errors import EnmeiError, IdentityError, StartError, StopError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
+from enmei.visor import handover
 from enmei.visor.base import Backend, Capability, Identity
 from enmei.visor.cage import HelperCage, Limits, ResourceCage, UnitCage, current_cage_owner, install_cage
 from enmei.visor.capture import Capture, attach_existing, make_pipe
@@ -66,6 +68,7 @@ from enmei.visor.cgroup import Cgroup, CgroupError, CgroupTree, parse_cgroup2_mo
 from enmei.visor.identity import RunAs, launcher_prefix, popen_kwargs, resolve
 from enmei.visor.logs import rotate, tail_lines
 from enmei.visor.reaper import Orphans, is_subreaper
+from enmei.visor.sockets import FIRST_FD, HeldSockets, launcher_script, listen_env, port_owner
 
 __all__ = ["ENV_MAIN_PID", "ENV_SUPERVISOR", "ENV_UNIT", "Launch", "ProcessBackend", "launcher_argv", "port_owner"]
 
@@ -80,16 +83,19 @@ _LAUNCHER = ('if [ "$1" != - ]; then set -f; _ifs=$IFS; IFS=\'\n\'; '
              f'{ENV_MAIN_PID}=$$; export {ENV_MAIN_PID}; exec "$@"')
 
 
-def launcher_argv(command: list[str], cgroup_procs: Path | None = None, more: Sequence[Path] = ()) -> list[str]:
+def launcher_argv(command: list[str], cgroup_procs: Path | None = None, more: Sequence[Path] = (),
+                  listen: Sequence[int] = ()) -> list[str]:
     """``command`` started through ``/bin/sh``: it joins ``cgroup_procs`` and ``more`` (the unit's v1
     groups of the Resource Cage), sets ``ENMEI_MAIN_PID`` to its own pid, then execs ``command`` (same
-    pid, same arguments).
+    pid, same arguments). With ``listen`` (the held sockets' fds, ``enmei.visor.sockets``) it runs
+    through bash instead, which first moves them to fds 3, 4, ... and sets ``LISTEN_PID``.
 
     >>> launcher_argv(["sleep", "1"])[3:]
     ['enmei-launch', '-', 'sleep', '1']
     """
     files = [str(p) for p in (cgroup_procs, *more) if p is not None]
-    return ["/bin/sh", "-c", _LAUNCHER, "enmei-launch", "\n".join(files) if files else "-", *command]
+    shell, script = ("/bin/bash", launcher_script(listen) + _LAUNCHER) if listen else ("/bin/sh", _LAUNCHER)
+    return [shell, "-c", script, "enmei-launch", "\n".join(files) if files else "-", *command]
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +119,9 @@ class _Running:
     cgroup: Cgroup | None = None  # None: no cgroup v2 here, or adopted from an enmei without one
     cage: UnitCage | None = None  # its limits (the Resource Cage), if it asked for any
     sweep: asyncio.Future[Any] | None = None  # the marks scan for stragglers (no cgroup), while it runs
+    started: dict[str, Any] = field(default_factory=dict)  # the STARTED event's detail
+    capture_key: str = ""  # its streams' key in the capture ("": the unit's name; a retired instance's differs)
+    retired: bool = False  # beside the unit's instance (a handover's old or new one): its end emits no event
     done: asyncio.Future[dict[str, Any]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -125,11 +134,13 @@ class Launch:
     cgroup_procs: Path | None = None  # the unit's cgroup.procs, joined before the command runs
     join: tuple[Path, ...] = ()  # the unit's v1 limit groups' cgroup.procs, joined too
     run_as: RunAs = field(default_factory=RunAs)  # who the command runs as (dropped to after the cgroup is joined)
+    listen: tuple[int, ...] = ()  # the held sockets' fds, moved to 3, 4, ... by the launcher (LISTEN_FDS)
 
 
 class ProcessBackend(Backend):
     kind: ClassVar[str] = "process"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS, Capability.LOGS})
+    capabilities: ClassVar[frozenset[Capability]] = frozenset({Capability.STATS, Capability.LOGS,
+                                                               Capability.HANDOVER})
 
     def __init__(self, *, clock: Any, state_dir: Path, emit: Any, base_dir: Path | None = None,
                  cgroups: bool = True) -> None:
@@ -150,6 +161,8 @@ class ProcessBackend(Backend):
             install_cage(self.cage)
         self._releases: dict[str, asyncio.Future[Any]] = {}  # unit -> removal of its limit groups, under way
         self._noticed: set[str] = set()  # units whose cage notices were journaled (once per unit)
+        self.held: dict[str, HeldSockets] = {}  # unit -> the listening sockets enmei holds for it
+        self._drains: set[asyncio.Future[None]] = set()  # old instances of an interrupted handover, stopping
 
     @property
     def cgroups(self) -> CgroupTree | None:
@@ -171,6 +184,21 @@ class ProcessBackend(Backend):
             raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
         for addr in spec.listen:
             _check_free(name, addr)
+        cwd, env, run_as = await self.prepare(name, spec)
+        cgroup = await self._end_leftovers(name)
+        if name in self._units:  # started by someone else while we waited
+            raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
+        held = self.hold_sockets(name, spec)  # after the leftovers: one of them may still hold the address
+        ucage = await self._cage_for(name, spec, cgroup)
+        run = self.launch(name, spec, cwd, env, run_as, cgroup, ucage, held)
+        self._units[name] = run
+        self._watch(name, run)
+        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), run.started))
+        return run.identity
+
+    async def prepare(self, name: str, spec: ProcessUnit) -> tuple[Path, dict[str, str], RunAs]:
+        """What a start of ``name`` runs with (cwd, environment with the marks, identity), after its
+        ``pre_start`` commands passed (their failure is a ``StartError``)."""
         run_as = _run_as(name, spec)
         cwd = (self.base_dir / spec.cwd).resolve() if spec.cwd else self.base_dir
         env = dict(os.environ) if spec.inherit_env else {}
@@ -182,15 +210,40 @@ class ProcessBackend(Backend):
         env[ENV_UNIT] = name
         env[ENV_SUPERVISOR] = self.instance
         self._loop = asyncio.get_running_loop()
-        cgroup = await self._end_leftovers(name)
-        if name in self._units:  # started by someone else while we waited
-            raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
-        ucage = await self._cage_for(name, spec, cgroup)
+        return cwd, env, run_as
+
+    def hold_sockets(self, name: str, spec: ProcessUnit) -> HeldSockets | None:
+        """The unit's held sockets, bound now where not held yet (None: it declares none). A reloaded
+        config that declares other sockets gets them afresh (the old ones are closed)."""
+        if not spec.sockets:
+            old = self.held.pop(name, None)
+            if old is not None:
+                old.close()
+            return None
+        held = self.held.get(name)
+        if held is None or not held.fits(spec.sockets):
+            if held is not None:
+                held.close()
+            held = self.held[name] = HeldSockets(name, tuple(spec.sockets), tuple(spec.socket_names()))
+        held.ensure()
+        return held
+
+    def launch(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], run_as: RunAs,
+               cgroup: Cgroup | None, ucage: UnitCage | None, held: HeldSockets | None) -> _Running:
+        """Spawn one instance of ``name`` in ``cgroup`` (its output captured under the unit's name, its
+        held sockets passed by ``LISTEN_FDS``); not yet the unit's: the caller registers and watches it."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
-        launch = Launch(pass_fds=(out_r, err_r), cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None,
-                        join=tuple(ucage.procs_files()) if ucage else (), run_as=run_as)
+        listen: list[int] = []
+        if held is not None:
+            env = {**env, **listen_env(held.names)}
+            listen = held.inheritable()
+            # The launcher moves the sockets to 3, 4, ...: the pipes' read ends must not be there.
+            out_r, err_r = (_above(fd, FIRST_FD + len(listen)) for fd in (out_r, err_r))
+        launch = Launch(pass_fds=(out_r, err_r, *listen),
+                        cgroup_procs=cgroup.path / "cgroup.procs" if cgroup else None,
+                        join=tuple(ucage.procs_files()) if ucage else (), run_as=run_as, listen=tuple(listen))
         try:
             pid, popen, pidfd, proc, create_time = self._spawn(name, spec, cwd, env, out_w, err_w, launch)
         except BaseException:
@@ -202,9 +255,13 @@ class ProcessBackend(Backend):
         finally:
             os.close(out_w)
             os.close(err_w)
+            for fd in listen:
+                os.close(fd)
         # Where the child holds its read ends, and which pipes they are: a later enmei re-attaches by them.
-        held = {"stdout": [out_r, os.fstat(out_r).st_ino], "stderr": [err_r, os.fstat(err_r).st_ino]}
-        extra: dict[str, Any] = {"pgid": pid, "capture": held}
+        pipes = {"stdout": [out_r, os.fstat(out_r).st_ino], "stderr": [err_r, os.fstat(err_r).st_ino]}
+        extra: dict[str, Any] = {"pgid": pid, "capture": pipes}
+        if held is not None:
+            extra["sockets"] = held.identity()
         if cgroup is not None:
             try:
                 cgroup.add(pid)  # normally a no-op: the launcher joined it before the command ran
@@ -224,13 +281,12 @@ class ProcessBackend(Backend):
                     log.warning("unit %s: %s", name, n)
         identity = Identity(unit=name, backend=self.kind, pid=pid, create_time=create_time,
                             started_wall=self.clock.wall(), extra=extra)
-        self._units[name] = run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
+        run = _Running(identity, pidfd, popen, proc, spec, self.clock.monotonic())
         run.cgroup = cgroup
         run.cage = ucage
+        run.started = started
         self._capture(name, spec, {"stdout": out_r, "stderr": err_r})
-        self._watch(name, run)
-        self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), started))
-        return identity
+        return run
 
     async def _cage_for(self, name: str, spec: ProcessUnit, cgroup: Cgroup | None) -> UnitCage | None:
         """The unit's limits set up for this start (None: it asks for none, or no cage here); first waits
@@ -278,6 +334,20 @@ class ProcessBackend(Backend):
     async def adopt(self, name: str, spec: Any, identity: Identity) -> bool:
         if not isinstance(spec, ProcessUnit) or name in self._units:
             return False
+        if handover.record_path(self.state_dir, name).exists():
+            # An enmei killed during a handover: keep exactly one instance (``enmei.visor.handover``).
+            identity, end, drain, seen = handover.resolve_on_adopt(self, name, spec, identity)
+            for other in end:
+                log.warning("unit %s: ending pid %d, started by a handover that never completed", name, other.pid)
+                handover.end_now(other)
+            if drain is not None:
+                log.warning("unit %s: a handover had swapped to pid %d: stopping the old pid %d", name,
+                            identity.pid, drain.pid)
+                self._drains.add(asyncio.ensure_future(
+                    handover.stop_later(drain, signal.Signals[spec.stop_signal], float(spec.stop_timeout_s))))
+            said = {"handover_record": seen, "ended": [o.pid for o in end], "draining": drain.pid if drain else None}
+        else:
+            said = {}
         pinned = self._pin(identity)
         if pinned is None:
             return False
@@ -286,11 +356,26 @@ class ProcessBackend(Backend):
         self._units[name] = run = _Running(identity, pidfd, None, proc, spec, self.clock.monotonic())
         run.legacy_logs = self._reattach(name, spec, identity)
         run.cgroup = self._adopted_cgroup(name, identity)
+        if spec.sockets:
+            self._take_sockets(name, spec, run)
         if self.cage is not None and Limits.of(spec).asked():
             run.cage = await asyncio.to_thread(self.cage.adopted, name, identity.pid)
         self._watch(name, run)
-        self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid}))
+        self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), {"pid": identity.pid, **said}))
         return True
+
+    def _take_sockets(self, name: str, spec: ProcessUnit, run: _Running) -> None:
+        """Hold the unit's sockets again from the adopted instance (``HeldSockets.take_from``); those it
+        does not have are bound at the next start (while it runs they are in use: a handover is refused)."""
+        held = self.held.get(name)
+        if held is None or not held.fits(spec.sockets):
+            if held is not None:
+                held.close()
+            held = self.held[name] = HeldSockets(name, tuple(spec.sockets), tuple(spec.socket_names()))
+        got = held.take_from(run.identity.pid, run.pidfd, run.identity.extra.get("sockets"))
+        if got < len(spec.sockets):
+            log.warning("unit %s: took %d of its %d sockets back from pid %d; the others are bound at its "
+                        "next start", name, got, len(spec.sockets), run.identity.pid)
 
     def _adopted_cgroup(self, name: str, identity: Identity) -> Cgroup | None:
         """The cgroup a saved identity names, if it is the one this supervisor's tree gives the unit and
@@ -305,13 +390,21 @@ class ProcessBackend(Backend):
             pass
         return None
 
-    async def _end_leftovers(self, name: str) -> Cgroup | None:
+    async def _end_leftovers(self, name: str, slot: Path | None = None) -> Cgroup | None:
         """Before a fresh start: end what a previous instance of ``name`` left running (processes in its
-        cgroup or, without cgroups, carrying its marks), so no orphan outlives it or holds its ports.
-        Returns the unit's cgroup, ready (None without cgroups)."""
+        cgroups or, without cgroups, carrying its marks), so no orphan outlives it or holds its ports.
+        Returns the unit's cgroup, ready (None without cgroups). With ``slot`` (a handover's new instance,
+        beside a running one): only that cgroup is emptied, and nothing is done without cgroups."""
         tree = self.cgroups
+        if tree is not None and slot is None:
+            other = tree.existing(name, str(tree.slots(name)[1]))  # where a handover left the last instance
+            if other is not None:
+                with contextlib.suppress(CgroupError):
+                    other.kill()
+                    await asyncio.to_thread(other.wait_empty, 5.0)
+                    other.remove()
         try:
-            cgroup = tree.unit(name) if tree is not None else None
+            cgroup = (Cgroup.create(slot) if slot is not None else tree.unit(name)) if tree is not None else None
         except CgroupError as exc:
             log.warning("unit %s: no cgroup (%s): its stragglers are found by marks", name, exc)
             cgroup = None
@@ -326,7 +419,7 @@ class ProcessBackend(Backend):
             except CgroupError as exc:
                 log.warning("unit %s: its cgroup is unusable (%s): its stragglers are found by marks", name, exc)
                 cgroup = None
-        if cgroup is None:
+        if cgroup is None and slot is None:
             ended = await asyncio.to_thread(self._sweep_marked, name)
         if ended:
             log.warning("unit %s: ended %d process(es) left by its previous instance: %s", name, len(ended), ended)
@@ -465,6 +558,11 @@ class ProcessBackend(Backend):
         run = self._units.get(name)
         if run is None:
             return
+        await self.stop_instance(run, timeout_s)
+
+    async def stop_instance(self, run: _Running, timeout_s: float) -> None:
+        """``stop`` for one instance, the unit's or one beside it (a handover's old or new one)."""
+        name = run.identity.unit
         run.stopping = True
         spec = run.spec
         if spec.stop_command and not run.done.done():
@@ -577,6 +675,23 @@ class ProcessBackend(Backend):
             with contextlib.suppress(CgroupError):
                 cgroup.remove()
 
+    # -- socket handover (``enmei.visor.handover``) --------------------------------------------------
+
+    async def handover_begin(self, name: str, spec: Any) -> handover.Beside:
+        """Start ``spec`` beside the unit's running instance on its held sockets (``handover.begin``)."""
+        if not isinstance(spec, ProcessUnit):
+            raise StartError(name, "update", f"not a process unit: {type(spec).__name__}")
+        return await handover.begin(self, name, spec)
+
+    def handover_commit(self, beside: handover.Beside) -> None:
+        handover.commit(self, beside)
+
+    async def handover_retire(self, beside: handover.Beside, timeout_s: float) -> dict[str, Any]:
+        return await handover.retire(self, beside, timeout_s)
+
+    async def handover_abandon(self, beside: handover.Beside, timeout_s: float) -> dict[str, Any]:
+        return await handover.abandon(self, beside, timeout_s)
+
     def alive(self, name: str) -> bool:
         run = self._units.get(name)
         return run is not None and not run.done.done()
@@ -589,6 +704,9 @@ class ProcessBackend(Backend):
         for run in list(self._units.values()):
             self._unwatch(run)
         self._units.clear()
+        for held in self.held.values():
+            held.close()  # a unit still running keeps its own copies: the next enmei takes them back
+        self.held.clear()
         # Units still running keep their pipes (they hold a read end): the next enmei attaches again.
         await asyncio.to_thread(self.capture.close)
         for pending in list(self._releases.values()):
@@ -657,7 +775,7 @@ class ProcessBackend(Backend):
         if self._units.get(name) is run:
             del self._units[name]
         self._end_group(run)
-        self.capture.remove(name)  # drains first: the files hold the unit's last words
+        self.capture.remove(run.capture_key or name)  # drains first: the files hold the unit's last words
         uptime = self.clock.monotonic() - run.started_mono
         detail: dict[str, Any] = {"pid": run.identity.pid, "code": code,
                                   "signal": signal.Signals(sig).name if sig else None,
@@ -671,6 +789,8 @@ class ProcessBackend(Backend):
             detail["stderr_tail"] = tail_lines(self._log_file(name, "stderr"), 5)
         if not run.done.done():
             run.done.set_result(detail)
+        if run.retired:
+            return  # an instance beside the unit's (a handover's): its end is the handover's to tell
         kind = UnitEventKind.STOPPED if run.stopping else UnitEventKind.EXITED
         self.emit(UnitEvent(name, kind, self.clock.monotonic(), detail))
 
@@ -702,7 +822,8 @@ class ProcessBackend(Backend):
         umask = launch.run_as.umask
         try:
             popen = subprocess.Popen(
-                launcher_argv([*prefix, *spec.command], launch.cgroup_procs, launch.join), cwd=cwd, env=env,
+                launcher_argv([*prefix, *spec.command], launch.cgroup_procs, launch.join, launch.listen), cwd=cwd,
+                env=env,
                 stdin=subprocess.DEVNULL, stdout=out_fd, stderr=err_fd, start_new_session=True, close_fds=True,
                 pass_fds=launch.pass_fds, umask=-1 if umask is None else umask,
             )
@@ -867,6 +988,16 @@ def _check_command(name: str, prog: str, cwd: Path, env: dict[str, str]) -> None
         raise StartError(name, "start", f"command {prog!r} not found (No such file or directory in PATH)")
 
 
+def _above(fd: int, low: int) -> int:
+    """``fd`` itself if it is at least ``low``, else a copy numbered from ``low`` (``fd`` is closed)."""
+    if fd >= low:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, low)
+    finally:
+        os.close(fd)
+
+
 def _check_free(name: str, addr: str) -> None:
     """Raise ``StartError`` naming the owner if ``addr`` (HOST:PORT) is already bound."""
     host, _, port_s = addr.rpartition(":")
@@ -883,17 +1014,3 @@ def _check_free(name: str, addr: str) -> None:
             owner = port_owner(port)
             who = f" by pid {owner[0]} ({owner[1]})" if owner else ""
             raise StartError(name, "start", f"port {addr} is already in use{who}") from exc
-
-
-def port_owner(port: int) -> tuple[int, str] | None:
-    """(pid, name) of the process listening on ``port``, if it can be found."""
-    try:
-        for conn in psutil.net_connections(kind="inet"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
-                try:
-                    return conn.pid, psutil.Process(conn.pid).name()
-                except psutil.Error:
-                    return conn.pid, "?"
-    except (psutil.AccessDenied, OSError):
-        return None
-    return None

@@ -18,7 +18,7 @@ callbacks a backend reports through (unit events, and verdicts of its own such a
     >>> sorted(backend_kinds())[:2]
     ['process', 'qemu']
     >>> sorted(str(c) for c in capabilities_of("process"))
-    ['logs', 'stats']
+    ['handover', 'logs', 'stats']
 
 ``register_backend`` refuses a second declaration of a kind; ``backend_kind`` names the kinds it knows
 when asked for one it does not.

@@ -90,7 +90,8 @@ class QemuBackend(Backend):
     """
 
     kind: ClassVar[str] = "qemu"
-    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability)
+    # Every capability but the socket handover of process units (a VM's update is its own remedy).
+    capabilities: ClassVar[frozenset[Capability]] = frozenset(Capability) - {Capability.HANDOVER}
 
     def __init__(self, *, clock: Clock, state_dir: Path, emit: EmitFn, verdict: VerdictFn | None = None,
                  cache_dir: Path | None = None, binary: str = "qemu-system-x86_64",
