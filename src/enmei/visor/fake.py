@@ -118,7 +118,7 @@ class FakeBackend(ProcessBackend):
     async def _end_leftovers(self, name: str, slot: Path | None = None) -> None:
         return None  # simulated processes leave nothing behind (and no cgroup is made)
 
-    def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:
+    def _sweep_marked(self, name: str, keep: int | None = None, slot: str | None = None) -> list[int]:
         return []
 
     def _stats(self, run: _Running) -> dict[str, float]:

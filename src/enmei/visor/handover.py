@@ -118,17 +118,19 @@ async def begin(backend: Any, name: str, spec: ProcessUnit) -> Beside:
     _write(backend, name, {"phase": "beside", "old": old.identity.to_json(), "new": None})
     old.capture_key = f"{name}@old"
     backend.capture.rekey(name, old.capture_key)
+    slot = "b" if str(old.identity.extra.get("slot", "a")) == "a" else "a"
     try:
-        new = backend.launch(name, spec, cwd, env, run_as, cgroup, None, held)
+        new = backend.launch(name, spec, cwd, env, run_as, cgroup, None, held, slot=slot)
     except BaseException:
         backend.capture.rekey(old.capture_key, name)
         old.capture_key = ""
         _clear(backend, name)
         raise
     new.retired = True  # not the unit's yet: its end is the handover's to tell
+    beside = backend.beside[name] = Beside(name, old, new)
     backend._watch(name, new)
     _write(backend, name, {"phase": "beside", "old": old.identity.to_json(), "new": new.identity.to_json()})
-    return Beside(name, old, new)
+    return beside
 
 
 def commit(backend: Any, b: Beside) -> None:
@@ -144,6 +146,7 @@ def commit(backend: Any, b: Beside) -> None:
         backend._units[b.unit] = b.new
     else:  # the old one ended meanwhile (its exit was the unit's): the new one is the unit now
         backend._units.setdefault(b.unit, b.new)
+    backend.beside.pop(b.unit, None)
     started = {**b.new.started, "handover": True, "replaced_pid": b.old.identity.pid}
     backend.emit(UnitEvent(b.unit, UnitEventKind.STARTED, backend.clock.monotonic(), started))
 
@@ -168,6 +171,7 @@ async def abandon(backend: Any, b: Beside, timeout_s: float) -> dict[str, Any]:
         if not b.new.done.done():
             await backend.stop_instance(b.new, timeout_s)
     finally:
+        backend.beside.pop(b.unit, None)
         if b.old.capture_key:
             backend.capture.rekey(b.old.capture_key, b.unit)
             b.old.capture_key = ""

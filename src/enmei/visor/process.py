@@ -75,6 +75,7 @@ __all__ = ["ENV_MAIN_PID", "ENV_SUPERVISOR", "ENV_UNIT", "Launch", "ProcessBacke
 ENV_UNIT = "ENMEI_UNIT"
 ENV_SUPERVISOR = "ENMEI_SUPERVISOR"
 ENV_MAIN_PID = "ENMEI_MAIN_PID"
+ENV_SLOT = "ENMEI_SLOT"  # which of a handover's two instances a process belongs to ("a" when unset)
 
 # $1: the cgroup.procs files to join, one a line ("-": none; a failure to join is checked and repaired by
 # the parent). set -f: a path is never globbed.
@@ -162,6 +163,7 @@ class ProcessBackend(Backend):
         self._releases: dict[str, asyncio.Future[Any]] = {}  # unit -> removal of its limit groups, under way
         self._noticed: set[str] = set()  # units whose cage notices were journaled (once per unit)
         self.held: dict[str, HeldSockets] = {}  # unit -> the listening sockets enmei holds for it
+        self.beside: dict[str, Any] = {}  # unit -> its handover under way (``handover.Beside``)
         self._drains: set[asyncio.Future[None]] = set()  # old instances of an interrupted handover, stopping
 
     @property
@@ -229,10 +231,14 @@ class ProcessBackend(Backend):
         return held
 
     def launch(self, name: str, spec: ProcessUnit, cwd: Path, env: dict[str, str], run_as: RunAs,
-               cgroup: Cgroup | None, ucage: UnitCage | None, held: HeldSockets | None) -> _Running:
+               cgroup: Cgroup | None, ucage: UnitCage | None, held: HeldSockets | None,
+               slot: str | None = None) -> _Running:
         """Spawn one instance of ``name`` in ``cgroup`` (its output captured under the unit's name, its
-        held sockets passed by ``LISTEN_FDS``); not yet the unit's: the caller registers and watches it."""
+        held sockets passed by ``LISTEN_FDS``; ``slot``: a handover's mark, ``ENMEI_SLOT``, inherited by
+        all of the instance); not yet the unit's: the caller registers and watches it."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if slot is not None:
+            env = {**env, ENV_SLOT: slot}
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         listen: list[int] = []
@@ -262,6 +268,8 @@ class ProcessBackend(Backend):
         extra: dict[str, Any] = {"pgid": pid, "capture": pipes}
         if held is not None:
             extra["sockets"] = held.identity()
+        if slot is not None:
+            extra["slot"] = slot
         if cgroup is not None:
             try:
                 cgroup.add(pid)  # normally a no-op: the launcher joined it before the command ran
@@ -517,7 +525,7 @@ class ProcessBackend(Backend):
                 continue
         return out
 
-    def _sweep_marked(self, name: str, keep: int | None = None) -> list[int]:
+    def _sweep_marked(self, name: str, keep: int | None = None, slot: str | None = None) -> list[int]:
         """SIGKILL every process carrying this supervisor's marks for ``name`` except ``keep`` (its main
         process), and wait until they are gone: the fallback for stragglers without a cgroup. Blocking (a
         scan of all processes). A SIGKILLed process lingers for a moment, and one may fork while the scan
@@ -532,6 +540,8 @@ class ProcessBackend(Backend):
                     env = proc.environ()
                     if env.get(ENV_UNIT) != name or env.get(ENV_SUPERVISOR) != self.instance:
                         continue
+                    if slot is not None and env.get(ENV_SLOT, "a") != slot:
+                        continue  # the other instance of a handover
                     if proc.status() == psutil.STATUS_ZOMBIE:
                         continue
                     proc.kill()  # psutil re-checks the create time: never a recycled pid
@@ -897,7 +907,10 @@ class ProcessBackend(Backend):
                 return
             except CgroupError as exc:
                 log.warning("unit %s: %s: ending its stragglers by marks", run.identity.unit, exc)
-        run.sweep = asyncio.ensure_future(asyncio.to_thread(self._sweep_marked, run.identity.unit))
+        # During a handover two instances carry the unit's marks: end only this one's (its slot).
+        name = run.identity.unit
+        slot = str(run.identity.extra.get("slot", "a")) if run.retired or name in self.beside else None
+        run.sweep = asyncio.ensure_future(asyncio.to_thread(self._sweep_marked, name, None, slot))
 
     def _stats(self, run: _Running) -> dict[str, float]:
         assert run.proc is not None
