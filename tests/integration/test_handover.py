@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -284,3 +285,22 @@ def test_restart_mode_handover_restarts_with_no_failed_request(web: Up) -> None:
     assert [s for s in load.samples if not s.ok] == []
     (now,) = web.instances()
     assert now != old and _version(web.port) == ("1", now)
+
+
+def test_a_unit_removed_by_a_reload_releases_its_socket(web: Up) -> None:
+    web.cfg.write_text(f'[supervisor]\nstate_dir = "{web.state}"\n\n[units.other]\ncommand = ["sleep", "300"]\n')
+    answer = web.ctl({"op": "reload"})
+    assert answer["ok"] and answer["reload"].get("ok", True) is not False, answer
+
+    def bindable() -> bool:
+        with socket.socket() as s:
+            # (SO_REUSEADDR: the connections the test made leave TIME_WAIT entries; a listener still fails)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", web.port))
+            except OSError:
+                return False
+            return True
+
+    assert wait_until(bindable, 30), "enmei still holds the socket of a unit no longer in its config"
+    assert web.instances() == []

@@ -331,6 +331,7 @@ class Engine:
             unit.close_startup()
             self.units.pop(name, None)
             self._identity_changed(name, None)
+            unit.backend.forget(name)
 
     async def replace_unit(self, name: str, spec: UnitBase, reason: str) -> None:
         """Stop the unit with its old spec, then build it anew with ``spec`` and start it (if autostart)."""

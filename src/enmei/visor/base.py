@@ -153,6 +153,10 @@ class Backend(abc.ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release the backend's own resources (not the units: they keep running)."""
 
+    def forget(self, name: str) -> None:  # noqa: B027 - optional hook
+        """The unit left the config (it is stopped): release what the backend still holds for it (the
+        process backend: its held listening sockets)."""
+
     def maintain(self) -> None:  # noqa: B027 - optional hook
         """Periodic housekeeping (log rotation...). Called by the engine about once a second."""
 

@@ -214,6 +214,13 @@ class ProcessBackend(Backend):
         self._loop = asyncio.get_running_loop()
         return cwd, env, run_as
 
+    def forget(self, name: str) -> None:
+        """The unit left the config: its held sockets are closed (a connection still queued in them is
+        refused from now on, as it would be without enmei)."""
+        held = self.held.pop(name, None)
+        if held is not None:
+            held.close()
+
     def hold_sockets(self, name: str, spec: ProcessUnit) -> HeldSockets | None:
         """The unit's held sockets, bound now where not held yet (None: it declares none). A reloaded
         config that declares other sockets gets them afresh (the old ones are closed)."""
