@@ -151,6 +151,23 @@ def deploy(as_json: JsonOpt = False,
 
 
 @app.command()
+def vmm(as_json: JsonOpt = False,
+        runs: Annotated[int, typer.Option(help="Repairs of each kind")] = 5,
+        sizes: Annotated[str, typer.Option(help="Guest sizes in MiB, comma-separated")] = "256,1024") -> None:
+    """VMM rejuvenation vs reboots: downtime (RAM shared vs copied) and the warm cache (QEMU, medians)."""
+    import sys
+
+    from enmei.bench import vmm as bench_vmm
+
+    try:
+        sizes_mib = tuple(int(s) for s in sizes.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--sizes {sizes!r}: give MiB figures like 256,1024") from None
+    emit("enmei bench vmm", bench_vmm.run(runs, sizes_mib=sizes_mib,
+                                          say=lambda line: print(line, file=sys.stderr, flush=True)), as_json)
+
+
+@app.command()
 def policy(as_json: JsonOpt = False,
            evaluations: Annotated[int, typer.Option(help="Timed evaluations per stream")] = 20_000) -> None:
     """Evaluations per second of the shipped default policy library, and their p99 latency."""
