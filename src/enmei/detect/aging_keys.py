@@ -5,7 +5,10 @@ must not pay for numpy.
 
 - :class:`AgingLimits` — the ``aging_limits`` table: the resources a unit can exhaust, each with its
   limit. Only the resources the probes report can be watched: ``rss_bytes`` and ``vms_bytes`` (sizes:
-  a number of bytes or a string with a unit, ``"250MiB"``), ``num_fds`` and ``num_threads`` (counts).
+  a number of bytes or a string with a unit, ``"250MiB"``), ``num_fds`` and ``num_threads`` (counts);
+  for VM units also the QEMU process's own ``qemu_private_bytes`` (a size), ``qemu_fds`` and
+  ``qemu_threads`` (counts): the shipped policy answers their aging with ``rejuvenate_vmm`` (a fresh
+  QEMU under the live guest), not with a restart of the guest.
   Any other key is a config error naming it (``rss`` → did you mean ``rss_bytes``?), like everywhere
   else in the file.
 - :func:`min_buckets_problem` — why ``min_buckets`` buckets can never reach ``alpha`` (the smallest
@@ -47,6 +50,9 @@ class AgingLimits(BaseModel):
     vms_bytes: ByteSize | None = Field(default=None, gt=0)
     num_fds: int | None = Field(default=None, gt=0)
     num_threads: int | None = Field(default=None, gt=0)
+    qemu_private_bytes: ByteSize | None = Field(default=None, gt=0)
+    qemu_fds: int | None = Field(default=None, gt=0)
+    qemu_threads: int | None = Field(default=None, gt=0)
 
     def as_dict(self) -> dict[str, float]:
         """The limits that are set, as floats by metric name."""

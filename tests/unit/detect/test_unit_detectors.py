@@ -142,7 +142,8 @@ def test_aging_limits_with_an_unknown_key_or_a_bad_size_name_file_line_and_key(t
                     'limits = { rss = "250MiB" }\n')
     [p] = check(path)
     assert (p.line, p.key) == (7, "units.a.detectors[0].limits.rss")
-    assert p.message.endswith("allowed here: num_fds, num_threads, rss_bytes, vms_bytes"), p.message
+    assert p.message.endswith("allowed here: num_fds, num_threads, qemu_fds, qemu_private_bytes, qemu_threads, "
+                              "rss_bytes, vms_bytes"), p.message
     path.write_text(base + 'aging_limits = { rss_bytes = "250MiB", num_fds = 512 }\n')
     assert check(path) == []
     aging = detectors_of(tmp_path, path.read_text(), "a").get("aging")

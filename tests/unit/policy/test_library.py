@@ -158,6 +158,19 @@ def test_aging_rejuvenates_at_a_quiet_moment_before_exhaustion(manager: Make) ->
     assert m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=30.0), view(1000.0, unit(remedy="restart"))) == []
 
 
+def test_the_aging_of_a_vms_qemu_process_gets_a_fresh_qemu_not_a_reboot(manager: Make) -> None:
+    m = manager()
+    vm = unit(backend="qemu", capabilities=frozenset({"stats", "phase_reboot", "reboot", "replace_vmm"}))
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=3600.0, metric="qemu_private_bytes"),
+                 view(1000.0, vm))
+    assert [(x.action, x.rule) for x in d] == [("rejuvenate_vmm", "aging-vmm")]
+    # the guest's own aging (rss of the whole VM) is rejuvenated as before; so is a VM without the capability
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=3600.0, metric="rss_bytes"), view(1000.0, vm))
+    assert [x.action for x in d] == ["rejuvenate"]
+    d = m.decide(_verdict(VerdictKind.AGING, 1000.0, exhaust_in_s=3600.0, metric="qemu_fds"), view(1000.0, VM))
+    assert [x.action for x in d] == ["rejuvenate"]
+
+
 def test_log_anomalies_are_alerted_at_most_once_per_interval(manager: Make) -> None:
     m = manager()
     first = m.decide(_verdict(VerdictKind.LOG_ANOMALY, 1000.0), view(1000.0))
