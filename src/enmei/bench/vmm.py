@@ -3,7 +3,8 @@
 One VM unit (the demo image, TCG here) serves ``/version`` and a cached file (``/cgi-bin/state?read=1``
 reads ``/data/cache.bin``, ``cache_mib`` MiB on the data disk, whole; the guest times it with its own
 clock). An external prober sends ``GET /version`` every ``probe_interval_s`` (5 ms) through the forwarded
-port, each probe in its own connection bounded by ``probe_timeout_s`` (``enmei.bench.reboot``'s prober);
+port, each probe in its own connection bounded by ``probe_timeout_s`` (``enmei.bench.reboot``'s prober),
+at most 8 waiting at once;
 the *downtime* of one repair is the longest gap between two good answers from the last one before the
 repair to the first one after it.
 
@@ -29,7 +30,10 @@ Keys (medians over the runs; ``*_runs_s`` lists every run): ``vmm_downtime_s``, 
 STOP to the new one's RESUME, QEMU's clocks), ``vmm_transferred_bytes`` / ``vmm_copied_transferred_bytes``
 (the migration stream), ``throughput_before``, ``throughput_first_10s_after_vmm``,
 ``throughput_first_10s_after_reboot``, ``throughput_first_10s_after_phase_reboot``,
-``read_ms_before``, ``read_ms_after_vmm``, ``read_ms_after_reboot``, ``read_ms_after_phase_reboot``,
+``read_ms_before``, ``read_ms_after_vmm``, ``read_ms_after_reboot``, ``read_ms_after_phase_reboot`` (and
+``read_s_*`` timed by the host), ``cache_grew_mib_before`` / ``_after_*`` (how much that first read added
+to the guest's page cache, from its ``/proc/meminfo``: about ``cache_mib`` when the file was not cached,
+about 0 when it was),
 ``by_size`` (per guest size: the vmm and vmm_copied figures), ``vmm_gentle_probe`` (the vmm runs again
 with a prober every ``gentle_interval_s``, 50 ms: under TCG a fresh QEMU translates the guest's code
 again, and 200 probes a second slow that down), and the settings.
@@ -63,6 +67,11 @@ __all__ = ["run"]
 
 _UNIT = "bench-vmm"
 _GIB = 1024
+#: at most this many probes wait at once (a tick is skipped beyond it, counted): a TCG guest that a
+#: fresh QEMU translates again, or that boots, would otherwise meet up to timeout / interval (60) new
+#: connections at once, each answered by a fork of its web server, and fall further behind with each
+#: (seen: no answer within 10 s of a rejuvenation, a cold reboot of 25 s instead of 6 s)
+_IN_FLIGHT = 8
 _REBOOT_GAP_S = 1.0  # a reboot's gap is seconds; a VMM rejuvenation's is judged when it returns
 
 
@@ -95,7 +104,7 @@ async def _run(runs: int, sizes: tuple[int, ...], cache_mib: int, accel: str, in
                 if first and ram == "shared":
                     await u.cache(cache_mib)
                     out["throughput_before"] = await u.throughput(window_s)
-                    out["read_ms_before"] = (await u.read())[0]
+                    out["read_ms_before"], _, out["cache_grew_mib_before"] = await u.read()
                 runs_out = []
                 for n in range(runs):
                     r = await u.repair(lambda b: b.rejuvenate_vmm(_UNIT))
@@ -104,7 +113,7 @@ async def _run(runs: int, sizes: tuple[int, ...], cache_mib: int, accel: str, in
                               "transferred_bytes": report.get("transferred_bytes"),
                               "migrate_s": report.get("migrate_s"), "total_s": report.get("total_s")})
                     if first and ram == "shared":
-                        r["read_ms"], r["read_s"] = await u.read()
+                        r["read_ms"], r["read_s"], r["cache_grew_mib"] = await u.read()
                         r["throughput"] = await u.throughput(window_s)
                     runs_out.append(r)
                     say(f"{size} MiB {kind} run {n + 1}: {r['downtime_s'] * 1000:.1f} ms down")
@@ -113,7 +122,7 @@ async def _run(runs: int, sizes: tuple[int, ...], cache_mib: int, accel: str, in
                     # the same with a prober 10 times gentler: how much of the gap is the probes' own
                     # load on a guest whose code a fresh QEMU translates again (TCG)
                     fast = u.prober
-                    u.prober = _Prober(u.port, gentle_s, timeout_s, 2 * max(1, round(timeout_s / gentle_s)))
+                    u.prober = _Prober(u.port, gentle_s, timeout_s, _IN_FLIGHT)
                     gentle = [await u.repair(lambda b: b.rejuvenate_vmm(_UNIT)) for _ in range(runs)]
                     u.prober = fast
                     out["vmm_gentle_probe"] = {"probe_interval_s": gentle_s, **_summary(gentle)}
@@ -123,7 +132,7 @@ async def _run(runs: int, sizes: tuple[int, ...], cache_mib: int, accel: str, in
                         for n in range(runs):
                             await u.read()  # cached again (a no-op after the first)
                             r = await u.repair(fn, reboot=True)
-                            r["read_ms"], r["read_s"] = await u.read()
+                            r["read_ms"], r["read_s"], r["cache_grew_mib"] = await u.read()
                             r["throughput"] = await u.throughput(window_s)
                             rs.append(r)
                             say(f"{size} MiB {name} run {n + 1}: {r['downtime_s']:.2f} s down")
@@ -147,7 +156,10 @@ async def _run(runs: int, sizes: tuple[int, ...], cache_mib: int, accel: str, in
         "read_ms_after_vmm": out["vmm_warm"]["read_ms"], "read_ms_after_reboot": out["reboot"]["read_ms"],
         "read_ms_after_phase_reboot": out["phase_reboot"]["read_ms"],
         "read_s_after_vmm": out["vmm_warm"]["read_s"], "read_s_after_reboot": out["reboot"]["read_s"],
-        "read_s_after_phase_reboot": out["phase_reboot"]["read_s"]})
+        "read_s_after_phase_reboot": out["phase_reboot"]["read_s"],
+        "cache_grew_mib_after_vmm": out["vmm_warm"]["cache_grew_mib"],
+        "cache_grew_mib_after_reboot": out["reboot"]["cache_grew_mib"],
+        "cache_grew_mib_after_phase_reboot": out["phase_reboot"]["cache_grew_mib"]})
     out["ratio"] = round(out["vmm_downtime_s"] / out["reboot_downtime_s"], 5)
     del out["vmm_warm"]
     return out
@@ -182,7 +194,7 @@ class _Unit:
             "forward": [f"{self.port}:80"], "phase_standby": False, "ready_timeout_s": 60.0 * patience})
         self.cache_dir = cache_dir
         self.patience = patience
-        self.prober = _Prober(self.port, interval_s, timeout_s, 2 * max(1, round(timeout_s / interval_s)))
+        self.prober = _Prober(self.port, interval_s, timeout_s, _IN_FLIGHT)
         self._tmp = tempfile.TemporaryDirectory(prefix="enmei-bench-vmm-")
         self.backend = QemuBackend(clock=SystemClock(), state_dir=Path(self._tmp.name), emit=lambda e: None,
                                    cache_dir=cache_dir)
@@ -223,8 +235,8 @@ class _Unit:
             raise RuntimeError(f"could not make the cached file: {body[-200:]!r}")
         await self.read()
 
-    async def read(self) -> tuple[float, float]:
-        """(guest ms, host seconds) of one whole read of the cached file."""
+    async def read(self) -> tuple[float, float, float]:
+        """(guest ms, host seconds, MiB the page cache grew by) of one whole read of the cached file."""
         t = time.monotonic()
         body = await self._get("/cgi-bin/state?read=1", 60.0 * self.patience)
         took = time.monotonic() - t
@@ -232,7 +244,7 @@ class _Unit:
         fields = dict(item.split("=", 1) for item in text.split() if "=" in item)
         if "read_ms" not in fields or int(fields.get("bytes", "0")) <= 0:
             raise RuntimeError(f"the guest did not read its cached file: {text[:200]!r}")
-        return float(fields["read_ms"]), round(took, 4)
+        return float(fields["read_ms"]), round(took, 4), round(float(fields.get("cache_grew_kib", "nan")) / 1024, 2)
 
     async def throughput(self, window_s: float) -> float:
         """Whole-file reads per second by one client in a loop, over ``window_s``."""

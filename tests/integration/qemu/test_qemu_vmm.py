@@ -47,6 +47,7 @@ async def test_a_fresh_qemu_runs_the_same_guest_and_is_adopted_after_a_superviso
     await until_answer(port, "/cgi-bin/state")
     assert await http_get(port, "/cgi-bin/state?note=kept-in-ram") == (200, "ok note\n")
     assert await http_get(port, "/cgi-bin/data?put=before") == (200, "stored\n")
+    assert await http_get(port, "/cgi-bin/state?cache=4", 60) == (200, "ok cache\n")  # 4 MiB, in the page cache
     before = await _state(port)
     net_before = await b.net_stats("vm")
     console = b.log_path("vm", "console")
@@ -70,6 +71,10 @@ async def test_a_fresh_qemu_runs_the_same_guest_and_is_adopted_after_a_superviso
     assert after["boot_id"] == before["boot_id"] and after["note"] == "kept-in-ram"
     assert float(after["uptime_s"]) > float(before["uptime_s"])
     assert console.read_text().count("enmei-phase: kernel") == boots
+    # its page cache too: reading the file adds nothing to it (a rebooted guest reads the 4 MiB again)
+    status, body = await http_get(port, "/cgi-bin/state?read=1", 60)
+    read = dict(item.split("=", 1) for item in body.split())
+    assert status == 200 and int(read["bytes"]) == 4 * 2**20 and int(read["cache_grew_kib"]) < 1024, body
     assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\n"
     assert await http_get(port, "/cgi-bin/data?put=after") == (200, "stored\n")
     net_after = await b.net_stats("vm")
@@ -98,6 +103,8 @@ async def test_a_fresh_qemu_runs_the_same_guest_and_is_adopted_after_a_superviso
     assert vmh.verdicts[-1].kind == VerdictKind.PANIC
     await b2.phase_reboot("vm", wait_data=True)
     assert (await http_get(port, "/cgi-bin/data?get"))[1] == "before\nafter\n"
+    status, body = await http_get(port, "/cgi-bin/state?read=1", 60)  # (the check above can tell: cold now)
+    assert status == 200 and int(dict(i.split("=", 1) for i in body.split())["cache_grew_kib"]) >= 3 * 1024, body
 
     await b2.stop("vm", timeout_s=20)
     assert vmh.our_qemus() == []
