@@ -61,6 +61,13 @@ def describe(kind: str, body: Mapping[str, Any]) -> str:
         return f"decide {body.get('action')}{a} ({body.get('rule') or body.get('policy')}): {body.get('reason')}{extra}"
     if kind == "remedy.start":
         return f"remedy {body.get('action')} started ({body.get('remedy_id')})"
+    if kind == "remedy.step":
+        at = f" at {body['t_s']}s" if body.get("t_s") is not None else (
+            f" in {body['took_s']}s" if body.get("took_s") is not None else "")
+        who = body.get("pid") or body.get("serving_pid")
+        pid = f" (pid {who})" if who else ""
+        cause = f": {body['cause']}" if body.get("cause") else ""
+        return f"{body.get('action')} {body.get('step')}{at}{pid}{cause}"
     if kind == "remedy.outcome":
         took = f" in {body['duration_s']}s" if body.get("duration_s") is not None else ""
         return (f"remedy {body.get('action')} {body.get('state')}{took}"

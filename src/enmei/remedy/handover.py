@@ -1,8 +1,8 @@
 """``handover``: update (or restart) a process unit with no refused connection — the new version is started
 beside the old one on the sockets enmei holds, and the old one is stopped only once the new one is ready.
 
-Steps, each journaled as it happens (a ``unit.event`` record ``event = "handover"`` with ``step`` and
-the seconds since the handover began, ``t_s``), and all of them in the outcome's data:
+Steps, each journaled as it happens (a ``remedy.step`` record with the remedy's id, the ``step`` and the
+seconds since the handover began, ``t_s``), and all of them in the outcome's data:
 
 1. ``new_started`` — the new instance runs beside the old one (``enmei.visor.handover.begin``), with the
    same held sockets (``LISTEN_FDS``); both accept from the same queue.
@@ -75,7 +75,8 @@ def wants_handover(unit: UnitControl) -> bool:
 
 
 class _Steps:
-    """The handover's steps: journaled at once (a ``HANDOVER`` unit event), kept for the outcome."""
+    """The handover's steps: journaled at once (a ``remedy.step`` record of the running remedy; a
+    ``HANDOVER`` unit event where the unit has no journal of its own), kept for the outcome."""
 
     def __init__(self, unit: UnitControl, kind: str) -> None:
         self.unit = unit
@@ -86,8 +87,12 @@ class _Steps:
     def __call__(self, step: str, **detail: Any) -> None:
         entry = {"step": step, "t_s": round(self.unit.clock.monotonic() - self.t0, 4), **detail}
         self.done.append(entry)
-        self.unit.backend.emit(UnitEvent(self.unit.name, UnitEventKind.HANDOVER, self.unit.clock.monotonic(),
-                                         {"kind": self.kind, **entry}))
+        record = getattr(self.unit, "journal_step", None)  # the engine's units: a remedy.step record
+        if callable(record):
+            record(step, {"kind": self.kind, **{k: v for k, v in entry.items() if k != "step"}})
+        else:
+            self.unit.backend.emit(UnitEvent(self.unit.name, UnitEventKind.HANDOVER, self.unit.clock.monotonic(),
+                                             {"kind": self.kind, **entry}))
 
     def at(self, step: str) -> float | None:
         return next((float(e["t_s"]) for e in self.done if e["step"] == step), None)
