@@ -304,3 +304,19 @@ def test_a_unit_removed_by_a_reload_releases_its_socket(web: Up) -> None:
 
     assert wait_until(bindable, 30), "enmei still holds the socket of a unit no longer in its config"
     assert web.instances() == []
+
+
+def test_the_updated_command_outlives_enmei_until_the_config_names_another(web: Up) -> None:
+    assert web.update("--version", "2")["ok"]
+    assert web.up is not None
+    web.up.send_signal(signal.SIGTERM)  # a graceful stop of enmei stops the unit too
+    web.up.wait(timeout=60)
+    assert web.instances() == []
+    web.start()  # a fresh start from the config (version 1) runs the updated command
+    assert _version(web.port)[0] == "2"
+    text = web.cfg.read_text().replace('"--version", "1"', '"--version", "5"')
+    web.cfg.write_text(text)
+    answer = web.ctl({"op": "reload"})
+    assert answer["ok"], answer
+    assert wait_until(lambda: _version(web.port)[0] == "5", 60), web.log()  # the config is the truth again
+    assert not (web.state / "handover" / "web.command.json").exists()

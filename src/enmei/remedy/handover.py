@@ -17,8 +17,8 @@ seconds since the handover began, ``t_s``), and all of them in the outcome's dat
 A new version that ends or is not ready in time is stopped and the old one keeps serving: step
 ``rolled_back``, outcome FAILED ("update rolled back: ..."). With ``command`` (a list, or a string split
 like a shell), the new instance runs that command, and after a successful handover the unit's command is
-the new one for every later start — until enmei reads its config again (a reload that changes this unit,
-or a restart of enmei): the config file is the truth, so an update to keep is written there too.
+the new one for every later start, also by a restarted enmei, while the config's command for the unit is
+the one it replaced (``enmei.visor.handover.effective_spec``); a config that names another command wins.
 
 Also the ``restart`` of a running unit with ``restart_mode = "handover"`` (``handover_restart``), and so
 ``rejuvenate``'s: a rejuvenation with no refused connection.

@@ -9,6 +9,8 @@ The steps, each a call the remedy (``enmei.remedy.handover``) makes and journals
    sockets, and recorded. The unit is still the old instance; the new one's end emits no event.
 2. ``commit`` — the new instance becomes the unit's (``STARTED`` is emitted with ``handover: true``, the
    record's phase becomes ``swapped``), the old one is set aside (its end emits no event).
+   A new command is kept for later starts (``<state>/handover/<unit>.command.json``, while the config's
+   command for the unit stays the one it replaced: ``effective_spec``).
 3. ``retire`` — the old one is stopped with the unit's stop signal and timeout (it drains); its cgroup is
    removed. ``abandon`` instead (the new one did not become ready): the new one is stopped, the old
    one's output is captured under the unit's name again, and the old instance stays the unit's.
@@ -41,8 +43,8 @@ from enmei.model import UnitEvent, UnitEventKind
 from enmei.visor.base import PROTOCOLS, Capability, Identity
 from enmei.visor.cgroup import CgroupError
 
-__all__ = ["Beside", "SocketHandover", "abandon", "begin", "commit", "end_now", "record_path", "resolve_on_adopt",
-           "retire", "stop_later"]
+__all__ = ["Beside", "SocketHandover", "abandon", "begin", "command_path", "commit", "effective_spec", "end_now",
+           "record_path", "remember_command", "resolve_on_adopt", "retire", "stop_later"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,45 @@ PROTOCOLS[Capability.HANDOVER] = SocketHandover
 
 def record_path(state_dir: Path, unit: str) -> Path:
     return state_dir / "handover" / f"{unit}.json"
+
+
+def command_path(state_dir: Path, unit: str) -> Path:
+    return state_dir / "handover" / f"{unit}.command.json"
+
+
+def effective_spec(backend: Any, name: str, spec: ProcessUnit) -> ProcessUnit:
+    """``spec`` with the command of the last successful update, if it replaced the command ``spec`` has
+    (the config's: ``<state>/handover/<unit>.command.json``); a config whose command has changed since
+    wins, and the record is dropped."""
+    path = command_path(backend.state_dir, name)
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+        replaced, command = list(body["config_command"]), list(body["command"])
+    except FileNotFoundError:
+        return spec
+    except (OSError, ValueError, KeyError, TypeError):
+        log.warning("unit %s: the update record %s is unreadable: the config's command is used", name, path)
+        return spec
+    if list(spec.command) == command:
+        return spec
+    if list(spec.command) == replaced and command and all(isinstance(a, str) for a in command):
+        return spec.model_copy(update={"command": command})
+    with contextlib.suppress(OSError):
+        path.unlink()  # the config names another command now: it is the truth again
+    return spec
+
+
+def remember_command(backend: Any, name: str, old: ProcessUnit, new: ProcessUnit) -> None:
+    """After a swap to another command: keep it for later starts, also by a later enmei (``effective_spec``)."""
+    if list(old.command) == list(new.command):
+        return
+    path = command_path(backend.state_dir, name)
+    replaced = list(old.command)
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        replaced = list(json.loads(path.read_text(encoding="utf-8"))["config_command"])
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomic(path, json.dumps({"config_command": replaced, "command": list(new.command)}).encode(),
+                 mode=0o600, what="update record")
 
 
 def _write(backend: Any, unit: str, body: dict[str, Any]) -> None:
@@ -140,6 +181,7 @@ def commit(backend: Any, b: Beside) -> None:
         raise StartError(b.unit, "update", "the new instance ended before the swap")
     # Durable first: an enmei killed from here on adopts the new one.
     _write(backend, b.unit, {"phase": "swapped", "old": b.old.identity.to_json(), "new": b.new.identity.to_json()})
+    remember_command(backend, b.unit, b.old.spec, b.new.spec)
     b.old.retired = True
     b.new.retired = False
     if backend._units.get(b.unit) is b.old:

@@ -184,6 +184,7 @@ class ProcessBackend(Backend):
             raise StartError(name, "start", f"not a process unit: {type(spec).__name__}")
         if name in self._units:
             raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
+        spec = handover.effective_spec(self, name, spec)  # the command of the last update, if any
         for addr in spec.listen:
             _check_free(name, addr)
         cwd, env, run_as = await self.prepare(name, spec)
