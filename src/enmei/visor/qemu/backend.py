@@ -188,7 +188,12 @@ class QemuBackend(Backend):
                                                       for p in phases_upto(spec)})
         resumed = False
         with contextlib.suppress(QmpError):
-            if (await machine.qmp().execute("query-status")).get("status") == "paused":
+            status = (await machine.qmp().execute("query-status")).get("status")
+            if status == "postmigrate":
+                # the earlier supervisor died in a VMM rejuvenation after the migration: the new QEMU
+                # (reaped above) never became the unit's; this one resumes, as a failed one would
+                await self.vmm.reset_capabilities(machine)
+            if status in ("paused", "postmigrate"):
                 # Only enmei pauses a unit's guest, and only inside a remedy (a takeover drains the old
                 # guest's I/O before killing it): the earlier supervisor died there. The guest goes back
                 # to where it was before the remedy, so that what called for it can be seen again.

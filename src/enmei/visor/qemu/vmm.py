@@ -32,11 +32,13 @@ How (each step bounded; ``report`` holds the timings):
 Downtime is measured by QEMU's own clocks: ``STOP`` of the old QEMU to ``RESUME`` of the new
 (``downtime_s``); ``qemu_downtime_ms`` is what the old QEMU's ``query-migrate`` reports.
 
-An enmei killed during a rejuvenation: before the switch the old QEMU is the saved identity (adopted; a
-guest paused by enmei is resumed) and the new one a stray in a slot (killed by ``strays.reap``); after
-it, the ``STARTED`` identity names the new one. A kill between ``cont`` and that record leaves the old
-identity, whose QEMU is paused after a completed migration: the adopter resumes it, so a guest may run
-on in the old QEMU from the migration's state — the window is the few milliseconds of the switch.
+An enmei killed during a rejuvenation: before the switch the old QEMU is the saved identity (adopted;
+paused by the migration, ``postmigrate``, it is resumed with the capability off) and the new one a stray
+in a slot (killed by ``strays.reap``); after it, the ``STARTED`` identity names the new one. A kill
+between ``cont`` and the engine saving that identity leaves the old one, whose QEMU is paused after a
+completed migration: the adopter resumes it, so the guest runs on from the migration's device state
+over RAM the new QEMU already ran on for those milliseconds — a known window (not closed: the backend
+cannot wait for the engine's identity record), as wide as the switch's last steps.
 """
 
 from __future__ import annotations
@@ -188,8 +190,7 @@ class VmmRejuvenator:
         await old.discard()
         await asyncio.to_thread(_remove_names, old.paths)
         with contextlib.suppress(QmpError):
-            await new.qmp().execute("migrate-set-capabilities",
-                                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+            await self.reset_capabilities(new)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), {
             "pid": new.pid, "accel": new.accel, "via": "vmm-rejuvenation", "replaced_pid": old.pid,
             "phase_snapshot": new.phase_snapshot, "ram": report["ram"]}))
@@ -202,6 +203,11 @@ class VmmRejuvenator:
                 raise VisorError(name, ACTION, f"QEMU pid {new.pid} runs the guest, but its service did not "
                                                f"answer within {verify_s:.0f} s")
         return report
+
+    async def reset_capabilities(self, machine: Machine) -> None:
+        """``x-ignore-shared`` off (a later phase snapshot must hold the RAM). Raises ``QmpError``."""
+        await machine.qmp().execute("migrate-set-capabilities",
+                                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
 
     # -- steps -------------------------------------------------------------------------------------
 
@@ -288,8 +294,7 @@ class VmmRejuvenator:
             log.error("unit %s: %s: the old QEMU stays paused", name, "; ".join(problems))
             return
         try:
-            await old.qmp().execute("migrate-set-capabilities",
-                                    {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
+            await self.reset_capabilities(old)
             for host_port, guest_port in moved:
                 await self._hostfwd_add(old, host_port, guest_port)
             if running and not (await old.qmp().execute("query-status")).get("running"):
