@@ -320,3 +320,26 @@ def test_the_updated_command_outlives_enmei_until_the_config_names_another(web: 
     assert answer["ok"], answer
     assert wait_until(lambda: _version(web.port)[0] == "5", 60), web.log()  # the config is the truth again
     assert not (web.state / "handover" / "web.command.json").exists()
+
+
+def test_an_operator_stop_during_an_update_leaves_no_instance_behind(web: Up) -> None:
+    answers: list[Any] = []
+    th = threading.Thread(target=lambda: answers.append(web.update("--version", "2", "--ready-delay-s", "60")),
+                          daemon=True)
+    th.start()
+    rec = record_path(web.state, "web")
+
+    def new_recorded() -> bool:
+        with contextlib.suppress(OSError, ValueError):
+            return json.loads(rec.read_text()).get("new") is not None
+        return False
+
+    assert wait_until(new_recorded, 60), web.log()
+    assert len(web.instances()) == 2
+    stop = web.ctl({"op": "stop", "unit": "web"})
+    assert stop["ok"] and stop["preempted"]["action"] == "handover", stop
+    th.join(timeout=130)
+    assert answers and not answers[0]["ok"] and "cancelled" in answers[0]["error"], answers
+    assert wait_until(lambda: web.instances() == [], 60), web.instances()
+    assert not rec.exists()
+    assert "handover rolled_back" in web.log()

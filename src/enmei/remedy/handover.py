@@ -83,13 +83,17 @@ class _Steps:
         self.kind = kind
         self.t0 = unit.clock.monotonic()
         self.done: list[dict[str, Any]] = []
+        # The remedy these steps belong to, as it is now: a step journaled after a pre-emption (the
+        # rollback of a cancelled handover) must not be counted to the operator's command that follows.
+        run = getattr(unit, "remedy", None)
+        self.owner = {"action": run.action, "remedy_id": run.remedy_id} if run is not None else {}
 
     def __call__(self, step: str, **detail: Any) -> None:
         entry = {"step": step, "t_s": round(self.unit.clock.monotonic() - self.t0, 4), **detail}
         self.done.append(entry)
         record = getattr(self.unit, "journal_step", None)  # the engine's units: a remedy.step record
         if callable(record):
-            record(step, {"kind": self.kind, **{k: v for k, v in entry.items() if k != "step"}})
+            record(step, {"kind": self.kind, **{k: v for k, v in entry.items() if k != "step"}, **self.owner})
         else:
             self.unit.backend.emit(UnitEvent(self.unit.name, UnitEventKind.HANDOVER, self.unit.clock.monotonic(),
                                              {"kind": self.kind, **entry}))
@@ -172,7 +176,14 @@ async def run_handover(unit: UnitControl, command: list[str] | None, kind: str) 
         holder["b"] = beside
         steps("new_started", pid=beside.new.identity.pid, command=list(new_spec.command),
               old_pid=beside.old.identity.pid)
-        why = await _ready(unit, spec, beside, notify, readiness)
+        try:
+            why = await _ready(unit, spec, beside, notify, readiness)
+        except asyncio.CancelledError:
+            # Pre-empted (an operator's stop, the deadline): the new instance is not left running beside.
+            steps("rolled_back", cause="cancelled before the swap", new_pid=beside.new.identity.pid,
+                  serving_pid=beside.old.identity.pid)
+            await asyncio.shield(backend.handover_abandon(beside, float(spec.stop_timeout_s)))
+            raise
         if why is None:
             try:
                 backend.handover_commit(beside)
