@@ -167,6 +167,11 @@ class WholeState:
     async def _restore(self, name: str, spec: QemuUnit, kernel: str, initrd: str, accel: str,
                        paths: MachinePaths, state: Path, meta: Mapping[str, Any], *, via: str,
                        clone_of: str | None = None) -> Identity:
+        # The saved RAM goes back into RAM of the kind it came from (a shared RAM file and QEMU's own
+        # memory are differently named RAM blocks in the stream); saves older than ``ram`` are private.
+        saved = meta.get("spec")
+        saved_ram = saved.get("ram") if isinstance(saved, Mapping) else None
+        spec = spec.model_copy(update={"ram": "shared" if saved_ram == "shared" else "private"})
         try:
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)
         except StartError as exc:
