@@ -150,3 +150,31 @@ async def test_a_clone_that_cannot_boot_is_rolled_back_while_the_original_serves
     assert await b.wait_standby("vm", scaled(60)), b.standby("vm")
     stored = (await until_answer(port, "/cgi-bin/data")).split()
     assert [w for w in tr.acked if w not in stored] == []
+
+
+async def test_an_updated_guest_failing_its_verification_is_rolled_back_after_the_swap(
+        vmh: VmHarness, image_v2: ImageInfo) -> None:
+    b = vmh.backend()
+    spec = vmh.spec(phase_standby=True, ready_timeout_s=20.0)
+    port = int(spec.forward[0].split(":")[0])
+    first = await b.start("vm", spec)
+    assert await b.wait_standby("vm", scaled(60))
+    assert await http_get(port, "/cgi-bin/data?put=before") == (200, "stored\n")
+    steps: list[str] = []
+    # the updated guest boots and swaps in, but never answers the verification's path (a 404)
+    with pytest.raises(UpdateFailed) as failed:
+        await b.shadow.update("vm", image=image_v2.directory, clone_timeout_s=scaled(60.0), verify_s=1.0,
+                              verify_path="/no-such-page", on_step=lambda s, facts: steps.append(s))
+    report = failed.value.report
+    assert report["outcome"] == "rolled-back" and steps == ["clone", "boot", "snapshot", "swap", "verify",
+                                                            "rollback"], (steps, report)
+    assert report["steps"]["rollback"]["after"] == "swap" and report["steps"]["rollback"]["pid"]
+    # the pre-update guest runs again: the pre-update boot files, its version, its data
+    ident = b.identity("vm")
+    assert ident is not None and ident.pid not in (first.pid, report["pid"])
+    assert ident.extra["initrd"] == vmh.image.initrd
+    assert (await until_answer(port, "/version")).startswith("enmei-demo 1.0")
+    assert "before" in (await until_answer(port, "/cgi-bin/data")).split()
+    assert read_record(MachinePaths.for_unit(vmh.state_dir, "vm"), spec.image) is None
+    assert await b.wait_standby("vm", scaled(60)), b.standby("vm")
+    assert len(vmh.our_qemus()) == 2
