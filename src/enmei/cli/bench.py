@@ -168,6 +168,16 @@ def vmm(as_json: JsonOpt = False,
 
 
 @app.command()
+def update(as_json: JsonOpt = False,
+           runs: Annotated[int, typer.Option(help="Updates done each way (cold reboot, shadow update)")] = 5) -> None:
+    """Downtime of a guest update (other boot files): cold reboot vs shadow update (QEMU, medians;
+    a prober every 5 ms, a writer on the data disk throughout)."""
+    from enmei.bench import update as bench_update
+
+    emit("enmei bench update", bench_update.run(runs), as_json)
+
+
+@app.command()
 def policy(as_json: JsonOpt = False,
            evaluations: Annotated[int, typer.Option(help="Timed evaluations per stream")] = 20_000) -> None:
     """Evaluations per second of the shipped default policy library, and their p99 latency."""

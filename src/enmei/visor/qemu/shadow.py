@@ -160,7 +160,8 @@ class ShadowUpdater:
         image ``image`` (a name or a directory), where one is not given those of the running guest.
         Returns the
         report: ``outcome`` (``updated``), ``steps`` (step -> facts), ``downtime_s`` (the swap's kill to
-        resume), ``pid``/``replaced_pid``, ``kernel``, ``initrd``, ``previous``.
+        resume), ``swap_mono`` (the swap's start and end on the clock's monotonic time),
+        ``pid``/``replaced_pid``, ``kernel``, ``initrd``, ``previous``.
 
         Raises ``VisorError`` before anything is done (the unit is not running, has no shareable data
         disk or no phase snapshot, a boot file is missing), ``UpdateFailed`` after a rollback (its
@@ -245,7 +246,8 @@ class ShadowUpdater:
         downtime = float(swap.get("kill_s", 0.0)) + float(swap.get("forward_s", 0.0)) + float(swap.get("cont_s", 0.0))
         step("swap", t, pid=new.pid, replaced_pid=primary.pid, downtime_s=round(downtime, 4),
              **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap})
-        report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4)})
+        report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4),
+                       "swap_mono": [t, self.clock.monotonic()]})
         t = self.clock.monotonic()
         problem = await self._verify(new, verify_s, verify_path)
         if problem is not None:
