@@ -253,7 +253,9 @@ class ShadowUpdater:
         if problem is not None:
             step("verify", t, ok=False, why=problem)
             await self._rollback_after_swap(name, new, report, step, problem)
-            raise UpdateFailed(name, f"the updated guest {problem}; rolled back to the pre-update guest", report)
+            then = ("rolled back to the pre-update guest" if report["outcome"] == "rolled-back" else
+                    f"the rollback failed too ({steps['rollback'].get('failed')})")
+            raise UpdateFailed(name, f"the updated guest {problem}; {then}", report)
         step("verify", t, ok=True)
         await asyncio.to_thread(_write_record, new.paths, {
             "base_image": new.spec.image, "kernel": kernel, "initrd": initrd, "image": image,
@@ -433,22 +435,32 @@ class ShadowUpdater:
             tag = phase_tag(_PHASE)
             await back.qmp().run_job("snapshot-load", {"tag": tag, "vmstate": "sys", "devices": ["sys"]},
                                      timeout_s=max(30.0, spec.qmp_timeout_s))
+            # resumed and paused again, as a standby is (a takeover resumes a paused QEMU): warmed meanwhile
+            await back.qmp().execute("cont")
+            if forwards and spec.phase_standby_warm and spec.phase_standby_warm_rounds:
+                await warm(self.host, next(iter(forwards.values())), spec.phase_standby_warm,
+                           spec.phase_standby_warm_rounds)
+            await back.qmp().execute("stop")
             back.note_phase_snapshot(tag, {})
             sb = Standby(name, slot, StandbyState.READY, self.clock.monotonic(), machine=back, paths=back_paths,
                          forwards=forwards)
             self.standbys.standbys[name] = sb
             swap: dict[str, Any] = {}
             again = await self.standbys.take_over(name, new, swap)
-        except (VisorError, OSError) as exc:
-            cause = getattr(exc, "cause", None) or str(exc)
+        except (VisorError, OSError, TimeoutError) as exc:
+            cause = getattr(exc, "cause", None) or str(exc) or type(exc).__name__
             if back is not None and self.machines.get(name) is not back:
                 await back.discard()
             report["outcome"] = "failed"
             step("rollback", t, after="swap", why=why, failed=cause)
             return
+        if again is None:  # it could not take over: the updated guest stays (nothing was done to it)
+            report["outcome"] = "failed"
+            step("rollback", t, after="swap", why=why, failed=str(swap.get("standby_unusable") or swap))
+            return
         report["outcome"] = "rolled-back"
-        step("rollback", t, after="swap", why=why, pid=again.pid if again is not None else None,
-             kill_s=swap.get("kill_s"), cont_s=swap.get("cont_s"))
+        step("rollback", t, after="swap", why=why, pid=again.pid, kill_s=swap.get("kill_s"),
+             cont_s=swap.get("cont_s"))
 
     # -- files and callbacks -------------------------------------------------------------------------
 
