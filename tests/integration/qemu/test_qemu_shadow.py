@@ -178,3 +178,18 @@ async def test_an_updated_guest_failing_its_verification_is_rolled_back_after_th
     assert read_record(MachinePaths.for_unit(vmh.state_dir, "vm"), spec.image) is None
     assert await b.wait_standby("vm", scaled(60)), b.standby("vm")
     assert len(vmh.our_qemus()) == 2
+
+
+@pytest.mark.timeout(900)  # a cold restart and a shadow update under TCG; the bench bounds its waits (× patience)
+def test_update_benchmark_smoke(qemu_image: ImageInfo, image_v2: ImageInfo) -> None:
+    from enmei.bench.update import KEYS, run
+
+    # probes every 50 ms here (the figures' resolution is not what this checks; the bench keeps its 5 ms)
+    result = run(runs=1, accel="tcg", probe_interval_s=0.05, patience=max(2.0, scaled(1.0)))
+    assert set(KEYS) <= set(result) and result["runs"] == 1
+    assert result["writes_acknowledged"] > 0 and result["writes_lost"] == 0
+    # the shadow update's interruption is its swap, far shorter than a cold restart's boot
+    assert 0 < result["shadow_downtime_s"] < result["cold_downtime_s"]
+    assert result["ratio"] == pytest.approx(result["shadow_downtime_s"] / result["cold_downtime_s"], abs=2e-5)
+    assert result["shadow_p99_gap_s"] == result["shadow_downtime_s"]  # one run: its own p99
+    assert list(result["shadow_steps_runs_s"][0]) == ["clone", "boot", "snapshot", "swap", "verify"]
