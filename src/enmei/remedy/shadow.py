@@ -19,8 +19,8 @@ from typing import Any, ClassVar, Protocol, cast
 
 from enmei.errors import VisorError
 from enmei.model import Health
-from enmei.remedy import register
 from enmei.remedy.base import Remedy, Result, UnitControl
+from enmei.remedy.registry import register
 from enmei.visor.base import Capability
 
 __all__ = ["ShadowUpdatable", "ShadowUpdate"]
