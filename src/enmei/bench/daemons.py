@@ -1,6 +1,7 @@
 """``enmei bench daemons``: real nginx, Redis and PostgreSQL under enmei, supervisord and Monit (issue 12).
 
-For each daemon × fault × supervisor, ``repeats`` times, a fresh daemon (``enmei.daemons.prepare``, a
+For each daemon × fault × supervisor, ``repeats`` times (interleaved: each repeat runs every supervisor
+once, in an order turned by one each repeat), a fresh daemon (``enmei.daemons.prepare``, a
 new temp dir and port) is run by a fresh supervisor (``enmei.bench.daemons_peers``); once the supervisor
 holds it up and the client is answered, one fault is made:
 
@@ -144,6 +145,11 @@ class _Rig:
 @contextlib.contextmanager
 def _rig(daemon: str, supervisor: str, parent: Path) -> Iterator[_Rig]:
     d = prepare(daemon, parent)
+    # The kit's PostgreSQL cluster is made with initdb --no-sync: ~40 MB of it would still be dirty in the
+    # page cache, and the crash recovery after a kill fsyncs the whole data dir — 0.3 to 3 s by how much
+    # the kernel happened to write back meanwhile. Written out here, before any supervisor runs, so every
+    # supervisor's daemon recovers from the same state (not timed).
+    os.sync()
     rig: _Rig | None = None
     try:
         wrapper = write_wrapper(d)
@@ -429,17 +435,19 @@ def _run(tmp: Path, repeats: int, ds: Sequence[str], fs: Sequence[str], ss: Sequ
     configs: dict[str, dict[str, str]] = {}
     for daemon in ds:
         for fault in fs:
-            for sup in ss:
-                reps = []
-                for i in range(repeats):
+            reps: dict[str, list[Repeat]] = {sup: [] for sup in ss}
+            # Interleaved, the order turned by one each repeat: a slow spell of the machine falls on every
+            # supervisor alike, not on whichever ran its three repeats then.
+            for i in range(repeats):
+                for sup in [*ss[i % len(ss):], *ss[:i % len(ss)]]:
                     rep = run_cell(daemon, fault, sup, tmp)
-                    reps.append(rep)
+                    reps[sup].append(rep)
                     configs.setdefault(daemon, {}).setdefault(sup, rep.config)
                     if progress is not None:
                         progress(f"{daemon} {fault} {sup} #{i + 1}: back_s={rep.back_s} detect_s={rep.detect_s}"
                                  f" failed={rep.failed_requests} left={rep.leftover_processes}"
                                  + (f" error={rep.error[:200]}" if rep.error else ""))
-                cells.append(cell_summary(daemon, fault, sup, reps))
+            cells.extend(cell_summary(daemon, fault, sup, reps[sup]) for sup in ss)
     out = summarize(cells)
     out.update({"repeats": repeats, "wait_s": WAIT_S, "fix_after_s": FIX_AFTER_S,
                 "request_every_s": REQUEST_EVERY_S, "request_timeout_s": REQUEST_TIMEOUT_S,
