@@ -15,13 +15,12 @@ from enmei.remedy.registry import REMEDIES, register, unregister
 from enmei.remedy.rejuvenate import Rejuvenate
 from enmei.remedy.restart import Escalate, Restart, Start, Stop
 from enmei.remedy.vm import ColdReboot, PhaseReboot
-from enmei.remedy.vmm import RejuvenateVmm, RejuvenateVmmAll
 
 __all__ = ["REMEDIES", "Remedy", "RestartBudget", "Result", "UnitControl", "register", "unregister"]
 
-for _remedy in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot, RejuvenateVmm,
-                RejuvenateVmmAll, Handover):
+for _remedy in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot, ColdReboot, Handover):
     register(_remedy)
 
 # Mechanisms in their own modules register themselves (``enmei.remedy.registry.register``).
 from enmei.remedy import shadow as _shadow  # noqa: E402, F401 - registers shadow_update
+from enmei.remedy import vmm as _vmm  # noqa: E402, F401 - registers rejuvenate_vmm, rejuvenate_vmm_all

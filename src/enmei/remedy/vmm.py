@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 from enmei.errors import VisorError
 from enmei.remedy.base import HostControl, HostRemedy, Remedy, Result, UnitControl
+from enmei.remedy.registry import register
 from enmei.visor.base import Capability, need
 
 __all__ = ["RejuvenateVmm", "RejuvenateVmmAll"]
@@ -50,6 +51,7 @@ async def _rejuvenate(unit: UnitControl) -> Result:
                      f"({report.get('ram')} RAM{how})", **report)
 
 
+@register
 class RejuvenateVmm(Remedy):
     name: ClassVar[str] = "rejuvenate_vmm"
     description: ClassVar[str] = "replace the QEMU process under the live guest (no reboot)"
@@ -63,6 +65,7 @@ class RejuvenateVmm(Remedy):
         return await _rejuvenate(unit)
 
 
+@register
 class RejuvenateVmmAll(HostRemedy):
     name: ClassVar[str] = "rejuvenate_vmm_all"
     description: ClassVar[str] = "replace every VM unit's QEMU process, one after another, within a budget"
