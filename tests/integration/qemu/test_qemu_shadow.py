@@ -115,6 +115,7 @@ async def test_a_shadow_update_swaps_in_the_new_guest_and_keeps_every_acknowledg
     paths_dir = Path(str(ident.extra["dir"]))
     rec = json.loads((paths_dir / "update.json").read_text())
     assert rec["format"] == 1 and rec["initrd"] == image_v2.initrd and rec["base_image"] == spec.image
+    assert rec["verified"] is True
     assert len(vmh.our_qemus()) <= 2
     await b.stop("vm", timeout_s=5.0)
     again = await b.start("vm", spec)
@@ -156,7 +157,8 @@ async def test_a_clone_that_cannot_boot_is_rolled_back_while_the_original_serves
 async def test_an_updated_guest_failing_its_verification_is_rolled_back_after_the_swap(
         vmh: VmHarness, image_v2: ImageInfo) -> None:
     b = vmh.backend()
-    spec = vmh.spec(phase_standby=True, ready_timeout_s=20.0)
+    # (a short ready_timeout_s bounds how long the verification waits for an answer: half of it)
+    spec = vmh.spec(phase_standby=True, ready_timeout_s=scaled(40.0))
     port = int(spec.forward[0].split(":")[0])
     first = await b.start("vm", spec)
     assert await b.wait_standby("vm", scaled(60))
@@ -244,6 +246,9 @@ async def test_a_supervisor_dying_in_a_shadow_update_leaves_one_guest_serving_fo
     assert await b.adopt("vm", spec, identity)
     await vmh.wait_for("only the adopted guest (and its new standby)", lambda: identity.pid in
                        [p.pid for p in vmh.our_qemus()] and len(vmh.our_qemus()) <= 2, 30)
+    # the boot files a later cold start uses are those of the guest that runs
+    rec = read_record(MachinePaths.for_unit(vmh.state_dir, "vm"), spec.image)
+    assert (rec is None) if die_at == "boot" else (rec is not None and rec["initrd"] == image_v2.initrd)
     want = "enmei-demo 1.0" if die_at == "boot" else "enmei-demo 2.0"
     assert (await until_answer(port, "/version")).startswith(want)
     # (dead right after the swap: the gate may not have reached the guest; the successor opens it)

@@ -26,8 +26,9 @@ reported to ``on_step`` (the remedy journals each as it happens):
 5. ``verify``: for ``verify_s`` the updated guest must stay up, not panic, mount its data disk and
    answer ``verify_path`` on the unit's first forward.
 
-Then the update is recorded in ``<state>/qemu/<unit>/update.json`` (format 1: the new kernel and
-initramfs, the image path, the config's ``image`` it was made over, the previous boot files): a later
+At the swap the update is recorded in ``<state>/qemu/<unit>/update.json`` (format 1: the new kernel and
+initramfs, the image path, the config's ``image`` it was made over, the previous boot files, ``verified``
+false until the verification passed; a rollback puts back the record that was there before): a later
 cold start of the unit boots the recorded files as long as the unit's configured ``image`` is the one
 the update was made over (an operator who changes ``image`` in the config gets the config's). The
 user's config file is not rewritten. The running QEMU's identity names its kernel too, so an adopting
@@ -40,9 +41,9 @@ Rollback, journaled as a ``rollback`` step, and the update then raises ``UpdateF
   the original prepared again. The original served throughout;
 * after the swap (the updated guest fails ``verify``): a QEMU is started from the pre-update phase
   image and the pre-update boot files, and takes over from the updated one the same way (a second
-  short gap); the update record is not written;
-* if the updated QEMU is gone (it crashed) the pre-update phase image is put back and nothing is
-  recorded: the unit's next start (the engine's restart) boots the pre-update files.
+  short gap); the update record is put back as it was;
+* if the updated QEMU is gone (it crashed) the pre-update phase image and update record are put back:
+  the unit's next start (the engine's restart) boots the pre-update files.
 
 While the clone boots the unit has no warm standby: a phase reboot then loads the snapshot in place.
 A supervisor killed during an update leaves at most the original (adopted) and the clone (a stray in a
@@ -125,6 +126,23 @@ def _write_record(paths: MachinePaths, data: Mapping[str, Any]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps({"format": RECORD_FORMAT, **data}, indent=2) + "\n")
     os.replace(tmp, target)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _put_back(path: Path, data: bytes | None) -> None:
+    """``path`` as it was (``data``; None: there was no such file)."""
+    if data is None:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _backup_paths(paths: MachinePaths) -> tuple[Path, Path]:
@@ -226,6 +244,7 @@ class ShadowUpdater:
                 await self._rollback_before_swap(name, clone, old_image_id, report, step, "cancelled")
             raise
         # the swap: the clone is a ready standby now
+        before = await asyncio.to_thread(_read_bytes, record_path(primary.paths))
         t = self.clock.monotonic()
         swap: dict[str, Any] = {}
         sb = Standby(name, clone.paths.slot, StandbyState.READY, t, machine=clone.machine, paths=clone.paths,
@@ -244,6 +263,12 @@ class ShadowUpdater:
             await self._rollback_before_swap(name, None, old_image_id, report, step, why)
             raise UpdateFailed(name, f"{why}; rolled back, the original kept serving", report)
         downtime = float(swap.get("kill_s", 0.0)) + float(swap.get("forward_s", 0.0)) + float(swap.get("cont_s", 0.0))
+        # Recorded at once (before anything else can happen to this supervisor): from the swap on, the
+        # boot files a later cold start uses are those of the guest that runs; a rollback puts the
+        # record that was there before back.
+        record = {"base_image": new.spec.image, "kernel": kernel, "initrd": initrd, "image": image,
+                  "updated_wall": self.clock.wall(), "previous": report["previous"]}
+        await asyncio.to_thread(_write_record, new.paths, {**record, "verified": False})
         step("swap", t, pid=new.pid, replaced_pid=primary.pid, downtime_s=round(downtime, 4),
              **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap})
         report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4),
@@ -253,13 +278,13 @@ class ShadowUpdater:
         if problem is not None:
             step("verify", t, ok=False, why=problem)
             await self._rollback_after_swap(name, new, report, step, problem)
+            if report["outcome"] == "rolled-back":
+                await asyncio.to_thread(_put_back, record_path(new.paths), before)
             then = ("rolled back to the pre-update guest" if report["outcome"] == "rolled-back" else
                     f"the rollback failed too ({steps['rollback'].get('failed')})")
             raise UpdateFailed(name, f"the updated guest {problem}; {then}", report)
         step("verify", t, ok=True)
-        await asyncio.to_thread(_write_record, new.paths, {
-            "base_image": new.spec.image, "kernel": kernel, "initrd": initrd, "image": image,
-            "updated_wall": self.clock.wall(), "previous": report["previous"]})
+        await asyncio.to_thread(_write_record, new.paths, {**record, "verified": True})
         await asyncio.to_thread(self._drop_backup, new.paths)
         report["outcome"] = "updated"
         report["record"] = str(record_path(new.paths))
