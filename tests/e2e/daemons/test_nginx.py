@@ -76,7 +76,8 @@ def test_a_broken_config_is_a_config_error_not_a_crash_loop_and_starts_once_fixe
         assert failed[0]["cause"].endswith("test failed"), failed[0]  # nginx -t's last stderr line
         rig.until(lambda: rig.state() == "escalated", 30, "the unit escalated (config error)")
         assert [b["rule"] for _, _, b in rig.records("decision")][-1] == "config-error"
-        assert rig.records("alert")
+        # the alert is journaled just after the state change the API showed: waited for, not raced
+        rig.until(lambda: rig.records("alert"), 30, "the escalation's alert in the journal")
         # Not retried in a loop: one failed start, the next try escalate.retry_every_s (600 s here) away.
         assert len(rig.events("start_failed")) == 1 and not rig.answers()
         # The operator fixes the file and starts the unit from the API: the escalation is cancelled for

@@ -64,7 +64,8 @@ def test_a_broken_config_backs_off_escalates_and_starts_once_fixed(tmp_path: Pat
         assert delays[0] < 0.2 and len(delays) >= 3, delays
         assert all(0.1 < d <= 2.0 for d in delays[1:]), delays
         assert delays[2:] == sorted(delays[2:]), delays
-        assert rig.records("alert")
+        # the alert is journaled just after the state change the API showed: waited for, not raced
+        rig.until(lambda: rig.records("alert"), 30, "the escalation's alert in the journal")
         assert "no-such-directive-enmei" in rig.unit_log("stdout") + rig.unit_log("stderr")
         assert not rig.answers()
         rig.daemon.fix_config()
