@@ -419,7 +419,11 @@ def test_busy_units_cannot_push_a_helper_below_its_weight(request: pytest.Fixtur
     the same CPU. Unpinned on a host with more CPUs than its CPU quota (a container limited by
     ``cpu.cfs_quota_us`` above enmei's cgroup), every process gets a CPU of its own and the quota
     throttles them all alike: weights do not matter there, for the cage or for anything else (CI, with
-    the processes unpinned, measured 0.23 in the cage and 0.24 outside)."""
+    the processes unpinned, measured 0.23 in the cage and 0.24 outside). Each is a session of its own, as
+    enmei starts units: where the kernel groups a session's tasks (``sched_autogroup``) that is how units
+    compete, and where it does not (CI) every task weighs the same anyway; pinned but in one session,
+    the seven shared one autogroup here and hid that the cage weighed as much as one task (CI: 0.12 in
+    the cage, 0.13 outside)."""
     spin = [PY, "-c", "import time\nt = time.monotonic()\nwhile time.monotonic() - t < 8: pass"]
     instance = hashlib.sha256(f"{request.node.nodeid}{os.getpid()}".encode()).hexdigest()[:16]
     cage = ResourceCage(instance, None)
@@ -430,8 +434,9 @@ def test_busy_units_cannot_push_a_helper_below_its_weight(request: pytest.Fixtur
         helpers = cage.helpers
         where = f"cage support {cage.support()}, helper cage notices {helpers.notices}"
         assert helpers.cpu_v1 is not None or (helpers.has_v2 and "cpu" in cage.v2), where
-        started += [subprocess.Popen(spin) for _ in range(6)]  # the unit's busy processes
-        caged, free = subprocess.Popen(caged_argv(spin)), subprocess.Popen(spin)
+        started += [subprocess.Popen(spin, start_new_session=True) for _ in range(6)]  # the unit's processes
+        caged = subprocess.Popen(caged_argv(spin), start_new_session=True)
+        free = subprocess.Popen(spin, start_new_session=True)
         started += [caged, free]
         for p in started:
             os.sched_setaffinity(p.pid, {cpu})

@@ -11,7 +11,15 @@ import pytest
 
 from enmei.config.load import load_text
 from enmei.errors import ConfigError
-from enmei.visor.cage import Limits, ResourceCage, host_support, limit_notices, parse_v1_mounts, parse_v1_own
+from enmei.visor.cage import (
+    Limits,
+    ResourceCage,
+    balance_v1_cpu,
+    host_support,
+    limit_notices,
+    parse_v1_mounts,
+    parse_v1_own,
+)
 from enmei.visor.cgroup import CgroupTree, tree_base
 
 
@@ -96,3 +104,19 @@ def test_check_reads_what_the_host_offers_without_creating_anything(tmp_path: Pa
                      tmp_path / "enmei.toml").config.units["a"]
     found = limit_notices({"a": spec}, tmp_path / "proc")
     assert [(u, k) for u, k, _ in found] == [("a", "cpu_max")]
+
+
+def test_the_v1_instance_group_weighs_what_its_children_weigh(tmp_path: Path) -> None:
+    """enmei-<instance> in the v1 cpu hierarchy competes with the tasks beside it: its weight is the sum
+    of the helper cage's 2048 and 1024 per unit group, and 1024 again once it is empty."""
+    base = tmp_path / "enmei-x"
+    for name, shares in (("cage", "2048"), ("unit-a", "1024"), ("unit-b", "1024")):
+        (base / name).mkdir(parents=True)
+        (base / name / "cpu.shares").write_text(shares)
+    balance_v1_cpu(base)
+    assert (base / "cpu.shares").read_text() == "4096"
+    for name in ("cage", "unit-a", "unit-b"):
+        (base / name / "cpu.shares").unlink()
+        (base / name).rmdir()
+    balance_v1_cpu(base)
+    assert (base / "cpu.shares").read_text() == "1024"

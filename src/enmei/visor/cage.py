@@ -63,9 +63,9 @@ from enmei.visor.cgroup import (
     parse_own_cgroup,
 )
 
-__all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "caged_argv",
-           "current_cage", "current_cage_owner", "enter_cage", "host_support", "install_cage", "join_thread",
-           "limit_notices", "parse_v1_mounts", "parse_v1_own", "standalone_cage"]
+__all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "balance_v1_cpu",
+           "caged_argv", "current_cage", "current_cage_owner", "enter_cage", "host_support", "install_cage",
+           "join_thread", "limit_notices", "parse_v1_mounts", "parse_v1_own", "standalone_cage"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,27 @@ _HELPER_SHARES_V1 = 2048
 _HELPER_WEIGHT_V2 = 200
 _RESOURCES = {"cpu_max": ("cpu", "cpu"), "memory_max": ("memory", "memory"), "pids_max": ("pids", "pids")}
 _RELEASE_WAIT_S = 3.0  # a group whose processes just died may refuse rmdir for a moment
+
+
+def balance_v1_cpu(base: Path) -> None:
+    """Give ``enmei-<instance>`` in the v1 cpu hierarchy the sum of its children's ``cpu.shares``.
+
+    A v1 group competes with its siblings — here the tasks of units without cpu_max, which stay in enmei's
+    own cgroup at 1024 each — with its own weight, and its children only split that. Left at the default
+    1024, the helper cage inside it weighed as much as one task of a unit, not two (CI measured 0.12 CPU in
+    the cage beside 0.13 outside it, seven busy processes on one CPU). The sum keeps each child's weight as
+    if it stood beside those tasks: the cage's 2048, each unit group's 1024. A failure leaves the old value
+    (the helpers lose their floor, nothing else changes) and is logged."""
+    total = 0
+    with contextlib.suppress(OSError):
+        for child in base.iterdir():
+            if child.is_dir():
+                with contextlib.suppress(OSError, ValueError):
+                    total += int((child / "cpu.shares").read_text())
+    try:
+        _write(base / "cpu.shares", str(max(total, 2) if total else 1024))
+    except CgroupError as exc:
+        log.warning("resource cage: cannot weigh %s: %s", base, exc)
 
 
 def parse_v1_own(text: str) -> dict[str, str]:
@@ -471,6 +492,8 @@ class ResourceCage:
                     _mkdir(group)
                     _write_all(group, _v1_values(key, value))
                     cage.v1[ctrl] = group
+                    if ctrl == "cpu":
+                        balance_v1_cpu(self.v1[ctrl])
                 else:
                     why = self.missing.get(ctrl, f"no {ctrl} controller")
                     if ctrl in self.v2:
@@ -504,15 +527,19 @@ class ResourceCage:
                 _rmdir(path, wait_s)
             except CgroupError as exc:
                 failed = exc
+        if "cpu" in cage.v1:
+            balance_v1_cpu(cage.v1["cpu"].parent)
         if failed is not None:
             raise failed
 
     def release_name(self, unit: str, *, wait_s: float = _RELEASE_WAIT_S) -> None:
         """Remove ``unit``'s v1 groups if they exist and are empty (a unit adopted, or left by a crash)."""
         self.discover()
-        for base in self.v1.values():
+        for ctrl, base in self.v1.items():
             with contextlib.suppress(CgroupError):
                 _rmdir(base / f"unit-{unit}", wait_s)
+            if ctrl == "cpu" and base.is_dir():
+                balance_v1_cpu(base)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -581,6 +608,7 @@ class HelperCage:
                     _write(path / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                     _write(path / "cpu.cfs_quota_us", str(round(quota * CPU_PERIOD_US)))
                     out.cpu_v1 = path
+                    balance_v1_cpu(base)
                 else:
                     _write(path / "pids.max", str(HELPER_PIDS_MAX))
                 out.groups.append(path)
