@@ -145,11 +145,12 @@
     var status = document.getElementById("live-status");
     if (!window.EventSource || !status) return;
     var es = new EventSource("/api/events");
-    var opened = false;
     es.addEventListener("open", function () {
       status.textContent = "live"; status.className = "live on";
-      if (opened) regions.forEach(function (r) { refresh(r); });  // a reconnect may have missed records
-      opened = true;
+      // Records between the server's rendering of this page and the stream's start are in neither (a unit
+      // restarted in that moment stayed "restarting" on the overview until its next record); a reconnect
+      // may have missed records too. Once subscribed, one refresh shows the state from then on.
+      regions.forEach(function (r) { refresh(r); });
     });
     es.addEventListener("error", function () { status.textContent = "reconnecting…"; status.className = "live off"; });
     es.addEventListener("record", function (e) { onRecord(JSON.parse(e.data)); });
