@@ -66,6 +66,7 @@ from enmei.visor.base import EmitFn
 from enmei.visor.qemu import disks, phase_image, strays
 from enmei.visor.qemu.cmdline import NET_DEV, MachinePaths
 from enmei.visor.qemu.errors import QmpError
+from enmei.visor.qemu.forwards import hmp, hostfwd_add
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine
 
@@ -142,10 +143,6 @@ async def warm(host: QemuHost, port: int, paths: list[str], rounds: int, *,
             if data.startswith(b"HTTP/"):
                 took.append(loop.time() - t)
     return took
-
-
-async def _hmp(machine: Machine, command: str) -> str:
-    return str(await machine.qmp().execute("human-monitor-command", {"command-line": command}))
 
 
 class StandbyManager:
@@ -456,15 +453,7 @@ class StandbyManager:
     async def _drop_forwards(self, machine: Machine, ports: list[int]) -> None:
         for port in ports:
             with contextlib.suppress(QmpError):
-                await _hmp(machine, f"hostfwd_remove {NET_DEV} tcp:127.0.0.1:{port}")
+                await hmp(machine, f"hostfwd_remove {NET_DEV} tcp:127.0.0.1:{port}")
 
     async def _hostfwd_add(self, machine: Machine, host: int, guest: int) -> None:
-        rule = f"tcp:127.0.0.1:{host}-:{guest}"
-        deadline = self.clock.monotonic() + _FORWARD_WAIT_S
-        while True:
-            answer = (await _hmp(machine, f"hostfwd_add {NET_DEV} {rule}")).strip()
-            if not answer:
-                return
-            if self.clock.monotonic() > deadline:
-                raise VisorError(machine.name, "phase reboot", f"hostfwd_add {rule}: {answer}")
-            await self.clock.sleep(0.005)
+        await hostfwd_add(machine, host, guest, clock=self.clock, action="phase reboot", wait_s=_FORWARD_WAIT_S)

@@ -58,6 +58,7 @@ from enmei.visor.base import EmitFn
 from enmei.visor.qemu import ram, strays
 from enmei.visor.qemu.cmdline import NET_DEV, MachinePaths
 from enmei.visor.qemu.errors import QmpError
+from enmei.visor.qemu.forwards import hmp, hostfwd_add
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import Machine, launch
 from enmei.visor.qemu.standby import StandbyManager
@@ -165,7 +166,7 @@ class VmmRejuvenator:
             # 4. the switch
             for item in spec.forward:
                 host_port, _, guest_port = item.partition(":")
-                await _hmp(old, f"hostfwd_remove {NET_DEV} tcp:127.0.0.1:{int(host_port)}")
+                await hmp(old, f"hostfwd_remove {NET_DEV} tcp:127.0.0.1:{int(host_port)}")
                 moved.append((int(host_port), int(guest_port)))
                 await self._hostfwd_add(new, int(host_port), int(guest_port))
             if running:
@@ -265,15 +266,7 @@ class VmmRejuvenator:
             await self.clock.sleep(_POLL_S)
 
     async def _hostfwd_add(self, machine: Machine, host: int, guest: int) -> None:
-        rule = f"tcp:127.0.0.1:{host}-:{guest}"
-        deadline = self.clock.monotonic() + _FORWARD_WAIT_S
-        while True:
-            answer = (await _hmp(machine, f"hostfwd_add {NET_DEV} {rule}")).strip()
-            if not answer:
-                return
-            if self.clock.monotonic() > deadline:
-                raise VisorError(machine.name, ACTION, f"hostfwd_add {rule}: {answer}")
-            await self.clock.sleep(0.005)
+        await hostfwd_add(machine, host, guest, clock=self.clock, action=ACTION, wait_s=_FORWARD_WAIT_S)
 
     async def _fall_back(self, name: str, old: Machine, new: Machine | None, paths: MachinePaths,
                          moved: list[tuple[int, int]], running: bool, report: dict[str, Any]) -> None:
@@ -366,6 +359,3 @@ def _no_fact(machine: Machine, event: str, data: Mapping[str, Any], wall: float)
 def _no_exit(machine: Machine) -> None:
     """Before the switch the new QEMU's exit is noticed by the rejuvenation itself."""
 
-
-async def _hmp(machine: Machine, command: str) -> str:
-    return str(await machine.qmp().execute("human-monitor-command", {"command-line": command}))
