@@ -72,6 +72,27 @@ class Up:
     def update(self, *args: str) -> dict[str, Any]:
         return self.ctl({"op": "update", "unit": "web", "command": [*SERVICE, *args]})
 
+    def update_in_background(self, *args: str) -> tuple[threading.Thread, list[Any]]:
+        """``update(*args)`` in a thread; its answer, or the exception of an enmei killed meanwhile, lands
+        in the list."""
+        answers: list[Any] = []
+
+        def run() -> None:
+            try:
+                answers.append(self.update(*args))
+            except Exception as exc:
+                answers.append(exc)
+
+        th = threading.Thread(target=run, daemon=True)
+        th.start()
+        return th, answers
+
+    def handover(self) -> dict[str, Any]:
+        """The unit's handover record as enmei last wrote it ({} while there is none or it is half written)."""
+        with contextlib.suppress(OSError, ValueError):
+            return dict(json.loads(record_path(self.state, "web").read_text()))
+        return {}
+
     @property
     def instance(self) -> str:
         return hashlib.sha256(str(self.state.resolve()).encode()).hexdigest()[:16]
@@ -202,25 +223,9 @@ def test_held_socket_survives_a_crash_of_the_unit(web: Up) -> None:
 
 def test_kill9_of_enmei_before_the_swap_keeps_the_old_instance(web: Up) -> None:
     (old,) = web.instances()
-    answers: list[Any] = []
-
-    def update() -> None:
-        try:
-            answers.append(web.update("--version", "2", "--ready-delay-s", "60"))
-        except Exception as exc:  # the enmei answering it is killed
-            answers.append(exc)
-
-    th = threading.Thread(target=update, daemon=True)
-    th.start()
-    rec = record_path(web.state, "web")
-
-    def new_recorded() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(rec.read_text()).get("new") is not None
-        return False
-
-    assert wait_until(new_recorded, 60), web.log()
-    new = json.loads(rec.read_text())["new"]["pid"]
+    th, _ = web.update_in_background("--version", "2", "--ready-delay-s", "60")
+    assert wait_until(lambda: web.handover().get("new") is not None, 60), web.log()
+    new = web.handover()["new"]["pid"]
     web.instances()
     web.kill9()
     th.join(timeout=130)
@@ -229,7 +234,7 @@ def test_kill9_of_enmei_before_the_swap_keeps_the_old_instance(web: Up) -> None:
     assert wait_until(lambda: web.instances() == [old], 60), (web.instances(), web.log())
     assert not psutil.pid_exists(new) or psutil.Process(new).status() == psutil.STATUS_ZOMBIE
     assert _version(web.port) == ("1", old)
-    assert not rec.exists()
+    assert not record_path(web.state, "web").exists()
     # Its socket was taken back from the adopted instance: a handover works again.
     answer = web.update("--version", "3")
     assert answer["ok"], answer
@@ -243,25 +248,9 @@ def test_kill9_of_enmei_after_the_swap_keeps_the_new_instance(web: Up) -> None:
     th.start()  # a request in flight on the old instance: it drains it after the swap
     assert wait_until(lambda: any(c.status == psutil.CONN_ESTABLISHED
                                   for c in psutil.Process(old).net_connections()), 30)
-    answers: list[Any] = []
-
-    def update() -> None:
-        try:
-            answers.append(web.update("--version", "2"))
-        except Exception as exc:
-            answers.append(exc)
-
-    up = threading.Thread(target=update, daemon=True)
-    up.start()
-    rec = record_path(web.state, "web")
-
-    def swapped() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(rec.read_text()).get("phase") == "swapped"
-        return False
-
-    assert wait_until(swapped, 60), web.log()
-    new = json.loads(rec.read_text())["new"]["pid"]
+    up, _ = web.update_in_background("--version", "2")
+    assert wait_until(lambda: web.handover().get("phase") == "swapped", 60), web.log()
+    new = web.handover()["new"]["pid"]
     web.instances()
     web.kill9()
     up.join(timeout=130)
@@ -323,18 +312,9 @@ def test_the_updated_command_outlives_enmei_until_the_config_names_another(web: 
 
 
 def test_an_operator_stop_during_an_update_leaves_no_instance_behind(web: Up) -> None:
-    answers: list[Any] = []
-    th = threading.Thread(target=lambda: answers.append(web.update("--version", "2", "--ready-delay-s", "60")),
-                          daemon=True)
-    th.start()
+    th, answers = web.update_in_background("--version", "2", "--ready-delay-s", "60")
     rec = record_path(web.state, "web")
-
-    def new_recorded() -> bool:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads(rec.read_text()).get("new") is not None
-        return False
-
-    assert wait_until(new_recorded, 60), web.log()
+    assert wait_until(lambda: web.handover().get("new") is not None, 60), web.log()
     assert len(web.instances()) == 2
     stop = web.ctl({"op": "stop", "unit": "web"})
     assert stop["ok"] and stop["preempted"]["action"] == "handover", stop
