@@ -13,8 +13,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from enmei.config.qemu import QemuUnit
 from enmei.errors import VisorError
 from enmei.model import UnitEventKind, VerdictKind
+from enmei.visor.base import Identity
+from enmei.visor.qemu.backend import QemuBackend
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.machine import Machine
 
@@ -34,6 +37,18 @@ async def _state(port: int) -> dict[str, str]:
     status, body = await http_get(port, "/cgi-bin/state")
     assert status == 200, body
     return dict(item.split("=", 1) for item in body.split())
+
+
+async def _noted_guest(vmh: VmHarness) -> tuple[QemuBackend, QemuUnit, int, Identity, str]:
+    """A started guest that answers, with ``note=old`` written into its RAM: (backend, spec, forwarded
+    port, identity of its QEMU, its boot id)."""
+    b = vmh.backend()
+    spec = vmh.spec()
+    port = int(spec.forward[0].split(":")[0])
+    first = await b.start("vm", spec)
+    await until_answer(port, "/cgi-bin/state")
+    assert await http_get(port, "/cgi-bin/state?note=old") == (200, "ok note\n")
+    return b, spec, port, first, (await _state(port))["boot_id"]
 
 
 async def test_a_fresh_qemu_runs_the_same_guest_and_is_adopted_after_a_supervisor_restart(vmh: VmHarness) -> None:
@@ -112,13 +127,7 @@ async def test_a_fresh_qemu_runs_the_same_guest_and_is_adopted_after_a_superviso
 
 
 async def test_a_failed_rejuvenation_leaves_the_old_qemu_running(vmh: VmHarness, tmp_path: Path) -> None:
-    b = vmh.backend()
-    spec = vmh.spec()
-    port = int(spec.forward[0].split(":")[0])
-    first = await b.start("vm", spec)
-    await until_answer(port, "/cgi-bin/state")
-    assert await http_get(port, "/cgi-bin/state?note=old") == (200, "ok note\n")
-    boot = (await _state(port))["boot_id"]
+    b, _spec, port, first, boot = await _noted_guest(vmh)
     killed: list[int] = []
     at: list[str] = []
 
@@ -198,13 +207,7 @@ class _SupervisorDied(BaseException):
 
 
 async def test_a_supervisor_dead_after_the_migration_leaves_a_guest_its_successor_resumes(vmh: VmHarness) -> None:
-    b = vmh.backend()
-    spec = vmh.spec()
-    port = int(spec.forward[0].split(":")[0])
-    first = await b.start("vm", spec)
-    await until_answer(port, "/cgi-bin/state")
-    assert await http_get(port, "/cgi-bin/state?note=old") == (200, "ok note\n")
-    boot = (await _state(port))["boot_id"]
+    b, spec, port, first, boot = await _noted_guest(vmh)
     new_pids: list[int] = []
 
     async def die(step: str, new: Machine) -> None:
