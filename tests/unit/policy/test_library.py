@@ -218,3 +218,64 @@ def test_never_less_than_the_builtin_policy(manager: Make, event: Event, state: 
 
 def m_errors(decisions: list[Decision]) -> list[Decision]:
     return [d for d in decisions if d.policy == "builtin-1"]  # a fallback would mean the library failed
+
+
+SHADOW_VM = unit(backend="qemu", capabilities=frozenset({"stats", "phase_reboot", "reboot", "shadow_update"}))
+
+
+def test_an_update_that_left_the_unit_down_restarts_it_and_one_rolled_back_needs_nothing(manager: Make) -> None:
+    m = manager()
+    o = Outcome("vm-1", "api", "shadow_update", RemedyState.FAILED, 1000.0, 1030.0,
+                "the original QEMU exited during the clone's boot; rolled back, the original kept serving", {})
+    down = unit(backend="qemu", state=UnitState.EXITED, alive=False)
+    d = m.decide(o, view(1030.0, down))
+    assert [(x.action, x.rule) for x in d] == [("restart", "update-failed-down")]
+    assert "the original QEMU exited" in d[0].reason
+    assert m.decide(o, view(1030.0, unit(backend="qemu"))) == []  # rolled back, still serving
+
+
+_UPDATE_POLICY = '''
+load("@enmei/default", "on_exit", "on_outcome", "on_tick", default_on_verdict = "on_verdict")
+load("@enmei/update", "update_on_signal")
+
+def on_verdict(v, ctx):
+    d = update_on_signal(v, ctx, detector = "reboot-needed", image = "v2")
+    return default_on_verdict(v, ctx) if d == None else d
+'''
+
+
+def _reboot_needed(t: float, detector: str = "log:reboot-needed") -> Verdict:
+    return Verdict("api", detector, VerdictKind.LOG_ANOMALY, Severity.WARNING, t,
+                   "1 log line(s) matching 'reboot-required' within 60s (probe console)",
+                   {"pattern": "reboot-required", "lines": ["*** System restart required ***"]})
+
+
+def test_a_guest_saying_it_needs_a_reboot_is_shadow_updated_to_the_policys_image_once(manager: Make) -> None:
+    m = manager(_UPDATE_POLICY)
+    d = m.decide(_reboot_needed(1000.0), view(1000.0, SHADOW_VM))
+    assert _brief(d) == [("shadow_update", "update-on-signal", {
+        "image": "v2", "why": "the guest needs a reboot: " + _reboot_needed(0).summary})]
+    # the same signal again within the hour: no second update (it is running or done)
+    assert m.decide(_reboot_needed(1100.0), view(1100.0, SHADOW_VM)) == []
+    # it failed (rolled back): one alert, not a loop of updates
+    failed = Outcome("api-9", "api", "shadow_update", RemedyState.FAILED, 1100.0, 1200.0, "clone panicked", {})
+    assert m.decide(failed, view(1200.0, SHADOW_VM)) == []  # the unit still serves
+    d = m.decide(_reboot_needed(1300.0), view(1300.0, SHADOW_VM))
+    assert [(x.action, x.rule) for x in d] == [("alert", "update-on-signal/failed")]
+    assert m.decide(_reboot_needed(1400.0), view(1400.0, SHADOW_VM)) == []
+    # an hour later it is tried again
+    assert [x.action for x in m.decide(_reboot_needed(5000.0), view(5000.0, SHADOW_VM))] == ["shadow_update"]
+
+
+def test_the_update_signal_is_ignored_where_it_cannot_apply(manager: Make) -> None:
+    m = manager(_UPDATE_POLICY)
+    # another detector's log verdict goes to the default policy (an alert)
+    d = m.decide(_reboot_needed(1000.0, "log:errors"), view(1000.0, SHADOW_VM))
+    assert [(x.action, x.rule) for x in d] == [("alert", "log-alert")]
+    # a unit that cannot be shadow-updated (a process): the default's alert; one that is down, one being
+    # repaired: not now
+    d = m.decide(_reboot_needed(2000.0), view(2000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("alert", "log-alert")]
+    for u in (unit(backend="qemu", capabilities=SHADOW_VM.capabilities, alive=False, state=UnitState.EXITED),
+              unit(backend="qemu", capabilities=SHADOW_VM.capabilities, remedy="phase_reboot")):
+        assert m.decide(_reboot_needed(2000.0), view(2000.0, u)) == []
