@@ -5,6 +5,8 @@ The engine links its records by sequence number::
     verdict | unit.event (exited)          the cause (observed and judged)
       decision       body.cause_seq  ->    the cause's seq (None: an operator, autostart, a timer)
         remedy.start    body.decision_seq -> the decision
+        remedy.step     body.remedy_id    -> the remedy's start: one phase of it (a shadow update's
+                                             clone, boot, snapshot, swap, verify, rollback), with timings
         remedy.outcome  body.decision_seq -> the decision
           decision (a retry)  body.cause_seq -> the outcome's seq: the same incident goes on
 
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 #: The journal record kinds an incident is made of (ask the reader for these).
-CHAIN_KINDS = ("verdict", "decision", "remedy.start", "remedy.outcome", "unit.event")
+CHAIN_KINDS = ("verdict", "decision", "remedy.start", "remedy.step", "remedy.outcome", "unit.event")
 
 _CAUSE_EVENTS = frozenset({"exited", "start_failed"})
 
@@ -83,11 +85,13 @@ class Rec:
 
 @dataclass
 class Step:
-    """One decision and what came of it: the remedy's start and outcome, when they exist."""
+    """One decision and what came of it: the remedy's start, its phases (``remedy.step`` records, in
+    order) and its outcome, when they exist."""
 
     decision: Rec
     start: Rec | None = None
     outcome: Rec | None = None
+    phases: list[Rec] = field(default_factory=list)
 
     @property
     def action(self) -> str:
@@ -114,10 +118,26 @@ class Step:
         d = self.outcome.body.get("duration_s") if self.outcome is not None else None
         return float(d) if isinstance(d, (int, float)) else None
 
+    def phase_list(self) -> list[dict[str, Any]]:
+        """The remedy's phases as they ended: ``step``, ``took_s``, ``wall`` and ``seq``, and for a swap
+        its ``downtime_s``; a rollback says ``why``; a phase that went wrong says so (``ok`` false)."""
+        out = []
+        for r in self.phases:
+            b = r.body
+            took = b.get("took_s")
+            item: dict[str, Any] = {"step": str(b.get("step", "?")), "seq": r.seq, "wall": r.wall,
+                                    "took_s": float(took) if isinstance(took, (int, float)) else None}
+            for key in ("downtime_s", "ok", "why", "failed"):
+                if key in b:
+                    item[key] = b[key]
+            out.append(item)
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {"action": self.action, "state": self.state, "duration_s": self.duration_s,
                 "decision": self.decision.as_dict(),
                 "start": self.start.as_dict() if self.start else None,
+                "phases": self.phase_list(),
                 "outcome": self.outcome.as_dict() if self.outcome else None}
 
 
@@ -139,6 +159,7 @@ class Incident:
         walls = [self.opened]
         for s in self.steps:
             walls.extend(r.wall for r in (s.decision, s.start, s.outcome) if r is not None)
+            walls.extend(r.wall for r in s.phases)
         return max(walls)
 
     @property
@@ -224,6 +245,11 @@ def build_incidents(records: Iterable[Rec], *, fetch: Fetch | None = None) -> li
             inc.steps.append(step)
             steps[rec.seq] = step
             by_seq[rec.seq] = inc
+        elif rec.kind == "remedy.step":
+            rid = b.get("remedy_id")
+            owner = by_remedy.get(rid) if isinstance(rid, str) else None
+            if owner is not None:  # (a phase whose start is before the window is not shown)
+                owner.phases.append(rec)
         elif rec.kind in ("remedy.start", "remedy.outcome"):
             found = _step_for(rec, steps, by_remedy, fetch)
             if found is None:

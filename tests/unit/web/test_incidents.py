@@ -94,3 +94,37 @@ def test_a_record_with_a_non_object_body() -> None:
     r = Rec.of(Raw())
     assert r.body == {"raw": [1, 2]}
     assert build_incidents([r])[0].summary == ""
+
+
+UPDATE = [
+    rec(20, "decision", "vm", action="shadow_update", rule="manual", policy="operator:ctl", cause_seq=None,
+        reason="requested by operator"),
+    rec(21, "remedy.start", "vm", action="shadow_update", remedy_id="vm-20", decision_seq=20),
+    rec(22, "remedy.step", "vm", action="shadow_update", remedy_id="vm-20", step="clone", took_s=0.61, pid=7),
+    rec(23, "remedy.step", "vm", action="shadow_update", remedy_id="vm-20", step="boot", took_s=9.8),
+    rec(24, "unit.event", "vm", event="started", pid=8),
+    rec(25, "remedy.step", "vm", action="shadow_update", remedy_id="vm-20", step="snapshot", took_s=1.2),
+    rec(26, "remedy.step", "vm", action="shadow_update", remedy_id="vm-20", step="swap", took_s=0.4,
+        downtime_s=0.302),
+    rec(27, "remedy.step", "vm", action="shadow_update", remedy_id="vm-20", step="verify", took_s=3.1, ok=True),
+    rec(28, "remedy.step", "vm", action="restart", remedy_id="vm-other", step="stray"),  # another remedy's
+    rec(29, "remedy.outcome", "vm", action="shadow_update", remedy_id="vm-20", decision_seq=20, state="succeeded",
+        duration_s=15.3),
+]
+
+
+def test_an_update_is_one_incident_with_its_phases_and_timings() -> None:
+    (inc,) = build_incidents(UPDATE)
+    (step,) = inc.steps
+    assert (inc.kind, inc.state, step.action, step.duration_s) == ("manual", "succeeded", "shadow_update", 15.3)
+    assert [(p["step"], p["took_s"]) for p in step.phase_list()] == [
+        ("clone", 0.61), ("boot", 9.8), ("snapshot", 1.2), ("swap", 0.4), ("verify", 3.1)]
+    assert step.phase_list()[3]["downtime_s"] == 0.302 and step.phase_list()[4]["ok"] is True
+    assert inc.as_dict()["steps"][0]["phases"][0] == {"step": "clone", "seq": 22, "wall": 1022.0, "took_s": 0.61}
+    assert inc.updated == 1029.0
+    # an update interrupted by a supervisor restart: the successor's outcome (by remedy id) closes it
+    cut = [r for r in UPDATE if r.seq <= 23] + [rec(40, "remedy.outcome", "vm", action="shadow_update",
+                                                   remedy_id="vm-20", state="cancelled", started_seq=21,
+                                                   detail="interrupted by a supervisor restart; not repeated")]
+    (inc,) = build_incidents(cut)
+    assert inc.state == "cancelled" and [p["step"] for p in inc.steps[0].phase_list()] == ["clone", "boot"]

@@ -106,3 +106,26 @@ async def test_a_verdict_is_shown_as_judged_and_its_limits_reach_the_charts(rig:
         assert lim is not None and (lim.centre, lim.lower, lim.upper) == (0.01, 0.004, 0.03)
         assert lim.source.startswith("verdict #")
         assert latest_limits(reader, "web", "proc") is None
+
+
+async def test_an_update_is_one_incident_on_the_timeline_with_its_phases(rig: WebRig) -> None:
+    e = rig.engine
+    d = e.record("decision", "web", {"action": "shadow_update", "rule": "manual", "policy": "operator:web",
+                                     "cause_seq": None, "reason": "requested by operator"})
+    e.record("remedy.start", "web", {"action": "shadow_update", "remedy_id": "web-u", "decision_seq": d})
+    for step, took in (("clone", 0.6), ("boot", 9.8), ("snapshot", 1.2), ("swap", 0.4), ("verify", 3.1)):
+        e.record("remedy.step", "web", {"action": "shadow_update", "remedy_id": "web-u", "step": step,
+                                        "took_s": took, **({"downtime_s": 0.302} if step == "swap" else {})})
+    e.record("remedy.outcome", "web", {"action": "shadow_update", "remedy_id": "web-u", "decision_seq": d,
+                                       "state": "succeeded", "duration_s": 15.3})
+    await rig.settle()
+    r = await rig.client.get("/timeline", params={"action": "shadow_update"})
+    assert r.status_code == 200 and r.text.count('class="incident ') == 1
+    phases = r.text.split('<div class="link phases">')[1].split("</div>")[0]
+    shown = re.sub(r"<[^>]+>", "", phases.split('<span class="step">phases</span>')[1])
+    assert [" ".join(p.split()) for p in shown.split("→")] == [
+        "clone 0.60 s", "boot 9.80 s", "snapshot 1.20 s", "swap 0.40 s (down 0.302 s)", "verify 3.10 s"]
+    api = (await rig.client.get("/api/incidents", params={"action": "shadow_update"},
+                                headers=rig.auth)).json()
+    (inc,) = api
+    assert [p["step"] for p in inc["steps"][0]["phases"]] == ["clone", "boot", "snapshot", "swap", "verify"]

@@ -139,3 +139,31 @@ def test_long_windows_are_reduced_in_sqlite_keeping_spikes(tmp_path: Path) -> No
         assert [w for w, _ in pts] == sorted(w for w, _ in pts)
         raw = metric_points(r, "web", "http.latency_s", t0, t0 + 99.5, max_points=400)
         assert len(raw) == 100 and raw[0] == (t0, 0.01)
+
+
+def test_an_update_shows_as_one_incident_with_its_phases(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    with Journal(path) as j:
+        d = j.append("decision", "vm", {"action": "shadow_update", "rule": "manual", "policy": "operator:ctl",
+                                        "cause_seq": None, "reason": "requested by operator"})
+        j.append("remedy.start", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "decision_seq": d})
+        for step, took in (("clone", 0.6), ("boot", 9.8), ("snapshot", 1.2)):
+            j.append("remedy.step", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "step": step,
+                                           "took_s": took})
+        j.append("remedy.step", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "step": "swap",
+                                       "took_s": 0.4, "downtime_s": 0.302})
+        j.append("remedy.step", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "step": "verify",
+                                       "took_s": 3.1, "ok": False, "why": "did not answer /version"})
+        j.append("remedy.step", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "step": "rollback",
+                                       "took_s": 2.5, "after": "swap", "why": "did not answer /version"})
+        j.append("remedy.outcome", "vm", {"action": "shadow_update", "remedy_id": "vm-1", "decision_seq": d,
+                                          "state": "failed", "duration_s": 18.0, "detail": "rolled back"})
+        j.flush(5)
+    page = build_report(path, 0)
+    incidents = page.split('<table id="incidents">')[1].split("</table>")[0]
+    assert incidents.count("<tr>") == 2  # the header and one incident
+    phases = incidents.split('<div class="phases">')[1].split("</div>")[0]
+    assert [re.sub(r"<[^>]+>", "", p).strip() for p in phases.split(" → ")] == [
+        "clone 0.60 s", "boot 9.80 s", "snapshot 1.20 s", "swap 0.40 s (down 0.302 s)", "verify 3.10 s",
+        "rollback 2.50 s"]
+    assert phases.count('class="phase bad"') == 2 and "did not answer /version" in phases
