@@ -319,6 +319,7 @@ _KIND_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("enmei.detect.novelty", ("NoveltyDetector",)),
     ("enmei.detect.aging", ("TrendDetector",)),
     ("enmei.detect.alarm", ("OneAlarmPerEpisode",)),
+    ("enmei.detect.recurrence", ("RecurrenceDiscount",)),
 )
 
 

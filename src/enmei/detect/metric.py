@@ -2,8 +2,9 @@
 
 This is the detector ``enmei bench nab`` and ``enmei bench detect`` score, on the same path:
 :func:`scorer` builds the streaming detector — a rule-less
-:class:`~enmei.detect.novelty.NoveltyDetector` inside the separate alarm rule
-:class:`~enmei.detect.alarm.OneAlarmPerEpisode` — and both the benchmark (``bench.nab.make_detector``)
+:class:`~enmei.detect.novelty.NoveltyDetector`, its evidence discounted by how often the stream has
+given as much before (:class:`~enmei.detect.recurrence.RecurrenceDiscount`), inside the separate alarm
+rule :class:`~enmei.detect.alarm.OneAlarmPerEpisode` — and both the benchmark (``bench.nab.make_detector``)
 and this unit detector call it with the same arguments, feeding it one ``(value, time)`` at a time.
 
 ::
@@ -42,6 +43,7 @@ from enmei.detect.alarm import OneAlarmPerEpisode
 from enmei.detect.base import Threshold
 from enmei.detect.novelty import NoveltyDetector
 from enmei.detect.protocol import NOTHING, DetectorContext, Judgement, Limit
+from enmei.detect.recurrence import RecurrenceDiscount
 from enmei.detect.registry import DetectorOptions, register
 from enmei.model import Observation, Severity, Verdict, VerdictKind
 
@@ -52,10 +54,12 @@ _MAX_STREAMS = 16
 
 def scorer(learning: int = 750, rest: int | None = None) -> OneAlarmPerEpisode:
     """enmei's default streaming detector: a rule-less novelty detector learning ``learning`` samples,
-    inside the one-alarm-per-episode rule with ``rest`` samples (default 0.3 × ``learning``)."""
+    its alpha multiplied by (1 + earlier samples of the stream at least as surprising) (the recurrence
+    discount, ``gamma`` 1), inside the one-alarm-per-episode rule with ``rest`` samples (default 0.3 ×
+    ``learning``)."""
     learning = max(2, int(learning))
     rest = max(1, (3 * learning) // 10) if rest is None else int(rest)
-    return OneAlarmPerEpisode(NoveltyDetector(learning=learning, rest=1), rest=rest)
+    return OneAlarmPerEpisode(RecurrenceDiscount(NoveltyDetector(learning=learning, rest=1), gamma=1.0), rest=rest)
 
 
 class MetricOptions(DetectorOptions):

@@ -14,7 +14,11 @@ How a score is made, one sample at a time:
    O(learning); every other costs O(1).)
 2. **Contexts.** Each sample yields keys in several *families*. For each grid resolution ``r`` in
    ``resolutions`` (cells of width ``(hi - lo) / r``): ``sequence``, the cells of the last three
-   values; ``mean``, the cell of the mean of the last 16; ``hour``, the pair (hour of day, cell).
+   values; ``mean``, the cell of the mean of the last 16; ``hour``, the pair (hour of day, cell) —
+   surprising only when the cell itself is known (``hour_given_value``, default): a value in a cell
+   never seen at all is already new to ``sequence``, and counting it again as new for its hour made
+   every level step twice as surprising (on the development corpora's telemetry, whose timestamps
+   carry no daily rhythm, most false alarms were such steps).
    Once: ``spread``, the log-scaled range of the last 16 values; ``trend``, the cell (resolution 8)
    of the mean of the last 128; ``season``, the cell of ``x - x[lag]``, how the value differs from
    one season ago; and, with weight 0 by default, ``value``, the value's own cell. Cells are
@@ -168,7 +172,7 @@ class NoveltyDetector(StreamingDetector):
                  seasonal_resolution: int = 8, theta: float = 8.0, rest: int | None = None,
                  tolerance: float = 0.02, season_s: float = 86400.0, max_keys: int = 200_000,
                  weights: dict[str, float] | None = None, range_base: float = 1.0,
-                 range_slope: float = 10.0) -> None:
+                 range_slope: float = 10.0, hour_given_value: bool = True) -> None:
         super().__init__()
         if learning < 2:
             raise ValueError("learning must be >= 2 samples")
@@ -189,6 +193,7 @@ class NoveltyDetector(StreamingDetector):
         self._w = {f: float(self.weights.get(f, 0.0)) for f in self.WEIGHTS}
         self.range_base = float(range_base)
         self.range_slope = float(range_slope)
+        self.hour_given_value = bool(hour_given_value)
         self._learn_x: list[float] | None = []
         self._learn_t: list[float] = []
         self._grid: _Grid | None = None
@@ -284,16 +289,22 @@ class NoveltyDetector(StreamingDetector):
         hour = int(t // 3600.0) % 24
         mean = sum(short) / len(short)
         sv = ss = sm = sh = 0.0
+        given = self.hour_given_value
         for res in self.resolutions:
             c = grid.cell(x, res)
-            if w["value"]:
-                sv += fam(f"v{res}").see(c, mk)
+            known = True
+            if w["value"] or given:
+                vf = fam(f"v{res}")
+                known = vf.counts.get(c, 0) > 0
+                sv += vf.see(c, mk)
             if w["sequence"] and len(short) >= 3:
                 ss += fam(f"s{res}").see((grid.cell(short[-3], res), grid.cell(short[-2], res), c), mk)
             if w["mean"] and full:
                 sm += fam(f"m{res}").see(grid.cell(mean, res), mk)
             if w["hour"]:
-                sh += fam(f"h{res}").see((hour, c), mk)
+                s_h = fam(f"h{res}").see((hour, c), mk)  # (counted either way: the key is now known)
+                if known or not given:
+                    sh += s_h
         k = len(self.resolutions)
         surprises = {"value": sv / k, "sequence": ss / k, "mean": sm / k, "hour": sh / k}
         if w["spread"] and full:
@@ -347,7 +358,7 @@ class NoveltyDetector(StreamingDetector):
                 "seasonal_resolution": self.seasonal_resolution, "theta": self.theta, "rest": self.rest,
                 "tolerance": self.tolerance, "season_s": self.season_s, "max_keys": self.max_keys,
                 "weights": dict(self.weights), "range_base": self.range_base,
-                "range_slope": self.range_slope}
+                "range_slope": self.range_slope, "hour_given_value": self.hour_given_value}
 
     def _dump(self) -> Any:
         return {

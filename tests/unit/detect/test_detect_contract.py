@@ -22,6 +22,7 @@ from enmei.detect.charts import CUSUM, EWMA, Shewhart
 from enmei.detect.ensemble import MaxOf
 from enmei.detect.novelty import NoveltyDetector
 from enmei.detect.protocol import DetectorContext, HealthReport, InjectorInfo, Judgement, Limit, ProbeInfo, UnitDetector
+from enmei.detect.recurrence import RecurrenceDiscount
 from enmei.model import Health, Observation, Severity, Verdict, VerdictKind, as_dict
 
 Factory = Callable[[], StreamingDetector]
@@ -40,6 +41,8 @@ FACTORIES: dict[str, Factory] = {
     "one_alarm_per_episode": lambda: OneAlarmPerEpisode(RollingRobustZ(window=100), rest=15),
     "novelty_rested": lambda: OneAlarmPerEpisode(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1,
                                                                  season_s=20 * 60.0), rest=10),
+    "recurrence_discount": lambda: RecurrenceDiscount(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1,
+                                                                      season_s=20 * 60.0)),
     "aging": lambda: TrendDetector(limit=500.0, bucket_s=1200.0, window=12, min_buckets=9, warmup_s=20.0),
 }
 ALL = sorted(FACTORIES)
