@@ -26,6 +26,7 @@ checks this drawing against the classes, and that each of them is raised somewhe
      +-- StateFormatError           detect.base: a saved detector state is not one this version reads
      +-- UnknownBackendError        visor.registry: a config names a backend kind nobody registered
      +-- UnsafePathError            fsafe: a file enmei trusts has the wrong owner, mode or is a link
+     +-- UpgradeError               engine.upgrade: an upgrade refused now, or a successor broke the handover
      +-- WebError                   web.auth: the dashboard cannot start (address, token file)
 
 Private subclasses (a leading underscore) are left out. Internal signals that never leave their module

@@ -123,6 +123,7 @@ class RecordKind(StrEnum):
     RELOAD = "reload"  # a config reload: its diff, its refusal (file:line:key), its end
     RESET = "unit.reset"  # an operator reset a unit's budget, backoff and breakers (enmei ctl reset)
     ANCHOR = "anchor"  # an HMAC anchor over the chain so far
+    UPGRADE = "upgrade"  # enmei ctl upgrade: requested, successor started, self-check, handed over / fell back
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,24 @@ def update(as_json: JsonOpt = False,
 
 
 @app.command()
+def selfupdate(as_json: JsonOpt = False,
+               runs: Annotated[int, typer.Option(min=1, max=100, help="Upgrades (medians are reported)")] = 5,
+               units: Annotated[int, typer.Option(min=1, max=100, help="HTTP services, probed each period")] = 10,
+               period: Annotated[float, typer.Option(min=0.1, max=10, help="Probe period in seconds")] = 1.0) -> None:
+    """enmei ctl upgrade under a real enmei up: stopped units, the longest probe gap, takeover time and
+    refused web connections (a client hammering the API), medians over the runs."""
+    import sys
+
+    from enmei.bench import selfupdate as bench_selfupdate
+
+    result = bench_selfupdate.run(runs, units, period, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if as_json:
+        print(json.dumps(result))
+        return
+    emit("enmei bench selfupdate", {k: v for k, v in result.items() if k != "per_run"}, False)
+
+
+@app.command()
 def policy(as_json: JsonOpt = False,
            evaluations: Annotated[int, typer.Option(help="Timed evaluations per stream")] = 20_000) -> None:
     """Evaluations per second of the shipped default policy library, and their p99 latency."""

@@ -1,4 +1,4 @@
-"""``enmei ctl``: status, start, stop, restart, reset, reload and logs of a running supervisor, over its
+"""``enmei ctl``: status, start, stop, restart, reset, reload, logs and upgrade of a running supervisor, over its
 state dir's UNIX socket (``enmei.ctl``). Tables by default, ``--json`` for scripts.
 
 Exit codes: 0 done; 1 refused (unknown unit, a command the engine refused, bad arguments the server
@@ -22,7 +22,7 @@ from enmei.ctl.protocol import CtlError
 __all__ = ["app"]
 
 app = typer.Typer(help="Control a running enmei over its local socket (state_dir/ctl.sock): status, start, stop, "
-                       "restart, reset, update, reload, logs.", no_args_is_help=True)
+                       "restart, reset, update, reload, logs, upgrade.", no_args_is_help=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="The config of the running enmei")]
 StateOpt = Annotated[Path | None, typer.Option("--state-dir", help="Its state dir (instead of --config)")]
@@ -181,3 +181,52 @@ def logs(unit: UnitArg, lines: Annotated[int, typer.Option("-n", "--lines", min=
         fail(f"{unit} {stream}: {answer['error']}", Exit.ERROR)
     for line in answer.get("lines", []):
         typer.echo(line)
+
+
+@app.command()
+def upgrade(enmei: Annotated[str | None, typer.Option(
+                "--enmei", help="The enmei executable to take over (default: this one, python -m enmei)")] = None,
+            takeover_timeout_s: Annotated[float, typer.Option(
+                help="How long the successor may take to supervise before the old enmei supervises again")] = 60.0,
+            config: ConfigOpt = None, state_dir: StateOpt = None, as_json: JsonOpt = False) -> None:
+    """Replace the running enmei by a new process (this or a newer enmei): it checks itself, then takes over
+    the units, the probes' schedules, the journal and the web listener; no unit is stopped. If it fails, the
+    old one supervises on (exit 1, with the reason; journaled as `upgrade` records)."""
+    import time
+
+    from enmei.ctl.protocol import UPGRADE_WAIT_S
+
+    req: dict[str, Any] = {"op": "upgrade", "takeover_timeout_s": takeover_timeout_s}
+    if enmei is not None:
+        req["enmei"] = [enmei]
+    answer = _ask(config, state_dir, req, timeout_s=UPGRADE_WAIT_S + 10)
+    result = answer.get("upgrade") or {}
+    old = answer.get("pid")
+    if result.get("state") != "handing_over":
+        if as_json:
+            _print_json(answer)
+        fail(f"upgrade fell back ({result.get('stage')}): {result.get('reason')}; the old enmei supervises on",
+             Exit.ERROR)
+    successor = result.get("successor_pid")
+    state = _state_dir(config, state_dir)
+    deadline = time.monotonic() + takeover_timeout_s + 30.0
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # the successor answers once it supervises; the old one if it fell back
+        time.sleep(0.2)
+        try:
+            status = request(state, {"op": "status"}, timeout_s=10.0)
+        except CtlError:
+            continue
+        if status.get("pid") in (successor, old) and status.get("upgrade"):
+            break
+    end = status.get("upgrade") or {}
+    if as_json:
+        _print_json({"upgrade": end, "pid": status.get("pid")})
+    if end.get("state") == "handed_over" and status.get("pid") == successor:
+        if not as_json:
+            console.print(f"upgraded: enmei pid {end.get('from_pid')} -> {successor}; takeover "
+                          f"{end.get('takeover_s')} s; {end.get('running')}/{end.get('units')} units running",
+                          highlight=False)
+        return
+    fail(f"upgrade did not complete: {end.get('reason') or 'no answer from the successor'} "
+         f"(enmei pid {status.get('pid')} supervises)", Exit.ERROR)

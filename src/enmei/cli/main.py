@@ -117,13 +117,21 @@ def up(
     """Supervise the units of CONFIG until Ctrl-C or SIGTERM (units are then stopped gracefully)."""
     from enmei.cli.live import LiveView, PlainLog
     from enmei.engine.run import supervise
+    from enmei.engine.successor import Handoff
+    from enmei.engine.upgrade import Successor, UpgradeError, Upgrader
 
+    try:  # started by `enmei ctl upgrade` of a running enmei: its state dir lock and listener are inherited
+        handoff = Handoff.from_env()
+    except UpgradeError as exc:
+        fail(str(exc), Exit.START)
     try:
         loaded = load(config)
     except ConfigError as exc:
         problems = getattr(exc, "problems", [exc])
         for p in problems:
             err_console.print(f"[bold red]error[/] {p}", highlight=False, soft_wrap=True)
+        if handoff is not None:
+            handoff.fail("; ".join(str(p) for p in problems))
         raise typer.Exit(int(Exit.CONFIG)) from None
 
     live = not plain and sys.stdout.isatty()
@@ -134,6 +142,9 @@ def up(
         from enmei.engine import Engine
 
         assert isinstance(engine, Engine)
+        if view is not None:  # an engine supervising again after a failed upgrade
+            view.__exit__(None, None, None)
+            view = None
         if live:
             view = LiveView(engine, console, title=f"enmei — {config}")
             engine.subscribe(view)
@@ -142,12 +153,18 @@ def up(
             engine.subscribe(PlainLog(console))
 
     companion = None
+    web_sock = None
     if listen is not None:
         from enmei.web import WebError, bind_listen, serve
 
         try:
-            sock = bind_listen(listen)  # refuses non-loopback addresses and taken ports before supervising
+            if handoff is not None and handoff.web_fd is not None:
+                web_sock = handoff.web_socket()  # the old enmei's: it never closes while changing hands
+            else:
+                web_sock = bind_listen(listen)  # refuses non-loopback addresses and taken ports before supervising
         except WebError as exc:
+            if handoff is not None:
+                handoff.fail(str(exc))
             fail(str(exc), Exit.USAGE)
         token_path = loaded.state_dir / "web.token"
 
@@ -155,8 +172,13 @@ def up(
             from enmei.engine import Engine
 
             assert isinstance(engine, Engine)
-            return serve(engine, listen, token_path, sock=sock,
+            return serve(engine, listen, token_path, sock=upgrader.web_socket(),
                          say=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
+    root_level = logging.getLogger().level
+    upgrader = Upgrader(Successor(config.resolve(), listen,
+                                  verbose=2 if root_level <= logging.DEBUG else 1 if root_level <= logging.INFO else 0),
+                        web=web_sock)
 
     console.print(f"enmei {__version__}: supervising {', '.join(loaded.config.units) or 'nothing'}; "
                   f"journal {loaded.journal_path}; Ctrl-C to stop", highlight=False)
@@ -164,16 +186,23 @@ def up(
 
     become_subreaper()  # orphans of units are reparented to enmei (not PID 1) and reaped by it
     try:
-        asyncio.run(supervise(loaded, on_start=attach, companion=companion))
+        asyncio.run(supervise(loaded, on_start=attach, companion=companion, upgrader=upgrader, handoff=handoff))
     except IntegrityError as exc:  # a cut, rolled-back or replaced journal is not continued
         fail(str(exc), Exit.INTEGRITY)
     except (BoxError, UnsafePathError) as exc:
         fail(str(exc), Exit.START)
     except PolicyError as exc:
         fail(str(exc), Exit.CONFIG)
+    except UpgradeError as exc:
+        fail(str(exc), Exit.ERROR)
     finally:
         if view is not None:
             view.__exit__(None, None, None)
+        upgrader.close()
+    if upgrader.handed_to is not None:
+        console.print(f"handed over to enmei pid {upgrader.handed_to} (enmei ctl upgrade); the units run on",
+                      highlight=False)
+        return
     console.print(f"stopped; journal: {loaded.journal_path} (enmei box verify -j {loaded.journal_path})",
                   highlight=False)
 

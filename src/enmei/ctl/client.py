@@ -27,7 +27,22 @@ def socket_path(state_dir: Path) -> Path:
 
 
 def lock_holder(state_dir: Path) -> int | None:
-    """The pid of the process holding ``state_dir``'s lock (a running enmei), or None."""
+    """The pid of the process holding ``state_dir``'s lock (a running enmei), or None.
+
+    After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock (the successor
+    inherited its open lock file, and the lock with it): when that pid is gone, the pid the holder wrote
+    into the lock file is the answer."""
+    pid = _flock_pid(state_dir)
+    if pid is None or os.path.exists(f"/proc/{pid}"):
+        return pid
+    try:
+        written = int((Path(state_dir) / LOCK_NAME).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return pid
+    return written if os.path.exists(f"/proc/{written}") else pid
+
+
+def _flock_pid(state_dir: Path) -> int | None:
     lock = Path(state_dir) / LOCK_NAME
     try:
         st = os.stat(lock)

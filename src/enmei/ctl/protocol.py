@@ -13,6 +13,12 @@ the answer is one line ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}`
   ``verify_s`` (numbers): the ``shadow_update`` remedy of a VM unit, answered when it ends (at most
   ``UPDATE_WAIT_S``), with its outcome and steps.
 
+* ``upgrade`` with optional ``enmei`` (a list: the executable and its first arguments, default this
+  enmei's ``python -m enmei``), ``check_timeout_s``, ``takeover_timeout_s``: start a successor
+  (``enmei.engine.upgrade``) and answer once its self-check is done: ``{"upgrade": {"state":
+  "handing_over", "successor_pid"}}`` (this enmei then lets go; poll ``status`` for the successor's pid)
+  or ``{"upgrade": {"state": "fell_back", "reason"}}``. ``status`` answers carry the last upgrade's end.
+
 A connection may carry several requests, one after the other; the server closes it after
 ``CLIENT_TIMEOUT_S`` without a complete request, or when an answer cannot be written within that time.
 """
@@ -25,7 +31,8 @@ from typing import Any
 from enmei.errors import EnmeiError
 
 __all__ = ["CLIENT_TIMEOUT_S", "MAX_CLIENTS", "MAX_LINES", "MAX_REQUEST", "OPS", "SOCKET_NAME", "STREAMS",
-           "UNIT_OPS", "UPDATE_ARGS", "UPDATE_REMEDIES", "UPDATE_WAIT_S", "CtlError", "decode", "encode"]
+           "UNIT_OPS", "UPDATE_ARGS", "UPDATE_REMEDIES", "UPDATE_WAIT_S", "UPGRADE_WAIT_S", "CtlError", "decode",
+           "encode"]
 
 SOCKET_NAME = "ctl.sock"
 MAX_REQUEST = 64 * 1024
@@ -33,8 +40,9 @@ MAX_LINES = 10_000
 MAX_CLIENTS = 16
 CLIENT_TIMEOUT_S = 10.0
 UNIT_OPS = ("start", "stop", "restart", "reset")
-OPS = ("status", "logs", "reload", "update", *UNIT_OPS)
+OPS = ("status", "logs", "reload", "update", "upgrade", *UNIT_OPS)
 UPDATE_ARGS = ("image", "kernel", "initrd", "clone_timeout_s", "verify_s", "command")
+UPGRADE_WAIT_S = 600.0  # a successor starts and checks itself (bounded by its own check_timeout_s)
 UPDATE_WAIT_S = 600.0  # a clone boots, under TCG, in seconds to a minute
 #: the remedies ``update`` may run: the first one the unit's backend can have (``Remedy.refusal``)
 UPDATE_REMEDIES = ("handover", "shadow_update")

@@ -39,6 +39,7 @@ from enmei.ctl.protocol import (
     UPDATE_ARGS,
     UPDATE_REMEDIES,
     UPDATE_WAIT_S,
+    UPGRADE_WAIT_S,
     CtlError,
     decode,
     encode,
@@ -253,8 +254,10 @@ class ControlServer:
         by = f"operator:ctl(uid {os.getuid()})"
         if op == "status":
             names = [self._unit(req)] if req.get("unit") is not None else list(engine.units)
+            upgrader = getattr(engine, "upgrade", None)
             return {"units": [unit_status(engine, n) for n in names], "pid": os.getpid(),
-                    "config": str(engine.loaded.path)}
+                    "config": str(engine.loaded.path),
+                    "upgrade": upgrader.status() if upgrader is not None else None}
         if op in UNIT_OPS:
             return await self._command(str(op), self._unit(req), str(op), {}, by, _COMMAND_WAIT_S)
         if op == "update":
@@ -269,6 +272,8 @@ class ControlServer:
             if isinstance(answer, Awaitable):
                 answer = await answer
             return {"reload": answer}
+        if op == "upgrade":
+            return {"upgrade": await self._upgrade(req, by)}
         if op == "logs":
             name = self._unit(req)
             lines = req.get("lines", 50)
@@ -279,7 +284,32 @@ class ControlServer:
                 raise CtlError(f"stream must be one of {', '.join(STREAMS)}, not {stream!r}")
             path = engine.units[name].backend.log_path(name, stream)
             return {"unit": name, "stream": stream, **await asyncio.to_thread(log_tail, path, lines)}
-        raise CtlError(f"unknown op {op!r} (ops: status, start, stop, restart, reset, reload, logs, update)")
+        raise CtlError(f"unknown op {op!r} (ops: status, start, stop, restart, reset, reload, logs, update, upgrade)")
+
+    async def _upgrade(self, req: dict[str, Any], by: str) -> dict[str, Any]:
+        """``enmei ctl upgrade``: start a successor, answer with its self-check's end (see the protocol)."""
+        from enmei.engine.upgrade import UpgradeError
+
+        upgrader = getattr(self.engine, "upgrade", None)
+        if upgrader is None:
+            raise CtlError("this enmei cannot be upgraded (only `enmei up` can)")
+        enmei = req.get("enmei")
+        if enmei is not None and (not isinstance(enmei, list) or not enmei
+                                  or not all(isinstance(a, str) and a for a in enmei)):
+            raise CtlError("enmei must be a list of strings: the executable, then its first arguments")
+        timeouts: dict[str, float] = {}
+        for key in ("check_timeout_s", "takeover_timeout_s"):
+            value = req.get(key)
+            if value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+                    raise CtlError(f"{key} must be a number of seconds from 0 to 3600")
+                timeouts[key] = float(value)
+        try:
+            answer: dict[str, Any] = await _within(asyncio.ensure_future(
+                upgrader.request(enmei=enmei, by=by, **timeouts)), UPGRADE_WAIT_S)
+        except UpgradeError as exc:
+            raise CtlError(str(exc)) from None
+        return answer
 
     def _update_remedy(self, name: str, args: dict[str, Any]) -> str:
         """The update remedy for ``name``: the one its arguments name (``command``: ``handover``; a VM's

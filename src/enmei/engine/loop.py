@@ -160,6 +160,13 @@ class Engine:
         self._waiting: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._start_when_back: set[str] = set()
         self.reloader = Reloader(self)
+        # ``enmei ctl upgrade`` (``enmei.engine.upgrade.Upgrader``), set by ``supervise``; None: not offered.
+        self.upgrade: Any = None
+        # Each probe's next due time (monotonic, (unit, probe) -> t): kept up to date by the probe loops and
+        # handed to a successor (``enmei ctl upgrade``), whose loops start from ``probe_due`` instead of a
+        # fresh interval, so a probe's schedule goes on across the handover.
+        self.probe_next: dict[tuple[str, str], float] = {}
+        self.probe_due: dict[tuple[str, str], float] = {}
 
     # -- public ------------------------------------------------------------------------------------
 
@@ -299,6 +306,8 @@ class Engine:
         self._broken_detectors = {k for k in self._broken_detectors if k[0] != name}
         for key in [k for k in self.probe_intervals if k[0] == name]:
             del self.probe_intervals[key]
+        for key in [k for k in self.probe_next if k[0] == name]:
+            del self.probe_next[key]
 
     # -- the unit set, changed live (reload: enmei.engine.reload) ----------------------------------
 
@@ -978,8 +987,11 @@ class Engine:
 
     async def _probe_loop(self, unit: UnitRuntime, probe: Probe) -> None:
         clock = self.clock
-        next_at = clock.monotonic() + probe.interval_s
+        key = (unit.name, probe.name)
+        fresh = clock.monotonic() + probe.interval_s
+        next_at = min(self.probe_due.pop(key, fresh), fresh)  # an overdue one runs at once
         while True:
+            self.probe_next[key] = next_at
             await clock.sleep(next_at - clock.monotonic())
             now = clock.monotonic()
             # Drift-free schedule; after a long stall, skip the missed slots rather than burst.
