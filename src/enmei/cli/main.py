@@ -16,6 +16,7 @@ from enmei.cli import bench, box, ctl
 from enmei.cli import policy as policy_cmd
 from enmei.cli import report as report_cmd
 from enmei.cli import update as update_cmd
+from enmei.cli import watch as watch_cmd
 from enmei.cli.common import Exit, console, err_console, fail
 from enmei.config.load import check as check_config
 from enmei.config.load import load
@@ -42,6 +43,7 @@ app.add_typer(ctl.app, name="ctl")
 app.command(name="update")(update_cmd.update)
 ctl.app.command(name="update")(update_cmd.update)  # `enmei ctl update`: the same
 app.command(name="report")(report_cmd.report)
+app.command(name="watch")(watch_cmd.watch)
 
 
 def _image_app() -> typer.Typer:

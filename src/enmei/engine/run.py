@@ -35,6 +35,7 @@ from enmei.engine.successor import Handed, Handoff
 from enmei.engine.upgrade import Upgrader
 from enmei.model import RecordKind
 from enmei.policy.base import Policy
+from enmei.watch.beat import watch_tasks
 
 __all__ = ["supervise"]
 
@@ -165,6 +166,7 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
     loop.add_signal_handler(signal.SIGHUP, hangup)
     side: asyncio.Task[None] | None = None
     service.append(asyncio.create_task(serve_control(engine), name="ctl"))  # state_dir/ctl.sock
+    service.extend(watch_tasks(engine))  # the heartbeat and the watchers' reports (enmei watch)
     try:
         if companion is not None:
             side = asyncio.create_task(companion(engine), name="companion")
