@@ -43,6 +43,8 @@ def test_quick_run_reports_every_corpus_and_detector_at_thresholds_fixed_on_nab(
                 # Fixed before this corpus was seen: NAB's threshold, never better than the corpus' own best.
                 assert figures["threshold"] == nab[det]["threshold"]
                 assert figures["standard_fixed"] <= figures["standard_optimised"] + 1e-9
+                # The half whose files were analysed while designing enmei's detector, and the other.
+                assert set(figures["standard_fixed_by_half"]) == ({"even", "odd"} if row["files"] > 1 else set())
     assert len(result["nab_test_folds"]["enmei"]) == result["k"] == 2
     assert result["nab_test_fold_min"] == min(result["nab_test_folds"]["enmei"])
     assert result["min_margin_over_best_baseline_fixed"] == min(
