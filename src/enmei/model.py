@@ -91,6 +91,10 @@ class VerdictKind(StrEnum):
     AGING = "aging"  # a resource trends towards exhaustion (predicted time in evidence)
     LOG_ANOMALY = "log_anomaly"  # log lines or templates out of the ordinary
     PANIC = "panic"  # a guest kernel reported a panic
+    KEYLOGGER_SUSPECTED = "keylogger_suspected"  # the guest's I/O follows injected keys (or leaked the bait)
+    BOT_SUSPECTED = "bot_suspected"  # outbound traffic that no request or input explains
+    CLEAN = "clean"  # an active test found nothing (its evidence says which test, how many samples)
+    INCONCLUSIVE = "inconclusive"  # an active test could not decide (the reason is in the evidence)
 
 
 class UnitEventKind(StrEnum):

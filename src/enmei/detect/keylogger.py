@@ -1,0 +1,487 @@
+"""Keyloggers and bots seen from outside the guest: kind ``keylogger`` (issue 16).
+
+The monitor types keystroke bursts into a VM at random times and keeps silent *control* slots drawn
+the same way (``enmei.monitor.schedule``). If the guest's disk writes or network output follow the
+bursts more than they follow the controls, something in the guest reacts to typing: a keylogger. The
+test is a **randomisation (permutation) test** over the slot labels: because the schedule drew which
+slots get keys at random, under the null hypothesis "the guest's I/O does not depend on the keys" every
+relabelling of the slots is as likely as the one that happened, whatever the guest does otherwise
+(a periodic logger, a bursty backup job: their I/O is as likely after a control as after a burst). The
+false-positive rate is therefore at most ``alpha`` by construction, not by a model of benign I/O.
+
+The statistic, for each channel (``wr_operations``, ``wr_bytes``, ``tx_bytes`` by default) and each
+response window (``windows_s``: from the burst's start to its end plus the window; the short ones see a
+write-every-key logger, the long ones a logger that buffers keys and flushes them later or on a timer),
+is the standardised difference of mean ranks of the response after keys and after controls; the test
+takes the largest over channels and windows and compares it with the same maximum over
+``permutations`` random relabellings, which keeps ``alpha`` for the whole family of lags. The schedule
+labels each slot keys or control with probability 1/2, independently: given the number of bursts,
+every labelling is then equally likely, which is the relabelling the test does. The detector looks
+first when ``2 * min_slots`` slots have finished, then every ``look_every`` slots, at most ``max_looks``
+times per round, and spends ``alpha / max_looks`` on each look (Bonferroni), so a round's
+false-positive rate stays at most ``alpha``.
+
+Verdicts (evidence: channel, window, counts after keys and after controls, p-value, the threshold):
+
+* ``keylogger_suspected`` (critical): the test rejects; or bait text typed by the monitor appeared in
+  the guest's outbound traffic (``bait_found``: proof, no statistics needed).
+* ``bot_suspected`` (critical): outbound episodes (a run of intervals with ``tx_bytes`` of at least
+  ``bot_min_bytes``) that no inbound traffic in the ``explain_s`` before them and no injected burst
+  explains, at least ``bot_min_episodes`` of them in a round. This one is a rule, not a test: a guest
+  that calls out on its own (an NTP client, an update check) is one too; see the README's limits.
+* ``clean`` (info): ``max_looks`` looks without a rejection.
+* ``inconclusive`` (info), with the reason: too few valid slots, slots lost to a paused guest or to
+  keys the guest did not take, or a channel that moved in nearly every interval (``saturated_frac``:
+  a flood saturates it and would hide a reaction).
+
+Every verdict ends a round: the detector forgets the slots and starts counting again. Observations
+come from the schedule injector (``probe`` = its name); each carries the cumulative counters and, on
+the observation taken when a slot began, ``slot``: 1 for keys, 0 for a control, with ``slot_end`` (the
+monotonic time typing ended), ``keys_dropped`` and ``running``. Memory is bounded by ``max_samples``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from enmei.detect.protocol import NOTHING, DetectorContext, HealthReport, Judgement, Limit
+from enmei.detect.registry import DetectorOptions, register
+from enmei.model import Health, Observation, Severity, Verdict, VerdictKind
+
+__all__ = ["CHANNELS", "Finding", "KeyloggerDetector", "KeyloggerOptions", "Series", "Slot",
+           "correlation_test", "outbound_test"]
+
+#: The counters a response is read from (deltas per interval of the cumulative values observed).
+CHANNELS = ("wr_operations", "wr_bytes", "tx_bytes")
+_COUNTERS = (*CHANNELS, "rx_bytes")
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One slot of the schedule: keys typed (``inject``) or a silent control, from ``start`` to ``end``
+    (monotonic seconds; a control's ``end`` is when a burst would have ended). ``dropped``: keys were
+    not all delivered; such a slot does not count."""
+
+    start: float
+    end: float
+    inject: bool
+    dropped: bool = False
+
+
+@dataclass(frozen=True)
+class Series:
+    """Per-interval counter deltas: interval ``k`` spans ``times[k]`` to ``times[k + 1]``; ``channels``
+    and ``running`` (the guest ran for the whole interval) have one entry per interval."""
+
+    times: Sequence[float]
+    channels: Mapping[str, Sequence[float]]
+    running: Sequence[bool]
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[tuple[float, Mapping[str, float], bool]]) -> Series:
+        """The series between consecutive ``(mono, cumulative counters, running)`` samples. A counter
+        that went down (a new QEMU) counts as zero for that interval."""
+        times = [s[0] for s in samples]
+        chans: dict[str, list[float]] = {c: [] for c in _COUNTERS}
+        running: list[bool] = []
+        for (_, a, ra), (_, b, rb) in itertools.pairwise(samples):
+            for c in _COUNTERS:
+                d = float(b.get(c, 0.0)) - float(a.get(c, 0.0))
+                chans[c].append(d if math.isfinite(d) and d > 0 else 0.0)
+            running.append(ra and rb)
+        return cls(times, chans, running)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What a test concluded: ``verdict`` is ``keylogger_suspected``, ``bot_suspected``, ``clean`` or
+    ``inconclusive`` (then ``reason`` says why); ``evidence`` is JSON-ready."""
+
+    verdict: str
+    reason: str = ""
+    p_value: float | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _window_intervals(series: Series, start: float, stop: float) -> list[int] | None:
+    """The intervals whose midpoint lies in [start, stop); None if the series does not reach ``stop``."""
+    t = series.times
+    if len(t) < 2 or t[-1] < stop:
+        return None
+    # midpoints grow with k: start from the first interval that ends after ``start``
+    k = max(0, bisect.bisect_right(t, start) - 1)
+    out: list[int] = []
+    while k < len(t) - 1 and (t[k] + t[k + 1]) / 2 < stop:
+        if (t[k] + t[k + 1]) / 2 >= start:
+            out.append(k)
+        k += 1
+    return out
+
+
+def _ranks(column: np.ndarray) -> np.ndarray:
+    """Mid-ranks (ties share their mean rank)."""
+    order = np.argsort(column, kind="mergesort")
+    ranks = np.empty(len(column), dtype=float)
+    sorted_vals = column[order]
+    i = 0
+    while i < len(column):
+        j = i
+        while j + 1 < len(column) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return ranks
+
+
+def correlation_test(slots: Sequence[Slot], series: Series, *, windows_s: Sequence[float] = (1.0, 3.0, 6.0),
+                     channels: Sequence[str] = CHANNELS, alpha: float = 0.01, permutations: int = 999,
+                     min_slots: int = 6, saturated_frac: float = 0.9, seed: int | None = None) -> Finding:
+    """Do the ``channels`` react to the keys of ``slots`` more than to their controls? (see the module).
+
+    ``alpha`` is the level of this one test. A slot counts if its longest window lies inside the series,
+    the guest ran throughout it and its keys were delivered; with fewer than ``min_slots`` of either
+    label the finding is ``inconclusive``. ``seed`` (default: derived from the data, so the same input
+    gives the same answer) drives the relabellings. Never raises for odd data.
+    """
+    longest = max(windows_s)
+    valid: list[Slot] = []
+    paused = dropped = 0
+    for s in slots:
+        span = _window_intervals(series, s.start, s.end + longest)
+        if span is None:
+            continue  # not finished yet
+        if s.dropped:
+            dropped += 1
+            continue
+        if not span or not all(series.running[k] for k in span):
+            paused += 1
+            continue
+        valid.append(s)
+    n1 = sum(1 for s in valid if s.inject)
+    n0 = len(valid) - n1
+    counts = {"inject_slots": n1, "control_slots": n0, "paused_slots": paused, "dropped_slots": dropped}
+    if n1 < min_slots or n0 < min_slots:
+        why = [f"{n1} burst and {n0} control slots usable (at least {min_slots} of each needed)"]
+        if paused:
+            why.append(f"{paused} lost to a paused guest")
+        if dropped:
+            why.append(f"{dropped} with keys the guest did not take")
+        return Finding("inconclusive", "; ".join(why), None, counts)
+    tests: list[tuple[str, float]] = []
+    cols: list[np.ndarray] = []
+    for c in channels:
+        values = series.channels.get(c)
+        if values is None:
+            continue
+        for w in windows_s:
+            resp = []
+            for s in valid:
+                span = _window_intervals(series, s.start, s.end + w) or []
+                resp.append(sum(float(values[k]) for k in span))
+            tests.append((c, float(w)))
+            cols.append(np.asarray(resp, dtype=float))
+    if not cols:
+        return Finding("inconclusive", f"none of the channels {', '.join(channels)} observed", None, counts)
+    labels = np.asarray([1.0 if s.inject else 0.0 for s in valid])
+    ranks = np.column_stack([_ranks(col) for col in cols])  # (slots, tests)
+    n = len(valid)
+    # the standardisation of each test: rank variance is the same under every relabelling
+    var = ranks.var(axis=0)
+    scale = np.sqrt(var * (1.0 / n1 + 1.0 / n0))
+    live = scale > 0
+
+    def stat(lab: np.ndarray) -> np.ndarray:  # lab: (k, n) -> the max over tests, shape (k,)
+        mean1 = lab @ ranks / n1
+        mean0 = (1.0 - lab) @ ranks / n0
+        z = np.where(live, (mean1 - mean0) / np.where(live, scale, 1.0), 0.0)
+        return np.asarray(z.max(axis=1))
+
+    observed_z = stat(labels[None, :])[0]
+    per_test = np.where(live, ((labels @ ranks) / n1 - ((1 - labels) @ ranks) / n0) / np.where(live, scale, 1.0), 0.0)
+    best = int(np.argmax(per_test))
+    if seed is None:
+        digest = hashlib.sha256(repr([(round(s.start, 3), s.inject) for s in valid]).encode()).digest()
+        seed = int.from_bytes(digest[:8], "little")
+    rng = np.random.default_rng(seed)
+    perms = np.stack([rng.permutation(labels) for _ in range(permutations)]) if permutations else np.empty((0, n))
+    null = stat(perms) if permutations else np.empty(0)
+    exceed = int(np.sum(null >= observed_z - 1e-9))
+    p = (1 + exceed) / (1 + permutations)
+    channel, window = tests[best]
+    col = cols[best]
+    active1 = int(np.sum((col > 0) & (labels == 1)))
+    active0 = int(np.sum((col > 0) & (labels == 0)))
+    evidence = {**counts, "channel": channel, "window_s": window, "z": round(float(observed_z), 3),
+                "p_value": round(p, 6), "alpha": alpha, "permutations": permutations,
+                "active_after_keys": active1, "active_after_controls": active0,
+                "mean_after_keys": round(float(col[labels == 1].mean()), 3),
+                "mean_after_controls": round(float(col[labels == 0].mean()), 3)}
+    if p <= alpha:
+        return Finding("keylogger_suspected", "", p, evidence)
+    for c in channels:
+        values = series.channels.get(c)
+        if not values:
+            continue
+        ran = [v for v, r in zip(values, series.running, strict=False) if r]
+        busy = sum(1 for v in ran if v > 0) / max(1, len(ran))
+        if busy >= saturated_frac:
+            return Finding("inconclusive", f"{c} moved in {busy:.0%} of the intervals: a flood that saturates"
+                           " it would hide a reaction to keys", p, evidence)
+    return Finding("clean", "", p, evidence)
+
+
+def outbound_test(slots: Sequence[Slot], series: Series, *, explain_s: float = 2.0, react_s: float = 6.0,
+                  min_bytes: float = 600.0, min_episodes: int = 2) -> Finding:
+    """Outbound traffic that nothing explains (see the module): ``bot_suspected`` with the episodes'
+    times and bytes, else ``clean``. An episode is explained by inbound bytes within ``explain_s``
+    before it starts, or by a burst of keys that began up to ``react_s`` before it (reacting to keys is
+    the correlation test's business). Intervals of a paused guest are skipped."""
+    tx = series.channels.get("tx_bytes")
+    rx = series.channels.get("rx_bytes")
+    if tx is None or rx is None:
+        return Finding("inconclusive", "no network counters observed")
+    t = series.times
+    episodes: list[tuple[int, int]] = []
+    k = 0
+    while k < len(tx):
+        if tx[k] >= min_bytes and series.running[k]:
+            j = k
+            while j + 1 < len(tx) and tx[j + 1] > 0 and series.running[j + 1]:
+                j += 1
+            episodes.append((k, j))
+            k = j + 1
+        else:
+            k += 1
+    unexplained: list[dict[str, float]] = []
+    bursts = [s for s in slots if s.inject]
+    for a, b in episodes:
+        start = t[a]
+        first = bisect.bisect_left(t, start - explain_s)
+        inbound = sum(float(rx[i]) for i in range(first, min(a, len(rx))))
+        keyed = any(s.start <= start + 1e-9 and start <= s.end + react_s for s in bursts)
+        if inbound > 0 or keyed:
+            continue
+        unexplained.append({"at": round(start, 3), "tx_bytes": float(sum(tx[a:b + 1]))})
+    evidence = {"episodes": len(episodes), "unexplained": len(unexplained), "first": unexplained[:5],
+                "min_bytes": min_bytes, "explain_s": explain_s}
+    if len(unexplained) >= min_episodes:
+        return Finding("bot_suspected", "", None, evidence)
+    return Finding("clean", "", None, evidence)
+
+
+class KeyloggerOptions(DetectorOptions):
+    injector: str = "typing-schedule"
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)  # the false-positive rate of one round, at most
+    windows_s: tuple[float, ...] = (1.0, 3.0, 6.0)
+    channels: tuple[str, ...] = CHANNELS
+    min_slots: int = Field(default=6, ge=3, le=1000)
+    max_looks: int = Field(default=6, ge=1, le=1000)
+    look_every: int = Field(default=4, ge=1, le=1000)  # finished slots between two looks
+    permutations: int = Field(default=4999, ge=99, le=20_000)
+    saturated_frac: float = Field(default=0.9, gt=0, le=1)
+    bot_min_bytes: float = Field(default=600.0, ge=0)
+    bot_min_episodes: int = Field(default=2, ge=1)
+    explain_s: float = Field(default=2.0, ge=0)
+    max_samples: int = Field(default=4000, ge=10, le=100_000)
+
+    @field_validator("windows_s")
+    @classmethod
+    def _windows(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not (0 < w <= 600) for w in v):
+            raise ValueError("windows_s: one or more windows, each in (0, 600] seconds")
+        return tuple(sorted(v))
+
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [c for c in v if c not in CHANNELS]
+        if not v or bad:
+            raise ValueError(f"channels: a non-empty subset of {', '.join(CHANNELS)} (not {bad})")
+        return v
+
+
+class KeyloggerDetector:
+    """The unit detector over a schedule injector's observations (see the module)."""
+
+    def __init__(self, unit: str, opts: KeyloggerOptions) -> None:
+        self.kind = "keylogger"
+        self.name = opts.detector_name
+        self.unit = unit
+        self.opts = opts
+        # the series so far: sample times, and per interval between two samples the counter deltas
+        self._times: deque[float] = deque(maxlen=opts.max_samples)
+        self._deltas: dict[str, deque[float]] = {c: deque(maxlen=opts.max_samples - 1) for c in _COUNTERS}
+        self._running: deque[bool] = deque(maxlen=opts.max_samples - 1)
+        self._prev: tuple[Mapping[str, float], bool] | None = None
+        self._slots: deque[Slot] = deque(maxlen=opts.max_samples)
+        self._looked = 0
+        self._last_looked_slots = 0
+        self._next_look = 2 * self.opts.min_slots
+        self._bot_done = False
+        self.last: Finding | None = None
+        self.rounds = 0
+
+    @property
+    def source(self) -> str:
+        return f"keylogger:{self.opts.injector}"
+
+    def feed(self, obs: Observation) -> Judgement:
+        if obs.probe != self.opts.injector or not math.isfinite(obs.mono):
+            return NOTHING
+        vals = obs.values
+        try:
+            counters = {c: float(vals[c]) for c in _COUNTERS if c in vals}
+            running = float(vals.get("running", 1.0)) > 0
+        except (TypeError, ValueError):
+            return NOTHING
+        if not obs.ok:
+            running = False  # the counters could not be read: the interval does not count
+        if self._times and obs.mono <= self._times[-1]:
+            return NOTHING
+        if self._prev is not None:
+            before, ran = self._prev
+            for c in _COUNTERS:
+                d = counters.get(c, 0.0) - before.get(c, 0.0)
+                self._deltas[c].append(d if math.isfinite(d) and d > 0 else 0.0)  # a new QEMU starts at 0
+            self._running.append(ran and running)
+        self._times.append(obs.mono)
+        self._prev = (counters, running)
+        slot = vals.get("slot")
+        if slot is not None and math.isfinite(float(slot)):
+            end = float(vals.get("slot_end", obs.mono))
+            end = end if math.isfinite(end) and end >= obs.mono else obs.mono
+            self._slots.append(Slot(obs.mono, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0))
+        if float(vals.get("bait_found", 0.0) or 0.0) > 0:
+            return self._conclude(obs.mono, Finding("keylogger_suspected", "", 0.0, {
+                "bait_found": int(float(vals["bait_found"])), "channel": "bait",
+                "rule": "bait text typed into the guest appeared in its outbound traffic"}))
+        return self._look(obs.mono)
+
+    def _look(self, now: float) -> Judgement:
+        o = self.opts
+        last = self._times[-1]
+        finished = sum(1 for s in self._slots if s.end + max(o.windows_s) <= last)
+        if finished == self._last_looked_slots and len(self._times) % 10:
+            return NOTHING  # nothing new to test (the bot rule is checked every tenth sample too)
+        series = Series(list(self._times), {c: list(d) for c, d in self._deltas.items()}, list(self._running))
+        if not self._bot_done:
+            bot = outbound_test(list(self._slots), series, explain_s=o.explain_s, react_s=max(o.windows_s),
+                                min_bytes=o.bot_min_bytes, min_episodes=o.bot_min_episodes)
+            if bot.verdict == "bot_suspected":
+                self._bot_done = True  # once per round
+                return self._conclude(now, bot, keep=True)
+        if finished == self._last_looked_slots:
+            return NOTHING
+        self._last_looked_slots = finished
+        if finished < self._next_look:
+            return NOTHING
+        self._next_look = finished + o.look_every
+        found = correlation_test(list(self._slots), series, windows_s=o.windows_s, channels=o.channels,
+                                 alpha=o.alpha / o.max_looks, permutations=o.permutations, min_slots=o.min_slots,
+                                 saturated_frac=o.saturated_frac)
+        if found.verdict == "inconclusive" and found.p_value is None:
+            # not enough usable slots yet (a paused guest, dropped keys): wait, unless the round has
+            # had as many slots as all its looks would take
+            if finished < 2 * o.min_slots + o.max_looks * o.look_every:
+                return NOTHING
+            return self._conclude(now, found)
+        self._looked += 1
+        if found.verdict == "keylogger_suspected" or self._looked >= o.max_looks:
+            return self._conclude(now, found)
+        return NOTHING
+
+    def _conclude(self, now: float, found: Finding, *, keep: bool = False) -> Judgement:
+        self.last = found
+        ev = {**found.evidence, "injector": self.opts.injector, "alpha": self.opts.alpha,
+              "looks": self._looked, "max_looks": self.opts.max_looks}
+        if found.reason:
+            ev["reason"] = found.reason
+        kind = {"keylogger_suspected": VerdictKind.KEYLOGGER_SUSPECTED, "bot_suspected": VerdictKind.BOT_SUSPECTED,
+                "clean": VerdictKind.CLEAN}.get(found.verdict, VerdictKind.INCONCLUSIVE)
+        bad = kind in (VerdictKind.KEYLOGGER_SUSPECTED, VerdictKind.BOT_SUSPECTED)
+        if kind is VerdictKind.KEYLOGGER_SUSPECTED:
+            if "bait_found" in ev:
+                summary = "keylogger suspected: bait typed into the guest left it over the network"
+            else:
+                summary = (f"keylogger suspected: {ev.get('channel')} follows typed keys"
+                           f" within {ev.get('window_s'):g} s"
+                           f" (p = {found.p_value:.4g} <= {self.opts.alpha / self.opts.max_looks:.4g};"
+                           f" active after {ev.get('active_after_keys')}/{ev.get('inject_slots')} bursts,"
+                           f" {ev.get('active_after_controls')}/{ev.get('control_slots')} controls)")
+        elif kind is VerdictKind.BOT_SUSPECTED:
+            summary = f"bot suspected: {ev.get('unexplained')} outbound bursts that no request or input explains"
+        elif kind is VerdictKind.CLEAN:
+            summary = f"no reaction to typed keys ({self._looked} looks, smallest p = {found.p_value})"
+        else:
+            summary = f"keylogger test inconclusive: {found.reason}"
+        verdict = Verdict(self.unit, self.source, kind, Severity.CRITICAL if bad else Severity.INFO, now, summary,
+                          _plain(ev))
+        health = (HealthReport(self.source, Health.FAILING if bad else Health.OK, summary),)
+        if not keep:
+            self._new_round()
+        return Judgement((verdict,), health)
+
+    def _new_round(self) -> None:
+        self.rounds += 1
+        last = self._times[-1] if self._times else None
+        self._forget()
+        if last is not None:
+            self._times.append(last)  # the next interval starts here (self._prev is kept)
+        self._slots.clear()
+        self._looked = 0
+        self._last_looked_slots = 0
+        self._next_look = 2 * self.opts.min_slots
+        self._bot_done = False
+
+    def _forget(self) -> None:
+        self._times.clear()
+        self._running.clear()
+        for d in self._deltas.values():
+            d.clear()
+
+    def reset(self) -> None:
+        """A new guest: forget the round (its slots and counters); the round count stays."""
+        self._forget()
+        self._prev = None
+        self._slots.clear()
+        self._looked = 0
+        self._last_looked_slots = 0
+        self._next_look = 2 * self.opts.min_slots
+        self._bot_done = False
+        self.last = None
+
+    def state(self) -> dict[str, Any]:
+        last = self.last
+        return {"injector": self.opts.injector, "alpha": self.opts.alpha, "slots": len(self._slots),
+                "looks": self._looked, "rounds": self.rounds,
+                "last": None if last is None else {"verdict": last.verdict, "reason": last.reason,
+                                                   "p_value": last.p_value}}
+
+    def limits(self) -> dict[str, Limit]:
+        return {}
+
+
+def _plain(ev: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready evidence (no NaN, no numpy scalars)."""
+    out: dict[str, Any] = {}
+    for k, raw in ev.items():
+        v = raw.item() if isinstance(raw, (np.floating, np.integer)) else raw
+        out[k] = None if isinstance(v, float) and not math.isfinite(v) else v
+    return out
+
+
+def _build(ctx: DetectorContext, opts: KeyloggerOptions) -> KeyloggerDetector:
+    return KeyloggerDetector(ctx.unit, opts)
+
+
+register("keylogger", KeyloggerOptions, _build, example={"injector": "typing"})

@@ -1,0 +1,277 @@
+"""The keylogger/bot detector on synthetic guests: each specimen-like pattern is found at its alpha,
+benign patterns are not, and the false-positive rate over many seeds stays within alpha."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from enmei.detect.keylogger import KeyloggerDetector, KeyloggerOptions, Series, Slot, correlation_test, outbound_test
+from enmei.model import Observation, VerdictKind
+
+DT = 0.25  # the schedule's sampling interval in these simulations
+
+
+@dataclass
+class Guest:
+    """A simulated guest: ``on_key(t)`` for each key typed, ``tick(t)`` each interval; it adds to its
+    cumulative counters. Subclasses are the behaviours."""
+
+    rng: random.Random
+    counters: dict[str, float] = field(default_factory=lambda: {"wr_operations": 0.0, "wr_bytes": 0.0,
+                                                                 "tx_bytes": 0.0, "rx_bytes": 0.0})
+    pending: list[tuple[float, str, float]] = field(default_factory=list)  # (when, counter, amount)
+
+    def later(self, t: float, counter: str, amount: float) -> None:
+        self.pending.append((t, counter, amount))
+
+    def on_key(self, t: float) -> None:
+        pass
+
+    def tick(self, t: float) -> None:
+        due = [p for p in self.pending if p[0] <= t]
+        self.pending = [p for p in self.pending if p[0] > t]
+        for _, c, a in due:
+            self.counters[c] += a
+        if self.rng.random() < 0.02:  # background: a file system commit now and then (every 12 s)
+            self.counters["wr_operations"] += 1
+            self.counters["wr_bytes"] += 4096
+
+
+class WriteEveryKey(Guest):
+    def on_key(self, t: float) -> None:
+        self.later(t + 0.05, "wr_operations", 2)
+        self.later(t + 0.05, "wr_bytes", 4096)
+
+
+class BufferThenFlush(Guest):
+    n = 24
+    buf = 0
+
+    def on_key(self, t: float) -> None:
+        self.buf += 1
+        if self.buf >= self.n:
+            self.buf = 0
+            self.later(t + 0.1, "wr_operations", 3)
+            self.later(t + 0.1, "wr_bytes", 8192)
+
+
+class TimerFlush(Guest):
+    period = 5.0
+    buf = 0
+    next_flush = 0.0
+
+    def on_key(self, t: float) -> None:
+        self.buf += 1
+
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        if t >= self.next_flush:
+            self.next_flush = t + self.period
+            if self.buf:
+                self.buf = 0
+                self.counters["wr_operations"] += 2
+                self.counters["wr_bytes"] += 4096
+
+
+class ToNetwork(Guest):
+    line = 0
+
+    def on_key(self, t: float) -> None:
+        self.line += 1
+        if self.line % 8 == 0:
+            self.later(t + 0.3, "tx_bytes", 140)
+            self.later(t + 0.35, "rx_bytes", 60)
+
+
+class Delayed(WriteEveryKey):
+    start_after = 40.0
+
+    def on_key(self, t: float) -> None:
+        if t >= self.start_after:
+            super().on_key(t)
+
+
+class PeriodicLogger(Guest):
+    period = 2.0
+    phase = 0.0
+
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        if (t - self.phase) % self.period < DT:
+            self.counters["wr_operations"] += 1
+            self.counters["wr_bytes"] += 512
+
+
+class BurstyBackup(Guest):
+    until = -1.0
+
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        if t > self.until and self.rng.random() < DT / 20.0:
+            self.until = t + self.rng.uniform(2.0, 8.0)
+        if t <= self.until:
+            self.counters["wr_operations"] += self.rng.randint(5, 40)
+            self.counters["wr_bytes"] += self.rng.randint(5, 40) * 65536
+
+
+class Flood(Guest):
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        self.counters["wr_operations"] += self.rng.randint(50, 60)
+        self.counters["wr_bytes"] += 2**20
+
+
+class Bot(Guest):
+    next_call = 7.0
+
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        if t >= self.next_call:
+            self.next_call = t + self.rng.uniform(10.0, 20.0)
+            self.counters["tx_bytes"] += 1800
+            self.later(t + 0.3, "rx_bytes", 200)
+
+
+class HttpService(Guest):
+    """Answers inbound requests (rx, then tx): explained outbound traffic."""
+
+    def tick(self, t: float) -> None:
+        super().tick(t)
+        if self.rng.random() < DT / 3.0:
+            self.counters["rx_bytes"] += 300
+            self.later(t + DT, "tx_bytes", 2500)
+
+
+def simulate(guest: Guest, seed: int, *, slots: int = 40, gap_s: float = 8.0, keys: int = 16,
+             paused: Callable[[float], bool] = lambda t: False, drop: float = 0.0) -> list[Observation]:
+    """The observations a schedule injector would make on ``guest``: a slot every ``gap_s`` (+ jitter),
+    keys or control with probability 1/2 each, a sample every DT."""
+    rng = random.Random(seed)
+    out: list[Observation] = []
+    t = 0.0
+    next_slot = 2.0
+    key_times: list[float] = []
+    made = 0
+    while made < slots or t < next_slot + gap_s:
+        values: dict[str, float] = dict(guest.counters)
+        values["running"] = 0.0 if paused(t) else 1.0
+        if made < slots and t >= next_slot:
+            inject = rng.random() < 0.5
+            values["slot"] = 1.0 if inject else 0.0
+            values["slot_end"] = t + keys * 0.06
+            dropped = inject and rng.random() < drop
+            values["keys_dropped"] = float(keys) if dropped else 0.0
+            if inject and not dropped and not paused(t):
+                key_times = [t + i * 0.06 for i in range(keys)]
+            made += 1
+            next_slot = t + gap_s + rng.uniform(0.0, 2.0)
+        out.append(Observation("vm", "typing", True, t, 1000.0 + t, values))
+        t = round(t + DT, 6)
+        for kt in [k for k in key_times if k < t]:
+            guest.on_key(kt)
+        key_times = [k for k in key_times if k >= t]
+        if not paused(t):
+            guest.tick(t)
+    return out
+
+
+def run(guest_cls: type[Guest], seed: int, **kw: object) -> list[tuple[VerdictKind, dict[str, object]]]:
+    guest = guest_cls(random.Random(seed + 1))
+    if isinstance(guest, PeriodicLogger):
+        guest.phase = random.Random(seed).uniform(0, guest.period)
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing"))
+    got: list[tuple[VerdictKind, dict[str, object]]] = []
+    for obs in simulate(guest, seed, **kw):  # type: ignore[arg-type]
+        for v in det.feed(obs).verdicts:
+            got.append((v.kind, dict(v.evidence)))
+    return got
+
+
+@pytest.mark.parametrize("specimen", [WriteEveryKey, BufferThenFlush, TimerFlush, ToNetwork, Delayed])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_each_keylogger_pattern_is_found(specimen: type[Guest], seed: int) -> None:
+    got = run(specimen, seed)
+    assert got, "no verdict at all"
+    kind, ev = got[0]
+    assert kind is VerdictKind.KEYLOGGER_SUSPECTED, (kind, ev)
+    assert float(ev["p_value"]) <= 0.01 / 6  # type: ignore[arg-type]
+    assert int(ev["active_after_keys"]) > int(ev["active_after_controls"])  # type: ignore[call-overload]
+    expect = "tx_bytes" if specimen is ToNetwork else ("wr_operations", "wr_bytes")
+    assert ev["channel"] in expect
+
+
+@pytest.mark.parametrize("benign", [Guest, PeriodicLogger, BurstyBackup, HttpService])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_benign_patterns_are_not_accused(benign: type[Guest], seed: int) -> None:
+    got = run(benign, seed)
+    kinds = [k for k, _ in got]
+    assert VerdictKind.KEYLOGGER_SUSPECTED not in kinds and VerdictKind.BOT_SUSPECTED not in kinds, got
+    assert kinds and kinds[0] is VerdictKind.CLEAN, got  # a round of looks, then clean
+    assert got[0][1]["looks"] == 6
+
+
+def test_the_false_positive_rate_is_within_alpha() -> None:
+    """One test at alpha = 0.05 on 400 seeds of benign guests (mixed): at most alpha plus three
+    standard errors of the sampled rate."""
+    alpha, trials = 0.05, 400
+    benign = [Guest, PeriodicLogger, BurstyBackup]
+    hits = 0
+    for seed in range(trials):
+        cls = benign[seed % 3]
+        guest = cls(random.Random(seed))
+        obs = simulate(guest, 10_000 + seed, slots=24)
+        series = Series.from_samples([(o.mono, o.values, o.values.get("running", 1) > 0) for o in obs])
+        slots = [Slot(o.mono, o.values["slot_end"], o.values["slot"] > 0) for o in obs if "slot" in o.values]
+        found = correlation_test(slots, series, alpha=alpha, permutations=199, min_slots=4)
+        hits += found.verdict == "keylogger_suspected"
+    rate = hits / trials
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials), rate
+
+
+def test_a_bot_is_found_and_an_answering_service_is_not() -> None:
+    got = run(Bot, 5)
+    assert got[0][0] is VerdictKind.BOT_SUSPECTED, got
+    assert int(got[0][1]["unexplained"]) >= 2  # type: ignore[call-overload]
+    assert all(k is not VerdictKind.BOT_SUSPECTED for k, _ in run(HttpService, 5))
+
+
+def test_a_paused_guest_gives_inconclusive_not_clean() -> None:
+    got = run(WriteEveryKey, 4, paused=lambda t: t > 20.0)
+    assert got[0][0] is VerdictKind.INCONCLUSIVE, got
+    assert "paused" in str(got[0][1]["reason"])
+
+
+def test_dropped_keys_give_inconclusive() -> None:
+    got = run(Guest, 4, drop=0.9)
+    assert got[0][0] is VerdictKind.INCONCLUSIVE, got
+    assert "did not take" in str(got[0][1]["reason"])
+
+
+def test_a_flood_that_saturates_the_disk_is_inconclusive() -> None:
+    got = run(Flood, 6)
+    assert got[0][0] is VerdictKind.INCONCLUSIVE, got
+    assert "a flood" in str(got[0][1]["reason"])
+
+
+def test_bait_in_outbound_traffic_is_proof() -> None:
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing"))
+    j = det.feed(Observation("vm", "typing", True, 1.0, 1.0, {"wr_operations": 0.0, "bait_found": 1.0}))
+    assert [v.kind for v in j.verdicts] == [VerdictKind.KEYLOGGER_SUSPECTED]
+    assert j.verdicts[0].evidence["bait_found"] == 1
+
+
+def test_outbound_test_needs_network_counters() -> None:
+    series = Series([0.0, 1.0], {"wr_operations": [0.0]}, [True])
+    assert outbound_test([], series).verdict == "inconclusive"
+
+
+def test_bad_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="windows_s"):
+        KeyloggerOptions(kind="keylogger", windows_s=(0.0,))
+    with pytest.raises(ValueError, match="channels"):
+        KeyloggerOptions(kind="keylogger", channels=("rd_bytes",))
