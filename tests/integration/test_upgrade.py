@@ -182,3 +182,29 @@ def test_a_successor_killed_or_hung_mid_takeover_leaves_the_old_enmei_supervisin
         adopted = [json.loads(x.body) for x in r.records(kinds=["unit.event"]) if '"adopted"' in x.body]
     assert len(adopted) >= 3  # adopted again by the old enmei's new engine
     assert verify(rig.journal).ok
+
+
+def test_the_old_enmei_killed_mid_takeover_leaves_the_successor_supervising(rig: Rig) -> None:
+    """The lock is shared, never free: the successor finds the old enmei gone and takes over as a restart."""
+    old = rig.supervisor_pid()
+    before = rig.pids()
+    proc = _ctl_upgrade(rig)
+    try:
+        assert wait_until(lambda: any(u["event"] == "self_check" for u in _upgrades(rig)), 120)
+        successor = next(u for u in _upgrades(rig) if u["event"] == "self_check")["pid"]
+        os.kill(successor, signal.SIGSTOP)  # so that the old one dies before it can hand over
+        assert old is not None and rig.first is not None
+        os.kill(old, signal.SIGKILL)
+        rig.first.wait(scaled(30))
+        os.kill(successor, signal.SIGCONT)
+        proc.communicate(timeout=scaled(240))  # (its answer may be lost with the old enmei)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert wait_until(lambda: rig.supervisor_pid() == successor, 120)
+    assert rig.pids() == before  # adopted, none stopped
+    handed = _upgrades(rig)[-1]
+    assert handed["event"] == "handed_over" and handed["pid"] == successor, handed
+    assert _enmei_processes(rig.cfg) == [successor] and lock_holder(rig.state) == successor
+    assert verify(rig.journal).ok
