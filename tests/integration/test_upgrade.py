@@ -26,6 +26,7 @@ import pytest
 from enmei.bench.selfupdate import Hammer, Rig, probe_gap
 from enmei.box import Reader, verify
 from enmei.ctl.client import lock_holder
+from enmei.watch.files import lock_holder as watched_lock_holder
 from support.wait import SLOWNESS, scaled
 
 from .conftest import PY, enmei, wait_until
@@ -100,6 +101,7 @@ def test_upgrade_keeps_the_units_pids_the_probes_and_the_web_listener(rig: Rig) 
     assert _listener_inode(rig.web_port) == inode  # the same listening socket, never closed
     assert web["refused_connections"] == 0 and web["web_requests"] > 0, web
     assert lock_holder(rig.state) == new and _enmei_processes(rig.cfg) == [new]
+    assert watched_lock_holder(rig.state / "enmei.lock") == new  # what `enmei watch` follows
     gap, unit = probe_gap(rig.journal, rig.units, t0 - 2 * PERIOD_S, time.time())
     events = [u["event"] for u in _upgrades(rig)]
     assert events == ["requested", "successor_started", "self_check", "handing_over", "handed_over"], events

@@ -15,7 +15,7 @@ from typing import Any
 
 from enmei.ctl.protocol import MAX_REQUEST, SOCKET_NAME, CtlError, decode, encode
 
-__all__ = ["lock_holder", "request", "socket_path"]
+__all__ = ["holds_open", "lock_holder", "request", "socket_path"]
 
 _MAX_ANSWER = 64 * 2**20
 _SUN_PATH_MAX = 107
@@ -29,17 +29,33 @@ def socket_path(state_dir: Path) -> Path:
 def lock_holder(state_dir: Path) -> int | None:
     """The pid of the process holding ``state_dir``'s lock (a running enmei), or None.
 
-    After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock (the successor
-    inherited its open lock file, and the lock with it): when that pid is gone, the pid the holder wrote
-    into the lock file is the answer."""
+    After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock, which has exited
+    (the successor inherited its open lock file, and the lock with it): the pid the successor wrote into
+    the lock file is the answer when that process has the lock file open."""
     pid = _flock_pid(state_dir)
-    if pid is None or os.path.exists(f"/proc/{pid}"):
-        return pid
+    if pid is None:
+        return None
+    lock = Path(state_dir) / LOCK_NAME
     try:
-        written = int((Path(state_dir) / LOCK_NAME).read_text(encoding="ascii").strip())
+        written = int(lock.read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return pid
-    return written if os.path.exists(f"/proc/{written}") else pid
+    return written if written != pid and holds_open(written, lock) else pid
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has the file at ``path`` open (one of its fds is that file)."""
+    try:
+        st = os.stat(path)
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            there = os.stat(f"/proc/{pid}/fd/{fd}")
+            if (there.st_ino, there.st_dev) == (st.st_ino, st.st_dev):
+                return True
+    return False
 
 
 def _flock_pid(state_dir: Path) -> int | None:

@@ -62,7 +62,33 @@ def read_beat(state_dir: Path) -> dict[str, Any] | None:
 
 
 def lock_holder(lock: Path) -> int | None:
-    """The pid holding an ``flock`` on ``lock`` as ``/proc/locks`` lists it, or None. Takes no lock."""
+    """The pid holding an ``flock`` on ``lock`` as ``/proc/locks`` lists it, or None. Takes no lock.
+
+    After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock, which has exited
+    (its successor inherited the open lock file, and the lock with it): the pid written in the lock file
+    is the answer when that process has the file open."""
+    pid = _flock_pid(lock)
+    if pid is None:
+        return None
+    try:
+        written = int(lock.read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return pid
+    if written == pid:
+        return pid
+    try:
+        st, fds = os.stat(lock), os.listdir(f"/proc/{written}/fd")
+    except OSError:
+        return pid
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            there = os.stat(f"/proc/{written}/fd/{fd}")
+            if (there.st_ino, there.st_dev) == (st.st_ino, st.st_dev):
+                return written
+    return pid
+
+
+def _flock_pid(lock: Path) -> int | None:
     try:
         st = os.stat(lock)
         with open("/proc/locks", encoding="ascii", errors="replace") as f:
