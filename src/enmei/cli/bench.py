@@ -116,6 +116,22 @@ def crash(as_json: JsonOpt = False,
 
 
 @app.command()
+def watchdog(as_json: JsonOpt = False,
+             kills: Annotated[int, typer.Option(min=1, help="How many times to kill -9 the watched enmei")] = 20,
+             seed: Annotated[int, typer.Option(help="Random seed for the kill moments")] = 0,
+             check: Annotated[bool, typer.Option("--check", help="Exit 6 if a goal is missed")] = False) -> None:
+    """Kill -9 a watched enmei at random moments (some mid-remedy); enmei watch restarts it: detection and
+    restore times, lost records, duplicated remedies."""
+    from enmei.bench import watchdog as bench_watchdog
+    from enmei.cli.common import Exit
+
+    result = bench_watchdog.run(kills, seed)
+    emit("enmei bench watchdog", result, as_json)
+    if check and not result["goals_met"]:
+        raise typer.Exit(int(Exit.BENCH_GOAL))
+
+
+@app.command()
 def tamper(as_json: JsonOpt = False,
            trials: Annotated[int, typer.Option(help="Tampered copies to verify")] = 600,
            seed: Annotated[int, typer.Option(help="Random seed")] = 0) -> None:
