@@ -115,7 +115,8 @@ class Up:
         self.up.wait()
 
 
-def _config(tmp: Path, port: int, *, restart_mode: str = "plain", startup_timeout_s: float = 60) -> str:
+def _config(tmp: Path, port: int, *, restart_mode: str = "plain", startup_timeout_s: float = 60,
+            limits: str = "") -> str:
     return f"""
 [supervisor]
 state_dir = "{tmp / 'state'}"
@@ -127,6 +128,7 @@ startup_timeout_s = {startup_timeout_s}
 start_s = 0.3
 stop_timeout_s = 15
 restart_mode = "{restart_mode}"
+{limits}
 [[units.web.sockets]]
 address = "127.0.0.1:{port}"
 name = "http"
@@ -323,3 +325,47 @@ def test_an_operator_stop_during_an_update_leaves_no_instance_behind(web: Up) ->
     assert wait_until(lambda: web.instances() == [], 60), web.instances()
     assert not rec.exists()
     assert "handover rolled_back" in web.log()
+
+
+def _limit_groups(pid: int) -> dict[str, str]:
+    """Controller -> the v1 cgroup path of ``pid`` for the limits' controllers."""
+    out: dict[str, str] = {}
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(","):
+            if c in ("cpu", "memory", "pids"):
+                out[c] = path
+    return out
+
+
+@pytest.mark.parametrize("opts", [{"limits": 'cpu_max = "0.8"\nmemory_max = "256MiB"\npids_max = 64'}])
+def test_a_unit_with_limits_is_handed_over_each_instance_in_its_own_limits(web: Up) -> None:
+    """Before, an update of a unit with cpu_max, memory_max or pids_max was refused. Now the new instance
+    runs in limit groups of its own (``unit-web@b``) beside the old one's, with the same limits, and the old
+    one's groups go with it."""
+    (old,) = web.instances()
+    before = _limit_groups(old)
+    with Load(web.port, rate=100, threads=2, max_requests=5_000, max_s=60) as load:
+        assert wait_until(lambda: len(load.samples) >= 50, 30)
+        answer = web.update("--version", "2")
+        assert answer["ok"] and answer["outcome"]["state"] == "succeeded", answer
+        n = len(load.samples)
+        assert wait_until(lambda: len(load.samples) >= n + 50, 30)
+    assert [s for s in load.samples if not s.ok] == []
+    (new,) = web.instances()
+    after = _limit_groups(new)
+    limited = [c for c in ("cpu", "memory", "pids") if before.get(c, "").endswith("/unit-web")]
+    assert limited, f"no limit group on this host: {before}"  # the cage test says why, if so
+    for c in limited:
+        assert after[c].endswith("/unit-web@b"), (c, before, after)
+    if "pids" in limited:
+        mount = Path("/sys/fs/cgroup/pids")
+        assert (mount / after["pids"].lstrip("/") / "pids.max").read_text().strip() == "64"
+        old_group = mount / before["pids"].lstrip("/")
+        assert wait_until(lambda: not old_group.exists(), 30), f"{old_group} left behind"
+    # And back: the next handover goes to the unit's first groups again.
+    answer = web.update("--version", "3")
+    assert answer["ok"], answer
+    (third,) = web.instances()
+    for c in limited:
+        assert _limit_groups(third)[c].endswith("/unit-web"), (c, _limit_groups(third))

@@ -65,7 +65,8 @@ from enmei.visor.cgroup import (
 
 __all__ = ["CPU_PERIOD_US", "HELPER_PIDS_MAX", "HelperCage", "Limits", "ResourceCage", "UnitCage", "balance_v1_cpu",
            "caged_argv", "current_cage", "current_cage_owner", "enter_cage", "host_support", "install_cage",
-           "join_thread", "limit_notices", "parse_v1_mounts", "parse_v1_own", "standalone_cage"]
+           "join_thread", "limit_notices", "parse_v1_mounts", "parse_v1_own", "standalone_cage",
+           "unit_group"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,15 @@ _HELPER_SHARES_V1 = 2048
 _HELPER_WEIGHT_V2 = 200
 _RESOURCES = {"cpu_max": ("cpu", "cpu"), "memory_max": ("memory", "memory"), "pids_max": ("pids", "pids")}
 _RELEASE_WAIT_S = 3.0  # a group whose processes just died may refuse rmdir for a moment
+
+
+_SLOTS = (None, "b")  # a unit's instance, and the handover's second one beside it (``enmei.visor.handover``)
+
+
+def unit_group(unit: str, slot: str | None = None) -> str:
+    """The name of ``unit``'s v1 limit group in each hierarchy: ``unit-NAME``, and ``unit-NAME@b`` for a
+    handover's instance in slot ``b`` (``@`` is not allowed in unit names: no unit's group is another's)."""
+    return f"unit-{unit}" if slot in (None, "a") else f"unit-{unit}@{slot}"
 
 
 def balance_v1_cpu(base: Path) -> None:
@@ -475,9 +485,11 @@ class ResourceCage:
 
     # -- units ------------------------------------------------------------------------------------
 
-    def for_unit(self, unit: str, limits: Limits, v2: Cgroup | None) -> UnitCage:
+    def for_unit(self, unit: str, limits: Limits, v2: Cgroup | None, *, slot: str | None = None) -> UnitCage:
         """Set ``limits`` up for one start of ``unit`` (its v2 cgroup ``v2`` if it has one); what cannot be
-        applied is a notice, never an error. Call before the unit's command is started."""
+        applied is a notice, never an error. Call before the unit's command is started. ``slot``: the
+        handover's other instance, limited like the first in groups of its own (``unit_group``), so the two
+        side by side never share one instance's limits."""
         self.discover()
         cage = UnitCage(unit)
         for key, value in limits.asked().items():
@@ -487,7 +499,7 @@ class ResourceCage:
                     _write_all(v2.path, _v2_values(key, value))
                     cage.v2 = v2.path
                 elif ctrl in self.v1:
-                    group = self.v1[ctrl] / f"unit-{unit}"
+                    group = self.v1[ctrl] / unit_group(unit, slot)
                     _mkdir(self.v1[ctrl])
                     _mkdir(group)
                     _write_all(group, _v1_values(key, value))
@@ -512,9 +524,10 @@ class ResourceCage:
         self.discover()
         cage = UnitCage(unit)
         for ctrl, base in self.v1.items():
-            group = base / f"unit-{unit}"
-            if pid in _procs(group):
-                cage.v1[ctrl] = group
+            for slot in _SLOTS:
+                group = base / unit_group(unit, slot)
+                if pid in _procs(group):
+                    cage.v1[ctrl] = group
         cage.oom_base = cage.oom_kills()
         return cage
 
@@ -536,8 +549,9 @@ class ResourceCage:
         """Remove ``unit``'s v1 groups if they exist and are empty (a unit adopted, or left by a crash)."""
         self.discover()
         for ctrl, base in self.v1.items():
-            with contextlib.suppress(CgroupError):
-                _rmdir(base / f"unit-{unit}", wait_s)
+            for slot in _SLOTS:
+                with contextlib.suppress(CgroupError):
+                    _rmdir(base / unit_group(unit, slot), wait_s)
             if ctrl == "cpu" and base.is_dir():
                 balance_v1_cpu(base)
 

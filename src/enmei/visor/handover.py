@@ -138,9 +138,6 @@ async def begin(backend: Any, name: str, spec: ProcessUnit) -> Beside:
     if not spec.sockets:
         raise StartError(name, "update", "declares no [[sockets]]: a handover needs sockets enmei holds",
                          config_error=True)
-    if spec.cpu_max is not None or spec.memory_max is not None or spec.pids_max is not None:
-        raise StartError(name, "update", "a handover of a unit with resource limits is not supported "
-                         "(the limits hold one instance, not two side by side)", config_error=True)
     held = backend.held.get(name)
     if held is None or not held.fits(spec.sockets) or not held.held():
         raise StartError(name, "update", "its sockets are not all held by this enmei (changed in the config, "
@@ -154,14 +151,18 @@ async def begin(backend: Any, name: str, spec: ProcessUnit) -> Beside:
         except CgroupError as exc:
             log.warning("unit %s: no cgroup for the new instance (%s): its stragglers are found by marks", name, exc)
     cgroup = await backend._end_leftovers(name, slot) if slot is not None else None
+    slot = "b" if str(old.identity.extra.get("slot", "a")) == "a" else "a"
+    # Limits in groups of the new instance's own: each of the two holds its own limits while they overlap.
+    ucage = await backend.cage_for(name, spec, cgroup, slot)
     if backend._units.get(name) is not old or old.done.done():
+        if ucage is not None:
+            backend._release_later(name, None, ucage)
         raise StartError(name, "update", "the running instance ended while the new one was being prepared")
     _write(backend, name, {"phase": "beside", "old": old.identity.to_json(), "new": None})
     old.capture_key = f"{name}@old"
     backend.capture.rekey(name, old.capture_key)
-    slot = "b" if str(old.identity.extra.get("slot", "a")) == "a" else "a"
     try:
-        new = backend.launch(name, spec, cwd, env, run_as, cgroup, None, held, slot=slot)
+        new = backend.launch(name, spec, cwd, env, run_as, cgroup, ucage, held, slot=slot)
     except BaseException:
         backend.capture.rekey(old.capture_key, name)
         old.capture_key = ""

@@ -192,7 +192,7 @@ class ProcessBackend(Backend):
         if name in self._units:  # started by someone else while we waited
             raise StartError(name, "start", f"already running as pid {self._units[name].identity.pid}")
         held = self.hold_sockets(name, spec)  # after the leftovers: one of them may still hold the address
-        ucage = await self._cage_for(name, spec, cgroup)
+        ucage = await self.cage_for(name, spec, cgroup)
         run = self.launch(name, spec, cwd, env, run_as, cgroup, ucage, held)
         self._units[name] = run
         self._watch(name, run)
@@ -304,10 +304,13 @@ class ProcessBackend(Backend):
         self._capture(name, spec, {"stdout": out_r, "stderr": err_r})
         return run
 
-    async def _cage_for(self, name: str, spec: ProcessUnit, cgroup: Cgroup | None) -> UnitCage | None:
+    async def cage_for(self, name: str, spec: ProcessUnit, cgroup: Cgroup | None,
+                       slot: str | None = None) -> UnitCage | None:
         """The unit's limits set up for this start (None: it asks for none, or no cage here); first waits
-        for the removal of its previous instance's groups, so that never removes the new ones."""
-        pending = self._releases.pop(name, None)
+        for the removal of its previous instance's groups, so that never removes the new ones. ``slot``:
+        a handover's second instance, in groups of its own (``enmei.visor.cage.unit_group``); it does not
+        wait, the running instance's groups stay."""
+        pending = self._releases.pop(name, None) if slot is None else None
         if pending is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(pending)
@@ -318,7 +321,8 @@ class ProcessBackend(Backend):
             ucage = UnitCage(name, notices=[f"{k} is not applied: cgroups are off for this backend"
                                             for k in limits.asked()])
             return ucage
-        return await asyncio.to_thread(self.cage.for_unit, name, limits, cgroup)
+        cage = self.cage
+        return await asyncio.to_thread(lambda: cage.for_unit(name, limits, cgroup, slot=slot))
 
     async def _helper_cage(self) -> HelperCage | None:
         """The helper cage pre_start and stop commands run in (None: none here)."""
@@ -335,7 +339,12 @@ class ProcessBackend(Backend):
         if cage is None or not ucage.v1:
             return
 
+        before = self._releases.get(name)  # a handover's other instance's groups, still being removed
+
         async def release() -> None:
+            if before is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(before)
             if run is not None and run.sweep is not None:
                 await asyncio.shield(run.sweep)
             if run is not None and run.cgroup is not None:
