@@ -68,7 +68,7 @@ from enmei.visor.qemu.errors import BootError, ImageError, QmpError
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag, phases_upto, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
-from enmei.visor.qemu.shadow import ShadowUpdater, StepFn, recorded_boot_files
+from enmei.visor.qemu.shadow import ShadowUpdater, StepFn, recorded_boot_files, settle
 from enmei.visor.qemu.standby import StandbyManager
 from enmei.visor.qemu.vmm import VmmRejuvenator
 from enmei.visor.qemu.wholestate import WholeState
@@ -126,6 +126,8 @@ class QemuBackend(Backend):
         try:
             await self.standbys.drop(name)
             await strays.reap(self.host, name, paths)
+            # an update's pre-update image left by a supervisor that died in it (a first boot makes a new one)
+            await asyncio.to_thread(settle, paths, spec.image, None, running=None, phase_image_id=None)
             await asyncio.to_thread(strays.remove_files,
                                     [f for s in strays.SLOTS[1:] for f in paths.with_slot(s).slot_files()])
             spec = ram.resolve(name, spec, paths, self.host.free_bytes)
@@ -179,6 +181,8 @@ class QemuBackend(Backend):
         # a standby (or any other QEMU of this unit) left by the earlier supervisor goes: it is not adopted
         with contextlib.suppress(VisorError):
             await strays.reap(self.host, name, paths, keep_pid=identity.pid)
+        # the files of an update the earlier supervisor died in name the guest that runs (``shadow.settle``)
+        settled = await asyncio.to_thread(self._settle, name, spec, machine)
         tag = phase_tag(spec.phase_snapshot) if spec.phase_snapshot else None
         if tag is not None:
             with contextlib.suppress(QmpError):
@@ -213,6 +217,8 @@ class QemuBackend(Backend):
         detail: dict[str, Any] = {"pid": identity.pid, "phase_snapshot": machine.phase_snapshot}
         if resumed:
             detail["resumed"] = True
+        if settled:
+            detail["settled"] = settled
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), detail))
         if machine.panicked:
             # Found panicked: the earlier supervisor saw the panic but did not finish repairing it (it
@@ -492,6 +498,22 @@ class QemuBackend(Backend):
                                "data_disk": disks.SHARED if machine.data_shared else "raw",
                                "phase_image": machine.phase_image_id, "promoted": bool(machine.paths.slot),
                                "ram": machine.spec.ram})
+
+    def _settle(self, name: str, spec: QemuUnit, machine: Machine) -> list[str]:
+        try:
+            info = self.host.resolve_image(spec.image)
+            configured: tuple[str, str] | None = (info.kernel, info.initrd)
+        except ImageError:
+            configured = None
+        try:
+            done = settle(machine.paths, spec.image, configured, running=(machine.kernel, machine.initrd),
+                          phase_image_id=machine.phase_image_id)
+        except OSError as exc:
+            log.warning("unit %s: settling an interrupted update's files: %s", name, exc)
+            return [f"settling an interrupted update's files failed: {exc}"]
+        for what in done:
+            log.warning("unit %s: an update interrupted by the earlier supervisor's end: %s", name, what)
+        return done
 
     def _require(self, name: str, action: str) -> Machine:
         machine = self._vms.get(name)

@@ -37,6 +37,7 @@ import contextlib
 from collections.abc import Mapping
 from typing import Any
 
+from enmei import crashpoint
 from enmei.config.qemu import QemuUnit
 from enmei.visor.qemu import phase_image
 from enmei.visor.qemu.cmdline import MachinePaths
@@ -74,5 +75,6 @@ async def release(old: Machine, timeout_s: float = 5.0) -> bool:
     if not old.panicked:
         with contextlib.suppress(QmpError):
             await old.qmp().execute("stop", timeout_s=1.0)
+    crashpoint.reached("takeover.gate-closed")  # the old guest paused, the new one's gate still closed
     old.kill()
     return await old.wait_gone(timeout_s)

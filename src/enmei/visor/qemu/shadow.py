@@ -46,8 +46,14 @@ Rollback, journaled as a ``rollback`` step, and the update then raises ``UpdateF
   the unit's next start (the engine's restart) boots the pre-update files.
 
 While the clone boots the unit has no warm standby: a phase reboot then loads the snapshot in place.
-A supervisor killed during an update leaves at most the original (adopted) and the clone (a stray in a
-standby slot, killed by ``strays.reap`` like a standby); after the swap, the promoted clone (adopted).
+A supervisor killed during an update (at any of ``POINTS``, each a named step in this code path that the
+``ENMEI_CRASH_AT`` test hook can kill it at) leaves at most the original and the clone: before the swap
+its successor adopts the original (a paused one is resumed) and kills the clone (a stray in a standby
+slot, ``strays.reap``); after the swap it adopts the promoted clone (its gate opened if it was not); in
+between (the original gone, the clone paused or not yet saved as the unit's) the adoption finds no
+guest and the unit is cold-started, the clone killed first. Never do two guests use the data disk: the
+clone's gate is closed until the original is gone. ``settle`` then makes the files agree with the guest
+that runs (the pre-update phase image put back or dropped, the update record naming its boot files).
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from enmei import crashpoint
 from enmei.clock import Clock
 from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError, VisorError
@@ -74,14 +81,24 @@ from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import Machine, phase_tag
 from enmei.visor.qemu.standby import Standby, StandbyLaunchFn, StandbyManager, StandbyState, warm
 
-__all__ = ["RECORD_FORMAT", "ShadowUpdater", "StepFn", "UpdateFailed", "read_record", "record_path",
-           "recorded_boot_files"]
+__all__ = ["POINTS", "RECORD_FORMAT", "ShadowUpdater", "StepFn", "UpdateFailed", "read_record", "record_path",
+           "recorded_boot_files", "settle"]
 
 log = logging.getLogger(__name__)
 
 RECORD_FORMAT = 1
 _POLL_S = 0.02
 _PHASE = "service-ready"
+
+POINTS = ("shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready", "takeover.gate-closed",
+          "takeover.old-ended", "takeover.resumed", "shadow.swap", "shadow.verify", "shadow.verified")
+"""The named steps of an update, in the order it reaches them (``enmei.crashpoint``, a test hook that
+kills the supervisor there): the clone launched (paused); the clone resumed, booting; the clone paused at
+``service-ready``, its state the unit's phase image; the original paused, the clone's data-disk gate
+closed (``disks.release``); the original gone, the clone still paused; the clone resumed, not yet the
+unit's machine; the swap done and recorded; the updated guest answered in its verification; the
+verification passed and recorded. A supervisor killed at any of them leaves a state its successor
+settles (``settle``): one guest serves, original or updated, and the records name it."""
 
 StepFn = Callable[[str, Mapping[str, Any]], None]
 """(step, facts): called as each step of an update ends (``clone``, ``boot``, ``snapshot``, ``swap``,
@@ -228,6 +245,7 @@ class ShadowUpdater:
             t = self.clock.monotonic()
             clone = await self._launch_clone(primary, kernel, initrd)
             step("clone", t, pid=clone.machine.pid, slot=clone.paths.slot)
+            crashpoint.reached("shadow.clone-started")
             t = self.clock.monotonic()
             await self._boot(primary, clone, limit)
             step("boot", t, phases=list(clone.console.phases))
@@ -235,6 +253,7 @@ class ShadowUpdater:
             warm_n = await self._snapshot(primary, clone)
             step("snapshot", t, tag=clone.machine.phase_snapshot, warm_requests=warm_n,
                  phase_image=clone.machine.phase_image_id)
+            crashpoint.reached("shadow.clone-ready")
         except (VisorError, OSError, TimeoutError) as exc:
             cause = getattr(exc, "cause", None) or str(exc) or type(exc).__name__
             await self._rollback_before_swap(name, clone, old_image_id, report, step, cause)
@@ -273,6 +292,7 @@ class ShadowUpdater:
              **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap})
         report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4),
                        "swap_mono": [t, self.clock.monotonic()]})
+        crashpoint.reached("shadow.swap")
         t = self.clock.monotonic()
         problem = await self._verify(new, verify_s, verify_path)
         if problem is not None:
@@ -285,6 +305,7 @@ class ShadowUpdater:
             raise UpdateFailed(name, f"the updated guest {problem}; {then}", report)
         step("verify", t, ok=True)
         await asyncio.to_thread(_write_record, new.paths, {**record, "verified": True})
+        crashpoint.reached("shadow.verified")
         await asyncio.to_thread(self._drop_backup, new.paths)
         report["outcome"] = "updated"
         report["record"] = str(record_path(new.paths))
@@ -323,6 +344,7 @@ class ShadowUpdater:
             await m.qmp().execute("cont")
         except QmpError as exc:
             raise VisorError(name, "shadow update", f"the clone: {exc.cause}") from exc
+        crashpoint.reached("shadow.clone-booting")
         deadline = self.clock.monotonic() + limit_s
         while _PHASE not in clone.console.phases:
             clone.console.poll(self.clock.monotonic())
@@ -384,6 +406,8 @@ class ShadowUpdater:
                 with contextlib.suppress(OSError, TimeoutError):
                     data = await self.host.http_get(port, path, 2.0)
                     answered = data.startswith(b"HTTP/") and b" 200 " in data[:16]
+                if answered:
+                    crashpoint.reached("shadow.verify")  # the updated guest answered; not yet verified
             if self.clock.monotonic() >= end:
                 break
             await self.clock.sleep(0.05)
@@ -523,6 +547,54 @@ class ShadowUpdater:
     def _on_exit(self, machine: Machine) -> None:
         if not machine.stopping:
             log.warning("unit %s: the clone QEMU (pid %d) exited", machine.name, machine.pid)
+
+
+def settle(paths: MachinePaths, configured_image: str, configured_files: tuple[str, str] | None, *,
+           running: tuple[str, str] | None, phase_image_id: str | None) -> list[str]:
+    """Make an update's files agree with the guest that runs, after a supervisor died in an update
+    (``POINTS``); what was changed, for the journal (empty: nothing was left to settle).
+
+    ``running`` is the adopted guest's (kernel, initrd) and ``phase_image_id`` its phase image's id
+    (``running`` None: no guest was adopted, the unit is cold-started). The pre-update phase image is
+    put back if it is the adopted guest's (the update died before its swap: the unit's phase image is the
+    clone's, a standby made from it would run the update), else it is dropped. The update record is
+    rewritten to name the running guest's boot files when it names others (the update died between the
+    swap and its record): a later cold start boots what ran. Without a pre-update phase image no update
+    was in flight and the record is left alone (an operator who changed the configured ``image`` gets it
+    on the next cold start). ``configured_files`` are the configured image's (None: unknown, the record is
+    left alone). Never raises for a missing or unreadable file; an ``OSError`` writing one propagates.
+    """
+    done: list[str] = []
+    image, meta = _backup_paths(paths)
+    interrupted = meta.exists() or image.exists()  # an update's own file: it began and did not end
+    if interrupted:
+        try:
+            backup_id = json.loads(meta.read_text()).get("id")
+            current_id = json.loads(phase_image.meta_path(paths).read_text()).get("id")
+        except (OSError, ValueError, AttributeError):
+            backup_id = current_id = None
+        if running is not None and backup_id is not None and backup_id == phase_image_id \
+                and current_id != backup_id and image.exists():
+            ShadowUpdater._restore_image(paths)
+            done.append("the pre-update phase image put back (the update died before its swap)")
+        else:
+            ShadowUpdater._drop_backup(paths)
+            done.append("the pre-update phase image dropped")
+    if not interrupted or running is None or configured_files is None:
+        return done  # (no update in flight: a guest on other files than the config's is the operator's)
+    rec = read_record(paths, configured_image)
+    recorded = (str(rec["kernel"]), str(rec["initrd"])) if rec is not None else configured_files
+    if running == recorded:
+        return done
+    if running == configured_files:
+        record_path(paths).unlink(missing_ok=True)
+        done.append("the update record removed (the running guest boots the configured image)")
+    else:
+        _write_record(paths, {"base_image": configured_image, "kernel": running[0], "initrd": running[1],
+                              "image": None, "verified": False, "settled": True,
+                              "previous": {"kernel": recorded[0], "initrd": recorded[1]}})
+        done.append(f"the update record names the running guest's boot files ({running[1]})")
+    return done
 
 
 def recorded_boot_files(spec: QemuUnit, paths: MachinePaths) -> tuple[str, str] | None:

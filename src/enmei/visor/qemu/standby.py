@@ -58,6 +58,7 @@ from typing import Any
 
 import psutil
 
+from enmei import crashpoint
 from enmei.clock import Clock
 from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError, VisorError
@@ -416,6 +417,7 @@ class StandbyManager:
             await self._kill(sb)
             raise VisorError(name, "phase reboot", f"QEMU pid {old.pid} survived SIGKILL")
         t_kill = clock.monotonic()
+        crashpoint.reached("takeover.old-ended")  # no guest runs: the old one gone, the new one paused
         try:
             # 2. The unit's forwards, on the standby (a port just freed can take a moment).
             for item in sb.forwards:
@@ -431,6 +433,7 @@ class StandbyManager:
                 "pid": old.pid, "code": None, "reason": f"phase reboot through the standby failed: {cause}"}))
             raise VisorError(name, "phase reboot", f"the standby could not take over: {cause}") from exc
         t_cont = clock.monotonic()
+        crashpoint.reached("takeover.resumed")  # the new guest runs, not yet the unit's; its gate closed
         # 4. It is the unit's machine now.
         self.machines[name] = new
         await new.promote(old)
