@@ -283,3 +283,24 @@ def test_an_enmei_restarts_its_mutual_watcher_and_the_watcher_it(rig: Rig) -> No
     new = rig.wait_enmei(old)
     assert wait_until(lambda: any(r.get("watcher_pid") == again and r.get("new_pid") == new
                                   for r in rig.reports())), rig.logs()
+
+
+def test_an_upgrade_is_followed_not_restarted_and_its_successor_is_watched(rig: Rig) -> None:
+    old = rig.up()
+    unit = rig.unit_pid()
+    rig.watch("w1")
+    assert wait_until(lambda: rig.follows("w1", old)), rig.logs()
+    done = subprocess.run([PY, "-m", "enmei", "ctl", "upgrade", "-c", str(rig.cfg)], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    successor = rig.wait_enmei(old)
+    assert wait_until(lambda: rig.follows("w1", successor)), rig.logs()
+    assert wait_until(lambda: rig.first.poll() is not None)  # the old enmei exited after the handover
+    assert rig.unit_pid() == unit
+    assert rig.reports() == [], "an upgrade was taken for a death"
+    assert "starting" not in (rig.tmp / "w1.log").read_text()
+    os.kill(successor, signal.SIGKILL)  # and the successor is watched like any enmei
+    again = rig.wait_enmei(successor)
+    assert wait_until(lambda: any(r.get("old_pid") == successor and r.get("new_pid") == again
+                                  for r in rig.reports())), f"{rig.reports()} {rig.logs()}"
+    assert rig.unit_pid() == unit

@@ -1,6 +1,6 @@
 """``enmei watch``: a monitor for the monitor. This command only checks its arguments and execs the
 watcher, ``python -m enmei.watch`` (``enmei.watch.watcher``), so that the long-running process does not
-carry the CLI's imports (typer, rich, pydantic: about 46 MB resident against 13 MB)."""
+carry the CLI's imports (typer, rich, pydantic: 46 MB resident for the imports alone; the watcher measured 16 MB)."""
 
 from __future__ import annotations
 
