@@ -304,3 +304,25 @@ def test_an_upgrade_is_followed_not_restarted_and_its_successor_is_watched(rig: 
     assert wait_until(lambda: any(r.get("old_pid") == successor and r.get("new_pid") == again
                                   for r in rig.reports())), f"{rig.reports()} {rig.logs()}"
     assert rig.unit_pid() == unit
+
+
+def test_enmei_watch_execs_the_small_watcher_and_stops_on_request(rig: Rig, procs: Procs) -> None:
+    assert subprocess.run([PY, "-m", "enmei", "watch", str(rig.tmp / "missing.toml")], capture_output=True,
+                          text=True, timeout=60, check=False).returncode == 3
+    log = open(rig.tmp / "cli.log", "ab")  # noqa: SIM115 - handed to the child
+    try:
+        w = procs.popen([PY, "-m", "enmei", "watch", str(rig.cfg), "--name", "cli", "--no-start"], stdout=log,
+                        stderr=subprocess.STDOUT, cwd=rig.tmp)
+    finally:
+        log.close()
+    reg = rig.state / "watch" / "cli.json"
+    assert wait_until(lambda: reg.exists() and lock_holder(rig.state / "watch" / "cli.lock") == w.pid), rig.logs()
+    cmdline = (Path("/proc") / str(w.pid) / "cmdline").read_bytes().split(b"\0")
+    assert b"enmei.watch" in cmdline  # the same pid, exec'd into the small watcher
+    rss_kib = int(next(x for x in (Path("/proc") / str(w.pid) / "status").read_text().splitlines()
+                       if x.startswith("VmRSS:")).split()[1])
+    assert rss_kib < 40 * 1024, rss_kib  # not the CLI's imports (typer, rich, pydantic)
+    w.terminate()
+    assert w.wait(timeout=60) == 0
+    assert json.loads(reg.read_text())["state"] == "stopped"
+    assert rig.holder() is None  # --no-start: nothing was started

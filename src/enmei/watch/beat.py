@@ -14,7 +14,8 @@ Promises:
   restarted this enmei, it found the config broken, ...) becomes a ``supervisor`` record
   ``{"event": "watch.report", ...}`` naming the watcher and what it saw, and an alert (the engine's
   alert channels: journal and ``alert_command``); the file is removed only once the record is durable.
-  A report that is not JSON is journaled as such and removed.
+  A report that is not JSON, or over 64 KiB, is journaled as such (its name and size) and removed; at
+  most 16 reports a scan.
 * **Mutual watching.** A watcher registered with ``mutual`` whose lock is free (it died: its ``flock``
   went with it) and that did not stop on request is started again with its own command line, in a
   session of its own, its output appended to ``watch/<name>.log`` — at most once per ``_RESTART_MIN_S``
@@ -51,6 +52,8 @@ _SCAN_S = 1.0
 _RESTART_MIN_S = 1.0
 _RESTART_MAX_S = 60.0
 _SETTLE_S = 10.0  # a restarted watcher that lives this long resets the backoff
+_MAX_REPORTS = 16  # per scan: a folder flooded with reports costs the loop a bounded amount each second
+_MAX_REPORT_BYTES = 64 * 1024
 _MARKS = ("ENMEI_UNIT", "ENMEI_SUPERVISOR", "ENMEI_MAIN_PID", "ENMEI_SLOT", "NOTIFY_SOCKET", "WATCHDOG_USEC",
           "WATCHDOG_PID")
 
@@ -151,10 +154,15 @@ class _Scanner:
         if not folder.is_dir():
             return
         done: list[Path] = []
-        for path in sorted(folder.glob("*.json")):
-            report = read_json(path)
+        for path in sorted(folder.glob("*.json"))[:_MAX_REPORTS]:
+            try:
+                size = path.lstat().st_size
+            except OSError:
+                continue
+            report = read_json(path) if size <= _MAX_REPORT_BYTES else None
             if report is None:
-                body: dict[str, Any] = {"event": "watch.report", "file": path.name, "error": "not a JSON object"}
+                why = "not a JSON object" if size <= _MAX_REPORT_BYTES else f"{size} bytes: over {_MAX_REPORT_BYTES}"
+                body: dict[str, Any] = {"event": "watch.report", "file": path.name, "error": why}
                 message = f"a watcher's report {path.name} is unreadable"
             else:
                 body = {**report, "event": "watch.report"}
