@@ -35,9 +35,10 @@ Verdicts (evidence: channel, window, counts after keys and after controls, p-val
   a flood saturates it and would hide a reaction).
 
 Every verdict ends a round: the detector forgets the slots and starts counting again. Observations
-come from the schedule injector (``probe`` = its name); each carries the cumulative counters and, on
-the observation taken when a slot began, ``slot``: 1 for keys, 0 for a control, with ``slot_end`` (the
-monotonic time typing ended), ``keys_dropped`` and ``running``. Memory is bounded by ``max_samples``.
+come from the typing schedule (``enmei.monitor.schedule``; ``probe`` = its name); each carries the
+cumulative counters and ``running``, and the one made when a slot ended also ``slot``: 1 for keys, 0 for
+a control, with ``slot_start``, ``slot_end`` (monotonic times) and ``keys_dropped``. Memory is bounded
+by ``max_samples``.
 """
 
 from __future__ import annotations
@@ -357,10 +358,15 @@ class KeyloggerDetector:
         self._times.append(obs.mono)
         self._prev = (counters, running)
         slot = vals.get("slot")
-        if slot is not None and math.isfinite(float(slot)):
-            end = float(vals.get("slot_end", obs.mono))
-            end = end if math.isfinite(end) and end >= obs.mono else obs.mono
-            self._slots.append(Slot(obs.mono, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0))
+        try:
+            if slot is not None and math.isfinite(float(slot)):
+                start = float(vals.get("slot_start", obs.mono))
+                start = start if math.isfinite(start) and start <= obs.mono else obs.mono
+                end = float(vals.get("slot_end", obs.mono))
+                end = end if math.isfinite(end) and end >= start else start
+                self._slots.append(Slot(start, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0))
+        except (TypeError, ValueError):
+            pass  # a malformed slot is no slot
         if float(vals.get("bait_found", 0.0) or 0.0) > 0:
             return self._conclude(obs.mono, Finding("keylogger_suspected", "", 0.0, {
                 "bait_found": int(float(vals["bait_found"])), "channel": "bait",

@@ -287,6 +287,9 @@ class QemuBackend(Backend):
     async def send_keys(self, name: str, text: str) -> None:
         await self.api.send_keys(name, text)
 
+    async def guest_running(self, name: str) -> bool:
+        return await self.api.guest_running(name)
+
     async def snapshot_save(self, name: str, tag: str) -> None:
         await self.api.snapshot_save(name, tag)
 

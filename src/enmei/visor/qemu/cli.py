@@ -38,6 +38,8 @@ def build(
     service_version: Annotated[str, typer.Option(help="Version string of the demo service.")] = "1.0",
     kernel_package: Annotated[str | None, typer.Option(help="A linux-image-* package to use.")] = None,
     cache_dir: CacheOpt = None,
+    specimens: Annotated[bool, typer.Option(help="A test image (with the inert malware specimens and benign "
+                                            "workloads of enmei bench malware).")] = False,
 ) -> None:
     """Build a guest image: a Debian kernel (unpacked, not installed), busybox, the demo service."""
     err = Console(stderr=True)
@@ -53,7 +55,8 @@ def build(
             # supervisor's units on the same host (enmei.visor.cage).
             with standalone_cage(f"image-{os.getpid()}"):
                 info = images.build(name, cache_dir=cache_dir, kernel_package=kernel_package,
-                                    service_version=service_version, force=force, progress=report)
+                                    service_version=service_version, force=force, progress=report,
+                                    specimens=specimens)
         except ImageError as exc:
             progress.stop()
             err.print(f"[red]error:[/red] {exc}", highlight=False)

@@ -146,11 +146,14 @@ def list_images(cache_dir: Path | None = None) -> list[ImageInfo]:
 
 def build(name: str = "default", *, cache_dir: Path | None = None, kernel_package: str | None = None,
           service_version: str = "1.0", force: bool = False,
-          progress: ProgressFn | None = None) -> ImageInfo:
+          progress: ProgressFn | None = None, specimens: bool = False) -> ImageInfo:
     """Build image ``name`` (or return the cached one if no input changed and ``force`` is false).
 
     ``kernel_package`` overrides the ``linux-image-*`` package (default: what ``linux-image-amd64``
     depends on). ``progress`` is called with the build's progress out of 100 work units.
+    ``specimens`` makes a *test* image: it also holds ``guest/specimens/`` (harmless keyloggers, a bot
+    and benign workloads for ``enmei bench malware``), each inert unless the kernel command line names
+    it (``enmei.specimen=NAME``); an image without it is byte for byte what it was before.
     Raises ``MissingToolError`` if busybox-static (or apt/dpkg) is missing, ``ImageError`` for the
     rest (no kernel package known to apt, a failed download...). Needs network access to a Debian
     mirror only when the kernel package is not yet in the cache.
@@ -167,7 +170,7 @@ def build(name: str = "default", *, cache_dir: Path | None = None, kernel_packag
         if shutil.which(tool) is None:
             raise MissingToolError(name, "build", tool, [pkg])
     pkg, version, size = _kernel_package(name, kernel_package, debs)
-    inputs = _inputs(pkg, version, busybox_version, service_version)
+    inputs = _inputs(pkg, version, busybox_version, service_version, specimens)
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
     target = root / f"{name}-{digest[:16]}"
     pointer = root / f"{name}.json"
@@ -188,7 +191,7 @@ def build(name: str = "default", *, cache_dir: Path | None = None, kernel_packag
         release, vmlinuz = _kernel_files(name, unpacked)
         report.step("initramfs", "making the initramfs", 0.0)
         modules = _collect_modules(name, unpacked / "lib/modules" / release, GUEST_MODULES)
-        initrd = _initramfs(modules, service_version, digest)
+        initrd = _initramfs(modules, service_version, digest, specimens)
         report.step("initramfs", "compressing the initramfs", 0.5)
         staged = work / "image"
         staged.mkdir()
@@ -399,23 +402,27 @@ def _depends(ko: bytes) -> list[str]:
     return [d.decode().replace("-", "_") for d in m.group(1).split(b",") if d]
 
 
-def _guest_scripts() -> dict[str, bytes]:
-    """The guest's scripts shipped in ``guest/`` (path relative to it -> contents)."""
+def _guest_scripts(specimens: bool = False) -> dict[str, bytes]:
+    """The guest's scripts shipped in ``guest/`` (path relative to it -> contents); ``specimens/`` only
+    for a test image."""
     base = resources.files("enmei.visor.qemu") / "guest"
     out: dict[str, bytes] = {}
     for top in base.iterdir():
         if top.is_file() and top.name.endswith(".sh"):
             out[top.name] = top.read_bytes()
-        elif top.is_dir():
+        elif top.is_dir() and (specimens or top.name != "specimens"):
             for f in top.iterdir():
                 if f.is_file() and f.name.endswith(".sh"):
                     out[f"{top.name}/{f.name}"] = f.read_bytes()
     return out
 
 
-def _inputs(pkg: str, version: str, busybox_version: str, service_version: str) -> dict[str, Any]:
-    scripts = _guest_scripts()
+def _inputs(pkg: str, version: str, busybox_version: str, service_version: str,
+            specimens: bool = False) -> dict[str, Any]:
+    scripts = _guest_scripts(specimens)
+    extra: dict[str, Any] = {"specimens": True} if specimens else {}  # absent: the hash of a plain image stays
     return {
+        **extra,
         "layout": _LAYOUT,
         "kernel": [pkg, version],
         "busybox": [busybox_version, hashlib.sha256(_BUSYBOX.read_bytes()).hexdigest()],
@@ -432,9 +439,10 @@ _INITTAB = """\
 """
 
 
-def _initramfs(modules: list[tuple[str, bytes]], service_version: str, digest: str) -> bytes:
+def _initramfs(modules: list[tuple[str, bytes]], service_version: str, digest: str,
+               specimens: bool = False) -> bytes:
     """The uncompressed newc archive of the guest's root file system."""
-    scripts = _guest_scripts()
+    scripts = _guest_scripts(specimens)
     w = CpioWriter()
     for d in ("bin", "dev", "etc", "etc/enmei", "etc/acpi", "etc/acpi/PWRF", "lib", "lib/modules",
               "proc", "sys", "run", "tmp", "data", "www", "www/cgi-bin", "root"):
@@ -448,7 +456,12 @@ def _initramfs(modules: list[tuple[str, bytes]], service_version: str, digest: s
     w.symlink("init", "bin/busybox")
     w.symlink("sbin", "bin")
     w.symlink("usr", ".")
-    w.file("etc/inittab", _INITTAB.encode())
+    if specimens:
+        w.directory("etc/enmei/specimens")
+        # after sysinit (rc.sh, then gate.sh until the data disk is mounted): what the cmdline names
+        w.file("etc/inittab", (_INITTAB + "::once:/etc/enmei/specimens/start.sh\n").encode())
+    else:
+        w.file("etc/inittab", _INITTAB.encode())
     w.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
     w.file("etc/group", b"root:x:0:\n")
     w.file("etc/enmei/version", f"{service_version} ({digest[:12]})\n".encode())

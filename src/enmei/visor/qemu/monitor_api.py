@@ -173,13 +173,24 @@ class MonitorApi:
             raise VisorError(name, "memory read", f"got {len(data)} of {size} bytes")
         return data
 
+    async def guest_running(self, name: str) -> bool:
+        """Whether the guest's CPUs run (``query-status``): false while it is paused or panicked."""
+        machine = self._require(name, "status")
+        status = await machine.qmp().execute("query-status")
+        return bool(status.get("running"))
+
     async def send_keys(self, name: str, text: str) -> None:
-        """Type ``text`` (US layout, ASCII; ``\\n`` is Enter) on the guest's keyboard."""
+        """Type ``text`` (US layout, ASCII; ``\\n`` is Enter) on the guest's keyboard.
+
+        Refused (``VisorError``, nothing typed) while the guest is paused: keys QEMU queued for a stopped
+        guest would arrive all at once when it resumes, which is not what the caller typed when."""
         machine = self._require(name, "key injection")
         try:
             chords = text_to_qcodes(text)
         except ValueError as exc:
             raise VisorError(name, "key injection", str(exc)) from exc
+        if not await self.guest_running(name):
+            raise VisorError(name, "key injection", "the guest is paused")
         for chord in chords:
             keys = [{"type": "qcode", "data": k} for k in chord]
             await machine.qmp().execute("send-key", {"keys": keys, "hold-time": 20})

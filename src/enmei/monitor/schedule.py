@@ -1,0 +1,262 @@
+"""The typing schedule: keystroke bursts at random times, silent control slots, counters in between.
+
+What the ``keylogger`` detector (``enmei.detect.keylogger``) needs to tell a guest that reacts to
+typing from one that is merely busy: a slot every ``gap_s`` (plus a random ``jitter_s``), each slot
+keys with probability ``p_inject`` or a silent control otherwise, drawn independently (which is what
+makes the detector's relabelling test exact); between slots, every ``interval_s``, one observation with
+the guest's cumulative block-write and network counters and whether its CPUs ran.
+
+* Keys are never typed while the guest is paused (QEMU would queue them, or refuse ``input-send-event``):
+  such a burst is recorded as dropped, and so is one the backend could not send, or (with a console to
+  check) one after which the guest echoed no line at all — the detector does not count them. A line
+  echoed with keys missing (a guest too slow to drain its keyboard under TCG loses some) is recorded
+  as ``echo: partial``: it was still typing the guest saw.
+* Each burst is random lowercase words, half of them with bait: a fake password (``pw=…``) drawn once
+  per schedule. If the guest's outbound traffic reaches a sink file (``sink``: a ``guestfwd`` to a
+  command that appends what it receives), every new byte of it is searched for the bait; a find is in
+  the next observation as ``bait_found``.
+* Every injection is recorded when it is made, through ``record(kind, detail)`` (the caller journals it):
+  ``inject`` with the slot's label, start, end, text length, and whether the keys were delivered.
+
+The schedule acts and observes; it does not judge. It stops after ``max_slots`` slots, ``max_s``
+seconds, or when ``emit`` returns true (the detector reached a verdict), whichever is first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from enmei.clock import Clock
+from enmei.errors import VisorError
+from enmei.model import Observation
+
+__all__ = ["ScheduleSettings", "TypingSchedule", "TypingTarget"]
+
+
+class TypingTarget(Protocol):
+    """What the schedule needs of a backend (``QemuBackend`` has it all)."""
+
+    async def send_keys(self, name: str, text: str) -> None: ...
+
+    async def block_stats(self, name: str) -> dict[str, dict[str, float]]: ...
+
+    async def net_stats(self, name: str) -> dict[str, float]: ...
+
+    async def guest_running(self, name: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ScheduleSettings:
+    interval_s: float = 0.25
+    gap_s: float = 5.5  # between slot starts, at least: more than a burst plus the longest window
+    jitter_s: float = 1.0
+    p_inject: float = 0.5
+    chars: tuple[int, int] = (6, 10)  # a burst's words, drawn in this range (then maybe the bait, then Enter)
+    key_gap_s: float = 0.1  # between two keys: a guest under TCG on a loaded host loses keys typed faster
+    echo_timeout_s: float = 3.0  # a burst's line must show on the console this soon (with a console)
+    max_slots: int = 60
+    max_s: float = 600.0
+
+
+@dataclass
+class _Pending:
+    index: int
+    start: float
+    inject: bool
+    text: str
+    task: asyncio.Task[bool] | None = None
+    end: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TypingSchedule:
+    """One schedule on one unit (see the module). ``seed`` fixes every random choice (recorded by the
+    caller, so that a run can be told apart and repeated)."""
+
+    def __init__(self, target: TypingTarget, unit: str, clock: Clock, *, seed: int,
+                 name: str = "typing-schedule", settings: ScheduleSettings | None = None,
+                 sink: Path | None = None, console: Path | None = None,
+                 record: Callable[[str, Mapping[str, Any]], None] | None = None) -> None:
+        self.target = target
+        self.unit = unit
+        self.clock = clock
+        self.name = name
+        self.settings = settings or ScheduleSettings()
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.sink = sink
+        self.console = console
+        self.record = record or (lambda kind, detail: None)
+        self.bait = f"pw={''.join(self.rng.choices(string.ascii_lowercase + string.digits, k=7))}"
+        self._bait_tokens = [self.bait.encode()]
+        self._sink_offset = 0
+        self._sink_tail = b""
+        self._console_offset = 0
+        self.slots = 0
+        self.bursts = 0
+        self.dropped = 0
+        self.bait_found = 0
+        self._typing_s = 0.08 * sum(self.settings.chars) / 2  # a control's pretended length, until measured
+
+    def _burst_text(self) -> str:
+        lo, hi = self.settings.chars
+        n = self.rng.randint(lo, hi)
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < n:
+            words.append("".join(self.rng.choices(string.ascii_lowercase, k=self.rng.randint(2, 7))))
+        text = " ".join(words)[:n].strip()
+        if self.rng.random() < 0.5:  # half the bursts carry the bait
+            text = f"{text} {self.bait}"
+        return text + "\n"
+
+    async def _counters(self) -> tuple[dict[str, float], bool]:
+        blocks = await self.target.block_stats(self.unit)
+        net = await self.target.net_stats(self.unit)
+        out = {"wr_operations": sum(d.get("wr_operations", 0.0) for d in blocks.values()),
+               "wr_bytes": sum(d.get("wr_bytes", 0.0) for d in blocks.values()),
+               "tx_bytes": float(net.get("tx_bytes", 0.0)), "rx_bytes": float(net.get("rx_bytes", 0.0))}
+        return out, await self.target.guest_running(self.unit)
+
+    def _read_sink(self) -> int:
+        """New bait finds in the sink file since the last call."""
+        if self.sink is None:
+            return 0
+        try:
+            with open(self.sink, "rb") as f:
+                f.seek(self._sink_offset)
+                data = f.read(1 << 20)
+        except OSError:
+            return 0
+        self._sink_offset += len(data)
+        window = self._sink_tail + data
+        found = sum(window.count(tok) for tok in self._bait_tokens)
+        # a token cut at the end of this read is found next time; one kept whole is not counted twice
+        keep = max(len(t) for t in self._bait_tokens) - 1
+        self._sink_tail = window[-keep:] if keep > 0 else b""
+        found -= sum(self._sink_tail.count(tok) for tok in self._bait_tokens)
+        return max(0, found)
+
+    def _echoed(self, line: str) -> tuple[bool, bool]:
+        """(some line was echoed since the burst began, that line was exactly the one typed)."""
+        if self.console is None:
+            return True, True
+        try:
+            with open(self.console, "rb") as f:
+                f.seek(self._console_offset)
+                data = f.read()
+        except OSError:
+            return False, False
+        return b"enmei-keys: " in data, f"enmei-keys: {line}\n".encode() in data.replace(b"\r\n", b"\n")
+
+    async def _type(self, p: _Pending) -> bool:
+        """Type the burst; true if the keys were delivered (and echoed, with a console)."""
+        if self.console is not None:
+            with contextlib.suppress(OSError):
+                self._console_offset = self.console.stat().st_size
+        try:
+            for ch in p.text:
+                await self.target.send_keys(self.unit, ch)
+                await self.clock.sleep(self.settings.key_gap_s)
+        except VisorError as exc:
+            p.extra["error"] = exc.cause
+            return False
+        finally:
+            p.end = self.clock.monotonic()
+        self._typing_s = 0.8 * self._typing_s + 0.2 * (p.end - p.start)
+        deadline = self.clock.monotonic() + self.settings.echo_timeout_s
+        while True:
+            some, exact = self._echoed(p.text.rstrip("\n"))
+            if exact or (some and self.clock.monotonic() >= deadline):
+                # keys lost on the way (a guest too slow to drain its keyboard) still made a stimulus
+                p.extra["echo"] = "exact" if exact else "partial"
+                return True
+            if self.clock.monotonic() >= deadline:
+                p.extra["error"] = "the guest did not echo the typed line"
+                return False
+            await self.clock.sleep(0.1)
+
+    async def run(self, emit: Callable[[Observation], bool]) -> dict[str, Any]:
+        """Run the schedule; ``emit`` gets every observation and returns true to stop. Returns a summary
+        (slots, bursts, dropped, bait finds, seconds). A unit that cannot be observed (``VisorError``)
+        gives observations with ``ok`` false and ``running`` 0, not an exception."""
+        s = self.settings
+        t0 = self.clock.monotonic()
+        next_slot = t0 + s.gap_s / 2 + self.rng.uniform(0, s.jitter_s)
+        pending: list[_Pending] = []
+        stop = False
+        try:
+            while not stop:
+                now = self.clock.monotonic()
+                if now - t0 > s.max_s or (self.slots >= s.max_slots and not pending and now > next_slot):
+                    break
+                values: dict[str, float] = {}
+                ok = True
+                try:
+                    counters, running = await self._counters()
+                    values.update(counters)
+                    values["running"] = 1.0 if running else 0.0
+                except VisorError:
+                    ok, running = False, False
+                    values["running"] = 0.0
+                found = self._read_sink()
+                if found:
+                    self.bait_found += found
+                    values["bait_found"] = float(found)
+                now = self.clock.monotonic()
+                if self.slots < s.max_slots and now >= next_slot:
+                    pending.append(self._start_slot(now, running))
+                    next_slot = now + s.gap_s + self.rng.uniform(0, s.jitter_s)
+                done = self._finished(pending, now)
+                if done is not None:
+                    values.update(done)
+                stop = bool(emit(Observation(self.unit, self.name, ok, now, self.clock.wall(), values)))
+                await self.clock.sleep(max(0.0, s.interval_s - (self.clock.monotonic() - now)))
+        finally:
+            for p in pending:
+                if p.task is not None and not p.task.done():
+                    p.task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await p.task
+        return {"slots": self.slots, "bursts": self.bursts, "dropped": self.dropped, "bait_found": self.bait_found,
+                "seconds": round(self.clock.monotonic() - t0, 3), "seed": self.seed}
+
+    def _start_slot(self, now: float, running: bool) -> _Pending:
+        self.slots += 1
+        inject = self.rng.random() < self.settings.p_inject
+        p = _Pending(self.slots, now, inject, self._burst_text() if inject else "")
+        if inject and running:
+            p.task = asyncio.ensure_future(self._type(p))
+        elif inject:
+            p.extra["error"] = "the guest is paused"
+            p.end = now
+        else:
+            p.end = now + self._typing_s  # a control lasts as long as a burst would
+        return p
+
+    def _finished(self, pending: list[_Pending], now: float) -> dict[str, float] | None:
+        """The oldest slot that has ended, as observation values (one per observation), recorded."""
+        for p in list(pending):
+            if p.task is not None and not p.task.done():
+                continue
+            if p.task is None and p.end is not None and p.end > now:
+                continue  # a control still "typing"
+            pending.remove(p)
+            delivered = p.task.result() if p.task is not None and not p.task.cancelled() else False
+            dropped = p.inject and not delivered
+            self.bursts += int(p.inject and delivered)
+            self.dropped += int(dropped)
+            end = p.end if p.end is not None else now
+            self.record("inject", {"unit": self.unit, "schedule": self.name, "slot": p.index,
+                                   "keys": p.inject, "start_mono": round(p.start, 3), "end_mono": round(end, 3),
+                                   "chars": len(p.text), "delivered": delivered if p.inject else None,
+                                   **p.extra})
+            return {"slot": 1.0 if p.inject else 0.0, "slot_start": p.start, "slot_end": end,
+                    "keys_dropped": float(len(p.text)) if dropped else 0.0}
+        return None
