@@ -18,8 +18,9 @@ Promises:
   most 16 reports a scan.
 * **Mutual watching.** A watcher registered with ``mutual`` whose lock is free (it died: its ``flock``
   went with it) and that did not stop on request is started again with its own command line, in a
-  session of its own, its output appended to ``watch/<name>.log`` — at most once per ``_RESTART_MIN_S``
-  doubling to ``_RESTART_MAX_S`` while it keeps dying within ``_SETTLE_S``; each restart is a
+  session of its own, its output appended to ``watch/<name>.log`` (kept at most 2 × 8 MiB) — at most
+  once per ``_RESTART_MIN_S`` doubling to ``_RESTART_MAX_S`` while it keeps dying within ``_SETTLE_S``;
+  each restart is a
   ``supervisor`` record ``{"event": "watcher.restarted"}`` and an alert. Nothing here raises into the
   engine: a failure is logged and tried again at the next scan.
 """
@@ -54,6 +55,7 @@ _RESTART_MAX_S = 60.0
 _SETTLE_S = 10.0  # a restarted watcher that lives this long resets the backoff
 _MAX_REPORTS = 16  # per scan: a folder flooded with reports costs the loop a bounded amount each second
 _MAX_REPORT_BYTES = 64 * 1024
+_MAX_LOG_BYTES = 8 * 2**20
 _MARKS = ("ENMEI_UNIT", "ENMEI_SUPERVISOR", "ENMEI_MAIN_PID", "ENMEI_SLOT", "NOTIFY_SOCKET", "WATCHDOG_USEC",
           "WATCHDOG_PID")
 
@@ -204,7 +206,11 @@ class _Scanner:
         delay = self.delays.get(name, _RESTART_MIN_S / 2) * 2
         self.delays[name] = min(delay, _RESTART_MAX_S)
         env = {k: v for k, v in os.environ.items() if k not in _MARKS}
-        out = open_append(self.dir / f"{name}.log", "watcher's log", 0o600)
+        log_path = self.dir / f"{name}.log"
+        with contextlib.suppress(OSError):
+            if log_path.lstat().st_size > _MAX_LOG_BYTES:  # one older copy kept: at most twice that on disk
+                os.replace(log_path, log_path.with_name(log_path.name + ".1"))
+        out = open_append(log_path, "watcher's log", 0o600)
         try:
             proc = subprocess.Popen(argv, cwd=str(reg.get("cwd") or "/"), env=env, stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=out, start_new_session=True, close_fds=True)

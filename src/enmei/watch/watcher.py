@@ -29,11 +29,13 @@ Verdicts:
 A restart takes ``<state_dir>/watch/restart.lock`` first and checks the lock again under it, so of two
 watchers that see one death exactly one restarts. It leaves a report in ``watch/reports/`` (the new
 enmei journals it as a record naming this watcher and what it saw, and alerts), runs the learned command
-line (or ``python -m enmei up --plain CONFIG``) in a session of its own with its output appended to
-``watch/enmei.log``, and waits until the new process holds the lock. A start that fails (a config broken
-on disk: exit code 3) is reported — the first lines of its errors, in the watcher's log, the pending
-report and the config's ``alert_command`` — and retried after a backoff doubling from
-``backoff_first_s`` to ``backoff_max_s``, or as soon as the config file changes: never a restart loop.
+line (or ``python -m enmei up --plain CONFIG``) in a session of its own — its stdout (the plain log,
+whose records are in the journal anyway) to /dev/null, its stderr (errors, tracebacks) appended to
+``watch/enmei.log``, kept at most 2 × 8 MiB — and waits until the new process holds the lock. A start
+that fails (a config broken on disk: exit code 3) is reported — the first lines of its errors, in the
+watcher's log, the pending report and the config's ``alert_command`` — and retried after a backoff
+doubling from ``backoff_first_s`` to ``backoff_max_s``, or as soon as the config file changes: never a
+restart loop.
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ class Target:
     def _spawn(self, argv: list[str], now: float, sig: tuple[int, int] | None, saw: dict[str, Any]) -> None:
         detected = time.time()
         log = self.dir / "enmei.log"
+        _rotate(log)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         offset = os.lseek(out, 0, os.SEEK_END)
         env = {k: v for k, v in os.environ.items() if k not in _MARKS}
@@ -372,7 +375,7 @@ class Target:
                                         f"watcher {self.opts.name} was restarting enmei: {saw['why']}"})
         try:
             proc = subprocess.Popen(argv, cwd=self.cwd or (str(self.config.parent) if self.config else "/"),
-                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+                                    env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out,
                                     start_new_session=True, close_fds=True)
         except OSError as exc:
             os.close(out)
@@ -467,6 +470,13 @@ class Target:
         _say(self.opts.name, message)
         self.events.append({"kind": kind, "message": message, "wall": time.time(), **data})
         del self.events[:-100]
+
+
+def _rotate(log: Path, max_bytes: int = 8 * 2**20) -> None:
+    """Keep one older ``log.1`` once ``log`` passed ``max_bytes``: at most twice that on disk."""
+    with contextlib.suppress(OSError):
+        if os.stat(log).st_size > max_bytes:
+            os.replace(log, log.with_name(log.name + ".1"))
 
 
 def _tail(log: Path, offset: int, lines: int = 6) -> list[str]:
