@@ -10,7 +10,7 @@ import contextlib
 import os
 import shutil
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,15 @@ def qemu_image() -> ImageInfo:
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
     return build()
+
+
+async def _answer(port: int, path: str) -> bytes | None:
+    """The body of a 200 answer from ``path``, or None (no answer yet)."""
+    try:
+        status, body = await http_get("127.0.0.1", port, path, timeout_s=5)
+    except (HttpError, OSError, TimeoutError):
+        return None
+    return body if status == 200 else None
 
 
 def _our_qemus(marker: str) -> list[psutil.Process]:
@@ -195,3 +204,44 @@ async def test_a_shadow_update_through_the_engine_swaps_in_the_new_guest_and_jou
     assert new is not None and new.pid != old.pid and new.extra["initrd"] == v2.initrd
     assert not [b for _, b in rig.find("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
     assert rig.engine.units["vm"].state is UnitState.RUNNING
+
+
+async def test_the_original_crashing_during_the_clones_boot_fails_the_update_clearly_and_the_unit_is_restarted(
+        rig: Rig) -> None:
+    v2 = build("shadow-v2", service_version="2.0")
+    port = rig.port
+    assert await rig.backend.wait_standby("vm", scaled(60)), rig.backend.standby("vm")
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?put=kept", timeout_s=5) == (200, b"stored\n")
+    old = rig.backend.identity("vm")
+    assert old is not None
+    killed: list[int] = []
+
+    def crash_the_original(seq: int, kind: str, unit: str, body: Mapping[str, Any]) -> None:
+        # the clone launched: the original's QEMU (this test's, through the engine) dies while the clone boots
+        if kind == "remedy.step" and body.get("step") == "clone" and not killed:
+            os.kill(old.pid, signal.SIGKILL)
+            killed.append(seq)
+
+    rig.engine.subscribe(crash_the_original)
+    answer = await asyncio.wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+                                                       by="test"), scaled(300))
+    assert killed and answer["outcome"]["state"] == "failed", answer
+    ((o_seq, outcome),) = rig.find("remedy.outcome", action="shadow_update")
+    assert "the original QEMU exited during the clone's boot" in outcome["detail"], outcome
+    steps = [b["step"] for _, b in rig.find("remedy.step", action="shadow_update")]
+    assert steps == ["clone", "rollback"], steps
+    ((_, rollback),) = rig.find("remedy.step", action="shadow_update", step="rollback")
+    assert rollback["before"] == "swap" and rollback["original_pid"] is None
+    # the policy restarts the unit at once (not a minute later as a stranded unit): the pre-update guest
+    await rig.until("the unit restarted after the failed update", lambda: any(
+        s > o_seq and b["action"] == "restart" for s, b in rig.find("decision")), 30)
+    first = next(b for s, b in rig.find("decision") if s > o_seq and b["action"] == "restart")
+    assert first["rule"] == "update-failed-down", first
+    await rig.until("the unit's QEMU running again", lambda: rig.backend.alive("vm")
+                    and rig.backend.identity("vm") is not None, 120)
+    body: bytes = await auntil(lambda: _answer(port, "/version"), 120, "the restarted guest's answer", every_s=0.1)
+    assert body.startswith(b"enmei-demo 1.0")
+    new = rig.backend.identity("vm")
+    assert new is not None and new.pid != old.pid and new.extra["initrd"] == old.extra["initrd"]
+    await rig.until("the data disk mounted", lambda: "data-ready" in rig.backend.phases("vm"))
+    assert await http_get("127.0.0.1", port, "/cgi-bin/data?get", timeout_s=5) == (200, b"kept\n")

@@ -54,6 +54,11 @@ between (the original gone, the clone paused or not yet saved as the unit's) the
 guest and the unit is cold-started, the clone killed first. Never do two guests use the data disk: the
 clone's gate is closed until the original is gone. ``settle`` then makes the files agree with the guest
 that runs (the pre-update phase image put back or dropped, the update record naming its boot files).
+A full disk refuses an update before anything is done (less room than three phase images: the
+pre-update copy, the clone's snapshot disk, its phase image) or rolls it back as soon as the clone's boot
+sees less than two (checked every second: a full disk silences the clone's console, where its phases are
+read, and its snapshot cannot be saved); after the swap a record that cannot be written is reported
+(``record_error``), the update stands.
 """
 
 from __future__ import annotations
@@ -89,6 +94,8 @@ log = logging.getLogger(__name__)
 RECORD_FORMAT = 1
 _POLL_S = 0.02
 _PHASE = "service-ready"
+_ROOM_CHECK_S = 1.0  # how often the clone's boot checks that the disk has room for its snapshot
+_ROOM_MARGIN = 16 * 2**20  # beyond the copies an update makes: consoles, records
 
 POINTS = ("shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready", "takeover.gate-closed",
           "takeover.old-ended", "takeover.resumed", "shadow.swap", "shadow.verify", "shadow.verified")
@@ -143,6 +150,19 @@ def _write_record(paths: MachinePaths, data: Mapping[str, Any]) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps({"format": RECORD_FORMAT, **data}, indent=2) + "\n")
     os.replace(tmp, target)
+
+
+async def _try_write_record(paths: MachinePaths, data: Mapping[str, Any]) -> str | None:
+    """Write the update record; None, or why it could not be written (a full disk: the update stands, a
+    later cold start boots the files of the record that was there). Off the event loop."""
+    try:
+        await asyncio.to_thread(_write_record, paths, data)
+    except OSError as exc:
+        log.error("unit %s: the update record %s could not be written: %s", paths.dir.name, record_path(paths), exc)
+        with contextlib.suppress(OSError):
+            record_path(paths).with_name(record_path(paths).name + ".tmp").unlink(missing_ok=True)
+        return f"{record_path(paths)}: {exc.strerror or exc}; a cold start boots the files recorded before"
+    return None
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -239,7 +259,15 @@ class ShadowUpdater:
             raise VisorError(name, "shadow update", f"{problem} (the pre-update guest could not be restored)")
         limit = clone_timeout_s if clone_timeout_s is not None else primary.spec.ready_timeout_s
         old_image_id = primary.phase_image_id
-        await asyncio.to_thread(self._backup_image, primary.paths)
+        short = await asyncio.to_thread(self._short_of_room, primary.paths, 3)
+        if short is not None:
+            raise VisorError(name, "shadow update", f"not enough room for the update: {short}")
+        try:
+            await asyncio.to_thread(self._backup_image, primary.paths)
+        except OSError as exc:  # (a full disk): nothing was done but a partial copy, which goes
+            await asyncio.to_thread(self._drop_backup, primary.paths)
+            raise VisorError(name, "shadow update", f"cannot keep the pre-update phase image for a rollback: "
+                             f"{exc.strerror or exc}") from exc
         clone: _Clone | None = None
         try:
             t = self.clock.monotonic()
@@ -287,9 +315,10 @@ class ShadowUpdater:
         # record that was there before back.
         record = {"base_image": new.spec.image, "kernel": kernel, "initrd": initrd, "image": image,
                   "updated_wall": self.clock.wall(), "previous": report["previous"]}
-        await asyncio.to_thread(_write_record, new.paths, {**record, "verified": False})
+        unrecorded = await _try_write_record(new.paths, {**record, "verified": False})
         step("swap", t, pid=new.pid, replaced_pid=primary.pid, downtime_s=round(downtime, 4),
-             **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap})
+             **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap},
+             **({"record_error": unrecorded} if unrecorded else {}))
         report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4),
                        "swap_mono": [t, self.clock.monotonic()]})
         crashpoint.reached("shadow.swap")
@@ -303,8 +332,8 @@ class ShadowUpdater:
             then = ("rolled back to the pre-update guest" if report["outcome"] == "rolled-back" else
                     f"the rollback failed too ({steps['rollback'].get('failed')})")
             raise UpdateFailed(name, f"the updated guest {problem}; {then}", report)
-        step("verify", t, ok=True)
-        await asyncio.to_thread(_write_record, new.paths, {**record, "verified": True})
+        unrecorded = await _try_write_record(new.paths, {**record, "verified": True})
+        step("verify", t, ok=True, **({"record_error": unrecorded} if unrecorded else {}))
         crashpoint.reached("shadow.verified")
         await asyncio.to_thread(self._drop_backup, new.paths)
         report["outcome"] = "updated"
@@ -346,6 +375,7 @@ class ShadowUpdater:
             raise VisorError(name, "shadow update", f"the clone: {exc.cause}") from exc
         crashpoint.reached("shadow.clone-booting")
         deadline = self.clock.monotonic() + limit_s
+        next_room_check = self.clock.monotonic()
         while _PHASE not in clone.console.phases:
             clone.console.poll(self.clock.monotonic())
             if _PHASE in clone.console.phases:
@@ -356,6 +386,14 @@ class ShadowUpdater:
                                  f"{' | '.join(clone.console.tail(3))})")
             if not primary.alive:
                 raise VisorError(name, "shadow update", "the original QEMU exited during the clone's boot")
+            now = self.clock.monotonic()
+            if now >= next_room_check:
+                # a full disk stops the clone's console (its phases are read from it) and its snapshot
+                # silently: said at once, not as a boot that never ended
+                next_room_check = now + _ROOM_CHECK_S
+                short = await asyncio.to_thread(self._short_of_room, primary.paths, 2)
+                if short is not None:
+                    raise VisorError(name, "shadow update", f"the disk filled during the clone's boot: {short}")
             if self.clock.monotonic() >= deadline:
                 seen = ", ".join(clone.console.phases) or "none"
                 raise VisorError(name, "shadow update", f"the clone reached no {_PHASE} within {limit_s:.1f} s "
@@ -512,6 +550,20 @@ class ShadowUpdater:
              cont_s=swap.get("cont_s"))
 
     # -- files and callbacks -------------------------------------------------------------------------
+
+    def _short_of_room(self, paths: MachinePaths, copies: int) -> str | None:
+        """None if the unit's folder has room for ``copies`` more phase images (the pre-update copy, the
+        clone's snapshot disk, its phase image) and a margin; else what is free and what is needed."""
+        free = self.host.free_bytes(paths.dir)
+        try:
+            size = paths.phase_image.stat().st_size
+        except OSError:
+            return None  # (no phase image: refused elsewhere)
+        need = copies * size + _ROOM_MARGIN
+        if free is None or free >= need:
+            return None
+        return (f"{free / 2**20:.0f} MiB free on {paths.dir}'s file system, about {need / 2**20:.0f} MiB needed "
+                f"({copies} copies of the {size / 2**20:.0f} MiB phase image)")
 
     @staticmethod
     def _backup_image(paths: MachinePaths) -> None:
