@@ -127,6 +127,7 @@ async def _self_check(loaded: LoadedConfig, policy: Policy, handoff: Handoff, st
 
     handoff.report(True, checks)
     handed = await handoff.await_handed()
+    handoff.resume_priority()
     state.claim()
     return handed
 
