@@ -14,7 +14,10 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,3 +213,55 @@ def test_the_old_enmei_killed_mid_takeover_leaves_the_successor_supervising(rig:
     assert handed["event"] == "handed_over" and handed["pid"] == successor, handed
     assert _enmei_processes(rig.cfg) == [successor] and lock_holder(rig.state) == successor
     assert verify(rig.journal).ok
+
+
+def test_under_a_service_manager_the_successor_becomes_its_main_pid(tmp_path: Path) -> None:
+    """systemd (Type=notify, NotifyAccess=main) would take the old enmei's exit for the service's end and
+    kill what is left: the old one names the successor MAINPID first, and the successor, given the notify
+    socket and the watchdog, pings it. The sender of each datagram is read from its credentials."""
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    sock.settimeout(0.2)
+    got: list[tuple[int, str]] = []
+    done = threading.Event()
+
+    def receive() -> None:  # as the service manager does, all the time (a full queue loses datagrams)
+        while not done.is_set():
+            try:
+                data, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except (TimeoutError, BlockingIOError):
+                continue
+            pid = next((struct.unpack("3i", d[:12])[0] for level, kind, d in anc
+                        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), -1)
+            got.append((pid, data.decode()))
+
+    def poll() -> list[tuple[int, str]]:
+        return list(got)
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    rig = Rig(tmp_path, units=2, period_s=PERIOD_S)
+    try:
+        rig.start(timeout_s=scaled(60), env={**os.environ, "NOTIFY_SOCKET": address, "WATCHDOG_USEC": "1000000"})
+        old = rig.supervisor_pid()
+        r = enmei("ctl", "upgrade", "--state-dir", str(rig.state), timeout=scaled(240))
+        assert r.returncode == 0, r.stdout + r.stderr
+        new = rig.supervisor_pid()
+        assert new not in (None, old)
+        def named(at: int = 0) -> int | None:
+            # (a sender that has exited since shows as pid 0: the old enmei exits right after)
+            return next((i for i, (p, m) in enumerate(poll()) if i >= at and p in (old, 0)
+                         and f"MAINPID={new}" in m.split("\n")), None)
+
+        assert wait_until(lambda: named() is not None, 30), [x for x in got if "MAINPID" in x[1]]
+        at = named()
+        assert at is not None
+        assert wait_until(lambda: any(p == new and "WATCHDOG=1" in m.split("\n") for p, m in poll()[at:]), 30), got
+        assert not any(p == old and "STOPPING=1" in m.split("\n") for p, m in got), got  # it did not stop
+    finally:
+        rig.close()
+        done.set()
+        reader.join(10)
+        sock.close()

@@ -144,11 +144,11 @@ class Rig:
         self.first: subprocess.Popen[bytes] | None = None
         self.seen: dict[int, float] = {}  # every pid (enmei or unit) seen, with its create time: ended at close
 
-    def start(self, timeout_s: float = 120.0) -> None:
+    def start(self, timeout_s: float = 120.0, env: dict[str, str] | None = None) -> None:
         with open(self.log, "ab") as out:
             self.first = subprocess.Popen([sys.executable, "-m", "enmei", "up", "--plain", str(self.cfg), "--listen",
                                            f"127.0.0.1:{self.web_port}"], stdout=out, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL, start_new_session=True)
+                                          stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         self._remember(self.first.pid)
         self.wait_healthy(timeout_s)
 

@@ -78,6 +78,7 @@ async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock
             handed = await _self_check(loaded, policy, handoff, state) if handoff is not None else None
             if upgrader is not None:
                 upgrader.state_dir = state
+                upgrader.notifier = notifier
             first: list[dict[str, Any]] = []  # upgrade records the next engine writes first
             while True:
                 journal = journal_for(loaded).open()
@@ -186,12 +187,17 @@ async def _took_over(engine: Engine, handoff: Handoff, handed: Handed) -> None:
     """Once the engine supervises (units adopted, probes scheduled): journal ``handed_over`` and tell the
     old enmei, which then exits."""
     await engine.started.wait()
-    takeover_s = round(time.monotonic() - handed.stopped_at, 3)
+    now = time.monotonic()
+    takeover_s = round(now - handed.stopped_at, 3)
+    # Where the time went: the old enmei letting go (engine, web, journal closed), then this one taking
+    # over (journal opened, units adopted, probes scheduled).
+    parts = {} if handed.sent_at is None or handed.received_at is None else {
+        "let_go_s": round(handed.sent_at - handed.stopped_at, 3), "take_s": round(now - handed.received_at, 3)}
     pids = {name: (ident.pid if (ident := u.backend.identity(name)) is not None else None)
             for name, u in engine.units.items()}
     body = {"event": "handed_over", "from_pid": handoff.from_pid, "pid": os.getpid(), "takeover_s": takeover_s,
             "units": len(pids), "running": sum(1 for p in pids.values() if p is not None), "pids": pids,
-            "old_died": handed.old_died}
+            "old_died": handed.old_died, **parts}
     engine.record(RecordKind.UPGRADE, None, body)
     if engine.upgrade is not None:
         engine.upgrade.last = {"state": "handed_over", **body}
@@ -213,6 +219,8 @@ def _serve_notify(engine: Engine, notifier: ServiceNotifier) -> list[asyncio.Tas
 
     async def stopping() -> None:
         await engine.stop_requested.wait()
+        if engine.upgrade is not None and engine.upgrade.handing_over:
+            return  # not the service's stop: a successor takes over (it becomes MAINPID)
         notifier.stopping()
 
     engine.reloader.on_reloading = notifier.reloading

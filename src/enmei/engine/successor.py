@@ -40,6 +40,8 @@ class Handed:
     stopped_at: float
     probe_due: dict[tuple[str, str], float] = field(default_factory=dict)
     old_died: bool = False
+    sent_at: float | None = None  # when the old enmei had let go (its journal closed)
+    received_at: float | None = None  # when this one read that
 
 
 class Handoff:
@@ -132,7 +134,10 @@ class Handoff:
             with contextlib.suppress(TypeError, ValueError):
                 unit, probe, at = row
                 due[(str(unit), str(probe))] = float(at)
-        self.handed = Handed(float(msg.get("stopped_at") or time.monotonic()), due)
+        sent = msg.get("sent_at")
+        self.handed = Handed(float(msg.get("stopped_at") or time.monotonic()), due,
+                             sent_at=float(sent) if isinstance(sent, int | float) else None,
+                             received_at=time.monotonic())
         return self.handed
 
     def resume_priority(self) -> None:

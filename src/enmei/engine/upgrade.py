@@ -53,6 +53,7 @@ from enmei.model import RecordKind
 
 if TYPE_CHECKING:
     from enmei.engine.loop import Engine
+    from enmei.engine.notify import ServiceNotifier
     from enmei.engine.statedir import StateDir
 
 __all__ = ["ENV", "MAX_MESSAGE", "Successor", "UpgradeError", "Upgrader", "read_message", "write_message"]
@@ -144,10 +145,19 @@ class Upgrader:
         self.takeover_timeout_s = takeover_timeout_s
         self.state_dir: StateDir | None = None
         self.engine: Engine | None = None
+        # Under systemd (Type=notify): the successor gets NOTIFY_SOCKET and the watchdog, and once it
+        # supervises this enmei names it the service's main process (MAINPID=) before exiting, so that
+        # systemd does not take our exit for the service's end (and kill what is left).
+        self.notifier: ServiceNotifier | None = None
         self.handed_to: int | None = None  # the successor's pid once it supervises (this enmei then exits)
         self.last: dict[str, Any] | None = None  # the last upgrade's end, for ``enmei ctl status``
         self._pending: _Pending | None = None
         self._busy = False
+
+    @property
+    def handing_over(self) -> bool:
+        """Whether the engine stops now for a successor that passed its self-check (not for good)."""
+        return self._pending is not None
 
     def web_socket(self) -> socket.socket | None:
         """A duplicate of the listener for one web server (None without ``--listen``)."""
@@ -201,6 +211,10 @@ class Upgrader:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [theirs.fileno(), lock_fd, *([self.web.fileno()] if self.web is not None else [])]
         env = dict(os.environ)
+        if self.notifier is not None:
+            env["NOTIFY_SOCKET"] = self.notifier.address
+            if self.notifier.watchdog_s is not None:
+                env["WATCHDOG_USEC"] = str(round(self.notifier.watchdog_s * 2e6))
         env[ENV] = (f"channel={theirs.fileno()},lock={lock_fd}"
                     f"{f',web={self.web.fileno()}' if self.web is not None else ''},from={os.getpid()}")
         try:
@@ -263,8 +277,8 @@ class Upgrader:
         killed and reaped first, so the caller may supervise again at once."""
         proc = pending.proc
         try:
-            message = {"step": "handed", "stopped_at": pending.stopped_at, "pid": os.getpid(),
-                       "probe_due": [[u, p, t] for (u, p), t in probe_due.items()]}
+            message = {"step": "handed", "stopped_at": pending.stopped_at, "sent_at": time.monotonic(),
+                       "pid": os.getpid(), "probe_due": [[u, p, t] for (u, p), t in probe_due.items()]}
             pending.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
             await pending.writer.drain()
             msg = await read_message(pending.reader, self.takeover_timeout_s)
@@ -278,6 +292,11 @@ class Upgrader:
             why = "the successor ended during the takeover"
         if msg is not None and msg.get("step") == "supervising":
             self.handed_to = proc.pid
+            if self.notifier is not None:  # lost, it would end the service: tried again while its queue is full
+                for _ in range(50):
+                    if self.notifier.send(f"MAINPID={proc.pid}", f"STATUS=handed over to enmei pid {proc.pid}"):
+                        break
+                    await asyncio.sleep(0.1)
             pending.writer.close()
             self._busy = False
             # It is our child: when we exit it is reparented; nothing to wait for.
