@@ -194,6 +194,26 @@ def update(as_json: JsonOpt = False,
 
 
 @app.command()
+def malware(as_json: JsonOpt = False,
+            trials: Annotated[int, typer.Option(min=1, max=1000, help="Trials, each in a fresh guest")] = 11,
+            seed: Annotated[int, typer.Option(help="Seed of the first trial (then seed + 1, ...)")] = 1,
+            max_trial_s: Annotated[float, typer.Option(min=10, help="Schedule time per trial, at most")] = 120.0,
+            ) -> None:
+    """Keylogger and bot detection from outside the guest: typed bursts vs silent controls, each specimen
+    and benign workload of the test image in turn (QEMU; tpr, fpr, time to detect; seeds recorded)."""
+    import sys
+
+    from enmei.bench import malware as bench_malware
+
+    result = bench_malware.run(trials, seed=seed, max_trial_s=max_trial_s,
+                               say=lambda line: print(line, file=sys.stderr, flush=True))
+    if as_json:
+        print(json.dumps(result))
+        return
+    emit("enmei bench malware", {k: v for k, v in result.items() if k != "per_trial"}, False)
+
+
+@app.command()
 def selfupdate(as_json: JsonOpt = False,
                runs: Annotated[int, typer.Option(min=1, max=100, help="Upgrades (medians are reported)")] = 5,
                units: Annotated[int, typer.Option(min=1, max=100, help="HTTP services, probed each period")] = 10,

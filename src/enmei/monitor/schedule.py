@@ -103,7 +103,8 @@ class TypingSchedule:
         self.bursts = 0
         self.dropped = 0
         self.bait_found = 0
-        self._typing_s = 0.08 * sum(self.settings.chars) / 2  # a control's pretended length, until measured
+        # a control's pretended length: a burst's, estimated from the key gaps until bursts are measured
+        self._typing_s = 1.5 * self.settings.key_gap_s * sum(self.settings.chars) / 2
 
     def _burst_text(self) -> str:
         lo, hi = self.settings.chars
@@ -169,7 +170,7 @@ class TypingSchedule:
             return False
         finally:
             p.end = self.clock.monotonic()
-        self._typing_s = 0.8 * self._typing_s + 0.2 * (p.end - p.start)
+        self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
         deadline = self.clock.monotonic() + self.settings.echo_timeout_s
         while True:
             some, exact = self._echoed(p.text.rstrip("\n"))

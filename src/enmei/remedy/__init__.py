@@ -22,5 +22,6 @@ for _remedy in (Restart, Start, Stop, Escalate, Rejuvenate, Degrade, PhaseReboot
     register(_remedy)
 
 # Mechanisms in their own modules register themselves (``enmei.remedy.registry.register``).
+from enmei.remedy import isolate as _isolate  # noqa: E402, F401 - registers isolate
 from enmei.remedy import shadow as _shadow  # noqa: E402, F401 - registers shadow_update
 from enmei.remedy import vmm as _vmm  # noqa: E402, F401 - registers rejuvenate_vmm, rejuvenate_vmm_all

@@ -17,6 +17,7 @@ capability         protocol                    verbs
 ``read_memory``    ``MemoryReads``             ``read_memory``
 ``block_stats``    ``BlockStats``              ``block_stats``
 ``net_stats``      ``NetStats``                ``net_stats``
+``net_link``       ``NetLink``                 ``set_link`` (the unit's network cut or restored)
 =================  ==========================  =====================================================
 
 (``stats``, ``logs``, ``cpu_time`` and ``panic_events`` need no verbs beyond the base.) A backend class
@@ -51,6 +52,7 @@ __all__ = [
     "Identity",
     "KeyInjection",
     "MemoryReads",
+    "NetLink",
     "NetStats",
     "PhaseRebootable",
     "Rebootable",
@@ -83,6 +85,7 @@ class Capability(StrEnum):
     SHADOW_UPDATE = "shadow_update"  # boot a clone into new boot files while the unit serves, then swap
     REPLACE_VMM = "replace_vmm"  # a fresh hypervisor process under the live guest (``rejuvenate_vmm``)
     HANDOVER = "handover"  # a new instance started beside the running one on held sockets (process units)
+    NET_LINK = "net_link"  # the unit's network link cut and restored (isolation of a suspect guest)
 
 
 @dataclass(frozen=True)
@@ -250,6 +253,13 @@ class NetStats(Protocol):
 
 
 @runtime_checkable
+class NetLink(Protocol):
+    async def set_link(self, name: str, up: bool) -> None:
+        """Connect (``up``) or disconnect the unit's network; the unit runs on either way."""
+        ...
+
+
+@runtime_checkable
 class VmmReplaceable(Protocol):
     async def rejuvenate_vmm(self, name: str, *, binary: str | None = None) -> dict[str, Any]:
         """Replace the process running the unit's machine by a fresh one, the guest running on; a report
@@ -269,6 +279,7 @@ PROTOCOLS: dict[Capability, type] = {
     Capability.BLOCK_STATS: BlockStats,
     Capability.NET_STATS: NetStats,
     Capability.REPLACE_VMM: VmmReplaceable,
+    Capability.NET_LINK: NetLink,
 }
 
 
@@ -314,6 +325,8 @@ def need(backend: Backend, capability: Literal[Capability.BLOCK_STATS], unit: st
 def need(backend: Backend, capability: Literal[Capability.NET_STATS], unit: str) -> NetStats: ...
 @overload
 def need(backend: Backend, capability: Literal[Capability.REPLACE_VMM], unit: str) -> VmmReplaceable: ...
+@overload
+def need(backend: Backend, capability: Literal[Capability.NET_LINK], unit: str) -> NetLink: ...
 def need(backend: Backend, capability: Capability, unit: str) -> Any:
     """``backend`` as the protocol of ``capability``, for acting on ``unit``.
 

@@ -279,3 +279,21 @@ def test_the_update_signal_is_ignored_where_it_cannot_apply(manager: Make) -> No
     for u in (unit(backend="qemu", capabilities=SHADOW_VM.capabilities, alive=False, state=UnitState.EXITED),
               unit(backend="qemu", capabilities=SHADOW_VM.capabilities, remedy="phase_reboot")):
         assert m.decide(_reboot_needed(2000.0), view(2000.0, u)) == []
+
+
+def test_a_suspected_keylogger_is_isolated_and_alerted_never_restarted(manager: Make) -> None:
+    m = manager()
+    vm = unit(backend="qemu", capabilities=frozenset({"stats", "snapshot", "net_link", "inject_keys"}))
+    d = m.decide(_verdict(VerdictKind.KEYLOGGER_SUSPECTED, 1000.0, Severity.CRITICAL, p_value=0.0004),
+                 view(1000.0, vm))
+    assert [(x.action, x.rule) for x in d] == [("isolate", "malware-isolate"), ("alert", "malware-alert")]
+    assert d[1].args["severity"] == "critical" and "keylogger suspected" in d[1].reason
+    # once per alert interval: the same verdict again changes nothing
+    again = m.decide(_verdict(VerdictKind.KEYLOGGER_SUSPECTED, 1100.0, Severity.CRITICAL), view(1100.0, vm))
+    assert [(x.action, x.rule) for x in again] == [("none", "malware-quiet")]
+    # a bot too; a unit that cannot be isolated (a process) is alerted about, not restarted
+    d = manager().decide(_verdict(VerdictKind.BOT_SUSPECTED, 1000.0, Severity.CRITICAL), view(1000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("alert", "malware-alert")]
+    # clean and inconclusive verdicts ask for nothing
+    for kind in (VerdictKind.CLEAN, VerdictKind.INCONCLUSIVE):
+        assert m.decide(_verdict(kind, 2000.0, Severity.INFO), view(2000.0, vm)) == []

@@ -290,6 +290,9 @@ class QemuBackend(Backend):
     async def guest_running(self, name: str) -> bool:
         return await self.api.guest_running(name)
 
+    async def set_link(self, name: str, up: bool) -> None:
+        await self.api.set_link(name, up)
+
     async def snapshot_save(self, name: str, tag: str) -> None:
         await self.api.snapshot_save(name, tag)
 

@@ -36,6 +36,7 @@ __all__ = [
     "DATA_NODE",
     "GATE_ID",
     "NET_DEV",
+    "NIC_ID",
     "RAM_ID",
     "RAM_ROOT",
     "SYS_NODE",
@@ -49,6 +50,7 @@ __all__ = [
 SYS_NODE = "sys"
 DATA_NODE = "data"
 NET_DEV = "n0"
+NIC_ID = "nic0"  # the guest's network card (set_link cuts it)
 GATE_ID = "gate"
 GUESTFWD_ADDR = "10.0.2.100"
 RAM_ID = "ram0"
@@ -209,7 +211,7 @@ def build_cmdline(spec: QemuUnit, *, kernel: str, initrd: str, paths: MachinePat
         "-blockdev", f"driver=raw,node-name={DATA_NODE},file={DATA_NODE}-file",
         "-device", f"virtio-blk-pci,drive={DATA_NODE},id={DATA_NODE}0" + (",share-rw=on" if spec.uses_standby else ""),
         "-netdev", netdev_arg(spec),
-        "-device", f"virtio-net-pci,netdev={NET_DEV},id=nic0",
+        "-device", f"virtio-net-pci,netdev={NET_DEV},id={NIC_ID}",
     ]
     for direction in ("tx", "rx"):
         o = dump_object(paths, direction)

@@ -9,7 +9,8 @@ outside the guest.
 * ``net_stats``: frames and bytes the guest sent and received, counted from ``filter-dump`` files
   (``enmei.visor.qemu.netcount`` says why this method);
 * ``read_memory``: guest physical memory through ``pmemsave`` (64 MiB at most per call);
-* ``send_keys``: text typed on the guest's PS/2 keyboard through ``send-key``;
+* ``send_keys``: text typed on the guest's PS/2 keyboard through ``send-key`` (refused while paused);
+* ``set_link``: the guest's network card connected or disconnected (isolation);
 * ``snapshot_save/load/list/delete``: internal snapshots of the machine state (RAM and devices) in the
   ``sys`` node; the data disk is not part of them (see ``backend``).
 
@@ -29,7 +30,7 @@ from collections.abc import Callable
 import psutil
 
 from enmei.errors import VisorError
-from enmei.visor.qemu.cmdline import dump_object
+from enmei.visor.qemu.cmdline import NIC_ID, dump_object
 from enmei.visor.qemu.errors import QmpError
 from enmei.visor.qemu.machine import Machine
 
@@ -172,6 +173,13 @@ class MonitorApi:
         if len(data) != size:
             raise VisorError(name, "memory read", f"got {len(data)} of {size} bytes")
         return data
+
+    async def set_link(self, name: str, up: bool) -> None:
+        """Connect or disconnect the guest's network card (``set_link``): while it is down the guest
+        sends and receives nothing, its forwarded ports included. A new QEMU of the unit (a restart,
+        a standby's takeover) starts with the link up."""
+        machine = self._require(name, "network link")
+        await machine.qmp().execute("set_link", {"name": NIC_ID, "up": bool(up)})
 
     async def guest_running(self, name: str) -> bool:
         """Whether the guest's CPUs run (``query-status``): false while it is paused or panicked."""

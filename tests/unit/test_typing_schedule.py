@@ -1,0 +1,114 @@
+"""The typing schedule against a fake guest (the fake backend with a keyboard, a disk and a network):
+never types into a paused guest, records every slot, finds the bait in the sink, feeds the detector."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from enmei.clock import SystemClock
+from enmei.detect.keylogger import KeyloggerDetector, KeyloggerOptions
+from enmei.errors import VisorError
+from enmei.model import Observation, VerdictKind
+from enmei.monitor.schedule import ScheduleSettings, TypingSchedule
+from enmei.visor.fake import FakeBackend
+
+FAST = ScheduleSettings(interval_s=0.005, gap_s=0.06, jitter_s=0.01, key_gap_s=0.0, echo_timeout_s=0.05,
+                        max_slots=24, max_s=30.0)
+
+
+class Keyboard(FakeBackend):
+    """Overrides only the I/O edge: keys typed go to ``typed``; ``log_keys`` makes each one a disk
+    write; ``leak`` appends them to a sink file; ``paused`` makes the guest refuse keys."""
+
+    paused = False
+    log_keys = False
+    leak: Path | None = None
+
+    typed: str = ""
+    writes = 0.0
+
+    async def send_keys(self, name: str, text: str) -> None:
+        if self.paused:
+            raise VisorError(name, "key injection", "the guest is paused")
+        self.typed += text
+        if self.log_keys:
+            self.writes += len(text)
+        if self.leak is not None:
+            with self.leak.open("a") as f:
+                f.write(text)
+
+    async def block_stats(self, name: str) -> dict[str, dict[str, float]]:
+        return {"data": {"wr_operations": self.writes, "wr_bytes": self.writes * 512}}
+
+    async def net_stats(self, name: str) -> dict[str, float]:
+        return {"tx_bytes": 0.0, "rx_bytes": 0.0}
+
+    async def guest_running(self, name: str) -> bool:
+        return not self.paused
+
+
+def _backend(tmp_path: Path) -> Keyboard:
+    return Keyboard(clock=SystemClock(), state_dir=tmp_path, emit=lambda e: None)
+
+
+async def _run(b: Keyboard, tmp_path: Path, *, sink: Path | None = None,
+               det: KeyloggerDetector | None = None) -> tuple[dict[str, Any], list[Mapping[str, Any]],
+                                                              list[Observation], list[VerdictKind]]:
+    records: list[Mapping[str, Any]] = []
+    seen: list[Observation] = []
+    verdicts: list[VerdictKind] = []
+
+    def emit(obs: Observation) -> bool:
+        seen.append(obs)
+        if det is not None:
+            verdicts.extend(v.kind for v in det.feed(obs).verdicts)
+        return bool(verdicts)
+
+    sched = TypingSchedule(b, "vm", SystemClock(), seed=7, settings=FAST, sink=sink,
+                           record=lambda kind, detail: records.append({"kind": kind, **detail}))
+    summary = await sched.run(emit)
+    return summary, records, seen, verdicts
+
+
+async def test_a_paused_guest_gets_no_keys_and_every_slot_is_recorded(tmp_path: Path) -> None:
+    b = _backend(tmp_path)
+    b.paused = True
+    summary, records, seen, _ = await _run(b, tmp_path)
+    assert b.typed == ""
+    bursts = [r for r in records if r["keys"]]
+    assert bursts and all(r["delivered"] is False and r["error"] == "the guest is paused" for r in bursts)
+    assert summary["dropped"] == len(bursts) and summary["bursts"] == 0
+    assert len(records) == summary["slots"] == FAST.max_slots
+    assert all(o.values["running"] == 0.0 for o in seen)
+
+
+async def test_keys_that_are_logged_make_the_detector_suspect_a_keylogger(tmp_path: Path) -> None:
+    b = _backend(tmp_path)
+    b.log_keys = True
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing-schedule",
+                                                   windows_s=(0.01, 0.03), min_slots=6))
+    summary, records, _, verdicts = await _run(b, tmp_path, det=det)
+    assert verdicts == [VerdictKind.KEYLOGGER_SUSPECTED], (summary, verdicts)
+    typed = [r for r in records if r["keys"]]
+    assert all(r["delivered"] for r in typed) and sum(r["chars"] for r in typed) == len(b.typed)
+
+
+async def test_the_bait_found_in_the_sink_is_reported(tmp_path: Path) -> None:
+    b = _backend(tmp_path)
+    sink = tmp_path / "sink.bin"
+    sink.touch()
+    b.leak = sink
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing-schedule"))
+    summary, _, seen, verdicts = await _run(b, tmp_path, sink=sink, det=det)
+    assert verdicts == [VerdictKind.KEYLOGGER_SUSPECTED]
+    assert summary["bait_found"] >= 1 and any(o.values.get("bait_found") for o in seen)
+
+
+async def test_a_clean_guest_with_its_keys_unlogged_is_not_accused(tmp_path: Path) -> None:
+    b = _backend(tmp_path)
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing-schedule",
+                                                   windows_s=(0.01, 0.03), min_slots=6, max_looks=2, look_every=4))
+    _, _, _, verdicts = await _run(b, tmp_path, det=det)
+    assert VerdictKind.KEYLOGGER_SUSPECTED not in verdicts
