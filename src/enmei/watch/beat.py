@@ -14,7 +14,10 @@ Promises:
   restarted this enmei, it found the config broken, ...) becomes a ``supervisor`` record
   ``{"event": "watch.report", ...}`` naming the watcher and what it saw, and an alert (the engine's
   alert channels: journal and ``alert_command``); the file is removed only once the record is durable.
-  A report that is not JSON, or over 64 KiB, is journaled as such (its name and size) and removed; at
+  A report is claimed (renamed) before it is read and journaled, so a watcher rewriting it meanwhile
+  makes a new file, never one that is deleted unread; one that says ``restarting`` is left alone while
+  its watcher runs (it rewrites it as ``restarted`` once this enmei holds the lock), so each restart is
+  one record. A report that is not JSON, or over 64 KiB, is journaled as such (its name and size) and removed; at
   most 16 reports a scan.
 * **Mutual watching.** A watcher registered with ``mutual`` whose lock is free (it died: its ``flock``
   went with it) and that did not stop on request is started again with its own command line, in a
@@ -32,6 +35,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import subprocess
 import time
 from dataclasses import dataclass
@@ -56,6 +60,8 @@ _SETTLE_S = 10.0  # a restarted watcher that lives this long resets the backoff
 _MAX_REPORTS = 16  # per scan: a folder flooded with reports costs the loop a bounded amount each second
 _MAX_REPORT_BYTES = 64 * 1024
 _MAX_LOG_BYTES = 8 * 2**20
+_WRITING_S = 120.0  # above a watcher's start_timeout_s: a restart it has not confirmed by then is over
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _MARKS = ("ENMEI_UNIT", "ENMEI_SUPERVISOR", "ENMEI_MAIN_PID", "ENMEI_SLOT", "NOTIFY_SOCKET", "WATCHDOG_USEC",
           "WATCHDOG_PID")
 
@@ -156,12 +162,25 @@ class _Scanner:
         if not folder.is_dir():
             return
         done: list[Path] = []
-        for path in sorted(folder.glob("*.json"))[:_MAX_REPORTS]:
+        claimed = sorted(folder.glob("*.json.claimed"))  # claimed by an enmei that died before journaling them
+        for found in [*claimed, *sorted(folder.glob("*.json"))][:_MAX_REPORTS]:
+            path = found
             try:
                 size = path.lstat().st_size
             except OSError:
                 continue
             report = read_json(path) if size <= _MAX_REPORT_BYTES else None
+            if path.suffix == ".json":
+                if report is not None and self._in_writing(report, path):
+                    continue  # its watcher is still restarting us: it rewrites the report once we hold the lock
+                # Claimed by a rename before it is read again and journaled: a watcher writing the report
+                # anew after this instant makes a new file (journaled at the next scan), never one we delete.
+                path = found.with_name(found.name + ".claimed")
+                try:
+                    os.rename(found, path)
+                except OSError:
+                    continue
+                report = read_json(path) if size <= _MAX_REPORT_BYTES else None
             if report is None:
                 why = "not a JSON object" if size <= _MAX_REPORT_BYTES else f"{size} bytes: over {_MAX_REPORT_BYTES}"
                 body: dict[str, Any] = {"event": "watch.report", "file": path.name, "error": why}
@@ -177,6 +196,18 @@ class _Scanner:
             for path in done:
                 with contextlib.suppress(OSError):
                     path.unlink()
+
+    def _in_writing(self, report: dict[str, Any], path: Path) -> bool:
+        """A ``restarting`` report whose watcher still runs and wrote it less than ``_WRITING_S`` ago: that
+        watcher is about to rewrite it (``restarted``, with our pid)."""
+        name, pid = report.get("watcher"), report.get("watcher_pid")
+        if report.get("action") != "restarting" or not isinstance(name, str) or not _NAME.match(name):
+            return False
+        try:
+            young = time.time() - path.stat().st_mtime < _WRITING_S
+        except OSError:
+            return False
+        return young and isinstance(pid, int) and lock_holder(self.dir / f"{name}.lock") == pid
 
     def watchers(self) -> None:
         now = time.monotonic()
