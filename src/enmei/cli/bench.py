@@ -197,7 +197,7 @@ def update(as_json: JsonOpt = False,
 def malware(as_json: JsonOpt = False,
             trials: Annotated[int, typer.Option(min=1, max=1000, help="Trials, each in a fresh guest")] = 11,
             seed: Annotated[int, typer.Option(help="Seed of the first trial (then seed + 1, ...)")] = 1,
-            max_trial_s: Annotated[float, typer.Option(min=10, help="Schedule time per trial, at most")] = 120.0,
+            max_trial_s: Annotated[float, typer.Option(min=10, help="Schedule time per trial, at most")] = 150.0,
             ) -> None:
     """Keylogger and bot detection from outside the guest: typed bursts vs silent controls, each specimen
     and benign workload of the test image in turn (QEMU; tpr, fpr, time to detect; seeds recorded)."""
