@@ -18,10 +18,11 @@ process ends, through a pidfd — the watcher looks at:
 
 Verdicts:
 
-* **dead** — nobody holds the lock for ``grace_s`` (an upgrade, ``enmei ctl upgrade``, hands the lock
-  from the old process to the new one: a successor that takes it within the grace is followed, not
-  restarted; a heartbeat whose last state is ``stopping``/``stopped`` is an enmei stopped on request:
-  not restarted, and a new one is followed when it comes);
+* **dead** — nobody holds the lock for ``grace_s`` (``first_grace_s`` when the watcher has just
+  started). An upgrade (``enmei ctl upgrade``) passes the locked file to its successor, so the lock is
+  never free: the successor is followed, not restarted. A heartbeat whose last state is
+  ``stopping``/``stopped`` is an enmei stopped on request: not restarted, and a new one is followed
+  when it comes;
 * **hung** — the heartbeat stale beyond ``hang_after_s`` *and* the ctl socket unanswered: the process,
   re-identified (still holding the lock, same start time, an ``enmei`` command line), gets SIGKILL
   through its pidfd (crash-only: the next one adopts its units), then it is dead.
@@ -82,7 +83,9 @@ class Options:
     mutual: bool = False  # the watched enmei restarts this watcher if it dies
     check_s: float = 0.25
     grace_s: float = 0.5  # a free lock this long is a death (an upgrade's successor takes it sooner)
-    first_grace_s: float = 2.0  # at the watcher's start: an enmei started at the same time gets this long
+    # At the watcher's start, an enmei started at the same moment gets this long to take its lock (its
+    # Python start-up took 5 s at load 9) before the watcher starts one: no "another enmei" error for it.
+    first_grace_s: float = 10.0
     hang_after_s: float = 5.0
     ctl_timeout_s: float = 3.0
     ctl_every_s: float = 5.0
