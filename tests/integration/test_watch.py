@@ -326,3 +326,23 @@ def test_enmei_watch_execs_the_small_watcher_and_stops_on_request(rig: Rig, proc
     assert w.wait(timeout=60) == 0
     assert json.loads(reg.read_text())["state"] == "stopped"
     assert rig.holder() is None  # --no-start: nothing was started
+
+
+def test_a_stop_on_request_is_not_restarted_by_either_side(rig: Rig) -> None:
+    old = rig.up()
+    w = rig.watch("w1", "--mutual")
+    assert wait_until(lambda: rig.follows("w1", old)), rig.logs()
+    w.terminate()  # the watcher stopped on request: its enmei does not start it again
+    assert w.wait(timeout=60) == 0
+    reg = rig.state / "watch" / "w1.json"
+    assert json.loads(reg.read_text())["state"] == "stopped"
+    time.sleep(3)  # three scans of the watchers' folder (one a second): a restart would have happened by now
+    assert lock_holder(rig.state / "watch" / "w1.lock") is None
+    assert not any(d.get("event") == "watcher.restarted" for _, _, d in rig.records("supervisor"))
+    w2 = rig.watch("w2")
+    assert wait_until(lambda: rig.follows("w2", old)), rig.logs()
+    os.kill(old, signal.SIGTERM)  # the enmei stopped on request: its watcher does not start it again
+    assert wait_until(lambda: "stopped on request: not restarted" in (rig.tmp / "w2.log").read_text(), 60), rig.logs()
+    time.sleep(2)  # four times the grace a death gets
+    assert rig.holder() is None and w2.poll() is None
+    assert (read_beat(rig.state) or {}).get("state") == "stopped"
