@@ -91,6 +91,8 @@ async def supervise(loaded: LoadedConfig, *, policy: Policy | None = None, clock
                 if pending is None:
                     return engine
                 why = await upgrader.hand_over(pending, dict(engine.probe_next)) if upgrader is not None else None
+                if upgrader is not None:
+                    await upgrader.settle()
                 if why is None or upgrader is None:
                     return engine
                 # The successor failed the takeover (it is dead now): supervise again, as a restart would.
@@ -179,7 +181,14 @@ async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Cl
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # remove_signal_handler put back the default: death
         for task in [*service, *([side] if side is not None else [])]:
             task.cancel()
-        await asyncio.gather(*service, *([side] if side is not None else []), return_exceptions=True)
+        await asyncio.gather(*service, return_exceptions=True)
+        if side is not None:
+            if upgrader is not None and upgrader.handing_over:
+                # The web server finishes its last requests while the successor takes over (it stops
+                # accepting within a tick; the listener stays open in the successor's hands).
+                upgrader.linger(side)
+            else:
+                await asyncio.gather(side, return_exceptions=True)
     return engine
 
 

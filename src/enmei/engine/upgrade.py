@@ -153,11 +153,21 @@ class Upgrader:
         self.last: dict[str, Any] | None = None  # the last upgrade's end, for ``enmei ctl status``
         self._pending: _Pending | None = None
         self._busy = False
+        self._lingering: list[asyncio.Task[Any]] = []
 
     @property
     def handing_over(self) -> bool:
         """Whether the engine stops now for a successor that passed its self-check (not for good)."""
         return self._pending is not None
+
+    def linger(self, task: asyncio.Task[Any]) -> None:
+        """A task of the stopped engine (its web server finishing) that may end during the takeover."""
+        self._lingering.append(task)
+
+    async def settle(self) -> None:
+        """Wait for what ``linger`` was given (each bounds its own end)."""
+        tasks, self._lingering = self._lingering, []
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def web_socket(self) -> socket.socket | None:
         """A duplicate of the listener for one web server (None without ``--listen``)."""
