@@ -11,6 +11,7 @@ units again. Fails on the old code: there was no ``enmei ctl upgrade``.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -265,3 +266,24 @@ def test_under_a_service_manager_the_successor_becomes_its_main_pid(tmp_path: Pa
         done.set()
         reader.join(10)
         sock.close()
+
+
+def test_an_upgrade_is_refused_while_a_remedy_runs(rig: Rig) -> None:
+    """A repair half done is not handed on: refused on the record, aloud, and nothing started."""
+    old = rig.supervisor_pid()
+    conn = http.client.HTTPConnection("127.0.0.1", rig.ports[0], timeout=10)
+    conn.request("GET", "/admin/hang?ignore_term=1")  # s0 now takes its stop_timeout_s (3 s) to stop
+    conn.getresponse().read()
+    conn.close()
+    restart = subprocess.Popen([PY, "-m", "enmei", "ctl", "restart", "s0", "--state-dir", str(rig.state)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: any(u["name"] == "s0" and u["remedy"]
+                                      for u in (rig.status() or {}).get("units", [])), 30)
+        r = enmei("ctl", "upgrade", "--state-dir", str(rig.state), timeout=scaled(60))
+    finally:
+        restart.communicate(timeout=scaled(60))
+    assert r.returncode == 1 and "a remedy is running on s0" in r.stderr, r.stdout + r.stderr
+    recs = _upgrades(rig)
+    assert [u["event"] for u in recs] == ["refused"] and "s0" in recs[0]["reason"]
+    assert rig.supervisor_pid() == old and _enmei_processes(rig.cfg) == [old]

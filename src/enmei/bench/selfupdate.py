@@ -134,6 +134,7 @@ class Rig:
         self.workdir = workdir
         ports = free_ports(units + 1)
         self.web_port = ports[-1]
+        self.ports = ports[:-1]  # the services', in unit order
         self.period_s = period_s
         self.units = [f"s{i}" for i in range(units)]
         self.cfg = workdir / "enmei.toml"
@@ -256,6 +257,7 @@ def run(runs: int = 5, units: int = 10, period_s: float = 1.0, settle_s: float =
                 stopped = sorted(n for n in rig.units if before.get(n) is None or after.get(n) != before.get(n))
                 gap, where = probe_gap(rig.journal, rig.units, t0 - 2 * period_s, time.time())
                 row = {"run": i + 1, "state": end.get("state"), "takeover_s": end.get("takeover_s"),
+                       "let_go_s": end.get("let_go_s"), "take_s": end.get("take_s"),
                        "stopped_units": len(stopped), "stopped": stopped, "max_probe_gap_s": round(gap, 3),
                        "gap_unit": where, "from_pid": end.get("from_pid"), "pid": out.get("pid"),
                        "reason": end.get("reason")}
