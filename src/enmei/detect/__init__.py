@@ -19,7 +19,9 @@ registered by kind in :mod:`~enmei.detect.registry` and configured by ``[[units.
   unit's health;
 - ``latency``, ``aging`` (:mod:`~enmei.detect.judges`) — the statistical detectors above;
 - ``reaction`` (:mod:`~enmei.detect.reaction`) — an injection's reaction against its bound;
-- ``log_pattern`` (:mod:`~enmei.detect.logmatch`) — log or console lines matching a pattern.
+- ``log_pattern`` (:mod:`~enmei.detect.logmatch`) — log or console lines matching a pattern;
+- ``keylogger`` (:mod:`~enmei.detect.keylogger`) — a guest's disk writes or network output following
+  typed key bursts more than silent controls (a permutation test), outbound traffic nothing explains.
 
 :class:`UnitDetectors` (:mod:`~enmei.detect.unitset`) holds one unit's detectors and combines their
 health reports. A unit that configures none gets ``probe_failures``, ``latency``, ``aging`` and
