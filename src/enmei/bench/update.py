@@ -26,7 +26,11 @@ update's start until the new version answered: while a clone boots beside it, th
 more slowly on a loaded 2-core host. ``failed_requests_*`` = probes
 that failed in that window, the median over the runs. ``shadow_p99_gap_s`` = the 99th percentile
 (nearest rank: the largest of fewer than 100 runs) of the shadow runs' downtimes. ``writes_lost`` =
-acknowledged lines missing from the data disk at the end.
+acknowledged lines missing from the data disk at the end. ``shadow_gap_breakdown_runs_s`` splits each
+shadow run's gap: ``before_swap_s`` (the last good answer to the swap's start), the swap's own work
+(``kill_s``: the clone checked, the original paused, killed and waited for; ``forward_s``: the unit's
+ports moved to the clone; ``cont_s``: the clone resumed), and ``after_resume_s`` (the resumed guest until
+its first good answer).
 
     python -m enmei.bench.update --runs 5
 """
@@ -56,6 +60,7 @@ from enmei.visor.qemu import image as images
 __all__ = ["KEYS", "run"]
 
 _UNIT = "bench-vm"
+_SWAP_PARTS = ("kill_s", "forward_s", "cont_s")  # the swap's steps, as ``StandbyManager.take_over`` reports them
 KEYS = ("cold_downtime_s", "shadow_downtime_s", "ratio", "shadow_p99_gap_s", "failed_requests_cold",
         "failed_requests_shadow", "writes_acknowledged", "writes_lost", "runs")
 
@@ -174,6 +179,7 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
                 result[f"{kind}_max_gap_runs_s"] = [round(r["max_gap_s"], 4) for r in out[kind]]
             result["shadow_swap_runs_s"] = [r.get("swap_s") for r in out["shadow"]]
             result["shadow_steps_runs_s"] = [r.get("steps") for r in out["shadow"]]
+            result["shadow_gap_breakdown_runs_s"] = [r.get("breakdown") for r in out["shadow"]]
             result.update({"accel": str(identity.extra.get("accel")), "memory_mib": memory_mib,
                            "probe_interval_s": interval_s, "probe_timeout_s": timeout_s,
                            "probe_max_in_flight": max_in_flight,
@@ -210,6 +216,16 @@ async def _shadow(backend: QemuBackend, prober: _Prober, target: ImageInfo, vers
     res = await _measure(prober, t0, took, (float(swap[0]), float(swap[1])), target, versions, patience)
     res["swap_s"] = report.get("downtime_s")
     res["steps"] = {k: v.get("took_s") for k, v in report.get("steps", {}).items()}
+    facts = report.get("steps", {}).get("swap", {})
+    if res.get("gap") is not None and all(isinstance(facts.get(k), (int, float)) for k in _SWAP_PARTS):
+        # where the gap goes: the prober's last good answer .. the swap's start (enmei checks the clone),
+        # the swap's own parts (enmei's work: pause + kill + wait, forwards, cont), then the resumed
+        # guest until its first good answer (its vCPU under TCG, user-mode networking, a new connection)
+        last_good, first_good = res["gap"]
+        resumed = float(swap[0]) + sum(float(facts[k]) for k in _SWAP_PARTS)
+        res["breakdown"] = {"before_swap_s": round(float(swap[0]) - last_good, 4),
+                            **{k: round(float(facts[k]), 4) for k in _SWAP_PARTS},
+                            "after_resume_s": round(first_good - resumed, 4)}
     return res
 
 
@@ -235,9 +251,11 @@ async def _measure(prober: _Prober, t0: float, took: float, action: tuple[float,
     window = [p for p in prober.results if p.done and t0 - 1.0 <= p.done <= upto]
     good = sorted(p.done for p in window if p.ok)
     pairs = list(itertools.pairwise(good))
-    around = [b - a for a, b in pairs if b >= action[0] and a <= action[1]]
+    around = [(b - a, (a, b)) for a, b in pairs if b >= action[0] and a <= action[1]]
     anywhere = [b - a for a, b in pairs if b >= t0]
-    return {"downtime_s": max(around, default=upto - t0), "max_gap_s": max(anywhere, default=upto - t0),
+    widest = max(around, default=None)
+    return {"downtime_s": widest[0] if widest else upto - t0, "gap": widest[1] if widest else None,
+            "max_gap_s": max(anywhere, default=upto - t0),
             "failed": sum(1 for p in window if not p.ok and p.sent >= t0), "took_s": took,
             "window": (t0, upto)}
 
