@@ -112,3 +112,20 @@ async def test_a_clean_guest_with_its_keys_unlogged_is_not_accused(tmp_path: Pat
                                                    windows_s=(0.01, 0.03), min_slots=6, max_looks=2, look_every=4))
     _, _, _, verdicts = await _run(b, tmp_path, det=det)
     assert VerdictKind.KEYLOGGER_SUSPECTED not in verdicts
+
+
+class Gone(Keyboard):
+    """A guest whose counters cannot be read (its QEMU is gone)."""
+
+    async def block_stats(self, name: str) -> dict[str, dict[str, float]]:
+        raise VisorError(name, "block stats", "unit is not running")
+
+
+async def test_an_unobservable_guest_gives_failed_observations_and_an_inconclusive_verdict(tmp_path: Path) -> None:
+    b = Gone(clock=SystemClock(), state_dir=tmp_path, emit=lambda e: None)
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing-schedule",
+                                                   windows_s=(0.01, 0.03), min_slots=3, max_looks=1, look_every=1))
+    _, _, seen, verdicts = await _run(b, tmp_path, det=det)
+    assert seen and all(not o.ok and o.values["running"] == 0.0 for o in seen)
+    assert verdicts == [VerdictKind.INCONCLUSIVE], verdicts  # no verdict from missing data, no crash
+    assert b.typed == ""  # not running: no keys
