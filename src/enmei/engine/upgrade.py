@@ -15,8 +15,9 @@ Who holds what, and when (A: the running enmei; B: its successor, a child of A):
    ``check_timeout_s``: A kills B (its own child, by its ``Popen``), journals ``fell_back``; it never
    stopped supervising.
 3. **A lets go.** A stops supervising without stopping a unit (``Engine.stop(leave_running=True)``: its
-   probes, remedies, web server and ctl socket end; the journal is flushed and closed, which frees the
-   journal's writer lock), then sends ``handed`` with the instant it stopped and each probe's next due time.
+   probes, remedies and ctl socket end, its web server stops accepting and finishes its last requests
+   meanwhile; the journal is flushed and closed, which frees the journal's writer lock), then sends
+   ``handed`` with the instant it stopped and each probe's next due time.
 4. **B takes over**: it opens the journal, adopts every unit (the crash-only adoption of a restart), starts
    each probe at the due time A sent, serves the web on the inherited listener, journals ``handed_over``
    with ``takeover_s`` (A's stop to B supervising) and sends ``supervising``. A exits 0.
