@@ -346,3 +346,48 @@ def test_a_stop_on_request_is_not_restarted_by_either_side(rig: Rig) -> None:
     time.sleep(2)  # four times the grace a death gets
     assert rig.holder() is None and w2.poll() is None
     assert (read_beat(rig.state) or {}).get("state") == "stopped"
+
+
+def test_a_lock_held_under_the_pid_of_a_gone_process_is_not_followed(tmp_path: Path, procs: Procs) -> None:
+    """After an upgrade the kernel names the enmei that took the lock, gone, while its successor holds it:
+    a real process takes the lock, passes it to a child and exits; the watcher neither follows the gone
+    pid nor judges a death while the lock is held, and judges one once it is free."""
+    from enmei.watch.watcher import Options, Target
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    ready = tmp_path / "ready"
+    taker = procs.popen([PY, "-c", f"""
+import fcntl, os, subprocess, sys
+fd = os.open({str(state / 'enmei.lock')!r}, os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.set_inheritable(fd, True)
+subprocess.Popen([sys.executable, "-c", "import time; open({str(ready)!r}, 'w').close(); time.sleep(600)"],
+                 pass_fds=[fd], start_new_session=True)
+"""])
+    assert taker.wait(timeout=60) == 0
+    assert wait_until(ready.exists)
+    heir: int | None = None  # the child holding the lock now: the process that has the lock file open
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and entry != str(os.getpid()):
+            with contextlib.suppress(OSError):
+                if any(os.readlink(f"/proc/{entry}/fd/{fd}") == str(state / "enmei.lock")
+                       for fd in os.listdir(f"/proc/{entry}/fd")):
+                    heir = int(entry)
+    assert heir is not None
+    procs.adopt_pid(heir)  # ended at teardown if the test fails first
+    target = Target(state, None, Options(name="t", grace_s=0.1))
+    target.register([PY], str(tmp_path))
+    try:
+        assert lock_holder(state / "enmei.lock") == taker.pid and proc_start(taker.pid) is None
+        for _ in range(5):
+            target.check(time.monotonic())
+        kinds = [e["kind"] for e in target.events]
+        assert kinds == ["unknown"], target.events
+        assert target.pid is None and target.gone_since is None
+        os.kill(heir, signal.SIGKILL)
+        assert wait_until(lambda: lock_holder(state / "enmei.lock") is None)
+        assert wait_until(lambda: (target.check(time.monotonic()), "failed" in [e["kind"] for e in target.events])[1])
+        assert "command line is unknown" in target.events[-1]["message"]  # judged dead: a restart was tried
+    finally:
+        target.close()

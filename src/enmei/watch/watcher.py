@@ -23,7 +23,9 @@ Verdicts:
   never free: the successor is followed, not restarted. A heartbeat whose last state is
   ``stopping``/``stopped`` is an enmei stopped on request: not restarted, and a new one is followed
   when it comes;
-* **hung** — the heartbeat stale beyond ``hang_after_s`` *and* the ctl socket unanswered: the process,
+* **hung** — the heartbeat stale beyond ``hang_after_s`` *and* the ctl socket unanswered (not while its
+  heartbeat says ``stopped`` and it still holds the lock — an upgrade's handover —, for up to
+  ``start_timeout_s``): the process,
   re-identified (still holding the lock, same start time, an ``enmei`` command line), gets SIGKILL
   through its pidfd (crash-only: the next one adopts its units), then it is dead.
 
@@ -173,6 +175,7 @@ class Target:
     restarts: int = 0
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     own_lock: int | None = None
+    unknown_holder: bool = False
     events: list[dict[str, Any]] = field(default_factory=list)  # what happened, newest last (tests, bench)
 
     @property
@@ -229,6 +232,15 @@ class Target:
         """One look at the enmei; restarts it when it is dead or hung (see the module docstring)."""
         self.children = [c for c in self.children if c.poll() is None]
         holder = lock_holder(self.lock)
+        if holder is not None and proc_start(holder) is None:
+            # The lock is held, but under the pid of a process that is gone: the kernel names the process
+            # that took an flock, and an upgrade passed it on (its successor dying leaves it held for an
+            # instant). Nothing to follow or kill; a death is judged once the lock is free.
+            if not self.unknown_holder:
+                self.unknown_holder = True
+                self._event("unknown", f"the state dir's lock is held under pid {holder}, which is gone")
+            return
+        self.unknown_holder = False
         if holder is not None:
             self.gone_since = None
             self.first = False
@@ -285,6 +297,12 @@ class Target:
         if beat is not None and beat.get("pid") == self.pid and beat.get("beat") != self.beat:
             self.beat, self.beat_mono = beat.get("beat"), now
         stale = now - self.beat_mono
+        if (beat is not None and beat.get("pid") == self.pid and beat.get("state") == "stopped"
+                and stale < self.opts.start_timeout_s):
+            # Its supervision ended but it still holds the lock: the last instants of a stop, or an upgrade
+            # handing over (the successor's heartbeat starts once it supervises; the ctl socket is closed
+            # meanwhile). Not a hang, for up to start_timeout_s.
+            return
         if stale <= self.opts.hang_after_s and now - self.api_checked < self.opts.ctl_every_s:
             return
         ok = self._api()
