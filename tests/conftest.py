@@ -79,6 +79,13 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                if str(p / n) not in v1_before and not _remove_if_empty(p / n)]
     if v1_kept:
         sys.stderr.write(f"\nenmei tests: cgroup v1 groups still holding processes: {v1_kept}\n")
+    # Guest RAM of QEMUs a test killed together with their supervisor (nothing left to remove it): the same
+    # sweep a QEMU backend makes at its first start; folders whose files a process holds are left.
+    from enmei.visor.qemu.ram import sweep_unheld
+
+    swept = sweep_unheld()
+    if swept:
+        sys.stderr.write(f"\nenmei tests: removed guest RAM no process held: {[d.name for d in swept]}\n")
     parent = _enmei_cgroup_parent()
     if parent is None:
         return

@@ -72,3 +72,37 @@ def test_fresh_never_reuses_a_left_file_and_checks_its_folder(tmp_path: Path,
     os.chmod(paths.ram_dir, 0o700)
     ram.remove(paths)
     assert not paths.ram_dir.exists()
+
+
+def test_the_sweep_removes_guest_ram_no_process_holds_and_keeps_the_rest(tmp_path: Path) -> None:
+    """RAM folders of killed guests (nothing has their files open or mapped) go; a folder whose file a
+    process has open, or only mapped, stays, as do a folder just made (its QEMU may be starting) and folders
+    that are not enmei's private ones."""
+    import mmap
+    import time
+
+    def folder(name: str, *files: str, mode: int = 0o700) -> Path:
+        d = tmp_path / name
+        d.mkdir(mode=mode)
+        d.chmod(mode)
+        for f in files:
+            (d / f).write_bytes(b"\0" * 4096)
+        return d
+
+    dead, opened = folder("enmei-dead", "ram", "ram-b"), folder("enmei-open", "ram")
+    mapped = folder("enmei-map", "ram")
+    young, old = folder("enmei-young"), folder("enmei-old")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    shared, other = folder("enmei-shared", "ram", mode=0o755), folder("other", "ram")
+    with open(opened / "ram", "rb") as f, open(mapped / "ram", "r+b") as g:
+        view = mmap.mmap(g.fileno(), 4096)
+        g.close()  # only the mapping holds it now
+        try:
+            removed = ram.sweep_unheld(tmp_path, min_age_s=60)
+        finally:
+            view.close()
+        assert not f.closed
+    assert sorted(removed) == sorted([dead, old])
+    assert not dead.exists() and not old.exists()
+    for kept in (opened, mapped, young, shared, other):
+        assert kept.exists(), kept

@@ -99,6 +99,7 @@ class QemuBackend(Backend):
         super().__init__(clock=clock, state_dir=state_dir, emit=emit)
         self.verdict = verdict
         self.host = host or QemuHost(binary=binary, cache_dir=cache_dir, kvm_probe_timeout_s=kvm_probe_timeout_s)
+        self._ram_swept = False
         self.cache_dir = self.host.cache_dir
         self.binary = self.host.binary
         self._vms: dict[str, Machine] = {}  # the unit machines, shared with the parts below
@@ -130,6 +131,9 @@ class QemuBackend(Backend):
             await asyncio.to_thread(settle, paths, spec.image, None, running=None, phase_image_id=None)
             await asyncio.to_thread(strays.remove_files,
                                     [f for s in strays.SLOTS[1:] for f in paths.with_slot(s).slot_files()])
+            if not self._ram_swept:  # guest RAM left in /dev/shm by killed supervisors: before room is counted
+                self._ram_swept = True
+                await asyncio.to_thread(ram.sweep_unheld)
             spec = ram.resolve(name, spec, paths, self.host.free_bytes)
             kernel, initrd, accel = await self._prepare(name, spec, paths, fresh_sys=True)
             machine = await self._launch(name, spec, kernel, initrd, accel, paths)

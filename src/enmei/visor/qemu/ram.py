@@ -12,6 +12,9 @@ and owned by it; one file per QEMU slot, except that a VMM rejuvenation links th
 under the new slot's name (the same memory). The file of a slot goes with the slot's files (a standby
 dropped, a takeover swept) and with the unit (its QEMU stopped or exited: ``remove``). A new QEMU never
 maps a file left behind (``fresh``): a stale name could still be a link to a running guest's memory.
+RAM left by a guest whose QEMU and enmei were both killed, of a state dir since deleted, would hold the
+tmpfs's memory for good: ``sweep_unheld`` (at a QEMU backend's first start) removes the RAM folders of
+this user where no process holds any file.
 
 Room: ``resolve`` checks that ``/dev/shm`` has the guest's RAM free (twice with a warm standby, which
 has RAM of its own) before the first QEMU starts; ``shared`` without room is a ``StartError`` naming the
@@ -23,14 +26,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError
-from enmei.visor.qemu.cmdline import MachinePaths
+from enmei.visor.qemu.cmdline import RAM_ROOT, MachinePaths
 
-__all__ = ["FreeFn", "check_file", "free_bytes", "fresh", "needed_bytes", "remove", "resolve"]
+__all__ = ["FreeFn", "check_file", "free_bytes", "fresh", "held_under", "needed_bytes", "remove", "resolve",
+           "sweep_unheld"]
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +113,59 @@ def remove(paths: MachinePaths) -> None:
         paths.ram.unlink()
     with contextlib.suppress(OSError):
         paths.ram_dir.rmdir()
+
+
+def held_under(root: Path) -> set[Path]:
+    """The files below ``root`` that some process has open or mapped (``/proc/PID/fd``, ``/proc/PID/maps``);
+    processes that cannot be read are skipped (they are another user's: their files are not ours either)."""
+    prefix = str(root).rstrip("/") + "/"
+    out: set[Path] = set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if target.startswith(prefix):
+                        out.add(Path(target.removesuffix(" (deleted)")))
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/maps", errors="replace") as maps:
+            for line in maps:
+                at = line.find(prefix)
+                if at >= 0:
+                    out.add(Path(line[at:].rstrip("\n").removesuffix(" (deleted)")))
+    return out
+
+
+def sweep_unheld(root: Path = RAM_ROOT, *, min_age_s: float = 60.0) -> list[Path]:
+    """Remove this user's guest RAM folders (``enmei-*``, mode 0700) in ``root`` where no process holds any
+    file: a guest's memory that no QEMU maps is no guest's any more (a next start replaces it anyway,
+    ``fresh``). A folder with no file yet is left alone for ``min_age_s`` (a QEMU may be about to create
+    its file). Returns the folders removed; never raises."""
+    removed: list[Path] = []
+    try:
+        folders = [d for d in root.iterdir() if d.name.startswith("enmei-")]
+    except OSError:
+        return removed
+    held: set[Path] | None = None
+    for d in folders:
+        try:
+            st = d.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+                continue
+            files = list(d.iterdir())
+        except OSError:
+            continue
+        if not files and time.time() - st.st_mtime < min_age_s:
+            continue
+        if held is None:
+            held = held_under(root)
+        if any(f in held for f in files):
+            continue
+        with contextlib.suppress(OSError):
+            for f in files:
+                f.unlink()
+            d.rmdir()
+            removed.append(d)
+            log.info("removed %s: guest RAM that no process holds (%d file(s))", d, len(files))
+    return removed
