@@ -449,6 +449,15 @@ class KeyloggerDetector:
         self._next_look = 2 * self.opts.min_slots
         self._bot_done = False
 
+    def peek(self) -> Finding:
+        """The correlation test on the round so far, at the round's whole ``alpha``, changing nothing:
+        why a round that ran out of time reached no verdict (a report, not a verdict)."""
+        o = self.opts
+        series = Series(list(self._times), {c: list(d) for c, d in self._deltas.items()}, list(self._running))
+        return correlation_test(list(self._slots), series, windows_s=o.windows_s, channels=o.channels,
+                                alpha=o.alpha, permutations=o.permutations, min_slots=o.min_slots,
+                                saturated_frac=o.saturated_frac)
+
     def _forget(self) -> None:
         self._times.clear()
         self._running.clear()

@@ -275,3 +275,13 @@ def test_bad_options_are_refused() -> None:
         KeyloggerOptions(kind="keylogger", windows_s=(0.0,))
     with pytest.raises(ValueError, match="channels"):
         KeyloggerOptions(kind="keylogger", channels=("rd_bytes",))
+
+
+def test_peek_reports_the_round_so_far_and_changes_nothing() -> None:
+    det = KeyloggerDetector("vm", KeyloggerOptions(kind="keylogger", injector="typing"))
+    for obs in simulate(WriteEveryKey(random.Random(1)), 1, slots=8):
+        assert not det.feed(obs).verdicts  # 8 slots: before the first look
+    before = det.state()
+    found = det.peek()
+    assert found.verdict == "inconclusive" and "usable" in found.reason  # fewer than 6 of a label
+    assert det.state() == before
