@@ -25,10 +25,12 @@ Verdicts (evidence: channel, window, counts after keys and after controls, p-val
 
 * ``keylogger_suspected`` (critical): the test rejects; or bait text typed by the monitor appeared in
   the guest's outbound traffic (``bait_found``: proof, no statistics needed).
-* ``bot_suspected`` (critical): outbound episodes (a run of intervals with ``tx_bytes`` of at least
-  ``bot_min_bytes``) that no inbound traffic in the ``explain_s`` before them and no injected burst
-  explains, at least ``bot_min_episodes`` of them in a round. This one is a rule, not a test: a guest
-  that calls out on its own (an NTP client, an update check) is one too; see the README's limits.
+* ``bot_suspected`` (critical): at least ``bot_min_episodes`` TCP connections the guest opened itself
+  (``tx_syn``: SYN without ACK in its frames) that no connection opened from outside in the
+  ``explain_s`` before and no injected burst explains, in a round. Without ``tx_syn`` counters: runs
+  of ``tx_bytes`` of at least ``bot_min_bytes`` that no inbound bytes before them explain. This one is
+  a rule, not a test: a guest that calls out on its own (an NTP client, an update check) is one too;
+  see the README's limits.
 * ``clean`` (info): ``max_looks`` looks without a rejection.
 * ``inconclusive`` (info), with the reason: too few valid slots, slots lost to a paused guest or to
   keys the guest did not take, or a channel that moved in nearly every interval (``saturated_frac``:
@@ -64,7 +66,7 @@ __all__ = ["CHANNELS", "Finding", "KeyloggerDetector", "KeyloggerOptions", "Seri
 
 #: The counters a response is read from (deltas per interval of the cumulative values observed).
 CHANNELS = ("wr_operations", "wr_bytes", "tx_bytes")
-_COUNTERS = (*CHANNELS, "rx_bytes")
+_COUNTERS = (*CHANNELS, "rx_bytes", "tx_syn", "rx_syn")
 
 
 @dataclass(frozen=True)
@@ -247,12 +249,32 @@ def outbound_test(slots: Sequence[Slot], series: Series, *, explain_s: float = 2
     times and bytes, else ``clean``. An episode is explained by inbound bytes within ``explain_s``
     before it starts, or by a burst of keys that began up to ``react_s`` before it (reacting to keys is
     the correlation test's business). Intervals of a paused guest are skipped."""
+    t = series.times
+    bursts = [s for s in slots if s.inject]
+    opened = series.channels.get("tx_syn")
+    if opened is not None and any(v > 0 for v in opened):
+        # TCP connections the guest opened: a call it made, explained only by one opened from outside
+        # (an inbound request) within explain_s before, or by typing
+        inbound = series.channels.get("rx_syn") or [0.0] * len(opened)
+        episodes = [(k, k) for k, v in enumerate(opened) if v > 0 and series.running[k]]
+        unexplained: list[dict[str, float]] = []
+        for a, _ in episodes:
+            start = t[a]
+            first = bisect.bisect_left(t, start - explain_s)
+            asked = sum(float(inbound[i]) for i in range(first, a + 1))
+            keyed = any(s.start <= start + 1e-9 and start <= s.end + react_s for s in bursts)
+            if not asked and not keyed:
+                unexplained.append({"at": round(start, 3), "connections": float(opened[a])})
+        evidence = {"episodes": len(episodes), "unexplained": len(unexplained), "first": unexplained[:5],
+                    "rule": "TCP connections the guest opened", "explain_s": explain_s}
+        if len(unexplained) >= min_episodes:
+            return Finding("bot_suspected", "", None, evidence)
+        return Finding("clean", "", None, evidence)
     tx = series.channels.get("tx_bytes")
     rx = series.channels.get("rx_bytes")
     if tx is None or rx is None:
         return Finding("inconclusive", "no network counters observed")
-    t = series.times
-    episodes: list[tuple[int, int]] = []
+    episodes = []
     k = 0
     while k < len(tx):
         if tx[k] >= min_bytes and series.running[k]:
@@ -263,14 +285,13 @@ def outbound_test(slots: Sequence[Slot], series: Series, *, explain_s: float = 2
             k = j + 1
         else:
             k += 1
-    unexplained: list[dict[str, float]] = []
-    bursts = [s for s in slots if s.inject]
+    unexplained = []
     for a, b in episodes:
         start = t[a]
         first = bisect.bisect_left(t, start - explain_s)
-        inbound = sum(float(rx[i]) for i in range(first, min(a, len(rx))))
+        inbound_bytes = sum(float(rx[i]) for i in range(first, min(a, len(rx))))
         keyed = any(s.start <= start + 1e-9 and start <= s.end + react_s for s in bursts)
-        if inbound > 0 or keyed:
+        if inbound_bytes > 0 or keyed:
             continue
         unexplained.append({"at": round(start, 3), "tx_bytes": float(sum(tx[a:b + 1]))})
     evidence = {"episodes": len(episodes), "unexplained": len(unexplained), "first": unexplained[:5],

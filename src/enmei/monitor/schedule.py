@@ -123,6 +123,9 @@ class TypingSchedule:
         out = {"wr_operations": sum(d.get("wr_operations", 0.0) for d in blocks.values()),
                "wr_bytes": sum(d.get("wr_bytes", 0.0) for d in blocks.values()),
                "tx_bytes": float(net.get("tx_bytes", 0.0)), "rx_bytes": float(net.get("rx_bytes", 0.0))}
+        for opened in ("tx_syn", "rx_syn"):  # connections opened by the guest, by the outside
+            if opened in net:
+                out[opened] = float(net[opened])
         return out, await self.target.guest_running(self.unit)
 
     def _read_sink(self) -> int:

@@ -23,7 +23,8 @@ class Guest:
 
     rng: random.Random
     counters: dict[str, float] = field(default_factory=lambda: {"wr_operations": 0.0, "wr_bytes": 0.0,
-                                                                 "tx_bytes": 0.0, "rx_bytes": 0.0})
+                                                                 "tx_bytes": 0.0, "rx_bytes": 0.0,
+                                                                 "tx_syn": 0.0, "rx_syn": 0.0})
     pending: list[tuple[float, str, float]] = field(default_factory=list)  # (when, counter, amount)
 
     def later(self, t: float, counter: str, amount: float) -> None:
@@ -134,6 +135,7 @@ class Bot(Guest):
         if t >= self.next_call:
             self.next_call = t + self.rng.uniform(10.0, 20.0)
             self.counters["tx_bytes"] += 1800
+            self.counters["tx_syn"] += 1  # it opens the connection
             self.later(t + 0.3, "rx_bytes", 200)
 
 
@@ -144,7 +146,10 @@ class HttpService(Guest):
         super().tick(t)
         if self.rng.random() < DT / 3.0:
             self.counters["rx_bytes"] += 300
+            self.counters["rx_syn"] += 1  # the client opens the connection
             self.later(t + DT, "tx_bytes", 2500)
+            if self.rng.random() < 0.3:  # and sometimes the service calls a backend for it
+                self.later(t + DT, "tx_syn", 1)
 
 
 def simulate(guest: Guest, seed: int, *, slots: int = 40, gap_s: float = 8.0, keys: int = 16,
@@ -231,6 +236,16 @@ def test_the_false_positive_rate_is_within_alpha() -> None:
         hits += found.verdict == "keylogger_suspected"
     rate = hits / trials
     assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials), rate
+
+
+def test_a_bot_without_connection_counters_is_found_by_its_bytes() -> None:
+    class OldBot(Bot):
+        def tick(self, t: float) -> None:
+            super().tick(t)
+            self.counters["tx_syn"] = 0.0  # as if not counted
+            self.counters["rx_syn"] = 0.0
+
+    assert run(OldBot, 5)[0][0] is VerdictKind.BOT_SUSPECTED
 
 
 def test_a_bot_is_found_and_an_answering_service_is_not() -> None:

@@ -152,6 +152,7 @@ class MonitorApi:
                 raise VisorError(name, "network stats", f"{path}: {exc}") from exc
             out[f"{direction}_packets"] = float(counter.packets)
             out[f"{direction}_bytes"] = float(counter.bytes)
+            out[f"{direction}_syn"] = float(counter.syn)  # TCP connections opened by that side
         return out
 
     async def read_memory(self, name: str, address: int, size: int) -> bytes:

@@ -40,6 +40,7 @@ class PcapCounter:
 
     packets: int = 0
     bytes: int = 0
+    syn: int = 0  # TCP connection openings (SYN without ACK) among the frames: who called whom
     offset: int = 0  # bytes of the file consumed
     _buf: builtins.bytes = b""
     _header_seen: bool = False
@@ -67,9 +68,11 @@ class PcapCounter:
             _, _, incl, orig = struct.unpack_from(fmt, buf, pos)
             if len(buf) - pos - _RECORD < incl:
                 break
+            frame = buf[pos + _RECORD:pos + _RECORD + incl]
             pos += _RECORD + incl
             self.packets += 1
             self.bytes += orig
+            self.syn += _is_syn(frame)
         self._buf = buf[pos:]
 
     def read_file(self, path: Path) -> None:
@@ -88,3 +91,14 @@ class PcapCounter:
         self.offset = 0
         self._buf = b""
         self._header_seen = False
+
+
+def _is_syn(frame: builtins.bytes) -> int:
+    """1 if ``frame`` (Ethernet, cut to 64 bytes) is an IPv4 TCP segment with SYN set and ACK not."""
+    if len(frame) < 34 or frame[12:14] != b"\x08\x00" or frame[23] != 6:
+        return 0
+    ihl = (frame[14] & 0x0F) * 4
+    flags_at = 14 + ihl + 13
+    if len(frame) <= flags_at:
+        return 0
+    return 1 if frame[flags_at] & 0x12 == 0x02 else 0
