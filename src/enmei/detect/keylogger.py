@@ -15,8 +15,10 @@ write-every-key logger, the long ones a logger that buffers keys and flushes the
 is the standardised difference of mean ranks of the response after keys and after controls; the test
 takes the largest over channels and windows and compares it with the same maximum over
 ``permutations`` random relabellings, which keeps ``alpha`` for the whole family of lags. The schedule
-labels each slot keys or control with probability 1/2, independently: given the number of bursts,
-every labelling is then equally likely, which is the relabelling the test does. The detector looks
+draws the labels in blocks (``slot_block``: 12 slots, half keys, in a random order): the test then
+rearranges labels only within each block, which is exactly how they were made (any order of a block's
+slots seen so far is as likely); for slots without blocks (independent draws) it relabels them all,
+every labelling with that many bursts being equally likely. The detector looks
 first when ``2 * min_slots`` slots have finished, then every ``look_every`` slots, at most ``max_looks``
 times per round, and spends ``alpha / max_looks`` on each look (Bonferroni), so a round's
 false-positive rate stays at most ``alpha``.
@@ -79,6 +81,7 @@ class Slot:
     end: float
     inject: bool
     dropped: bool = False
+    block: int | None = None  # slots whose labels were drawn together (a shuffled block) share one
 
 
 @dataclass(frozen=True)
@@ -216,7 +219,22 @@ def correlation_test(slots: Sequence[Slot], series: Series, *, windows_s: Sequen
         digest = hashlib.sha256(repr([(round(s.start, 3), s.inject) for s in valid]).encode()).digest()
         seed = int.from_bytes(digest[:8], "little")
     rng = np.random.default_rng(seed)
-    perms = np.stack([rng.permutation(labels) for _ in range(permutations)]) if permutations else np.empty((0, n))
+    if permutations and all(s.block is not None for s in valid):
+        # a blocked design: within each block the labels were a random arrangement of a fixed number of
+        # each, so any arrangement of the block's slots seen so far is as likely: only that is redrawn
+        members: dict[int, list[int]] = {}
+        for i, s in enumerate(valid):
+            members.setdefault(int(s.block or 0), []).append(i)
+        perms = np.tile(labels, (permutations, 1))
+        for idx in members.values():
+            if len(idx) > 1:
+                where = np.asarray(idx)
+                order = rng.random((permutations, len(idx))).argsort(axis=1)
+                perms[:, where] = labels[where][order]
+    elif permutations:
+        perms = np.stack([rng.permutation(labels) for _ in range(permutations)])
+    else:
+        perms = np.empty((0, n))
     null = stat(perms) if permutations else np.empty(0)
     exceed = int(np.sum(null >= observed_z - 1e-9))
     p = (1 + exceed) / (1 + permutations)
@@ -385,7 +403,10 @@ class KeyloggerDetector:
                 start = start if math.isfinite(start) and start <= obs.mono else obs.mono
                 end = float(vals.get("slot_end", obs.mono))
                 end = end if math.isfinite(end) and end >= start else start
-                self._slots.append(Slot(start, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0))
+                raw_block = vals.get("slot_block")
+                block = int(raw_block) if raw_block is not None and math.isfinite(float(raw_block)) else None
+                self._slots.append(Slot(start, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0,
+                                        block))
         except (TypeError, ValueError):
             pass  # a malformed slot is no slot
         if float(vals.get("bait_found", 0.0) or 0.0) > 0:

@@ -1,10 +1,10 @@
 """The typing schedule: keystroke bursts at random times, silent control slots, counters in between.
 
 What the ``keylogger`` detector (``enmei.detect.keylogger``) needs to tell a guest that reacts to
-typing from one that is merely busy: a slot every ``gap_s`` (plus a random ``jitter_s``), each slot
-keys with probability ``p_inject`` or a silent control otherwise, drawn independently (which is what
-makes the detector's relabelling test exact); between slots, every ``interval_s``, one observation with
-the guest's cumulative block-write and network counters and whether its CPUs ran.
+typing from one that is merely busy: a slot every ``gap_s`` (plus a random ``jitter_s``), labelled in
+blocks of ``block_slots``: half keys, half silent controls, in a random order — every round has enough
+of each, and the detector's test redraws exactly that order; between slots, every
+``interval_s``, one observation with the guest's cumulative block-write and network counters and whether its CPUs ran.
 
 * Keys are never typed while the guest is paused (QEMU would queue them, or refuse ``input-send-event``):
   such a burst is recorded as dropped, and so is one the backend could not send, or (with a console to
@@ -57,7 +57,7 @@ class ScheduleSettings:
     interval_s: float = 0.25
     gap_s: float = 5.5  # between slot starts, at least: more than a burst plus the longest window
     jitter_s: float = 1.0
-    p_inject: float = 0.5
+    block_slots: int = 12  # labels are drawn per block: half keys, half controls, shuffled
     chars: tuple[int, int] = (6, 10)  # a burst's words, drawn in this range (then maybe the bait, then Enter)
     key_gap_s: float = 0.1  # between two keys: a guest under TCG on a loaded host loses keys typed faster
     echo_timeout_s: float = 3.0  # a burst's line must show on the console this soon (with a console)
@@ -103,6 +103,7 @@ class TypingSchedule:
         self.bursts = 0
         self.dropped = 0
         self.bait_found = 0
+        self._block: list[bool] = []
         # a control's pretended length: a burst's, estimated from the key gaps until bursts are measured
         self._typing_s = 1.5 * self.settings.key_gap_s * sum(self.settings.chars) / 2
 
@@ -233,7 +234,12 @@ class TypingSchedule:
 
     def _start_slot(self, now: float, running: bool) -> _Pending:
         self.slots += 1
-        inject = self.rng.random() < self.settings.p_inject
+        # blocks: half keys, half controls, in a random order (every round has enough of each)
+        if not self._block:
+            size = self.settings.block_slots
+            self._block = [True] * (size // 2) + [False] * (size - size // 2)
+            self.rng.shuffle(self._block)
+        inject = self._block.pop(0)
         p = _Pending(self.slots, now, inject, self._burst_text() if inject else "")
         if inject and running:
             p.task = asyncio.ensure_future(self._type(p))
@@ -261,6 +267,7 @@ class TypingSchedule:
                                    "keys": p.inject, "start_mono": round(p.start, 3), "end_mono": round(end, 3),
                                    "chars": len(p.text), "delivered": delivered if p.inject else None,
                                    **p.extra})
-            return {"slot": 1.0 if p.inject else 0.0, "slot_start": p.start, "slot_end": end,
+            return {"slot": 1.0 if p.inject else 0.0, "slot_block": float((p.index - 1) // self.settings.block_slots),
+                    "slot_start": p.start, "slot_end": end,
                     "keys_dropped": float(len(p.text)) if dropped else 0.0}
         return None
