@@ -15,7 +15,7 @@ from typing import Any
 
 from enmei.ctl.protocol import MAX_REQUEST, SOCKET_NAME, CtlError, decode, encode
 
-__all__ = ["holds_open", "lock_holder", "request", "socket_path"]
+__all__ = ["flock_holder", "holds_open", "lock_holder", "request", "socket_path"]
 
 _MAX_ANSWER = 64 * 2**20
 _SUN_PATH_MAX = 107
@@ -27,15 +27,19 @@ def socket_path(state_dir: Path) -> Path:
 
 
 def lock_holder(state_dir: Path) -> int | None:
-    """The pid of the process holding ``state_dir``'s lock (a running enmei), or None.
+    """The pid of the process holding ``state_dir``'s lock (a running enmei), or None."""
+    return flock_holder(Path(state_dir) / LOCK_NAME)
+
+
+def flock_holder(lock: Path) -> int | None:
+    """The pid holding an ``flock`` on the file ``lock`` as ``/proc/locks`` lists it, or None. Takes no lock.
 
     After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock, which has exited
     (the successor inherited its open lock file, and the lock with it): the pid the successor wrote into
     the lock file is the answer when that process has the lock file open."""
-    pid = _flock_pid(state_dir)
+    pid = _flock_pid(lock)
     if pid is None:
         return None
-    lock = Path(state_dir) / LOCK_NAME
     try:
         written = int(lock.read_text(encoding="ascii").strip())
     except (OSError, ValueError):
@@ -58,8 +62,7 @@ def holds_open(pid: int, path: Path) -> bool:
     return False
 
 
-def _flock_pid(state_dir: Path) -> int | None:
-    lock = Path(state_dir) / LOCK_NAME
+def _flock_pid(lock: Path) -> int | None:
     try:
         st = os.stat(lock)
         with open("/proc/locks", encoding="ascii", errors="replace") as f:

@@ -1,4 +1,5 @@
-"""What an enmei and its watchers share on disk, read and written with the standard library only.
+"""What an enmei and its watchers share on disk, read and written with the standard library only (and
+``enmei.ctl.client``'s lock reader, which is too).
 
 ``<state_dir>/heartbeat`` — written by enmei (``enmei.watch.beat``), read by watchers: one JSON object
 padded to ``BEAT_SIZE`` bytes, rewritten in place (``pwrite`` at offset 0), ``{"v": 1, "pid", "beat",
@@ -27,6 +28,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+
+from enmei.ctl.client import flock_holder as lock_holder
 
 __all__ = ["BEAT_EVERY_S", "BEAT_NAME", "BEAT_SIZE", "REPORTS", "WATCH_DIR", "lock_holder", "proc_cmdline",
            "proc_start", "read_beat", "read_json", "watch_dir", "write_json"]
@@ -59,61 +62,6 @@ def read_beat(state_dir: Path) -> dict[str, Any] | None:
     except (UnicodeDecodeError, ValueError):
         return None
     return obj if isinstance(obj, dict) and obj.get("v") == 1 else None
-
-
-def lock_holder(lock: Path) -> int | None:
-    """The pid holding an ``flock`` on ``lock`` as ``/proc/locks`` lists it, or None. Takes no lock.
-
-    After ``enmei ctl upgrade`` the kernel still names the enmei that took the lock, which has exited
-    (its successor inherited the open lock file, and the lock with it): the pid written in the lock file
-    is the answer when that process has the file open."""
-    pid = _flock_pid(lock)
-    if pid is None:
-        return None
-    try:
-        written = int(lock.read_text(encoding="ascii").strip())
-    except (OSError, ValueError):
-        return pid
-    if written == pid:
-        return pid
-    try:
-        st, fds = os.stat(lock), os.listdir(f"/proc/{written}/fd")
-    except OSError:
-        return pid
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            there = os.stat(f"/proc/{written}/fd/{fd}")
-            if (there.st_ino, there.st_dev) == (st.st_ino, st.st_dev):
-                return written
-    return pid
-
-
-def _flock_pid(lock: Path) -> int | None:
-    try:
-        st = os.stat(lock)
-        with open("/proc/locks", encoding="ascii", errors="replace") as f:
-            rows = f.read().splitlines()
-    except OSError:
-        return None
-    same_inode: int | None = None
-    for row in rows:
-        fields = row.split()
-        if "FLOCK" not in fields or "->" in fields:
-            continue  # a "->" row is a waiter, not a holder
-        ids = [f for f in fields if f.count(":") == 2]
-        if not ids:
-            continue
-        major, minor, inode = ids[0].split(":")
-        try:
-            if int(inode) != st.st_ino:
-                continue
-            pid = int(fields[fields.index(ids[0]) - 1])
-            if (int(major, 16), int(minor, 16)) == (os.major(st.st_dev), os.minor(st.st_dev)):
-                return pid
-            same_inode = pid  # an overlay file system may show another device number
-        except ValueError:
-            continue
-    return same_inode
 
 
 def proc_start(pid: int) -> int | None:
