@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 import pytest
 
+from enmei import crashpoint
 from enmei.bench.selfupdate import Hammer, Rig, probe_gap
 from enmei.box import Reader, verify
 from enmei.ctl.client import lock_holder
@@ -150,21 +151,27 @@ def test_a_successor_failing_its_self_check_leaves_the_old_enmei_supervising(rig
 
 
 @pytest.mark.parametrize("how", ["kill9", "hang"])
-def test_a_successor_killed_or_hung_mid_takeover_leaves_the_old_enmei_supervising(rig: Rig, how: str) -> None:
+def test_a_successor_killed_or_hung_mid_takeover_leaves_the_old_enmei_supervising(tmp_path: Path, how: str) -> None:
+    """The successor dies (SIGKILL) or hangs (SIGSTOP) the moment the old enmei has let go (the
+    ``upgrade.handed`` point: the old one no longer supervises, the new one not yet). Before, the test froze
+    the successor once it saw the self-check record, and on an idle machine the successor was sometimes
+    done first (the upgrade then succeeded: a fresh-clone run failed so)."""
+    point = {"kill9": crashpoint.ENV, "hang": crashpoint.ENV_STOP}[how]
+    rig = Rig(tmp_path, units=3, period_s=PERIOD_S)
+    try:
+        # Only a successor reaches the point: the old enmei runs with it armed and never passes there.
+        rig.start(timeout_s=scaled(60), env={**os.environ, point: "upgrade.handed"})
+        _mid_takeover(rig, how)
+    finally:
+        rig.close()
+
+
+def _mid_takeover(rig: Rig, how: str) -> None:
     old = rig.supervisor_pid()
     before = rig.pids()
     inode = _listener_inode(rig.web_port)
     proc = _ctl_upgrade(rig, "--takeover-timeout-s", str(round(scaled(5))))
     try:
-        # The moment the old enmei has the successor's self-check and lets go, the successor is frozen
-        # (SIGSTOP): it is in the middle of the takeover, the old enmei stopping or stopped.
-        assert wait_until(lambda: any(u["event"] == "self_check" for u in _upgrades(rig)), 120)
-        successor = next(u for u in _upgrades(rig) if u["event"] == "self_check")["pid"]
-        os.kill(successor, signal.SIGSTOP)
-        if how == "kill9":
-            # Once the old enmei stopped supervising (its last engine record), the successor dies.
-            assert wait_until(lambda: any(u["event"] == "handing_over" for u in _upgrades(rig)), 60)
-            os.kill(successor, signal.SIGKILL)
         out, err = proc.communicate(timeout=scaled(240))
     finally:
         if proc.poll() is None:
@@ -176,6 +183,7 @@ def test_a_successor_killed_or_hung_mid_takeover_leaves_the_old_enmei_supervisin
     assert fell["event"] == "fell_back" and fell["stage"] == "takeover", recs
     assert ("hung" in fell["reason"]) if how == "hang" else ("ended during the takeover" in fell["reason"]), fell
     assert "handed_over" not in [u["event"] for u in recs]
+    successor = next(u for u in recs if u["event"] == "self_check")["pid"]
     # Exactly one enmei supervises: the old one, having adopted every unit again.
     assert rig.supervisor_pid() == old and rig.pids() == before
     assert _enmei_processes(rig.cfg) == [old] and lock_holder(rig.state) == old

@@ -25,6 +25,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from enmei import crashpoint
 from enmei.engine.upgrade import ENV, MAX_MESSAGE, UpgradeError, read_message, write_message
 
 __all__ = ["Handed", "Handoff", "check_journal", "check_listener"]
@@ -129,6 +130,7 @@ class Handoff:
             return self.handed
         if msg.get("step") != "handed":
             raise UpgradeError(f"unexpected message {msg.get('step')!r} from the old enmei instead of handed")
+        crashpoint.reached("upgrade.handed")  # (a test hook: a successor dying or hung mid-takeover)
         due: dict[tuple[str, str], float] = {}
         for row in msg.get("probe_due") or []:
             with contextlib.suppress(TypeError, ValueError):
