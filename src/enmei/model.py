@@ -128,6 +128,7 @@ class RecordKind(StrEnum):
     RESET = "unit.reset"  # an operator reset a unit's budget, backoff and breakers (enmei ctl reset)
     ANCHOR = "anchor"  # an HMAC anchor over the chain so far
     UPGRADE = "upgrade"  # enmei ctl upgrade: requested, successor started, self-check, handed over / fell back
+    INJECTION = "injection"  # an injector acted on a unit: a typing schedule's round start/end, each slot
 
 
 @dataclass(frozen=True, slots=True)

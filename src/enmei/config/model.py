@@ -62,6 +62,7 @@ __all__ = [
     "RestartConfig",
     "SupervisorConfig",
     "TcpProbe",
+    "TypingScheduleInjector",
     "UnitBase",
     "UnitConfig",
     "config_model",
@@ -400,7 +401,33 @@ class KeysInjector(_Model):
     max_reaction: float | None = None
 
 
-InjectorConfig = Annotated[HttpInjector | KeysInjector, Field(discriminator="kind")]
+class TypingScheduleInjector(_Model):
+    """``[[units.NAME.injectors]] kind = "typing_schedule"``: the engine types keystroke bursts (with bait)
+    and silent control slots into a VM in rounds and observes its block writes and network between them
+    (``enmei.monitor.schedule``); the ``keylogger`` detector judges them (``injector`` = this name).
+
+    Rounds start by themselves (``auto``) ``every_s`` after the last one ended, or when a policy decides
+    ``inject(unit, NAME)``; ``inject(unit, NAME, pause_s = N)`` ends a running round and starts none for N
+    seconds. A round ends at the detector's verdict, after ``round_slots`` slots or ``round_s`` seconds,
+    or as soon as the unit is not running or is being repaired."""
+
+    kind: Literal["typing_schedule"]
+    name: str = "typing-schedule"
+    auto: bool = True
+    every_s: float = Field(default=300.0, ge=0, le=86_400)  # between the end of a round and the next
+    round_s: float = Field(default=180.0, gt=0, le=3600)
+    round_slots: int = Field(default=36, ge=4, le=1000)
+    gap_s: float = Field(default=5.5, gt=0, le=600)
+    jitter_s: float = Field(default=1.0, ge=0, le=600)
+    key_gap_s: float = Field(default=0.1, gt=0, le=5)
+    interval_s: float = Field(default=0.25, gt=0, le=60)
+    block_slots: int = Field(default=12, ge=2, le=1000)
+    echo: bool = False  # the guest echoes typed lines on its serial console ("enmei-keys: LINE"): check it
+    sink: str | None = None  # a file the guest's outbound traffic is appended to (a guestfwd): bait is sought there
+    seed: int | None = None  # a round's seed is seed + its number (none: drawn, and journaled)
+
+
+InjectorConfig = Annotated[HttpInjector | KeysInjector | TypingScheduleInjector, Field(discriminator="kind")]
 
 
 def probe_name(probe: HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe) -> str:

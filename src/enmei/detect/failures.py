@@ -122,6 +122,8 @@ def _build(ctx: DetectorContext, opts: ProbeFailureOptions) -> ProbeFailureDetec
         if p.fail_after is not None:  # active probes (http, tcp): passive ones cannot fail that way
             counts[p.name] = opts.fail_after or p.fail_after
     for inj in ctx.injectors:  # one failed injection (no answer, a refused keystroke) is a verdict
+        if inj.kind == "typing_schedule":
+            continue  # counters read between slots, judged by the keylogger detector: one unread is no failure
         counts[inj.name] = opts.fail_after or 1
     readiness = frozenset(p.name for p in ctx.probes if p.role == "readiness")
     return ProbeFailureDetector(ctx.unit, counts, opts.detector_name, readiness)

@@ -18,6 +18,7 @@ from enmei.clock import Clock
 from enmei.engine.unit import UnitRuntime
 from enmei.model import Observation, RecordKind
 from enmei.monitor.base import Probe
+from enmei.monitor.rounds import ScheduleInjection
 from enmei.policy.actions import check_args
 
 __all__ = ["Services", "inject", "monitor", "run_alert_command"]
@@ -67,7 +68,8 @@ def monitor(engine: Services, unit: UnitRuntime, args: Mapping[str, Any]) -> str
     return None
 
 def inject(engine: Services, unit: UnitRuntime, args: Mapping[str, Any]) -> str | None:
-    """``inject``: run injector ``injector`` ``count`` times, ``every_s`` apart (default once)."""
+    """``inject``: run injector ``injector`` ``count`` times, ``every_s`` apart (default once); a typing
+    schedule (``enmei.monitor.rounds``) starts a round now, or with ``pause_s`` pauses its rounds."""
     problem = check_args("inject", args)  # the vocabulary's types and bounds
     if problem is not None:
         return problem
@@ -75,6 +77,13 @@ def inject(engine: Services, unit: UnitRuntime, args: Mapping[str, Any]) -> str 
     if injector is None:
         names = ", ".join(engine.injectors.get(unit.name, {})) or "none"
         return f"unit {unit.name} has no injector {args.get('injector')!r} (injectors: {names})"
+    if isinstance(injector, ScheduleInjection):  # rounds run by the engine: start one, or pause them
+        if args.get("pause_s") is not None:
+            injector.pause(float(args["pause_s"]))
+            return None
+        if not unit.alive():
+            return f"unit {unit.name} is not running: no round of {injector.name}"
+        return injector.trigger()
     count, every = int(args.get("count", 1)), float(args.get("every_s", 0.0))
 
     async def runs() -> None:

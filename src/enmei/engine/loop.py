@@ -61,6 +61,7 @@ from enmei.model import (
 from enmei.monitor import make_probes
 from enmei.monitor.base import Probe
 from enmei.monitor.inject import make_injector
+from enmei.monitor.rounds import ScheduleInjection, note_verdict
 from enmei.policy.actions import HOST
 from enmei.policy.actions import action as action_of
 from enmei.policy.actions import known as known_actions
@@ -291,6 +292,28 @@ class Engine:
     def _spawn_probes(self, name: str) -> None:
         self._probe_tasks[name] = [self.spawn(self._probe_loop(self.units[name], probe), f"probe {name}/{probe.name}")
                                    for probe in self.probes.get(name, [])]
+        # injectors that run rounds of their own (a typing schedule): monitor work, ended with the probes
+        self._probe_tasks[name] += [self.spawn(self._rounds(self.units[name], inj), f"rounds {name}/{inj.name}")
+                                    for inj in self.injectors.get(name, {}).values()
+                                    if isinstance(inj, ScheduleInjection)]
+
+    async def _rounds(self, unit: UnitRuntime, inj: ScheduleInjection) -> None:
+        """The schedule's rounds: only while the unit runs unrepaired and enmei is not stopping; every
+        slot and round journaled as an ``injection`` record."""
+
+        def gate() -> str | None:
+            if self._stopping.is_set():
+                return "enmei is stopping"
+            if unit.state is not UnitState.RUNNING or not unit.alive():
+                return f"the unit is {unit.state}"
+            if unit.remedy is not None:
+                return "a remedy runs on the unit"
+            return None
+
+        def record(kind: str, detail: Mapping[str, Any]) -> None:
+            self.record(RecordKind.INJECTION, unit.name, {"event": kind, "injector": inj.name, **detail})
+
+        await inj.run(gate, self.queue.put_nowait, record)
 
     async def _drop_watch(self, name: str) -> None:
         """End the unit's probe loops and close its probes (its detectors and injectors are forgotten)."""
@@ -643,6 +666,7 @@ class Engine:
             unit.set_health(*judged.health)
         for v in judged.verdicts:
             seq = self.record(RecordKind.VERDICT, v.unit, as_dict(v))
+            note_verdict(self.injectors.get(v.unit, {}), v)  # a typing schedule's round ends at its verdict
             if v.kind is VerdictKind.PROBE_RECOVERED:
                 continue
             self._decide(v, seq)

@@ -7,7 +7,8 @@ unit's keyboard (VMs), then the movement of a counter (``watch``, e.g. block ``w
 ``react_s``, reported as ``reaction_<watch>``. Injectors do not judge what they see: whether that
 reaction is out of bounds (past ``max_reaction`` — the seed's "this guest writes to disk whenever
 someone types") is the ``reaction`` detector's verdict (``enmei.detect.reaction``). An injection that
-could not be made at all (the keys not sent) is an observation with ``ok`` false.
+could not be made at all (the keys not sent) is an observation with ``ok`` false. ``typing_schedule``
+is not one-shot: the engine runs its rounds (``enmei.monitor.rounds``); ``inject`` starts or pauses them.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from enmei.clock import Clock
-from enmei.config.model import HttpInjector, InjectorConfig, KeysInjector
+from enmei.config.model import HttpInjector, InjectorConfig, KeysInjector, TypingScheduleInjector
 from enmei.errors import VisorError
 from enmei.model import Observation
 from enmei.monitor.base import Probe
@@ -75,4 +76,8 @@ class KeysInjection(Probe):
 def make_injector(unit: str, cfg: InjectorConfig, clock: Clock, backend: Backend) -> Probe:
     if isinstance(cfg, HttpInjector):
         return HttpInjection(unit, cfg, clock)
+    if isinstance(cfg, TypingScheduleInjector):
+        from enmei.monitor.rounds import ScheduleInjection  # the schedule's module, loaded when configured
+
+        return ScheduleInjection(unit, cfg, clock, backend)
     return KeysInjection(unit, cfg, clock, backend)

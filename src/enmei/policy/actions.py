@@ -100,7 +100,10 @@ def _inject(args: Mapping[str, Any]) -> str | None:
         return "inject: 'count' must be a whole number from 1 to 1000"
     if not _number(every) or not 0 <= every <= MAX_SECONDS:
         return f"inject: 'every_s' must be a number of seconds from 0 to {MAX_SECONDS:g}"
-    return _unknown("inject", args, ("injector", "count", "every_s"))
+    pause = args.get("pause_s")  # a typing schedule: end its round and start none for this long
+    if pause is not None and (not _number(pause) or not 0 < pause <= MAX_SECONDS):
+        return f"inject: 'pause_s' must be a positive number of seconds, at most {MAX_SECONDS:g}"
+    return _unknown("inject", args, ("injector", "count", "every_s", "pause_s"))
 
 
 _ENGINE_CHECKS: dict[str, ArgCheck] = {"alert": _alert, "none": _none, "monitor": _monitor, "inject": _inject}
