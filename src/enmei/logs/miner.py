@@ -1,0 +1,289 @@
+"""A streaming log template miner: each line is matched to a message type (a template) as it arrives.
+
+How (our own design, in the family of Drain's fixed-depth tree): a line is masked
+(:mod:`enmei.logs.masking`), then looked up by its exact masked form in a bounded cache; on a miss the
+templates with the same token count and the same first token (or a variable first token) are compared
+with it position by position, and the most similar one at or above ``similarity`` takes it in — the
+positions where they differ become ``<*>``, piece by piece inside a token (``user=root`` and
+``user=guest`` give ``user=<*>``). Otherwise the line starts a new template (drift: new message types
+are found at any time, and ``Match.change`` says so).
+
+Promises:
+
+* **Stable ids.** A template keeps its id as it grows more general, and ids are never reused, also
+  across a save and a load (:meth:`TemplateMiner.dumps` / :meth:`TemplateMiner.loads`, a versioned
+  JSON document, no pickle).
+* **Bounded memory.** At most ``max_templates`` templates (the least recently seen is forgotten when a
+  new one would pass the bound; ``evicted`` counts them), a cache of at most ``cache_size`` lines, and a
+  line is cut to ``max_line_chars`` characters and ``max_tokens`` tokens before anything else.
+* **Any input.** ``bytes`` are decoded as UTF-8 with replacement; a ``str`` with lone surrogates is
+  repaired the same way; binary garbage is just an odd line. Nothing a line holds raises.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from enmei.errors import EnmeiError
+from enmei.logs.masking import SEPARATORS as _SEPARATORS
+from enmei.logs.masking import WILDCARD, mask_line
+
+__all__ = ["FORMAT", "VERSION", "Match", "MinerSettings", "Template", "TemplateFileError", "TemplateMiner"]
+
+FORMAT = "enmei.logs.templates"
+VERSION = 1
+
+
+
+class TemplateFileError(EnmeiError, ValueError):
+    """A saved template file cannot be read: corrupt, another format, or a version this one does not read."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        self.source = source
+        self.reason = reason
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return f"cannot load log templates from {self.source}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class MinerSettings:
+    """``similarity``: the share of positions a line must have in common with a template to join it."""
+
+    similarity: float = 0.5
+    max_templates: int = 10_000
+    cache_size: int = 100_000
+    max_tokens: int = 200
+    max_line_chars: int = 8_192
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.similarity <= 1.0:
+            raise ValueError(f"similarity must be in (0, 1], not {self.similarity}")
+        for f in ("max_templates", "cache_size", "max_tokens", "max_line_chars"):
+            if getattr(self, f) < 1:
+                raise ValueError(f"{f} must be at least 1, not {getattr(self, f)}")
+
+
+@dataclass
+class Template:
+    id: int
+    tokens: list[str]
+    count: int = 0
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+
+@dataclass(frozen=True)
+class Match:
+    """``change``: ``new`` (a template made for this line), ``grown`` (a template made more general to
+    take it in) or ``none``."""
+
+    template_id: int
+    template: str
+    change: Literal["new", "grown", "none"]
+
+
+def _merge_token(t: str, tok: str) -> str:
+    """The most specific token that covers both: equal pieces kept, different ones ``<*>``."""
+    if t in (tok, WILDCARD):
+        return t
+    a, b = _SEPARATORS.split(t), _SEPARATORS.split(tok)
+    if len(a) != len(b) or a[1::2] != b[1::2] or len(a) == 1:
+        return WILDCARD
+    out = [x if x == y else WILDCARD for x, y in zip(a, b, strict=True)]
+    merged = "".join(out)
+    return WILDCARD if merged.replace(WILDCARD, "").strip(":=,;()[]{}<>\"'|") == "" else merged
+
+
+def _clean(line: str | bytes, max_chars: int) -> str:
+    if isinstance(line, bytes):
+        return line[: max_chars * 4].decode("utf-8", "replace")[:max_chars]
+    line = line[:max_chars]
+    if not line.isascii():
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (surrogateescape input): make it valid text
+            line = line.encode("utf-8", "replace").decode("utf-8")
+    return line
+
+
+class TemplateMiner:
+    """Streaming template mining; one instance per log stream (not thread-safe)."""
+
+    def __init__(self, settings: MinerSettings | None = None) -> None:
+        self.settings = settings or MinerSettings()
+        self._templates: OrderedDict[int, Template] = OrderedDict()  # least recently seen first
+        self._index: dict[tuple[int, str], list[int]] = {}
+        self._cache: dict[tuple[str, ...], int] = {}
+        self._next_id = 1
+        self.evicted = 0
+
+    # ---- matching
+
+    def add(self, line: str | bytes) -> Match:
+        """Match one line, learning from it: its template (new or grown if need be)."""
+        s = self.settings
+        tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
+        key = tuple(tokens)
+        tid = self._cache.get(key)
+        if tid is not None and tid in self._templates:
+            t = self._templates[tid]
+            self._templates.move_to_end(tid)
+            t.count += 1
+            return Match(tid, t.text, "none")
+        best, best_sim = self._best(tokens)
+        if best is not None and best_sim >= s.similarity:
+            merged = [_merge_token(a, b) for a, b in zip(best.tokens, tokens, strict=True)]
+            change: Literal["grown", "none"] = "none"
+            if merged != best.tokens:
+                self._unindex(best)
+                best.tokens = merged
+                self._reindex(best)
+                change = "grown"
+            best.count += 1
+            self._templates.move_to_end(best.id)
+            self._remember(key, best.id)
+            return Match(best.id, best.text, change)
+        t = Template(self._next_id, tokens, 1)
+        self._next_id += 1
+        if len(self._templates) >= s.max_templates:
+            _, old = self._templates.popitem(last=False)
+            self._unindex(old)
+            self.evicted += 1
+        self._templates[t.id] = t
+        self._reindex(t)
+        self._remember(key, t.id)
+        return Match(t.id, t.text, "new")
+
+    def match(self, line: str | bytes) -> Match | None:
+        """The template a line belongs to without learning from it, or None if none is close enough."""
+        s = self.settings
+        tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
+        tid = self._cache.get(tuple(tokens))
+        if tid is not None and tid in self._templates:
+            return Match(tid, self._templates[tid].text, "none")
+        best, best_sim = self._best(tokens)
+        if best is None or best_sim < s.similarity:
+            return None
+        return Match(best.id, best.text, "none")
+
+    def _best(self, tokens: list[str]) -> tuple[Template | None, float]:
+        n = len(tokens)
+        first = tokens[0] if tokens else ""
+        cands = self._index.get((n, first), [])
+        if first != WILDCARD:
+            cands = cands + self._index.get((n, WILDCARD), [])
+        best: Template | None = None
+        best_sim, best_count = -1.0, -1
+        for tid in cands:
+            t = self._templates[tid]
+            same = 0
+            for a, b in zip(t.tokens, tokens, strict=True):
+                if a == b:
+                    same += 1
+            sim = same / n if n else 1.0
+            if sim > best_sim or (sim == best_sim and t.count > best_count):
+                best, best_sim, best_count = t, sim, t.count
+        return best, best_sim
+
+    def _remember(self, key: tuple[str, ...], tid: int) -> None:
+        if len(self._cache) >= self.settings.cache_size:
+            self._cache.clear()  # bounded; the next lines fill it again with what is current
+        self._cache[key] = tid
+
+    def _index_key(self, t: Template) -> tuple[int, str]:
+        return (len(t.tokens), t.tokens[0] if t.tokens else "")
+
+    def _unindex(self, t: Template) -> None:
+        ids = self._index.get(self._index_key(t))
+        if ids is not None and t.id in ids:
+            ids.remove(t.id)
+            if not ids:
+                del self._index[self._index_key(t)]
+
+    def _reindex(self, t: Template) -> None:
+        self._index.setdefault(self._index_key(t), []).append(t.id)
+
+    # ---- what is known
+
+    def templates(self) -> list[Template]:
+        """The templates by id."""
+        return sorted(self._templates.values(), key=lambda t: t.id)
+
+    def get(self, template_id: int) -> Template | None:
+        return self._templates.get(template_id)
+
+    # ---- persistence
+
+    def dumps(self) -> str:
+        """The miner as a JSON document (format ``enmei.logs.templates``, version 1): settings, the next
+        id, and the templates from least to most recently seen."""
+        return json.dumps({
+            "format": FORMAT, "version": VERSION, "settings": asdict(self.settings), "next_id": self._next_id,
+            "evicted": self.evicted,
+            "templates": [{"id": t.id, "tokens": t.tokens, "count": t.count} for t in self._templates.values()],
+        }, ensure_ascii=False)
+
+    @classmethod
+    def loads(cls, text: str | bytes, source: str = "<string>") -> TemplateMiner:
+        """A miner from :meth:`dumps`' output. Raises ``TemplateFileError`` naming ``source`` and what is
+        wrong if the document is not JSON, not this format, another version, or malformed."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise TemplateFileError(source, f"not JSON ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise TemplateFileError(source, f"not a template file (format is not {FORMAT!r})")
+        if doc.get("version") != VERSION:
+            raise TemplateFileError(source, f"version {doc.get('version')!r}; this enmei reads version {VERSION}")
+        try:
+            raw: Any = doc["settings"]
+            known = {f.name for f in fields(MinerSettings)}
+            if not isinstance(raw, dict) or set(raw) - known:
+                raise ValueError(f"settings: unknown keys {sorted(set(raw) - known) if isinstance(raw, dict) else raw}")
+            miner = cls(MinerSettings(**raw))
+            miner._next_id = _int(doc["next_id"], "next_id")
+            miner.evicted = _int(doc.get("evicted", 0), "evicted")
+            seen: set[int] = set()
+            for i, item in enumerate(doc["templates"]):
+                tid = _int(item["id"], f"templates[{i}].id")
+                tokens = item["tokens"]
+                if not isinstance(tokens, list) or not all(isinstance(x, str) for x in tokens):
+                    raise ValueError(f"templates[{i}].tokens is not a list of strings")
+                if tid in seen or tid >= miner._next_id or tid < 1:
+                    raise ValueError(f"templates[{i}].id {tid} is repeated or not below next_id")
+                seen.add(tid)
+                t = Template(tid, tokens, _int(item.get("count", 0), f"templates[{i}].count"))
+                miner._templates[tid] = t
+                miner._reindex(t)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise TemplateFileError(source, f"malformed ({type(exc).__name__}: {exc})") from exc
+        return miner
+
+    def save(self, path: Path) -> None:
+        """Write the miner to ``path`` atomically (the old file or the new one survives a crash)."""
+        from enmei.fsafe import write_atomic
+
+        write_atomic(Path(path), self.dumps().encode(), what="log templates")
+
+    @classmethod
+    def load(cls, path: Path) -> TemplateMiner:
+        """A miner from a file :meth:`save` wrote; ``TemplateFileError`` (naming the file) if unreadable."""
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise TemplateFileError(str(path), exc.strerror or str(exc)) from exc
+        return cls.loads(data, str(path))
+
+
+def _int(v: object, what: str) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+        raise ValueError(f"{what} is not a non-negative integer: {v!r}")
+    return v

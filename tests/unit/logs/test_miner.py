@@ -1,0 +1,132 @@
+"""The template miner: generic masking, stable ids across save/load, drift, bounds, and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from enmei.errors import EnmeiError
+from enmei.logs.masking import mask_line, mask_token, normalise_template
+from enmei.logs.miner import FORMAT, MinerSettings, TemplateFileError, TemplateMiner
+
+
+@pytest.mark.parametrize(("token", "masked"), [
+    ("1234", "<*>"),
+    ("-17", "<*>"),
+    ("12ms", "<*>"),
+    ("uid=1000", "uid=<*>"),
+    ("10.250.19.102:54106", "<*>:<*>"),
+    ("0x7fff5fbff8c8", "<*>"),
+    ("550e8400-e29b-41d4-a716-446655440000", "<*>"),
+    ("00:1b:44:11:3a:b7", "<*>"),
+    ("/var/log/nginx/access.log", "<*>"),
+    ("http://example.org:8080/a/b?c=1", "http://<*>"),
+    ("blk_-1608999687919862906", "<*>"),
+    ("core.2275", "core.<*>"),
+    ("alignment......0", "alignment......<*>"),
+    ("#12", "#<*>"),
+    ("1256521728.", "<*>."),
+    ("ok=true", "ok=<*>"),
+    # words with a digit in them are words
+    ("en0:", "en0:"),
+    ("SOCKS5", "SOCKS5"),
+    ("ipv6", "ipv6"),
+    ("Connection", "Connection"),
+])
+def test_masking_rules(token: str, masked: str) -> None:
+    assert mask_token(token) == masked
+
+
+def test_variables_spanning_tokens_are_one_wildcard() -> None:
+    assert mask_line("at 2005-06-03 15:42:50 from 10.0.0.1 port 22", 100) == ["at", "<*>", "from", "<*>", "port", "<*>"]
+    assert normalise_template("a <*>:<*>  <*>-<*> b") == "a <*> b"
+
+
+def _lines(seed: int, n: int) -> list[str]:
+    rng = random.Random(seed)
+    kinds = [
+        lambda: (f"Accepted password for {rng.choice(['root', 'alice', 'bob'])} from 10.0.{rng.randint(0, 255)}."
+                 f"{rng.randint(1, 254)} port {rng.randint(1024, 65535)} ssh2"),
+        lambda: f"Connection closed by {rng.randint(1, 254)}.{rng.randint(0, 255)}.1.2 [preauth]",
+        lambda: f"session opened for user {rng.choice(['root', 'alice'])} by (uid={rng.randint(0, 2000)})",
+        lambda: (f"worker {rng.randint(1, 64)} took {rng.randint(1, 999)}ms to serve "
+                 f"/api/v1/items/{rng.randint(1, 10**6)}"),
+    ]
+    return [rng.choice(kinds)() for _ in range(n)]
+
+
+def test_one_template_per_message_type_and_ids_stable_across_save_and_load(tmp_path: Path) -> None:
+    m = TemplateMiner()
+    first = [m.add(line).template_id for line in _lines(1, 400)]
+    assert len(m.templates()) == 4
+    assert any(t.text == "Accepted password for <*> from <*> port <*> ssh2" for t in m.templates())
+    path = tmp_path / "templates.json"
+    m.save(path)
+    again = TemplateMiner.load(path)
+    assert [t.text for t in again.templates()] == [t.text for t in m.templates()]
+    # the same lines map to the same ids after the restart, and the next new template gets a fresh id
+    assert [again.add(line).template_id for line in _lines(1, 400)] == first
+    new = again.add("kernel: Out of memory: Killed process 4242 (python3)")
+    assert new.change == "new" and new.template_id == max(first) + 1
+    assert json.loads(path.read_text())["format"] == FORMAT
+
+
+def test_drift_a_new_message_type_later_is_a_new_template() -> None:
+    m = TemplateMiner()
+    for line in _lines(2, 200):
+        m.add(line)
+    before = {t.id for t in m.templates()}
+    changes = [m.add(f"disk /dev/sd{c} is full: {n} bytes left").change for c, n in zip("abc", (10, 0, 3), strict=True)]
+    assert changes[0] == "new" and changes[1:] == ["none", "none"]
+    assert len({t.id for t in m.templates()} - before) == 1
+
+
+def test_memory_is_bounded_ids_are_never_reused() -> None:
+    m = TemplateMiner(MinerSettings(max_templates=10, cache_size=16))
+    ids = [m.add(f"kind{chr(97 + i % 26)}{chr(97 + i // 26 % 26)} happened").template_id for i in range(200)]
+    assert len(m.templates()) == 10
+    assert m.evicted == 190
+    assert len(set(ids)) == 200  # a forgotten template's id is not given out again
+
+
+def test_bad_input_never_raises() -> None:
+    m = TemplateMiner(MinerSettings(max_line_chars=4096, max_tokens=64))
+    rng = random.Random(3)
+    garbage = bytes(rng.randrange(256) for _ in range(5000))
+    m.add(garbage)
+    m.add(b"caf\xc3 \xff\xfe invalid utf-8 \x00")
+    m.add("lone surrogate \udcff here")
+    m.add("x" * (1 << 20))  # a 1 MB line without spaces
+    big = m.add(" ".join(["word"] * (1 << 18)))  # a 1 MB line of many tokens
+    assert len(big.template.split()) <= 65
+    m.add("")
+    # everything it learnt can still be saved and loaded
+    again = TemplateMiner.loads(m.dumps())
+    assert len(again.templates()) == len(m.templates())
+
+
+@pytest.mark.parametrize(("text", "reason"), [
+    (b"\x00\xffnot json", "not JSON"),
+    ("[1, 2]", "not a template file"),
+    (json.dumps({"format": FORMAT, "version": 99}), "version 99"),
+    (json.dumps({"format": FORMAT, "version": 1, "settings": {}, "next_id": 1,
+                 "templates": [{"id": 5, "tokens": ["a"]}]}), "not below next_id"),
+    (json.dumps({"format": FORMAT, "version": 1, "settings": {"similarity": 7}, "next_id": 1, "templates": []}),
+     "similarity"),
+    (json.dumps({"format": FORMAT, "version": 1, "settings": {"bogus": 1}, "next_id": 1, "templates": []}), "bogus"),
+])
+def test_a_corrupt_or_foreign_file_is_a_clear_error(tmp_path: Path, text: str | bytes, reason: str) -> None:
+    path = tmp_path / "t.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(TemplateFileError) as ei:
+        TemplateMiner.load(path)
+    assert str(path) in str(ei.value) and reason in str(ei.value)
+    assert isinstance(ei.value, EnmeiError)
+
+
+def test_a_missing_file_names_it(tmp_path: Path) -> None:
+    with pytest.raises(TemplateFileError, match=r"nothere\.json"):
+        TemplateMiner.load(tmp_path / "nothere.json")
