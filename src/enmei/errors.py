@@ -15,6 +15,7 @@ checks this drawing against the classes, and that each of them is raised somewhe
      |    +-- ImageError            visor.qemu.errors: a guest image cannot be built or is not usable
      |    |    +-- MissingToolError visor.qemu.errors: a host tool or Debian package is missing
      |    +-- QmpError              visor.qemu.errors: a QMP command failed or the monitor went away
+     |    +-- KernelInfoError       visor.qemu.errors: a guest kernel cannot be read from outside
      |    +-- UpdateFailed          visor.qemu.shadow: a shadow update did not swap (the original serves on)
      +-- PolicyError                a policy failed to load or evaluate (file, line, column)
      |    +-- PolicyFailure         policy.sandbox: one evaluation failed (error, limit, crash)

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["enmei.visor.qemu", "enmei.visor.qemu.console", "enmei.visor.qemu.cpio",
-           "enmei.visor.qemu.netcount", "enmei.visor.qemu.monitor_api", "enmei.visor.logs"]
+           "enmei.visor.qemu.netcount", "enmei.visor.qemu.monitor_api", "enmei.visor.logs",
+           "enmei.visor.qemu.guestmem"]
 
 
 @pytest.mark.parametrize("name", MODULES)

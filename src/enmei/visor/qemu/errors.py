@@ -5,6 +5,7 @@
      |    +-- MissingToolError    a Debian package the host needs is not installed
      +-- QmpError                 a QMP command failed, timed out, or the connection is gone
      +-- BootError                the guest did not reach a boot phase in time, or QEMU exited first
+ +-- KernelInfoError          a guest kernel cannot be read from outside (no BTF, unknown layout, not the guest's)
 
 ``MissingToolError`` carries ``install_command``, the exact ``apt-get install`` line to run.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from enmei.errors import VisorError
 
-__all__ = ["BootError", "ImageError", "MissingToolError", "QmpError"]
+__all__ = ["BootError", "ImageError", "KernelInfoError", "MissingToolError", "QmpError"]
 
 
 class ImageError(VisorError):
@@ -49,3 +50,11 @@ class BootError(VisorError):
         super().__init__(unit, action, cause)
         self.phase = phase
         self.exited = exited
+
+
+class KernelInfoError(VisorError):
+    """What the outside view needs of a guest kernel cannot be had: ``unit`` names the kernel file (or the
+    guest), ``action`` the step (``unpack``, ``btf``, ``init_task``, ``match``), ``cause`` what is wrong."""
+
+    def __str__(self) -> str:
+        return f"kernel {self.unit}: {self.action}: {self.cause}"
