@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable
 from typing import Protocol, TypeVar, runtime_checkable
 
-__all__ = ["Clock", "FakeClock", "SystemClock", "within"]
+__all__ = ["Clock", "FakeClock", "SystemClock", "uninterrupted", "within"]
 
 T = TypeVar("T")
 
@@ -125,3 +125,25 @@ async def within(clock: Clock, aw: Awaitable[T], timeout_s: float) -> T:
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await task
     raise TimeoutError(f"not done within {timeout_s:g}s")
+
+
+async def uninterrupted(aw: Awaitable[T]) -> T:
+    """Await ``aw`` to its end even if the awaiting task is cancelled meanwhile, once or many times (clean-up
+    that must not be left half-done, such as ending an instance whose start was given up on); then raise
+    the cancellation that came, if one did (``aw``'s own exception instead, if it raised one).
+
+    Bounded only by ``aw`` itself: give it its own deadline.
+    """
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            raise exc
+        raise asyncio.CancelledError
+    return task.result()

@@ -47,6 +47,10 @@ __all__ = ["GUEST_PHASES", "QemuUnit"]
 # The boot phases the guest's init prints, in order (see ``enmei.visor.qemu.guest``).
 GUEST_PHASES = ("kernel", "userspace", "network", "service-ready")
 
+# What a VM's start does besides booting (image checks, disk files, strays reaped, a bounded KVM probe, a
+# failed boot's QEMU killed and waited for): on top of ``ready_timeout_s`` in the start's bound.
+_START_WORK_S = 30.0
+
 
 class QemuUnit(_UnitBase):
     """``[units.NAME]`` with ``backend = "qemu"``: a virtual machine (see ``enmei.visor.qemu``)."""
@@ -113,6 +117,13 @@ class QemuUnit(_UnitBase):
             if not item.startswith("/") or re.search(r"\s", item):
                 raise ValueError(f"{item!r}: an HTTP path starting with '/', without spaces")
         return items
+
+    def start_bound_s(self) -> float:
+        """The longest a start may take before it holds: the boot to ``data-ready`` (``ready_timeout_s``)
+        and the work around it, then ``start_s``. A start remedy's deadline is this plus
+        ``restart.deadline_s``, so the backend's own ``ready_timeout_s`` ends a slow boot first (with a
+        message naming how far the guest got), not the remedy's deadline."""
+        return super().start_bound_s() + self.ready_timeout_s + _START_WORK_S
 
     @property
     def uses_standby(self) -> bool:

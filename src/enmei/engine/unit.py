@@ -23,9 +23,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from enmei.clock import Clock, within
+from enmei.clock import Clock, uninterrupted, within
 from enmei.config.model import UnitBase
-from enmei.errors import StartError, StateError, StopError
+from enmei.errors import StartError, StateError, StopError, VisorError
 from enmei.model import Health, RecordKind, Severity, UnitState, describe_exit
 from enmei.monitor.startup import LogLineWatch, NotifySocket, belongs_to
 from enmei.policy.base import UnitView
@@ -226,6 +226,12 @@ class UnitRuntime:
             if not self._exit.done():
                 self._exit.set_result({"start_failed": exc.cause})
             raise
+        except asyncio.CancelledError:
+            # Given up on while the backend was starting it (the remedy's deadline, an operator): a failed
+            # start, whatever the instance did later (a backend ends what it was starting, ``Backend.start``).
+            await uninterrupted(self._abandon_start(
+                "the start did not complete: cancelled while the backend was starting it"))
+            raise
         self._identity_changed(self.name, identity)
         if self._notify is not None:
             self._notify.recheck()  # a READY=1 that came before the backend named the instance
@@ -337,6 +343,37 @@ class UnitRuntime:
         self._identity_changed(self.name, None)
 
     async def wait_stable(self, start_s: float | None = None) -> str | None:
+        """None once the instance started last has held (RUNNING); else why not. Cancelled before it held
+        (the start remedy's deadline, an operator), the instance is ended as a failed start (see ``start``)
+        before the cancellation goes on: a unit is never left STARTING with nothing to finish its start."""
+        try:
+            return await self._wait_stable(start_s)
+        except asyncio.CancelledError:
+            if self._state is UnitState.STARTING:
+                await uninterrupted(self._abandon_start("the start did not complete: cancelled before it held"))
+            raise
+
+    async def _abandon_start(self, why: str) -> None:
+        """The start under way failed (``why``): journaled as ``start_failed``, its instance (if any) ended,
+        the unit EXITED, the next start a retry with backoff. Runs while a cancellation is delivered, to
+        its end (``uninterrupted``: a second cancellation does not leave the unit half-stopped); bounded
+        by the stop's own bounds, and a failing stop is journaled, not raised."""
+        self.close_startup()
+        self._crashed(UnitState.STARTING)
+        self._record(RecordKind.UNIT_EVENT, self.name, {"event": "start_failed", "cause": why})
+        if self.alive():
+            self.set_state(UnitState.STOPPING, f"{why}: ending the instance")
+            try:
+                await self.backend.stop(self.name, timeout_s=self._spec.stop_timeout_s)
+            except VisorError as exc:  # (a StopError too)
+                self._record(RecordKind.UNIT_EVENT, self.name, {"event": "stop_failed", "cause": exc.cause})
+        if self._state in (UnitState.STARTING, UnitState.STOPPING):
+            self.set_state(UnitState.EXITED, f"start failed: {why}")
+        if self._exit is not None and not self._exit.done():
+            self._exit.set_result({"start_failed": why})
+        self._identity_changed(self.name, None)
+
+    async def _wait_stable(self, start_s: float | None) -> str | None:
         hold = self._spec.start_s if start_s is None else start_s
         fut = self._exit
         if fut is None:

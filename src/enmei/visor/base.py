@@ -130,7 +130,9 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, name: str, spec: Any) -> Identity:
-        """Start unit ``name``. Raises ``StartError`` (the unit is then not running)."""
+        """Start unit ``name``. Raises ``StartError`` (the unit is then not running). Cancelled, it either
+        ends what it began or leaves it running as the unit's (``alive`` says which; the engine then stops
+        it: a start that did not complete is a failed start)."""
 
     @abc.abstractmethod
     async def stop(self, name: str, *, timeout_s: float) -> None:

@@ -4,9 +4,11 @@ Promises:
 
 * ``start`` boots the unit's image and returns once the guest printed ``service-ready`` and then
   ``data-ready`` (its data disk mounted), within ``ready_timeout_s``; otherwise QEMU is killed,
-  ``START_FAILED`` is emitted and ``StartError`` raised. QEMU runs daemonized in its own session: it
-  outlives the supervisor, and ``adopt`` takes it over again from the saved ``Identity`` (name, QEMU pid
-  and create time, QMP socket in ``extra``).
+  ``START_FAILED`` is emitted and ``StartError`` raised. A start cancelled while the guest boots (a
+  remedy's deadline) kills its QEMU the same way (``START_FAILED``) before the cancellation goes on: a
+  guest that gets ready after its start was given up on is never left running beside the next start.
+  QEMU runs daemonized in its own session: it outlives the supervisor, and ``adopt`` takes it over
+  again from the saved ``Identity`` (name, QEMU pid and create time, QMP socket in ``extra``).
 * The accelerator is chosen by ``enmei.visor.qemu.accel`` (``auto`` = a bounded, cached KVM probe).
 * Facts go out as ``UnitEvent``: ``STARTED``, ``ADOPTED``, ``STOPPED``, ``START_FAILED``, and
   ``EXITED`` when QEMU ends on its own (``detail["reason"]`` is QEMU's SHUTDOWN reason, or
@@ -55,7 +57,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
-from enmei.clock import Clock
+from enmei.clock import Clock, uninterrupted
 from enmei.config.qemu import QemuUnit
 from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
@@ -152,6 +154,14 @@ class QemuBackend(Backend):
             self._vms.pop(name, None)
             self._start_failed(name, exc.cause)
             raise StartError(name, "start", exc.cause) from exc
+        except asyncio.CancelledError:
+            # The start was given up on (its remedy's deadline, an operator's stop): a guest still booting
+            # is no instance of the unit. Its QEMU is killed by pid, so that a later start (or a guest
+            # getting ready after all) can never make two of the unit's QEMUs run.
+            self._vms.pop(name, None)
+            await uninterrupted(machine.discard())
+            self._start_failed(name, "the start was cancelled before the guest was ready; its QEMU was killed")
+            raise
         boot_s = round(self.clock.monotonic() - machine.started_mono, 3)
         self.emit(UnitEvent(name, UnitEventKind.STARTED, self.clock.monotonic(), {
             "pid": machine.pid, "accel": accel, "boot_s": boot_s, "ram": spec.ram,

@@ -4,7 +4,8 @@
 #   enmei-phase: NAME t=UPTIME
 # kernel -> userspace -> network -> service-ready (printed by gate.sh). The host watches for them.
 # Kernel command-line knobs: enmei.noservice=1 (never start the service: a guest that never
-# reaches service-ready), enmei.version=TEXT (the version string the service reports).
+# reaches service-ready), enmei.version=TEXT (the version string the service reports),
+# enmei.ready_delay_s=N (wait N seconds before starting the service: a guest slow to get ready).
 export PATH=/bin
 mount -t proc proc /proc
 phase() {
@@ -25,10 +26,12 @@ hostname enmei-guest
 acpid -c /etc/acpi -l /dev/console
 VERSION=$(cat /etc/enmei/version)
 NOSERVICE=0
+READY_DELAY=0
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         enmei.version=*) VERSION="${arg#enmei.version=}" ;;
         enmei.noservice=1) NOSERVICE=1 ;;
+        enmei.ready_delay_s=*) READY_DELAY="${arg#enmei.ready_delay_s=}" ;;
     esac
 done
 echo "$VERSION" > /run/version
@@ -42,6 +45,10 @@ phase network
 if [ "$NOSERVICE" = 1 ]; then
     echo "enmei: service disabled by enmei.noservice=1" > /dev/console
     exit 0
+fi
+if [ "$READY_DELAY" != 0 ]; then
+    echo "enmei: service start delayed by enmei.ready_delay_s=$READY_DELAY" > /dev/console
+    sleep "$READY_DELAY"
 fi
 httpd -p 80 -h /www
 i=0
