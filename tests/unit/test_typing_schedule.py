@@ -129,3 +129,45 @@ async def test_an_unobservable_guest_gives_failed_observations_and_an_inconclusi
     assert seen and all(not o.ok and o.values["running"] == 0.0 for o in seen)
     assert verdicts == [VerdictKind.INCONCLUSIVE], verdicts  # no verdict from missing data, no crash
     assert b.typed == ""  # not running: no keys
+
+
+def test_the_bait_is_found_with_two_keys_lost_but_not_three_nor_in_unrelated_traffic(tmp_path: Path) -> None:
+    import random
+    import string
+
+    sink = tmp_path / "sink.bin"
+    sink.write_bytes(b"")
+    sched = TypingSchedule(_backend(tmp_path), "vm", SystemClock(), seed=3, settings=FAST, sink=sink)
+    bait = sched.bait
+    assert len(bait) == 13 and bait.startswith("pw=")
+    lost2 = bait[:2] + bait[3:8] + bait[9:]  # '=' and one secret character lost on the way
+    lost3 = bait[1:4] + bait[5:9] + bait[10:]
+    with sink.open("ab") as f:
+        f.write(f"k=abc {lost3}\n".encode())
+    assert sched._read_sink() == 0  # three keys lost: no find
+    with sink.open("ab") as f:
+        f.write(f"k=abc {lost2}\n".encode())
+    assert sched._read_sink() == 1
+    # a bait cut by a read is found once, when its end arrives; a whole one is one find, not several
+    with sink.open("ab") as f:
+        f.write(f"k=x {bait[:6]}".encode())
+    assert sched._read_sink() == 0
+    with sink.open("ab") as f:
+        f.write(f"{bait[6:]}\nk=y {bait}".encode())
+    assert sched._read_sink() == 2
+    assert sched._read_sink() == 0
+    # 2 MB of random letters, digits and "pw=" prefixes the monitor did not type: no find
+    rng = random.Random(99)
+    noise = "".join(rng.choices(string.ascii_lowercase + string.digits, k=2_000_000))
+    noise = noise.replace("q", "pw=")
+    with sink.open("ab") as f:
+        f.write(noise.encode())
+    assert sched._read_sink() + sched._read_sink() == 0
+
+
+def test_every_burst_is_long_enough_to_fill_a_24_key_buffer(tmp_path: Path) -> None:
+    sched = TypingSchedule(_backend(tmp_path), "vm", SystemClock(), seed=4)
+    texts = [sched._burst_text() for _ in range(200)]
+    assert all(24 <= len(t) <= 28 and t.endswith("\n") and "\n" not in t[:-1] for t in texts)
+    with_bait = [t for t in texts if sched.bait in t]
+    assert 60 <= len(with_bait) <= 140 and all(t.rstrip("\n").endswith(sched.bait) for t in with_bait)

@@ -406,7 +406,8 @@ class TypingScheduleInjector(_Model):
     and silent control slots into a VM in rounds and observes its block writes and network between them
     (``enmei.monitor.schedule``); the ``keylogger`` detector judges them (``injector`` = this name).
 
-    Rounds start by themselves (``auto``) ``every_s`` after the last one ended, or when a policy decides
+    Rounds start by themselves (``auto``): ``start_after_s`` after the unit first runs, then ``every_s``
+    after the last one ended, or when a policy decides
     ``inject(unit, NAME)``; ``inject(unit, NAME, pause_s = N)`` ends a running round and starts none for N
     seconds. A round ends at the detector's verdict, after ``round_slots`` slots or ``round_s`` seconds,
     or as soon as the unit is not running or is being repaired."""
@@ -414,6 +415,7 @@ class TypingScheduleInjector(_Model):
     kind: Literal["typing_schedule"]
     name: str = "typing-schedule"
     auto: bool = True
+    start_after_s: float = Field(default=10.0, ge=0, le=86_400)  # the first round, after the unit first runs
     every_s: float = Field(default=300.0, ge=0, le=86_400)  # between the end of a round and the next
     round_s: float = Field(default=180.0, gt=0, le=3600)
     round_slots: int = Field(default=36, ge=4, le=1000)

@@ -9,8 +9,8 @@ engine journals them as ``injection`` records).
 
 When a round runs:
 
-* ``auto``: the first ``every_s / 10`` (at most 30 s) after the unit runs, then ``every_s`` after the
-  last round ended; a policy's ``inject(unit, NAME)`` (:meth:`trigger`) starts one at once;
+* ``auto``: the first ``start_after_s`` after the unit first runs, then ``every_s`` after the last
+  round ended; a policy's ``inject(unit, NAME)`` (:meth:`trigger`) starts one at once;
   ``inject(unit, NAME, pause_s = N)`` (:meth:`pause`) ends the running round and starts none for N s.
 * Only while ``gate()`` says nothing against it: the engine's gate refuses while the unit is not
   running (starting, stopped, exited) or a remedy runs on it (a repair, an isolation). A round already
@@ -86,9 +86,6 @@ class ScheduleInjection(Probe):
 
     # -- the engine's loop -----------------------------------------------------------------------
 
-    def _first_wait_s(self) -> float:
-        return min(30.0, self.cfg.every_s / 10)
-
     async def run(self, gate: Gate, put: Callable[[Observation], None], record: Record) -> None:
         """Rounds until cancelled (see the module). A backend that cannot type and observe is refused
         once (journaled) and then left alone."""
@@ -97,14 +94,18 @@ class ScheduleInjection(Probe):
                                "reason": f"the {self.backend.kind} backend cannot type into a unit or read its"
                                          " disk and network counters: no rounds"})
             return
-        next_at = self.clock.monotonic() + self._first_wait_s() if self.cfg.auto else float("inf")
+        next_at: float | None = None  # armed when the unit first runs
         while True:
             now = self.clock.monotonic()
-            due = self._triggered or now >= next_at
-            if not due or now < self._paused_until or gate() is not None:
+            closed = gate() is not None
+            if next_at is None and not closed:
+                next_at = now + self.cfg.start_after_s if self.cfg.auto else float("inf")
+            due = self._triggered or (next_at is not None and now >= next_at)
+            if not due or now < self._paused_until or closed:
                 # polled on the engine's clock (a unit's state has no event of its own here): a trigger,
                 # or the gate opening, is seen within half a second
-                await self.clock.sleep(max(0.01, min(max(next_at, self._paused_until) - now, 0.5)))
+                until = max(next_at if next_at is not None else now, self._paused_until)
+                await self.clock.sleep(max(0.01, min(until - now, 0.5)))
                 continue
             self._triggered = False
             await self._round(gate, put, record)

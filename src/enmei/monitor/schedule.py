@@ -11,10 +11,16 @@ of each, and the detector's test redraws exactly that order; between slots, ever
   check) one after which the guest echoed no line at all — the detector does not count them. A line
   echoed with keys missing (a guest too slow to drain its keyboard under TCG loses some) is recorded
   as ``echo: partial``: it was still typing the guest saw.
-* Each burst is random lowercase words, half of them with bait: a fake password (``pw=…``) drawn once
-  per schedule. If the guest's outbound traffic reaches a sink file (``sink``: a ``guestfwd`` to a
-  command that appends what it receives), every new byte of it is searched for the bait; a find is in
-  the next observation as ``bait_found``.
+* Each burst is ``chars`` keys in all (Enter included): random lowercase words, and in half of them the
+  bait, a fake password (``pw=`` and ``BAIT_SECRET`` random letters and digits) drawn once per
+  schedule. A burst is at least as long as a keylogger's buffer it should fill (the default 24 keys:
+  one that writes every 24 keys writes at every burst, not every second one). If the guest's outbound
+  traffic reaches a sink file (``sink``: a ``guestfwd`` to a command that appends what it receives),
+  every new byte of it is searched for the bait; a find is in the next observation as ``bait_found``.
+  The search tolerates ``BAIT_MISSING`` lost keys (:func:`bait_pattern`: a keylogger sends what the
+  guest got, and a guest under TCG loses some keys), which keeps a chance match negligible: every
+  variant keeps at least 8 of the 10 random characters in order, at most 92 variants × 36⁻⁸ ≈ 3·10⁻¹¹
+  per byte of traffic the monitor did not type.
 * Every injection is recorded when it is made, through ``record(kind, detail)`` (the caller journals it):
   ``inject`` with the slot's label, start, end, text length, and whether the keys were delivered.
 
@@ -26,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
+import re
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +45,21 @@ from enmei.clock import Clock
 from enmei.errors import VisorError
 from enmei.model import Observation
 
-__all__ = ["ScheduleSettings", "TypingSchedule", "TypingTarget"]
+__all__ = ["BAIT_MISSING", "BAIT_SECRET", "ScheduleSettings", "TypingSchedule", "TypingTarget", "bait_pattern"]
+
+BAIT_SECRET = 10  # random characters after "pw="
+BAIT_MISSING = 2  # keys of the bait that may be lost on the way and still make a find
+
+
+def bait_pattern(bait: str, missing: int = BAIT_MISSING) -> re.Pattern[bytes]:
+    """A pattern matching ``bait`` with up to ``missing`` of its characters lost (deleted anywhere): the
+    longest variants first, so a whole bait is one find, not several."""
+    variants = {bait}
+    for k in range(1, missing + 1):
+        for gone in itertools.combinations(range(len(bait)), k):
+            variants.add("".join(c for i, c in enumerate(bait) if i not in gone))
+    ordered = sorted(variants, key=lambda v: (-len(v), v))
+    return re.compile(b"|".join(re.escape(v.encode()) for v in ordered))
 
 
 class TypingTarget(Protocol):
@@ -58,7 +80,7 @@ class ScheduleSettings:
     gap_s: float = 5.5  # between slot starts, at least: more than a burst plus the longest window
     jitter_s: float = 1.0
     block_slots: int = 12  # labels are drawn per block: half keys, half controls, shuffled
-    chars: tuple[int, int] = (6, 10)  # a burst's words, drawn in this range (then maybe the bait, then Enter)
+    chars: tuple[int, int] = (24, 28)  # a burst's keys in all (words, maybe the bait, Enter), in this range
     key_gap_s: float = 0.1  # between two keys: a guest under TCG on a loaded host loses keys typed faster
     echo_timeout_s: float = 3.0  # a burst's line must show on the console this soon (with a console)
     max_slots: int = 60
@@ -94,8 +116,8 @@ class TypingSchedule:
         self.sink = sink
         self.console = console
         self.record = record or (lambda kind, detail: None)
-        self.bait = f"pw={''.join(self.rng.choices(string.ascii_lowercase + string.digits, k=7))}"
-        self._bait_tokens = [self.bait.encode()]
+        self.bait = f"pw={''.join(self.rng.choices(string.ascii_lowercase + string.digits, k=BAIT_SECRET))}"
+        self._bait = bait_pattern(self.bait)
         self._sink_offset = 0
         self._sink_tail = b""
         self._console_offset = 0
@@ -109,12 +131,15 @@ class TypingSchedule:
 
     def _burst_text(self) -> str:
         lo, hi = self.settings.chars
-        n = self.rng.randint(lo, hi)
+        n = self.rng.randint(lo, hi) - 1  # Enter ends it
+        bait = self.rng.random() < 0.5  # half the bursts carry the bait
+        room = max(1, n - (len(self.bait) + 1 if bait else 0))
         words: list[str] = []
-        while sum(len(w) + 1 for w in words) < n:
+        while sum(len(w) + 1 for w in words) <= room:
             words.append("".join(self.rng.choices(string.ascii_lowercase, k=self.rng.randint(2, 7))))
-        text = " ".join(words)[:n].strip()
-        if self.rng.random() < 0.5:  # half the bursts carry the bait
+        text = " ".join(words)[:room]
+        text = text[:-1] + self.rng.choice(string.ascii_lowercase) if text.endswith(" ") else text
+        if bait:
             text = f"{text} {self.bait}"
         return text + "\n"
 
@@ -141,12 +166,15 @@ class TypingSchedule:
             return 0
         self._sink_offset += len(data)
         window = self._sink_tail + data
-        found = sum(window.count(tok) for tok in self._bait_tokens)
-        # a token cut at the end of this read is found next time; one kept whole is not counted twice
-        keep = max(len(t) for t in self._bait_tokens) - 1
-        self._sink_tail = window[-keep:] if keep > 0 else b""
-        found -= sum(self._sink_tail.count(tok) for tok in self._bait_tokens)
-        return max(0, found)
+        # every find counts once; the bytes after the last find, up to len(bait) - 1 of them, are kept
+        # for the next read: a bait cut by this read is found whole there (the tail has no find in it)
+        found = 0
+        resume = 0
+        for m in self._bait.finditer(window):
+            found += 1
+            resume = m.end()
+        self._sink_tail = window[max(resume, len(window) - (len(self.bait) - 1)):]
+        return found
 
     def _echoed(self, line: str) -> tuple[bool, bool]:
         """(some line was echoed since the burst began, that line was exactly the one typed)."""
