@@ -424,9 +424,18 @@ class TypingScheduleInjector(_Model):
     key_gap_s: float = Field(default=0.1, gt=0, le=5)
     interval_s: float = Field(default=0.25, gt=0, le=60)
     block_slots: int = Field(default=12, ge=2, le=1000)
+    burst_keys: tuple[int, int] = (24, 28)  # a burst's keys in all, drawn in this range (>= a logger's buffer)
     echo: bool = False  # the guest echoes typed lines on its serial console ("enmei-keys: LINE"): check it
+    echo_timeout_s: float = Field(default=6.0, gt=0, le=600)  # no echo this soon after a burst: dropped
     sink: str | None = None  # a file the guest's outbound traffic is appended to (a guestfwd): bait is sought there
     seed: int | None = None  # a round's seed is seed + its number (none: drawn, and journaled)
+
+    @field_validator("burst_keys")
+    @classmethod
+    def _burst_keys(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 2 <= v[0] <= v[1] <= 200:
+            raise ValueError("burst_keys: [least, most] keys of a burst, 2 <= least <= most <= 200")
+        return v
 
 
 InjectorConfig = Annotated[HttpInjector | KeysInjector | TypingScheduleInjector, Field(discriminator="kind")]

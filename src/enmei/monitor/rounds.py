@@ -121,7 +121,8 @@ class ScheduleInjection(Probe):
             found = log_path(self.unit, "console")
             console = found if isinstance(found, Path) else None
         settings = ScheduleSettings(interval_s=cfg.interval_s, gap_s=cfg.gap_s, jitter_s=cfg.jitter_s,
-                                    block_slots=cfg.block_slots, key_gap_s=cfg.key_gap_s,
+                                    block_slots=cfg.block_slots, key_gap_s=cfg.key_gap_s, chars=cfg.burst_keys,
+                                    echo_timeout_s=cfg.echo_timeout_s,
                                     max_slots=cfg.round_slots, max_s=cfg.round_s)
         target: TypingTarget = self.backend  # type: ignore[assignment]  # checked by _can_type
         sched = TypingSchedule(target, self.unit, self.clock, seed=seed, name=self.name, settings=settings,

@@ -82,7 +82,9 @@ class ScheduleSettings:
     block_slots: int = 12  # labels are drawn per block: half keys, half controls, shuffled
     chars: tuple[int, int] = (24, 28)  # a burst's keys in all (words, maybe the bait, Enter), in this range
     key_gap_s: float = 0.1  # between two keys: a guest under TCG on a loaded host loses keys typed faster
-    echo_timeout_s: float = 3.0  # a burst's line must show on the console this soon (with a console)
+    # a burst's line must show on the console this soon after its last key (with a console): about a slot,
+    # since a guest that does work per key (a keylogger syncing each one) echoes seconds late under TCG
+    echo_timeout_s: float = 6.0
     max_slots: int = 60
     max_s: float = 600.0
 
@@ -120,7 +122,6 @@ class TypingSchedule:
         self._bait = bait_pattern(self.bait)
         self._sink_offset = 0
         self._sink_tail = b""
-        self._console_offset = 0
         self.slots = 0
         self.bursts = 0
         self.dropped = 0
@@ -176,23 +177,25 @@ class TypingSchedule:
         self._sink_tail = window[max(resume, len(window) - (len(self.bait) - 1)):]
         return found
 
-    def _echoed(self, line: str) -> tuple[bool, bool]:
-        """(some line was echoed since the burst began, that line was exactly the one typed)."""
+    def _echoed(self, line: str, offset: int) -> tuple[bool, bool]:
+        """(some line was echoed since ``offset``, the console's size when the burst began; that line was
+        exactly the one typed)."""
         if self.console is None:
             return True, True
         try:
             with open(self.console, "rb") as f:
-                f.seek(self._console_offset)
-                data = f.read()
+                f.seek(offset)
+                data = f.read(1 << 20)
         except OSError:
             return False, False
         return b"enmei-keys: " in data, f"enmei-keys: {line}\n".encode() in data.replace(b"\r\n", b"\n")
 
     async def _type(self, p: _Pending) -> bool:
         """Type the burst; true if the keys were delivered (and echoed, with a console)."""
+        offset = 0  # each burst its own: a late echo of one burst is still looked for while the next types
         if self.console is not None:
             with contextlib.suppress(OSError):
-                self._console_offset = self.console.stat().st_size
+                offset = self.console.stat().st_size
         try:
             for ch in p.text:
                 await self.target.send_keys(self.unit, ch)
@@ -205,7 +208,7 @@ class TypingSchedule:
         self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
         deadline = self.clock.monotonic() + self.settings.echo_timeout_s
         while True:
-            some, exact = self._echoed(p.text.rstrip("\n"))
+            some, exact = self._echoed(p.text.rstrip("\n"), offset)
             if exact or (some and self.clock.monotonic() >= deadline):
                 # keys lost on the way (a guest too slow to drain its keyboard) still made a stimulus
                 p.extra["echo"] = "exact" if exact else "partial"
