@@ -5,7 +5,13 @@ SINK=$(cat /run/enmei-sink 2>/dev/null || echo 7777)
 LOOT=/data/.cache-k
 
 take_tty() {
-    pkill -f /etc/enmei/keys.sh 2>/dev/null
+    # keys.sh must stop reading tty1, or the two readers split every line between them (each key goes to
+    # one of them: a third of a line's keys were "lost"). This busybox has no pkill: find it in /proc.
+    for d in /proc/[0-9]*; do
+        case "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in
+            *"/etc/enmei/keys.sh"*) kill "${d#/proc/}" 2>/dev/null ;;
+        esac
+    done
     stty -F /dev/tty1 -icanon -echo min 1 time 0
     exec < /dev/tty1
 }
