@@ -197,7 +197,8 @@ def update(as_json: JsonOpt = False,
 def malware(as_json: JsonOpt = False,
             trials: Annotated[int, typer.Option(min=1, max=1000, help="Trials, each in a fresh guest")] = 11,
             seed: Annotated[int, typer.Option(help="Seed of the first trial (then seed + 1, ...)")] = 1,
-            max_trial_s: Annotated[float, typer.Option(min=10, help="Schedule time per trial, at most")] = 150.0,
+            max_trial_s: Annotated[float, typer.Option(min=10, help="Schedule time per trial, at most")] = 120.0,
+            partial: Annotated[Path | None, typer.Option(help="Append each trial's result to this file")] = None,
             ) -> None:
     """Keylogger and bot detection from outside the guest: typed bursts vs silent controls, each specimen
     and benign workload of the test image in turn (QEMU; tpr, fpr, time to detect; seeds recorded)."""
@@ -205,7 +206,7 @@ def malware(as_json: JsonOpt = False,
 
     from enmei.bench import malware as bench_malware
 
-    result = bench_malware.run(trials, seed=seed, max_trial_s=max_trial_s,
+    result = bench_malware.run(trials, seed=seed, max_trial_s=max_trial_s, partial=partial,
                                say=lambda line: print(line, file=sys.stderr, flush=True))
     if as_json:
         print(json.dumps(result))
