@@ -12,10 +12,17 @@ detector is fed; each told a series' probation length, as every NAB entrant is):
   runs it (no alarm rule).
 - ``robust_z`` — :class:`~enmei.detect.baselines.RollingRobustZ` inside the *same* alarm rule
   (:class:`~enmei.detect.alarm.OneAlarmPerEpisode`, same ``rest``).
-- ``latency_charts`` — the chart the default ``latency`` detector runs per probe (EWMA + CUSUM,
-  :class:`~enmei.detect.pipeline.UnitJudge`'s own construction), here two-sided on the raw values,
-  inside the same rule: not a baseline to beat, the figure of the supervisor's latency default on
-  generic anomalies (it is not counted in the margins).
+- ``latency`` — what a unit's default ``latency`` detector runs per probe:
+  :class:`~enmei.detect.latency.LatencyStream` (the same scorer, one-sided: values clipped at the
+  learned median, a sample at or below it scores 0) with the engine's learning default
+  (:data:`enmei.detect.latency_keys.LEARNING` samples, not the probation), on the raw values (a
+  corpus value may be <= 0: no log), inside the same rule with ``rest`` a fraction of *its* learning.
+  Reported, not counted in the margins (a one-sided detector misses every downward anomaly of these
+  corpora); also scored at the engine's own verdict level (``standard_at_engine_alpha``:
+  :data:`~enmei.detect.latency_keys.ALPHA`).
+- ``latency_charts`` — the control charts of the ``latency_charts`` kind (the latency default before
+  round 6: EWMA + CUSUM, :class:`~enmei.detect.pipeline.UnitJudge`'s own construction), here
+  two-sided on the raw values, inside the same rule: reported, not counted in the margins.
 - ``hst`` — river's ``HalfSpaceTrees`` (values min-max scaled online) inside the same rule, when
   ``river`` is installed (the ``bench`` extra); absent otherwise, and the output says so.
 
@@ -49,6 +56,11 @@ figures — even the test folds — are not free of that. The recurrence discoun
 were chosen on NAB's k-fold figure and the even SMAP and MSL channels (the odd ones' figures were
 printed beside them, not used to choose); UCR was not looked at.
 
+**The latency learning** (:func:`learning_sweep`, ``enmei bench detect --learning-sweep``): the
+``latency`` detector with each learning of :data:`~enmei.detect.latency_keys.LEARNING_CANDIDATES`, on
+NAB only, by the k-fold protocol above; the engine's default is the candidate with the best mean
+test-fold score (the odd halves and UCR play no part).
+
 Summary: ``min_margin_over_best_baseline_fixed`` (over corpora: enmei's ``standard_fixed`` minus the
 best baseline's) and ``nab_test_fold_min``; ``goals`` says which of the issue's goals were met.
 """
@@ -69,11 +81,15 @@ from enmei.bench.nab import detect_series
 from enmei.detect.alarm import rested
 from enmei.detect.base import StreamingDetector
 from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
+from enmei.detect.latency import LatencyStream
+from enmei.detect.latency_keys import ALPHA as LATENCY_ALPHA
+from enmei.detect.latency_keys import LEARNING as LATENCY_LEARNING
+from enmei.detect.latency_keys import LEARNING_CANDIDATES
 from enmei.detect.metric import scorer
 from enmei.detect.nab_score import DEFAULT_PROFILES, NabSeries, event_counts, score_at_threshold, score_corpus
 from enmei.detect.pipeline import UnitJudge
 
-__all__ = ["DEFAULT_CORPORA", "detectors", "run"]
+__all__ = ["DEFAULT_CORPORA", "detectors", "learning_sweep", "run"]
 
 DEFAULT_CORPORA = ("nab", "smap", "msl", "ucr")
 Scores = list[npt.NDArray[np.float64]]
@@ -130,6 +146,7 @@ def detectors() -> dict[str, Callable[[NabSeries], StreamingDetector]]:
         "enmei": lambda s: scorer(learning=max(2, s.probation), rest=1),
         "windowed_gaussian": lambda s: WindowedGaussian(),
         "robust_z": lambda s: RollingRobustZ(),
+        "latency": lambda s: _latency(LATENCY_LEARNING),
         "latency_charts": _charts,
     }
     try:
@@ -140,7 +157,14 @@ def detectors() -> dict[str, Callable[[NabSeries], StreamingDetector]]:
     return out
 
 
-_RULED = ("enmei", "robust_z", "hst", "latency_charts")
+_RULED = ("enmei", "robust_z", "hst", "latency", "latency_charts")
+#: Reported beside enmei's default, not counted in the margins.
+_REPORTED = ("enmei", "latency", "latency_charts")
+
+
+def _latency(learning: int) -> StreamingDetector:
+    # The engine's latency stream, rule-less (the rule is applied afterwards), on the raw values.
+    return LatencyStream(learning=learning, rest=1, side="up", log=False)
 
 
 def _charts(series: NabSeries) -> StreamingDetector:
@@ -149,21 +173,24 @@ def _charts(series: NabSeries) -> StreamingDetector:
     return UnitJudge("bench", learning=max(10, series.probation), side="both").make_chart()
 
 
-def _rest_for(series: NabSeries, fraction: float) -> int:
-    return max(1, int(fraction * max(2, series.probation)))
+def _rest_for(series: NabSeries, fraction: float, learning: int | None = None) -> int:
+    """The rule's rest: ``fraction`` of the detector's learning (the series' probation unless it has a
+    fixed ``learning``, as the latency stream has)."""
+    return max(1, int(fraction * max(2, series.probation if learning is None else learning)))
 
 
 class _Candidates:
     """One detector's scores on every corpus, under each alarm-rule setting it may use."""
 
-    def __init__(self, name: str, raw: dict[str, Scores], loaded: dict[str, list[NabSeries]]) -> None:
+    def __init__(self, name: str, raw: dict[str, Scores], loaded: dict[str, list[NabSeries]],
+                 learning: int | None = None) -> None:
         self.settings: list[float | None] = list(REST_FRACTIONS) if name in _RULED else [None]
         self.scores: dict[float | None, dict[str, Scores]] = {}
         for f in self.settings:
             if f is None:
                 self.scores[f] = raw
             else:
-                self.scores[f] = {c: [np.asarray(rested(r.tolist(), _rest_for(s, f)), dtype=np.float64)
+                self.scores[f] = {c: [np.asarray(rested(r.tolist(), _rest_for(s, f, learning)), dtype=np.float64)
                                       for s, r in zip(loaded[c], raw[c], strict=True)] for c in raw}
 
     def picker(self, corpora: Sequence[str], idx: Sequence[int] | None = None
@@ -248,7 +275,7 @@ def run(*, quick: bool = False, data_dir: Path | None = None, names: Sequence[st
         t0 = time.perf_counter()
         raw = {name: [detect_series(s, make(s)) for s in c] for name, c in loaded.items()}
         seconds[d] = time.perf_counter() - t0
-        cands[d] = _Candidates(d, raw, loaded)
+        cands[d] = _Candidates(d, raw, loaded, LATENCY_LEARNING if d == "latency" else None)
     nab = loaded["nab"]
     others = [n for n in names if n != "nab"]
     per: dict[str, dict[str, dict[str, Any]]] = {n: {} for n in names}
@@ -273,12 +300,18 @@ def run(*, quick: bool = False, data_dir: Path | None = None, names: Sequence[st
             **nab_events, "threshold": th_nab, "threshold_alpha": th_alpha, "rest_fraction": setting,
             "nab_from_others": from_others["standard"].score if rest_c else None,
         }
+        if d == "latency":  # also at the verdict level the engine uses, on every corpus
+            lv = make(nab[0]).level_for(LATENCY_ALPHA)
+            for n in names:
+                per[n].setdefault(d, {})["standard_at_engine_alpha"] = score_at_threshold(
+                    loaded[n], fixed[n], lv, _STANDARD)["standard"].score
         for n in others:
             c, sc = loaded[n], fixed[n]
             ev = event_counts(c, sc, th_nab)
             halves = {h: score_at_threshold(_subset(c, idx), _subset(sc, idx), th_nab, _STANDARD)["standard"].score
                       for h, idx in _halves(len(c)).items()}
-            per[n][d] = {"standard_fixed": score_at_threshold(c, sc, th_nab, _STANDARD)["standard"].score,
+            fixed_score = score_at_threshold(c, sc, th_nab, _STANDARD)["standard"].score
+            per[n][d] = {**per[n].get(d, {}), "standard_fixed": fixed_score,
                          "standard_fixed_by_half": halves,
                          "standard_optimised": score_corpus(c, sc, _STANDARD)["standard"].score,
                          "event_f1": ev.f1, "false_alarms_per_1000": ev.false_alarms_per_1000,
@@ -286,7 +319,7 @@ def run(*, quick: bool = False, data_dir: Path | None = None, names: Sequence[st
     rows = []
     margins = []
     for n in names:
-        base = [v["standard_fixed"] for d, v in per[n].items() if d not in ("enmei", "latency_charts")]
+        base = [v["standard_fixed"] for d, v in per[n].items() if d not in _REPORTED]
         margin = per[n]["enmei"]["standard_fixed"] - max(base)
         margins.append(margin)
         rows.append({"corpus": n, "files": len(loaded[n]), "rows": sum(len(s.values) for s in loaded[n]),
@@ -307,6 +340,33 @@ def run(*, quick: bool = False, data_dir: Path | None = None, names: Sequence[st
     if "hst" not in dets:
         out["missing"] = ["hst: river is not installed (pip install 'enmei[bench]')"]
     return out
+
+
+def learning_sweep(*, data_dir: Path | None = None, candidates: Sequence[int] = LEARNING_CANDIDATES,
+                   k: int = 5, quick: bool = False) -> dict[str, Any]:
+    """The ``latency`` detector with each learning of ``candidates`` on NAB, by the k-fold protocol:
+    per candidate the test-fold scores (each at the rest and threshold best on the other folds) and
+    their mean; ``chosen`` is the candidate with the best mean (ties: the shorter). ``quick``: 6 files,
+    2 folds (a smoke run)."""
+    started = time.perf_counter()
+    nab = corpora_mod.load("nab", data_dir)
+    if quick:
+        nab, k = _quick(nab, 6), 2
+    rows: dict[str, Any] = {}
+    best: tuple[float, int] | None = None
+    for n in [*candidates, 0]:  # 0: each series' probation, for reference only (what shorter costs)
+        t0 = time.perf_counter()
+        raw = {"nab": [detect_series(s, _latency(n or max(2, s.probation))) for s in nab]}
+        cand = _Candidates("latency", raw, {"nab": nab}, n or None)
+        folds, events = _kfold(cand, nab, k)
+        mean = float(np.mean(folds))
+        rows[str(n or "probation")] = {"learning": n or "probation", "test_folds": folds, "standard_fixed": mean,
+                                       **events, "seconds": time.perf_counter() - t0}
+        if n and (best is None or mean > best[0]):
+            best = (mean, n)
+    assert best is not None
+    return {"quick": quick, "k": k, "files": len(nab), "candidates": rows, "chosen": best[1],
+            "seconds": time.perf_counter() - started}
 
 
 def _plain(v: Any) -> Any:

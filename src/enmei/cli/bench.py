@@ -64,11 +64,17 @@ def detect(as_json: JsonOpt = False,
            quick: Annotated[bool, typer.Option("--quick", help="A few files per corpus, 2 folds (a smoke run)")]
            = False,
            data: Annotated[Path | None, typer.Option(help="Corpora directory (default $ENMEI_DATA_DIR or ../data)")]
-           = None) -> None:
+           = None,
+           learning_sweep: Annotated[bool, typer.Option(
+               "--learning-sweep", help="Only the latency detector's learning candidates, k-fold on NAB")] = False,
+           ) -> None:
     """enmei's default detector and three baselines on NAB, SMAP, MSL and UCR files: thresholds fixed on
     training data (k-fold over NAB, NAB -> the other corpora), NAB's optimised score beside them."""
     from enmei.bench import detect as bench_detect
 
+    if learning_sweep:
+        emit("enmei bench detect --learning-sweep", bench_detect.learning_sweep(data_dir=data, quick=quick), as_json)
+        return
     result = bench_detect.run(quick=quick, data_dir=data)
     if as_json:
         emit("enmei bench detect", result, True)

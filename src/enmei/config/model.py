@@ -39,6 +39,8 @@ from pydantic import (
 
 from enmei.detect.aging_keys import DEFAULTS as AGING
 from enmei.detect.aging_keys import AgingLimits, min_buckets_problem
+from enmei.detect.latency_keys import ALPHA as LATENCY_ALPHA
+from enmei.detect.latency_keys import LEARNING as LATENCY_LEARNING
 from enmei.detect.protocol import DetectorContext, InjectorInfo, ProbeInfo
 from enmei.detect.registry import DetectorOptions, check_fits, validate_entries
 from enmei.visor.identity import parse_umask
@@ -177,8 +179,10 @@ class DetectConfig(_Model):
     They apply when no ``[[units.NAME.detectors]]`` entry replaces that default (an entry replaces the
     default of its name, by default its kind: see ``enmei.detect.wiring``).
 
-    Latency: one control chart (EWMA + CUSUM on log latency) per HTTP probe, after a learning phase of
-    ``latency_learning`` samples; false-alarm rate ``latency_alpha`` per sample.
+    Latency: per HTTP probe, the benchmarked scorer on the log latency, one-sided (``enmei.detect.latency``),
+    after a learning phase of ``latency_learning`` samples; a verdict at a nominal false-alarm probability
+    ``latency_alpha`` per sample; then that probe's hold-off ``latency_hold_off_s``. (The control charts
+    this ran before round 6 are the detector kind ``latency_charts``.)
 
     Aging (``aging``, on for every unit with a ``process`` probe): the floor of each resource of
     ``aging_limits`` (default: ``rss_bytes`` up to the unit's ``memory_max``, else the machine's memory;
@@ -191,8 +195,8 @@ class DetectConfig(_Model):
     """
 
     latency: bool = True
-    latency_learning: int = Field(default=300, ge=10)
-    latency_alpha: float = Field(default=1e-6, gt=0, lt=0.5)
+    latency_learning: int = Field(default=LATENCY_LEARNING, ge=10)
+    latency_alpha: float = Field(default=LATENCY_ALPHA, gt=0, lt=0.5)
     latency_hold_off_s: float = Field(default=300.0, ge=0)
     aging: bool = True
     aging_limits: AgingLimits | None = None

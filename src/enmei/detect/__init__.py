@@ -17,7 +17,9 @@ registered by kind in :mod:`~enmei.detect.registry` and configured by ``[[units.
 
 - ``probe_failures`` (:mod:`~enmei.detect.failures`) — consecutive failures of active probes, and the
   unit's health;
-- ``latency``, ``aging`` (:mod:`~enmei.detect.judges`) — the statistical detectors above;
+- ``latency`` (:mod:`~enmei.detect.latency`) — the benchmarked scorer (:mod:`~enmei.detect.metric`)
+  on each probe's log latency, one-sided; ``latency_charts`` (:mod:`~enmei.detect.judges`) — the
+  control charts above; ``aging`` (:mod:`~enmei.detect.aging_unit`);
 - ``reaction`` (:mod:`~enmei.detect.reaction`) — an injection's reaction against its bound;
 - ``log_pattern`` (:mod:`~enmei.detect.logmatch`) — log or console lines matching a pattern;
 - ``keylogger`` (:mod:`~enmei.detect.keylogger`) — a guest's disk writes or network output following

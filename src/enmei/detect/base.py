@@ -244,6 +244,16 @@ class Threshold:
     def armed(self) -> bool:
         return self._armed
 
+    @property
+    def last_alarm(self) -> float:
+        """When the last alarm (or repeat) was reported (-inf if never)."""
+        return self._last_alarm
+
+    def repeated(self, t: float) -> None:
+        """Record a repeat the caller reported at ``t`` by a test of its own (a detector that scores an
+        episode only once); the next ``repeat_s`` period starts there."""
+        self._last_alarm = t
+
     def judge(self, score: float, t: float, evidence: Mapping[str, Any] | None = None) -> Alarm | None:
         """An alarm if this score should be reported now, else None."""
         if not math.isfinite(t) or t < self._t:
@@ -320,6 +330,7 @@ _KIND_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("enmei.detect.aging", ("TrendDetector",)),
     ("enmei.detect.alarm", ("OneAlarmPerEpisode",)),
     ("enmei.detect.recurrence", ("RecurrenceDiscount",)),
+    ("enmei.detect.latency", ("LatencyStream",)),
 )
 
 

@@ -79,7 +79,7 @@ _KINDS: dict[str, DetectorKind] = {}
 
 #: The modules of the built-in kinds, imported (and so registered) the first time the registry is asked
 #: about kinds: an import of the registry alone (the config does it) stays light.
-BUILTIN_MODULES = ("enmei.detect.failures", "enmei.detect.judges", "enmei.detect.reaction",
+BUILTIN_MODULES = ("enmei.detect.failures", "enmei.detect.judges", "enmei.detect.latency", "enmei.detect.reaction",
                    "enmei.detect.logmatch", "enmei.detect.metric", "enmei.detect.aging_unit",
                    "enmei.detect.keylogger")
 _loaded: set[str] = set()

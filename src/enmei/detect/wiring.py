@@ -23,7 +23,7 @@ from enmei.config.model import HttpProbe, KeysInjector, LogProbe, ProcessProbe, 
 from enmei.detect.aging_keys import memory_max_bytes
 from enmei.detect.aging_unit import AgingOptions
 from enmei.detect.failures import ProbeFailureOptions
-from enmei.detect.judges import LatencyOptions
+from enmei.detect.latency import LatencyOptions
 from enmei.detect.protocol import DetectorContext
 from enmei.detect.reaction import ReactionOptions
 from enmei.detect.registry import DetectorOptions, build
@@ -50,7 +50,7 @@ def default_options(spec: UnitBase) -> list[DetectorOptions]:
         out.append(ProbeFailureOptions(kind="probe_failures"))
     if d.latency and any(isinstance(p, HttpProbe) for p in spec.probes):
         out.append(LatencyOptions(kind="latency", learning=d.latency_learning, alpha=d.latency_alpha,
-                                  hold_off_s=d.latency_hold_off_s))
+                                  hold_off_s=d.latency_hold_off_s))  # the benchmarked scorer, one-sided
     if d.aging and (d.aging_limits is not None or any(isinstance(p, ProcessProbe) for p in spec.probes)):
         out.append(AgingOptions(kind="aging", limits=d.aging_limits, bucket_s=d.aging_bucket_s,
                                 alpha=d.aging_alpha, window=d.aging_window, min_buckets=d.aging_min_buckets,

@@ -20,6 +20,7 @@ from enmei.detect.base import StateFormatError, StreamingDetector, detector_from
 from enmei.detect.baselines import RollingRobustZ, WindowedGaussian
 from enmei.detect.charts import CUSUM, EWMA, Shewhart
 from enmei.detect.ensemble import MaxOf
+from enmei.detect.latency import LatencyStream
 from enmei.detect.novelty import NoveltyDetector
 from enmei.detect.protocol import DetectorContext, HealthReport, InjectorInfo, Judgement, Limit, ProbeInfo, UnitDetector
 from enmei.detect.recurrence import RecurrenceDiscount
@@ -44,6 +45,8 @@ FACTORIES: dict[str, Factory] = {
     "recurrence_discount": lambda: RecurrenceDiscount(NoveltyDetector(learning=60, resolutions=(4, 8), rest=1,
                                                                       season_s=20 * 60.0)),
     "aging": lambda: TrendDetector(limit=500.0, bucket_s=1200.0, window=12, min_buckets=9, warmup_s=20.0),
+    "latency_stream": lambda: LatencyStream(learning=60),
+    "latency_stream_both": lambda: LatencyStream(learning=60, side="both", log=False, confirm=1),
 }
 ALL = sorted(FACTORIES)
 

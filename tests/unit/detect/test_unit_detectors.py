@@ -14,8 +14,12 @@ from enmei.detect import registry
 from enmei.detect.aging_keys import default_limits
 from enmei.detect.aging_unit import AgingDetector
 from enmei.detect.failures import ProbeFailureDetector, ProbeFailureOptions
-from enmei.detect.judges import LatencyDetector
+from enmei.detect.judges import LatencyChartsDetector
+from enmei.detect.latency import LatencyDetector, LatencyStream
+from enmei.detect.latency_keys import ALPHA as LATENCY_ALPHA
+from enmei.detect.latency_keys import LEARNING as LATENCY_LEARNING
 from enmei.detect.logmatch import LogPatternDetector, LogPatternOptions
+from enmei.detect.metric import scorer
 from enmei.detect.pipeline import UnitJudge
 from enmei.detect.protocol import DetectorContext, HealthReport, Judgement, Limit
 from enmei.detect.reaction import ReactionDetector
@@ -99,23 +103,32 @@ def test_a_unit_with_a_process_probe_gets_aging_up_to_what_it_can_reach(tmp_path
 
 
 def test_default_verdicts(tmp_path: Path) -> None:
-    """The latency detector gives exactly the verdicts of the UnitJudge it wraps; the aging one an AGING
-    verdict with its evidence, before the limit."""
+    """The default latency detector is the benchmarked scorer on each probe's log latency (one path:
+    its stream scores exactly as a LatencyStream, i.e. ``scorer``, fed the same values); the aging one
+    gives an AGING verdict with its evidence, before the limit."""
     dets = detectors_of(tmp_path, WEB.replace('aging_limits = { rss_bytes = "64MiB" }',
                                               'aging_limits = { rss_bytes = "64MiB" }\nlatency_learning = 40\n'
                                               'aging_bucket_s = 1\naging_min_buckets = 8\naging_warmup_s = 0'))
-    old = UnitJudge("web", learning=40, hold_off_s=300.0)
+    lat_det = dets.get("latency")
+    assert isinstance(lat_det, LatencyDetector) and lat_det.opts.learning == 40
+    assert lat_det.level == scorer(40).level_for(LATENCY_ALPHA)
+    same = LatencyStream(learning=40)
     rng = random.Random(3)
-    new_v, old_v = [], []
+    new_v = []
+    alarmed: list[float] = []
     for i in range(300):
         t = float(i)
-        lat = obs("http", True, t, {"latency_s": 0.01 * math.exp(rng.gauss(0, 0.1)) * (6 if i > 150 else 1)})
+        latency = 0.01 * math.exp(rng.gauss(0, 0.1)) * (6 if i > 150 else 1)
+        lat = obs("http", True, t, {"latency_s": latency})
         rss = obs("proc", True, t, {"rss_bytes": 1e6 + 2e5 * i})
         for o in (lat, rss):
             new_v += dets.feed(o).verdicts
-            old_v += old.feed(o)
-    assert [v for v in new_v if v.kind is VerdictKind.ANOMALY] == old_v
-    assert {v.kind for v in old_v} == {VerdictKind.ANOMALY}
+        if same.update(latency, t) >= lat_det.level:
+            alarmed.append(t)
+    assert lat_det.streams["http"].state() == same.state()
+    anomalies = [v for v in new_v if v.kind is VerdictKind.ANOMALY]
+    assert anomalies and anomalies[0].mono == alarmed[0] > 150 and anomalies[0].evidence["suspect"] == "http"
+    assert anomalies[0].detector == "latency:latency_s" and anomalies[0].evidence["repeat"] is False
     aging = [v for v in new_v if v.kind is VerdictKind.AGING]
     assert aging
     ev = aging[0].evidence
@@ -352,11 +365,28 @@ async def test_log_probe_lines_feed_a_log_pattern_detector(tmp_path: Path) -> No
     assert det.feed(obs("log", True, clock.monotonic(), lines=("Traceback 5", "Traceback 6"))).verdicts
 
 
+def test_the_control_charts_are_a_kind_of_their_own_giving_the_judges_verdicts(tmp_path: Path) -> None:
+    """``latency_charts`` (the latency default before round 6) gives exactly the verdicts of the
+    UnitJudge it wraps; named ``latency`` it replaces the default."""
+    dets = detectors_of(tmp_path, WEB + '[[units.web.detectors]]\nkind = "latency_charts"\nname = "latency"\n'
+                        'learning = 40\n')
+    charts = dets.get("latency")
+    assert isinstance(charts, LatencyChartsDetector) and [d.kind for d in dets].count("latency") == 0
+    old = UnitJudge("web", learning=40, hold_off_s=300.0)
+    rng = random.Random(3)
+    new_v, old_v = [], []
+    for i in range(300):
+        lat = obs("http", True, float(i), {"latency_s": 0.01 * math.exp(rng.gauss(0, 0.1)) * (6 if i > 150 else 1)})
+        new_v += [v for v in dets.feed(lat).verdicts if v.kind is VerdictKind.ANOMALY]
+        old_v += old.feed(lat)
+    assert new_v == old_v and {v.kind for v in old_v} == {VerdictKind.ANOMALY}
+
+
 def test_probe_failure_options_default_to_each_probes_own(tmp_path: Path) -> None:
     assert ProbeFailureOptions(kind="probe_failures").fail_after is None
     dets = detectors_of(tmp_path, WEB)
     lat = dets.get("latency")
-    assert isinstance(lat, LatencyDetector) and lat.judge.learning == 300 and lat.limits() == {}
+    assert isinstance(lat, LatencyDetector) and lat.opts.learning == LATENCY_LEARNING and lat.limits() == {}
 
 
 def test_an_entry_that_does_not_fit_its_unit_is_a_config_error_with_its_line(tmp_path: Path) -> None:
