@@ -63,10 +63,11 @@ from enmei.errors import IdentityError, StartError, VisorError
 from enmei.model import Severity, UnitEvent, UnitEventKind, Verdict, VerdictKind
 from enmei.visor.base import Backend, Capability, EmitFn, Identity
 from enmei.visor.logs import rotate
-from enmei.visor.qemu import disks, ram, strays
+from enmei.visor.qemu import disks, handoff, ram, strays
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import BootError, ImageError, QmpError
+from enmei.visor.qemu.forwards import host_forwards, hostfwd_add
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag, phases_upto, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
@@ -108,7 +109,7 @@ class QemuBackend(Backend):
         self._reboots: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.standbys = StandbyManager(clock=clock, host=self.host, emit=emit, machines=self._vms,
-                                       launch=self._launch_standby)
+                                       launch=self._launch_standby, identity=self._identity)
         self.api = MonitorApi(self._require)
         self.vmm = VmmRejuvenator(clock=clock, host=self.host, emit=emit, machines=self._vms,
                                   standbys=self.standbys)
@@ -129,6 +130,7 @@ class QemuBackend(Backend):
         try:
             await self.standbys.drop(name)
             await strays.reap(self.host, name, paths)
+            await asyncio.to_thread(handoff.clear, paths)  # (its QEMU, if any, was just reaped)
             # an update's pre-update image left by a supervisor that died in it (a first boot makes a new one)
             await asyncio.to_thread(settle, paths, spec.image, None, running=None, phase_image_id=None)
             await asyncio.to_thread(strays.remove_files,
@@ -195,6 +197,18 @@ class QemuBackend(Backend):
         # a standby (or any other QEMU of this unit) left by the earlier supervisor goes: it is not adopted
         with contextlib.suppress(VisorError):
             await strays.reap(self.host, name, paths, keep_pid=identity.pid)
+        took_over = bool(extra.get("takeover"))  # (``recover``: a takeover's new QEMU, the old one gone)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(handoff.clear, paths)
+        if took_over:
+            try:
+                await self._finish_takeover(machine, spec, identity)
+            except VisorError as exc:  # (a QmpError too) not adopted: the start that follows reaps it
+                log.warning("unit %s: the QEMU a takeover left (pid %d) could not be adopted: %s", name,
+                            identity.pid, exc)
+                self._vms.pop(name, None)
+                await machine.detach()
+                return False
         # the files of an update the earlier supervisor died in name the guest that runs (``shadow.settle``)
         settled = await asyncio.to_thread(self._settle, name, spec, machine)
         tag = phase_tag(spec.phase_snapshot) if spec.phase_snapshot else None
@@ -231,6 +245,8 @@ class QemuBackend(Backend):
         detail: dict[str, Any] = {"pid": identity.pid, "phase_snapshot": machine.phase_snapshot}
         if resumed:
             detail["resumed"] = True
+        if took_over:
+            detail["took_over"] = True
         if settled:
             detail["settled"] = settled
         self.emit(UnitEvent(name, UnitEventKind.ADOPTED, self.clock.monotonic(), detail))
@@ -241,6 +257,47 @@ class QemuBackend(Backend):
                           self.clock.wall())
         self.standbys.want(name)
         return True
+
+    async def recover(self, name: str, spec: Any) -> Identity | None:
+        """A takeover the earlier supervisor died in after it ended the unit's QEMU (``handoff``): the QEMU
+        that was taking over — a warm standby repairing a panic, a shadow update's clone running the
+        update — is adopted as the unit's (``ADOPTED`` with ``took_over``): resumed if paused, given the
+        unit's forwarded ports and console, its data-disk gate opened, the update's files settled as for
+        any adoption. None when there is no such takeover (no record, its QEMU gone or not the one
+        named, its old QEMU still running): the unit is then started afresh, every stray reaped."""
+        if not isinstance(spec, QemuUnit) or name in self._vms:
+            return None
+        paths = MachinePaths.for_unit(self.state_dir, name)
+        record = await asyncio.to_thread(handoff.read, paths)
+        if record is None:
+            return None
+        old = self.host.process(record.old_pid)
+        if old is not None and not old.zombie and abs(old.create_time - record.old_create_time) < 0.5:
+            return None  # not taken over: the old QEMU runs (not adopted, so not the unit's: reaped at start)
+        try:
+            if not await self.adopt(name, spec, record.identity):
+                return None
+        except VisorError as exc:  # its QMP does not answer: not adopted (the start that follows reaps it)
+            log.warning("unit %s: the QEMU a takeover left (pid %d): %s", name, record.identity.pid, exc)
+            return None
+        machine = self._vms[name]
+        if record.temporary_ports:
+            self.standbys.drop_temporary_forwards(machine, list(record.temporary_ports))
+        return self._identity(machine)
+
+    async def _finish_takeover(self, machine: Machine, spec: QemuUnit, identity: Identity) -> None:
+        """What a takeover does after ending the old QEMU, for an adopted new one (``recover``): its
+        console to the unit's log (before its gate opens: the ``data-ready`` line must be read there),
+        the unit's forwarded ports (those it does not hold yet). Its phases are the phase snapshot's."""
+        await machine.console_to_unit()
+        machine.console.phases = {}
+        held = await host_forwards(machine)
+        for item in spec.forward:
+            host, _, guest = item.partition(":")
+            if int(host) not in held:
+                await hostfwd_add(machine, int(host), int(guest), clock=self.clock, action="adopt", wait_s=2.0)
+        log.warning("unit %s: adopting QEMU pid %d, which was taking over when the earlier supervisor ended",
+                    machine.name, identity.pid)
 
     async def stop(self, name: str, *, timeout_s: float) -> None:
         await self.standbys.drop(name)

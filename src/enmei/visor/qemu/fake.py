@@ -310,6 +310,11 @@ class FakeQemu:
         if words[:1] == ["hostfwd_remove"]:
             self.hostfwds.discard(int(words[2].split(":")[2]))
             return self._ok("")
+        if words[:2] == ["info", "usernet"]:
+            rows = "".join(f"  TCP[HOST_FORWARD]   3       127.0.0.1 {port}       10.0.2.15    80     0     0\r\n"
+                           for port in sorted(self.hostfwds))
+            return self._ok("Hub -1 (n0):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port "
+                            f"RecvQ SendQ\r\n{rows}")
         return self._ok(f"unknown command: '{words[0] if words else ''}'\r\n")
 
 

@@ -9,7 +9,7 @@ from enmei.errors import VisorError
 from enmei.visor.qemu.cmdline import NET_DEV
 from enmei.visor.qemu.machine import Machine
 
-__all__ = ["hmp", "hostfwd_add"]
+__all__ = ["hmp", "host_forwards", "hostfwd_add"]
 
 
 async def hmp(machine: Machine, command: str) -> str:
@@ -30,3 +30,14 @@ async def hostfwd_add(machine: Machine, host: int, guest: int, *, clock: Clock, 
         if clock.monotonic() > deadline:
             raise VisorError(machine.name, action, f"hostfwd_add {rule}: {answer}")
         await clock.sleep(0.005)
+
+
+async def host_forwards(machine: Machine) -> set[int]:
+    """The loopback host ports ``machine`` forwards to its guest now (``info usernet``'s ``HOST_FORWARD``
+    rows: ``TCP[HOST_FORWARD]  FD  127.0.0.1 PORT  10.0.2.15 PORT ...`` in QEMU 7.2)."""
+    ports: set[int] = set()
+    for line in (await hmp(machine, "info usernet")).splitlines():
+        words = line.split()
+        if len(words) >= 4 and "HOST_FORWARD" in words[0] and words[2] == "127.0.0.1" and words[3].isdigit():
+            ports.add(int(words[3]))
+    return ports

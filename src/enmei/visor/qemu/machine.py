@@ -398,6 +398,13 @@ class Machine:
         now = self.clock.monotonic()
         self.snapshot_phases = {p: PhaseMark(p, now, None, 1)
                                 for p in GUEST_PHASES[: GUEST_PHASES.index("service-ready") + 1]}
+        await self.console_to_unit()
+        self.console.phases = dict(self.snapshot_phases)
+        self.watch()
+
+    async def console_to_unit(self) -> None:
+        """This QEMU's console goes to the unit's console log from now on (``chardev-change``; if QEMU
+        refuses, it is read from the slot's own file); it is read from its present end, no phase seen."""
         console = self.paths.console
         try:
             await self.qmp().execute("chardev-change", {"id": "console", "backend": {
@@ -408,8 +415,6 @@ class Machine:
         offset = console.stat().st_size if console.exists() else 0
         self.console = ConsoleReader(console, offset=offset)
         self.console_offset = offset
-        self.console.phases = dict(self.snapshot_phases)
-        self.watch()
 
     # -- QMP events ---------------------------------------------------------------------------------
 

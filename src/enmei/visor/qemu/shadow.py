@@ -50,8 +50,9 @@ A supervisor killed during an update (at any of ``POINTS``, each a named step in
 ``ENMEI_CRASH_AT`` test hook can kill it at) leaves at most the original and the clone: before the swap
 its successor adopts the original (a paused one is resumed) and kills the clone (a stray in a standby
 slot, ``strays.reap``); after the swap it adopts the promoted clone (its gate opened if it was not); in
-between (the original gone, the clone paused or not yet saved as the unit's) the adoption finds no
-guest and the unit is cold-started, the clone killed first. Never do two guests use the data disk: the
+between (the original gone, the clone paused or resumed but not yet saved as the unit's) it adopts the
+clone too, named by the takeover record (``enmei.visor.qemu.handoff``, ``QemuBackend.recover``): resumed,
+given the unit's ports and console, its gate opened. Never do two guests use the data disk: the
 clone's gate is closed until the original is gone. ``settle`` then makes the files agree with the guest
 that runs (the pre-update phase image put back or dropped, the update record naming its boot files).
 A full disk refuses an update before anything is done (less room than three phase images: the

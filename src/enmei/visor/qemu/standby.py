@@ -63,8 +63,8 @@ from enmei.clock import Clock
 from enmei.config.qemu import QemuUnit
 from enmei.errors import StartError, VisorError
 from enmei.model import UnitEvent, UnitEventKind
-from enmei.visor.base import EmitFn
-from enmei.visor.qemu import disks, phase_image, strays
+from enmei.visor.base import EmitFn, Identity
+from enmei.visor.qemu import disks, handoff, phase_image, strays
 from enmei.visor.qemu.cmdline import NET_DEV, MachinePaths
 from enmei.visor.qemu.errors import QmpError
 from enmei.visor.qemu.forwards import hmp, hostfwd_add
@@ -155,8 +155,12 @@ class StandbyManager:
     """
 
     def __init__(self, *, clock: Clock, host: QemuHost, emit: EmitFn, machines: dict[str, Machine],
-                 launch: StandbyLaunchFn, retry_s: Sequence[float] = RETRY_S) -> None:
+                 launch: StandbyLaunchFn, retry_s: Sequence[float] = RETRY_S,
+                 identity: Callable[[Machine], Identity] | None = None) -> None:
+        """``identity`` names a machine as the backend saves it: with it, each takeover is recorded before
+        the old QEMU is ended (``enmei.visor.qemu.handoff``), for a successor to adopt the new one."""
         self.clock = clock
+        self.identity = identity
         #: The delays before the 1st, 2nd... retry of a failed standby (then no more); a test sets them small.
         self.retry_s: tuple[float, ...] = tuple(retry_s)
         self.host = host
@@ -411,6 +415,9 @@ class StandbyManager:
             raise Unusable(f"its QMP does not answer: {exc.cause}") from exc
         if status.get("status") != "paused":
             raise Unusable(f"it is {status.get('status')}, not paused")
+        # 0. The new QEMU named on disk: a supervisor killed from the old one's end on leaves its
+        #    successor the new one to adopt (``handoff``), not a cold start that would throw it away.
+        self._record_handoff(name, old, sb)
         # 1. The failed QEMU goes, and is waited for until it is gone (disks, rule 3); from then on no
         #    other QEMU has the data disk open, and the unit's ports are free.
         if not await disks.release(old):
@@ -452,6 +459,20 @@ class StandbyManager:
         self._spawn(self._drop_forwards(new, list(sb.forwards.values())))
         self.want(name)
         return new
+
+    def _record_handoff(self, name: str, old: Machine, sb: Standby) -> None:
+        if self.identity is None or sb.machine is None:
+            return
+        try:
+            handoff.write(old.paths, handoff.Handoff(self.identity(sb.machine), old.pid, old.create_time,
+                                                     tuple(sb.forwards.values())))
+        except OSError as exc:  # (a full disk) the takeover goes on; a supervisor killed in it cold-starts
+            log.warning("unit %s: the takeover record could not be written: %s", name, exc)
+
+    def drop_temporary_forwards(self, machine: Machine, ports: list[int]) -> None:
+        """Remove ``machine``'s forwards of ``ports`` (a standby's own, once it is the unit's), off the
+        caller's path; failures are ignored."""
+        self._spawn(self._drop_forwards(machine, ports))
 
     async def _drop_forwards(self, machine: Machine, ports: list[int]) -> None:
         for port in ports:
