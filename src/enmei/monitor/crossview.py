@@ -15,15 +15,14 @@ or a list that changes under the walk (``prev`` of a node not the node before it
 row) make the view ``inconclusive`` with that reason, never a partial list passed off as whole.
 
 Inside: the guest prints what its own ``/proc`` says (``guest/specimens/psview.sh`` in the test image):
-``enmei-ps: begin SEQ UPTIME`` , one ``enmei-ps: PID PPID UID START_TICKS COMM`` per process whose
+``enmei-ps: begin SEQ UPTIME``, one ``enmei-ps: PID COMM`` per process whose
 ``/proc/PID/stat`` it could read (as ``ps`` does), ``enmei-ps: end SEQ UPTIME``. ``InsideReader`` keeps
 the newest complete listing.
 
-``compare(inside, before, after)``: which processes are *hidden*: seen outside (in the list or the pid
-tree) both before the inside listing began and after it ended — same pid, same start time, so they
-lived all through it — and missing from it. A process that started or exited around the listing is
-never counted (the race of short-lived processes). Kernel threads are skipped (``ps`` shows them, but
-the test guest's listing does not need them, and they do not hide).
+``compare(inside, views)``: which processes are *hidden*: seen outside (in the list or the pid tree)
+after the inside listing ended, started (guest boot time) before it began — so they lived all through
+it — and missing from it. A process that started or exited around the listing is never counted (the
+race of short-lived processes). Kernel threads are skipped (they do not hide).
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class Task:
     start_ns: int
     kthread: bool
     address: int
+    exit_state: int = 0
 
     @property
     def key(self) -> tuple[int, int]:
@@ -110,7 +110,8 @@ class _Walk:
         comm = raw[comm_at:comm_at + k.comm_len].split(b"\0", 1)[0].decode("latin-1")
         return Task(pid=u("task_struct.pid", "<i"), tgid=u("task_struct.tgid", "<i"), comm=comm, ppid=ppid,
                     uid=uid, start_ns=u("task_struct.start_boottime"),
-                    kthread=bool(u("task_struct.flags", "<I") & PF_KTHREAD), address=addr)
+                    kthread=bool(u("task_struct.flags", "<I") & PF_KTHREAD), address=addr,
+                    exit_state=u("task_struct.exit_state", "<i"))
 
 
 def walk_list(mem: GuestMemory, k: KernelInfo, *, max_tasks: int = _MAX_TASKS) -> dict[int, Task]:
@@ -236,7 +237,7 @@ class InsideReader:
                         done.append(listing)
                     self._seq = None
                 elif self._seq is not None and len(self._pids) < _MAX_TASKS:
-                    self._pids[int(parts[0])] = parts[4] if len(parts) > 4 else "?"
+                    self._pids[int(parts[0])] = " ".join(parts[1:]) or "?"
             except (IndexError, ValueError):
                 self._seq = None  # a garbled line: this listing cannot be trusted whole
         return done
@@ -256,25 +257,25 @@ class Difference:
         return not self.reason
 
 
-def compare(inside: InsideListing, before: Iterable[OutsideView], after: Iterable[OutsideView]) -> Difference:
-    """The processes hidden from ``inside``: present (same pid and start time) in an outside view read
-    before the listing began and in one read after it ended, and not listed inside. ``before``/``after``
-    are the outside views (``list`` and ``pids``) read around it; an inconclusive one makes the
-    difference inconclusive."""
-    b, a = list(before), list(after)
-    views = [*b, *a]
-    bad = [v.reason for v in views if not v.conclusive]
-    if bad or not b or not a:
-        return Difference((), (), reason="; ".join(bad) or "no outside view before and after the listing")
-
-    def union(vs: list[OutsideView]) -> dict[tuple[int, int], Task]:
-        return {t.key: t for v in vs for t in v.tasks.values() if not t.kthread}
-
-    before_keys, after_keys = union(b), union(a)
-    lived = [t for key, t in before_keys.items() if key in after_keys]
+def compare(inside: InsideListing, views: Iterable[OutsideView]) -> Difference:
+    """The processes hidden from ``inside``, from outside ``views`` (``list`` and ``pids``) read *after*
+    the listing ended: a process that started (guest boot time) before the listing began and is still
+    there after it ended lived all through it, so a listing that does not show it was lied to. One
+    that started or exited around the listing is never counted (the race of short-lived processes);
+    kernel threads and exiting tasks neither. ``hidden_from_list``: in the pid tree but on no task list
+    read (a kernel-level unlink; ``/proc`` still shows such a process, its readdir walks the pid tree).
+    An inconclusive view makes the difference inconclusive."""
+    vs = list(views)
+    bad = [v.reason for v in vs if not v.conclusive]
+    if bad or not vs:
+        return Difference((), (), reason="; ".join(bad) or "no outside view after the listing")
     begin_ns = inside.begin_s * 1e9
-    hidden = tuple(sorted((t for t in lived if t.pid not in inside.pids and t.start_ns < begin_ns),
-                          key=lambda t: t.pid))
-    on_list = {t.key for v in views if v.source == "list" for t in v.tasks.values()}
-    from_list = tuple(t for t in lived if t.key not in on_list)
-    return Difference(hidden, tuple(sorted(from_list, key=lambda t: t.pid)))
+    alive = {t.key: t for v in vs for t in v.tasks.values()
+             if not t.kthread and not t.exit_state and t.start_ns < begin_ns}
+    hidden = tuple(sorted((t for t in alive.values() if t.pid not in inside.pids), key=lambda t: t.pid))
+    lists = [v for v in vs if v.source == "list"]
+    on_list = {t.key for v in lists for t in v.tasks.values()}
+    from_list = tuple(sorted((t for v in vs if v.source == "pids" for t in v.tasks.values()
+                              if lists and not t.kthread and not t.exit_state and t.key not in on_list),
+                             key=lambda t: t.pid))
+    return Difference(hidden, from_list)

@@ -155,16 +155,20 @@ class GuestMemory:
     # -- vmcoreinfo -------------------------------------------------------------------------------
 
     def locate(self, *, release: str = "", build_id: str = "") -> VmcoreInfo:
-        """Find (or re-check) the guest's vmcoreinfo and reset the translation cache.
+        """Find the guest's vmcoreinfo (or re-check that it is where it was, unchanged: then no scan, and
+        the translation cache is kept; else the cache is reset).
 
         ``release`` narrows the search to the image's kernel (and is faster). If ``build_id`` is given
         and the guest's differs: ``KernelInfoError`` (the guest runs another kernel than the image's).
         ``MemoryReadError`` if there is no vmcoreinfo (not booted yet, or a kernel without it).
         """
         needle = b"OSRELEASE=" + release.encode() + (b"\n" if release else b"")
+        if self.info is not None:  # still where it was (the same boot): no scan
+            with contextlib.suppress(ValueError, UnicodeDecodeError, IndexError):
+                raw = bytes(self._map[self.info.at:self.info.at + _VMCOREINFO_MAX]).split(b"\0", 1)[0]
+                if parse_vmcoreinfo(raw.decode("ascii"), self.info.at) == self.info:
+                    return self.info
         candidates: list[int] = []
-        if self.info is not None:
-            candidates.append(self.info.at)
         pos = self._map.find(needle)
         while pos >= 0 and len(candidates) < 8:
             candidates.append(pos)

@@ -1,0 +1,31 @@
+#!/bin/sh
+# TEST IMAGES ONLY: the guest's own view of its processes (issue 17), printed on the serial console for
+# the host's cross-view check, every enmei.psview=SECONDS (default 2). One listing is
+#   enmei-ps: begin SEQ UPTIME
+#   enmei-ps: PID COMM          (each process whose /proc/PID/stat this guest can read, as ps does)
+#   enmei-ps: end SEQ UPTIME
+# written to the console in one go. It forks nothing per listing (shell builtins only), so that it adds
+# no churn of its own.
+export PATH=/bin
+EVERY=2
+for arg in $(cat /proc/cmdline); do
+    case "$arg" in
+        enmei.psview=*) EVERY="${arg#enmei.psview=}" ;;
+    esac
+done
+seq=0
+nl='
+'
+while :; do
+    seq=$((seq + 1))
+    read -r up _ < /proc/uptime
+    out="enmei-ps: begin $seq $up"
+    for d in /proc/[0-9]*; do
+        if read -r _ < "$d/stat" 2>/dev/null && read -r comm < "$d/comm" 2>/dev/null; then
+            out="$out${nl}enmei-ps: ${d#/proc/} $comm"
+        fi
+    done
+    read -r up _ < /proc/uptime
+    printf '%s\nenmei-ps: end %s %s\n' "$out" "$seq" "$up" > /dev/console
+    sleep "$EVERY"
+done
