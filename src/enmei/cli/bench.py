@@ -199,6 +199,40 @@ def update(as_json: JsonOpt = False,
     emit("enmei bench update", bench_update.run(runs), as_json)
 
 
+@app.command(name="logs")
+def logs_cmd(as_json: JsonOpt = False,
+             data: Annotated[Path | None, typer.Option(
+                 help="Loghub directory (default $ENMEI_LOGHUB_DIR or ../shared/data/loghub)")] = None,
+             sets: Annotated[str | None, typer.Option(help="Comma-separated Loghub-2k sets (default: all 16)")]
+             = None,
+             drain3: Annotated[bool, typer.Option(help="Drain3 on the same lines (the bench extra)")] = True,
+             hdfs: Annotated[bool, typer.Option(help="HDFS session classification (the bench extra)")] = True,
+             ) -> None:
+    """Log template mining on the Loghub-2k sets (grouping and parsing accuracy, lines/s) with Drain3
+    beside it, and anomalous HDFS sessions from template counts (precision, recall, F1)."""
+    from enmei.bench import logs as bench_logs
+
+    names = bench_logs.SETS if sets is None else tuple(x.strip() for x in sets.split(",") if x.strip())
+    unknown = [n for n in names if n not in bench_logs.SETS]
+    if unknown or not names:
+        raise typer.BadParameter(f"unknown sets {unknown}; known: {', '.join(bench_logs.SETS)}", param_hint="--sets")
+    try:
+        result = bench_logs.run(data, names, drain3=drain3, hdfs=hdfs)
+    except FileNotFoundError as exc:
+        raise typer.BadParameter(f"{exc.filename}: not found (is the Loghub data there?)", param_hint="--data") from exc
+    if as_json:
+        print(json.dumps(result))
+        return
+    flat: dict[str, Any] = {}
+    for name, row in result["per_set"].items():
+        d3 = (f"  Drain3 GA {row['drain3_grouping_accuracy']:.3f} PA {row['drain3_parsing_accuracy']:.3f}"
+              if "drain3_grouping_accuracy" in row else "")
+        flat[f"{name}{' (dev)' if row['dev'] else ''}"] = (
+            f"GA {row['grouping_accuracy']:.3f} PA {row['parsing_accuracy']:.3f}{d3}")
+    flat.update({k: v for k, v in result.items() if k != "per_set"})
+    emit("enmei bench logs", flat, False)
+
+
 @app.command()
 def malware(as_json: JsonOpt = False,
             trials: Annotated[int, typer.Option(min=1, max=1000, help="Trials, each in a fresh guest")] = 11,

@@ -23,12 +23,13 @@ WILDCARD = "<*>"
 # Whole-token rules, tried before the piecewise rules; each pattern matches inside a token.
 _SPECIAL = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"  # UUID
-    r"|(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"  # IPv4
+    r"|(?:^/)?(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])"  # IPv4 (with Java's "/" before it)
     r"|(?<![\w:])(?:[0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}(?![\w:])"  # MAC
     r"|\b0[xX][0-9a-fA-F]+\b"  # hex number
     r"|(?<=://)[^\s/]*\S*"  # what follows a URL's scheme (the scheme stays)
     r"|(?<![\w.])(?:/[\w.~@%+-]+){2,}/?"  # absolute path with two parts or more
 )
+_SPECIAL_HINT = re.compile(r"[.:/xX-]")
 # Field separators inside a token: pieces between them are judged one by one.
 SEPARATORS = re.compile(r"(\.+|[:=,;()\[\]{}<>\"'|@])")
 _LITERALS = frozenset({"true", "false", "null", "True", "False", "NULL"})
@@ -60,9 +61,12 @@ def mask_token(token: str) -> str:
     >>> mask_token("uid=1000"), mask_token("10.1.2.3:50010"), mask_token("en0:"), mask_token("/a/b/c.log")
     ('uid=<*>', '<*>:<*>', 'en0:', '<*>')
     """
+    if token.isdigit():
+        return WILDCARD
     if not _MAYBE_VARIABLE.search(token):
         return token
-    token = _SPECIAL.sub(WILDCARD, token)
+    if _SPECIAL_HINT.search(token):  # every _SPECIAL pattern needs one of these characters
+        token = _SPECIAL.sub(WILDCARD, token)
     # A sentence's punctuation after a token, and a number sign before it, are not part of the value.
     body = token.rstrip(".,;:!?")
     tail = token[len(body):]
@@ -80,21 +84,26 @@ def mask_line(line: str, max_tokens: int) -> list[str]:
     raw = line.split(None, max_tokens)
     if len(raw) > max_tokens:
         raw[max_tokens] = WILDCARD
-    out: list[str] = []
     memo = _MEMO
-    for tok in raw:
-        m = memo.get(tok)
-        if m is None:
-            m = mask_token(tok)
-            if m != WILDCARD and _WILD_RUN.fullmatch(m):
-                m = WILDCARD
-            if len(memo) >= _MEMO_SIZE:
-                memo.clear()  # bounded; what is frequent comes back at once
-            memo[tok] = m
+    masked = [memo[tok] if tok in memo else _mask_new(tok) for tok in raw]
+    if masked.count(WILDCARD) < 2:
+        return masked
+    out: list[str] = []
+    for m in masked:
         if m == WILDCARD and out and out[-1] == WILDCARD:
             continue
         out.append(m)
     return out
+
+
+def _mask_new(tok: str) -> str:
+    m = mask_token(tok)
+    if m != WILDCARD and WILDCARD in m and _WILD_RUN.fullmatch(m):
+        m = WILDCARD
+    if len(_MEMO) >= _MEMO_SIZE:
+        _MEMO.clear()  # bounded; what is frequent comes back at once
+    _MEMO[tok] = m
+    return m
 
 
 def normalise_template(template: str) -> str:

@@ -3,7 +3,9 @@
 How (our own design, in the family of Drain's fixed-depth tree): a line is masked
 (:mod:`enmei.logs.masking`), then looked up by its exact masked form in a bounded cache; on a miss the
 templates with the same token count and the same first token (or a variable first token) are compared
-with it position by position, and the most similar one at or above ``similarity`` takes it in — the
+with it position by position; one that has a different word (letters and digits, no variable part) at
+some position is never a match, and of the others the most similar one at or above ``similarity``
+takes it in — the
 positions where they differ become ``<*>``, piece by piece inside a token (``user=root`` and
 ``user=guest`` give ``user=<*>``). Otherwise the line starts a new template (drift: new message types
 are found at any time, and ``Match.change`` says so).
@@ -22,9 +24,10 @@ Promises:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,9 +56,11 @@ class TemplateFileError(EnmeiError, ValueError):
 
 @dataclass(frozen=True)
 class MinerSettings:
-    """``similarity``: the share of positions a line must have in common with a template to join it."""
+    """``similarity``: the share of positions a line must have in common with a template to join it;
+    ``family``: how many templates differing by one word at one place make that place a variable."""
 
     similarity: float = 0.5
+    family: int = 5
     max_templates: int = 10_000
     cache_size: int = 100_000
     max_tokens: int = 200
@@ -64,7 +69,7 @@ class MinerSettings:
     def __post_init__(self) -> None:
         if not 0.0 < self.similarity <= 1.0:
             raise ValueError(f"similarity must be in (0, 1], not {self.similarity}")
-        for f in ("max_templates", "cache_size", "max_tokens", "max_line_chars"):
+        for f in ("family", "max_templates", "cache_size", "max_tokens", "max_line_chars"):
             if getattr(self, f) < 1:
                 raise ValueError(f"{f} must be at least 1, not {getattr(self, f)}")
 
@@ -74,10 +79,16 @@ class Template:
     id: int
     tokens: list[str]
     count: int = 0
+    text: str = field(init=False, repr=False, compare=False)
+    words: list[bool] = field(init=False, repr=False, compare=False)  # per position: a word, not a variable
 
-    @property
-    def text(self) -> str:
-        return " ".join(self.tokens)
+    def __post_init__(self) -> None:
+        self.retokenise(self.tokens)
+
+    def retokenise(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.text = " ".join(tokens)
+        self.words = [_is_word(x) for x in tokens]
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,22 @@ def _merge_token(t: str, tok: str) -> str:
     return WILDCARD if merged.replace(WILDCARD, "").strip(":=,;()[]{}<>\"'|") == "" else merged
 
 
+def _route(tokens: list[str]) -> str:
+    """The first token as an index key; one with a variable part in it (``host:<*>``) is a variable."""
+    if not tokens:
+        return ""
+    return WILDCARD if WILDCARD in tokens[0] else tokens[0]
+
+
+@functools.lru_cache(maxsize=65_536)
+def _is_word(tok: str) -> bool:
+    core = tok.strip(_PUNCT).replace("_", "").replace("-", "")
+    return bool(core) and core.isalnum()
+
+
+_PUNCT = "\"'()[]{}<>.,;:!?=|"
+
+
 def _clean(line: str | bytes, max_chars: int) -> str:
     if isinstance(line, bytes):
         return line[: max_chars * 4].decode("utf-8", "replace")[:max_chars]
@@ -122,6 +149,8 @@ class TemplateMiner:
         self._templates: OrderedDict[int, Template] = OrderedDict()  # least recently seen first
         self._index: dict[tuple[int, str], list[int]] = {}
         self._cache: dict[tuple[str, ...], int] = {}
+        self._families: dict[tuple[str, ...], list[int]] = {}
+        self._aliases: dict[int, int] = {}  # merged template id -> the id it was merged into
         self._next_id = 1
         self.evicted = 0
 
@@ -133,18 +162,20 @@ class TemplateMiner:
         tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
         key = tuple(tokens)
         tid = self._cache.get(key)
-        if tid is not None and tid in self._templates:
-            t = self._templates[tid]
-            self._templates.move_to_end(tid)
-            t.count += 1
-            return Match(tid, t.text, "none")
-        best, best_sim = self._best(tokens)
+        if tid is not None:
+            tid = self.resolve(tid)
+            if tid in self._templates:
+                t = self._templates[tid]
+                self._templates.move_to_end(tid)
+                t.count += 1
+                return Match(tid, t.text, "none")
+        best, best_sim, near = self._best(tokens)
         if best is not None and best_sim >= s.similarity:
             merged = [_merge_token(a, b) for a, b in zip(best.tokens, tokens, strict=True)]
             change: Literal["grown", "none"] = "none"
             if merged != best.tokens:
                 self._unindex(best)
-                best.tokens = merged
+                best.retokenise(merged)
                 self._reindex(best)
                 change = "grown"
             best.count += 1
@@ -160,38 +191,100 @@ class TemplateMiner:
         self._templates[t.id] = t
         self._reindex(t)
         self._remember(key, t.id)
+        if near is not None:
+            joined = self._join_family(near[0], t, near[1])
+            if joined is not None:
+                return Match(joined.id, joined.text, "grown")
         return Match(t.id, t.text, "new")
+
+    def _join_family(self, near: Template, new: Template, at: int) -> Template | None:
+        """Record that ``new`` differs from ``near`` by one word at ``at``; when ``family`` templates
+        differ so, they become one (the oldest id; the others are aliases of it from then on)."""
+        shape = tuple(WILDCARD if i == at else _merge_token(a, b)
+                      for i, (a, b) in enumerate(zip(near.tokens, new.tokens, strict=True)))
+        if len(self._families) >= self.settings.max_templates:
+            self._families.clear()  # bounded: families start again (a family is a hint, not state)
+        members = self._families.setdefault(shape, [])
+        for tid in (near.id, new.id):
+            if tid not in members:
+                members.append(tid)
+        members[:] = [m for m in members if m in self._templates]
+        if len(members) < self.settings.family:
+            return None
+        keep = self._templates[min(members)]
+        self._unindex(keep)
+        keep.retokenise(list(shape))
+        for m in members:
+            if m != keep.id:
+                other = self._templates.pop(m)
+                self._unindex(other)
+                keep.count += other.count
+                if len(self._aliases) >= self.settings.max_templates:
+                    del self._aliases[next(iter(self._aliases))]
+                self._aliases[m] = keep.id
+        self._reindex(keep)
+        self._templates.move_to_end(keep.id)
+        del self._families[shape]
+        return keep
+
+    def resolve(self, template_id: int) -> int:
+        """The id a template id stands for now: itself, or the template it was merged into."""
+        seen = 0
+        while template_id in self._aliases and seen < 64:
+            template_id = self._aliases[template_id]
+            seen += 1
+        return template_id
 
     def match(self, line: str | bytes) -> Match | None:
         """The template a line belongs to without learning from it, or None if none is close enough."""
         s = self.settings
         tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
         tid = self._cache.get(tuple(tokens))
-        if tid is not None and tid in self._templates:
-            return Match(tid, self._templates[tid].text, "none")
-        best, best_sim = self._best(tokens)
+        if tid is not None:
+            tid = self.resolve(tid)
+            if tid in self._templates:
+                return Match(tid, self._templates[tid].text, "none")
+        best, best_sim, _ = self._best(tokens)
         if best is None or best_sim < s.similarity:
             return None
         return Match(best.id, best.text, "none")
 
-    def _best(self, tokens: list[str]) -> tuple[Template | None, float]:
+    def _best(self, tokens: list[str]) -> tuple[Template | None, float, tuple[Template, int] | None]:
+        """The most similar template without a word conflict, its similarity, and the most similar one
+        with exactly one word conflict (and the conflict's position) at or above ``similarity``."""
         n = len(tokens)
-        first = tokens[0] if tokens else ""
+        first = _route(tokens)
         cands = self._index.get((n, first), [])
         if first != WILDCARD:
             cands = cands + self._index.get((n, WILDCARD), [])
         best: Template | None = None
         best_sim, best_count = -1.0, -1
+        near: tuple[Template, int] | None = None
+        near_sim = -1.0
+        line_words: list[bool] | None = None
         for tid in cands:
             t = self._templates[tid]
-            same = 0
-            for a, b in zip(t.tokens, tokens, strict=True):
+            same = words = 0
+            at = -1
+            for i, (a, b) in enumerate(zip(t.tokens, tokens, strict=True)):
                 if a == b:
                     same += 1
+                    continue
+                if line_words is None:
+                    line_words = [_is_word(x) for x in tokens]
+                if line_words[i] and t.words[i]:
+                    words += 1
+                    at = i
             sim = same / n if n else 1.0
+            if words:
+                # Two different words at one place are two message types ("VM Started", "VM Paused"),
+                # until ``family`` of them differ there only (then it is a variable, as a user name).
+                if words == 1 and sim >= self.settings.similarity and sim > near_sim:
+                    near, near_sim = (t, at), sim
+                continue
             if sim > best_sim or (sim == best_sim and t.count > best_count):
                 best, best_sim, best_count = t, sim, t.count
-        return best, best_sim
+        return best, best_sim, near
 
     def _remember(self, key: tuple[str, ...], tid: int) -> None:
         if len(self._cache) >= self.settings.cache_size:
@@ -199,7 +292,7 @@ class TemplateMiner:
         self._cache[key] = tid
 
     def _index_key(self, t: Template) -> tuple[int, str]:
-        return (len(t.tokens), t.tokens[0] if t.tokens else "")
+        return (len(t.tokens), _route(t.tokens))
 
     def _unindex(self, t: Template) -> None:
         ids = self._index.get(self._index_key(t))
@@ -227,7 +320,7 @@ class TemplateMiner:
         id, and the templates from least to most recently seen."""
         return json.dumps({
             "format": FORMAT, "version": VERSION, "settings": asdict(self.settings), "next_id": self._next_id,
-            "evicted": self.evicted,
+            "evicted": self.evicted, "aliases": [[a, b] for a, b in self._aliases.items()],
             "templates": [{"id": t.id, "tokens": t.tokens, "count": t.count} for t in self._templates.values()],
         }, ensure_ascii=False)
 
@@ -251,6 +344,10 @@ class TemplateMiner:
             miner = cls(MinerSettings(**raw))
             miner._next_id = _int(doc["next_id"], "next_id")
             miner.evicted = _int(doc.get("evicted", 0), "evicted")
+            for i, pair in enumerate(doc.get("aliases", [])):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise ValueError(f"aliases[{i}] is not a pair of ids")
+                miner._aliases[_int(pair[0], f"aliases[{i}][0]")] = _int(pair[1], f"aliases[{i}][1]")
             seen: set[int] = set()
             for i, item in enumerate(doc["templates"]):
                 tid = _int(item["id"], f"templates[{i}].id")
