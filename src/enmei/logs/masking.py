@@ -85,7 +85,8 @@ def mask_line(line: str, max_tokens: int) -> list[str]:
     if len(raw) > max_tokens:
         raw[max_tokens] = WILDCARD
     memo = _MEMO
-    masked = [memo[tok] if tok in memo else _mask_new(tok) for tok in raw]
+    get = memo.get
+    masked = [get(tok) or _mask_new(tok) for tok in raw]  # a masked token is never empty
     if masked.count(WILDCARD) < 2:
         return masked
     out: list[str] = []
