@@ -10,6 +10,7 @@ import pytest
 
 from enmei.visor.cage import parse_v1_mounts, parse_v1_own
 from enmei.visor.cgroup import parse_cgroup2_mount, parse_own_cgroup
+from support import hangs
 from support.wait import SLOWNESS, scaled
 
 PYTHON = sys.executable
@@ -114,6 +115,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             seconds = float(mark.args[0] if mark.args else mark.kwargs.get("timeout", default))
         if seconds > 0:
             item.add_marker(pytest.mark.timeout(scaled(seconds)), append=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """A test about to hit its timeout first says which awaits it is stuck in (``support.hangs``)."""
+    mark = item.get_closest_marker("timeout")
+    seconds = float(mark.args[0]) if mark is not None and mark.args else float(item.config.getini("timeout") or 0)
+    disarm = hangs.arm(getattr(item, "originalname", item.name), seconds)
+    try:
+        return (yield)
+    finally:
+        disarm()
 
 
 @pytest.fixture

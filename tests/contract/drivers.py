@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from enmei.box import Journal
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -190,7 +191,7 @@ class RealDriver(Driver):
                                    if getattr(r, "popen", None) is not None]
         self._engine.stop(leave_running=leave_running)
         try:
-            await asyncio.wait_for(self._task, scaled(max(60.0, 2 * self.step_s)))
+            await wait_for(self._task, scaled(max(60.0, 2 * self.step_s)))
         finally:
             self._journal.close()
             self._engine = self._task = self._journal = None

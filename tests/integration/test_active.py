@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -92,7 +93,7 @@ async def test_injection_and_degrade_through_decisions(tmp_path: Path) -> None:
                                        for k, _, b in records))
     finally:
         engine.stop()
-        await asyncio.wait_for(task, scaled(60))
+        await wait_for(task, scaled(60))
         journal.close()
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from enmei.box import Reader, verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from enmei.model import Decision, Event, Tick
@@ -69,7 +70,7 @@ stop_timeout_s = 1.0
         await asyncio.sleep(4.0)  # 16 ticks: 512 alerts asked for
     finally:
         engine.stop()
-        await asyncio.wait_for(task, 60)
+        await wait_for(task, 60)
         journal.close()
     end = time.monotonic() + 30
     while [f for f in runs.iterdir() if f.name.isdigit()] and time.monotonic() < end:

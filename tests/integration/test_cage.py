@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from enmei.box import Reader, verify
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -149,7 +149,7 @@ async def supervising(tmp_path: Path, text: str) -> AsyncIterator[Running]:
         yield running
     finally:
         engine.stop()
-        await asyncio.wait_for(task, scaled(60))
+        await wait_for(task, scaled(60))
         journal.close()
     assert verify(loaded.journal_path).ok
 

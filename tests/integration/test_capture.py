@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
@@ -98,7 +99,7 @@ async def test_a_stdout_flood_stays_within_the_log_bound_and_restarts_stay_fast(
               f"kill -9 restart of another unit {restarts[0]:.3f} s, dropped {end['dropped_bytes']} bytes")
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, 30)
+        await wait_for(r.task, 30)
         journal.close()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitEvent, UnitEventKind, UnitState
@@ -175,7 +175,7 @@ async def test_recovery_never_adopts_an_orphan_that_carries_the_units_marks(tmp_
         assert await r.until(lambda: orphan.poll() is not None, 10)
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, 30)
+        await wait_for(r.task, 30)
         journal.close()
 
 

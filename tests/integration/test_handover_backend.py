@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from enmei.bench.deploy import request
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.load import load_text
 from enmei.config.model import ProcessUnit
 from enmei.demo.ports import free_ports
@@ -60,7 +60,7 @@ async def test_a_handover_without_cgroups_keeps_the_new_instance_when_the_old_en
         # A broken new version: its end (and the marks sweep that follows it) leaves the old one serving.
         broken = await b.handover_begin("web", _spec(tmp_path, port, "9", "--fail-start"))
         pids.append(broken.new.identity.pid)
-        await asyncio.wait_for(asyncio.shield(broken.new.done), 30)
+        await wait_for(asyncio.shield(broken.new.done), 30)
         await b.handover_abandon(broken, 10.0)
         assert b.alive("web") and await _answer(port) == ("1", first.pid)
         # A good one: after the swap the old one drains and ends; its sweep spares the new one.

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.load import check, load_text
 from enmei.config.model import ProcessUnit
 from enmei.engine import Engine, journal_for
@@ -135,7 +135,7 @@ async def test_a_failing_pre_start_is_a_config_error_not_a_crash_loop(tmp_path: 
         assert r.unit().state is UnitState.ESCALATED
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, 60)
+        await wait_for(r.task, 60)
         journal.close()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -100,7 +101,7 @@ async def engine_for(tmp_path: Path, config: str) -> AsyncIterator[Run]:
         yield run
     finally:
         engine.stop()
-        await asyncio.wait_for(task, scaled(60))
+        await wait_for(task, scaled(60))
         journal.close()
     assert verify(loaded.journal_path).ok
 

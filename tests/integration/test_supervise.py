@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from enmei.box import Reader, verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -89,7 +90,7 @@ async def running(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
         yield r
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, scaled(60))
+        await wait_for(r.task, scaled(60))
         journal.close()
     assert verify(loaded.journal_path).ok
 
@@ -170,7 +171,7 @@ async def test_port_in_use_is_a_clear_error_and_no_tight_loop(tmp_path: Path, pr
         assert any(k == "alert" for _, _, k, _, _ in r.records)
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, scaled(60))
+        await wait_for(r.task, scaled(60))
         journal.close()
 
 
@@ -243,5 +244,5 @@ async def test_instances_started_just_before_a_crash_are_recovered_not_duplicate
         assert not [b for _, _, k, _, b in r.records if k == "unit.event" and b.get("event") == "started"]
     finally:
         engine.stop()
-        await asyncio.wait_for(r.task, scaled(60))
+        await wait_for(r.task, scaled(60))
         journal.close()

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from enmei.clock import wait_for
+
 __all__ = ["SLOWNESS", "CountingExecutor", "answers", "auntil", "idle", "measure_slowness", "scaled", "until"]
 
 T = TypeVar("T")
@@ -158,7 +160,7 @@ async def idle(max_real_s: float = 60.0) -> None:
             quiet = 0
             ex.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ex.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
+                await wait_for(ex.changed.wait(), timeout=max(0.01, deadline - time.monotonic()))
         else:
             quiet += 1
         if time.monotonic() > deadline:

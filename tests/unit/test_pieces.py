@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import enmei
-from enmei.clock import FakeClock, within
+from enmei.clock import FakeClock, wait_for, within
 from enmei.engine.summary import Summaries
 from enmei.model import Observation
 from enmei.monitor.lograte import LogProbe
@@ -100,10 +100,10 @@ async def test_within_uses_the_injected_clock() -> None:
     assert not task.done()
     clock.advance(0.2)
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(task, 5)
+        await wait_for(task, 5)
     assert not fut.cancelled()  # shielded
     fut.set_result(1)
-    assert await asyncio.wait_for(within(clock, fut, 1.0), 5) == 1
+    assert await wait_for(within(clock, fut, 1.0), 5) == 1
 
 
 def test_every_module_imports_and_all_matches_its_exports() -> None:

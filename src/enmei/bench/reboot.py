@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.qemu import QemuUnit
 from enmei.model import Verdict, VerdictKind
 from enmei.visor.qemu import QemuBackend
@@ -103,11 +103,11 @@ class _Prober:
     async def _one(self, probe: _Probe) -> None:
         writer = None
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await wait_for(
                 asyncio.open_connection("127.0.0.1", self.port), self.timeout_s)
             writer.write(b"GET /version HTTP/1.0\r\nHost: bench\r\n\r\n")
             left = self.timeout_s - (time.monotonic() - probe.sent)
-            data = await asyncio.wait_for(reader.read(), max(0.001, left))
+            data = await wait_for(reader.read(), max(0.001, left))
             probe.ok = data.startswith(b"HTTP/1.") and b" 200 " in data[:16] and b"enmei-demo" in data
         except (OSError, TimeoutError):
             probe.ok = False
@@ -271,13 +271,13 @@ async def _panic_until_verdict(port: int, verdicts: asyncio.Queue[Verdict], time
     """
     writer = None
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 5.0)
+        _, writer = await wait_for(asyncio.open_connection("127.0.0.1", port), 5.0)
         writer.write(b"GET /cgi-bin/fault?panic=1 HTTP/1.0\r\n\r\n")
         await writer.drain()
     except (OSError, TimeoutError) as exc:  # the forwarded port is QEMU's own: it always accepts
         raise RuntimeError(f"could not send the panic request: {exc!r}") from exc
     try:
-        return await asyncio.wait_for(verdicts.get(), timeout_s)
+        return await wait_for(verdicts.get(), timeout_s)
     except TimeoutError as exc:
         raise TimeoutError(f"no panic verdict within {timeout_s:.0f} s of the request to panic") from exc
     finally:

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from enmei.bench.reboot import _Prober
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.qemu import QemuUnit
 from enmei.visor.qemu import ImageInfo, QemuBackend
 from enmei.visor.qemu import image as images
@@ -94,10 +94,10 @@ class _Writer:
 
 
 async def _get(port: int, path: str, timeout_s: float) -> bytes:
-    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+    reader, writer = await wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
-        return await asyncio.wait_for(reader.read(), timeout_s)
+        return await wait_for(reader.read(), timeout_s)
     finally:
         writer.close()
 

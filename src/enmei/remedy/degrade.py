@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from enmei.clock import wait_for
 from enmei.monitor.http import HttpError, http_get
 from enmei.remedy.base import Remedy, Result, UnitControl
 
@@ -53,7 +54,7 @@ class Degrade(Remedy):
         except OSError as exc:
             return Result.failed(f"degrade {name}: {exc}", mode=name)
         try:
-            out, _ = await asyncio.wait_for(proc.communicate(), mode.timeout_s)
+            out, _ = await wait_for(proc.communicate(), mode.timeout_s)
         except TimeoutError:
             proc.kill()
             await proc.wait()

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from enmei.clock import wait_for
 from enmei.config.model import ProcessUnit
 from enmei.errors import StartError
 from enmei.fsafe import write_atomic
@@ -294,7 +295,7 @@ async def stop_later(ident: Identity, sig: signal.Signals, timeout_s: float) -> 
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(ident.pid, sig)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone, timeout_s)
+                await wait_for(gone, timeout_s)
             if not gone.done():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(ident.pid, signal.SIGKILL)

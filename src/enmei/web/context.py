@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from enmei.box import Reader, VerifyResult, verify
+from enmei.clock import wait_for
 from enmei.engine.loop import Engine
 from enmei.web.events import Broadcaster
 from enmei.web.metrics import Tally, seed_tally
@@ -109,7 +110,7 @@ class WebContext:
         rather than show counters that went back (``rate()`` would read that as a reset)."""
         task = self._seeding_task()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            await wait_for(asyncio.shield(task), timeout_s)
         return self.tally.copy() if task.done() else None
 
     async def _seed(self) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import uvicorn
 
+from enmei.clock import wait_for
 from enmei.engine.loop import Engine
 from enmei.model import Severity
 from enmei.web.app import create_app
@@ -158,7 +159,7 @@ async def serve(engine: Engine, listen: str, token_path: Path, *, say: Callable[
         ctx.close()  # ends event streams first, so the graceful shutdown has nothing long to wait for
         server.should_exit = True
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, grace_s + 3.0)
+            await wait_for(task, grace_s + 3.0)
         if not task.done():
             server.force_exit = True
             task.cancel()

@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -123,7 +124,7 @@ async def rig(tmp_path: Path, qemu_image: ImageInfo) -> AsyncIterator[Rig]:
     finally:
         engine.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, scaled(60))
+            await wait_for(task, scaled(60))
         journal.close()
         for p in _our_qemus(str(tmp_path)):  # every QEMU this test started ends, also on failure
             with contextlib.suppress(psutil.Error, ProcessLookupError):
@@ -186,7 +187,7 @@ async def test_a_shadow_update_through_the_engine_swaps_in_the_new_guest_and_jou
     old = rig.backend.identity("vm")
     assert old is not None
 
-    answer = await asyncio.wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+    answer = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
                                                        by="test"), scaled(300))
     assert answer["outcome"]["state"] == "succeeded", answer
     ((_, outcome),) = rig.find("remedy.outcome", action="shadow_update")
@@ -223,7 +224,7 @@ async def test_the_original_crashing_during_the_clones_boot_fails_the_update_cle
             killed.append(seq)
 
     rig.engine.subscribe(crash_the_original)
-    answer = await asyncio.wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+    answer = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
                                                        by="test"), scaled(300))
     assert killed and answer["outcome"]["state"] == "failed", answer
     ((o_seq, outcome),) = rig.find("remedy.outcome", action="shadow_update")

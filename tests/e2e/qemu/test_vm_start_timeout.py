@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -121,7 +122,7 @@ async def rig(tmp_path: Path, qemu_image: ImageInfo) -> AsyncIterator[Rig]:
     finally:
         engine.stop()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, scaled(60))
+            await wait_for(task, scaled(60))
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         journal.close()

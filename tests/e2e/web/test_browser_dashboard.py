@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine.loop import Engine
@@ -126,12 +127,12 @@ async def live(tmp_path: Path) -> AsyncIterator[Live]:
 
     task = asyncio.create_task(supervise(loaded, companion=companion))
     try:
-        yield await asyncio.wait_for(asyncio.shield(ready), scaled(120))
+        yield await wait_for(asyncio.shield(ready), scaled(120))
     finally:
         done.set()
         if not ready.done():
             task.cancel()
-        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), scaled(60))
+        await wait_for(asyncio.gather(task, return_exceptions=True), scaled(60))
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from support.wait import auntil, scaled
@@ -60,7 +61,7 @@ async def supervising(tmp_path: Path) -> AsyncIterator[Watching]:
         yield watching
     finally:
         engine.stop()  # stops the unit (and so everything it started)
-        await asyncio.wait_for(task, scaled(60))
+        await wait_for(task, scaled(60))
         journal.close()
     assert verify(loaded.journal_path).ok
 

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
@@ -132,6 +133,6 @@ async def test_one_endpoint_slower_is_named_and_a_faster_one_is_not_an_anomaly(t
         assert any(d["action"] == "none" and "only recorded" in d["reason"] for d in decisions), decisions
     finally:
         engine.stop()
-        await asyncio.wait_for(task, scaled(60))
+        await wait_for(task, scaled(60))
         journal.close()
     assert verify(loaded.journal_path).ok

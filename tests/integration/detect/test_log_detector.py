@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from enmei.box import Reader, verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
@@ -85,7 +86,7 @@ window_s = 60
         assert await until(lambda: any(k == "decision" and b.get("action") == "alert" for k, _, b in records), 10)
     finally:
         engine.stop()
-        await asyncio.wait_for(task, 60)
+        await wait_for(task, 60)
         journal.close()
     assert verify(loaded.journal_path).ok
     with Reader(loaded.journal_path) as r:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from enmei.box import verify
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
@@ -95,7 +96,7 @@ async def test_a_slow_policy_file_never_stalls_supervision(tmp_path: Path) -> No
         stop.set()
         await beat
         engine.stop()
-        await asyncio.wait_for(task, 60)
+        await wait_for(task, 60)
         journal.close()
         policy.close()
     assert verify(loaded.journal_path).ok

@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 import pytest
 
-from enmei.clock import SystemClock
+from enmei.clock import SystemClock, wait_for
 from enmei.config.qemu import QemuUnit
 from enmei.model import UnitEvent, UnitEventKind, Verdict
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
@@ -57,7 +57,7 @@ async def http_get(port: int, path: str, timeout_s: float = 5.0) -> tuple[int, s
             raise OSError(f"not HTTP: {data[:40]!r}")
         return int(head.split()[1]), body.decode(errors="replace")
 
-    return await asyncio.wait_for(go(), timeout_s)
+    return await wait_for(go(), timeout_s)
 
 
 async def until_answer(port: int, path: str = "/cgi-bin/app", timeout_s: float = 30.0) -> str:

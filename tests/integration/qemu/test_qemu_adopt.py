@@ -11,6 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from enmei.clock import wait_for
 from enmei.model import UnitEventKind, VerdictKind
 from enmei.visor.base import Identity
 
@@ -43,7 +44,7 @@ async def test_adoption_after_the_supervisor_process_died(vmh: VmHarness, tmp_pa
     proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(vmh.state_dir),
                                                 spec.model_dump_json(), stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    out, err = await wait_for(proc.communicate(), 90)
     assert proc.returncode == 0, err.decode()[-2000:]
     identity = Identity.from_json(json.loads(out.decode().strip().splitlines()[-1]))
     assert psutil.Process(identity.pid).is_running()  # QEMU outlived its supervisor

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from enmei.clock import wait_for
 from enmei.visor.qemu import ImageInfo, build
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.shadow import UpdateFailed, read_record
@@ -234,7 +235,7 @@ async def test_a_supervisor_dying_in_a_shadow_update_leaves_one_guest_serving_fo
     proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(vmh.state_dir),
                                                 spec.model_dump_json(), image_v2.directory, die_at,
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), scaled(300))
+    out, err = await wait_for(proc.communicate(), scaled(300))
     assert proc.returncode == 0, err.decode()[-2000:]
     left = json.loads(out.decode().strip().splitlines()[-1])
     identity = Identity.from_json(left["identity"])

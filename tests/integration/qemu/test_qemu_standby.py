@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from enmei.clock import wait_for
 from enmei.model import UnitEventKind, VerdictKind
 from enmei.visor.base import Identity
 from enmei.visor.qemu import image as images
@@ -195,7 +196,7 @@ async def test_no_standby_or_stray_qemu_outlives_a_dead_supervisor(vmh: VmHarnes
     proc = await asyncio.create_subprocess_exec(sys.executable, str(script), str(vmh.state_dir),
                                                 spec.model_dump_json(), stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    out, err = await wait_for(proc.communicate(), 120)
     assert proc.returncode == 0, err.decode()[-2000:]
     left = json.loads(out.decode().strip().splitlines()[-1])
     identity = Identity.from_json(left["identity"])

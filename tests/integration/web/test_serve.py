@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
 from enmei.demo.scenario import demo_config
@@ -109,7 +110,7 @@ async def served(tmp_path: Path, config: str, *, units_up: tuple[str, ...] = ("w
         web.cancel()
         await asyncio.gather(web, return_exceptions=True)
         engine.stop()
-        await asyncio.wait_for(run, 30)
+        await wait_for(run, 30)
         journal.close()
 
 
@@ -244,7 +245,7 @@ async def test_shutdown_ends_open_streams_and_frees_the_port(tmp_path: Path) -> 
         web.cancel()
         await asyncio.gather(web, return_exceptions=True)
         assert time.monotonic() - t0 < 5.0
-        await asyncio.wait_for(task, 5)
+        await wait_for(task, 5)
         await c.aclose()
         probe = socket.socket()
         try:

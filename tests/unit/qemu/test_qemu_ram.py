@@ -76,8 +76,8 @@ def test_fresh_never_reuses_a_left_file_and_checks_its_folder(tmp_path: Path,
 
 def test_the_sweep_removes_guest_ram_no_process_holds_and_keeps_the_rest(tmp_path: Path) -> None:
     """RAM folders of killed guests (nothing has their files open or mapped) go; a folder whose file a
-    process has open, or only mapped, stays, as do a folder just made (its QEMU may be starting) and folders
-    that are not enmei's private ones."""
+    process has open, or only mapped, stays, as do a folder just made or with a file just made (its QEMU may
+    be starting) and folders that are not enmei's private ones."""
     import mmap
     import time
 
@@ -92,7 +92,12 @@ def test_the_sweep_removes_guest_ram_no_process_holds_and_keeps_the_rest(tmp_pat
     dead, opened = folder("enmei-dead", "ram", "ram-b"), folder("enmei-open", "ram")
     mapped = folder("enmei-map", "ram")
     young, old = folder("enmei-young"), folder("enmei-old")
-    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    starting = folder("enmei-starting", "ram")  # a file just made: its QEMU may be about to map it
+    hour_ago = (time.time() - 3600, time.time() - 3600)
+    for d in (dead, old):
+        for f in d.iterdir():
+            os.utime(f, hour_ago)
+        os.utime(d, hour_ago)
     shared, other = folder("enmei-shared", "ram", mode=0o755), folder("other", "ram")
     with open(opened / "ram", "rb") as f, open(mapped / "ram", "r+b") as g:
         view = mmap.mmap(g.fileno(), 4096)
@@ -104,5 +109,5 @@ def test_the_sweep_removes_guest_ram_no_process_holds_and_keeps_the_rest(tmp_pat
         assert not f.closed
     assert sorted(removed) == sorted([dead, old])
     assert not dead.exists() and not old.exists()
-    for kept in (opened, mapped, young, shared, other):
+    for kept in (opened, mapped, young, starting, shared, other):
         assert kept.exists(), kept

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
+from enmei.clock import wait_for
 from enmei.web.events import Broadcaster, TooManyClients
 
 
@@ -76,5 +76,5 @@ async def test_heartbeat_when_quiet() -> None:
     b = Broadcaster(heartbeat_s=0.01)
     stream = b.stream(b.connect(), 0)
     await anext(stream)
-    assert await asyncio.wait_for(anext(stream), 2) == b": keep-alive\n\n"
+    assert await wait_for(anext(stream), 2) == b": keep-alive\n\n"
     await stream.aclose()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from enmei.clock import wait_for
 from enmei.web.limits import GateTally, RequestGate, WebLimits
 
 TOKEN = "gate-token-0123456789abcdef"
@@ -115,7 +116,7 @@ async def test_a_chunked_body_is_read_only_up_to_the_limit() -> None:
 async def test_a_body_that_never_completes_is_408_after_the_body_timeout() -> None:
     g = gate(Inner(), body_timeout_s=0.05)
     c = Client([b"x" * 10], ends=False)  # declared 100, sends 10, then nothing
-    await asyncio.wait_for(g(scope(length=100), c.receive, c.send), 30)
+    await wait_for(g(scope(length=100), c.receive, c.send), 30)
     assert c.status == 408
 
 

@@ -21,6 +21,8 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from enmei.clock import wait_for
+
 __all__ = ["ProbeFn", "accel_key", "choose_accel", "probe_kvm"]
 
 ProbeFn = Callable[[], Awaitable[bool]]
@@ -98,7 +100,7 @@ async def probe_kvm(kernel: str, initrd: str, *, timeout_s: float = 20.0,
                         ok = True
                         break
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(proc.wait(), timeout=0.1)
+                    await wait_for(proc.wait(), timeout=0.1)
         finally:
             if proc.returncode is None:
                 proc.kill()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 
+from enmei.clock import wait_for
 from enmei.errors import StartError
 from enmei.visor.qemu import image as images
 from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
@@ -85,7 +86,7 @@ class Pin:
 
         self.watch(exited)
         try:
-            await asyncio.wait_for(gone, timeout_s)
+            await wait_for(gone, timeout_s)
         except TimeoutError:
             return False
         finally:
@@ -129,7 +130,7 @@ class QemuHost:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=logf, stderr=logf)
             try:
-                return await asyncio.wait_for(proc.wait(), timeout=timeout_s)
+                return await wait_for(proc.wait(), timeout=timeout_s)
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
@@ -164,7 +165,7 @@ class QemuHost:
 
     async def knock(self, gate: Path) -> None:
         """Write ``go`` to a guest's data-disk gate socket. Raises ``OSError`` or ``TimeoutError``."""
-        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(gate)), 1.0)
+        _, writer = await wait_for(asyncio.open_unix_connection(str(gate)), 1.0)
         writer.write(b"go\n")
         await writer.drain()
         writer.close()
@@ -173,10 +174,10 @@ class QemuHost:
 
     async def http_get(self, port: int, path: str, timeout_s: float) -> bytes:
         """``GET path`` on 127.0.0.1:``port``; the whole answer. Raises ``OSError`` or ``TimeoutError``."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
+        reader, writer = await wait_for(asyncio.open_connection("127.0.0.1", port), timeout_s)
         try:
             writer.write(f"GET {path} HTTP/1.0\r\nHost: enmei-standby\r\n\r\n".encode())
-            return await asyncio.wait_for(reader.read(), timeout_s)
+            return await wait_for(reader.read(), timeout_s)
         finally:
             writer.close()
 

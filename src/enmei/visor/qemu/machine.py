@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from enmei.clock import Clock
+from enmei.clock import Clock, wait_for
 from enmei.config.qemu import GUEST_PHASES, QemuUnit
 from enmei.errors import IdentityError, StartError, StopError
 from enmei.visor.qemu import ram
@@ -481,14 +481,14 @@ class Machine:
     async def wait_gone(self, timeout_s: float) -> bool:
         """Wait until the QEMU process has exited (its files, sockets and ports are closed then)."""
         try:
-            await asyncio.wait_for(asyncio.shield(self.done), timeout=timeout_s)
+            await wait_for(asyncio.shield(self.done), timeout=timeout_s)
         except TimeoutError:
             return False
         return True
 
     async def _wait_done(self, timeout_s: float) -> bool:
         try:
-            await asyncio.wait_for(asyncio.shield(self.done), timeout=timeout_s)
+            await wait_for(asyncio.shield(self.done), timeout=timeout_s)
         except TimeoutError:
             return False
         await self.wait_closed()

@@ -29,6 +29,7 @@ from typing import Any
 
 from qemu.qmp import ConnectError, ExecInterruptedError, ExecuteError, QMPClient, QMPError, Runstate
 
+from enmei.clock import wait_for
 from enmei.visor.qemu.errors import QmpError
 
 __all__ = ["EventFn", "Monitor"]
@@ -89,7 +90,7 @@ class Monitor:
                     await self._detach()
                     await self.connect(deadline_s=min(2.0, timeout))
         try:
-            reply = await asyncio.wait_for(self._send(cmd, dict(args) if args else None), timeout=timeout)
+            reply = await wait_for(self._send(cmd, dict(args) if args else None), timeout=timeout)
         except TimeoutError as exc:
             raise QmpError(self.unit, cmd, f"no answer within {timeout:.1f} s") from exc
         except (ExecInterruptedError, QMPError, OSError, EOFError) as exc:
@@ -135,7 +136,7 @@ class Monitor:
         been read and delivered, so the exit is judged by its last events (``SHUTDOWN``,
         ``GUEST_PANICKED``) even when the process's end was seen first. Never raises."""
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._drained(), timeout=timeout_s)
+            await wait_for(self._drained(), timeout=timeout_s)
 
     async def close(self) -> None:
         """Disconnect and stop the event task. Never raises. The monitor cannot be used afterwards."""
@@ -150,7 +151,7 @@ class Monitor:
             raise FileNotFoundError(f"no socket at {self.path}")
         client = QMPClient(f"enmei-{self.unit}")
         try:
-            await asyncio.wait_for(client.connect(str(self.path)), timeout=timeout_s)
+            await wait_for(client.connect(str(self.path)), timeout=timeout_s)
         except BaseException:
             await _quiet_disconnect(client)
             raise
@@ -227,4 +228,4 @@ async def _quiet_disconnect(client: QMPClient) -> None:
     # After QEMU hangs up (quit, exit) disconnect() re-raises the reader's EOFError: expected here. The
     # bound is generous: a disconnect cut short on a busy machine leaves its socket open (a leak).
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(client.disconnect(), timeout=10.0)
+        await wait_for(client.disconnect(), timeout=10.0)

@@ -140,8 +140,9 @@ def held_under(root: Path) -> set[Path]:
 def sweep_unheld(root: Path = RAM_ROOT, *, min_age_s: float = 60.0) -> list[Path]:
     """Remove this user's guest RAM folders (``enmei-*``, mode 0700) in ``root`` where no process holds any
     file: a guest's memory that no QEMU maps is no guest's any more (a next start replaces it anyway,
-    ``fresh``). A folder with no file yet is left alone for ``min_age_s`` (a QEMU may be about to create
-    its file). Returns the folders removed; never raises."""
+    ``fresh``). A folder with no file yet, or with a file changed in the last ``min_age_s``, is left
+    alone: a QEMU may be about to create or map its file (another supervisor's, or another test
+    worker's, start in progress). Returns the folders removed; never raises."""
     removed: list[Path] = []
     try:
         folders = [d for d in root.iterdir() if d.name.startswith("enmei-")]
@@ -154,9 +155,10 @@ def sweep_unheld(root: Path = RAM_ROOT, *, min_age_s: float = 60.0) -> list[Path
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
                 continue
             files = list(d.iterdir())
+            newest = max([st.st_mtime, *(f.lstat().st_mtime for f in files)])
         except OSError:
             continue
-        if not files and time.time() - st.st_mtime < min_age_s:
+        if time.time() - newest < min_age_s:
             continue
         if held is None:
             held = held_under(root)
