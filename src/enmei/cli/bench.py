@@ -255,6 +255,24 @@ def malware(as_json: JsonOpt = False,
 
 
 @app.command()
+def crossview(as_json: JsonOpt = False,
+              trials: Annotated[int, typer.Option(min=2, max=1000, help="Trials in all (detector runs)")] = 50,
+              sessions: Annotated[int, typer.Option(min=2, max=100, help="Guest boots (churn, hidden, ...)")] = 2,
+              ) -> None:
+    """Hidden processes found by comparing the guest's own process list with its memory read from outside
+    (QEMU, shared RAM; tpr, fpr, listing time for 256 MiB and 1 GiB guests)."""
+    import sys
+
+    from enmei.bench import crossview as bench_crossview
+
+    result = bench_crossview.run(trials, sessions=sessions, say=lambda line: print(line, file=sys.stderr, flush=True))
+    if as_json:
+        print(json.dumps(result))
+        return
+    emit("enmei bench crossview", {k: v for k, v in result.items() if k != "per_session"}, False)
+
+
+@app.command()
 def selfupdate(as_json: JsonOpt = False,
                runs: Annotated[int, typer.Option(min=1, max=100, help="Upgrades (medians are reported)")] = 5,
                units: Annotated[int, typer.Option(min=1, max=100, help="HTTP services, probed each period")] = 10,

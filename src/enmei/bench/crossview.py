@@ -1,0 +1,235 @@
+"""Benchmark: hidden processes found by cross-view (issue 17), on real TCG guests of the test image.
+
+A *session* boots one guest of the test image (``enmei image build --name crossview --specimens``) with
+shared RAM, the guest's own listing (``psview``) and benign churn (``churn``: short-lived processes,
+bursts of 40), and for the specimen also ``hide-bind`` (a sleep hidden by a bind mount over its
+``/proc/PID``; the guest names its pid on the console). In it, *trials* run one after another: each
+starts a fresh ``crossview`` detector and feeds it the ``crossview`` probe's observations until its
+first verdict. A trial of the specimen is a true positive if that verdict is ``hidden_process`` for the
+hidden pid; a trial of churn is a false positive if it is ``hidden_process`` at all (and so is a
+specimen trial's verdict naming another pid). Trials in one session share the boot (and the one hidden
+process): they measure the detector's repeatability, not independent infections — ``sessions`` says
+how many boots there were.
+
+``list_ms_256mib`` / ``list_ms_1gib``: the median time to walk the task list from outside in a 256 MiB
+guest (``nokaslr``) and a 1 GiB guest (KASLR on); ``locate_ms_*`` the one-off vmcoreinfo scan per boot.
+
+    python -m enmei.bench.crossview --trials 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import re
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from enmei.clock import SystemClock
+from enmei.config.qemu import QemuUnit
+from enmei.demo.ports import free_ports
+from enmei.detect.crossview import CrossviewDetector, CrossviewOptions
+from enmei.model import Verdict, VerdictKind
+from enmei.monitor.crossview import read_outside
+from enmei.monitor.crossview_probe import CrossviewProbe
+from enmei.visor.qemu import ImageInfo, QemuBackend
+from enmei.visor.qemu import image as images
+from enmei.visor.qemu.cmdline import MachinePaths
+from enmei.visor.qemu.guestmem import GuestMemory
+from enmei.visor.qemu.kernelinfo import KernelInfo, load
+
+__all__ = ["IMAGE", "KEYS", "Session", "run", "session", "specimen_image"]
+
+IMAGE = "crossview"
+KEYS = ("trials", "tpr", "fpr", "by_specimen", "list_ms_256mib", "list_ms_1gib")
+_HIDDEN_PID = re.compile(r"enmei-specimen: hide-bind pid (\d+)")
+
+
+def specimen_image() -> ImageInfo:
+    """The test image with the specimens (built once; cached while its inputs stay)."""
+    return images.build(IMAGE, specimens=True)
+
+
+def unit_spec(image: ImageInfo, specimens: list[str], *, memory_mib: int = 256, kaslr: bool = False,
+              psview_s: float = 1.0) -> QemuUnit:
+    args = [f"enmei.specimen={','.join(['psview', *specimens])}", f"enmei.psview={psview_s:g}"]
+    if not kaslr:
+        args.append("nokaslr")
+    (port,) = free_ports(1)
+    return QemuUnit.model_validate({
+        "backend": "qemu", "image": image.directory, "accel": "tcg", "forward": [f"{port}:80"],
+        "ready_timeout_s": 180.0, "phase_standby": False, "ram": "shared", "memory_mib": memory_mib,
+        "kernel_args": args})
+
+
+@dataclass
+class Session:
+    """What one boot gave: its trials (first verdicts), the hidden pid, listing timings."""
+
+    workload: str
+    memory_mib: int
+    kaslr: bool
+    hidden_pid: int | None = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    list_ms: list[float] = field(default_factory=list)
+    locate_ms: float | None = None
+    boot_s: float = 0.0
+
+
+async def session(backend: QemuBackend, state_dir: Path, image: ImageInfo, workload: str, trials: int, *,
+                  unit: str = "cv-vm", memory_mib: int = 256, kaslr: bool = False, max_trial_s: float = 90.0,
+                  options: CrossviewOptions | None = None, kernel: KernelInfo | None = None,
+                  say: Callable[[str], None] | None = None) -> Session:
+    """Boot a guest running ``workload`` (``hide-bind`` or ``churn``; churn runs in both), run ``trials``
+    detector runs in it, measure the outside listing, stop the guest (also on failure)."""
+    specimens = ["churn", "hide-bind"] if workload == "hide-bind" else ["churn"]
+    k: KernelInfo = kernel if kernel is not None else await asyncio.to_thread(load, Path(image.kernel))
+    clock = SystemClock()
+    out = Session(workload, memory_mib, kaslr)
+    t0 = clock.monotonic()
+    await backend.start(unit, unit_spec(image, specimens, memory_mib=memory_mib, kaslr=kaslr))
+    out.boot_s = round(clock.monotonic() - t0, 2)
+    paths = MachinePaths.for_unit(state_dir, unit)
+    console = backend.log_path(unit, "console") or paths.console
+    probe = CrossviewProbe(unit, "crossview", 0.5, clock, ram_path=paths.ram, console_path=console, kernel=k,
+                           console_from=0)
+    try:
+        out.locate_ms = await asyncio.to_thread(_locate_ms, paths.ram, k)
+        for i in range(trials):
+            det = CrossviewDetector(unit, options or CrossviewOptions(kind="crossview"))
+            first: Verdict | None = None
+            start = clock.monotonic()
+            while first is None and clock.monotonic() - start < max_trial_s:
+                obs = await probe.observe()
+                if obs.values.get("compared"):
+                    out.list_ms.append(probe.last_views[0].read_ms)
+                verdicts = det.feed(obs).verdicts
+                first = verdicts[0] if verdicts else None
+                if first is None:
+                    await clock.sleep(0.5)
+            if out.hidden_pid is None:
+                out.hidden_pid = await asyncio.to_thread(_hidden_pid, console)
+            row = {"workload": workload, "verdict": str(first.kind) if first else None,
+                   "pid": first.evidence.get("pid") if first else None,
+                   "detect_s": round(clock.monotonic() - start, 2),
+                   "evidence": dict(first.evidence) if first else {}}
+            out.trials.append(row)
+            if say is not None:
+                say(f"{workload} trial {i + 1}/{trials}: {row['verdict']} pid {row['pid']} "
+                    f"(hidden pid {out.hidden_pid}) after {row['detect_s']} s")
+    finally:
+        await probe.aclose()
+        with contextlib.suppress(Exception):
+            await backend.stop(unit, timeout_s=5.0)
+    return out
+
+
+def _locate_ms(ram: Path, k: KernelInfo) -> float:
+    with GuestMemory.open(ram) as mem:
+        t = time.perf_counter()
+        mem.locate(release=k.release, build_id=k.build_id)
+        ms = (time.perf_counter() - t) * 1e3
+        read_outside(mem, k, "list")
+        return round(ms, 1)
+
+
+def _hidden_pid(console: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        found = _HIDDEN_PID.findall(console.read_text(errors="replace"))
+        return int(found[-1]) if found else None
+    return None
+
+
+def summarize(sessions: list[Session]) -> dict[str, Any]:
+    """``{trials, tpr, fpr, by_specimen, list_ms_256mib, list_ms_1gib, ...}`` over ``sessions``."""
+    by: dict[str, dict[str, Any]] = {}
+    tp = fn = fp = tn = 0
+    hidden = str(VerdictKind.HIDDEN_PROCESS)
+    for s in sessions:
+        row = by.setdefault(s.workload, {"trials": 0, "found": 0, "accused": 0, "inconclusive": 0, "sessions": 0,
+                                         "detect_s": []})
+        row["sessions"] += 1
+        for t in s.trials:
+            row["trials"] += 1
+            row["inconclusive"] += int(t["verdict"] in (None, str(VerdictKind.INCONCLUSIVE)))
+            if s.workload == "hide-bind":
+                hit = t["verdict"] == hidden and s.hidden_pid is not None and t["pid"] == s.hidden_pid
+                tp += int(hit)
+                fn += int(not hit)
+                row["found"] += int(hit)
+                if t["verdict"] == hidden and not hit:
+                    fp += 1  # a process accused that is not the hidden one
+                    row["accused"] += 1
+                if hit:
+                    row["detect_s"].append(t["detect_s"])
+            else:
+                bad = t["verdict"] == hidden
+                fp += int(bad)
+                tn += int(not bad)
+                row["accused"] += int(bad)
+    for row in by.values():
+        ds = row.pop("detect_s")
+        row["median_detect_s"] = round(statistics.median(ds), 2) if ds else None
+    def median_ms(mib: int) -> float | None:
+        ms = [m for s in sessions if s.memory_mib == mib for m in s.list_ms]
+        return round(statistics.median(ms), 2) if ms else None
+
+    def locate(mib: int) -> float | None:
+        ms = [s.locate_ms for s in sessions if s.memory_mib == mib and s.locate_ms is not None]
+        return max(ms) if ms else None
+
+    return {"trials": sum(len(s.trials) for s in sessions), "sessions": len(sessions),
+            "tpr": round(tp / (tp + fn), 3) if tp + fn else None,
+            "fpr": round(fp / (fp + tn), 3) if fp + tn else None,
+            "by_specimen": by, "list_ms_256mib": median_ms(256), "list_ms_1gib": median_ms(1024),
+            "locate_ms_256mib": locate(256), "locate_ms_1gib": locate(1024),
+            "boot_s": [s.boot_s for s in sessions]}
+
+
+def run(trials: int = 50, *, sessions: int = 2, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``trials`` trials in all, over ``sessions`` boots of each of churn (256 MiB, nokaslr) and the
+    hidden process (1 GiB, KASLR), alternating; the summary plus ``per_session``."""
+    image = specimen_image()
+    k = load(Path(image.kernel))
+    plan = [("churn", 256, False), ("hide-bind", 1024, True)] * max(1, sessions // 2 + sessions % 2)
+    plan = plan[:max(2, sessions)]
+    each = [trials // len(plan) + (1 if i < trials % len(plan) else 0) for i in range(len(plan))]
+    done: list[Session] = []
+
+    async def go(workdir: Path) -> None:
+        state = workdir / "state"
+        backend = QemuBackend(clock=SystemClock(), state_dir=state, emit=lambda event: None)
+        try:
+            for i, ((workload, mib, kaslr), n) in enumerate(zip(plan, each, strict=True)):
+                if n:  # a unit of its own per boot: its console log holds that boot's listings only
+                    done.append(await session(backend, state, image, workload, n, unit=f"cv-{i}", memory_mib=mib,
+                                              kaslr=kaslr, kernel=k, say=say))
+        finally:
+            await backend.close()
+
+    with tempfile.TemporaryDirectory(prefix="enmei-bench-crossview-") as tmp:
+        asyncio.run(go(Path(tmp)))
+    out = summarize(done)
+    out["per_session"] = [{"workload": s.workload, "memory_mib": s.memory_mib, "kaslr": s.kaslr,
+                           "hidden_pid": s.hidden_pid, "locate_ms": s.locate_ms, "trials": s.trials}
+                          for s in done]
+    return out
+
+
+def main() -> None:  # pragma: no cover - a manual entry point
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=50)
+    ap.add_argument("--sessions", type=int, default=2)
+    a = ap.parse_args()
+    print(json.dumps(run(a.trials, sessions=a.sessions, say=print)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
