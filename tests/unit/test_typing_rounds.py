@@ -10,6 +10,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from typer.testing import CliRunner
+
+from enmei.cli.main import app
 from enmei.clock import FakeClock
 from enmei.config.model import TypingScheduleInjector
 from enmei.model import Observation
@@ -105,6 +108,11 @@ async def test_the_engine_runs_a_round_journals_it_and_isolates_a_keylogger(tmp_
         assert any(o["action"] == "isolate" and o["state"] == "succeeded" for o in rig.bodies("remedy.outcome", "vm"))
         g = rig.engine.backend("process")
         assert isinstance(g, Guest) and g.link == [False]
+        # what an operator reads: enmei box tail --kind injection --unit vm
+        out = CliRunner().invoke(app, ["box", "tail", "--journal", str(rig.journal.path), "--kind", "injection",
+                                       "--unit", "vm", "-n", "500"])
+        assert out.exit_code == 0, out.output
+        assert out.output.count(" injection ") == len(inj) and '"event":"round_end"' in out.output
         # no probe_failures verdict from the schedule's observations, no restart
         assert not [b for b in rig.bodies("verdict", "vm") if b["kind"] == "probe_failed"]
         assert not [d for d in rig.bodies("decision", "vm") if d["action"] == "restart"]
