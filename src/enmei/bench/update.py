@@ -271,8 +271,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--memory-mib", type=int, default=256)
     parser.add_argument("--accel", default="auto", choices=["auto", "tcg", "kvm"])
+    parser.add_argument("--probe-ms", type=float, default=5.0, help="the external prober's period")
     args = parser.parse_args()
-    print(json.dumps(run(args.runs, memory_mib=args.memory_mib, accel=args.accel), indent=2))
+    print(json.dumps(run(args.runs, memory_mib=args.memory_mib, accel=args.accel,
+                         probe_interval_s=args.probe_ms / 1000.0), indent=2))
 
 
 if __name__ == "__main__":

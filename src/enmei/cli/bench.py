@@ -191,12 +191,14 @@ def vmm(as_json: JsonOpt = False,
 
 @app.command()
 def update(as_json: JsonOpt = False,
-           runs: Annotated[int, typer.Option(help="Updates done each way (cold reboot, shadow update)")] = 5) -> None:
+           runs: Annotated[int, typer.Option(help="Updates done each way (cold reboot, shadow update)")] = 5,
+           probe_ms: Annotated[float, typer.Option(min=1.0, max=1000.0,
+                                                   help="The external prober's period, in ms")] = 5.0) -> None:
     """Downtime of a guest update (other boot files): cold reboot vs shadow update (QEMU, medians;
     a prober every 5 ms, a writer on the data disk throughout)."""
     from enmei.bench import update as bench_update
 
-    emit("enmei bench update", bench_update.run(runs), as_json)
+    emit("enmei bench update", bench_update.run(runs, probe_interval_s=probe_ms / 1000.0), as_json)
 
 
 @app.command(name="logs")
