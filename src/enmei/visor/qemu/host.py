@@ -30,6 +30,7 @@ import psutil
 from enmei.clock import wait_for
 from enmei.errors import StartError
 from enmei.visor.qemu import image as images
+from enmei.visor.qemu import ram
 from enmei.visor.qemu.accel import accel_key, choose_accel, probe_kvm
 from enmei.visor.qemu.qmp import EventFn, Monitor
 
@@ -189,11 +190,7 @@ class QemuHost:
 
     def free_bytes(self, folder: Path) -> int | None:
         """Bytes an unprivileged writer may still write on ``folder``'s file system (None: no such folder)."""
-        try:
-            st = os.statvfs(folder)
-        except OSError:
-            return None
-        return st.f_bavail * st.f_frsize
+        return ram.free_bytes(folder)
 
     def check_port_free(self, unit: str, port: int) -> None:
         """Raises ``StartError`` if 127.0.0.1:``port`` is in use."""
