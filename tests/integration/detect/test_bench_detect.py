@@ -26,14 +26,16 @@ def test_quick_run_reports_every_corpus_and_detector_at_thresholds_fixed_on_nab(
                          capture_output=True, text=True, timeout=1800, check=True)
     result = json.loads(out.stdout)
     assert [r["corpus"] for r in result["corpora"]] == ["nab", "smap", "msl", "ucr"]
-    assert set(result["detectors"]) >= {"enmei", "windowed_gaussian", "robust_z", "latency_charts"}
+    assert set(result["detectors"]) >= {"enmei", "windowed_gaussian", "robust_z", "latency", "latency_charts"}
     nab = result["corpora"][0]["detectors"]
     for row in result["corpora"]:
         assert row["files"] >= 1
         assert set(row["detectors"]) == set(result["detectors"])
-        # (The latency charts are reported, not a baseline: the margin is over the three baselines.)
+        # (The engine's latency stream and the charts are reported, not baselines: the margin is over the
+        # three baselines.)
         best_baseline = max(v["standard_fixed"] for d, v in row["detectors"].items()
-                            if d not in ("enmei", "latency_charts"))
+                            if d not in ("enmei", "latency", "latency_charts"))
+        assert "standard_at_engine_alpha" in row["detectors"]["latency"]
         assert row["margin_over_best_baseline_fixed"] == pytest.approx(
             row["detectors"]["enmei"]["standard_fixed"] - best_baseline)
         for det, figures in row["detectors"].items():
@@ -51,3 +53,15 @@ def test_quick_run_reports_every_corpus_and_detector_at_thresholds_fixed_on_nab(
         r["margin_over_best_baseline_fixed"] for r in result["corpora"])
     assert set(result["goals"]) == {"margin_10_points_every_corpus", "false_alarms_at_most_windowed_gaussian",
                                     "nab_test_folds_at_least_70"}
+
+
+def test_the_latency_learning_is_chosen_by_the_k_fold_protocol_among_the_candidates() -> None:
+    out = subprocess.run([sys.executable, "-m", "enmei", "bench", "detect", "--learning-sweep", "--quick", "--json"],
+                         capture_output=True, text=True, timeout=1800, check=True)
+    result = json.loads(out.stdout)
+    rows = result["candidates"]
+    assert set(rows) == {"30", "60", "120", "250", "probation"} and result["k"] == 2
+    eligible = {k: v["standard_fixed"] for k, v in rows.items() if k != "probation"}
+    assert str(result["chosen"]) == max(eligible, key=lambda k: (eligible[k], -int(k)))
+    for row in rows.values():
+        assert len(row["test_folds"]) == 2 and row["standard_fixed"] == sum(row["test_folds"]) / 2
