@@ -14,7 +14,8 @@ SRC = Path(enmei.__file__).parent
 PYPROJECT = SRC.parent.parent / "pyproject.toml"
 
 # Distribution name -> the top-level module it provides (where they differ).
-MODULE_OF = {"starlark-pyo3": "starlark", "qemu.qmp": "qemu", "prometheus-client": "prometheus_client"}
+MODULE_OF = {"starlark-pyo3": "starlark", "qemu.qmp": "qemu", "prometheus-client": "prometheus_client",
+             "scikit-learn": "sklearn"}
 
 
 def _declared() -> dict[str, str]:
