@@ -47,6 +47,7 @@ from enmei.visor.identity import parse_umask
 
 __all__ = [
     "Config",
+    "CrossviewProbe",
     "DegradeMode",
     "EscalateConfig",
     "ExecProbe",
@@ -351,7 +352,19 @@ def _check_regex(pattern: str | None) -> str | None:
     return pattern
 
 
-ProbeConfig = Annotated[HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe, Field(discriminator="kind")]
+class CrossviewProbe(_Model):
+    """``kind = "crossview"`` (VM units with ``ram = "shared"``): each process listing the guest prints on
+    its console compared with its memory read from outside (``enmei.monitor.crossview_probe``); the
+    ``crossview`` detector judges it."""
+
+    kind: Literal["crossview"]
+    name: str | None = None
+    interval_s: float = Field(default=1.0, gt=0, le=3600)
+    listing_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+
+
+ProbeConfig = Annotated[HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe | CrossviewProbe,
+                        Field(discriminator="kind")]
 ActiveProbe = (HttpProbe, TcpProbe, ExecProbe)  # probes that pass or fail (with a fail_after)
 
 
@@ -445,7 +458,7 @@ class TypingScheduleInjector(_Model):
 InjectorConfig = Annotated[HttpInjector | KeysInjector | TypingScheduleInjector, Field(discriminator="kind")]
 
 
-def probe_name(probe: HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe) -> str:
+def probe_name(probe: HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe | CrossviewProbe) -> str:
     """A probe's name: its ``name`` key, else derived from its kind (``http``, ``proc``...)."""
     if probe.name:
         return probe.name

@@ -21,12 +21,14 @@ import json
 from pathlib import Path
 
 from enmei.clock import Clock
+from enmei.config.model import CrossviewProbe as CrossviewProbeConfig
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.crossview import Difference, InsideListing, InsideReader, OutsideView, compare, read_outside
+from enmei.monitor.registry import ProbeSite, register
 from enmei.visor.qemu.errors import KernelInfoError
 from enmei.visor.qemu.guestmem import GuestMemory, MemoryReadError
-from enmei.visor.qemu.kernelinfo import KernelInfo
+from enmei.visor.qemu.kernelinfo import KernelInfo, load
 
 __all__ = ["CrossviewProbe", "suspect_lines"]
 
@@ -48,12 +50,12 @@ class CrossviewProbe(Probe):
     now, so that the output of earlier boots is not taken for this one's)."""
 
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock, *, ram_path: Path,
-                 console_path: Path, kernel: KernelInfo, listing_timeout_s: float = 30.0,
+                 console_path: Path, kernel: KernelInfo | Path, listing_timeout_s: float = 30.0,
                  console_from: int | None = None) -> None:
         super().__init__(unit, name, interval_s, clock)
         self.ram_path = ram_path
         self.console_path = console_path
-        self.kernel = kernel
+        self._kernel = kernel  # a path: derived (or read from the cache) at the first comparison
         self.listing_timeout_s = listing_timeout_s
         self._offset = console_from if console_from is not None else self._size()
         self._partial = b""
@@ -81,6 +83,12 @@ class CrossviewProbe(Probe):
         chunks = (self._partial + data).split(b"\n")
         self._partial = chunks.pop()[-65536:]
         return [c.decode("utf-8", "replace").rstrip("\r") for c in chunks]
+
+    @property
+    def kernel(self) -> KernelInfo:
+        if isinstance(self._kernel, Path):
+            self._kernel = load(self._kernel)
+        return self._kernel
 
     def _views(self) -> tuple[OutsideView, ...]:
         """The two outside views now; raises MemoryReadError / KernelInfoError with the reason."""
@@ -123,3 +131,25 @@ class CrossviewProbe(Probe):
         if self._mem is not None:
             self._mem.close()
             self._mem = None
+
+
+def _make(site: ProbeSite, cfg: CrossviewProbeConfig) -> CrossviewProbe:
+    """A crossview probe of a VM unit: its slot's shared RAM file, its console log, its image's kernel.
+    ``ValueError`` for a unit that is not a VM with shared RAM."""
+    from enmei.config.qemu import QemuUnit
+    from enmei.visor.qemu.cmdline import MachinePaths
+    from enmei.visor.qemu.image import resolve
+
+    spec = site.spec
+    state_dir = getattr(site.backend, "state_dir", None)
+    if not isinstance(spec, QemuUnit) or not isinstance(state_dir, Path):
+        raise ValueError(f"unit {site.unit}: a crossview probe needs a VM unit (backend = \"qemu\")")
+    if spec.ram == "private":
+        raise ValueError(f"unit {site.unit}: a crossview probe reads the guest's shared RAM: set ram = \"shared\"")
+    paths = MachinePaths.for_unit(state_dir, site.unit)
+    return CrossviewProbe(site.unit, site.name, cfg.interval_s, site.clock, ram_path=paths.ram,
+                          console_path=paths.console, kernel=Path(resolve(spec.image).kernel),
+                          listing_timeout_s=cfg.listing_timeout_s)
+
+
+register(CrossviewProbeConfig, _make)
