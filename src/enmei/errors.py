@@ -25,6 +25,7 @@ checks this drawing against the classes, and that each of them is raised somewhe
      |    +-- MissingDaemonError    daemons.base: its binary is missing (names the Debian package)
      +-- CtlError                   ctl.protocol: a ctl request cannot be served, or no enmei answers
      +-- StateFormatError           detect.base: a saved detector state is not one this version reads
+     +-- SignatureFileError         logs.signatures: a signature file is corrupt, foreign or inconsistent
      +-- TemplateFileError          logs.miner: a saved template file is corrupt, foreign or another version
      +-- UnknownBackendError        visor.registry: a config names a backend kind nobody registered
      +-- UnsafePathError            fsafe: a file enmei trusts has the wrong owner, mode or is a link

@@ -15,6 +15,7 @@ from enmei import __version__
 from enmei.cli import bench, box, ctl
 from enmei.cli import policy as policy_cmd
 from enmei.cli import report as report_cmd
+from enmei.cli import signatures as signatures_cmd
 from enmei.cli import update as update_cmd
 from enmei.cli import watch as watch_cmd
 from enmei.cli.common import Exit, console, err_console, fail
@@ -40,6 +41,7 @@ app.add_typer(box.app, name="box")
 app.add_typer(bench.app, name="bench")
 app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(ctl.app, name="ctl")
+app.add_typer(signatures_cmd.app, name="signatures")
 app.command(name="update")(update_cmd.update)
 ctl.app.command(name="update")(update_cmd.update)  # `enmei ctl update`: the same
 app.command(name="report")(report_cmd.report)
