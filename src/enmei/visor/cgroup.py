@@ -174,8 +174,14 @@ class Cgroup:
             poller = select.poll()
             poller.register(fd, select.POLLPRI | select.POLLERR)
             while True:
-                os.lseek(fd, 0, os.SEEK_SET)
-                if b"populated 0" in os.read(fd, 4096):
+                try:
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    events = os.read(fd, 4096)
+                except OSError as exc:
+                    if exc.errno == errno.ENODEV:
+                        return True  # removed meanwhile (by another stop): only an empty cgroup can be
+                    raise CgroupError(self.path, "wait", exc.strerror or str(exc)) from exc
+                if b"populated 0" in events:
                     return True
                 left = deadline - time.monotonic()
                 if left <= 0:
