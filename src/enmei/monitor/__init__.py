@@ -10,7 +10,7 @@ from __future__ import annotations
 from enmei.clock import Clock
 from enmei.config.model import UnitBase, probe_name
 from enmei.monitor import command as _command  # noqa: F401 - registers the exec probe
-from enmei.monitor import crossview_probe as _crossview  # noqa: F401 - registers the crossview probe
+from enmei.monitor import crossview_kind as _crossview  # noqa: F401 - registers the crossview probe
 from enmei.monitor.base import Probe
 from enmei.monitor.http import HttpProbe
 from enmei.monitor.lograte import LogProbe

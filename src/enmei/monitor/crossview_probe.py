@@ -21,11 +21,9 @@ import json
 from pathlib import Path
 
 from enmei.clock import Clock
-from enmei.config.model import CrossviewProbe as CrossviewProbeConfig
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.crossview import Difference, InsideListing, InsideReader, OutsideView, compare, read_outside
-from enmei.monitor.registry import ProbeSite, register
 from enmei.visor.qemu.errors import KernelInfoError
 from enmei.visor.qemu.guestmem import GuestMemory, MemoryReadError
 from enmei.visor.qemu.kernelinfo import KernelInfo, load
@@ -131,25 +129,3 @@ class CrossviewProbe(Probe):
         if self._mem is not None:
             self._mem.close()
             self._mem = None
-
-
-def _make(site: ProbeSite, cfg: CrossviewProbeConfig) -> CrossviewProbe:
-    """A crossview probe of a VM unit: its slot's shared RAM file, its console log, its image's kernel.
-    ``ValueError`` for a unit that is not a VM with shared RAM."""
-    from enmei.config.qemu import QemuUnit
-    from enmei.visor.qemu.cmdline import MachinePaths
-    from enmei.visor.qemu.image import resolve
-
-    spec = site.spec
-    state_dir = getattr(site.backend, "state_dir", None)
-    if not isinstance(spec, QemuUnit) or not isinstance(state_dir, Path):
-        raise ValueError(f"unit {site.unit}: a crossview probe needs a VM unit (backend = \"qemu\")")
-    if spec.ram == "private":
-        raise ValueError(f"unit {site.unit}: a crossview probe reads the guest's shared RAM: set ram = \"shared\"")
-    paths = MachinePaths.for_unit(state_dir, site.unit)
-    return CrossviewProbe(site.unit, site.name, cfg.interval_s, site.clock, ram_path=paths.ram,
-                          console_path=paths.console, kernel=Path(resolve(spec.image).kernel),
-                          listing_timeout_s=cfg.listing_timeout_s)
-
-
-register(CrossviewProbeConfig, _make)
