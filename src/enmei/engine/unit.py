@@ -79,6 +79,7 @@ class UnitRuntime:
         self.restarts: deque[float] = deque(maxlen=max(64, spec.restart.budget * 4))
         self.remedy: RemedyRun | None = None
         self._exit: asyncio.Future[Mapping[str, Any]] | None = None
+        self._start_abandoned = False  # EXITED because a cancel gave the start up (``_abandon_start``)
         self.load: dict[str, deque[tuple[float, float]]] = {}
         self._notify_dir = notify_dir
         self._ready = asyncio.Event()
@@ -123,6 +124,7 @@ class UnitRuntime:
             return
         if state not in ARCS[old]:
             raise StateError(f"unit {self.name}", str(old), tuple(str(s) for s in sorted(ARCS[old])))
+        self._start_abandoned = False
         self._state = state
         self.state_since = self.clock.monotonic()
         if state is UnitState.RUNNING:
@@ -334,11 +336,14 @@ class UnitRuntime:
         if not self.alive():
             if self._state in (UnitState.STARTING, UnitState.RUNNING):
                 self.set_state(UnitState.EXITED, "gone before the stop")
+            elif self._state is UnitState.EXITED and self._start_abandoned:
+                # a start given up because this stop cancelled it (``wait_stable``): the unit is stopped, as asked
+                self.set_state(UnitState.STOPPED, "stopped (its start was given up)")
             return
         self.set_state(UnitState.STOPPING, "stopping")
         await self.backend.stop(self.name, timeout_s=self._spec.stop_timeout_s if timeout_s is None else timeout_s)
-        if self._state is UnitState.STOPPING:
-            self.set_state(UnitState.STOPPED, "stopped")
+        if self._state is UnitState.STOPPING or (self._state is UnitState.EXITED and self._start_abandoned):
+            self.set_state(UnitState.STOPPED, "stopped")  # (also when the start this stop cancelled ended first)
         self.close_startup()
         self._identity_changed(self.name, None)
 
@@ -369,6 +374,7 @@ class UnitRuntime:
                 self._record(RecordKind.UNIT_EVENT, self.name, {"event": "stop_failed", "cause": exc.cause})
         if self._state in (UnitState.STARTING, UnitState.STOPPING):
             self.set_state(UnitState.EXITED, f"start failed: {why}")
+            self._start_abandoned = True
         if self._exit is not None and not self._exit.done():
             self._exit.set_result({"start_failed": why})
         self._identity_changed(self.name, None)
