@@ -114,7 +114,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if mark is not None:
             seconds = float(mark.args[0] if mark.args else mark.kwargs.get("timeout", default))
         if seconds > 0:
-            item.add_marker(pytest.mark.timeout(scaled(seconds)), append=False)
+            # (plus the margin in which ``support.hangs`` says where a test that used all of it is stuck)
+            item.add_marker(pytest.mark.timeout(scaled(seconds) + hangs.MARGIN_S), append=False)
 
 
 @pytest.hookimpl(wrapper=True)
