@@ -94,6 +94,7 @@ class VerdictKind(StrEnum):
     KEYLOGGER_SUSPECTED = "keylogger_suspected"  # the guest's I/O follows injected keys (or leaked the bait)
     BOT_SUSPECTED = "bot_suspected"  # outbound traffic that no request or input explains
     HIDDEN_PROCESS = "hidden_process"  # a process the guest's memory holds but its own view does not show
+    HIDDEN_MODULE = "hidden_module"  # a kernel module the guest's memory holds but its own view does not show
     CLEAN = "clean"  # an active test found nothing (its evidence says which test, how many samples)
     INCONCLUSIVE = "inconclusive"  # an active test could not decide (the reason is in the evidence)
 

@@ -15,6 +15,9 @@ or exit racing with one look never is. Verdicts:
 
 * ``hidden_process`` (critical), once per process, evidence: the process, ``how``, in how many
   comparisons in a row;
+* ``hidden_module`` (critical), once per module (name and address; suspect lines with ``what =
+  "module"``: missing from the guest's ``/proc/modules`` (``how = "proc"``), or found by a scan of the
+  modules area and on no module list (``how = "list"``)), the same evidence;
 * ``clean`` (info) after ``clean_after`` conclusive comparisons in a row with no confirmed suspect
   (then it counts again);
 * ``inconclusive`` (info) after ``max_inconclusive`` failed observations (``ok`` false) in a row, with
@@ -101,11 +104,18 @@ class CrossviewDetector:
                 while len(self._reported) > self.opts.max_suspects:
                     self._reported.popitem(last=False)
                 s = suspects[key]
+                ev = {**s, "comparisons_in_a_row": n, "confirm": self.opts.confirm}
+                if s.get("what") == "module":
+                    how = ("on no module list (found by a scan of module memory)" if s.get("how") == "list"
+                           else "missing from its /proc/modules")
+                    verdicts.append(Verdict(self.unit, self.name, VerdictKind.HIDDEN_MODULE, Severity.CRITICAL,
+                                            obs.mono, f"hidden kernel module in the guest: {s.get('name')} at "
+                                                      f"{s.get('address')}, {how}, in {n} comparisons in a row", ev))
+                    continue
                 how = "unlinked from the kernel's task list" if s.get("how") == "list" else "missing from its /proc"
                 verdicts.append(Verdict(self.unit, self.name, VerdictKind.HIDDEN_PROCESS, Severity.CRITICAL, obs.mono,
                                         f"hidden process in the guest: pid {s.get('pid')} ({s.get('comm')}), {how}, "
-                                        f"in {n} comparisons in a row",
-                                        {**s, "comparisons_in_a_row": n, "confirm": self.opts.confirm}))
+                                        f"in {n} comparisons in a row", ev))
         if verdicts:
             self._clean = 0
             health = (HealthReport(self.name, Health.FAILING, verdicts[0].summary),)
@@ -116,7 +126,8 @@ class CrossviewDetector:
         if self._clean >= self.opts.clean_after:
             self._clean = 0
             return self._verdict(VerdictKind.CLEAN, obs.mono,
-                                 f"cross-view clean: {self.opts.clean_after} comparisons without a hidden process",
+                                 f"cross-view clean: {self.opts.clean_after} comparisons without a hidden process "
+                                 "or module",
                                  {"comparisons": self.opts.clean_after, "unconfirmed": len(streak)})
         return NOTHING
 
@@ -129,7 +140,8 @@ class CrossviewDetector:
                 continue
             if isinstance(item, dict) and isinstance(item.get("key"), str):
                 out[item["key"]] = {k: v for k, v in item.items()
-                                    if k in ("key", "pid", "comm", "ppid", "uid", "start_s", "how")
+                                    if k in ("key", "what", "pid", "comm", "ppid", "uid", "start_s", "how",
+                                             "name", "address", "state")
                                     and isinstance(v, (str, int, float))}
         return out
 

@@ -16,8 +16,9 @@ row) make the view ``inconclusive`` with that reason, never a partial list passe
 
 Inside: the guest prints what its own ``/proc`` says (``guest/specimens/psview.sh`` in the test image):
 ``enmei-ps: begin SEQ UPTIME``, one ``enmei-ps: PID COMM`` per process whose
-``/proc/PID/stat`` it could read (as ``ps`` does), ``enmei-ps: end SEQ UPTIME``. ``InsideReader`` keeps
-the newest complete listing.
+``/proc/PID/stat`` it could read (as ``ps`` does), one ``enmei-ps: mod NAME`` per line of its
+``/proc/modules`` (what ``lsmod`` reads) and ``enmei-ps: mods COUNT``, ``enmei-ps: end SEQ UPTIME``.
+``InsideReader`` keeps the newest complete listing (modules compared in ``crossview_modules``).
 
 ``compare(inside, views)``: which processes are *hidden*: seen outside (in the list or the pid tree)
 after the inside listing ended, started (guest boot time) before it began — so they lived all through
@@ -208,6 +209,7 @@ class InsideListing:
     begin_s: float
     end_s: float
     pids: Mapping[int, str]  # pid -> comm
+    modules: frozenset[str] | None = None  # what its /proc/modules said; None: the listing had no modules part
 
 
 @dataclass
@@ -218,6 +220,8 @@ class InsideReader:
     _seq: int | None = None
     _begin: float = 0.0
     _pids: dict[int, str] = field(default_factory=dict)
+    _mods: list[str] = field(default_factory=list)
+    _mods_done: bool = False
 
     def feed(self, lines: Iterable[str]) -> list[InsideListing]:
         """Take console lines; returns the listings they completed (in order)."""
@@ -230,12 +234,20 @@ class InsideReader:
             try:
                 if parts[0] == "begin":
                     self._seq, self._begin, self._pids = int(parts[1]), float(parts[2]), {}
+                    self._mods, self._mods_done = [], False
                 elif parts[0] == "end":
                     if self._seq == int(parts[1]):
-                        listing = InsideListing(self._seq, self._begin, float(parts[2]), dict(self._pids))
+                        listing = InsideListing(self._seq, self._begin, float(parts[2]), dict(self._pids),
+                                                frozenset(self._mods) if self._mods_done else None)
                         self.newest = listing
                         done.append(listing)
                     self._seq = None
+                elif parts[0] == "mod" and self._seq is not None and len(self._mods) < _MAX_TASKS:
+                    self._mods.append(parts[1])
+                elif parts[0] == "mods" and self._seq is not None:
+                    if int(parts[1]) != len(self._mods):  # a module line lost: the listing is torn
+                        raise ValueError("module count")
+                    self._mods_done = True
                 elif self._seq is not None and len(self._pids) < _MAX_TASKS:
                     self._pids[int(parts[0])] = " ".join(parts[1:]) or "?"
             except (IndexError, ValueError):

@@ -4,8 +4,10 @@ Per observation: the console lines appended since the last one are read (``enmei
 ``enmei.monitor.crossview``); when a listing has completed, the task list and the pid tree are read
 from the guest's shared RAM file *after* it, and ``compare`` tells which processes lived through the
 listing without being in it (``how = "proc"``), and which hold a pid but are not on the task list
-(``how = "list"``). The observation (``values``: ``compared``, ``hidden``, ``hidden_from_list``,
-``tasks``, ``read_ms``, ``listing_seq``; ``lines``: one JSON object per suspect) goes to the
+(``how = "list"``); likewise for kernel modules (``enmei.monitor.crossview_modules``: the guest's
+``/proc/modules`` against the module list and a scan of the modules area). The observation (``values``:
+``compared``, ``hidden``, ``hidden_from_list``, ``hidden_modules``, ``hidden_modules_from_list``,
+``tasks``, ``modules``, ``read_ms``, ``listing_seq``; ``lines``: one JSON object per suspect) goes to the
 ``crossview`` detector (``enmei.detect.crossview``), which wants a suspect to persist before it judges.
 
 It never raises for what it observes: no RAM file, no vmcoreinfo yet, a view that cannot be read
@@ -24,6 +26,7 @@ from enmei.clock import Clock
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.crossview import Difference, InsideListing, InsideReader, OutsideView, compare, read_outside
+from enmei.monitor.crossview_modules import ModuleDifference, ModuleReader, ModuleView, compare_modules
 from enmei.visor.qemu.errors import KernelInfoError
 from enmei.visor.qemu.guestmem import GuestMemory, MemoryReadError
 from enmei.visor.qemu.kernelinfo import KernelInfo, load
@@ -33,13 +36,19 @@ __all__ = ["CrossviewProbe", "suspect_lines"]
 _MAX_READ = 4 << 20
 
 
-def suspect_lines(diff: Difference) -> tuple[str, ...]:
-    """One JSON line per suspect of ``diff`` (what the detector reads)."""
+def suspect_lines(diff: Difference, mods: ModuleDifference | None = None) -> tuple[str, ...]:
+    """One JSON line per suspect of ``diff`` and ``mods`` (what the detector reads): a process
+    (``what = "process"``, key ``PID:START_NS``) or a module (``what = "module"``, key ``mod:NAME@ADDR``)."""
     out: dict[str, dict[str, object]] = {}
     for how, tasks in (("list", diff.hidden_from_list), ("proc", diff.hidden)):
         for t in tasks:
             key = f"{t.pid}:{t.start_ns}"
-            out.setdefault(key, {"key": key, **t.to_json(), "how": how})
+            out.setdefault(key, {"key": key, "what": "process", **t.to_json(), "how": how})
+    if mods is not None:
+        for how, modules in (("list", mods.hidden_from_list), ("proc", mods.hidden)):
+            for m in modules:
+                key = f"mod:{m.key}"
+                out.setdefault(key, {"key": key, "what": "module", **m.to_json(), "how": how})
     return tuple(json.dumps(v, sort_keys=True) for v in out.values())
 
 
@@ -59,8 +68,10 @@ class CrossviewProbe(Probe):
         self._partial = b""
         self._inside = InsideReader()
         self._mem: GuestMemory | None = None
+        self._modules: ModuleReader | None = None
         self._since = clock.monotonic()
         self.last_views: tuple[OutsideView, ...] = ()
+        self.last_module_views: tuple[ModuleView, ...] = ()
 
     def _size(self) -> int:
         try:
@@ -88,22 +99,26 @@ class CrossviewProbe(Probe):
             self._kernel = load(self._kernel)
         return self._kernel
 
-    def _views(self) -> tuple[OutsideView, ...]:
-        """The two outside views now; raises MemoryReadError / KernelInfoError with the reason."""
+    def _views(self) -> tuple[tuple[OutsideView, ...], tuple[ModuleView, ...]]:
+        """The outside views now (processes, modules); raises MemoryReadError / KernelInfoError."""
         if self._mem is None:
             self._mem = GuestMemory.open(self.ram_path, label=self.unit)
         self._mem.locate(release=self.kernel.release, build_id=self.kernel.build_id)
-        return read_outside(self._mem, self.kernel, "list"), read_outside(self._mem, self.kernel, "pids")
+        if self._modules is None:
+            self._modules = ModuleReader(self.kernel)
+        procs = read_outside(self._mem, self.kernel, "list"), read_outside(self._mem, self.kernel, "pids")
+        return procs, self._modules.read(self._mem)
 
-    def _check(self, listing: InsideListing) -> tuple[Difference, tuple[OutsideView, ...]]:
+    def _check(self, listing: InsideListing) -> tuple[Difference, ModuleDifference, tuple[OutsideView, ...]]:
         try:
-            views = self._views()
+            views, mviews = self._views()
         except (MemoryReadError, KernelInfoError) as exc:
             if self._mem is not None:
                 self._mem.close()
                 self._mem = None  # map it again next time: the file may be a new boot's
-            return Difference((), (), reason=str(exc)), ()
-        return compare(listing, views), views
+            return Difference((), (), reason=str(exc)), ModuleDifference((), (), reason=str(exc)), ()
+        self.last_module_views = mviews
+        return compare(listing, views), compare_modules(listing.modules, mviews), views
 
     async def observe(self) -> Observation:
         now = self.clock.monotonic()
@@ -115,15 +130,22 @@ class CrossviewProbe(Probe):
             return self._obs(True, {"compared": 0.0})
         self._since = now
         listing = done[-1]
-        diff, views = await asyncio.to_thread(self._check, listing)
+        diff, mods, views = await asyncio.to_thread(self._check, listing)
         self.last_views = views
-        if not diff.conclusive:
-            return self._obs(False, {"compared": 0.0, "listing_seq": float(listing.seq)}, diff.reason)
+        if not diff.conclusive or not mods.conclusive:
+            return self._obs(False, {"compared": 0.0, "listing_seq": float(listing.seq)},
+                             diff.reason or mods.reason)
+        mviews = self.last_module_views
         obs = self._obs(True, {"compared": 1.0, "hidden": float(len(diff.hidden)),
                                "hidden_from_list": float(len(diff.hidden_from_list)),
                                "tasks": float(len(views[0].tasks)), "inside": float(len(listing.pids)),
-                               "read_ms": sum(v.read_ms for v in views), "listing_seq": float(listing.seq)})
-        return Observation(obs.unit, obs.probe, obs.ok, obs.mono, obs.wall, obs.values, None, suspect_lines(diff))
+                               "read_ms": sum(v.read_ms for v in views), "listing_seq": float(listing.seq),
+                               "hidden_modules": float(len(mods.hidden)),
+                               "hidden_modules_from_list": float(len(mods.hidden_from_list)),
+                               "modules": float(len(mviews[1].modules)) if mviews else 0.0,
+                               "module_read_ms": sum(v.read_ms for v in mviews)})
+        return Observation(obs.unit, obs.probe, obs.ok, obs.mono, obs.wall, obs.values, None,
+                           suspect_lines(diff, mods))
 
     async def aclose(self) -> None:
         if self._mem is not None:

@@ -66,3 +66,16 @@ def test_garbage_lines_and_other_probes_are_ignored() -> None:
     assert d.feed(Observation("vm", "http", True, 2.0, 2.0, {}, None, (json.dumps(s(1)),))).verdicts == ()
     assert [v.kind for v in d.feed(obs(3, [s(9, how="list")])).verdicts] == [VerdictKind.HIDDEN_PROCESS]
     json.dumps(d.state())
+
+
+def test_a_module_that_persists_is_a_hidden_module() -> None:
+    d = det(confirm=2)
+    m = {"key": "mod:rk@0xffffffffc0201000", "what": "module", "name": "rk", "address": "0xffffffffc0201000",
+         "state": "live", "how": "list"}
+    assert d.feed(obs(1, [m, s(42)])).verdicts == ()
+    j = d.feed(obs(2, [m]))  # the process was a race; the module persists
+    assert [v.kind for v in j.verdicts] == [VerdictKind.HIDDEN_MODULE]
+    v = j.verdicts[0]
+    assert v.evidence["name"] == "rk" and v.evidence["how"] == "list" and v.evidence["what"] == "module"
+    assert "on no module list" in v.summary and "rk" in v.summary
+    assert d.feed(obs(3, [m])).verdicts == ()

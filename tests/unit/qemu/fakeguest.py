@@ -19,6 +19,11 @@ IMAGE_LINK = START_KERNEL_MAP + 0x1000000  # its link address
 TASKS_PHYS = 0x400000
 PIDS_PHYS = 0x600000
 NOTE_PHYS = 0x700000
+MODULES_PHYS = 0x500000  # 1 MiB of "module memory", mapped at MODULES_VA with 4 KiB pages
+MODULES_VA = 0xFFFFFFFFC0200000
+PMD_MODULES, PTE_MODULES = 0x5000, 0x6000
+MODULES_HEAD_OFF = 0x800  # the kernel's ``modules`` list head, in the "kernel image" after init_task
+MODULE_SIZE = 0x200
 BUILD_ID = "ab12"
 
 OFFSETS = {
@@ -31,7 +36,7 @@ OFFSETS = {
     "pid.level": 4, "pid.numbers": 32, "pid.tasks": 8, "upid.nr": 0, "upid.ns": 8,
     "pid_namespace.idr": 0, "pid_namespace.level": 64, "idr.idr_rt": 0, "idr.idr_base": 16,
     "xarray.xa_head": 8, "xa_node.shift": 0, "xa_node.slots": 40,
-    "module.list": 8, "module.name": 24, "module.state": 0,
+    "module.list": 8, "module.name": 24, "module.state": 0, "module.mkobj": 96, "module_kobject.mod": 16,
 }
 TASK_SIZE = 256
 
@@ -39,7 +44,7 @@ TASK_SIZE = 256
 def kernel(init_task: int = IMAGE_LINK) -> KernelInfo:
     return KernelInfo(build_id=BUILD_ID, release="6.1-test", init_task=init_task, offsets=OFFSETS,
                       sizes={"task_struct": TASK_SIZE, "upid": 16, "module": 64, "pid": 48}, comm_len=16,
-                      source="fake", extra={"slots_per_node": 64})
+                      source="fake", extra={"slots_per_node": 64, "module_name_len": 56})
 
 
 class FakeGuest:
@@ -57,6 +62,13 @@ class FakeGuest:
         va = IMAGE_LINK + kaslr
         self._q(PUD_KERNEL + ((va >> 30) & 511) * 8, PMD_KERNEL | 3)
         self._q(PMD_KERNEL + ((va >> 21) & 511) * 8, IMAGE_PHYS | 0x83)
+        # the modules area: its PUD entry (511, beside the kernel image's), one PTE table of 256 pages
+        self._q(PUD_KERNEL + ((MODULES_VA >> 30) & 511) * 8, PMD_MODULES | 3)
+        self._q(PMD_MODULES + ((MODULES_VA >> 21) & 511) * 8, PTE_MODULES | 3)
+        for i in range(256):
+            self._q(PTE_MODULES + (((MODULES_VA >> 12) + i) & 511) * 8, (MODULES_PHYS + i * 4096) | 3)
+        self.modules: dict[str, int] = {}  # name -> struct module address
+        self.module_order: list[str] = []  # the module list after its head
         phys_base = IMAGE_PHYS - (va - START_KERNEL_MAP)
         pgd_va = START_KERNEL_MAP + PGD - phys_base  # its phys = va - START_KERNEL_MAP + phys_base
         note = (f"OSRELEASE=6.1-test\nBUILD-ID={build_id}\nSYMBOL(init_top_pgt)={pgd_va:x}\n"
@@ -68,10 +80,13 @@ class FakeGuest:
         self.node = PAGE_OFFSET + PIDS_PHYS + 0x1000
         self._task_at(self.init, 0, "swapper/0", 0, 0, kthread=True)
         self._q(self._p(self.ns) + OFFSETS["xarray.xa_head"], self.node | 2)
+        self.modules_head = self.init + MODULES_HEAD_OFF
         self.link()
 
     # -- raw access
     def _p(self, va: int) -> int:
+        if va >= MODULES_VA:
+            return va - MODULES_VA + MODULES_PHYS
         if va >= START_KERNEL_MAP:
             return va - self.init + IMAGE_PHYS
         return va - PAGE_OFFSET
@@ -125,12 +140,37 @@ class FakeGuest:
         self.ram[self._p(addr):self._p(addr) + TASK_SIZE] = bytes(TASK_SIZE)
         self.link()
 
+    def load(self, name: str, *, state: int = 0, on_list: bool = True, slot: int | None = None) -> int:
+        """A kernel module (at most 512 of them) in the modules area; on the module list unless ``on_list``
+        is false (it unlinked itself, ``list_del``: its pointers poisoned)."""
+        at = MODULES_VA + MODULE_SIZE * (len(self.modules) if slot is None else slot) + 0x40
+        p = self._p(at)
+        self.ram[p:p + MODULE_SIZE - 0x40] = bytes(MODULE_SIZE - 0x40)
+        struct.pack_into("<I", self.ram, p + OFFSETS["module.state"], state)
+        self.ram[p + 24:p + 24 + len(name)] = name.encode()
+        self._q(p + OFFSETS["module.mkobj"] + OFFSETS["module_kobject.mod"], at)
+        self._q(p + 8, 0xDEAD000000000100)
+        self._q(p + 16, 0xDEAD000000000122)
+        self.modules[name] = at
+        if on_list:
+            self.module_order.append(name)
+        self.link()
+        return at
+
+    def unload(self, name: str) -> None:
+        at = self.modules.pop(name)
+        if name in self.module_order:
+            self.module_order.remove(name)
+        self.ram[self._p(at):self._p(at) + MODULE_SIZE - 0x40] = bytes(MODULE_SIZE - 0x40)
+        self.link()
+
     def link(self) -> None:
-        """Write the task list (init_task, then ``order``) as a ring of list_heads."""
-        nodes = [self.init + 16] + [self.slots[p] + 16 for p in self.order]
-        for i, n in enumerate(nodes):
-            self.put(n, nodes[(i + 1) % len(nodes)])
-            self.put(n + 8, nodes[i - 1])
+        """Write the task list (init_task, then ``order``) and the module list as rings of list_heads."""
+        for nodes in ([self.init + 16] + [self.slots[p] + 16 for p in self.order],
+                      [self.modules_head] + [self.modules[m] + 8 for m in self.module_order]):
+            for i, n in enumerate(nodes):
+                self.put(n, nodes[(i + 1) % len(nodes)])
+                self.put(n + 8, nodes[i - 1])
 
     def memory(self) -> GuestMemory:
         return GuestMemory(bytes(self.ram), label="fake")

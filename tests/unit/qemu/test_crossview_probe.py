@@ -34,8 +34,28 @@ async def test_a_process_missing_from_the_listing_is_a_suspect(tmp_path: Path) -
     obs = await p.observe()
     assert obs.ok and obs.values["compared"] == 1.0 and obs.values["hidden"] == 1.0
     (line,) = obs.lines
-    assert json.loads(line) == {"key": "9:4000000000", "pid": 9, "comm": "sleep", "ppid": 1, "uid": 0,
-                                "start_s": 4.0, "kthread": False, "how": "proc"}
+    assert json.loads(line) == {"key": "9:4000000000", "what": "process", "pid": 9, "comm": "sleep", "ppid": 1,
+                                "uid": 0, "start_s": 4.0, "kthread": False, "how": "proc"}
+    await p.aclose()
+
+
+async def test_a_module_on_no_list_is_a_suspect(tmp_path: Path) -> None:
+    g = FakeGuest()
+    g.spawn(1, "init", 0.5, ppid=0)
+    g.load("ext4")
+    rk = g.load("rootkit", on_list=False)
+    (tmp_path / "ram").write_bytes(bytes(g.ram))
+    console = tmp_path / "console.log"
+    console.write_text("enmei-ps: begin 1 10.0\nenmei-ps: 1 init\nenmei-ps: mod ext4\nenmei-ps: mods 1\n"
+                       "enmei-ps: end 1 10.1\n")
+    p = CrossviewProbe("vm", "crossview", 1.0, FakeClock(), ram_path=tmp_path / "ram", console_path=console,
+                       kernel=kernel(), console_from=0)
+    obs = await p.observe()
+    assert obs.ok and obs.values["hidden"] == 0.0 and obs.values["modules"] == 2.0
+    assert obs.values["hidden_modules"] == 1.0 and obs.values["hidden_modules_from_list"] == 1.0
+    (line,) = obs.lines
+    assert json.loads(line) == {"key": f"mod:rootkit@{rk:#x}", "what": "module", "name": "rootkit",
+                                "address": f"{rk:#x}", "state": "live", "how": "list"}
     await p.aclose()
 
 

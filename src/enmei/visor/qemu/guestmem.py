@@ -218,6 +218,37 @@ class GuestMemory:
             table = frame
         raise MemoryReadError(f"kernel address {va:#x}: page walk did not end")  # pragma: no cover
 
+    def mapped(self, start: int, end: int, *, max_pages: int = 65536) -> list[int]:
+        """The kernel virtual addresses of the 4 KiB pages mapped in ``[start, end)`` (both 4 KiB
+        aligned), in order, found by walking the guest's page tables (a huge page counts as its 4 KiB
+        pages). ``MemoryReadError`` past ``max_pages`` pages or for a table outside RAM: a guest that maps
+        more than that is not walked whole, and says so."""
+        if self.info is None:
+            raise MemoryReadError("mapped before locate")
+        out: list[int] = []
+
+        def walk(table: int, level: int, base: int) -> None:
+            shift = (39, 30, 21, 12)[level]
+            span = 1 << shift
+            raw = self.read_phys(table, 4096)
+            for i, entry in enumerate(struct.unpack("<512Q", raw)):
+                va = base + i * span
+                if level == 0:  # sign-extend the top-level index into a canonical address
+                    va = (va | 0xFFFF000000000000) if i >= 256 else va
+                if va + span <= start or va >= end or not entry & _PRESENT:
+                    continue
+                if shift == 12 or (level in (1, 2) and entry & _HUGE):
+                    first, last = max(va, start), min(va + span, end)
+                    if len(out) + (last - first) // 4096 > max_pages:
+                        raise MemoryReadError(f"more than {max_pages} pages are mapped in "
+                                              f"{start:#x}-{end:#x}")
+                    out.extend(range(first, last, 4096))
+                    continue
+                walk(entry & _ADDR_MASK, level + 1, va)
+
+        walk(self.info.pgd_phys, 0, 0)
+        return out
+
     def read(self, va: int, n: int) -> bytes:
         """``n`` bytes at kernel virtual ``va`` (split at page boundaries as needed)."""
         out = bytearray()

@@ -42,7 +42,7 @@ from enmei.visor.qemu.errors import KernelInfoError
 
 __all__ = ["FIELDS", "Btf", "KernelInfo", "derive", "extract_vmlinux", "load"]
 
-_FORMAT = 1
+_FORMAT = 2  # 2: the module fields (module.mkobj, module_kobject.mod) for the module views
 
 #: The struct members read from guest memory: (struct, dotted member path) -> key ``struct.path``.
 FIELDS: tuple[tuple[str, str], ...] = (
@@ -56,7 +56,8 @@ FIELDS: tuple[tuple[str, str], ...] = (
     ("pid", "level"), ("pid", "numbers"), ("pid", "tasks"), ("upid", "nr"), ("upid", "ns"),
     ("pid_namespace", "idr"), ("pid_namespace", "level"), ("idr", "idr_rt"), ("idr", "idr_base"),
     ("xarray", "xa_head"), ("xa_node", "shift"), ("xa_node", "slots"),
-    ("module", "list"), ("module", "name"), ("module", "state"),
+    ("module", "list"), ("module", "name"), ("module", "state"), ("module", "mkobj"),
+    ("module_kobject", "mod"),
 )
 #: Structs whose size is needed.
 SIZES = ("task_struct", "upid", "module", "pid")

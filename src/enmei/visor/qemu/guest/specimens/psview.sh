@@ -3,6 +3,8 @@
 # the host's cross-view check, every enmei.psview=SECONDS (default 2). One listing is
 #   enmei-ps: begin SEQ UPTIME
 #   enmei-ps: PID COMM          (each process whose /proc/PID/stat this guest can read, as ps does)
+#   enmei-ps: mod NAME          (each module of /proc/modules, as lsmod lists them)
+#   enmei-ps: mods COUNT
 #   enmei-ps: end SEQ UPTIME
 # written to the console in one go. It forks nothing per listing (shell builtins only), so that it adds
 # no churn of its own.
@@ -25,6 +27,12 @@ while :; do
             out="$out${nl}enmei-ps: ${d#/proc/} $comm"
         fi
     done
+    n=0
+    while read -r name _; do
+        out="$out${nl}enmei-ps: mod $name"
+        n=$((n + 1))
+    done < /proc/modules
+    out="$out${nl}enmei-ps: mods $n"
     read -r up _ < /proc/uptime
     printf '%s\nenmei-ps: end %s %s\n' "$out" "$seq" "$up" > /dev/console
     sleep "$EVERY"
