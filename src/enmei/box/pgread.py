@@ -1,0 +1,356 @@
+"""Read, verify, export and migrate PostgreSQL journals (``enmei.box.api.JournalReader`` over one chain).
+
+``PgReader(dsn, supervisor)`` reads one supervisor's chain; every method raises ``BoxError`` (never a
+``psycopg`` error) when the database cannot be read. ``verify_pg`` checks every chain of the database
+(or one) with the same per-record checks as the SQLite ``verify`` (seq continuity, ``prev``, the hash),
+the anchors' signatures when given the key, and every cross-link: an anchor of one chain names the
+newest record of the others, and that record must still be there with that hash. ``migrate`` copies a
+verified SQLite journal into one chain, unchanged (the same seqs and hashes), and verifies it after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+from enmei.box.anchor import Anchors
+from enmei.box.pgdb import connect, ensure_schema, redact
+from enmei.box.pgstore import supervisors_on
+from enmei.box.record import GENESIS, Record
+from enmei.box.verify import VerifyResult, verify, verify_rows
+from enmei.errors import BoxError
+
+__all__ = ["FleetVerify", "MigrateResult", "PgReader", "export_pg", "migrate", "supervisors", "verify_pg"]
+
+_COLS = "seq, wall_ns, mono_ns, kind, unit, body, prev, hash"
+
+
+def _record(row: Sequence[Any]) -> Record:
+    return Record(int(row[0]), int(row[1]), int(row[2]), str(row[3]), str(row[4]), str(row[5]),
+                  bytes(row[6]), bytes(row[7]))
+
+
+@contextlib.contextmanager
+def _reading(where: str) -> Iterator[None]:
+    import psycopg
+
+    try:
+        yield
+    except psycopg.Error as exc:
+        text = str(exc).strip()
+        raise BoxError(f"{where}: cannot read the journal: {text.splitlines()[0] if text else exc!r}") from exc
+
+
+def supervisors(dsn: str) -> list[str]:
+    """The supervisors with a chain in the database at ``dsn``, sorted (``BoxError`` if unreachable)."""
+    conn = connect(dsn, autocommit=True)
+    try:
+        with _reading(redact(dsn)), conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('enmei_records')")
+            row = cur.fetchone()
+            return supervisors_on(cur) if row and row[0] else []
+    finally:
+        conn.close()
+
+
+class PgReader:
+    """A read-only view of supervisor ``supervisor``'s chain (None: the only chain in the database;
+    ``BoxError`` if there are several and none was named)."""
+
+    def __init__(self, dsn: str, supervisor: str | None = None) -> None:
+        self.dsn = dsn
+        if supervisor is None:
+            names = supervisors(dsn)
+            if len(names) != 1:
+                raise BoxError(f"{redact(dsn)}: {len(names)} supervisors' chains here "
+                               f"({', '.join(names) or 'none'}): name one (--host)")
+            supervisor = names[0]
+        self.supervisor = supervisor
+        self.location = f"{redact(dsn)}#{supervisor}"
+        self.conn: Any = connect(dsn, autocommit=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> PgReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _all(self, sql: str, args: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        with _reading(self.location), self.conn.cursor() as cur:
+            cur.execute(sql, (self.supervisor, *args))
+            return [tuple(r) for r in cur.fetchall()]
+
+    def _where(self, unit: str | None, kinds: list[str] | None, since_seq: int | None,
+               since_wall: float | None) -> tuple[str, list[object]]:
+        clauses = ["supervisor = %s"]
+        args: list[object] = []
+        if unit is not None:
+            clauses.append("unit = %s")
+            args.append(unit)
+        if kinds:
+            clauses.append("kind = ANY(%s)")
+            args.append(list(kinds))
+        if since_seq is not None:
+            clauses.append("seq > %s")
+            args.append(since_seq)
+        if since_wall is not None:
+            clauses.append("wall_ns >= %s")
+            args.append(int(since_wall * 1e9))
+        return " WHERE " + " AND ".join(clauses), args
+
+    def get(self, seq: int) -> Record | None:
+        rows = self._all(f"SELECT {_COLS} FROM enmei_records WHERE supervisor = %s AND seq = %s", (seq,))  # noqa: S608 - placeholders only
+        return _record(rows[0]) if rows else None
+
+    def last_seq(self) -> int:
+        rows = self._all("SELECT COALESCE(MAX(seq), 0) FROM enmei_records WHERE supervisor = %s")
+        return int(rows[0][0])
+
+    def count(self) -> int:
+        return int(self._all("SELECT COUNT(*) FROM enmei_records WHERE supervisor = %s")[0][0])
+
+    def tail(self, n: int = 20, *, unit: str | None = None, kinds: list[str] | None = None) -> list[Record]:
+        """The newest ``n`` records (oldest first), optionally of one unit and some kinds."""
+        where, args = self._where(unit, kinds, None, None)
+        rows = self._all(f"SELECT {_COLS} FROM enmei_records{where} ORDER BY seq DESC LIMIT %s", (*args, n))  # noqa: S608 - placeholders only
+        return [_record(r) for r in reversed(rows)]
+
+    def records(self, *, unit: str | None = None, kinds: list[str] | None = None,
+                since_seq: int | None = None, since_wall: float | None = None,
+                limit: int | None = None) -> Iterator[Record]:
+        """Records in seq order after ``since_seq`` / from ``since_wall``, filtered (read in pages)."""
+        where, args = self._where(unit, kinds, since_seq, since_wall)
+        left = limit
+        after = since_seq if since_seq is not None else 0
+        while left is None or left > 0:
+            page = 5000 if left is None else min(left, 5000)
+            w, a = self._where(unit, kinds, after, since_wall)
+            rows = self._all(f"SELECT {_COLS} FROM enmei_records{w} ORDER BY seq LIMIT %s", (*a, page))  # noqa: S608 - placeholders only
+            for row in rows:
+                yield _record(row)
+            if len(rows) < page:
+                return
+            after = int(rows[-1][0])
+            if left is not None:
+                left -= len(rows)
+        del where, args
+
+    def samples(self, unit: str, metric: str, *, since_wall: float = 0.0,
+                limit: int = 10_000) -> list[tuple[float, float]]:
+        """(wall, value) pairs of one metric of one unit, oldest first."""
+        rows = self._all("SELECT wall, value FROM (SELECT wall, value FROM enmei_samples WHERE supervisor = %s"
+                         " AND unit = %s AND metric = %s AND wall >= %s ORDER BY wall DESC LIMIT %s) s ORDER BY wall",
+                         (unit, metric, since_wall, limit))
+        return [(float(w), float(v)) for w, v in rows]
+
+    def metrics(self, unit: str) -> list[str]:
+        rows = self._all("SELECT DISTINCT metric FROM enmei_samples WHERE supervisor = %s AND unit = %s", (unit,))
+        return sorted(str(r[0]) for r in rows)
+
+    def latest_sample(self, unit: str, metric: str) -> float | None:
+        rows = self._all("SELECT value FROM enmei_samples WHERE supervisor = %s AND unit = %s AND metric = %s"
+                         " ORDER BY wall DESC LIMIT 1", (unit, metric))
+        return float(rows[0][0]) if rows else None
+
+    def counts_by_kind_unit(self) -> list[tuple[str, str, int]]:
+        """(kind, unit, number of records) for every kind and unit present, sorted by kind then unit."""
+        rows = self._all("SELECT kind, unit, COUNT(*) FROM enmei_records WHERE supervisor = %s"
+                         " GROUP BY kind, unit ORDER BY kind, unit")
+        return [(str(k), str(u), int(n)) for k, u, n in rows]
+
+
+# -- verify -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetVerify:
+    """Each chain's ``VerifyResult`` by supervisor, and the cross-links that do not hold."""
+
+    chains: dict[str, VerifyResult]
+    broken_links: tuple[str, ...] = ()
+    links_checked: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.chains.values()) and not self.broken_links
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "links_checked": self.links_checked, "broken_links": list(self.broken_links),
+                "chains": {name: {"ok": r.ok, "records": r.records, "last_seq": r.last_seq,
+                                  "last_hash": r.last_hash.hex(), "first_bad": r.first_bad, "why": r.reason}
+                           for name, r in self.chains.items()}}
+
+
+def verify_pg(dsn: str, *, supervisor: str | None = None, anchors: Anchors | None = None) -> FleetVerify:
+    """Verify the chain of ``supervisor`` (None: every chain) and all cross-links found in the chains
+    checked. With ``anchors``, every anchor record must carry a valid signature of the hash it names.
+    ``BoxError`` if the database cannot be read; a broken chain is a result, not an error."""
+    conn = connect(dsn, autocommit=False, statement_timeout_s=None)
+    where = redact(dsn)
+    try:
+        with _reading(where):
+            with conn.cursor() as cur:
+                names = supervisors_on(cur) if supervisor is None else [supervisor]
+            conn.commit()
+            chains: dict[str, VerifyResult] = {}
+            for name in names:
+                chains[name] = _verify_chain(conn, name, anchors)
+            links, broken = _check_links(conn, names, chains)
+    finally:
+        conn.close()
+    return FleetVerify(chains, tuple(broken), links)
+
+
+def _verify_chain(conn: Any, name: str, anchors: Anchors | None) -> VerifyResult:
+    # A server-side (named) cursor streams the chain in pages instead of loading it whole.
+    with conn.cursor(name=f"enmei_verify_{abs(hash(name))}") as cur:
+        cur.itersize = 20_000
+        cur.execute(f"SELECT {_COLS} FROM enmei_records WHERE supervisor = %s ORDER BY seq", (name,))  # noqa: S608 - placeholders only
+        res = verify_rows(cast(Any, _BytesRows(cur)))
+    conn.commit()
+    if not res.ok or anchors is None:
+        return res
+    with conn.cursor() as cur:
+        cur.execute("SELECT seq, body FROM enmei_records WHERE supervisor = %s AND kind = 'anchor' ORDER BY seq",
+                    (name,))
+        for seq, body in cur.fetchall():
+            try:
+                a = json.loads(body)
+                ok = anchors.valid(int(a["upto"]), bytes.fromhex(a["hash"]), str(a["hmac"]))
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
+                conn.commit()
+                return VerifyResult(res.records, res.last_seq, res.last_hash, int(seq),
+                                    f"anchor record {seq} does not carry a valid signature")
+    conn.commit()
+    return res
+
+
+class _BytesRows:
+    """A cursor whose BYTEA columns come back as ``bytes`` (psycopg may give ``memoryview``)."""
+
+    def __init__(self, cur: Any) -> None:
+        self.cur = cur
+
+    def fetchmany(self, n: int) -> list[tuple[Any, ...]]:
+        return [(*r[:6], bytes(r[6]), bytes(r[7])) for r in self.cur.fetchmany(n)]
+
+
+def _check_links(conn: Any, names: list[str], chains: dict[str, VerifyResult]) -> tuple[int, list[str]]:
+    """Every anchor's ``upto`` must name its own record's hash, and every peer it names must hold the
+    record it named, with that hash."""
+    broken: list[str] = []
+    checked = 0
+    with conn.cursor() as cur:
+        for name in names:
+            cur.execute("SELECT seq, body FROM enmei_records WHERE supervisor = %s AND kind = 'anchor' ORDER BY seq",
+                        (name,))
+            for seq, body in cur.fetchall():
+                try:
+                    a = json.loads(body)
+                    targets = [(name, int(a["upto"]), str(a["hash"]))]
+                    targets += [(str(p), int(v["seq"]), str(v["hash"])) for p, v in (a.get("peers") or {}).items()]
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    broken.append(f"{name} record {seq}: an anchor that cannot be read")
+                    continue
+                for peer, pseq, phash in targets:
+                    if pseq == 0:
+                        continue
+                    checked += 1
+                    cur.execute("SELECT hash FROM enmei_records WHERE supervisor = %s AND seq = %s", (peer, pseq))
+                    row = cur.fetchone()
+                    if row is None:
+                        broken.append(f"{name} record {seq} names {peer} record {pseq}, which is missing "
+                                      "(cut or rolled back)")
+                    elif bytes(row[0]).hex() != phash:
+                        broken.append(f"{name} record {seq} names {peer} record {pseq} with another hash "
+                                      "(rewritten)")
+    conn.commit()
+    del chains
+    return checked, broken
+
+
+# -- export and migrate -----------------------------------------------------------------------------
+
+
+def export_pg(dsn: str, supervisor: str | None = None) -> Iterator[dict[str, Any]]:
+    """Every record of one chain (None: every chain, one after the other) as ``Record.to_json()`` plus its
+    ``supervisor``."""
+    names = [supervisor] if supervisor is not None else supervisors(dsn)
+    for name in names:
+        with PgReader(dsn, name) as r:
+            for rec in r.records():
+                yield {"supervisor": name, **rec.to_json()}
+
+
+@dataclass(frozen=True)
+class MigrateResult:
+    records: int
+    samples: int
+    last_seq: int
+    last_hash: bytes
+    verified: FleetVerify = field(repr=False)
+
+
+def migrate(journal: Path, dsn: str, supervisor: str, *, anchors: Anchors | None = None,
+            batch: int = 5000) -> MigrateResult:
+    """Copy the SQLite journal at ``journal`` into ``supervisor``'s chain at ``dsn``, unchanged (the same
+    seqs, times, bodies and hashes) with its samples, in one transaction, then verify the chain there and
+    check that it ends with the SQLite journal's last hash.
+
+    Refuses (``BoxError``, nothing written) a SQLite journal that does not verify (with ``anchors`` if
+    given) and a supervisor that already has a chain in the database. If the check after fails, the
+    ``BoxError`` says so; the copy stays for inspection."""
+    from enmei.box.query import Reader
+
+    src = verify(journal, anchors=anchors)
+    if not src.ok:
+        raise BoxError(f"{journal}: does not verify (record {src.first_bad}: {src.reason}); not migrated")
+    conn = connect(dsn, statement_timeout_s=None)
+    n_samples = 0
+    try:
+        ensure_schema(conn)
+        with _reading(redact(dsn)):
+            with conn.cursor() as cur:
+                cur.execute("SELECT COUNT(*) FROM enmei_records WHERE supervisor = %s", (supervisor,))
+                row = cur.fetchone()
+                if row and int(row[0]):
+                    raise BoxError(f"{redact(dsn)}: supervisor {supervisor!r} already has a chain of {row[0]} "
+                                   "records there; not migrated (choose another --host)")
+                with Reader(journal) as r:
+                    rows: list[tuple[Any, ...]] = []
+                    for rec in r.records():
+                        rows.append((supervisor, rec.seq, rec.wall_ns, rec.mono_ns, rec.kind, rec.unit, rec.body,
+                                     rec.prev, rec.hash))
+                        if len(rows) >= batch:
+                            cur.executemany(_INSERT_ALL, rows)
+                            rows = []
+                    if rows:
+                        cur.executemany(_INSERT_ALL, rows)
+                    for unit in r.units_between(0.0, 1e12):
+                        for metric in r.metrics(unit):
+                            pts = r.samples(unit, metric, limit=10_000_000)
+                            cur.executemany("INSERT INTO enmei_samples VALUES (%s,%s,%s,%s,%s)",
+                                            [(supervisor, unit, metric, w, v) for w, v in pts])
+                            n_samples += len(pts)
+            conn.commit()
+    finally:
+        conn.close()
+    after = verify_pg(dsn, supervisor=supervisor, anchors=anchors)
+    res = after.chains.get(supervisor)
+    if res is None or not after.ok or res.last_seq != src.last_seq or res.last_hash != src.last_hash:
+        why = res.reason if res is not None and not res.ok else "its end differs from the SQLite journal's"
+        raise BoxError(f"{redact(dsn)}: the migrated chain of {supervisor!r} does not verify: {why}")
+    return MigrateResult(res.records, n_samples, res.last_seq, res.last_hash or GENESIS, after)
+
+
+_INSERT_ALL = ("INSERT INTO enmei_records (supervisor, seq, wall_ns, mono_ns, kind, unit, body, prev, hash)"
+               " VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)")
