@@ -42,6 +42,14 @@ the range), side, rule (``novel_context`` or ``range_break``), novel (the famili
 new), score, alpha (the sample's nominal false-alarm probability), alpha_level, repeat. CRITICAL when
 the latency is above 10 × the centre, else WARNING.
 
+**A slowdown that lasts** (rule ``sustained``): the scorer judges a value by the range it has seen, so
+one slow request seen earlier (a cold cache at start, a loaded host) would hide every later slowdown
+below it for good. So the stream also scores the rising edge of "the median of its last 16 (clipped
+log) values is above the 95th percentile of its learning values" at nominal alpha 1e-7: for
+independent samples of the learned distribution, 9 of 16 above its 95th percentile has probability
+below 1e-7 (60 learned values; with 20, about 5e-6). One episode, one alarm: the rule fires again only
+after the median came back below. A slowdown is thus judged at the latest ~9 samples after it began.
+
 **Hold-off and repeats** (each probe's own :class:`~enmei.detect.base.Threshold`): a verdict disarms
 that probe's stream; it re-arms after ``hold_off_s`` and 30 s below the level. The scorer reports an
 episode once (its first, rising edge), so a slowdown that *lasts* is told by another test: while the
@@ -59,6 +67,7 @@ detector) are skipped.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -83,6 +92,9 @@ DEFAULT_ALPHA = ALPHA
 _MAX_STREAMS = 16
 _RECENT = 16  # samples in the "does the slowdown last" median
 _QUANTILE = 0.95
+# The nominal alpha a sustained slowdown's first sample scores at: for independent samples of the learned
+# distribution, the median of 16 above its 95th percentile has probability below 1e-7 (see below).
+_SUSTAINED_ALPHA = 1e-7
 _SIDES = ("up", "both")
 
 
@@ -115,6 +127,8 @@ class LatencyStream(StreamingDetector):
         self._recent: deque[float] = deque(maxlen=_RECENT)
         # The last `confirm` scores (masked) and whether their values were beyond the 95th percentile.
         self._window: deque[tuple[float, bool]] = deque(maxlen=self.confirm)
+        self._was_lasting = False  # _sustained() at the last sample: the sustained rule fires on its rising edge
+        self.sustained_level = math.nan  # beyond it, a recent median is a sustained slowdown (see _sustained)
 
     @property
     def learned(self) -> bool:
@@ -154,8 +168,20 @@ class LatencyStream(StreamingDetector):
         confirmed = len(window) == self.confirm and all(a for _, a in window)
         ev["unconfirmed_score"] = score
         ev["confirmed"] = confirmed
+        result = first if confirmed else 0.0
+        # A slowdown that lasts is an anomaly even when no single value of it is new: one slow request
+        # seen earlier (a cold cache, a loaded host) widens the scorer's range for good, and a later
+        # slowdown below it would otherwise never be judged. The rising edge of lasting() scores at
+        # _SUSTAINED_ALPHA, so one sustained episode is one alarm.
+        lasting = self._sustained()
+        if lasting and not self._was_lasting:
+            sustained = self.inner.level_for(_SUSTAINED_ALPHA)
+            if sustained > result:
+                result = sustained
+                ev["rule"] = "sustained"
+        self._was_lasting = lasting
         self._ev = ev
-        return first if confirmed else 0.0
+        return result
 
     def _finish_learning(self) -> None:
         learn = self._learn or []
@@ -166,10 +192,24 @@ class LatencyStream(StreamingDetector):
         # Two-sided: the 95th percentile of the distance from the median.
         dist = sorted(abs(y - self.median) for y in ys)
         self.spread = dist[min(len(dist) - 1, math.ceil(_QUANTILE * len(dist)) - 1)]
+        self.sustained_level = self._sustained_level_of([y for y, _ in learn])
         for y, t in learn:  # the scorer learns the values as it will be fed them
             fed = max(y, self.median) if self.side == "up" else y
             self.inner.update(fed, t)
             self._recent.append(fed)
+
+    def _sustained_level_of(self, ys: list[float]) -> float:
+        """The level a recent median must pass to be a sustained slowdown, from the learning values in
+        their order: the median plus the widest of 3 robust standard deviations (MAD × 1.4826) widened
+        for autocorrelation, the distance to the 95th percentile, and a 25 % slowdown (log: ln 1.25; raw
+        values: 25 % of the median's size). A median of 16 correlated samples varies about as much as
+        fewer independent ones: the widening is sqrt((1 + r) / (1 - r)), r the lag-1 autocorrelation of
+        the learning values clipped to [0, 0.9] (on AR(1) log-latency noise with r 0.5–0.9 this kept the
+        rule's false alarms near 0 where the bare 3 deviations gave hundreds in 80,000 samples)."""
+        mad = statistics.median(abs(y - self.median) for y in ys) * 1.4826
+        r = min(0.9, max(0.0, _lag1(ys)))
+        floor = math.log(1.25) if self.log else 0.25 * abs(self.median)
+        return self.median + max(3.0 * mad * math.sqrt((1 + r) / (1 - r)), self.high - self.median, floor)
 
     def lasting(self) -> bool:
         """True while the median of the last 16 (clipped) values is above the learning's 95th
@@ -177,6 +217,12 @@ class LatencyStream(StreamingDetector):
         if self._learn is not None or len(self._recent) < _RECENT:
             return False
         return statistics.median(self._recent) > self.high
+
+    def _sustained(self) -> bool:
+        """True while the median of the last 16 (clipped) values is beyond :attr:`sustained_level`."""
+        if self._learn is not None or len(self._recent) < _RECENT:
+            return False
+        return statistics.median(self._recent) > self.sustained_level
 
     def upper(self) -> float | None:
         """The edge, in value units, of the range the stream has seen, widened by the novelty detector's
@@ -200,7 +246,9 @@ class LatencyStream(StreamingDetector):
     def _dump(self) -> Any:
         return {"inner": self.inner.state(), "learn": None if self._learn is None else [[y, t] for y, t in self._learn],
                 "recent": list(self._recent),
-                "window": [[sc, a] for sc, a in self._window], "median": _fin(self.median),
+                "window": [[sc, a] for sc, a in self._window], "was_lasting": self._was_lasting,
+                "sustained_level": _fin(self.sustained_level),
+                "median": _fin(self.median),
                 "high": _fin(self.high), "spread": _fin(self.spread)}
 
     def _load(self, data: Any) -> None:
@@ -220,6 +268,13 @@ class LatencyStream(StreamingDetector):
             obj._recent = deque((float(v) for v in body["recent"]), maxlen=_RECENT)
             obj._window = deque(((float(sc), bool(a)) for sc, a in body["window"]), maxlen=obj.confirm)
             obj.median, obj.high, obj.spread = (_unfin(body[k]) for k in ("median", "high", "spread"))
+            obj._was_lasting = bool(body.get("was_lasting", False))  # absent in states saved before it
+            level = body.get("sustained_level")
+            if level is not None:
+                obj.sustained_level = float(level)
+            elif obj._learn is None:  # a state saved before the sustained rule: no MAD was kept
+                floor = math.log(1.25) if obj.log else 0.25 * abs(obj.median)
+                obj.sustained_level = obj.median + max(obj.high - obj.median, floor)
             if obj._learn is None and not all(math.isfinite(v) for v in (obj.median, obj.high, obj.spread)):
                 raise ValueError("a learned stream needs its median and its 95th percentile")
         except StateFormatError:
@@ -227,6 +282,17 @@ class LatencyStream(StreamingDetector):
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise StateFormatError(cls.kind, f"malformed body: {exc!r}") from exc
         return obj
+
+
+def _lag1(ys: list[float]) -> float:
+    """The lag-1 autocorrelation of ``ys`` (0 when it is undefined: fewer than 3 values, no spread)."""
+    if len(ys) < 3:
+        return 0.0
+    mean = statistics.fmean(ys)
+    var = sum((y - mean) ** 2 for y in ys)
+    if not var > 0.0:
+        return 0.0
+    return sum((a - mean) * (b - mean) for a, b in itertools.pairwise(ys)) / var
 
 
 def _fin(x: float) -> float | None:

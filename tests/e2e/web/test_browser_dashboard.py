@@ -188,7 +188,8 @@ async def test_see_a_unit_watch_a_detection_restart_it_from_the_ui(live: Live, b
             return status == 200
 
         assert await until(inject_fault), f"the fault could not be injected: {live.records[-10:]}"
-        assert await until(lambda: live.has("verdict", kind="anomaly"), 15), "no anomaly verdict"
+        assert await until(lambda: live.has("verdict", kind="anomaly"), 15), (
+            f"no anomaly verdict; limits {live_limits_now(live.engine, 'web')}; last records {live.records[-8:]}")
         # The shipped policy answers a latency anomaly with a restart, which also clears the fault; if the
         # restart is under way the reset finds no one to answer, which is fine.
         with contextlib.suppress(OSError, TimeoutError):

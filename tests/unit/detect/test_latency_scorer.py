@@ -106,3 +106,38 @@ def test_bad_input_and_failed_probes_are_skipped() -> None:
     det.feed(Observation("web", "http", False, 9.0, 0.0, {"latency_s": 9.0}, "timeout", ()))
     # only the finite number (-1.0, floored) was learned
     assert det.streams["http"].state()["data"]["body"]["learn"] == [[math.log(1e-4), 4.0]]
+
+
+def test_one_slow_request_seen_before_does_not_hide_a_later_sustained_slowdown() -> None:
+    """The scorer judges a value by the range it has seen: one 150 ms request (in the learning or after
+    it) once hid a 30x slowdown to 60 ms for good. The sustained rule judges it ~8 samples in."""
+    for spike_at in (10, LEARNING + 50):
+        rng = random.Random(spike_at)
+        det = LatencyDetector("web", LatencyOptions(kind="latency", hold_off_s=5))
+        t = 0.0
+        for i in range(LEARNING + 100):
+            feed(det, "http", t, 0.15 if i == spike_at else noisy(rng, 0.002, 0.3))
+            t += 1.0
+        got: list[tuple[int, Verdict]] = []
+        for i in range(60):
+            got += [(i, v) for v in feed(det, "http", t, noisy(rng, 0.062, 0.1))]
+            t += 1.0
+        assert got, f"spike at {spike_at}: the sustained slowdown was never judged"
+        i, v = got[0]
+        assert i <= 10 and v.evidence["rule"] == "sustained" and not v.evidence["repeat"], (i, v.evidence)
+
+
+def test_the_sustained_rule_stays_silent_on_autocorrelated_noise_and_survives_a_restore() -> None:
+    """AR(1) log-latency noise (r 0.8): the widening for autocorrelation keeps the rule silent; the
+    level and the rule's edge are saved in the state."""
+    rng = random.Random(3)
+    stream = LatencyStream(learning=LEARNING)
+    level = scorer(LEARNING).level_for(1e-6)
+    z, rules = 0.0, []
+    for i in range(6000):
+        z = 0.8 * z + math.sqrt(1 - 0.8 ** 2) * rng.gauss(0.0, 0.2)
+        if stream.update(0.01 * math.exp(z), float(i)) >= level:
+            rules.append(stream.evidence().get("rule"))
+    assert "sustained" not in rules, rules
+    again = LatencyStream.from_state(stream.state())
+    assert again.sustained_level == stream.sustained_level and again.state() == stream.state()
