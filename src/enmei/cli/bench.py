@@ -209,6 +209,8 @@ def logs_cmd(as_json: JsonOpt = False,
              = None,
              drain3: Annotated[bool, typer.Option(help="Drain3 on the same lines (the bench extra)")] = True,
              hdfs: Annotated[bool, typer.Option(help="HDFS session classification (the bench extra)")] = True,
+             repeats: Annotated[int, typer.Option(
+                 min=1, max=20, help="Runs of each miner per set; the fastest is timed")] = 3,
              ) -> None:
     """Log template mining on the Loghub-2k sets (grouping and parsing accuracy, lines/s) with Drain3
     beside it, and anomalous HDFS sessions from template counts (precision, recall, F1)."""
@@ -219,7 +221,7 @@ def logs_cmd(as_json: JsonOpt = False,
     if unknown or not names:
         raise typer.BadParameter(f"unknown sets {unknown}; known: {', '.join(bench_logs.SETS)}", param_hint="--sets")
     try:
-        result = bench_logs.run(data, names, drain3=drain3, hdfs=hdfs)
+        result = bench_logs.run(data, names, drain3=drain3, hdfs=hdfs, repeats=repeats)
     except FileNotFoundError as exc:
         raise typer.BadParameter(f"{exc.filename}: not found (is the Loghub data there?)", param_hint="--data") from exc
     if as_json:

@@ -33,7 +33,7 @@ from typing import Any, Literal, NamedTuple
 
 from enmei.errors import EnmeiError
 from enmei.logs.masking import SEPARATORS as _SEPARATORS
-from enmei.logs.masking import WILDCARD, mask_line
+from enmei.logs.masking import WILDCARD, mask_key
 
 __all__ = ["FORMAT", "VERSION", "Match", "MinerSettings", "Template", "TemplateFileError", "TemplateMiner"]
 
@@ -126,6 +126,8 @@ def _is_word(tok: str) -> bool:
 
 
 _PUNCT = "\"'()[]{}<>.,;:!?=|"
+_LINE_CACHE_MAX_LINE = 1_024
+_LINE_CACHE_CHARS = 4_000_000  # at most ~16 MB of cached lines a miner
 
 
 def _clean(line: str | bytes, max_chars: int) -> str:
@@ -147,7 +149,9 @@ class TemplateMiner:
         self.settings = settings or MinerSettings()
         self._templates: OrderedDict[int, Template] = OrderedDict()  # least recently seen first
         self._index: dict[tuple[int, str], list[int]] = {}
-        self._cache: dict[tuple[str, ...], int] = {}
+        self._cache: dict[str, int] = {}  # masked line (tokens joined by a space) -> template id
+        self._lines: dict[str, int] = {}  # line as given (cleaned) -> template id
+        self._line_chars = 0
         self._families: dict[tuple[str, ...], list[int]] = {}
         self._aliases: dict[int, int] = {}  # merged template id -> the id it was merged into
         self._next_id = 1
@@ -158,17 +162,46 @@ class TemplateMiner:
     def add(self, line: str | bytes) -> Match:
         """Match one line, learning from it: its template (new or grown if need be)."""
         s = self.settings
-        tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
-        key = tuple(tokens)
-        tid = self._cache.get(key)
+        if type(line) is str and line.isascii() and len(line) <= s.max_line_chars:
+            text = line  # the usual case, without a call
+        else:
+            text = _clean(line, s.max_line_chars)
+        tid = self._lines.get(text)
+        key = None
+        if tid is None:
+            key = mask_key(text, s.max_tokens)
+            tid = self._cache.get(key)
         if tid is not None:
             if tid in self._aliases:
                 tid = self.resolve(tid)
-            if tid in self._templates:
-                t = self._templates[tid]
+            t = self._templates.get(tid)
+            if t is not None:
                 self._templates.move_to_end(tid)
                 t.count += 1
+                if key is not None:
+                    self._remember_line(text, tid)
                 return Match(tid, t.text, "none")
+        if key is None:
+            key = mask_key(text, s.max_tokens)
+        m = self._learn(key)
+        self._remember_line(text, m.template_id)
+        return m
+
+    def _remember_line(self, text: str, tid: int) -> None:
+        # Many lines repeat exactly (half of Loghub-2k's lines repeat an earlier one of their set): the
+        # line itself, not only its masked form, is a key. Bounded in entries and in characters.
+        if len(text) > _LINE_CACHE_MAX_LINE:
+            return
+        if len(self._lines) >= self.settings.cache_size or self._line_chars > _LINE_CACHE_CHARS:
+            self._lines.clear()
+            self._line_chars = 0
+        self._lines[text] = tid
+        self._line_chars += len(text)
+
+    def _learn(self, key: str) -> Match:
+        """A masked line that is in no cache: the most similar template takes it in, or a new one."""
+        s = self.settings
+        tokens = key.split(" ") if key else []
         best, best_sim, near = self._best(tokens)
         if best is not None and best_sim >= s.similarity:
             merged = [_merge_token(a, b) for a, b in zip(best.tokens, tokens, strict=True)]
@@ -238,8 +271,9 @@ class TemplateMiner:
     def match(self, line: str | bytes) -> Match | None:
         """The template a line belongs to without learning from it, or None if none is close enough."""
         s = self.settings
-        tokens = mask_line(_clean(line, s.max_line_chars), s.max_tokens)
-        tid = self._cache.get(tuple(tokens))
+        key = mask_key(_clean(line, s.max_line_chars), s.max_tokens)
+        tokens = key.split(" ") if key else []
+        tid = self._cache.get(key)
         if tid is not None:
             tid = self.resolve(tid)
             if tid in self._templates:
@@ -286,7 +320,7 @@ class TemplateMiner:
                 best, best_sim, best_count = t, sim, t.count
         return best, best_sim, near
 
-    def _remember(self, key: tuple[str, ...], tid: int) -> None:
+    def _remember(self, key: str, tid: int) -> None:
         if len(self._cache) >= self.settings.cache_size:
             self._cache.clear()  # bounded; the next lines fill it again with what is current
         self._cache[key] = tid

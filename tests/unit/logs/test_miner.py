@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from enmei.errors import EnmeiError
-from enmei.logs.masking import mask_line, mask_token, normalise_template
+from enmei.logs import masking
+from enmei.logs.masking import forget_memos, mask_line, mask_token, normalise_template
 from enmei.logs.miner import FORMAT, MinerSettings, TemplateFileError, TemplateMiner
 
 
@@ -43,6 +44,34 @@ def test_masking_rules(token: str, masked: str) -> None:
 def test_variables_spanning_tokens_are_one_wildcard() -> None:
     assert mask_line("at 2005-06-03 15:42:50 from 10.0.0.1 port 22", 100) == ["at", "<*>", "from", "<*>", "port", "<*>"]
     assert normalise_template("a <*>:<*>  <*>-<*> b") == "a <*> b"
+
+
+def test_masking_a_line_by_its_shape_is_masking_each_token() -> None:
+    # A line's masks are memoised by shape (digits written alike): tokens whose digits survive masking,
+    # a 0 before an x (hex), and values that differ only in their digits must come out as if each token
+    # were masked on its own, whatever was seen before.
+    tokens = ["en0", "en5", "SOCKS5", "SOCKS4", "0x1f", "10x5", "1x0f", "a0x3", "0X00ff:7", "ipv6", "ipv4",
+              "blk_-1608999687919862906", "blk_-1111111111111111111", "log4j", "v2.1", "h264", "x86_64",
+              "10.0.0.1:80", "/a/b0/c", "ab12", "a123", "1a", "é5", "٣٤"]
+    forget_memos()
+    expect = []
+    for t in tokens:
+        m = mask_token(t)
+        expect.append("<*>" if m != "<*>" and "<*>" in m and masking._WILD_RUN.fullmatch(m) else m)
+    for order in (tokens, list(reversed(tokens))):
+        forget_memos()
+        for t in order:
+            assert mask_line(f"x {t} y", 10) == ["x", expect[tokens.index(t)], "y"], t
+
+
+def test_an_exact_repeat_takes_the_line_cache_and_its_template_stays_right() -> None:
+    m = TemplateMiner(MinerSettings(cache_size=3))
+    first = m.add("worker 7 took 12ms").template_id
+    assert m.add("worker 7 took 12ms").template_id == first
+    for i in range(10):  # past the cache bound: the caches start again, the answer stays the same
+        m.add(f"job {i} of kind k{i}x done")
+    assert len(m._lines) <= 3 and len(m._cache) <= 3
+    assert m.add("worker 7 took 12ms") == (first, "worker <*> took <*>", "none")
 
 
 USERS = ["root", "alice", "bob", "carol", "dave", "erin", "frank"]
