@@ -42,3 +42,19 @@ def test_dsn_checks() -> None:
             check_dsn(bad)
     assert redact("postgresql://u:secret@h/db") == "postgresql://u:***@h/db"
     assert lock_key("a") != lock_key("b") and 0 < lock_key("a") < 1 << 63
+
+
+def test_a_bad_journal_url_is_a_config_error_naming_the_key_and_line(tmp_path: Path) -> None:
+    from enmei.config.load import load_text
+    from enmei.errors import ConfigError
+
+    text = '[supervisor]\nstate_dir = "s"\njournal = "postgresql://db.example:70000/enmei"\n'
+    with pytest.raises(ConfigError) as info:
+        load_text(text, tmp_path / "enmei.toml")
+    err = info.value
+    assert err.key == "supervisor.journal" and err.line == 3 and "out of range" in str(err)
+    ok = load_text('[supervisor]\njournal = "postgresql://enmei@127.0.0.1:5432/enmei"\nhost = "h1"\n',
+                   tmp_path / "enmei.toml")
+    assert ok.journal_dsn is not None and ok.host_name == "h1" and ok.journal_path.name == "journal.spool"
+    plain = load_text("[supervisor]\n", tmp_path / "enmei.toml")
+    assert plain.journal_dsn is None and plain.journal_path.name == "journal.sqlite"

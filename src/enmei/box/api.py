@@ -13,10 +13,14 @@ from is the implementation's to say in its docstring.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from enmei.box.record import Record
+
+if TYPE_CHECKING:
+    from enmei.box.anchor import Anchors
 
 __all__ = ["JournalReader", "JournalWriter", "is_dsn"]
 
@@ -30,7 +34,14 @@ def is_dsn(location: str) -> bool:
 class JournalWriter(Protocol):
     """The writer side of a journal: ``append`` chains and queues a record and returns its seq at once;
     the record is acknowledged when ``durable_seq`` reaches it. ``status`` is ``"ok"`` or ``"degraded"``
-    (``error`` says why); while degraded, appends still succeed and nothing acknowledged is lost."""
+    (``error`` says why); while degraded, appends still succeed and nothing acknowledged is lost.
+    ``path`` is the journal's file on this host (for PostgreSQL: its local spool), ``location`` what to
+    show a person (a file name, or the redacted DSN and the supervisor's name)."""
+
+    path: Path
+    location: str
+    anchors: Anchors | None
+    on_trouble: Callable[[str | None], None] | None
 
     def open(self) -> Any: ...
     def close(self, timeout_s: float = 10.0) -> None: ...
@@ -57,7 +68,9 @@ class JournalWriter(Protocol):
 @runtime_checkable
 class JournalReader(Protocol):
     """A read-only view of one hash chain; every method raises ``BoxError`` (never a driver's error)
-    when the journal cannot be read."""
+    when the journal cannot be read. ``location`` names it for a person."""
+
+    location: str
 
     def close(self) -> None: ...
     def get(self, seq: int) -> Record | None: ...

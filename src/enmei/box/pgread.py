@@ -335,7 +335,7 @@ def migrate(journal: Path, dsn: str, supervisor: str, *, anchors: Anchors | None
                             rows = []
                     if rows:
                         cur.executemany(_INSERT_ALL, rows)
-                    for unit in r.units_between(0.0, 1e12):
+                    for unit in r.units_between(0.0, 9.0e9):
                         for metric in r.metrics(unit):
                             pts = r.samples(unit, metric, limit=10_000_000)
                             cur.executemany("INSERT INTO enmei_samples VALUES (%s,%s,%s,%s,%s)",

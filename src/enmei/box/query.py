@@ -43,6 +43,7 @@ class Reader:
     def __init__(self, path: str | Path) -> None:
         """Open ``path`` read-only. Raises ``BoxError`` if it is missing or not (yet) a journal."""
         self.path = Path(path)
+        self.location = str(self.path)
         self.conn: sqlite3.Connection = connect(self.path, readonly=True)
         try:
             self.conn.execute("SELECT seq FROM records LIMIT 1").fetchall()

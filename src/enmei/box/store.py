@@ -94,6 +94,7 @@ class Journal:
         check_start: bool = True,
     ) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self.check_start = check_start
         self._wall_ns = wall_ns
         self._mono_ns = mono_ns

@@ -48,8 +48,24 @@ class LoadedConfig:
         return (self.base_dir / self.config.supervisor.state_dir).resolve()
 
     @property
+    def journal_dsn(self) -> str | None:
+        """The PostgreSQL URL of ``[supervisor] journal``, or None for a journal file."""
+        value = self.config.supervisor.journal
+        return value if value.startswith(("postgresql:", "postgres:")) else None
+
+    @property
     def journal_path(self) -> Path:
+        """The journal file; for a PostgreSQL journal, its local spool (``journal.spool`` in state_dir)."""
+        if self.journal_dsn is not None:
+            return self.state_dir / "journal.spool"
         return self.state_dir / self.config.supervisor.journal
+
+    @property
+    def host_name(self) -> str:
+        """``[supervisor] host``, else the machine's hostname."""
+        import socket
+
+        return self.config.supervisor.host or socket.gethostname()
 
     @property
     def anchor_key_path(self) -> Path | None:

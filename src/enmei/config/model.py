@@ -98,6 +98,22 @@ class SupervisorConfig(_Model):
     summary_every_s: float = Field(default=60.0, gt=0)
     alert_command: list[str] | None = None  # run for every alert, the alert as JSON on stdin
     tick_s: float = Field(default=1.0, gt=0, le=60)
+    # This supervisor's name in a shared journal (one hash chain each) and in the fleet's host leases;
+    # default: the machine's hostname. Two supervisors sharing a database need different names.
+    host: str | None = Field(default=None, min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("journal")
+    @classmethod
+    def _journal(cls, value: str) -> str:
+        # A file inside state_dir, or a PostgreSQL database (``postgresql://USER@HOST:PORT/DB``); the
+        # check is the stdlib's, so loading a config never imports psycopg.
+        if value.startswith(("postgresql:", "postgres:")):
+            from enmei.box.pgdb import check_dsn
+
+            return check_dsn(value)
+        if not value or "\x00" in value:
+            raise ValueError("the journal is a file name (inside state_dir) or a postgresql:// URL")
+        return value
 
 
 class LogConfig(_Model):

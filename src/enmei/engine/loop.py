@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from enmei.box.anchor import Anchors
+from enmei.box.api import JournalWriter
 from enmei.box.store import Journal
 from enmei.clock import Clock, SystemClock
 from enmei.config.load import LoadedConfig
@@ -102,7 +103,7 @@ class Engine:
         self,
         loaded: LoadedConfig,
         *,
-        journal: Journal,
+        journal: JournalWriter,
         clock: Clock | None = None,
         policy: Policy | None = None,
         backends: Mapping[str, BackendFactory] | None = None,  # kind -> factory, over the registry's
@@ -1118,10 +1119,20 @@ def _answer(cmd: Command, answer: Mapping[str, Any]) -> None:
                               "rejected": None, "suppressed": None, **answer})
 
 
-def journal_for(loaded: LoadedConfig) -> Journal:
+def journal_for(loaded: LoadedConfig) -> JournalWriter:
     """The journal a config names, with its anchors and witnesses (the key is made for a new journal
-    only: ``IntegrityError`` if the journal exists and the key does not), not yet opened."""
+    only: ``IntegrityError`` if the journal exists and the key does not), not yet opened. A
+    ``postgresql://`` journal is this supervisor's (``[supervisor] host``) chain there, with its spool in
+    the state dir and its anchors signed with the same key (no head file: the peers' cross-links and the
+    database's own durability take its place)."""
     key = loaded.anchor_key_path
+    if loaded.journal_dsn is not None:
+        from enmei.box.pgstore import PgJournal
+
+        pg_anchors = (Anchors.from_files(key, loaded.state_dir / "journal.pg.head") if key is not None
+                      else None)
+        return PgJournal(loaded.journal_dsn, supervisor=loaded.host_name, spool_path=loaded.journal_path,
+                         samples_retention_s=loaded.config.supervisor.samples_retention_s, anchors=pg_anchors)
     witness = [loaded.witness_path] if loaded.witness_path is not None else []
     anchors = Anchors.for_journal(key, loaded.journal_path, witness) if key is not None else None
     return Journal(loaded.journal_path, samples_retention_s=loaded.config.supervisor.samples_retention_s,

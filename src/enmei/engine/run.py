@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from enmei.box import Journal
+from enmei.box.api import JournalWriter
 from enmei.clock import Clock
 from enmei.config.load import LoadedConfig
 from enmei.ctl.server import serve_control
@@ -135,7 +135,7 @@ async def _self_check(loaded: LoadedConfig, policy: Policy, handoff: Handoff, st
     return handed
 
 
-async def _run(loaded: LoadedConfig, journal: Journal, policy: Policy, clock: Clock | None,
+async def _run(loaded: LoadedConfig, journal: JournalWriter, policy: Policy, clock: Clock | None,
                on_start: Callable[[Engine], None] | None, companion: Hook | None, judge_factory: Any,
                notifier: ServiceNotifier | None, upgrader: Upgrader | None = None, handoff: Handoff | None = None,
                handed: Handed | None = None, first: list[dict[str, Any]] | None = None) -> Engine:
