@@ -49,7 +49,16 @@ __all__ = ["IMAGE", "KEYS", "Session", "run", "session", "specimen_image"]
 
 IMAGE = "crossview"
 KEYS = ("trials", "tpr", "fpr", "by_specimen", "list_ms_256mib", "list_ms_1gib")
-_HIDDEN_PID = re.compile(r"enmei-specimen: hide-bind pid (\d+)")
+#: workload -> the guest's specimens (churn always; module churn where modules are looked at)
+WORKLOADS: dict[str, tuple[str, ...]] = {
+    "churn": ("churn", "modchurn"),
+    "hide-bind": ("churn", "hide-bind"),
+    "hide-task": ("churn", "hide-task"),
+    "hide-module": ("churn", "modchurn", "hide-module"),
+}
+#: the module specimen's name (what a hidden_module verdict must name)
+HIDDEN_MODULE = "cv_hide_self"
+_HIDDEN_PID = re.compile(r"enmei-specimen: hide-(?:bind|task) pid (\d+)")
 
 
 def specimen_image() -> ImageInfo:
@@ -87,9 +96,9 @@ async def session(backend: QemuBackend, state_dir: Path, image: ImageInfo, workl
                   unit: str = "cv-vm", memory_mib: int = 256, kaslr: bool = False, max_trial_s: float = 90.0,
                   options: CrossviewOptions | None = None, kernel: KernelInfo | None = None,
                   say: Callable[[str], None] | None = None) -> Session:
-    """Boot a guest running ``workload`` (``hide-bind`` or ``churn``; churn runs in both), run ``trials``
+    """Boot a guest running ``workload`` (a key of ``WORKLOADS``; churn runs in all), run ``trials``
     detector runs in it, measure the outside listing, stop the guest (also on failure)."""
-    specimens = ["churn", "hide-bind"] if workload == "hide-bind" else ["churn"]
+    specimens = list(WORKLOADS[workload])
     k: KernelInfo = kernel if kernel is not None else await asyncio.to_thread(load, Path(image.kernel))
     clock = SystemClock()
     out = Session(workload, memory_mib, kaslr)
@@ -118,6 +127,7 @@ async def session(backend: QemuBackend, state_dir: Path, image: ImageInfo, workl
                 out.hidden_pid = await asyncio.to_thread(_hidden_pid, console)
             row = {"workload": workload, "verdict": str(first.kind) if first else None,
                    "pid": first.evidence.get("pid") if first else None,
+                   "module": first.evidence.get("name") if first else None,
                    "detect_s": round(clock.monotonic() - start, 2),
                    "evidence": dict(first.evidence) if first else {}}
             out.trials.append(row)
@@ -151,7 +161,7 @@ def summarize(sessions: list[Session]) -> dict[str, Any]:
     """``{trials, tpr, fpr, by_specimen, list_ms_256mib, list_ms_1gib, ...}`` over ``sessions``."""
     by: dict[str, dict[str, Any]] = {}
     tp = fn = fp = tn = 0
-    hidden = str(VerdictKind.HIDDEN_PROCESS)
+    accusing = (str(VerdictKind.HIDDEN_PROCESS), str(VerdictKind.HIDDEN_MODULE))
     for s in sessions:
         row = by.setdefault(s.workload, {"trials": 0, "found": 0, "accused": 0, "inconclusive": 0, "sessions": 0,
                                          "detect_s": []})
@@ -159,18 +169,22 @@ def summarize(sessions: list[Session]) -> dict[str, Any]:
         for t in s.trials:
             row["trials"] += 1
             row["inconclusive"] += int(t["verdict"] in (None, str(VerdictKind.INCONCLUSIVE)))
-            if s.workload == "hide-bind":
-                hit = t["verdict"] == hidden and s.hidden_pid is not None and t["pid"] == s.hidden_pid
+            if s.workload != "churn":
+                if s.workload == "hide-module":
+                    hit = t["verdict"] == str(VerdictKind.HIDDEN_MODULE) and t.get("module") == HIDDEN_MODULE
+                else:
+                    hit = (t["verdict"] == str(VerdictKind.HIDDEN_PROCESS) and s.hidden_pid is not None
+                           and t["pid"] == s.hidden_pid)
                 tp += int(hit)
                 fn += int(not hit)
                 row["found"] += int(hit)
-                if t["verdict"] == hidden and not hit:
+                if t["verdict"] in accusing and not hit:
                     fp += 1  # a process accused that is not the hidden one
                     row["accused"] += 1
                 if hit:
                     row["detect_s"].append(t["detect_s"])
             else:
-                bad = t["verdict"] == hidden
+                bad = t["verdict"] in accusing
                 fp += int(bad)
                 tn += int(not bad)
                 row["accused"] += int(bad)
@@ -193,14 +207,23 @@ def summarize(sessions: list[Session]) -> dict[str, Any]:
             "boot_s": [s.boot_s for s in sessions]}
 
 
-def run(trials: int = 50, *, sessions: int = 2, say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """``trials`` trials in all, over ``sessions`` boots of each of churn (256 MiB, nokaslr) and the
-    hidden process (1 GiB, KASLR), alternating; the summary plus ``per_session``."""
+_PLAN = (("churn", 256, False), ("hide-bind", 1024, True), ("hide-task", 256, False), ("hide-module", 512, True))
+
+
+def run(trials: int = 50, *, sessions: int = 4, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``trials`` trials in all over ``sessions`` boots (at least one per workload): churn (256 MiB,
+    nokaslr), the process hidden by a bind mount (1 GiB, KASLR), the one unlinked by a kernel module
+    (256 MiB) and the module hiding itself (512 MiB, KASLR), in turn; churn sessions get half the trials
+    (the negatives), the specimens share the rest. The summary plus ``per_session``."""
     image = specimen_image()
     k = load(Path(image.kernel))
-    plan = [("churn", 256, False), ("hide-bind", 1024, True)] * max(1, sessions // 2 + sessions % 2)
-    plan = plan[:max(2, sessions)]
-    each = [trials // len(plan) + (1 if i < trials % len(plan) else 0) for i in range(len(plan))]
+    plan = [_PLAN[i % len(_PLAN)] for i in range(max(len(_PLAN), sessions))]
+    churns = [i for i, p in enumerate(plan) if p[0] == "churn"]
+    others = [i for i, p in enumerate(plan) if p[0] != "churn"]
+    each = [0] * len(plan)
+    for group, total in ((churns, trials // 2), (others, trials - trials // 2)):
+        for j, i in enumerate(group):
+            each[i] = total // len(group) + (1 if j < total % len(group) else 0)
     done: list[Session] = []
 
     async def go(workdir: Path) -> None:
@@ -226,7 +249,7 @@ def run(trials: int = 50, *, sessions: int = 2, say: Callable[[str], None] | Non
 def main() -> None:  # pragma: no cover - a manual entry point
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=50)
-    ap.add_argument("--sessions", type=int, default=2)
+    ap.add_argument("--sessions", type=int, default=4)
     a = ap.parse_args()
     print(json.dumps(run(a.trials, sessions=a.sessions, say=print)))
 

@@ -261,10 +261,12 @@ def malware(as_json: JsonOpt = False,
 @app.command()
 def crossview(as_json: JsonOpt = False,
               trials: Annotated[int, typer.Option(min=2, max=1000, help="Trials in all (detector runs)")] = 50,
-              sessions: Annotated[int, typer.Option(min=2, max=100, help="Guest boots (churn, hidden, ...)")] = 2,
+              sessions: Annotated[int, typer.Option(
+                  min=2, max=100, help="Guest boots (at least one per workload: churn, hide-bind, hide-task, "
+                                       "hide-module)")] = 4,
               ) -> None:
-    """Hidden processes found by comparing the guest's own process list with its memory read from outside
-    (QEMU, shared RAM; tpr, fpr, listing time for 256 MiB and 1 GiB guests)."""
+    """Hidden processes and kernel modules found by comparing the guest's own lists with its memory read from
+    outside (QEMU, shared RAM; tpr, fpr, listing time for 256 MiB and 1 GiB guests)."""
     import sys
 
     from enmei.bench import crossview as bench_crossview

@@ -1,6 +1,7 @@
 """Issue 17 on real TCG guests of the test image: a process hidden by a bind mount over its /proc entry is
 found by comparing the guest's own listing with its memory read from outside, amid benign churn that is
-never accused; a churn-only guest with KASLR on is judged clean. Two boots in all."""
+never accused; a churn-only guest with KASLR on is judged clean; a process unlinked from the task list
+and a module unlinked from the module list by test-only kernel modules are found. Three boots in all."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ from pathlib import Path
 import pytest
 
 from enmei.bench import crossview
-from enmei.model import VerdictKind
+from enmei.clock import SystemClock
+from enmei.detect.crossview import CrossviewDetector, CrossviewOptions
+from enmei.model import Verdict, VerdictKind
+from enmei.monitor.crossview_probe import CrossviewProbe
+from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.kernelinfo import load
-from support.wait import scaled
+from support.wait import auntil, scaled
 
 from .conftest import VmHarness
 
@@ -44,3 +49,52 @@ async def test_churn_alone_is_clean_with_kaslr_on(vmh: VmHarness, specimen_image
                                 max_trial_s=scaled(90.0))
     assert [t["verdict"] for t in s.trials] == [str(VerdictKind.CLEAN)] * 2, s.trials
     assert s.hidden_pid is None
+
+
+@pytest.mark.timeout(240)
+async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
+        vmh: VmHarness, specimen_image: crossview.ImageInfo) -> None:
+    """One boot with both kernel-module specimens (built at image-build time against the image kernel's own
+    headers): a sleep unlinked from the task list by cv_hide_task, and cv_hide_self unlinked from the
+    module list, amid process churn and a module loaded and unloaded every 0.6 s. Both are found, with
+    how = "list" (seen only by the view that does not trust the list); nothing else is accused."""
+    b = vmh.backend()
+    k = load(Path(specimen_image.kernel))
+    unit = "cv-kmod"
+    spec = crossview.unit_spec(specimen_image, ["churn", "modchurn", "hide-task", "hide-module"])
+    await b.start(unit, spec)
+    paths = MachinePaths.for_unit(vmh.state_dir, unit)
+    console = b.log_path(unit, "console") or paths.console
+    clock = SystemClock()
+    probe = CrossviewProbe(unit, "crossview", 0.5, clock, ram_path=paths.ram, console_path=console, kernel=k,
+                           console_from=0)
+    det = CrossviewDetector(unit, CrossviewOptions(kind="crossview"))
+    found: list[Verdict] = []
+    seen_benign = False
+    try:
+        async def both() -> bool | None:
+            nonlocal seen_benign
+            obs = await probe.observe()
+            found.extend(v for v in det.feed(obs).verdicts if v.kind != VerdictKind.CLEAN)
+            for v in probe.last_module_views:
+                seen_benign |= any(m.name == "cv_benign" for m in v.modules.values())
+            kinds = {v.kind for v in found}
+            return True if {VerdictKind.HIDDEN_PROCESS, VerdictKind.HIDDEN_MODULE} <= kinds else None
+
+        await auntil(both, 120.0, "a hidden process and a hidden module", every_s=0.5)
+        text = console.read_text(errors="replace")
+        assert "hide-task failed" not in text and "hide-module failed" not in text, text[-2000:]
+        pid = crossview._hidden_pid(console)
+        assert pid is not None, text[-2000:]
+    finally:
+        await probe.aclose()
+        await b.stop(unit, timeout_s=5.0)
+    by_kind = {v.kind: v for v in found}
+    assert [v.kind for v in found].count(VerdictKind.HIDDEN_PROCESS) == 1, found
+    assert [v.kind for v in found].count(VerdictKind.HIDDEN_MODULE) == 1, found
+    task = by_kind[VerdictKind.HIDDEN_PROCESS].evidence
+    assert (task["pid"], task["comm"], task["how"]) == (pid, "sleep", "list")
+    mod = by_kind[VerdictKind.HIDDEN_MODULE].evidence
+    assert (mod["name"], mod["how"]) == (crossview.HIDDEN_MODULE, "list")
+    assert seen_benign, "the module churn was never seen from outside"
+    assert len(found) == 2, found  # no INCONCLUSIVE, no other accusation

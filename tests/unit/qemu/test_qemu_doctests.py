@@ -9,7 +9,7 @@ import pytest
 
 MODULES = ["enmei.visor.qemu", "enmei.visor.qemu.console", "enmei.visor.qemu.cpio",
            "enmei.visor.qemu.netcount", "enmei.visor.qemu.monitor_api", "enmei.visor.logs",
-           "enmei.visor.qemu.guestmem"]
+           "enmei.visor.qemu.guestmem", "enmei.visor.qemu.kmods"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -191,7 +191,16 @@ def build(name: str = "default", *, cache_dir: Path | None = None, kernel_packag
         release, vmlinuz = _kernel_files(name, unpacked)
         report.step("initramfs", "making the initramfs", 0.0)
         modules = _collect_modules(name, unpacked / "lib/modules" / release, GUEST_MODULES)
-        initrd = _initramfs(modules, service_version, digest, specimens)
+        kmods: dict[str, bytes] = {}
+        if specimens:  # the test-only kernel modules, built against this very kernel's headers
+            from enmei.visor.qemu import kmods as specimen_kmods
+
+            report.step("initramfs", "building the specimen kernel modules", 0.2)
+            kmods = specimen_kmods.build(
+                name, release, version, work,
+                lambda p, v, size: _download(name, p, v, size, debs, _Progress(None)),
+                lambda cmd, cwd: _run(name, "kernel modules", cmd, cwd=cwd))
+        initrd = _initramfs(modules, service_version, digest, specimens, kmods)
         report.step("initramfs", "compressing the initramfs", 0.5)
         staged = work / "image"
         staged.mkdir()
@@ -326,6 +335,8 @@ def _download(name: str, pkg: str, version: str, size: int, debs: Path, report: 
     """The package's .deb in ``debs``, downloaded with ``apt-get download`` unless already there."""
     filename = f"{pkg}_{version.replace(':', '%3a')}_amd64.deb"
     deb = debs / filename
+    if not deb.is_file() and (debs / filename.replace("_amd64.deb", "_all.deb")).is_file():
+        deb = debs / filename.replace("_amd64.deb", "_all.deb")  # an architecture-independent package
     if deb.is_file() and (size == 0 or deb.stat().st_size == size):
         report.step("download", f"{filename} (cached)", 1.0)
         return deb
@@ -347,7 +358,9 @@ def _download(name: str, pkg: str, version: str, size: int, debs: Path, report: 
         stop.set()
         watcher.join()
     if not deb.is_file():
-        raise ImageError(name, "download", f"apt-get download did not leave {deb}")
+        deb = debs / filename.replace("_amd64.deb", "_all.deb")
+    if not deb.is_file():
+        raise ImageError(name, "download", f"apt-get download did not leave {debs / filename}")
     report.step("download", f"downloaded {filename}", 1.0)
     return deb
 
@@ -421,6 +434,10 @@ def _inputs(pkg: str, version: str, busybox_version: str, service_version: str,
             specimens: bool = False) -> dict[str, Any]:
     scripts = _guest_scripts(specimens)
     extra: dict[str, Any] = {"specimens": True} if specimens else {}  # absent: the hash of a plain image stays
+    if specimens:
+        from enmei.visor.qemu.kmods import sources_digest
+
+        extra["kmods"] = sources_digest()
     return {
         **extra,
         "layout": _LAYOUT,
@@ -440,7 +457,7 @@ _INITTAB = """\
 
 
 def _initramfs(modules: list[tuple[str, bytes]], service_version: str, digest: str,
-               specimens: bool = False) -> bytes:
+               specimens: bool = False, kmods: Mapping[str, bytes] | None = None) -> bytes:
     """The uncompressed newc archive of the guest's root file system."""
     scripts = _guest_scripts(specimens)
     w = CpioWriter()
@@ -458,6 +475,9 @@ def _initramfs(modules: list[tuple[str, bytes]], service_version: str, digest: s
     w.symlink("usr", ".")
     if specimens:
         w.directory("etc/enmei/specimens")
+        w.directory("etc/enmei/specimens/kmod")
+        for fn, data in sorted((kmods or {}).items()):
+            w.file(f"etc/enmei/specimens/kmod/{fn}", data)
         # after sysinit (rc.sh, then gate.sh until the data disk is mounted): what the cmdline names
         w.file("etc/inittab", (_INITTAB + "::once:/etc/enmei/specimens/start.sh\n").encode())
     else:
