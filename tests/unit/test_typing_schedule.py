@@ -3,6 +3,8 @@ never types into a paused guest, records every slot, finds the bait in the sink,
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -171,3 +173,62 @@ def test_every_burst_is_long_enough_to_fill_a_24_key_buffer(tmp_path: Path) -> N
     assert all(24 <= len(t) <= 28 and t.endswith("\n") and "\n" not in t[:-1] for t in texts)
     with_bait = [t for t in texts if sched.bait in t]
     assert 60 <= len(with_bait) <= 140 and all(t.rstrip("\n").endswith(sched.bait) for t in with_bait)
+
+
+class Echoing(Keyboard):
+    """Echoes each typed line on its console ``delay_s`` after its Enter (a guest slow to take keys)."""
+
+    console: Path
+    delay_s = 0.04
+    line = ""
+
+    async def send_keys(self, name: str, text: str) -> None:
+        await super().send_keys(name, text)
+        if text != "\n":
+            self.line += text
+            return
+        line, self.line = self.line, ""
+
+        def echo() -> None:
+            with self.console.open("a") as f:
+                f.write(f"enmei-keys: {line}\r\n")
+
+        asyncio.get_running_loop().call_later(self.delay_s, echo)
+
+
+async def test_a_fast_phase_then_long_silences_each_in_its_own_blocks(tmp_path: Path) -> None:
+    """The phased schedule: 6 fast slots, then slots with at least min_quiet_s of silence after each
+    burst; a burst ends when the guest echoed its line (end_at_echo); no slot starts before the one
+    before it ended plus its silence; each reports when the next starts; the phases' label blocks are
+    separate (a block cut short at the change)."""
+    b = Echoing(clock=SystemClock(), state_dir=tmp_path, emit=lambda e: None)
+    b.console = tmp_path / "console.log"
+    b.console.touch()
+    settings = ScheduleSettings(interval_s=0.005, gap_s=0.02, jitter_s=0.0, key_gap_s=0.0, echo_timeout_s=1.0,
+                                max_slots=14, max_s=30.0, block_slots=4, fast_slots=6, fast_gap_s=0.01,
+                                fast_jitter_s=0.0, fast_quiet_s=0.01, min_quiet_s=0.08, end_at_echo=True)
+    records: list[Mapping[str, Any]] = []
+    slots: list[Mapping[str, float]] = []
+
+    def emit(obs: Observation) -> bool:
+        if "slot" in obs.values:
+            slots.append(obs.values)
+        return False
+
+    sched = TypingSchedule(b, "vm", SystemClock(), seed=5, settings=settings, console=b.console,
+                           record=lambda kind, detail: records.append(detail))
+    await sched.run(emit)
+    assert len(slots) == 14 and all(r["delivered"] for r in records if r["keys"])
+    slots.sort(key=lambda v: v["slot_start"])
+    assert [v["slot_phase"] for v in slots] == [0.0] * 6 + [1.0] * 8
+    for v, nxt in itertools.pairwise(slots):
+        quiet = 0.01 if v["slot_phase"] == 0 else 0.08
+        assert nxt["slot_start"] >= v["slot_end"] + quiet - 1e-6  # the silence was kept
+        assert abs(v["slot_next"] - nxt["slot_start"]) < 0.05  # and reported
+    for r in records:
+        if r["keys"]:  # the burst lasted until its echo, after its last key
+            assert r["end_mono"] - r["start_mono"] >= r["typed_s"] + b.delay_s - 0.01
+    blocks = [int(v["slot_block"]) for v in slots]
+    assert blocks == [0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]  # the fast phase's second block cut at 2
+    for blk in (0, 2, 3):
+        assert sum(v["slot"] for v in slots if v["slot_block"] == blk) == 2  # half keys, shuffled

@@ -57,13 +57,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from enmei.detect.protocol import NOTHING, DetectorContext, HealthReport, Judgement, Limit
 from enmei.detect.registry import DetectorOptions, register
 from enmei.model import Health, Observation, Severity, Verdict, VerdictKind
 
-__all__ = ["CHANNELS", "Finding", "KeyloggerDetector", "KeyloggerOptions", "Series", "Slot",
+__all__ = ["CHANNELS", "NEXT", "Finding", "KeyloggerDetector", "KeyloggerOptions", "Series", "Slot",
            "correlation_test", "outbound_test"]
 
 #: The counters a response is read from (deltas per interval of the cumulative values observed).
@@ -82,6 +82,13 @@ class Slot:
     inject: bool
     dropped: bool = False
     block: int | None = None  # slots whose labels were drawn together (a shuffled block) share one
+    phase: int = 0  # the schedule's phase (its slot spacing): each phase is also tested on its own
+    next: float | None = None  # when the next slot starts (the silence after this one ends), if known
+
+    def until_next(self, longest: float) -> float:
+        """The end of the "until the next slot" window: the whole silence after the slot (at least the
+        longest fixed window past its end)."""
+        return max(self.end + longest, self.next) if self.next is not None else self.end + longest
 
 
 @dataclass(frozen=True)
@@ -149,21 +156,32 @@ def _ranks(column: np.ndarray) -> np.ndarray:
     return ranks
 
 
+NEXT = "next"  # the window label of "from the slot's start until the next slot starts"
+
+
 def correlation_test(slots: Sequence[Slot], series: Series, *, windows_s: Sequence[float] = (1.0, 3.0, 6.0),
                      channels: Sequence[str] = CHANNELS, alpha: float = 0.01, permutations: int = 999,
-                     min_slots: int = 6, saturated_frac: float = 0.9, seed: int | None = None) -> Finding:
+                     min_slots: int = 6, saturated_frac: float = 0.9, seed: int | None = None,
+                     until_next: bool = True) -> Finding:
     """Do the ``channels`` react to the keys of ``slots`` more than to their controls? (see the module).
 
     ``alpha`` is the level of this one test. A slot counts if its longest window lies inside the series,
     the guest ran throughout it and its keys were delivered; with fewer than ``min_slots`` of either
-    label the finding is ``inconclusive``. ``seed`` (default: derived from the data, so the same input
-    gives the same answer) drives the relabellings. Never raises for odd data.
+    label the finding is ``inconclusive``. ``until_next``: slots that know when the next one starts
+    get one more window, their whole silence (a logger that flushes on a timer shorter than the
+    silence writes in it). The family of tests is every channel x window x group of slots (each
+    schedule phase with ``min_slots`` of each label, or all slots when there is one phase or no
+    phase has enough yet); each test's own permutation p-value is computed, and the smallest of them
+    is compared with the smallest over the same relabellings (min-p), so ``alpha`` holds for the
+    whole family whatever the groups' sizes.
+    ``seed`` (default: derived from the data, so the same input gives the same answer) drives the
+    relabellings. Never raises for odd data.
     """
     longest = max(windows_s)
     valid: list[Slot] = []
     paused = dropped = 0
     for s in slots:
-        span = _window_intervals(series, s.start, s.end + longest)
+        span = _window_intervals(series, s.start, s.until_next(longest) if until_next else s.end + longest)
         if span is None:
             continue  # not finished yet
         if s.dropped:
@@ -183,38 +201,65 @@ def correlation_test(slots: Sequence[Slot], series: Series, *, windows_s: Sequen
         if dropped:
             why.append(f"{dropped} with keys the guest did not take")
         return Finding("inconclusive", "; ".join(why), None, counts)
-    tests: list[tuple[str, float]] = []
+    n = len(valid)
+    labels = np.asarray([1.0 if s.inject else 0.0 for s in valid])
+    # the groups of slots tested: all, and each phase on its own when there are several (a phase of
+    # short slots sees a quick logger sooner; one of long silences a logger that flushes late)
+    # (all of them together would add tests, and so cost power, without adding a reaction the two
+    # miss); a phase without min_slots of each label is not tested yet
+    groups: list[tuple[str, np.ndarray]] = []
+    phases = sorted({s.phase for s in valid})
+    for ph in phases if len(phases) > 1 else []:
+        m = np.asarray([s.phase == ph for s in valid])
+        if labels[m].sum() >= min_slots and (1 - labels[m]).sum() >= min_slots:
+            groups.append((f"phase {ph}", m))
+    if not groups:
+        groups.append(("all", np.ones(n, dtype=bool)))
+    win_labels: list[float | str] = [float(w) for w in windows_s]
+    if until_next and any(s.next is not None for s in valid):
+        win_labels.append(NEXT)
+    tests: list[tuple[str, float | str, str]] = []
     cols: list[np.ndarray] = []
+    ranks_l: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
     for c in channels:
         values = series.channels.get(c)
         if values is None:
             continue
-        for w in windows_s:
+        for w in win_labels:
             resp = []
             for s in valid:
-                span = _window_intervals(series, s.start, s.end + w) or []
+                stop = s.until_next(longest) if w == NEXT else s.end + float(w)
+                span = _window_intervals(series, s.start, stop) or []
                 resp.append(sum(float(values[k]) for k in span))
-            tests.append((c, float(w)))
-            cols.append(np.asarray(resp, dtype=float))
+            col = np.asarray(resp, dtype=float)
+            for gname, m in groups:
+                r = np.zeros(n)
+                r[m] = _ranks(col[m])
+                tests.append((c, w, gname))
+                cols.append(col)
+                ranks_l.append(r)
+                masks.append(m)
     if not cols:
         return Finding("inconclusive", f"none of the channels {', '.join(channels)} observed", None, counts)
-    labels = np.asarray([1.0 if s.inject else 0.0 for s in valid])
-    ranks = np.column_stack([_ranks(col) for col in cols])  # (slots, tests)
-    n = len(valid)
-    # the standardisation of each test: rank variance is the same under every relabelling
-    var = ranks.var(axis=0)
-    scale = np.sqrt(var * (1.0 / n1 + 1.0 / n0))
-    live = scale > 0
+    ranks = np.column_stack(ranks_l)  # (slots, tests): ranks within each test's group, 0 outside it
+    member = np.column_stack(masks).astype(float)  # (slots, tests)
+    size = member.sum(axis=0)
+    # each test's rank variance within its group is the same under every relabelling
+    mean_r = ranks.sum(axis=0) / size
+    var = (member * (ranks - mean_r) ** 2).sum(axis=0) / size
 
-    def stat(lab: np.ndarray) -> np.ndarray:  # lab: (k, n) -> the max over tests, shape (k,)
-        mean1 = lab @ ranks / n1
-        mean0 = (1.0 - lab) @ ranks / n0
-        z = np.where(live, (mean1 - mean0) / np.where(live, scale, 1.0), 0.0)
-        return np.asarray(z.max(axis=1))
+    def stat(lab: np.ndarray) -> np.ndarray:  # lab: (k, n) -> per test z, shape (k, tests)
+        k1 = lab @ member  # bursts in each test's group, per labelling
+        k0 = size - k1
+        ok = (k1 > 0) & (k0 > 0) & (var > 0)
+        s1 = lab @ ranks
+        s0 = ranks.sum(axis=0) - s1
+        diff = s1 / np.where(ok, k1, 1.0) - s0 / np.where(ok, k0, 1.0)
+        scale = np.sqrt(var * (1.0 / np.where(ok, k1, 1.0) + 1.0 / np.where(ok, k0, 1.0)))
+        return np.asarray(np.where(ok, diff / np.where(ok, scale, 1.0), 0.0))
 
-    observed_z = stat(labels[None, :])[0]
-    per_test = np.where(live, ((labels @ ranks) / n1 - ((1 - labels) @ ranks) / n0) / np.where(live, scale, 1.0), 0.0)
-    best = int(np.argmax(per_test))
+    per_test = stat(labels[None, :])[0]
     if seed is None:
         digest = hashlib.sha256(repr([(round(s.start, 3), s.inject) for s in valid]).encode()).digest()
         seed = int.from_bytes(digest[:8], "little")
@@ -235,18 +280,34 @@ def correlation_test(slots: Sequence[Slot], series: Series, *, windows_s: Sequen
         perms = np.stack([rng.permutation(labels) for _ in range(permutations)])
     else:
         perms = np.empty((0, n))
-    null = stat(perms) if permutations else np.empty(0)
-    exceed = int(np.sum(null >= observed_z - 1e-9))
-    p = (1 + exceed) / (1 + permutations)
-    channel, window = tests[best]
+    # each test's own permutation p-value, then the smallest of them calibrated over the same
+    # relabellings (min-p): tests on groups of different sizes reach different z, not different p
+    null = stat(perms) if permutations else np.empty((0, len(tests)))
+    k = null.shape[0]
+    obs_p = np.empty(len(tests))
+    null_minp = np.ones(k)
+    for t in range(len(tests)):
+        ordered = np.sort(null[:, t])
+        # how many relabellings reach at least each value: their p-values, and the observed one's
+        at_least = k - np.searchsorted(ordered, null[:, t] - 1e-9, side="left")
+        null_minp = np.minimum(null_minp, at_least / (k + 1))
+        obs_p[t] = (1 + (k - np.searchsorted(ordered, per_test[t] - 1e-9, side="left"))) / (k + 1)
+    best = int(np.argmin(obs_p - 1e-6 * per_test))  # the smallest p; of equal ones the largest z
+    observed_z = float(per_test[best])
+    p = (1 + int(np.sum(null_minp <= obs_p[best] + 1e-12))) / (1 + permutations)
+    channel, window, group = tests[best]
     col = cols[best]
-    active1 = int(np.sum((col > 0) & (labels == 1)))
-    active0 = int(np.sum((col > 0) & (labels == 0)))
-    evidence = {**counts, "channel": channel, "window_s": window, "z": round(float(observed_z), 3),
-                "p_value": round(p, 6), "alpha": alpha, "permutations": permutations,
+    m = masks[best]
+    lab = labels[m]
+    colm = col[m]
+    active1 = int(np.sum((colm > 0) & (lab == 1)))
+    active0 = int(np.sum((colm > 0) & (lab == 0)))
+    evidence = {**counts, "channel": channel, "window_s": window, "slots_tested": group,
+                "z": round(observed_z, 3), "p_value": round(p, 6), "alpha": alpha, "permutations": permutations,
+                "tested_bursts": int(lab.sum()), "tested_controls": int(len(lab) - lab.sum()),
                 "active_after_keys": active1, "active_after_controls": active0,
-                "mean_after_keys": round(float(col[labels == 1].mean()), 3),
-                "mean_after_controls": round(float(col[labels == 0].mean()), 3)}
+                "mean_after_keys": round(float(colm[lab == 1].mean()), 3),
+                "mean_after_controls": round(float(colm[lab == 0].mean()), 3)}
     if p <= alpha:
         return Finding("keylogger_suspected", "", p, evidence)
     for c in channels:
@@ -327,6 +388,13 @@ class KeyloggerOptions(DetectorOptions):
     min_slots: int = Field(default=6, ge=3, le=1000)
     max_looks: int = Field(default=6, ge=1, le=1000)
     look_every: int = Field(default=4, ge=1, le=1000)  # finished slots between two looks
+    # the finished-slot counts to look at (a sequential test: alpha / len(looks) each); replaces the
+    # first look at 2 * min_slots and then every look_every, and max_looks
+    looks: tuple[int, ...] | None = None
+    # with looks: the share of alpha each look spends (Bonferroni with weights; summing to at most 1),
+    # default equal shares
+    look_alpha: tuple[float, ...] | None = None
+    until_next: bool = True  # one more window: a slot's whole silence, until the next slot starts
     permutations: int = Field(default=4999, ge=99, le=20_000)
     saturated_frac: float = Field(default=0.9, gt=0, le=1)
     bot_min_bytes: float = Field(default=600.0, ge=0)
@@ -340,6 +408,32 @@ class KeyloggerOptions(DetectorOptions):
         if not v or any(not (0 < w <= 600) for w in v):
             raise ValueError("windows_s: one or more windows, each in (0, 600] seconds")
         return tuple(sorted(v))
+
+    @field_validator("looks")
+    @classmethod
+    def _looks(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or any(n < 2 or n > 10_000 for n in v) or len(set(v)) != len(v)):
+            raise ValueError("looks: distinct finished-slot counts, each in [2, 10000]")
+        return tuple(sorted(v)) if v is not None else None
+
+    @model_validator(mode="after")
+    def _look_alpha(self) -> KeyloggerOptions:
+        w = self.look_alpha
+        if w is not None and (self.looks is None or len(w) != len(self.looks) or any(x <= 0 for x in w)
+                              or sum(w) > 1 + 1e-9):
+            raise ValueError("look_alpha: one positive share of alpha per look (looks), summing to at most 1")
+        return self
+
+    def alpha_at(self, look: int) -> float:
+        """The level of the ``look``-th look (0-based) of a round."""
+        if self.look_alpha is not None:
+            return self.alpha * self.look_alpha[min(look, len(self.look_alpha) - 1)]
+        return self.alpha / self.n_looks
+
+    @property
+    def n_looks(self) -> int:
+        """How many looks a round has: ``alpha`` is split over them."""
+        return len(self.looks) if self.looks is not None else self.max_looks
 
     @field_validator("channels")
     @classmethod
@@ -366,10 +460,13 @@ class KeyloggerDetector:
         self._slots: deque[Slot] = deque(maxlen=opts.max_samples)
         self._looked = 0
         self._last_looked_slots = 0
-        self._next_look = 2 * self.opts.min_slots
+        self._next_look = self._first_look()
         self._bot_done = False
         self.last: Finding | None = None
         self.rounds = 0
+
+    def _first_look(self) -> int:
+        return self.opts.looks[0] if self.opts.looks is not None else 2 * self.opts.min_slots
 
     @property
     def source(self) -> str:
@@ -405,8 +502,12 @@ class KeyloggerDetector:
                 end = end if math.isfinite(end) and end >= start else start
                 raw_block = vals.get("slot_block")
                 block = int(raw_block) if raw_block is not None and math.isfinite(float(raw_block)) else None
+                phase = int(float(vals.get("slot_phase", 0.0)))
+                raw_next = vals.get("slot_next")
+                nxt = float(raw_next) if raw_next is not None else None
+                nxt = nxt if nxt is not None and math.isfinite(nxt) and nxt >= end else None
                 self._slots.append(Slot(start, end, float(slot) > 0, float(vals.get("keys_dropped", 0.0)) > 0,
-                                        block))
+                                        block, phase, nxt))
         except (TypeError, ValueError):
             pass  # a malformed slot is no slot
         if float(vals.get("bait_found", 0.0) or 0.0) > 0:
@@ -418,7 +519,8 @@ class KeyloggerDetector:
     def _look(self, now: float) -> Judgement:
         o = self.opts
         last = self._times[-1]
-        finished = sum(1 for s in self._slots if s.end + max(o.windows_s) <= last)
+        longest = max(o.windows_s)
+        finished = sum(1 for s in self._slots if (s.until_next(longest) if o.until_next else s.end + longest) <= last)
         if finished == self._last_looked_slots and len(self._times) % 10:
             return NOTHING  # nothing new to test (the bot rule is checked every tenth sample too)
         series = Series(list(self._times), {c: list(d) for c, d in self._deltas.items()}, list(self._running))
@@ -433,25 +535,32 @@ class KeyloggerDetector:
         self._last_looked_slots = finished
         if finished < self._next_look:
             return NOTHING
-        self._next_look = finished + o.look_every
+        if o.looks is not None:
+            later = [n for n in o.looks if n > finished]
+            self._next_look = later[0] if later else finished + o.look_every
+        else:
+            self._next_look = finished + o.look_every
         found = correlation_test(list(self._slots), series, windows_s=o.windows_s, channels=o.channels,
-                                 alpha=o.alpha / o.max_looks, permutations=o.permutations, min_slots=o.min_slots,
-                                 saturated_frac=o.saturated_frac)
+                                 alpha=o.alpha_at(self._looked), permutations=o.permutations, min_slots=o.min_slots,
+                                 saturated_frac=o.saturated_frac, until_next=o.until_next)
         if found.verdict == "inconclusive" and found.p_value is None:
             # not enough usable slots yet (a paused guest, dropped keys): wait, unless the round has
             # had as many slots as all its looks would take
-            if finished < 2 * o.min_slots + o.max_looks * o.look_every:
+            enough = (o.looks[-1] if o.looks is not None
+                      else 2 * o.min_slots + o.max_looks * o.look_every)
+            if finished < enough:
                 return NOTHING
             return self._conclude(now, found)
         self._looked += 1
-        if found.verdict == "keylogger_suspected" or self._looked >= o.max_looks:
+        if found.verdict == "keylogger_suspected" or self._looked >= o.n_looks:
             return self._conclude(now, found)
         return NOTHING
 
     def _conclude(self, now: float, found: Finding, *, keep: bool = False) -> Judgement:
         self.last = found
         ev = {**found.evidence, "injector": self.opts.injector, "alpha": self.opts.alpha,
-              "looks": self._looked, "max_looks": self.opts.max_looks}
+              "look_level": found.evidence.get("alpha"),
+              "looks": self._looked, "max_looks": self.opts.n_looks}
         if found.reason:
             ev["reason"] = found.reason
         kind = {"keylogger_suspected": VerdictKind.KEYLOGGER_SUSPECTED, "bot_suspected": VerdictKind.BOT_SUSPECTED,
@@ -461,9 +570,10 @@ class KeyloggerDetector:
             if "bait_found" in ev:
                 summary = "keylogger suspected: bait typed into the guest left it over the network"
             else:
-                summary = (f"keylogger suspected: {ev.get('channel')} follows typed keys"
-                           f" within {ev.get('window_s'):g} s"
-                           f" (p = {found.p_value:.4g} <= {self.opts.alpha / self.opts.max_looks:.4g};"
+                w = ev.get("window_s")
+                within = "before the next slot" if w == NEXT else f"within {w:g} s"
+                summary = (f"keylogger suspected: {ev.get('channel')} follows typed keys {within}"
+                           f" (p = {found.p_value:.4g} <= {found.evidence.get('alpha', 0.0):.4g};"
                            f" active after {ev.get('active_after_keys')}/{ev.get('inject_slots')} bursts,"
                            f" {ev.get('active_after_controls')}/{ev.get('control_slots')} controls)")
         elif kind is VerdictKind.BOT_SUSPECTED:
@@ -488,7 +598,7 @@ class KeyloggerDetector:
         self._slots.clear()
         self._looked = 0
         self._last_looked_slots = 0
-        self._next_look = 2 * self.opts.min_slots
+        self._next_look = self._first_look()
         self._bot_done = False
 
     def peek(self) -> Finding:
@@ -498,7 +608,7 @@ class KeyloggerDetector:
         series = Series(list(self._times), {c: list(d) for c, d in self._deltas.items()}, list(self._running))
         return correlation_test(list(self._slots), series, windows_s=o.windows_s, channels=o.channels,
                                 alpha=o.alpha, permutations=o.permutations, min_slots=o.min_slots,
-                                saturated_frac=o.saturated_frac)
+                                saturated_frac=o.saturated_frac, until_next=o.until_next)
 
     def _forget(self) -> None:
         self._times.clear()
@@ -513,7 +623,7 @@ class KeyloggerDetector:
         self._slots.clear()
         self._looked = 0
         self._last_looked_slots = 0
-        self._next_look = 2 * self.opts.min_slots
+        self._next_look = self._first_look()
         self._bot_done = False
         self.last = None
 

@@ -87,6 +87,18 @@ class ScheduleSettings:
     echo_timeout_s: float = 6.0
     max_slots: int = 60
     max_s: float = 600.0
+    # a first phase of short slots (0: none): a logger that writes as keys come is seen in fewer seconds;
+    # the slots after it are spaced by gap_s, whose silences catch one that flushes on a timer
+    fast_slots: int = 0
+    fast_gap_s: float = 2.0
+    fast_jitter_s: float = 0.4
+    # the silence between the end of a burst (or a control) and the next slot, at least: in the fast
+    # phase, and after it (longer than a plausible flush period of a logger that writes on a timer)
+    fast_quiet_s: float = 0.3
+    min_quiet_s: float = 0.3
+    # a burst ends when the guest has echoed its line (it has taken every key: a logger that does work
+    # per key is done with it), not when the last key was sent; a control lasts as long as bursts do
+    end_at_echo: bool = False
 
 
 @dataclass
@@ -98,6 +110,13 @@ class _Pending:
     task: asyncio.Task[bool] | None = None
     end: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    phase: int = 0
+    block: int = 0
+    next: float | None = None  # when the next slot started
+
+    @property
+    def typing(self) -> bool:
+        return self.task is not None and self.end is None
 
 
 class TypingSchedule:
@@ -127,6 +146,7 @@ class TypingSchedule:
         self.dropped = 0
         self.bait_found = 0
         self._block: list[bool] = []
+        self._block_id = -1
         # a control's pretended length: a burst's, estimated from the key gaps until bursts are measured
         self._typing_s = 1.5 * self.settings.key_gap_s * sum(self.settings.chars) / 2
 
@@ -204,19 +224,26 @@ class TypingSchedule:
             p.extra["error"] = exc.cause
             return False
         finally:
-            p.end = self.clock.monotonic()
-        self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
+            typed = self.clock.monotonic()
+            if not self.settings.end_at_echo or p.extra.get("error"):
+                p.end = typed
+        p.extra["typed_s"] = round(typed - p.start, 3)
         deadline = self.clock.monotonic() + self.settings.echo_timeout_s
-        while True:
-            some, exact = self._echoed(p.text.rstrip("\n"), offset)
-            if exact or (some and self.clock.monotonic() >= deadline):
-                # keys lost on the way (a guest too slow to drain its keyboard) still made a stimulus
-                p.extra["echo"] = "exact" if exact else "partial"
-                return True
-            if self.clock.monotonic() >= deadline:
-                p.extra["error"] = "the guest did not echo the typed line"
-                return False
-            await self.clock.sleep(0.1)
+        try:
+            while True:
+                some, exact = self._echoed(p.text.rstrip("\n"), offset)
+                if exact or (some and self.clock.monotonic() >= deadline):
+                    # keys lost on the way (a guest too slow to drain its keyboard) still made a stimulus
+                    p.extra["echo"] = "exact" if exact else "partial"
+                    return True
+                if self.clock.monotonic() >= deadline:
+                    p.extra["error"] = "the guest did not echo the typed line"
+                    return False
+                await self.clock.sleep(0.1)
+        finally:
+            if p.end is None:
+                p.end = self.clock.monotonic()
+            self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
 
     async def run(self, emit: Callable[[Observation], bool]) -> dict[str, Any]:
         """Run the schedule; ``emit`` gets every observation and returns true to stop. Returns a summary
@@ -246,10 +273,24 @@ class TypingSchedule:
                     self.bait_found += found
                     values["bait_found"] = float(found)
                 now = self.clock.monotonic()
-                if self.slots < s.max_slots and now >= next_slot:
-                    pending.append(self._start_slot(now, running))
-                    next_slot = now + s.gap_s + self.rng.uniform(0, s.jitter_s)
-                done = self._finished(pending, now)
+                for p in pending:  # a burst that lasted longer than planned: its silence follows it
+                    if p.end is not None and p.task is not None and p.next is None:
+                        q = s.fast_quiet_s if p.index <= s.fast_slots else s.min_quiet_s
+                        next_slot = max(next_slot, p.end + q)
+                # the next slot waits for a burst still typing (two bursts never mix their keys)
+                if self.slots < s.max_slots and now >= next_slot and not any(p.typing for p in pending):
+                    for p in pending:
+                        if p.next is None:
+                            p.next = now
+                    last = self._start_slot(now, running)
+                    pending.append(last)
+                    fast = self.slots <= s.fast_slots  # its last slot too: it is looked at soon
+                    gap, jitter = (s.fast_gap_s, s.fast_jitter_s) if fast else (s.gap_s, s.jitter_s)
+                    quiet = s.fast_quiet_s if fast else s.min_quiet_s
+                    next_slot = now + gap + self.rng.uniform(0, jitter)
+                    if last.end is not None:  # a control (or a burst refused): its silence follows it
+                        next_slot = max(next_slot, last.end + quiet)
+                done = self._finished(pending, now, next_slot)
                 if done is not None:
                     values.update(done)
                 stop = bool(emit(Observation(self.unit, self.name, ok, now, self.clock.wall(), values)))
@@ -265,13 +306,21 @@ class TypingSchedule:
 
     def _start_slot(self, now: float, running: bool) -> _Pending:
         self.slots += 1
+        s = self.settings
+        phase = 0 if self.slots <= s.fast_slots else 1
+        if self.slots == s.fast_slots + 1:
+            # a new phase starts a new block (a block cut short is still a random arrangement of what
+            # it dealt: the detector redraws only that)
+            self._block = []
         # blocks: half keys, half controls, in a random order (every round has enough of each)
         if not self._block:
-            size = self.settings.block_slots
+            size = s.block_slots
             self._block = [True] * (size // 2) + [False] * (size - size // 2)
             self.rng.shuffle(self._block)
+            self._block_id += 1
         inject = self._block.pop(0)
-        p = _Pending(self.slots, now, inject, self._burst_text() if inject else "")
+        p = _Pending(self.slots, now, inject, self._burst_text() if inject else "", phase=phase,
+                     block=self._block_id)
         if inject and running:
             p.task = asyncio.ensure_future(self._type(p))
         elif inject:
@@ -281,7 +330,7 @@ class TypingSchedule:
             p.end = now + self._typing_s  # a control lasts as long as a burst would
         return p
 
-    def _finished(self, pending: list[_Pending], now: float) -> dict[str, float] | None:
+    def _finished(self, pending: list[_Pending], now: float, next_slot: float) -> dict[str, float] | None:
         """The oldest slot that has ended, as observation values (one per observation), recorded."""
         for p in list(pending):
             if p.task is not None and not p.task.done():
@@ -297,8 +346,10 @@ class TypingSchedule:
             self.record("inject", {"unit": self.unit, "schedule": self.name, "slot": p.index,
                                    "keys": p.inject, "start_mono": round(p.start, 3), "end_mono": round(end, 3),
                                    "chars": len(p.text), "delivered": delivered if p.inject else None,
-                                   **p.extra})
-            return {"slot": 1.0 if p.inject else 0.0, "slot_block": float((p.index - 1) // self.settings.block_slots),
-                    "slot_start": p.start, "slot_end": end,
+                                   "phase": p.phase, **p.extra})
+            # the silence after it: until the next slot started (or is due, if it has not yet)
+            nxt = p.next if p.next is not None else max(next_slot, end)
+            return {"slot": 1.0 if p.inject else 0.0, "slot_block": float(p.block), "slot_phase": float(p.phase),
+                    "slot_start": p.start, "slot_end": end, "slot_next": nxt,
                     "keys_dropped": float(len(p.text)) if dropped else 0.0}
         return None

@@ -310,3 +310,127 @@ def test_peek_reports_the_round_so_far_and_changes_nothing() -> None:
     found = det.peek()
     assert found.verdict == "inconclusive" and "usable" in found.reason  # fewer than 6 of a label
     assert det.state() == before
+
+
+def simulate_phased(guest: Guest, seed: int, *, fast: int = 12, slow: int = 12,
+                    fast_gap: tuple[float, float] = (2.0, 2.4), slow_gap: tuple[float, float] = (5.8, 6.8),
+                    keys: int = 26, key_s: float = 0.05) -> list[Observation]:
+    """The bench's schedule on ``guest``: ``fast`` short slots, then ``slow`` slots with long silences,
+    labels in shuffled blocks of 12 (a new block at the phase change), every slot telling when the next
+    one starts (``slot_next``), as ``enmei.monitor.schedule`` reports them."""
+    rng = random.Random(seed)
+    out: list[Observation] = []
+    t, made = 0.0, 0
+    starts: list[float] = [1.0]
+    for i in range(fast + slow):
+        lo, hi = fast_gap if i < fast else slow_gap
+        starts.append(starts[-1] + rng.uniform(lo, hi))
+    labels: list[bool] = []
+    for size in (fast, slow):
+        for b in range(0, size, 12):
+            block = [True] * 6 + [False] * 6
+            rng.shuffle(block)
+            labels += block[:min(12, size - b)]
+    key_times: list[float] = []
+    pending: list[tuple[float, dict[str, float]]] = []  # slot reports, made when the slot ends
+    while made < fast + slow or pending or t < starts[-1] + 8.0:
+        values: dict[str, float] = dict(guest.counters)
+        values["running"] = 1.0
+        if made < fast + slow and t >= starts[made]:
+            end = t + keys * key_s
+            if labels[made]:
+                key_times = [t + i * key_s for i in range(keys)]
+            pending.append((end, {"slot": 1.0 if labels[made] else 0.0, "slot_start": t, "slot_end": end,
+                                  "slot_next": starts[made + 1], "slot_phase": 0.0 if made < fast else 1.0,
+                                  "slot_block": float(made // 12 if made < fast else 100 + (made - fast) // 12),
+                                  "keys_dropped": 0.0}))
+            made += 1
+        if pending and pending[0][0] <= t:
+            values.update(pending.pop(0)[1])
+        out.append(Observation("vm", "typing", True, t, 1000.0 + t, values))
+        t = round(t + DT, 6)
+        for kt in [k for k in key_times if k < t]:
+            guest.on_key(kt)
+        key_times = [k for k in key_times if k >= t]
+        guest.tick(t)
+    return out
+
+
+BENCH = {"kind": "keylogger", "injector": "typing", "windows_s": (0.5, 1.5), "looks": (12, 24),
+         "look_alpha": (0.3, 0.7)}
+
+
+def run_phased(guest: Guest, seed: int, **opts: object) -> list[tuple[VerdictKind, dict[str, object], float]]:
+    det = KeyloggerDetector("vm", KeyloggerOptions.model_validate({**BENCH, **opts}))
+    got = []
+    for obs in simulate_phased(guest, seed):
+        for v in det.feed(obs).verdicts:
+            got.append((v.kind, dict(v.evidence), obs.mono))
+    return got
+
+
+class Timer4(TimerFlush):
+    period = 4.0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_timer_keylogger_is_found_in_the_long_silences(seed: int) -> None:
+    """A logger that buffers keys and writes them every 4 s (the bench's klog-timer) writes in the
+    silence after each slow-phase burst and in none after a control: found, on that phase's slots and
+    the "until the next slot" window."""
+    guest = Timer4(random.Random(seed))
+    guest.next_flush = random.Random(seed + 7).uniform(0, guest.period)
+    got = run_phased(guest, seed)
+    assert got and got[0][0] is VerdictKind.KEYLOGGER_SUSPECTED, got
+    ev = got[0][1]
+    assert float(ev["p_value"]) <= 0.007  # type: ignore[arg-type]
+    assert int(ev["active_after_keys"]) > int(ev["active_after_controls"])  # type: ignore[call-overload]
+
+
+def test_the_timer_keylogger_was_missed_with_short_windows_only() -> None:
+    """Why it was missed before: with only fixed windows after each burst (no silence window), slots
+    5-6 s apart and a 4 s flush, a burst's keys are often written in the next slot's window."""
+    missed = 0
+    for seed in range(1, 5):
+        guest = Timer4(random.Random(seed))
+        guest.next_flush = random.Random(seed + 7).uniform(0, guest.period)
+        got = run_phased(guest, seed, until_next=False)
+        missed += not got or got[0][0] is not VerdictKind.KEYLOGGER_SUSPECTED
+    assert missed >= 2
+
+
+@pytest.mark.parametrize("specimen", [WriteEveryKey, BufferThenFlush, ToNetwork])
+def test_a_logger_that_writes_as_keys_come_is_found_after_the_fast_phase(specimen: type[Guest]) -> None:
+    got = run_phased(specimen(random.Random(3)), 3)
+    assert got and got[0][0] is VerdictKind.KEYLOGGER_SUSPECTED, got
+    assert got[0][1]["looks"] == 1  # the first look: after the 12 fast slots (about 28 s here)
+    assert got[0][2] < 35.0
+
+
+@pytest.mark.parametrize("benign", [Guest, PeriodicLogger, BurstyBackup])
+def test_benign_patterns_are_not_accused_by_the_phased_schedule(benign: type[Guest]) -> None:
+    for seed in (1, 2):
+        guest = benign(random.Random(seed))
+        if isinstance(guest, PeriodicLogger):
+            guest.phase = random.Random(seed).uniform(0, guest.period)
+        kinds = [k for k, _, _ in run_phased(guest, seed)]
+        assert kinds and kinds[0] is VerdictKind.CLEAN, kinds
+
+
+def test_the_false_positive_rate_of_the_phased_test_is_within_alpha() -> None:
+    """The min-p family (channels x windows x groups: each phase) at alpha = 0.05 on 150
+    benign seeds: at most alpha plus three standard errors."""
+    alpha, trials = 0.05, 150
+    benign = [Guest, PeriodicLogger, BurstyBackup]
+    hits = 0
+    for seed in range(trials):
+        guest = benign[seed % 3](random.Random(seed))
+        obs = simulate_phased(guest, 20_000 + seed, slow=12)
+        series = Series.from_samples([(o.mono, o.values, True) for o in obs])
+        slots = [Slot(o.values["slot_start"], o.values["slot_end"], o.values["slot"] > 0,
+                      block=int(o.values["slot_block"]), phase=int(o.values["slot_phase"]),
+                      next=o.values["slot_next"]) for o in obs if "slot" in o.values]
+        found = correlation_test(slots, series, windows_s=(0.5, 1.5), alpha=alpha, permutations=99)
+        hits += found.verdict == "keylogger_suspected"
+    rate = hits / trials
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / trials), rate
