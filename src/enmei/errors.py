@@ -24,6 +24,7 @@ checks this drawing against the classes, and that each of them is raised somewhe
          +-- DaemonError                daemons.base: a daemon of the kit could not be prepared
      |    +-- MissingDaemonError    daemons.base: its binary is missing (names the Debian package)
      +-- CtlError                   ctl.protocol: a ctl request cannot be served, or no enmei answers
+     +-- FencedError                fleet.lease: an action under a lease refused, its fencing token no longer current
      +-- StateFormatError           detect.base: a saved detector state is not one this version reads
      +-- SignatureFileError         logs.signatures: a signature file is corrupt, foreign or inconsistent
      +-- TemplateFileError          logs.miner: a saved template file is corrupt, foreign or another version

@@ -131,6 +131,7 @@ class RecordKind(StrEnum):
     ANCHOR = "anchor"  # an HMAC anchor over the chain so far
     UPGRADE = "upgrade"  # enmei ctl upgrade: requested, successor started, self-check, handed over / fell back
     INJECTION = "injection"  # an injector acted on a unit: a typing schedule's round start/end, each slot
+    FLEET = "fleet"  # this host in its fleet: leader elected / stepped down, the fleet database lost / back
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,14 @@ class LoadedConfig:
         return self.state_dir / self.config.supervisor.journal
 
     @property
+    def fleet_dsn(self) -> str | None:
+        """The fleet's database (``[fleet] database``, else the journal's), or None without ``[fleet]``."""
+        fleet = self.config.fleet
+        if fleet is None:
+            return None
+        return fleet.database or self.journal_dsn
+
+    @property
     def host_name(self) -> str:
         """``[supervisor] host``, else the machine's hostname."""
         import socket

@@ -116,6 +116,24 @@ class SupervisorConfig(_Model):
         return value
 
 
+class FleetConfig(_Model):
+    """``[fleet]``: this supervisor as a host of a fleet sharing one PostgreSQL database (``enmei.fleet``):
+    it registers its host, holds a host lease and competes for the fleet's leader lease."""
+
+    # postgresql:// URL of the fleet's database; default: [supervisor] journal, when that is one
+    database: str | None = None
+    lease_ttl_s: float = Field(default=5.0, gt=0.5, le=120)
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from enmei.box.pgdb import check_dsn
+
+        return check_dsn(value)
+
+
 class LogConfig(_Model):
     """``[units.NAME.log]``: captured stdout/stderr, rotated by size (at most ``max_bytes * (keep + 1)``
     per stream); output past ``max_bytes_per_s`` is dropped and counted (a journaled flood episode)."""
@@ -887,6 +905,7 @@ class Config(_Model):
     """
 
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    fleet: FleetConfig | None = None
     units: dict[UnitName, UnitBase] = Field(default_factory=dict)
 
     @classmethod
@@ -901,6 +920,10 @@ class Config(_Model):
     def _dependencies(self) -> Self:
         # Checked on the whole file (a unit cannot see the others): each problem at its own key and line.
         problems: list[Any] = []
+        if self.fleet is not None and self.fleet.database is None and not self.supervisor.journal.startswith(
+                ("postgresql:", "postgres:")):
+            problems.append(_problem(("fleet",), "a fleet needs its PostgreSQL database: set [fleet] database, "
+                                                 "or [supervisor] journal to a postgresql:// URL"))
         for name, unit in self.units.items():
             for key in ("after", "requires"):
                 for i, other in enumerate(getattr(unit, key)):

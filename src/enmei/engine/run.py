@@ -170,6 +170,10 @@ async def _run(loaded: LoadedConfig, journal: JournalWriter, policy: Policy, clo
     loop.add_signal_handler(signal.SIGHUP, hangup)
     side: asyncio.Task[None] | None = None
     service.append(asyncio.create_task(serve_control(engine), name="ctl"))  # state_dir/ctl.sock
+    if loaded.config.fleet is not None:  # host leases and the leader (enmei.fleet)
+        from enmei.fleet.service import serve_fleet
+
+        service.append(asyncio.create_task(serve_fleet(engine), name="fleet"))
     service.extend(watch_tasks(engine))  # the heartbeat and the watchers' reports (enmei watch)
     try:
         if companion is not None:
