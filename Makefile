@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 # Debian packages: python3-venv for the virtualenv; QEMU, busybox and cpio for guests; chromium for the
 # browser tests; the real daemons of the e2e suite (run in the foreground as enmei units, never via init)
 # and the peers and scraper of `enmei bench daemons` (prometheus also gives promtool to the metrics tests);
-# gcc-12 and make build the test image's specimen kernel modules against its kernel's headers.
+# gcc-12 and make build the test image's specimen kernel modules against its kernel's headers; aide checks
+# a guest's disk from outside (VM Shadow; e2fsprogs' debugfs reads it).
 DEMO_DEBS := python3-venv
 TEST_DEBS := python3-venv qemu-system-x86 qemu-utils busybox-static cpio chromium \
-             nginx-light redis-server postgresql prometheus monit supervisor gcc-12 make
+             nginx-light redis-server postgresql prometheus monit supervisor gcc-12 make aide
 PYTEST_WORKERS ?= 2
 
 .PHONY: help demo test setup debs-demo debs-test lint typecheck pytest clean

@@ -48,14 +48,18 @@ from enmei.visor.qemu.kernelinfo import KernelInfo, load
 __all__ = ["IMAGE", "KEYS", "Session", "run", "session", "specimen_image"]
 
 IMAGE = "crossview"
-KEYS = ("trials", "tpr", "fpr", "by_specimen", "list_ms_256mib", "list_ms_1gib")
+KEYS = ("trials", "tpr", "fpr", "by_specimen", "list_ms_256mib", "list_ms_1gib", "shadow_scan_s")
 #: workload -> the guest's specimens (churn always; module churn where modules are looked at)
 WORKLOADS: dict[str, tuple[str, ...]] = {
     "churn": ("churn", "modchurn"),
     "hide-bind": ("churn", "hide-bind"),
     "hide-task": ("churn", "hide-task"),
-    "hide-module": ("churn", "modchurn", "hide-module"),
+    "hide-module": ("churn", "modchurn", "hide-module", "tamper-bin"),
 }
+#: workloads whose boot ends with a VM Shadow scan of its data disk (churn: a negative; tamper-bin: a positive)
+SHADOW_SCANNED = ("churn", "hide-module")
+#: what the tamper-bin specimen leaves on the data disk (what the scan must name)
+TAMPERED = ("/data/bin/ls", "/data/bin/.enmei-stash")
 #: the module specimen's name (what a hidden_module verdict must name)
 HIDDEN_MODULE = "cv_hide_self"
 _HIDDEN_PID = re.compile(r"enmei-specimen: hide-(?:bind|task) pid (\d+)")
@@ -90,6 +94,7 @@ class Session:
     list_ms: list[float] = field(default_factory=list)
     locate_ms: float | None = None
     boot_s: float = 0.0
+    shadow: dict[str, Any] | None = None  # the VM Shadow scan at the end: findings, seconds, reason
 
 
 async def session(backend: QemuBackend, state_dir: Path, image: ImageInfo, workload: str, trials: int, *,
@@ -134,11 +139,42 @@ async def session(backend: QemuBackend, state_dir: Path, image: ImageInfo, workl
             if say is not None:
                 say(f"{workload} trial {i + 1}/{trials}: {row['verdict']} pid {row['pid']} "
                     f"(hidden pid {out.hidden_pid}) after {row['detect_s']} s")
+        if workload in SHADOW_SCANNED:
+            out.shadow = await shadow_scan(backend, unit, image, state_dir)
+            if say is not None:
+                say(f"{workload} VM Shadow scan: {out.shadow}")
     finally:
         await probe.aclose()
         with contextlib.suppress(Exception):
             await backend.stop(unit, timeout_s=5.0)
     return out
+
+
+async def shadow_scan(backend: QemuBackend, unit: str, image: ImageInfo, state_dir: Path) -> dict[str, Any]:
+    """One VM Shadow scan of ``unit``'s data disk (``enmei.monitor.vmshadow``): a copy taken while the guest
+    is paused, checked by AIDE against the image's baseline. ``shadow_scan_s`` is the whole of it (copy,
+    journal replay, tree, AIDE); the baseline, made once per image, is timed apart."""
+    from enmei.monitor.vmshadow import VmShadow
+    from enmei.visor.qemu.image import cache_root
+
+    t0 = time.perf_counter()
+    shadow = VmShadow(Path(image.initrd), cache_root())
+    try:
+        await asyncio.to_thread(shadow.baseline)
+    except RuntimeError as exc:
+        return {"findings": [], "reason": str(exc), "shadow_scan_s": None}
+    baseline_s = time.perf_counter() - t0
+    copy = state_dir / f"{unit}-shadow.img"
+    try:
+        t1 = time.perf_counter()
+        paused_s = await backend.copy_data_disk(unit, copy)
+        scan = await asyncio.to_thread(shadow.scan, copy)
+        total = time.perf_counter() - t1
+    finally:
+        copy.unlink(missing_ok=True)
+    return {"findings": [f.to_json() for f in scan.findings], "reason": scan.reason,
+            "shadow_scan_s": round(total, 2), "paused_s": round(paused_s, 3), "baseline_s": round(baseline_s, 2),
+            "steps_s": scan.seconds}
 
 
 def _locate_ms(ram: Path, k: KernelInfo) -> float:
@@ -199,11 +235,21 @@ def summarize(sessions: list[Session]) -> dict[str, Any]:
         ms = [s.locate_ms for s in sessions if s.memory_mib == mib and s.locate_ms is not None]
         return max(ms) if ms else None
 
+    scans = [s for s in sessions if s.shadow is not None]
+    shadow_s = [s.shadow["shadow_scan_s"] for s in scans if s.shadow and s.shadow.get("shadow_scan_s") is not None]
+    shadow = {"scans": len(scans),
+              "found": sum(1 for s in scans if s.workload != "churn" and s.shadow
+                           and set(TAMPERED) <= {f["path"] for f in s.shadow["findings"]}),
+              "positives": sum(1 for s in scans if s.workload != "churn"),
+              "false_alarms": sum(1 for s in scans if s.workload == "churn" and s.shadow and s.shadow["findings"]),
+              "negatives": sum(1 for s in scans if s.workload == "churn"),
+              "inconclusive": sum(1 for s in scans if s.shadow and s.shadow.get("reason"))}
     return {"trials": sum(len(s.trials) for s in sessions), "sessions": len(sessions),
             "tpr": round(tp / (tp + fn), 3) if tp + fn else None,
             "fpr": round(fp / (fp + tn), 3) if fp + tn else None,
             "by_specimen": by, "list_ms_256mib": median_ms(256), "list_ms_1gib": median_ms(1024),
             "locate_ms_256mib": locate(256), "locate_ms_1gib": locate(1024),
+            "shadow_scan_s": max(shadow_s) if shadow_s else None, "shadow": shadow,
             "boot_s": [s.boot_s for s in sessions]}
 
 
@@ -241,7 +287,8 @@ def run(trials: int = 50, *, sessions: int = 4, say: Callable[[str], None] | Non
         asyncio.run(go(Path(tmp)))
     out = summarize(done)
     out["per_session"] = [{"workload": s.workload, "memory_mib": s.memory_mib, "kaslr": s.kaslr,
-                           "hidden_pid": s.hidden_pid, "locate_ms": s.locate_ms, "trials": s.trials}
+                           "hidden_pid": s.hidden_pid, "locate_ms": s.locate_ms, "trials": s.trials,
+                           "shadow": s.shadow}
                           for s in done]
     return out
 

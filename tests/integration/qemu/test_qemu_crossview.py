@@ -49,6 +49,9 @@ async def test_churn_alone_is_clean_with_kaslr_on(vmh: VmHarness, specimen_image
                                 max_trial_s=scaled(90.0))
     assert [t["verdict"] for t in s.trials] == [str(VerdictKind.CLEAN)] * 2, s.trials
     assert s.hidden_pid is None
+    # its data disk, copied while paused and checked by AIDE against the image's baseline: nothing changed
+    assert s.shadow is not None and s.shadow["reason"] == "" and s.shadow["findings"] == [], s.shadow
+    assert s.shadow["shadow_scan_s"] < scaled(60.0)
 
 
 @pytest.mark.timeout(240)
@@ -57,11 +60,12 @@ async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
     """One boot with both kernel-module specimens (built at image-build time against the image kernel's own
     headers): a sleep unlinked from the task list by cv_hide_task, and cv_hide_self unlinked from the
     module list, amid process churn and a module loaded and unloaded every 0.6 s. Both are found, with
-    how = "list" (seen only by the view that does not trust the list); nothing else is accused."""
+    how = "list" (seen only by the view that does not trust the list); nothing else is accused. Then a VM
+    Shadow scan of its data disk finds the tampered ls that the tamper-bin specimen left there."""
     b = vmh.backend()
     k = load(Path(specimen_image.kernel))
     unit = "cv-kmod"
-    spec = crossview.unit_spec(specimen_image, ["churn", "modchurn", "hide-task", "hide-module"])
+    spec = crossview.unit_spec(specimen_image, ["churn", "modchurn", "hide-task", "hide-module", "tamper-bin"])
     await b.start(unit, spec)
     paths = MachinePaths.for_unit(vmh.state_dir, unit)
     console = b.log_path(unit, "console") or paths.console
@@ -86,6 +90,8 @@ async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
         assert "hide-task failed" not in text and "hide-module failed" not in text, text[-2000:]
         pid = crossview._hidden_pid(console)
         assert pid is not None, text[-2000:]
+        await auntil(lambda: "tamper-bin wrote" in console.read_text(errors="replace"), 60.0, "the tamper-bin specimen")
+        shadow = await crossview.shadow_scan(b, unit, specimen_image, vmh.state_dir)
     finally:
         await probe.aclose()
         await b.stop(unit, timeout_s=5.0)
@@ -98,3 +104,7 @@ async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
     assert (mod["name"], mod["how"]) == (crossview.HIDDEN_MODULE, "list")
     assert seen_benign, "the module churn was never seen from outside"
     assert len(found) == 2, found  # no INCONCLUSIVE, no other accusation
+    # VM Shadow: the tampered ls and the file it hides, on the data disk, found by AIDE from outside
+    assert shadow["reason"] == "", shadow
+    assert {(f["what"], f["path"]) for f in shadow["findings"]} >= {("added", p) for p in crossview.TAMPERED}, shadow
+    assert shadow["shadow_scan_s"] < scaled(60.0)

@@ -364,6 +364,9 @@ class QemuBackend(Backend):
     async def set_link(self, name: str, up: bool) -> None:
         await self.api.set_link(name, up)
 
+    async def copy_data_disk(self, name: str, dest: Path) -> float:
+        return await self.api.copy_data_disk(name, dest)
+
     async def snapshot_save(self, name: str, tag: str) -> None:
         await self.api.snapshot_save(name, tag)
 
