@@ -38,6 +38,20 @@ def box_cmd(as_json: JsonOpt = False,
     emit("enmei bench box", box.run(records), as_json)
 
 
+@app.command(name="fleet")
+def fleet_cmd(as_json: JsonOpt = False,
+              records: Annotated[int, typer.Option(min=100, help="Records appended to each journal")] = 20_000,
+              trials: Annotated[int, typer.Option(min=1, max=100, help="Leader kills")] = 10,
+              ttl_s: Annotated[float, typer.Option("--ttl-s", min=0.5, max=60, help="Lease TTL")] = 5.0,
+              seed: Annotated[int, typer.Option(help="Seed of the kill moments")] = 19) -> None:
+    """The fleet on a throw-away PostgreSQL: journal appends per second on PostgreSQL beside SQLite, the
+    journal through a PostgreSQL kill -9 (lost acknowledged records), leader failover after kill -9
+    (detection time, split-brain events); VM failover figures are reported as not measured."""
+    from enmei.bench import fleet as bench_fleet
+
+    emit("enmei bench fleet", bench_fleet.run(records, trials, ttl_s, seed), as_json)
+
+
 @app.command()
 def overhead(as_json: JsonOpt = False,
              units: Annotated[int, typer.Option(help="Demo services to supervise")] = 10,
