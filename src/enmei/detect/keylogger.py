@@ -549,6 +549,9 @@ class KeyloggerDetector:
             enough = (o.looks[-1] if o.looks is not None
                       else 2 * o.min_slots + o.max_looks * o.look_every)
             if finished < enough:
+                # no test was made (no alpha spent): try again at the next finished slot rather
+                # than at the next planned look (a slot lost early would cost a whole phase)
+                self._next_look = finished + 1
                 return NOTHING
             return self._conclude(now, found)
         self._looked += 1

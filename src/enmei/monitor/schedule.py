@@ -243,7 +243,8 @@ class TypingSchedule:
         finally:
             if p.end is None:
                 p.end = self.clock.monotonic()
-            self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
+            if "error" not in p.extra:  # a burst the guest did not take says nothing of a burst's length
+                self._typing_s = 0.5 * self._typing_s + 0.5 * (p.end - p.start)
 
     async def run(self, emit: Callable[[Observation], bool]) -> dict[str, Any]:
         """Run the schedule; ``emit`` gets every observation and returns true to stop. Returns a summary
