@@ -166,6 +166,141 @@ class PgReader:
         return [(str(k), str(u), int(n)) for k, u, n in rows]
 
 
+    # -- the aggregate queries of the dashboard, /metrics and the report (``enmei.box.query.Reader``'s,
+    # in PostgreSQL's JSON operators: ``b->'f'`` keeps a JSON value's type, ``b->>'f'`` is its text) ------
+
+    def _q(self, sql: str, args: dict[str, Any]) -> list[tuple[Any, ...]]:
+        with _reading(self.location), self.conn.cursor() as cur:
+            cur.execute(sql, {"sup": self.supervisor, **args})
+            return [tuple(r) for r in cur.fetchall()]
+
+    def sample_count(self, unit: str, metric: str, since: float, until: float) -> int:
+        rows = self._q(f"SELECT COUNT(*) {_WINDOW}", _win(unit, metric, since, until))
+        return int(rows[0][0])
+
+    def samples_between(self, unit: str, metric: str, since: float, until: float) -> list[tuple[float, float]]:
+        rows = self._q(f"SELECT wall, value {_WINDOW} ORDER BY wall", _win(unit, metric, since, until))
+        return [(float(w), float(v)) for w, v in rows]
+
+    def sample_buckets(self, unit: str, metric: str, since: float, until: float,
+                       step: float) -> list[tuple[float, float, float]]:
+        rows = self._q(f"SELECT AVG(wall), MIN(value), MAX(value) {_WINDOW}"
+                       " GROUP BY floor((wall - %(since)s) / %(step)s) ORDER BY 1",
+                       {**_win(unit, metric, since, until), "step": step})
+        return [(float(w), float(lo), float(hi)) for w, lo, hi in rows]
+
+    def units_between(self, since: float, until: float) -> list[str]:
+        rows = self._q("SELECT DISTINCT unit FROM enmei_records WHERE supervisor = %(sup)s AND wall_ns >= %(a)s"
+                       " AND wall_ns <= %(b)s AND unit <> '' UNION SELECT DISTINCT unit FROM enmei_samples"
+                       " WHERE supervisor = %(sup)s AND wall >= %(since)s AND wall <= %(until)s",
+                       {"a": int(since * 1e9), "b": int(until * 1e9), "since": since, "until": until})
+        return sorted(str(r[0]) for r in rows)
+
+    def hashes(self) -> dict[int, bytes]:
+        return {int(seq): bytes(h) for seq, h in self._q(
+            "SELECT seq, hash FROM enmei_records WHERE supervisor = %(sup)s", {})}
+
+    def repeated_remedy_starts(self) -> list[tuple[object, int]]:
+        rows = self._q("SELECT body::jsonb->'decision_seq', COUNT(*) FROM enmei_records WHERE supervisor = %(sup)s"
+                       " AND kind = 'remedy.start' GROUP BY 1 HAVING COUNT(*) > 1", {})
+        return [(d, int(n)) for d, n in rows]
+
+    def last_start_seq(self, up_to_seq: int) -> int | None:
+        rows = self._q("SELECT MAX(seq) FROM enmei_records WHERE supervisor = %(sup)s AND kind = 'supervisor'"
+                       " AND seq <= %(upto)s AND body::jsonb->>'event' = 'started'", {"upto": up_to_seq})
+        return int(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    def count_by(self, kind: str, fields: Sequence[str], up_to_seq: int) -> list[tuple[Any, ...]]:
+        cols = "".join(f", b->'{_field(f)}'" for f in fields)
+        groups = ", ".join(str(i) for i in range(1, len(fields) + 2))
+        return self._q(f"SELECT unit{cols}, COUNT(*) FROM (SELECT unit, body::jsonb AS b FROM enmei_records"  # noqa: S608
+                       " WHERE supervisor = %(sup)s AND kind = %(kind)s AND seq <= %(upto)s) r"
+                       f" GROUP BY {groups}", {"kind": kind, "upto": up_to_seq})
+
+    def exit_counts(self, up_to_seq: int) -> list[tuple[str, str, int]]:
+        rows = self._q(
+            "SELECT unit, CASE WHEN kind = 'unit.state' THEN 'start_failed'"
+            " WHEN jsonb_typeof(b->'signal') = 'string' AND b->>'signal' <> '' THEN 'signal'"
+            " WHEN jsonb_typeof(b->'code') = 'number' AND (b->>'code')::numeric = 0 THEN 'clean'"
+            " WHEN jsonb_typeof(b->'code') = 'number' THEN 'error' ELSE 'other' END, COUNT(*)"
+            " FROM (SELECT unit, kind, body::jsonb AS b FROM enmei_records WHERE supervisor = %(sup)s"
+            " AND seq <= %(upto)s AND kind IN ('unit.event', 'unit.state')) r"
+            " WHERE (kind = 'unit.event' AND b->>'event' = 'exited') OR (kind = 'unit.state'"
+            " AND b->>'to' = 'exited' AND b->>'reason' LIKE 'start failed%%') GROUP BY 1, 2", {"upto": up_to_seq})
+        return [(str(u), str(r), int(n)) for u, r, n in rows]
+
+    def restart_counts(self, up_to_seq: int, actions: Sequence[str]) -> list[tuple[str, str, str, int]]:
+        rows = self._q(
+            "SELECT d.unit, d.b->>'action', CASE WHEN d.b->>'rule' = 'manual' THEN 'operator'"
+            " WHEN c.kind = 'unit.event' THEN 'exit' WHEN c.kind = 'verdict' THEN 'verdict'"
+            " WHEN c.kind = 'remedy.outcome' THEN 'retry' ELSE 'other' END, COUNT(*)"
+            " FROM (SELECT unit, body::jsonb AS b FROM enmei_records WHERE supervisor = %(sup)s"
+            " AND kind = 'decision' AND seq <= %(upto)s) d LEFT JOIN enmei_records c ON c.supervisor = %(sup)s"
+            " AND c.seq = (CASE WHEN jsonb_typeof(d.b->'cause_seq') = 'number' THEN (d.b->>'cause_seq')::numeric END)"
+            " WHERE d.b->'rejected' IS NULL AND d.b->'suppressed' IS NULL AND (d.b->>'action' = ANY(%(actions)s)"
+            " OR d.b->'counted_as_restart' = 'true'::jsonb) GROUP BY 1, 2, 3",
+            {"upto": up_to_seq, "actions": list(actions)})
+        return [(str(u), str(a), str(r), int(n)) for u, a, r, n in rows]
+
+    def value_buckets(self, kind: str, field: str, label: str, bounds: Sequence[float],
+                      up_to_seq: int) -> list[tuple[str, int, int, float]]:
+        f, lab = _field(field), _field(label)
+        case, args = _bucket_case(f"(b->>'{f}')::float8", bounds)
+        rows = self._q(
+            f"SELECT b->>'{lab}', {case}, COUNT(*), SUM((b->>'{f}')::float8) FROM (SELECT body::jsonb AS b"  # noqa: S608
+            " FROM enmei_records WHERE supervisor = %(sup)s AND kind = %(kind)s AND seq <= %(upto)s) r"
+            f" WHERE jsonb_typeof(b->'{f}') = 'number' AND (b->>'{f}')::float8 >= 0 GROUP BY 1, 2",
+            {**args, "kind": kind, "upto": up_to_seq})
+        return [(str(a), int(b), int(n), float(s)) for a, b, n, s in rows]
+
+    def sample_histogram(self, suffix: str, bounds: Sequence[float],
+                         up_to_wall: float) -> list[tuple[str, str, int, int, float]]:
+        case, args = _bucket_case("value", bounds)
+        rows = self._q(f"SELECT unit, metric, {case}, COUNT(*), SUM(value) FROM enmei_samples"  # noqa: S608
+                       " WHERE supervisor = %(sup)s AND right(metric, %(n)s) = %(suffix)s AND wall <= %(upto)s"
+                       " AND value >= 0 GROUP BY 1, 2, 3",
+                       {**args, "n": len(suffix), "suffix": suffix, "upto": up_to_wall})
+        return [(str(u), str(m), int(b), int(n), float(s)) for u, m, b, n, s in rows]
+
+    def flood_counts(self, up_to_seq: int) -> list[tuple[str, str, int, int]]:
+        rows = self._q(
+            "SELECT unit, b->>'stream', SUM(CASE WHEN b->>'phase' = 'begin' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN b->>'phase' = 'end' AND jsonb_typeof(b->'dropped_bytes') = 'number'"
+            " AND (b->>'dropped_bytes')::numeric >= 0 THEN (b->>'dropped_bytes')::numeric ELSE 0 END)"
+            " FROM (SELECT unit, body::jsonb AS b FROM enmei_records WHERE supervisor = %(sup)s"
+            " AND kind = 'unit.event' AND seq <= %(upto)s) r WHERE b->>'event' = 'log_flood' GROUP BY 1, 2",
+            {"upto": up_to_seq})
+        return [(str(u), str(s), int(b or 0), int(d or 0)) for u, s, b, d in rows]
+
+    def flood_phases(self, first_seq: int, last_seq: int) -> list[tuple[str, str, str]]:
+        rows = self._q(
+            "SELECT DISTINCT ON (unit, b->>'stream') unit, b->>'stream', b->>'phase' FROM (SELECT unit, seq,"
+            " body::jsonb AS b FROM enmei_records WHERE supervisor = %(sup)s AND kind = 'unit.event'"
+            " AND seq >= %(lo)s AND seq <= %(hi)s) r WHERE b->>'event' = 'log_flood'"
+            " ORDER BY unit, b->>'stream', seq DESC", {"lo": first_seq, "hi": last_seq})
+        return [(str(u), str(s), str(p)) for u, s, p in rows]
+
+
+_WINDOW = ("FROM enmei_samples WHERE supervisor = %(sup)s AND unit = %(unit)s AND metric = %(metric)s"
+           " AND wall >= %(since)s AND wall <= %(until)s")
+
+
+def _win(unit: str, metric: str, since: float, until: float) -> dict[str, Any]:
+    return {"unit": unit, "metric": metric, "since": since, "until": until}
+
+
+def _field(name: str) -> str:
+    # Field names are spliced into JSON operators: only plain identifiers, never text from outside.
+    if not name.isidentifier():
+        raise ValueError(f"not a field name: {name!r}")
+    return name
+
+
+def _bucket_case(expr: str, bounds: Sequence[float]) -> tuple[str, dict[str, float]]:
+    whens = "".join(f" WHEN {expr} <= %(b{i})s THEN {i}" for i in range(len(bounds)))
+    return f"CASE{whens} ELSE {len(bounds)} END", {f"b{i}": float(b) for i, b in enumerate(bounds)}
+
+
 # -- verify -----------------------------------------------------------------------------------------
 
 
