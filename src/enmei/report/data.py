@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from enmei.box import Reader
+from enmei.box.readers import AnyReader
 from enmei.report.charts import Limits, Marker, limits_from_evidence, metric_figure
 from enmei.report.incidents import CHAIN_KINDS, Incident, Rec, build_incidents
 
@@ -32,7 +32,7 @@ __all__ = [
 LimitsFn = Callable[[str, str], Limits | None]
 
 
-def records_between(reader: Reader, since: float, until: float | None = None, *, kinds: Sequence[str] | None = None,
+def records_between(reader: AnyReader, since: float, until: float | None = None, *, kinds: Sequence[str] | None = None,
                     unit: str | None = None, limit: int = 100_000) -> list[Rec]:
     """Records with ``since <= wall <= until`` (seq order), decoded; at most ``limit`` (the oldest)."""
     out: list[Rec] = []
@@ -43,12 +43,12 @@ def records_between(reader: Reader, since: float, until: float | None = None, *,
     return out
 
 
-def units_between(reader: Reader, since: float, until: float) -> list[str]:
+def units_between(reader: AnyReader, since: float, until: float) -> list[str]:
     """The units with records or samples in the window, sorted."""
     return reader.units_between(since, until)
 
 
-def fetcher(reader: Reader) -> Callable[[int], Rec | None]:
+def fetcher(reader: AnyReader) -> Callable[[int], Rec | None]:
     """Look one record up by seq (for links that point before a window)."""
     def fetch(seq: int) -> Rec | None:
         r = reader.get(seq)
@@ -56,7 +56,7 @@ def fetcher(reader: Reader) -> Callable[[int], Rec | None]:
     return fetch
 
 
-def incidents_between(reader: Reader, since: float, until: float | None = None, *,
+def incidents_between(reader: AnyReader, since: float, until: float | None = None, *,
                       unit: str | None = None) -> list[Incident]:
     """The incidents whose records fall in the window (oldest first); causes before it are looked up."""
     recs = records_between(reader, since, until, kinds=CHAIN_KINDS, unit=unit)
@@ -92,7 +92,7 @@ def markers(records: Iterable[Rec]) -> dict[str, list[Marker]]:
     return out
 
 
-def metric_points(reader: Reader, unit: str, metric: str, since: float, until: float,
+def metric_points(reader: AnyReader, unit: str, metric: str, since: float, until: float,
                   max_points: int = 4000) -> list[tuple[float, float]]:
     """(wall, value) of one metric in the window: raw samples, else the summary records' means.
 
@@ -121,7 +121,7 @@ def metric_points(reader: Reader, unit: str, metric: str, since: float, until: f
     return pts
 
 
-def _summary_metrics(reader: Reader, unit: str, since: float, until: float) -> set[str]:
+def _summary_metrics(reader: AnyReader, unit: str, since: float, until: float) -> set[str]:
     names: set[str] = set()
     for r in records_between(reader, since, until, kinds=["samples"], unit=unit, limit=2000):
         m = r.body.get("metrics")
@@ -130,7 +130,7 @@ def _summary_metrics(reader: Reader, unit: str, since: float, until: float) -> s
     return names
 
 
-def latest_limits(reader: Reader, unit: str, probe: str, until: float | None = None,
+def latest_limits(reader: AnyReader, unit: str, probe: str, until: float | None = None,
                   look_back: int = 500) -> Limits | None:
     """The limits in the newest ANOMALY verdict about ``probe`` (among the unit's last ``look_back``)."""
     for r in reversed(reader.tail(look_back, unit=unit, kinds=["verdict"])):
@@ -150,7 +150,7 @@ def _order(metric: str) -> tuple[int, str]:
     return (0 if metric.endswith("latency_s") else 1 if metric.endswith(".ok") else 2, metric)
 
 
-def unit_figures(reader: Reader, unit: str, since: float, until: float, *, live_limits: LimitsFn | None = None,
+def unit_figures(reader: AnyReader, unit: str, since: float, until: float, *, live_limits: LimitsFn | None = None,
                  only: Sequence[str] | None = None, height: int = 240, max_points: int = 2000,
                  chain: Sequence[Rec] | None = None) -> dict[str, dict[str, Any]]:
     """One figure per metric of ``unit`` (latency first), with its verdicts, remedies and limits.

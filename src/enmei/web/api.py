@@ -194,7 +194,7 @@ def journal_status(ctx: Ctx) -> JournalStatus:
                                      "first_bad": v.first_bad, "reason": v.reason, "wall": ctx.verified_wall}
     if ctx.verify_error is not None:
         verify = {"ok": None, "error": ctx.verify_error, "wall": ctx.verified_wall}
-    return JournalStatus(path=str(j.path), status="degraded" if j.status != "ok" else "ok", error=j.error,
+    return JournalStatus(path=j.location, status="degraded" if j.status != "ok" else "ok", error=j.error,
                          last_seq=j.last_seq, durable_seq=j.durable_seq, pending=j.pending,
                          dropped_samples=j.dropped_samples, size_bytes=size, verify=verify)
 
@@ -230,7 +230,7 @@ async def replay_policy(ctx: Ctx, window_s: Window = 3600.0) -> dict[str, Any]:
         raise HTTPException(409, "a replay is running; try again when it is done")
     ctx.replaying = True
     try:
-        return await ctx.blocking(run_replay, ctx.engine.loaded.policy_path, ctx.engine.journal.path,
+        return await ctx.blocking(run_replay, ctx.engine.loaded.policy_path, ctx.engine.journal,
                                   time.time() - window_s)
     except ReplayUnavailable as exc:
         raise HTTPException(501, str(exc)) from None
@@ -267,7 +267,8 @@ async def metrics(ctx: Ctx, request: Request) -> Response:
     snap = Snapshot(
         version=__version__, policy=e.policy.version, units=dict(view.units),
         probes={u: [p.name for p in ps] for u, ps in e.probes.items()}, tally=tally,
-        journal_path=e.journal.path, journal_last_seq=e.journal.last_seq, journal_durable_seq=e.journal.durable_seq,
+        journal_path=e.journal.path, journal_source=e.journal, journal_last_seq=e.journal.last_seq,
+        journal_durable_seq=e.journal.durable_seq,
         journal_pending=e.journal.pending, journal_ok=e.journal.status == "ok",
         journal_dropped_samples=e.journal.dropped_samples, verify_ok=None if v is None else v.ok,
         verify_wall=ctx.verified_wall, web_refused=dict(getattr(request.app.state, "gate_tally", GateTally()).counts),

@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from enmei.box import Reader, VerifyResult, verify
+from enmei.box import VerifyResult
+from enmei.box.readers import AnyReader, open_reader, verify_source
 from enmei.clock import wait_for
 from enmei.engine.loop import Engine
 from enmei.web.events import Broadcaster
@@ -67,9 +68,10 @@ class WebContext:
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
     @contextlib.contextmanager
-    def reader(self) -> Iterator[Reader]:
-        """A read-only journal connection for one request (call inside ``blocking``)."""
-        r = Reader(self.engine.journal.path)
+    def reader(self) -> Iterator[AnyReader]:
+        """A read-only journal connection for one request (call inside ``blocking``): the SQLite file or
+        this supervisor's chain in PostgreSQL."""
+        r = open_reader(self.engine.journal)
         try:
             yield r
         finally:
@@ -124,7 +126,7 @@ class WebContext:
         with contextlib.suppress(Exception):
             await self.engine.journal.aflush(timeout_s=5.0)  # probe samples queued before the tally began
         try:
-            seeded = await self.blocking(seed_tally, self.engine.journal.path, upto, self.tally.after_wall)
+            seeded = await self.blocking(seed_tally, self.engine.journal, upto, self.tally.after_wall)
         except Exception:
             log.exception("cannot count the journal's records for /metrics")
             return
@@ -148,7 +150,7 @@ class WebContext:
             loop = asyncio.get_running_loop()
             anchors = self.engine.journal.anchors
             self._verifying = loop.run_in_executor(
-                self.pool, functools.partial(verify, self.engine.journal.path, anchors=anchors))
+                self.pool, functools.partial(verify_source, self.engine.journal, anchors=anchors))
         try:
             res = await asyncio.shield(self._verifying)
         except Exception as exc:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from enmei.box import Reader
+from enmei.box.readers import open_reader
 from enmei.model import Observation, Severity
 from enmei.policy.actions import actions, restart_actions
 
@@ -208,7 +208,7 @@ def _merge_histogram(counts: dict[Any, list[int]], sums: dict[Any, float], more:
         sums[key] = sums.get(key, 0.0) + total
 
 
-def seed_tally(journal: Path, up_to_seq: int, up_to_wall: float = 0.0) -> Tally:
+def seed_tally(journal: Path | Any, up_to_seq: int, up_to_wall: float = 0.0) -> Tally:
     """The counts of the journal's records with ``seq <= up_to_seq`` and probe samples with ``wall <=
     up_to_wall`` (blocking: call it in a thread). Flood states (``flooding``) are those of this supervisor's
     run only (since its last ``supervisor started`` record): an episode an earlier run left open is over.
@@ -216,7 +216,7 @@ def seed_tally(journal: Path, up_to_seq: int, up_to_wall: float = 0.0) -> Tally:
     Raises ``BoxError`` when the journal cannot be read.
     """
     t = Tally(after_seq=up_to_seq, after_wall=up_to_wall)
-    with Reader(journal) as r:
+    with open_reader(journal) as r:
         for unit, vkind, n in r.count_by("verdict", ["kind"], up_to_seq):
             t.verdicts[(str(unit), str(vkind if vkind is not None else "?"))] += int(n)
         for unit, action, n in r.count_by("decision", ["action"], up_to_seq):

@@ -50,13 +50,13 @@ import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from enmei.box import Reader
+from enmei.box.readers import open_reader
 from enmei.errors import BoxError
 from enmei.model import Health, Severity, UnitState, VerdictKind
 from enmei.policy.actions import actions
@@ -93,6 +93,7 @@ class Snapshot:
     web_refused: Mapping[str, int] = field(default_factory=dict)  # reason -> requests/connections refused
     timed: Mapping[str, list[str]] = field(default_factory=dict)  # unit -> probes with a duration histogram
     stats_units: frozenset[str] = frozenset()  # units with a process probe
+    journal_source: Any = None  # the writer, when the journal is not a file (read through open_reader)
 
 
 K = TypeVar("K", bound=tuple[str, ...])
@@ -264,14 +265,14 @@ def journal_size(path: Path) -> int:
     return size
 
 
-def latest_samples(journal: Path, probes: Mapping[str, list[str]]) -> dict[tuple[str, str], float]:
+def latest_samples(journal: Path | Any, probes: Mapping[str, list[str]]) -> dict[tuple[str, str], float]:
     """The newest ``<probe>.latency_s`` and ``<probe>.ok`` sample of each unit's probes (index seeks).
 
     No journal yet, or one that cannot be read: what was read so far (a scrape never fails on it).
     """
     out: dict[tuple[str, str], float] = {}
     try:
-        reader = Reader(journal)
+        reader = open_reader(journal)
     except Exception:  # no journal file yet: no samples
         return out
     try:
@@ -291,5 +292,5 @@ def latest_samples(journal: Path, probes: Mapping[str, list[str]]) -> dict[tuple
 def render(snap: Snapshot) -> bytes:
     """The exposition text of ``snap`` (blocking: reads the newest samples; call it in a thread)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snap, latest_samples(snap.journal_path, snap.probes)))
+    registry.register(_Collector(snap, latest_samples(snap.journal_source or snap.journal_path, snap.probes)))
     return generate_latest(registry)

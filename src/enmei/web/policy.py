@@ -54,10 +54,10 @@ def run_replay(policy_path: Path | None, journal: Path, since_wall: float) -> di
 
     Raises ``ReplayUnavailable``, ``PolicyError`` (the policy does not load), ``BoxError``.
     """
-    from enmei.box import Reader
+    from enmei.box.readers import open_reader
 
     open_policy, replay_records = replay_functions()
-    with Reader(journal) as reader:
+    with open_reader(journal) as reader:
         first = reader.records(since_wall=since_wall, limit=1)
         start = next(iter(first), None)
         if start is None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enmei.box import Reader
+from enmei.box.readers import AnyReader
 from enmei.engine.loop import Engine
 from enmei.engine.unit import UnitRuntime
 from enmei.remedy import REMEDIES
@@ -121,7 +121,7 @@ def live_limits_now(engine: Engine, unit: str) -> dict[str, Limits]:
     return out
 
 
-def last_verdicts(reader: Reader, units: list[str]) -> dict[str, Rec]:
+def last_verdicts(reader: AnyReader, units: list[str]) -> dict[str, Rec]:
     """Each unit's newest verdict."""
     out: dict[str, Rec] = {}
     for u in units:
@@ -131,7 +131,7 @@ def last_verdicts(reader: Reader, units: list[str]) -> dict[str, Rec]:
     return out
 
 
-def remedies_since(reader: Reader, since_wall: float) -> dict[str, Counter[str]]:
+def remedies_since(reader: AnyReader, since_wall: float) -> dict[str, Counter[str]]:
     """Per unit, remedies started since ``since_wall``, counted by action."""
     out: dict[str, Counter[str]] = {}
     for r in reader.records(kinds=["remedy.start"], since_wall=since_wall, limit=100_000):

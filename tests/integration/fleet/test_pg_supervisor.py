@@ -8,18 +8,29 @@ import json
 import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from enmei.box import Journal
 from enmei.box.pgread import PgReader
+from enmei.daemons.base import free_port
 from enmei.fleet.pgserver import TempPostgres
 from support.wait import scaled
 
 from ..conftest import PY, Procs, enmei, wait_until
 
 pytestmark = pytest.mark.integration
+
+
+def _get(port: int, path: str, token: str, *, method: str = "GET", raw: bool = False) -> Any:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=scaled(30)) as resp:
+        body = resp.read().decode()
+    return body if raw else json.loads(body)
 
 
 def _pid(state: Path) -> int | None:
@@ -35,8 +46,10 @@ def test_enmei_up_on_postgres_supervises_through_an_outage(pg_server: TempPostgr
     cfg.write_text(f'[supervisor]\nstate_dir = "state"\njournal = "{pg_dsn}"\nhost = "h1"\n\n'
                    '[units.sleeper]\ncommand = ["sleep", "300"]\nstart_s = 0.2\n')
     state, log = tmp_path / "state", tmp_path / "up.log"
+    port = free_port()
     with open(log, "wb") as out:
-        up = procs.popen([PY, "-m", "enmei", "up", "--plain", str(cfg)], stdout=out, stderr=subprocess.STDOUT)
+        up = procs.popen([PY, "-m", "enmei", "up", "--plain", "--listen", f"127.0.0.1:{port}", str(cfg)],
+                         stdout=out, stderr=subprocess.STDOUT)
     assert wait_until(lambda: _pid(state) is not None or up.poll() is not None, 60), log.read_text()[-3000:]
     first = _pid(state)
     assert first is not None and up.poll() is None
@@ -50,6 +63,14 @@ def test_enmei_up_on_postgres_supervises_through_an_outage(pg_server: TempPostgr
     assert wait_until((state / "journal.spool").exists, 30), "the records of the restart are spooled"
     pg_server.start()
     assert wait_until(lambda: not (state / "journal.spool").exists(), 60), log.read_text()[-3000:]
+    # the dashboard's API reads the chain from PostgreSQL: records, a verification, the /metrics counters
+    token = (state / "web.token").read_text().strip()
+    recs = _get(port, "/api/records?limit=500", token)
+    assert any(r["kind"] == "unit.event" and r["unit"] == "sleeper" for r in recs), recs
+    status = _get(port, "/api/journal/verify", token, method="POST")
+    assert status["verify"]["ok"] is True and status["path"].endswith("#h1"), status
+    metrics = _get(port, "/metrics", token, raw=True)
+    assert 'enmei_unit_exits_total{reason="signal",unit="sleeper"}' in metrics, metrics[:2000]
     up.send_signal(signal.SIGTERM)
     up.wait(scaled(60))
     assert up.returncode == 0, log.read_text()[-3000:]
