@@ -225,6 +225,8 @@ def logs_cmd(as_json: JsonOpt = False,
              hdfs: Annotated[bool, typer.Option(help="HDFS session classification (the bench extra)")] = True,
              repeats: Annotated[int, typer.Option(
                  min=1, max=20, help="Runs of each miner per set; the fastest is timed")] = 3,
+             faults: Annotated[bool, typer.Option(
+                 help="The fault-class data set (tests/data/logfaults, $ENMEI_LOGFAULTS)")] = True,
              ) -> None:
     """Log template mining on the Loghub-2k sets (grouping and parsing accuracy, lines/s) with Drain3
     beside it, and anomalous HDFS sessions from template counts (precision, recall, F1)."""
@@ -235,7 +237,7 @@ def logs_cmd(as_json: JsonOpt = False,
     if unknown or not names:
         raise typer.BadParameter(f"unknown sets {unknown}; known: {', '.join(bench_logs.SETS)}", param_hint="--sets")
     try:
-        result = bench_logs.run(data, names, drain3=drain3, hdfs=hdfs, repeats=repeats)
+        result = bench_logs.run(data, names, drain3=drain3, hdfs=hdfs, repeats=repeats, faults=faults)
     except FileNotFoundError as exc:
         raise typer.BadParameter(f"{exc.filename}: not found (is the Loghub data there?)", param_hint="--data") from exc
     if as_json:

@@ -13,6 +13,11 @@ Admin endpoints (POST; also GET, so that ``curl`` is enough):
 * ``/admin/hang?ignore_term=1`` — stop answering anything (and, with ignore_term, ignore SIGTERM).
 * ``/admin/degrade?on=1`` — degraded mode: ``/api/search`` answers 503, the rest works.
 * ``/admin/reset`` — clear every fault; ``/admin/state`` — the knobs and the leaked bytes.
+
+Its log (stderr) is an access log plus what a real service says under these faults: a slow request
+(an injected latency of 100 ms or more), the error behind an injected 500, the degraded search, and
+five times a second while it leaks, the heap's size — the lines the fault-class data set
+(``enmei.bench.logfaults``) is made of.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from urllib.parse import parse_qs, urlparse
 __all__ = ["Faults", "main", "serve"]
 
 VERSION = "demo-1.0"
+_SLOW_MS = 100.0  # a request held this long by an injected latency says so in the log
 
 
 class Faults:
@@ -76,6 +82,10 @@ class Faults:
                 with self.lock:
                     self.leaked.append(chunk)
                     self.leaked_bytes += len(chunk)
+                    total = self.leaked_bytes
+                if len(self.leaked) % 2 == 0:  # five times a second, as a runtime under memory pressure does
+                    sys.stderr.write(f"{time.strftime('%H:%M:%S')} memory: heap grew to {total >> 20} MiB "
+                                     f"({rate:g} MiB/s), gc pause {int(20 + (total >> 20) // 4)} ms\n")
 
 
 def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
@@ -115,7 +125,10 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
                 error_rate = faults.error_rate
             if latency and (endpoint is None or endpoint == url.path):
                 time.sleep(latency / 1000)
+                if latency >= _SLOW_MS:
+                    self.log_message("slow request %s took %d ms (waiting on the backend)", url.path, int(latency))
             if error_rate and random.random() < error_rate:
+                self.log_message("ERROR handling %s: injected failure (error rate %.2f)", url.path, error_rate)
                 self._send(500, {"error": "injected"})
                 return
             if url.path == "/":
@@ -126,6 +139,7 @@ def _handler(faults: Faults, started: float) -> type[BaseHTTPRequestHandler]:
             elif url.path == "/api/items":
                 self._send(200, {"items": [{"id": i, "name": f"item-{i}"} for i in range(20)]})
             elif url.path == "/api/search" and faults.degraded:
+                self.log_message("search is switched off (degraded mode): answering 503")
                 self._send(503, {"error": "degraded: search is off"})
             elif url.path == "/api/search":
                 term = q.get("q", "item")
