@@ -90,6 +90,7 @@ class VerdictKind(StrEnum):
     ANOMALY = "anomaly"  # a metric left its expected behaviour (control chart, NAB detector)
     AGING = "aging"  # a resource trends towards exhaustion (predicted time in evidence)
     LOG_ANOMALY = "log_anomaly"  # log lines or templates out of the ordinary
+    LOG_SIGNATURE = "log_signature"  # a unit's log mix looks like a known anomaly of a signature (class in evidence)
     PANIC = "panic"  # a guest kernel reported a panic
     KEYLOGGER_SUSPECTED = "keylogger_suspected"  # the guest's I/O follows injected keys (or leaked the bait)
     BOT_SUSPECTED = "bot_suspected"  # outbound traffic that no request or input explains

@@ -81,7 +81,7 @@ _KINDS: dict[str, DetectorKind] = {}
 #: about kinds: an import of the registry alone (the config does it) stays light.
 BUILTIN_MODULES = ("enmei.detect.failures", "enmei.detect.judges", "enmei.detect.latency", "enmei.detect.reaction",
                    "enmei.detect.logmatch", "enmei.detect.metric", "enmei.detect.aging_unit",
-                   "enmei.detect.keylogger", "enmei.detect.crossview")
+                   "enmei.detect.keylogger", "enmei.detect.crossview", "enmei.detect.logsignature")
 _loaded: set[str] = set()
 
 

@@ -120,10 +120,17 @@ class Signature:
 
     def predict(self, window: Iterable[str | bytes], miner: TemplateMiner, index: dict[int, int]) -> Prediction:
         x, novel = self.vector(window, miner, index)
+        return self.judge(x, novel)
+
+    def judge(self, x: np.ndarray[Any, Any], novel: float, min_p: float | None = None) -> Prediction:
+        """The prediction for a window's ratio vector ``x`` and novel share: its top class if the
+        network gives it at least ``min_p`` (default: the signature's) and no more than ``max_novel``
+        of the lines were novel, else ``unknown``."""
         p = self.probabilities(x)
         k = int(np.argmax(p))
         top, pk = self.classes[k], float(p[k])
-        label = top if pk >= self.min_p and novel <= self.max_novel else UNKNOWN
+        floor = self.min_p if min_p is None else min_p
+        label = top if pk >= floor and novel <= self.max_novel else UNKNOWN
         return Prediction(label, round(pk, 4), round(novel, 4), top)
 
     # ---- the file

@@ -304,3 +304,26 @@ def test_a_suspected_keylogger_is_isolated_and_alerted_never_restarted(manager: 
     # clean and inconclusive verdicts ask for nothing
     for kind in (VerdictKind.CLEAN, VerdictKind.INCONCLUSIVE):
         assert m.decide(_verdict(kind, 2000.0, Severity.INFO), view(2000.0, vm)) == []
+
+
+def test_a_log_signature_applies_its_remedy_hint_and_only_known_hints(manager: Make) -> None:
+    # restart (budget left) -> restart; rejuvenate -> at once; alert or an unknown hint -> alert, once
+    d = manager().decide(_verdict(VerdictKind.LOG_SIGNATURE, 1000.0, Severity.CRITICAL, **{
+        "class": "memory_leak", "remedy": "restart", "p": 0.97}), view(1000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("restart", "signature-restart")]
+    assert "log signature" in d[0].reason
+    d = manager().decide(_verdict(VerdictKind.LOG_SIGNATURE, 1000.0, Severity.CRITICAL, **{
+        "class": "memory_leak", "remedy": "rejuvenate"}), view(1000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("rejuvenate", "signature-rejuvenate")]
+    m = manager()
+    d = m.decide(_verdict(VerdictKind.LOG_SIGNATURE, 1000.0, Severity.CRITICAL, **{
+        "class": "disk_full", "remedy": "rm -rf /"}), view(1000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("alert", "signature-alert")]
+    assert "not one this policy applies" in d[0].reason and d[0].args["severity"] == "critical"
+    again = m.decide(_verdict(VerdictKind.LOG_SIGNATURE, 1100.0, Severity.CRITICAL, **{
+        "class": "disk_full", "remedy": "alert"}), view(1100.0, unit()))
+    assert [(x.action, x.rule) for x in again] == [("none", "signature-quiet")]
+    # isolate only where the backend can (a process cannot): an alert instead
+    d = manager().decide(_verdict(VerdictKind.LOG_SIGNATURE, 1000.0, Severity.WARNING, **{
+        "class": "bot", "remedy": "isolate"}), view(1000.0, unit()))
+    assert [(x.action, x.rule) for x in d] == [("alert", "signature-alert")]
