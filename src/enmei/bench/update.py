@@ -30,7 +30,9 @@ acknowledged lines missing from the data disk at the end. ``shadow_gap_breakdown
 shadow run's gap: ``before_swap_s`` (the last good answer to the swap's start), the swap's own work
 (``kill_s``: the clone checked, the original paused, killed and waited for; ``forward_s``: the unit's
 ports moved to the clone; ``cont_s``: the clone resumed), and ``after_resume_s`` (the resumed guest until
-its first good answer).
+its first good answer), with ``timeline_s``: each step of the swap (``enmei.visor.qemu.standby.TIMELINE``;
+the old QEMU's kill and exit come after the resume). ``shadow_mount_runs_s``: the updated guest's gate
+opening until its data disk was mounted (writes are refused until then).
 
     python -m enmei.bench.update --runs 5
 """
@@ -180,6 +182,7 @@ async def _run(runs: int, memory_mib: int, accel: str, interval_s: float, timeou
             result["shadow_swap_runs_s"] = [r.get("swap_s") for r in out["shadow"]]
             result["shadow_steps_runs_s"] = [r.get("steps") for r in out["shadow"]]
             result["shadow_gap_breakdown_runs_s"] = [r.get("breakdown") for r in out["shadow"]]
+            result["shadow_mount_runs_s"] = [r.get("mount_s") for r in out["shadow"]]
             result.update({"accel": str(identity.extra.get("accel")), "memory_mib": memory_mib,
                            "probe_interval_s": interval_s, "probe_timeout_s": timeout_s,
                            "probe_max_in_flight": max_in_flight,
@@ -215,17 +218,22 @@ async def _shadow(backend: QemuBackend, prober: _Prober, target: ImageInfo, vers
     swap = report.get("swap_mono") or [t0, t0 + took]
     res = await _measure(prober, t0, took, (float(swap[0]), float(swap[1])), target, versions, patience)
     res["swap_s"] = report.get("downtime_s")
+    res["mount_s"] = report.get("mount_s")
     res["steps"] = {k: v.get("took_s") for k, v in report.get("steps", {}).items()}
     facts = report.get("steps", {}).get("swap", {})
+    stamps = report.get("swap_stamps_mono") or {}
     if res.get("gap") is not None and all(isinstance(facts.get(k), (int, float)) for k in _SWAP_PARTS):
-        # where the gap goes: the prober's last good answer .. the swap's start (enmei checks the clone),
-        # the swap's own parts (enmei's work: pause + kill + wait, forwards, cont), then the resumed
-        # guest until its first good answer (its vCPU under TCG, user-mode networking, a new connection)
+        # where the gap goes: the prober's last good answer .. the swap's start, the swap's own parts
+        # (enmei's work: the clone checked, the original paused, killed and waited for, forwards, cont),
+        # then the resumed guest until its first good answer (its vCPU under TCG, user-mode networking,
+        # a new connection)
         last_good, first_good = res["gap"]
-        resumed = float(swap[0]) + sum(float(facts[k]) for k in _SWAP_PARTS)
+        resumed = float(stamps.get("resumed", float(swap[0]) + sum(float(facts[k]) for k in _SWAP_PARTS)))
         res["breakdown"] = {"before_swap_s": round(float(swap[0]) - last_good, 4),
                             **{k: round(float(facts[k]), 4) for k in _SWAP_PARTS},
                             "after_resume_s": round(first_good - resumed, 4)}
+        if isinstance(facts.get("timeline_s"), dict):
+            res["breakdown"]["timeline_s"] = facts["timeline_s"]
     return res
 
 

@@ -101,6 +101,13 @@ async def test_a_shadow_update_swaps_in_the_new_guest_and_keeps_every_acknowledg
     assert report["outcome"] == "updated", report
     assert steps == ["clone", "boot", "snapshot", "swap", "verify"]
     assert report["replaced_pid"] == first.pid and report["pid"] != first.pid
+    # the clone resumed with the unit's port before the original was paused and killed (its exit is off
+    # the interruption), and its gate opened only once the original was gone
+    at = report["swap_stamps_mono"]
+    assert at["start"] <= at["unplugged"] <= at["forwarded"] <= at["resumed"] <= at["paused"] <= at["killed"] \
+        <= at["gone"] <= at["gate"], at
+    assert report["downtime_s"] == pytest.approx(at["resumed"] - at["start"], abs=1e-3)
+    assert report["mount_s"] is not None and report["mount_s"] > 0
     assert (await until_answer(port, "/version")).startswith("enmei-demo 2.0")
     assert (await until_answer(port, "/cgi-bin/app")).startswith("enmei-demo 2.0")
     # the original answered while the clone booted (seconds), then one short gap at the swap

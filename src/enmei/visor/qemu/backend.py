@@ -67,7 +67,7 @@ from enmei.visor.qemu import disks, handoff, ram, strays
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.console import PhaseMark
 from enmei.visor.qemu.errors import BootError, ImageError, QmpError
-from enmei.visor.qemu.forwards import host_forwards, hostfwd_add
+from enmei.visor.qemu.forwards import host_forwards, hostfwd_add, parse_host_forwards
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine, launch, phase_tag, phases_upto, tail
 from enmei.visor.qemu.monitor_api import DUMP_ROTATE_BYTES, MonitorApi
@@ -185,6 +185,17 @@ class QemuBackend(Backend):
         if proc is None or str(qmp_path) not in " ".join(proc.cmdline):
             return False
         paths = MachinePaths(Path(str(extra["dir"])), qmp_path.parent, str(extra.get("slot", "")))
+        took_over = bool(extra.get("takeover"))  # (``recover``: a takeover's new QEMU, the old one gone)
+        if not took_over:
+            record = await asyncio.to_thread(handoff.read, paths)
+            if record is not None and record.old_pid == identity.pid \
+                    and abs(record.old_create_time - identity.create_time) < 0.5 \
+                    and await self._takeover_committed(name, spec, record):
+                # the earlier supervisor died in a takeover after this QEMU let the unit's ports go to the
+                # new one: the new one is kept (``recover`` ends this one)
+                log.warning("unit %s: QEMU pid %d was being replaced when the earlier supervisor ended: not "
+                            "adopted", name, identity.pid)
+                return False
         image_id = extra.get("phase_image")
         machine = self._machine(name, spec, str(extra.get("kernel", "")), str(extra.get("initrd", "")),
                                 str(extra.get("accel", "tcg")), paths, int(extra.get("console_offset", 0)),
@@ -197,9 +208,15 @@ class QemuBackend(Backend):
         # a standby (or any other QEMU of this unit) left by the earlier supervisor goes: it is not adopted
         with contextlib.suppress(VisorError):
             await strays.reap(self.host, name, paths, keep_pid=identity.pid)
-        took_over = bool(extra.get("takeover"))  # (``recover``: a takeover's new QEMU, the old one gone)
         with contextlib.suppress(OSError):
             await asyncio.to_thread(handoff.clear, paths)
+        if not took_over and spec.forward:
+            # a takeover the earlier supervisor died in may have taken this QEMU's ports away (the new
+            # QEMU that held them was reaped above): they are given back
+            try:
+                await self._ensure_forwards(machine, spec, "adopt")
+            except VisorError as exc:
+                log.warning("unit %s: the adopted QEMU's forwarded ports: %s", name, exc.cause)
         if took_over:
             try:
                 await self._finish_takeover(machine, spec, identity)
@@ -273,7 +290,14 @@ class QemuBackend(Backend):
             return None
         old = self.host.process(record.old_pid)
         if old is not None and not old.zombie and abs(old.create_time - record.old_create_time) < 0.5:
-            return None  # not taken over: the old QEMU runs (not adopted, so not the unit's: reaped at start)
+            if not await self._takeover_committed(name, spec, record):
+                return None  # not taken over: the old QEMU runs (not adopted, so not the unit's: reaped at start)
+            # the old QEMU (paused, its ports given away) ends, and is waited for (disks, rule 3), before
+            # the new one is adopted and its gate opened
+            log.warning("unit %s: a takeover the earlier supervisor died in had moved the unit's ports: "
+                        "ending the old QEMU (pid %d)", name, old.pid)
+            if not await strays.kill_process(self.host, old):
+                return None
         try:
             if not await self.adopt(name, spec, record.identity):
                 return None
@@ -285,17 +309,45 @@ class QemuBackend(Backend):
             self.standbys.drop_temporary_forwards(machine, list(record.temporary_ports))
         return self._identity(machine)
 
+    async def _takeover_committed(self, name: str, spec: QemuUnit, record: handoff.Handoff) -> bool:
+        """Whether takeover ``record``'s new QEMU runs (it is the one named) and holds every one of the
+        unit's forwarded ports (for a unit with none: its guest was resumed): the takeover had moved
+        the service to it, so it is the one to keep. Never raises (a QMP that does not answer: False)."""
+        ident = record.identity
+        proc = self.host.process(ident.pid)
+        qmp = str(ident.extra.get("qmp", ""))
+        if proc is None or proc.zombie or not qmp or qmp not in " ".join(proc.cmdline) \
+                or abs(proc.create_time - ident.create_time) > 0.5:
+            return False
+        ports = {int(item.partition(":")[0]) for item in spec.forward}
+        monitor = self.host.monitor(name, Path(qmp), timeout_s=spec.qmp_timeout_s, on_event=None)
+        try:
+            await monitor.connect(deadline_s=max(2.0, spec.qmp_timeout_s))
+            if ports:
+                answer = await monitor.execute("human-monitor-command", {"command-line": "info usernet"})
+                return ports <= parse_host_forwards(str(answer))
+            return bool((await monitor.execute("query-status")).get("status") == "running")
+        except QmpError as exc:
+            log.warning("unit %s: the QEMU a takeover named (pid %d) does not answer: %s", name, ident.pid, exc.cause)
+            return False
+        finally:
+            await monitor.close()
+
+    async def _ensure_forwards(self, machine: Machine, spec: QemuUnit, action: str) -> None:
+        """The unit's forwarded ports on ``machine``: those it does not hold are added."""
+        held = await host_forwards(machine)
+        for item in spec.forward:
+            host, _, guest = item.partition(":")
+            if int(host) not in held:
+                await hostfwd_add(machine, int(host), int(guest), clock=self.clock, action=action, wait_s=2.0)
+
     async def _finish_takeover(self, machine: Machine, spec: QemuUnit, identity: Identity) -> None:
         """What a takeover does after ending the old QEMU, for an adopted new one (``recover``): its
         console to the unit's log (before its gate opens: the ``data-ready`` line must be read there),
         the unit's forwarded ports (those it does not hold yet). Its phases are the phase snapshot's."""
         await machine.console_to_unit()
         machine.console.phases = {}
-        held = await host_forwards(machine)
-        for item in spec.forward:
-            host, _, guest = item.partition(":")
-            if int(host) not in held:
-                await hostfwd_add(machine, int(host), int(guest), clock=self.clock, action="adopt", wait_s=2.0)
+        await self._ensure_forwards(machine, spec, "adopt")
         log.warning("unit %s: adopting QEMU pid %d, which was taking over when the earlier supervisor ended",
                     machine.name, identity.pid)
 

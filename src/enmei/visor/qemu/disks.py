@@ -9,7 +9,7 @@ The data disk is never part of an internal snapshot, and the guest mounts it onl
 opens a gate on ttyS1 (``guest/gate.sh``), which the host does only after the phase snapshot is taken.
 No snapshot therefore holds any state of the mounted file system; the one thing the guest read from
 the disk before the snapshot is its first blocks (the kernel's partition scan at boot), and the gate
-script drops every cached block of the disk (``blockdev --flushbufs``, ``drop_caches``) before it
+script drops every cached block of the disk (``blockdev --flushbufs``: the device's page cache) before it
 mounts. After a phase reboot the guest comes back before the gate, the host opens it again, and the
 guest mounts the disk as it is now (ext4's journal repairs what the failure interrupted). Data the
 service synced before the failure survives a phase reboot exactly as it survives a cold reboot.
@@ -20,8 +20,10 @@ With a warm standby two QEMUs have the data disk open. The rules:
    could make stale, and QEMU's image lock is shared (``share-rw``) by the unit's QEMUs
    (``SHARED``, recorded in the unit's identity);
 2. a standby's guest never passes its gate while it is a standby, so it never reads or writes the disk;
-3. the failed QEMU is killed and *waited for until its process is gone* before the standby is resumed
-   and its gate opened, so at any time at most one guest uses the disk (``release``);
+3. the failed QEMU is paused (its I/O drained), then killed and *waited for until its process is gone*
+   before the standby's gate opens, so at any time at most one guest uses the disk (``pause``, ``end``).
+   The standby may be resumed in between (a takeover does, to shorten the interruption): its gate is
+   still closed, so by rule 2 its guest does not touch the disk;
 4. that guest drops any cached block of the disk before mounting it (above);
 5. a ``start`` or ``adopt`` first kills any other QEMU of the unit still running
    (``enmei.visor.qemu.strays``), since QEMU's lock no longer keeps two of them apart.
@@ -45,7 +47,7 @@ from enmei.visor.qemu.errors import QmpError
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import Machine
 
-__all__ = ["SHARED", "prepare", "release", "shared_in"]
+__all__ = ["SHARED", "end", "pause", "prepare", "release", "shared_in"]
 
 SHARED = "raw-shared"  # the identity's ``data_disk`` when the unit's QEMU shares its data disk (rule 1)
 
@@ -67,14 +69,37 @@ async def prepare(host: QemuHost, name: str, spec: QemuUnit, paths: MachinePaths
                             paths.legacy_data_disk)
 
 
-async def release(old: Machine, timeout_s: float = 5.0) -> bool:
-    """Rule 3: end ``old`` so that no other guest can use the data disk. Its guest is paused first if
-    it still runs (its I/O drains), then QEMU is killed and awaited until its process is gone. True
-    once it is gone; False if it survived SIGKILL for ``timeout_s`` (nobody else may use the disk)."""
+async def pause(old: Machine, *, stamps: dict[str, float] | None = None) -> None:
+    """The first half of rule 3: ``old`` is being ended (its exit is not reported) and its guest is
+    paused if it still runs, so its I/O drains and it writes the data disk no more. Never raises (a QMP
+    that does not answer within 1 s is left: ``end`` kills the process anyway). ``stamps`` gets
+    ``paused``."""
     old.retire()
     if not old.panicked:
         with contextlib.suppress(QmpError):
             await old.qmp().execute("stop", timeout_s=1.0)
+    if stamps is not None:
+        stamps["paused"] = old.clock.monotonic()
     crashpoint.reached("takeover.gate-closed")  # the old guest paused, the new one's gate still closed
+
+
+async def end(old: Machine, timeout_s: float = 5.0, *, stamps: dict[str, float] | None = None) -> bool:
+    """The second half of rule 3: SIGKILL ``old`` and wait until its process is gone; True then, False if
+    it survived SIGKILL for ``timeout_s`` (nobody else may use the disk). Only after it returned True may
+    another guest's gate open. ``stamps`` gets ``killed``, ``exited`` (its pidfd seen) and ``gone``."""
+    old.retire()
     old.kill()
-    return await old.wait_gone(timeout_s)
+    if stamps is not None:
+        stamps["killed"] = old.clock.monotonic()
+    gone = await old.wait_gone(timeout_s)
+    if stamps is not None:
+        if old.exited_mono is not None:
+            stamps["exited"] = old.exited_mono
+        stamps["gone"] = old.clock.monotonic()
+    return gone
+
+
+async def release(old: Machine, timeout_s: float = 5.0, *, stamps: dict[str, float] | None = None) -> bool:
+    """Rule 3 whole: ``pause``, then ``end``."""
+    await pause(old, stamps=stamps)
+    return await end(old, timeout_s, stamps=stamps)

@@ -308,8 +308,10 @@ class FakeQemu:
             self.hostfwds.add(host)
             return self._ok("")
         if words[:1] == ["hostfwd_remove"]:
-            self.hostfwds.discard(int(words[2].split(":")[2]))
-            return self._ok("")
+            port = int(words[2].split(":")[2])
+            found = port in self.hostfwds
+            self.hostfwds.discard(port)
+            return self._ok(f"host forwarding rule for {words[2]} {'removed' if found else 'not found'}\r\n")
         if words[:2] == ["info", "usernet"]:
             rows = "".join(f"  TCP[HOST_FORWARD]   3       127.0.0.1 {port}       10.0.2.15    80     0     0\r\n"
                            for port in sorted(self.hostfwds))

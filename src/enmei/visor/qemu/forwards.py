@@ -9,7 +9,7 @@ from enmei.errors import VisorError
 from enmei.visor.qemu.cmdline import NET_DEV
 from enmei.visor.qemu.machine import Machine
 
-__all__ = ["hmp", "host_forwards", "hostfwd_add"]
+__all__ = ["hmp", "host_forwards", "hostfwd_add", "parse_host_forwards"]
 
 
 async def hmp(machine: Machine, command: str) -> str:
@@ -35,8 +35,18 @@ async def hostfwd_add(machine: Machine, host: int, guest: int, *, clock: Clock, 
 async def host_forwards(machine: Machine) -> set[int]:
     """The loopback host ports ``machine`` forwards to its guest now (``info usernet``'s ``HOST_FORWARD``
     rows: ``TCP[HOST_FORWARD]  FD  127.0.0.1 PORT  10.0.2.15 PORT ...`` in QEMU 7.2)."""
+    return parse_host_forwards(await hmp(machine, "info usernet"))
+
+
+def parse_host_forwards(usernet: str) -> set[int]:
+    """The loopback host ports in ``info usernet``'s answer ``usernet`` (``host_forwards``).
+
+    >>> sorted(parse_host_forwards("  TCP[HOST_FORWARD]  13  127.0.0.1 18080  10.0.2.15 80  0  0\\r\\n"
+    ...                            "  TCP[ESTABLISHED]   20  127.0.0.1 40000  10.0.2.15 80  0  0"))
+    [18080]
+    """
     ports: set[int] = set()
-    for line in (await hmp(machine, "info usernet")).splitlines():
+    for line in usernet.splitlines():
         words = line.split()
         if len(words) >= 4 and "HOST_FORWARD" in words[0] and words[2] == "127.0.0.1" and words[3].isdigit():
             ports.add(int(words[3]))

@@ -1,12 +1,13 @@
 """The takeover record: the QEMU taking over a unit's guest, named on disk before the old one is ended.
 
 A warm standby's takeover (``StandbyManager.take_over``: a phase reboot, the swap of a shadow update)
-ends the unit's QEMU and then resumes the new one. A supervisor killed in between — the old QEMU gone,
-the new one paused or already resumed, the engine not yet told — used to leave its successor a saved
-identity naming a dead QEMU, and the successor cold-started the unit, killing the new QEMU (an update's
-clone that already ran the update, or the standby that was the repair). With this record the successor
-adopts the new QEMU instead (``QemuBackend.recover``): resumed, given the unit's forwarded ports and its
-console, its data-disk gate opened (the old QEMU is gone: ``disks``, rule 3).
+moves the unit's ports to the new QEMU, resumes it and then ends the old one. A supervisor killed in
+between — the new QEMU holding the ports, the old one paused or gone, the engine not yet told — used to
+leave its successor a saved identity naming a dead QEMU (or one that had let the ports go), and the
+successor cold-started the unit, killing the new QEMU (an update's clone that already ran the update, or
+the standby that was the repair). With this record the successor adopts the new QEMU instead
+(``QemuBackend.recover``): the old one ended if it still runs, the new one resumed, given the unit's
+forwarded ports and its console, its data-disk gate opened (the old QEMU is gone: ``disks``, rule 3).
 
 ``<state>/qemu/<unit>/takeover.json``, format 1: ``identity`` (the new QEMU's, as the backend saves one;
 ``extra.takeover`` true), ``old`` (``pid`` and ``create_time`` of the QEMU being replaced), and
@@ -14,8 +15,9 @@ console, its data-disk gate opened (the old QEMU is gone: ``disks``, rule 3).
 before the old QEMU is paused (a temporary file, then ``os.replace``: a reader sees a whole record or
 none; no fsync: the record must outlive the supervisor's death, not the machine's, which ends every
 QEMU too). It is only a hint: a record whose new QEMU is not the one in its slot (pid, create time,
-command line), or whose old QEMU still runs, is stale and ignored; a successor that adopted or started
-the unit removes it.
+command line) is stale and ignored, and so is one whose old QEMU still runs unless the new one already
+holds the unit's forwarded ports (the takeover moves them before it ends the old QEMU: the successor then
+ends the old one and adopts the new one); a successor that adopted or started the unit removes it.
 """
 
 from __future__ import annotations

@@ -163,6 +163,7 @@ class Machine:
     snapshot_phases: dict[str, PhaseMark] = field(default_factory=dict)
     snapshot_error: str | None = None
     gate_opened_mono: float | None = None
+    exited_mono: float | None = None  # when its pidfd said the process ended
     vcpu_tids: list[int] = field(default_factory=list)
     net: dict[str, PcapCounter] = field(default_factory=lambda: {"tx": PcapCounter(), "rx": PcapCounter()})
     events: collections.deque[tuple[float, str, dict[str, Any]]] = field(
@@ -228,6 +229,7 @@ class Machine:
 
     def _exited(self) -> None:
         loop = asyncio.get_running_loop()
+        self.exited_mono = self.clock.monotonic()
         if self.pin is not None:
             self.pin.close()
         self.console.poll(self.clock.monotonic())  # the last lines (a panic trace...)

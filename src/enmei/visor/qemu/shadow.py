@@ -18,11 +18,11 @@ reported to ``on_step`` (the remedy journals each as it happens):
    (``phase_standby_warm``), it is paused, and its snapshot disk copied to the unit's phase image (the
    image of the pre-update guest is kept beside it, ``pre-update-sys.qcow2``, for a rollback);
 4. ``swap``: the paused clone takes over exactly as a ready standby does (``StandbyManager.take_over``):
-   the original is paused so its I/O drains, killed, *waited for until it is gone*, the unit's
-   forwards are moved to the clone, it resumes, and only then its gate opens and the guest mounts the
-   data disk as the original left it. A write the original acknowledged (``sync``) before it was
-   paused is on the disk the clone mounts: nothing acknowledged is lost, and never do two guests use
-   the disk;
+   the unit's forwards are moved to the clone, it resumes (the interruption ends), then the original is
+   paused so its I/O drains, killed and *waited for until it is gone*, and only then the clone's gate
+   opens and the guest mounts the data disk as the original left it. A write the original acknowledged
+   (``sync``) before it was paused is on the disk the clone mounts: nothing acknowledged is lost, and
+   never do two guests use the disk;
 5. ``verify``: for ``verify_s`` the updated guest must stay up, not panic, mount its data disk and
    answer ``verify_path`` on the unit's first forward.
 
@@ -50,9 +50,10 @@ A supervisor killed during an update (at any of ``POINTS``, each a named step in
 ``ENMEI_CRASH_AT`` test hook can kill it at) leaves at most the original and the clone: before the swap
 its successor adopts the original (a paused one is resumed) and kills the clone (a stray in a standby
 slot, ``strays.reap``); after the swap it adopts the promoted clone (its gate opened if it was not); in
-between (the original gone, the clone paused or resumed but not yet saved as the unit's) it adopts the
-clone too, named by the takeover record (``enmei.visor.qemu.handoff``, ``QemuBackend.recover``): resumed,
-given the unit's ports and console, its gate opened. Never do two guests use the data disk: the
+between (the clone holding the unit's ports, paused or resumed, but not yet saved as the unit's) it adopts
+the clone too, named by the takeover record (``enmei.visor.qemu.handoff``, ``QemuBackend.recover``): the
+original ended first if it still runs, the clone resumed, given the unit's ports and console, its gate
+opened. Never do two guests use the data disk: the
 clone's gate is closed until the original is gone. ``settle`` then makes the files agree with the guest
 that runs (the pre-update phase image put back or dropped, the update record naming its boot files).
 A full disk refuses an update before anything is done (less room than three phase images: the
@@ -98,15 +99,16 @@ _PHASE = "service-ready"
 _ROOM_CHECK_S = 1.0  # how often the clone's boot checks that the disk has room for its snapshot
 _ROOM_MARGIN = 16 * 2**20  # beyond the copies an update makes: consoles, records
 
-POINTS = ("shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready", "takeover.gate-closed",
-          "takeover.old-ended", "takeover.resumed", "shadow.swap", "shadow.verify", "shadow.verified")
-"""The named steps of an update, in the order it reaches them (``enmei.crashpoint``, a test hook that
-kills the supervisor there): the clone launched (paused); the clone resumed, booting; the clone paused at
-``service-ready``, its state the unit's phase image; the original paused, the clone's data-disk gate
-closed (``disks.release``); the original gone, the clone still paused; the clone resumed, not yet the
-unit's machine; the swap done and recorded; the updated guest answered in its verification; the
-verification passed and recorded. A supervisor killed at any of them leaves a state its successor
-settles (``settle``): one guest serves, original or updated, and the records name it."""
+POINTS = ("shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready", "takeover.resumed",
+          "takeover.gate-closed", "takeover.old-ended", "shadow.swap", "shadow.verify", "shadow.verified")
+"""The named steps of an update, in the order it reaches them (``enmei.crashpoint``, a test hook that kills
+the supervisor there): the clone launched (paused); the clone resumed, booting; the clone paused at
+``service-ready``, its state the unit's phase image; the clone resumed with the unit's ports (the
+original let them go), its data-disk gate closed, the original running on; the original paused
+(``disks.pause``), not yet ended; the original gone, the clone not yet the unit's machine; the swap done
+and recorded; the updated guest answered in its verification; the verification passed and recorded. A
+supervisor killed at any of them leaves a state its successor settles (``settle``): one guest serves,
+original or updated, and the records name it."""
 
 StepFn = Callable[[str, Mapping[str, Any]], None]
 """(step, facts): called as each step of an update ends (``clone``, ``boot``, ``snapshot``, ``swap``,
@@ -215,8 +217,10 @@ class ShadowUpdater:
         """Update unit ``name`` to boot files ``kernel`` and ``initrd`` (module docstring): those of built
         image ``image`` (a name or a directory), where one is not given those of the running guest.
         Returns the
-        report: ``outcome`` (``updated``), ``steps`` (step -> facts), ``downtime_s`` (the swap's kill to
-        resume), ``swap_mono`` (the swap's start and end on the clock's monotonic time),
+        report: ``outcome`` (``updated``), ``steps`` (step -> facts), ``downtime_s`` (the swap's start to
+        the clone's resume), ``swap_mono`` (the swap's start and end on the clock's monotonic time),
+        ``swap_stamps_mono`` (each step of the swap on that clock, ``standby.TIMELINE``), ``mount_s`` (the
+        updated guest's gate opening to its data disk mounted),
         ``pid``/``replaced_pid``, ``kernel``, ``initrd``, ``previous``.
 
         Raises ``VisorError`` before anything is done (the unit is not running, has no shareable data
@@ -318,10 +322,10 @@ class ShadowUpdater:
                   "updated_wall": self.clock.wall(), "previous": report["previous"]}
         unrecorded = await _try_write_record(new.paths, {**record, "verified": False})
         step("swap", t, pid=new.pid, replaced_pid=primary.pid, downtime_s=round(downtime, 4),
-             **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s") if k in swap},
+             **{k: swap[k] for k in ("kill_s", "forward_s", "cont_s", "gate_s", "timeline_s") if k in swap},
              **({"record_error": unrecorded} if unrecorded else {}))
         report.update({"pid": new.pid, "replaced_pid": primary.pid, "downtime_s": round(downtime, 4),
-                       "swap_mono": [t, self.clock.monotonic()]})
+                       "swap_mono": [t, self.clock.monotonic()], "swap_stamps_mono": swap.get("stamps_mono", {})})
         crashpoint.reached("shadow.swap")
         t = self.clock.monotonic()
         problem = await self._verify(new, verify_s, verify_path)
@@ -334,7 +338,11 @@ class ShadowUpdater:
                     f"the rollback failed too ({steps['rollback'].get('failed')})")
             raise UpdateFailed(name, f"the updated guest {problem}; {then}", report)
         unrecorded = await _try_write_record(new.paths, {**record, "verified": True})
-        step("verify", t, ok=True, **({"record_error": unrecorded} if unrecorded else {}))
+        mounted = new.console.phases.get("data-ready")
+        mount_s = round(mounted.mono - new.gate_opened_mono, 3) \
+            if mounted is not None and new.gate_opened_mono is not None else None
+        step("verify", t, ok=True, mount_s=mount_s, **({"record_error": unrecorded} if unrecorded else {}))
+        report["mount_s"] = mount_s
         crashpoint.reached("shadow.verified")
         await asyncio.to_thread(self._drop_backup, new.paths)
         report["outcome"] = "updated"

@@ -27,20 +27,26 @@ Preparing, in the background, once the unit's guest has its data disk (``data-re
    data-disk gate, so it never touched the data disk.
 
 Taking over (``phase_reboot``): the standby is checked (alive, paused) before anything is done to the
-failed QEMU — if it is unusable the reboot falls back to loading the snapshot in place. Then the failed
-QEMU is stopped if it still runs (so its I/O drains), killed through its pidfd, and *waited for until
-it is gone* — from then on the standby's guest is the only one that can use the data disk, and the
-unit's ports are free. The unit's
-forwards are added to the standby (``hostfwd_add``), it is resumed (``cont``), its console switched to
-the unit's console log (``chardev-change``), and only then its gate opened: the guest drops every
-cached block of the data disk and mounts it (``guest/gate.sh``). A failure after the failed QEMU is
-gone leaves the unit without a QEMU: the standby is killed, ``EXITED`` emitted, ``VisorError`` raised.
+failed QEMU — if it is unusable the reboot falls back to loading the snapshot in place. Then the takeover
+is recorded (``handoff``), the failed QEMU lets the unit's ports go (``hostfwd_remove``: its listening
+sockets close at once, its guest answers the requests it already has), the standby takes them
+(``hostfwd_add``) and is resumed (``cont``): the interruption ends here. Only then is the failed QEMU
+stopped (so its I/O drains), killed through its pidfd and *waited for until it is gone* (its exit, the
+kernel tearing down its memory, took 90-200 ms under load here: it was on the critical path before, and
+requests it had accepted while paused hung until then), the standby's console switched to the unit's
+console log (``chardev-change``), and only then its gate opened: the guest drops every cached block of
+the data disk and mounts it (``guest/gate.sh``). Until the gate opens the resumed standby's guest does
+not touch the data disk, so never do two guests use it. A failed QEMU whose monitor does not answer is
+stopped, killed and waited for before its ports move. A failure after the failed QEMU was touched leaves
+the unit without a QEMU: both are killed, ``EXITED`` emitted, ``VisorError`` raised. ``timeline_s`` in
+the report times each step (``TIMELINE``).
 
 A supervisor that dies during a takeover leaves one of these, each handled by the next supervisor
-(``tests/unit/qemu/test_qemu_takeover.py`` dies at every step): before the old QEMU is gone, the old
-QEMU (adopted; a guest enmei paused is resumed) and the standby (killed by ``strays.reap``); after it,
-only the standby (the old identity's pid is gone, so the unit is started afresh and the standby is
-reaped), or, once ``STARTED`` named it, the promoted standby (adopted; its gate opened if it was not).
+(``tests/unit/qemu/test_qemu_takeover.py`` dies at every step): before the standby holds the unit's
+ports, the old QEMU (adopted; its ports given back if it had let them go) and the standby (killed by
+``strays.reap``); from then on, before ``STARTED`` named it, the standby (``QemuBackend.recover``, by
+the takeover record: the old QEMU, if it still runs, ended first; the standby resumed if paused, its
+gate opened); once ``STARTED`` named it, the promoted standby (adopted; its gate opened if it was not).
 The data-disk rules are in ``enmei.visor.qemu.disks``, the phase image in ``phase_image``, stray
 QEMUs in ``strays``.
 """
@@ -71,7 +77,8 @@ from enmei.visor.qemu.forwards import hmp, hostfwd_add
 from enmei.visor.qemu.host import QemuHost
 from enmei.visor.qemu.machine import ExitFn, FactFn, Machine
 
-__all__ = ["RETRY_S", "Standby", "StandbyLaunchFn", "StandbyManager", "StandbyState", "Unusable", "warm"]
+__all__ = ["RETRY_S", "TIMELINE", "Standby", "StandbyLaunchFn", "StandbyManager", "StandbyState", "Unusable",
+           "timeline", "warm"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +127,31 @@ class Standby:
                 "rss_bytes": rss, "error": self.error, "prepare_s": self.prepare_s,
                 "warm_requests": len(self.warm_s), "warm_last_s": self.warm_s[-1] if self.warm_s else None,
                 "attempts": self.attempts}
+
+
+TIMELINE = ("checked", "recorded", "unplugged", "forwarded", "resumed", "paused", "killed", "exited", "gone",
+            "promoted", "gate")
+"""The steps of a takeover, in the order they usually come, as its report's ``timeline_s`` names them:
+the standby checked (paused, QMP answers), the takeover record written, the old QEMU's forwards of the
+unit's ports removed, the unit's forwards on the new QEMU, the new guest resumed (the interruption ends
+here), the old guest paused, the old QEMU sent SIGKILL, its pidfd seen, it gone (its last QMP events
+read), the new one promoted (the unit's console, spec, handlers), its data-disk gate opened. (An old QEMU
+whose monitor does not answer is paused, killed and gone before ``unplugged``.)"""
+
+
+def timeline(stamps: Mapping[str, float]) -> dict[str, float]:
+    """``stamps`` (step -> monotonic time, ``start`` among them) as the seconds from the step before
+    (in time) to each step, in the order they happened.
+
+    >>> timeline({"start": 10.0, "checked": 10.002, "paused": 10.012, "gone": 10.05})
+    {'checked': 0.002, 'paused': 0.01, 'gone': 0.038}
+    """
+    out: dict[str, float] = {}
+    last = stamps["start"]
+    for step, at in sorted(((k, v) for k, v in stamps.items() if k != "start"), key=lambda kv: kv[1]):
+        out[step] = round(at - last, 4)
+        last = at
+    return out
 
 
 class Unusable(Exception):
@@ -407,6 +439,7 @@ class StandbyManager:
         new = sb.machine
         clock = self.clock
         t0 = clock.monotonic()
+        stamps: dict[str, float] = {"start": t0}
         if new is None or not new.alive:
             raise Unusable("its QEMU is gone")
         try:
@@ -415,42 +448,70 @@ class StandbyManager:
             raise Unusable(f"its QMP does not answer: {exc.cause}") from exc
         if status.get("status") != "paused":
             raise Unusable(f"it is {status.get('status')}, not paused")
-        # 0. The new QEMU named on disk: a supervisor killed from the old one's end on leaves its
-        #    successor the new one to adopt (``handoff``), not a cold start that would throw it away.
+        stamps["checked"] = clock.monotonic()
+        # 0. The new QEMU named on disk: a supervisor killed from here on leaves its successor the new one
+        #    to adopt once it holds the unit's ports (``handoff``), not a cold start that would throw it away.
         self._record_handoff(name, old, sb)
-        # 1. The failed QEMU goes, and is waited for until it is gone (disks, rule 3); from then on no
-        #    other QEMU has the data disk open, and the unit's ports are free.
-        if not await disks.release(old):
-            await self._kill(sb)
-            raise VisorError(name, "phase reboot", f"QEMU pid {old.pid} survived SIGKILL")
-        t_kill = clock.monotonic()
-        crashpoint.reached("takeover.old-ended")  # no guest runs: the old one gone, the new one paused
+        stamps["recorded"] = clock.monotonic()
+        old.retire()  # (from here on its end is the takeover's: not reported as the unit's exit)
         try:
-            # 2. The unit's forwards, on the standby (a port just freed can take a moment).
+            # 1. The unit's ports move: the old QEMU lets them go (its listening sockets close at once; its
+            #    guest runs on and answers the requests it has), the new one takes them. Before, the old
+            #    QEMU was paused, killed and waited for first, to free them: its exit (the kernel tearing
+            #    down its memory) took 90-200 ms here, and the requests it had accepted while paused hung
+            #    until then. A QEMU whose monitor does not answer is ended first, as before.
+            if not await self._unplug(old, sb):
+                await disks.pause(old, stamps=stamps)
+                await self._end_old(name, old, sb, stamps)
+            stamps["unplugged"] = clock.monotonic()
             for item in sb.forwards:
                 host, _, guest = item.partition(":")
                 await self._hostfwd_add(new, int(host), int(guest))
             t_fwd = clock.monotonic()
-            # 3. Run.
+            stamps["forwarded"] = t_fwd
+            # 2. Run: its gate is closed, so it does not touch the data disk while the old QEMU ends.
             await new.qmp().execute("cont")
         except (QmpError, VisorError) as exc:
             cause = getattr(exc, "cause", str(exc))
             await new.discard()
+            with contextlib.suppress(VisorError):
+                await disks.pause(old)
+                await self._end_old(name, old, sb, stamps)
             self.emit(UnitEvent(name, UnitEventKind.EXITED, clock.monotonic(), {
                 "pid": old.pid, "code": None, "reason": f"phase reboot through the standby failed: {cause}"}))
             raise VisorError(name, "phase reboot", f"the standby could not take over: {cause}") from exc
         t_cont = clock.monotonic()
-        crashpoint.reached("takeover.resumed")  # the new guest runs, not yet the unit's; its gate closed
+        stamps["resumed"] = t_cont
+        crashpoint.reached("takeover.resumed")  # the new guest runs with the unit's ports, its gate closed
+        # 3. The failed QEMU goes (disks, rule 3): paused (its I/O drains), killed, and waited for until it
+        #    is gone: from then on no other QEMU has the data disk open.
+        if "gone" not in stamps:
+            await disks.pause(old, stamps=stamps)
+            try:
+                await self._end_old(name, old, sb, stamps)
+            except VisorError:
+                await self._kill(sb)  # (never two guests on the data disk: the new one goes)
+                raise
+        t_kill = stamps["gone"]
+        crashpoint.reached("takeover.old-ended")  # the old one gone, the new one runs behind its closed gate
         # 4. It is the unit's machine now.
         self.machines[name] = new
         await new.promote(old)
-        # 5. The data-disk gate: the old QEMU is gone (step 1).
+        stamps["promoted"] = clock.monotonic()
+        # 5. The data-disk gate: the old QEMU is gone (step 3).
         new.open_gate()
         t_gate = clock.monotonic()
+        stamps["gate"] = t_gate
+        # ``kill_s``: the swap's start until the old QEMU let the ports go (the clone checked, the takeover
+        # recorded); ``forward_s`` and ``cont_s``: the ports on the new QEMU, its resume. Their sum is the
+        # interruption enmei causes; ``end_s`` (the old QEMU killed and waited for) and ``gate_s`` come
+        # after the resume.
         report.update({"via": "standby", "replaced_pid": old.pid, "pid": new.pid, "slot": sb.slot,
-                       "kill_s": round(t_kill - t0, 4), "forward_s": round(t_fwd - t_kill, 4),
-                       "cont_s": round(t_cont - t_fwd, 4), "gate_s": round(t_gate - t_cont, 4),
-                       "standby_prepare_s": sb.prepare_s})
+                       "kill_s": round(stamps["unplugged"] - t0, 4),
+                       "forward_s": round(t_fwd - stamps["unplugged"], 4), "cont_s": round(t_cont - t_fwd, 4),
+                       "end_s": round(stamps["gone"] - stamps["killed"], 4), "gate_s": round(t_gate - t_kill, 4),
+                       "standby_prepare_s": sb.prepare_s, "stamps_mono": stamps,
+                       "timeline_s": timeline(stamps)})
         self.emit(UnitEvent(name, UnitEventKind.STARTED, clock.monotonic(), {
             "pid": new.pid, "accel": new.accel, "via": "phase-standby", "replaced_pid": old.pid,
             "phase_snapshot": new.phase_snapshot}))
@@ -459,6 +520,24 @@ class StandbyManager:
         self._spawn(self._drop_forwards(new, list(sb.forwards.values())))
         self.want(name)
         return new
+
+    async def _unplug(self, old: Machine, sb: Standby) -> bool:
+        """The old QEMU's forwards of the unit's ports removed (their listening sockets closed); False if
+        its monitor did not answer (it must then be ended to free them)."""
+        try:
+            for item in sb.forwards:
+                answer = await hmp(old, f"hostfwd_remove {NET_DEV} tcp:127.0.0.1:{item.partition(':')[0]}")
+                if "removed" not in answer:  # QEMU 7.2: "host forwarding rule for tcp:... removed"
+                    raise QmpError(old.name, "hostfwd_remove", answer.strip() or "no answer")
+        except QmpError as exc:
+            log.warning("unit %s: the old QEMU kept its ports (%s): ending it first", old.name, exc.cause)
+            return False
+        return True
+
+    async def _end_old(self, name: str, old: Machine, sb: Standby, stamps: dict[str, float]) -> None:
+        """Rule 3's second half (``disks.end``); ``VisorError`` if the old QEMU survived SIGKILL."""
+        if not await disks.end(old, stamps=stamps):
+            raise VisorError(name, "phase reboot", f"QEMU pid {old.pid} survived SIGKILL")
 
     def _record_handoff(self, name: str, old: Machine, sb: Standby) -> None:
         if self.identity is None or sb.machine is None:
