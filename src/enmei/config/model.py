@@ -368,6 +368,9 @@ class LogProbe(_Model):
     kind: Literal["log"]
     name: str | None = None
     stream: Literal["stdout", "stderr", "console"] = "stderr"
+    # A log file the unit writes itself, read instead of the captured stream: an absolute path, or one
+    # relative to the unit's cwd (a process unit's; else enmei's). Rotation and truncation are handled.
+    path: str | None = Field(default=None, min_length=1)
     pattern: str | None = None
     interval_s: float = Field(default=5.0, gt=0)
 

@@ -1,7 +1,9 @@
 """Log probe: how many lines a unit wrote per second (all, or those matching a pattern), and the lines.
 
-It reads only what was appended since the last look; a file that shrank (rotated, truncated) is read
-again from its start. At most ``max_read`` bytes are read per observation, so a flood cannot stall it.
+It reads only what was appended since the last look; a file that shrank (truncated, rotated by copy)
+or was replaced by another (rotated by rename: another inode) is read again from its start. The file is
+the unit's captured stream, or (``path``) a log file the unit writes itself. At most ``max_read`` bytes
+are read per observation, so a flood cannot stall it.
 
 The lines themselves go on the observation's text channel (``Observation.lines``, decoded as UTF-8 with
 replacement), for detectors such as ``log_pattern``: complete lines only (a line still being written is
@@ -41,6 +43,7 @@ class LogProbe(Probe):
         self.max_line = max_line
         self._partial = b""
         self._offset: int | None = None
+        self._inode: int | None = None
         self._last: float | None = None
 
     async def observe(self) -> Observation:
@@ -48,10 +51,15 @@ class LogProbe(Probe):
         if self.path is None:
             return self._obs(False, {}, "this unit has no log of that stream", now)
         try:
-            size = os.stat(self.path).st_size
+            st = os.stat(self.path)
+            size, inode = st.st_size, st.st_ino
         except FileNotFoundError:
-            size = 0
-        if self._offset is None or size < self._offset:
+            size, inode = 0, None
+        if self._inode is not None and inode is not None and inode != self._inode and self._offset is not None:
+            self._offset = -1  # renamed away and replaced (rotated by rename): the new file from its start
+        if inode is not None:
+            self._inode = inode
+        if self._offset is None or size < self._offset or self._offset < 0:
             if self._offset is not None:
                 self._partial = b""  # rotated or truncated: the unfinished line is gone
             self._offset = 0 if self._offset is not None else size
@@ -89,8 +97,15 @@ class LogProbe(Probe):
 
 
 def _make(site: ProbeSite, cfg: LogProbeConfig) -> LogProbe:
-    return LogProbe(site.unit, site.name, cfg.interval_s, site.clock, path=site.backend.log_path(site.unit, cfg.stream),
-                    pattern=cfg.pattern)
+    path: Path | None
+    if cfg.path is not None:
+        path = Path(cfg.path).expanduser()
+        cwd = getattr(site.spec, "cwd", None)
+        if not path.is_absolute() and cwd:
+            path = Path(cwd) / path
+    else:
+        path = site.backend.log_path(site.unit, cfg.stream)
+    return LogProbe(site.unit, site.name, cfg.interval_s, site.clock, path=path, pattern=cfg.pattern)
 
 
 register(LogProbeConfig, _make)
