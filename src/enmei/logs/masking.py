@@ -2,11 +2,12 @@
 
 Only rules that hold for logs in general, none written for one application's logs: UUIDs, IPv4
 addresses (with a port), MAC addresses, hex numbers, absolute paths, what follows a URL's scheme, and
-then every piece of a token that is more than half digits or starts with one (``8080``, ``-3``,
-``12ms``, ``blk_-1608999687919862906``, ``2005-06-03``), and the literals ``true``, ``false`` and
-``null``. A token is cut into pieces at punctuation that separates fields (``:=,;()[]{}<>"'|@`` and
-dots), so ``uid=1000`` becomes ``uid=<*>`` and ``10.1.2.3:50010`` becomes ``<*>:<*>``; a piece with a
-digit in it that is mostly letters (``en0``, ``SOCKS5``, ``ipv6``) is a word and stays.
+then every piece of a token that is more than half digits, starts with one or holds six in a row
+(``8080``, ``-3``, ``12ms``, ``blk_-1608999687919862906``, ``2005-06-03``, ``DFSClient_1537864556_1``),
+and the literals ``true``, ``false`` and ``null``. A token is cut into pieces at punctuation that
+separates fields (``:=,;()[]{}<>"'|@`` and dots), so ``uid=1000`` becomes ``uid=<*>`` and
+``10.1.2.3:50010`` becomes ``<*>:<*>``; a piece with a digit in it that is mostly letters (``en0``,
+``SOCKS5``, ``ipv6``) is a word and stays.
 
 Consecutive masked tokens are merged into one ``<*>`` (a variable may span several tokens, as a date
 with a time does), so one message type has one token count however its variables are written.
@@ -35,6 +36,7 @@ _SPECIALS = (
 SEPARATORS = re.compile(r"(\.+|[:=,;()\[\]{}<>\"'|@])")
 _LITERALS = frozenset({"true", "false", "null", "True", "False", "NULL"})
 _DIGIT = re.compile(r"\d")
+_ID_DIGITS = re.compile(r"\d{6}")  # six digits in a row: an identifier (``DFSClient_1537864556_1``), not a word
 _MAYBE_VARIABLE = re.compile(r"\d|/|true|false|null|True|False|NULL")
 _WILD_RUN = re.compile(r"<\*>(?:[^\w<]*<\*>)+")
 _SPACE = re.compile(r"\s+")
@@ -63,7 +65,8 @@ def _is_variable_piece(piece: str) -> bool:
     if digits == 0:
         return False
     head = piece.lstrip("+-/.~")
-    return (bool(head) and head[0].isdigit()) or digits * 2 > len(piece)
+    return ((bool(head) and head[0].isdigit()) or digits * 2 > len(piece)
+            or (digits >= 6 and bool(_ID_DIGITS.search(piece))))
 
 
 def mask_token(token: str) -> str:

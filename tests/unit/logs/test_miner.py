@@ -27,6 +27,8 @@ from enmei.logs.miner import FORMAT, MinerSettings, TemplateFileError, TemplateM
     ("http://example.org:8080/a/b?c=1", "http://<*>"),
     ("blk_-1608999687919862906", "<*>"),
     ("core.2275", "core.<*>"),
+    ("[DFSClient_NONMAPREDUCE_1537864556_1]", "[<*>]"),  # six digits in a row: an id
+    ("sha256sum", "sha256sum"),  # fewer: a word
     ("alignment......0", "alignment......<*>"),
     ("#12", "#<*>"),
     ("1256521728.", "<*>."),
