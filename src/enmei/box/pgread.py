@@ -281,6 +281,18 @@ class PgReader:
         return [(str(u), str(s), str(p)) for u, s, p in rows]
 
 
+    def interrupted_remedies(self, lookback: int) -> list[dict[str, Any]]:
+        """``enmei.box.intents.interrupted_remedies`` on this chain: ``remedy.start`` records of the last
+        ``lookback`` records with no ``remedy.outcome`` of the same ``remedy_id``, oldest first."""
+        low = max(0, self.last_seq() - lookback)
+        started = self._q("SELECT seq, unit, body::jsonb->'remedy_id', body::jsonb->'action' FROM enmei_records"
+                          " WHERE supervisor = %(sup)s AND kind = 'remedy.start' AND seq > %(low)s ORDER BY seq",
+                          {"low": low})
+        ended = {r[0] for r in self._q("SELECT body::jsonb->'remedy_id' FROM enmei_records WHERE supervisor = %(sup)s"
+                                       " AND kind = 'remedy.outcome' AND seq > %(low)s", {"low": low})}
+        return [{"seq": int(s), "unit": u, "remedy_id": r, "action": a} for s, u, r, a in started if r not in ended]
+
+
 _WINDOW = ("FROM enmei_samples WHERE supervisor = %(sup)s AND unit = %(unit)s AND metric = %(metric)s"
            " AND wall >= %(since)s AND wall <= %(until)s")
 

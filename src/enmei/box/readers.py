@@ -18,7 +18,7 @@ from enmei.box.pgstore import PgJournal
 from enmei.box.query import Reader
 from enmei.box.verify import VerifyResult, verify
 
-__all__ = ["AnyReader", "open_reader", "verify_source"]
+__all__ = ["AnyReader", "interrupted_of", "open_reader", "verify_source"]
 
 AnyReader = Reader | PgReader
 
@@ -43,3 +43,19 @@ def verify_source(source: Path | str | Any, anchors: Anchors | None = None) -> V
         return mine
     path = source if isinstance(source, (str, Path)) else source.path
     return verify(path, anchors=anchors)
+
+
+def interrupted_of(source: Path | Any) -> list[dict[str, Any]]:
+    """``enmei.box.intents.interrupted_remedies`` of ``source`` (a file, or a writer: for PostgreSQL its own
+    chain). A PostgreSQL journal that cannot be read answers ``[]``, as a missing file does: start-up goes
+    on, and ``enmei box verify`` is where an unreadable journal is reported."""
+    from enmei.box.intents import LOOKBACK, interrupted_remedies
+    from enmei.errors import BoxError
+
+    if isinstance(source, PgJournal):
+        try:
+            with PgReader(source.dsn, source.supervisor) as r:
+                return r.interrupted_remedies(LOOKBACK)
+        except BoxError:
+            return []
+    return interrupted_remedies(source if isinstance(source, Path) else source.path)

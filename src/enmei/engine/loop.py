@@ -550,9 +550,9 @@ class Engine:
 
     async def _resolve_interrupted(self) -> None:
         """Journal remedies whose intent was written but whose outcome never was (a supervisor crash)."""
-        from enmei.box.intents import interrupted_remedies
+        from enmei.box.readers import interrupted_of
 
-        for rec in await asyncio.to_thread(interrupted_remedies, self.journal.path):
+        for rec in await asyncio.to_thread(interrupted_of, self.journal):
             unit = self.units.get(rec["unit"])
             self.record(RecordKind.REMEDY_OUTCOME, rec["unit"], {
                 "remedy_id": rec["remedy_id"], "action": rec["action"], "state": str(RemedyState.CANCELLED),

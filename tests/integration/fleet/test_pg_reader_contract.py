@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from enmei.box import Journal, Reader
+from enmei.box.intents import LOOKBACK, interrupted_remedies
 from enmei.box.pgread import PgReader
 from enmei.box.pgstore import PgJournal
 
@@ -88,6 +89,8 @@ def test_every_aggregate_query_agrees_with_sqlite(pg_dsn: str, tmp_path: Path) -
             "counts_by_kind_unit": lambda r: [c for c in r.counts_by_kind_unit() if c[0] != "anchor"],
             "hashes": lambda r: {k: v for k, v in r.hashes().items() if k <= up},
             "tail": lambda r: r.tail(5, unit="web", kinds=["decision", "alert"]),
+            "interrupted_remedies": lambda r: (interrupted_remedies(tmp_path / "j.sqlite") if isinstance(r, Reader)
+                                               else r.interrupted_remedies(LOOKBACK)),
         }
         for name, fn in checks.items():
             a, b = fn(s), fn(p)
