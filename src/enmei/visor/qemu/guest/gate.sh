@@ -13,29 +13,28 @@ while read -r line <&3; do
     case "$line" in *go*) break ;; esac
 done
 exec 3<&-
-# Lowest priority for a second: after a phase reboot (or a takeover) the service answers first, the
-# mount (and the journal replay it may need) uses what CPU is left. Only for a second: a guest flooded
-# with requests (a prober every 5 ms, each a forked httpd under TCG) leaves nothing, and the mount then
-# took 16 s to more than a minute; from then on this script and its children compete as equals. (The
-# watcher is forked first, so that it runs at the normal priority; $$ is this script in it too.)
-(
-    sleep 1
-    for stat in /proc/[0-9]*/stat; do
-        # pid (comm) state ppid ... nice (the 19th field); only those lowered here (not keys.sh, forked
-        # by rc.sh before it became this script)
-        read -r pid _ _ ppid _ _ _ _ _ _ _ _ _ _ _ _ _ _ nice _ < "$stat" || continue
-        if [ "$nice" = 19 ] && { [ "$pid" = "$$" ] || [ "$ppid" = "$$" ]; }; then
-            renice -n -19 -p "$pid"
-        fi
-    done
-) >/dev/null 2>&1 &
-renice -n 19 -p $$ >/dev/null 2>&1
+# When the gate opened, in the guest's time: the host compares it with data-ready below to tell the
+# guest's own mount time from a late knock (not a phase: nothing waits for it)
+read -r up _ < /proc/uptime
+echo "enmei-gate: open t=$up" > /dev/console
+# Above the service (nice -10), this script and what it runs: a guest flooded with requests (a prober
+# every 5 ms, each a forked httpd under TCG) leaves a mount at an equal or lower priority next to
+# nothing. Before, the mount ran at the lowest priority for a second, then a watcher (itself starved,
+# scanning /proc at nice 0) put it back to 0, missing grandchildren: after a swap the gate's steps took
+# 1-15 s, sometimes more than 60 s. The service's first answers after a takeover come
+# before the gate opens (the old QEMU is ended first, 0.1-0.2 s), so they are not held back by it.
+renice -n -10 -p $$ >/dev/null 2>&1
 disk=$(findfs LABEL=enmei-data 2>/dev/null || echo /dev/vda)
 # The kernel read the disk's first blocks at boot (partition scan), before the snapshot: forget every
 # cached block of it, so the mount reads the disk as it is now, not as it was when the snapshot was
-# taken (another QEMU of this unit may have written it since).
+# taken (another QEMU of this unit may have written it since). BLKFLSBUF drops the device's page cache,
+# where those blocks are (nothing has it mounted or mapped, so every page of it goes). No drop_caches
+# as well: the device's page cache is all that was cached of this disk, and drop_caches shrinks every
+# cache of the guest, repeating while that frees anything (a guest forking a process per request keeps
+# making more), work that only delays the mount.
 blockdev --flushbufs "$disk" 2>/dev/console
-echo 3 > /proc/sys/vm/drop_caches
+read -r up _ < /proc/uptime
+echo "enmei-gate: flushed t=$up" > /dev/console
 if mount -t ext4 -o commit=1 "$disk" /data 2>/dev/console; then
     read -r up _ < /proc/uptime
     echo "enmei-phase: data-ready t=$up" > /dev/console
