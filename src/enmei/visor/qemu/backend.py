@@ -594,6 +594,10 @@ class QemuBackend(Backend):
         except (IdentityError, QmpError) as exc:
             self.host.kill_pid(pid)
             raise StartError(name, "start", f"QEMU pid {pid}: {exc}") from exc
+        except asyncio.CancelledError:  # given up on before it was the unit's: nobody else would end it
+            self.host.kill_pid(pid)
+            await uninterrupted(machine.detach())
+            raise
         if standby is None:
             self._vms[name] = machine
         return machine

@@ -36,7 +36,7 @@ from typing import Any
 
 import psutil
 
-from enmei.clock import Clock, wait_for
+from enmei.clock import Clock, uninterrupted, wait_for
 from enmei.config.qemu import GUEST_PHASES, QemuUnit
 from enmei.errors import IdentityError, StartError, StopError
 from enmei.visor.qemu import ram
@@ -93,7 +93,13 @@ async def launch(host: QemuHost, name: str, spec: QemuUnit, *, kernel: str, init
     with contextlib.suppress(FileNotFoundError):
         paths.pidfile.unlink()
     try:
-        rc = await host.spawn(argv, paths.qemu_log, _LAUNCH_TIMEOUT_S)
+        # To its end even if the start is given up on meanwhile (its remedy's deadline, a supervisor's
+        # stop): QEMU daemonizes once initialized, so a launch cancelled half-way would leave a guest
+        # running that nobody knows of. Bounded by the spawn's own timeout; the daemon is then ended.
+        rc = await uninterrupted(host.spawn(argv, paths.qemu_log, _LAUNCH_TIMEOUT_S))
+    except asyncio.CancelledError:
+        _end_launched(host, paths)
+        raise
     except FileNotFoundError as exc:
         raise StartError(name, "start", f"{binary} not found; run: apt-get install -y qemu-system-x86") from exc
     except TimeoutError as exc:
@@ -104,6 +110,18 @@ async def launch(host: QemuHost, name: str, spec: QemuUnit, *, kernel: str, init
         return int(paths.pidfile.read_text().strip())
     except (OSError, ValueError) as exc:
         raise StartError(name, "start", f"QEMU left no readable pid file at {paths.pidfile}") from exc
+
+
+def _end_launched(host: QemuHost, paths: MachinePaths) -> None:
+    """SIGKILL the QEMU a cancelled launch left, found by its pid file and checked by its command line
+    (its QMP socket path). Never raises."""
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    proc = host.process(pid)
+    if proc is not None and str(paths.qmp) in " ".join(proc.cmdline):
+        host.kill_pid(pid)
 
 
 def tail(path: Path, n: int, max_bytes: int = 8192) -> list[str]:
