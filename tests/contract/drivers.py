@@ -29,6 +29,7 @@ from enmei.demo.ports import free_ports
 from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
 from support.harness import Rig, start_rig
+from support.qemu import our_qemus
 from support.wait import auntil, scaled
 
 UNIT = "u"
@@ -278,12 +279,6 @@ reset_after_s = 1  # the exit scenario waits this long: a unit that proved itsel
     def strays(self) -> list[psutil.Process]:
         """Also every QEMU whose command line names this test's directory."""
         found = {p.pid: p for p in super().strays()}
-        marker = str(self.tmp_path)
-        for p in psutil.process_iter(["cmdline", "status"]):
-            with contextlib.suppress(psutil.Error):
-                cmd = p.info["cmdline"] or []
-                if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                        and p.info["status"] != psutil.STATUS_ZOMBIE:
-                    found[p.pid] = p
+        found.update((p.pid, p) for p in our_qemus(str(self.tmp_path)))
         return list(found.values())
 

@@ -5,28 +5,23 @@ decision -> remedy start -> outcome), verified."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import shutil
 import signal
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
-from enmei.box import verify
 from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
-from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
 from enmei.monitor.http import HttpError, http_get
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
 from enmei.visor.state import StateFile
+from support.qemu import EngineRig, answer, running_engine
 from support.wait import auntil, scaled
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -57,10 +52,8 @@ fail_after = 3
 
 
 @dataclass
-class Rig:
-    engine: Engine
-    port: int
-    records: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+class Rig(EngineRig):
+    port: int = 0
 
     @property
     def backend(self) -> QemuBackend:
@@ -68,70 +61,15 @@ class Rig:
         assert isinstance(b, QemuBackend)
         return b
 
-    def find(self, record_kind: str, **match: Any) -> list[tuple[int, dict[str, Any]]]:
-        return [(seq, body) for seq, k, _, body in self.records
-                if k == record_kind and all(body.get(key) == value for key, value in match.items())]
-
-    async def until(self, what: str, pred: Any, timeout_s: float = 30.0) -> None:
-        """Wait for ``pred``; event-driven, so the bound is generous (>= 30 s, scaled to the machine)."""
-        try:
-            await auntil(pred, max(timeout_s, 30.0), what)
-        except AssertionError as exc:
-            tail = [(s, k, b.get("event") or b.get("action") or b.get("kind")) for s, k, _, b in self.records[-15:]]
-            raise AssertionError(f"{exc}; last records: {tail}") from None
-
-
-@pytest.fixture(scope="module")
-def qemu_image() -> ImageInfo:
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-        pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
-    return build()
-
-
-async def _answer(port: int, path: str) -> bytes | None:
-    """The body of a 200 answer from ``path``, or None (no answer yet)."""
-    try:
-        status, body = await http_get("127.0.0.1", port, path, timeout_s=5)
-    except (HttpError, OSError, TimeoutError):
-        return None
-    return body if status == 200 else None
-
-
-def _our_qemus(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = p.info["cmdline"] or []
-            if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
-
 
 @pytest.fixture
 async def rig(tmp_path: Path, qemu_image: ImageInfo) -> AsyncIterator[Rig]:
     (port,) = free_ports(1)
     loaded = load_text(config(qemu_image.directory, port), tmp_path / "enmei.toml")
-    journal = journal_for(loaded).open()
-    engine = Engine(loaded, journal=journal)
-    r = Rig(engine, port)
-    engine.subscribe(lambda seq, kind, unit, body: r.records.append((seq, kind, unit, dict(body))))
-    task = asyncio.create_task(engine.run())
-    try:
-        await r.until("the VM unit running", lambda: "vm" in engine.units
-                      and engine.units["vm"].state is UnitState.RUNNING, 90)
+    async with running_engine(loaded, str(tmp_path), lambda engine: Rig(engine, port=port)) as r:
+        await r.until("the VM unit running", lambda: "vm" in r.engine.units
+                      and r.engine.units["vm"].state is UnitState.RUNNING, 90)
         yield r
-    finally:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            await wait_for(task, scaled(60))
-        journal.close()
-        for p in _our_qemus(str(tmp_path)):  # every QEMU this test started ends, also on failure
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                os.kill(p.pid, signal.SIGCONT)
-                os.kill(p.pid, signal.SIGKILL)
-    assert _our_qemus(str(tmp_path)) == [], "a QEMU survived the engine's stop"
-    assert verify(loaded.journal_path).ok
 
 
 async def test_a_guest_panic_is_repaired_by_a_phase_reboot_through_the_engine(rig: Rig) -> None:
@@ -144,17 +82,17 @@ async def test_a_guest_panic_is_repaired_by_a_phase_reboot_through_the_engine(ri
     # a kernel panic inside the guest (sysrq c): its connection dies with the guest's QEMU
     with pytest.raises((OSError, TimeoutError, HttpError)):
         await http_get("127.0.0.1", port, "/cgi-bin/fault?panic=1", timeout_s=1.0)
-    await rig.until("the remedy's outcome", lambda: rig.find("remedy.outcome", action="phase_reboot"))
+    await rig.until("the remedy's outcome", lambda: rig.find_seq("remedy.outcome", action="phase_reboot"))
 
     # QMP's GUEST_PANICKED became a verdict; the policy chose a phase reboot because of it
-    ((v_seq, verdict),) = rig.find("verdict", kind="panic")
+    ((v_seq, verdict),) = rig.find_seq("verdict", kind="panic")
     assert verdict["unit"] == "vm" and verdict["detector"] == "qemu.pvpanic"
     assert "Kernel panic" in (verdict["evidence"]["panic_message"] or "")
-    ((d_seq, decision),) = rig.find("decision", action="phase_reboot")
+    ((d_seq, decision),) = rig.find_seq("decision", action="phase_reboot")
     assert decision["rule"] == "panic/0" and decision["cause_seq"] == v_seq  # the ladder's first step
-    ((s_seq, start),) = rig.find("remedy.start", action="phase_reboot")
+    ((s_seq, start),) = rig.find_seq("remedy.start", action="phase_reboot")
     assert start["decision_seq"] == d_seq and s_seq > d_seq
-    ((o_seq, outcome),) = rig.find("remedy.outcome", action="phase_reboot")
+    ((o_seq, outcome),) = rig.find_seq("remedy.outcome", action="phase_reboot")
     assert outcome["state"] == "succeeded" and outcome["decision_seq"] == d_seq
     assert outcome["remedy_id"] == start["remedy_id"] and o_seq > s_seq
     assert outcome["data"]["via"] == "standby"  # the warm standby took over
@@ -168,13 +106,13 @@ async def test_a_guest_panic_is_repaired_by_a_phase_reboot_through_the_engine(ri
     # a new QEMU serves the unit now: its identity is what the engine saved (for adoption)
     new = rig.backend.identity("vm")
     assert new is not None and new.pid != old.pid and new.extra["promoted"]
-    assert rig.find("unit.event", event="started", via="phase-standby", replaced_pid=old.pid)
+    assert rig.find_seq("unit.event", event="started", via="phase-standby", replaced_pid=old.pid)
     await rig.until("the identity saved", lambda: StateFile(rig.engine.state_dir / "units.json").load().get(
         "vm") == new)
     # nothing else was needed: no cold reboot, no restart; the unit stayed running
-    assert not [b for _, b in rig.find("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
+    assert not [b for _, b in rig.find_seq("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
     assert rig.engine.units["vm"].state is UnitState.RUNNING
-    await rig.until("the probe passing again", lambda: any(s > o_seq for s, _ in rig.find("unit.health", to="ok")),
+    await rig.until("the probe passing again", lambda: any(s > o_seq for s, _ in rig.find_seq("unit.health", to="ok")),
                     10)
 
 
@@ -187,15 +125,15 @@ async def test_a_shadow_update_through_the_engine_swaps_in_the_new_guest_and_jou
     old = rig.backend.identity("vm")
     assert old is not None
 
-    answer = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+    reply = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
                                                        by="test"), scaled(300))
-    assert answer["outcome"]["state"] == "succeeded", answer
-    ((_, outcome),) = rig.find("remedy.outcome", action="shadow_update")
+    assert reply["outcome"]["state"] == "succeeded", reply
+    ((_, outcome),) = rig.find_seq("remedy.outcome", action="shadow_update")
     assert outcome["data"]["outcome"] == "updated" and outcome["data"]["replaced_pid"] == old.pid
     # every step journaled as it ended, with its timing
-    steps = [b["step"] for _, b in rig.find("remedy.step", action="shadow_update")]
+    steps = [b["step"] for _, b in rig.find_seq("remedy.step", action="shadow_update")]
     assert all(b["remedy_id"] == outcome["remedy_id"] and b["took_s"] >= 0
-               for _, b in rig.find("remedy.step", action="shadow_update"))
+               for _, b in rig.find_seq("remedy.step", action="shadow_update"))
     assert steps == ["clone", "boot", "snapshot", "swap", "verify"], steps
     status, body = await http_get("127.0.0.1", port, "/version", timeout_s=5)
     assert status == 200 and body.startswith(b"enmei-demo 2.0")
@@ -203,7 +141,7 @@ async def test_a_shadow_update_through_the_engine_swaps_in_the_new_guest_and_jou
     assert await http_get("127.0.0.1", port, "/cgi-bin/data?get", timeout_s=5) == (200, b"kept\n")
     new = rig.backend.identity("vm")
     assert new is not None and new.pid != old.pid and new.extra["initrd"] == v2.initrd
-    assert not [b for _, b in rig.find("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
+    assert not [b for _, b in rig.find_seq("decision") if b["action"] in ("cold_reboot", "restart", "escalate")]
     assert rig.engine.units["vm"].state is UnitState.RUNNING
 
 
@@ -224,23 +162,23 @@ async def test_the_original_crashing_during_the_clones_boot_fails_the_update_cle
             killed.append(seq)
 
     rig.engine.subscribe(crash_the_original)
-    answer = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
+    reply = await wait_for(rig.engine.control("shadow_update", "vm", {"image": v2.directory},
                                                        by="test"), scaled(300))
-    assert killed and answer["outcome"]["state"] == "failed", answer
-    ((o_seq, outcome),) = rig.find("remedy.outcome", action="shadow_update")
+    assert killed and reply["outcome"]["state"] == "failed", reply
+    ((o_seq, outcome),) = rig.find_seq("remedy.outcome", action="shadow_update")
     assert "the original QEMU exited during the clone's boot" in outcome["detail"], outcome
-    steps = [b["step"] for _, b in rig.find("remedy.step", action="shadow_update")]
+    steps = [b["step"] for _, b in rig.find_seq("remedy.step", action="shadow_update")]
     assert steps == ["clone", "rollback"], steps
-    ((_, rollback),) = rig.find("remedy.step", action="shadow_update", step="rollback")
+    ((_, rollback),) = rig.find_seq("remedy.step", action="shadow_update", step="rollback")
     assert rollback["before"] == "swap" and rollback["original_pid"] is None
     # the policy restarts the unit at once (not a minute later as a stranded unit): the pre-update guest
     await rig.until("the unit restarted after the failed update", lambda: any(
-        s > o_seq and b["action"] == "restart" for s, b in rig.find("decision")), 30)
-    first = next(b for s, b in rig.find("decision") if s > o_seq and b["action"] == "restart")
+        s > o_seq and b["action"] == "restart" for s, b in rig.find_seq("decision")), 30)
+    first = next(b for s, b in rig.find_seq("decision") if s > o_seq and b["action"] == "restart")
     assert first["rule"] == "update-failed-down", first
     await rig.until("the unit's QEMU running again", lambda: rig.backend.alive("vm")
                     and rig.backend.identity("vm") is not None, 120)
-    body: bytes = await auntil(lambda: _answer(port, "/version"), 120, "the restarted guest's answer", every_s=0.1)
+    body: bytes = await auntil(lambda: answer(port, "/version"), 120, "the restarted guest's answer", every_s=0.1)
     assert body.startswith(b"enmei-demo 1.0")
     new = rig.backend.identity("vm")
     assert new is not None and new.pid != old.pid and new.extra["initrd"] == old.extra["initrd"]

@@ -6,22 +6,15 @@ naming the guest that runs, the interrupted update journaled, and the journal ve
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import psutil
 import pytest
 
 from enmei.crashpoint import ENV
@@ -29,6 +22,7 @@ from enmei.demo.ports import free_ports
 from enmei.visor.qemu import ImageInfo, build
 from enmei.visor.qemu.cmdline import MachinePaths
 from enmei.visor.qemu.shadow import POINTS, read_record
+from support.qemu import get, identity, our_qemus, records, require_qemu
 from support.wait import scaled, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
@@ -47,8 +41,7 @@ AFTER_SWAP = {"shadow.swap", "shadow.verify", "shadow.verified"}
 
 @pytest.fixture(scope="module")
 def images() -> tuple[ImageInfo, ImageInfo]:
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-        pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
+    require_qemu()
     return build(), build("shadow-v2", service_version="2.0")
 
 
@@ -78,37 +71,6 @@ fail_after = 10
     return cfg
 
 
-def _get(url: str, timeout_s: float = 3.0) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return str(r.read().decode())
-    except (OSError, urllib.error.URLError):
-        return None
-
-
-def _records(cfg: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([PY, "-m", "enmei", "box", "export", "--jsonl", "-c", str(cfg)], capture_output=True,
-                         text=True, timeout=120, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def _identity(state: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return dict(json.loads((state / "units.json").read_text())["units"]["vm"])
-    return None
-
-
-def _qemus(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = p.info["cmdline"] or []
-            if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
-
-
 class Writer:
     """Stores ``wN`` lines (synced by the guest before it answers ``stored``) every 50 ms; bounded."""
 
@@ -123,32 +85,9 @@ class Writer:
         for n in range(1, 50_000):
             if self.stop.is_set() or time.monotonic() > end:
                 return
-            if _get(f"http://127.0.0.1:{self.port}/cgi-bin/data?put=w{n}", 2.0) == "stored\n":
+            if get(f"http://127.0.0.1:{self.port}/cgi-bin/data?put=w{n}", 2.0) == "stored\n":
                 self.acked.append(f"w{n}")
             self.stop.wait(0.05)
-
-
-@pytest.fixture
-def ups(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=scaled(60))
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait()
-        for q in _qemus(str(tmp_path)):  # every QEMU of this test ends, also on failure
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                os.kill(q.pid, signal.SIGCONT)
-                os.kill(q.pid, signal.SIGKILL)
-        for unit_dir in (tmp_path / "state" / "qemu").glob("*"):
-            shutil.rmtree(MachinePaths(unit_dir.absolute(), unit_dir).ram_dir, ignore_errors=True)
 
 
 @pytest.mark.timeout(1200)
@@ -169,11 +108,11 @@ def test_enmei_killed_at_each_step_of_a_shadow_update_leaves_one_guest_serving_w
         return p
 
     def unit_running() -> bool:
-        return json.loads(_get(f"http://127.0.0.1:{web}/api/units/vm") or "{}").get("state") == "running"
+        return json.loads(get(f"http://127.0.0.1:{web}/api/units/vm") or "{}").get("state") == "running"
 
     first = up("up1.log", {ENV: point})
     until(unit_running, 180, "the unit running under the first enmei")
-    assert until(lambda: _get(f"http://127.0.0.1:{port}/version"), 60, "the guest's answer").startswith(
+    assert until(lambda: get(f"http://127.0.0.1:{port}/version"), 60, "the guest's answer").startswith(
         "enmei-demo 1.0")
     writer = Writer(port)
     writer.thread.start()
@@ -193,25 +132,25 @@ def test_enmei_killed_at_each_step_of_a_shadow_update_leaves_one_guest_serving_w
         log1 = (tmp_path / "up1.log").read_text(errors="replace")
         assert rc == -signal.SIGKILL, log1[-3000:]
         assert f"enmei: crash point {point}" in log1
-        left = [q.pid for q in _qemus(str(tmp_path))]
+        left = [q.pid for q in our_qemus(str(tmp_path))]
         assert left, "no QEMU outlived the supervisor"
 
         second = up("up2.log")
         until(unit_running, 240, "the unit running under the second enmei")
-        ident = until(lambda: _identity(state), 60, "the saved identity")
-        body = until(lambda: _get(f"http://127.0.0.1:{port}/version"), 120, "the guest's answer")
+        ident = until(lambda: identity(state), 60, "the saved identity")
+        body = until(lambda: get(f"http://127.0.0.1:{port}/version"), 120, "the guest's answer")
         # one guest of the unit runs: the saved one; at most one other QEMU (the new standby, paused behind
         # its closed gate); every QEMU the dead supervisor left but the adopted one is gone
-        until(lambda: ident["pid"] in (now := [q.pid for q in _qemus(str(tmp_path))]) and len(now) <= 2
+        until(lambda: ident["pid"] in (now := [q.pid for q in our_qemus(str(tmp_path))]) and len(now) <= 2
               and not (set(left) - {ident["pid"]}) & set(now), 60, "one guest (and a standby) left")
-        until(lambda: _get(f"http://127.0.0.1:{port}/cgi-bin/data?put=after", 2.0) == "stored\n", 120,
+        until(lambda: get(f"http://127.0.0.1:{port}/cgi-bin/data?put=after", 2.0) == "stored\n", 120,
               "a write to the successor's guest (its data disk mounted)")
         n = len(writer.acked)
         until(lambda: len(writer.acked) >= n + 3, 60, "the writer acknowledged again")
     finally:
         writer.stop.set()
         writer.thread.join(timeout=10)
-    stored = until(lambda: _get(f"http://127.0.0.1:{port}/cgi-bin/data"), 60, "the stored lines").split()
+    stored = until(lambda: get(f"http://127.0.0.1:{port}/cgi-bin/data"), 60, "the stored lines").split()
     missing = [w for w in writer.acked if w not in stored]
     assert missing == [], f"acknowledged writes lost: {missing}"
     assert "after" in stored
@@ -229,19 +168,19 @@ def test_enmei_killed_at_each_step_of_a_shadow_update_leaves_one_guest_serving_w
     unit_dir = MachinePaths.for_unit(state, "vm").dir
     assert not (unit_dir / "pre-update-sys.qcow2").exists()  # settled: put back or dropped
 
-    records = _records(cfg)
-    steps = [r["body"]["step"] for r in records if r.get("kind") == "remedy.step"
+    journal = records(cfg)
+    steps = [r["body"]["step"] for r in journal if r.get("kind") == "remedy.step"
              and r["body"].get("action") == "shadow_update"]
     assert steps == STEPS[:len(steps)], steps
-    (outcome,) = [r["body"] for r in records if r.get("kind") == "remedy.outcome"
+    (outcome,) = [r["body"] for r in journal if r.get("kind") == "remedy.outcome"
                   and r["body"].get("action") == "shadow_update"]
     assert outcome["state"] == "cancelled" and "interrupted" in outcome["detail"], outcome
-    found = [r["body"] for r in records if r.get("kind") == "unit.event"
+    found = [r["body"] for r in journal if r.get("kind") == "unit.event"
              and r["body"].get("event") in ("adopted", "started")]
     assert found, "the successor neither adopted nor started the unit"
     if point in AFTER_SWAP | TAKING_OVER:
         # the clone itself serves: the QEMU the update launched, adopted, with no cold boot of the unit
-        (clone,) = [r["body"] for r in records if r.get("kind") == "remedy.step" and r["body"].get("step") == "clone"]
+        (clone,) = [r["body"] for r in journal if r.get("kind") == "remedy.step" and r["body"].get("step") == "clone"]
         assert ident["pid"] == clone["pid"], (ident, clone)
         assert [b for b in found if b["event"] == "adopted" and b.get("pid") == clone["pid"]], found
         if point in TAKING_OVER:
@@ -251,7 +190,7 @@ def test_enmei_killed_at_each_step_of_a_shadow_update_leaves_one_guest_serving_w
 
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=scaled(90)) == 0
-    assert _qemus(str(tmp_path)) == []
+    assert our_qemus(str(tmp_path)) == []
     verify = subprocess.run([PY, "-m", "enmei", "box", "verify", "-c", str(cfg)], capture_output=True, text=True,
                             timeout=120, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr

@@ -15,11 +15,7 @@ nothing for a failed repair of a unit that is alive), and the guest got ready la
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import os
-import shutil
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,14 +24,12 @@ from typing import Any
 import psutil
 import pytest
 
-from enmei.box import verify
-from enmei.clock import wait_for
 from enmei.config.load import load_text
 from enmei.demo.ports import free_ports
-from enmei.engine import Engine, journal_for
 from enmei.model import UnitState
-from enmei.visor.qemu import ImageInfo, build
-from support.wait import auntil, scaled
+from enmei.visor.qemu import ImageInfo
+from support.qemu import EngineRig, our_qemus, running_engine
+from support.wait import auntil
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
@@ -73,26 +67,13 @@ timeout_s = 1
 
 
 def _our_qemus(marker: str) -> list[int]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = p.info["cmdline"] or []
-            if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p.pid)
-    return out
+    return [p.pid for p in our_qemus(marker)]
 
 
 @dataclass
-class Rig:
-    engine: Engine
-    marker: str
-    records: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)
+class Rig(EngineRig):
+    marker: str = ""
     seen: list[list[int]] = field(default_factory=list)  # the unit's QEMU processes, sampled every 0.2 s
-
-    def find(self, record_kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [body for _, k, _, body in self.records
-                if k == record_kind and all(body.get(key) == value for key, value in match.items())]
 
     async def watch(self) -> None:
         while True:
@@ -100,37 +81,17 @@ class Rig:
             await asyncio.sleep(0.2)
 
 
-@pytest.fixture(scope="module")
-def qemu_image() -> ImageInfo:
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-        pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
-    return build()
-
-
 @pytest.fixture
 async def rig(tmp_path: Path, qemu_image: ImageInfo) -> AsyncIterator[Rig]:
     (port,) = free_ports(1)
     loaded = load_text(config(qemu_image.directory, port), tmp_path / "enmei.toml")
-    journal = journal_for(loaded).open()
-    engine = Engine(loaded, journal=journal)
-    r = Rig(engine, str(tmp_path))
-    engine.subscribe(lambda seq, kind, unit, body: r.records.append((seq, kind, unit, dict(body))))
-    watcher = asyncio.create_task(r.watch())
-    task = asyncio.create_task(engine.run())
-    try:
-        yield r
-    finally:
-        engine.stop()
-        with contextlib.suppress(Exception):
-            await wait_for(task, scaled(60))
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        journal.close()
-        for pid in _our_qemus(str(tmp_path)):  # every QEMU this test started ends, also on failure
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    assert _our_qemus(str(tmp_path)) == [], "a QEMU survived the engine's stop (a start cancelled by it too)"
-    assert verify(loaded.journal_path).ok
+    async with running_engine(loaded, str(tmp_path), lambda engine: Rig(engine, marker=str(tmp_path))) as r:
+        watcher = asyncio.create_task(r.watch())
+        try:
+            yield r
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
 
 
 async def test_a_start_that_times_out_is_a_failed_start_its_qemu_ended_and_retried(rig: Rig) -> None:

@@ -4,37 +4,27 @@ started again adopts the *new* QEMU; a graceful stop removes the guest's RAM fil
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
 from enmei.demo.ports import free_ports
-from enmei.visor.qemu import ImageInfo, build
+from enmei.visor.qemu import ImageInfo
 from enmei.visor.qemu.cmdline import MachinePaths
+from support.qemu import get, identity, our_qemus, records
 from support.wait import scaled, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 
 PY = sys.executable
-
-
-@pytest.fixture(scope="module")
-def qemu_image() -> ImageInfo:
-    if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
-        pytest.fail("QEMU is not installed; run: apt-get install -y qemu-system-x86 qemu-utils")
-    return build()
 
 
 def _config(tmp_path: Path, image: str, port: int) -> Path:
@@ -67,62 +57,9 @@ interval_s = 1
     return cfg
 
 
-def _get(url: str, timeout_s: float = 3.0) -> str | None:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            return str(r.read().decode())
-    except (OSError, urllib.error.URLError):
-        return None
-
-
 def _state(port: int) -> dict[str, str]:
-    body = until(lambda: _get(f"http://127.0.0.1:{port}/cgi-bin/state"), 60, "the guest's state page")
+    body = until(lambda: get(f"http://127.0.0.1:{port}/cgi-bin/state"), 60, "the guest's state page")
     return dict(item.split("=", 1) for item in body.split())
-
-
-def _identity(state: Path) -> dict[str, Any] | None:
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        return dict(json.loads((state / "units.json").read_text())["units"]["vm"])
-    return None
-
-
-def _records(cfg: Path) -> list[dict[str, Any]]:
-    out = subprocess.run([PY, "-m", "enmei", "box", "export", "--jsonl", "-c", str(cfg)], capture_output=True,
-                         text=True, timeout=120, check=True)
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def _qemus(marker: str) -> list[psutil.Process]:
-    out = []
-    for p in psutil.process_iter(["cmdline", "status"]):
-        with contextlib.suppress(psutil.Error):
-            cmd = p.info["cmdline"] or []
-            if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                    and p.info["status"] != psutil.STATUS_ZOMBIE:
-                out.append(p)
-    return out
-
-
-@pytest.fixture
-def ups(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for p in started:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(timeout=scaled(60))
-                except subprocess.TimeoutExpired:
-                    os.kill(p.pid, signal.SIGKILL)
-                    p.wait()
-        for q in _qemus(str(tmp_path)):  # every QEMU of this test ends, also on failure
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                os.kill(q.pid, signal.SIGKILL)
-        for unit_dir in (tmp_path / "state" / "qemu").glob("*"):
-            shutil.rmtree(MachinePaths(unit_dir.absolute(), unit_dir).ram_dir, ignore_errors=True)
 
 
 def test_rejuvenate_vmm_through_the_api_then_a_killed_enmei_adopts_the_new_qemu(
@@ -140,11 +77,11 @@ def test_rejuvenate_vmm_through_the_api_then_a_killed_enmei_adopts_the_new_qemu(
 
     first = up("up1.log")
     before = _state(port)
-    assert _get(f"http://127.0.0.1:{port}/cgi-bin/state?note=kept") == "ok note\n"
-    old = until(lambda: _identity(state), 60, "the saved identity")
+    assert get(f"http://127.0.0.1:{port}/cgi-bin/state?note=kept") == "ok note\n"
+    old = until(lambda: identity(state), 60, "the saved identity")
     assert old["extra"]["ram"] == "shared"
     token = (state / "web.token").read_text().strip()
-    until(lambda: json.loads(_get(f"http://127.0.0.1:{web}/api/units/vm") or "{}").get("state") == "running",
+    until(lambda: json.loads(get(f"http://127.0.0.1:{web}/api/units/vm") or "{}").get("state") == "running",
           120, "the unit running (its start remedy ended)")
 
     req = urllib.request.Request(f"http://127.0.0.1:{web}/api/units/vm/actions/rejuvenate_vmm", method="POST",
@@ -152,7 +89,7 @@ def test_rejuvenate_vmm_through_the_api_then_a_killed_enmei_adopts_the_new_qemu(
                                      "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 202
-    new = until(lambda: (i := _identity(state)) is not None and i["pid"] != old["pid"] and i, 120,
+    new = until(lambda: (i := identity(state)) is not None and i["pid"] != old["pid"] and i, 120,
                 "the new QEMU's identity saved")
     assert new["extra"]["slot"] != old["extra"]["slot"]
     until(lambda: not psutil.pid_exists(old["pid"]) or psutil.Process(old["pid"]).status() == "zombie", 30,
@@ -163,26 +100,26 @@ def test_rejuvenate_vmm_through_the_api_then_a_killed_enmei_adopts_the_new_qemu(
     # enmei dies at once: the new QEMU runs on, and the next enmei adopts it (not the old identity)
     os.kill(first.pid, signal.SIGKILL)
     first.wait(timeout=30)
-    assert [q.pid for q in _qemus(str(tmp_path))] == [new["pid"]]
+    assert [q.pid for q in our_qemus(str(tmp_path))] == [new["pid"]]
     second = up("up2.log")
     until(lambda: any(r.get("kind") == "unit.event" and (r.get("body") or {}).get("event") == "adopted"
-                      and (r.get("body") or {}).get("pid") == new["pid"] for r in _records(cfg)), 120,
+                      and (r.get("body") or {}).get("pid") == new["pid"] for r in records(cfg)), 120,
           "the new QEMU adopted")
     assert _state(port)["boot_id"] == before["boot_id"]
-    assert [q.pid for q in _qemus(str(tmp_path))] == [new["pid"]]
+    assert [q.pid for q in our_qemus(str(tmp_path))] == [new["pid"]]
 
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=scaled(90)) == 0
-    assert _qemus(str(tmp_path)) == []
+    assert our_qemus(str(tmp_path)) == []
     assert not MachinePaths.for_unit(state, "vm").ram_dir.exists()  # the guest's memory went with it
-    records = _records(cfg)
-    outcomes = [r["body"] for r in records if r.get("kind") == "remedy.outcome"
+    journal = records(cfg)
+    outcomes = [r["body"] for r in journal if r.get("kind") == "remedy.outcome"
                 and (r.get("body") or {}).get("action") == "rejuvenate_vmm"]
     assert len(outcomes) == 1 and outcomes[0]["state"] == "succeeded", outcomes
     data = outcomes[0]["data"]
     assert data["replaced_pid"] == old["pid"] and data["pid"] == new["pid"] and data["ram"] == "shared"
     assert data["transferred_bytes"] < 16 * 2**20 and data["downtime_s"] < 5
-    assert not [r for r in records if (r.get("body") or {}).get("action") in ("restart", "cold_reboot",
+    assert not [r for r in journal if (r.get("body") or {}).get("action") in ("restart", "cold_reboot",
                                                                                 "phase_reboot")]
     verify = subprocess.run([PY, "-m", "enmei", "box", "verify", "-c", str(cfg)], capture_output=True, text=True,
                             timeout=120, check=False)

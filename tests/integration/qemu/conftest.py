@@ -26,6 +26,7 @@ from enmei.config.qemu import QemuUnit
 from enmei.model import UnitEvent, UnitEventKind, Verdict
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
 from enmei.visor.qemu.cmdline import MachinePaths
+from support.qemu import our_qemus
 from support.wait import auntil
 
 
@@ -118,15 +119,7 @@ class VmHarness:
 
     def our_qemus(self) -> list[psutil.Process]:
         """QEMU processes running on this harness's state dir (found by their command line)."""
-        out = []
-        marker = str(self.state_dir)
-        for p in psutil.process_iter(["cmdline", "status"]):
-            with contextlib.suppress(psutil.Error):
-                cmd = p.info["cmdline"] or []
-                if cmd and "qemu-system" in cmd[0] and any(marker in a for a in cmd) \
-                        and p.info["status"] != psutil.STATUS_ZOMBIE:
-                    out.append(p)
-        return out
+        return our_qemus(str(self.state_dir))
 
     async def cleanup(self) -> None:
         for b in self.backends:
