@@ -96,6 +96,7 @@ class VerdictKind(StrEnum):
     BOT_SUSPECTED = "bot_suspected"  # outbound traffic that no request or input explains
     HIDDEN_PROCESS = "hidden_process"  # a process the guest's memory holds but its own view does not show
     HIDDEN_MODULE = "hidden_module"  # a kernel module the guest's memory holds but its own view does not show
+    HIDDEN_FILE = "hidden_file"  # a file the guest's disk holds but its own ls does not show
     CLEAN = "clean"  # an active test found nothing (its evidence says which test, how many samples)
     INCONCLUSIVE = "inconclusive"  # an active test could not decide (the reason is in the evidence)
 

@@ -74,3 +74,16 @@ def test_a_missing_tool_is_inconclusive(shadow: VmShadow, tmp_path: Path, monkey
     monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "aide" else real(tool))
     scan = shadow.scan(tmp_path / "none.img")
     assert not scan.conclusive and "aide is not installed" in scan.reason
+
+
+def test_the_outside_file_view_reads_the_disk(shadow: VmShadow, tmp_path: Path) -> None:
+    from enmei.monitor.crossview_files import read_files
+
+    d = disk(tmp_path / "files.img", {"bin/ls": b"#!/bin/sh\n", "app.log": b"x\n"}, tmp_path)
+    v = read_files(d, ["/data/bin", "/data", "/data/nothing"])
+    assert v.conclusive, v.reason
+    assert v.files == {"/data/bin/ls", "/data/app.log", "/data/bin", "/data/lost+found"}
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(b"\0" * (1 << 20))
+    bad = read_files(junk, ["/data/bin"])
+    assert not bad.conclusive and "cannot be read" in bad.reason

@@ -71,8 +71,10 @@ def specimen_image() -> ImageInfo:
 
 
 def unit_spec(image: ImageInfo, specimens: list[str], *, memory_mib: int = 256, kaslr: bool = False,
-              psview_s: float = 1.0) -> QemuUnit:
+              psview_s: float = 1.0, file_dirs: tuple[str, ...] = ()) -> QemuUnit:
     args = [f"enmei.specimen={','.join(['psview', *specimens])}", f"enmei.psview={psview_s:g}"]
+    if file_dirs:
+        args.append(f"enmei.fileview={','.join(file_dirs)}")
     if not kaslr:
         args.append("nokaslr")
     (port,) = free_ports(1)

@@ -398,6 +398,18 @@ class CrossviewProbe(_Model):
     name: str | None = None
     interval_s: float = Field(default=1.0, gt=0, le=3600)
     listing_timeout_s: float = Field(default=30.0, gt=0, le=86_400)
+    #: guest directories under /data whose entries on the data disk, read from outside, are compared with the
+    #: guest's own ls of them (the guest lists them with enmei.fileview=...)
+    file_dirs: list[str] = Field(default_factory=list, max_length=64)
+
+    @field_validator("file_dirs")
+    @classmethod
+    def _under_data(cls, dirs: list[str]) -> list[str]:
+        for d in dirs:
+            parts = d.split("/")
+            if not (d == "/data" or d.startswith("/data/")) or ".." in parts:
+                raise ValueError(f"{d!r} is not under /data (only the data disk is read from outside)")
+        return dirs
 
 
 ProbeConfig = Annotated[HttpProbe | TcpProbe | ExecProbe | ProcessProbe | LogProbe | CrossviewProbe,

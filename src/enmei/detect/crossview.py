@@ -18,6 +18,8 @@ or exit racing with one look never is. Verdicts:
 * ``hidden_module`` (critical), once per module (name and address; suspect lines with ``what =
   "module"``: missing from the guest's ``/proc/modules`` (``how = "proc"``), or found by a scan of the
   modules area and on no module list (``how = "list"``)), the same evidence;
+* ``hidden_file`` (critical), once per file (``what = "file"``: on the guest's data disk, read from
+  outside, in the outside reads before and after a listing, and missing from the guest's own ``ls``);
 * ``clean`` (info) after ``clean_after`` conclusive comparisons in a row with no confirmed suspect
   (then it counts again);
 * ``inconclusive`` (info) after ``max_inconclusive`` failed observations (``ok`` false) in a row, with
@@ -105,6 +107,11 @@ class CrossviewDetector:
                     self._reported.popitem(last=False)
                 s = suspects[key]
                 ev = {**s, "comparisons_in_a_row": n, "confirm": self.opts.confirm}
+                if s.get("what") == "file":
+                    verdicts.append(Verdict(self.unit, self.name, VerdictKind.HIDDEN_FILE, Severity.CRITICAL,
+                                            obs.mono, f"hidden file in the guest: {s.get('path')} is on its disk "
+                                                      f"but not in its ls, in {n} comparisons in a row", ev))
+                    continue
                 if s.get("what") == "module":
                     how = ("on no module list (found by a scan of module memory)" if s.get("how") == "list"
                            else "missing from its /proc/modules")
@@ -141,7 +148,7 @@ class CrossviewDetector:
             if isinstance(item, dict) and isinstance(item.get("key"), str):
                 out[item["key"]] = {k: v for k, v in item.items()
                                     if k in ("key", "what", "pid", "comm", "ppid", "uid", "start_s", "how",
-                                             "name", "address", "state")
+                                             "name", "address", "state", "path")
                                     and isinstance(v, (str, int, float))}
         return out
 

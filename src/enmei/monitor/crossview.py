@@ -17,7 +17,9 @@ row) make the view ``inconclusive`` with that reason, never a partial list passe
 Inside: the guest prints what its own ``/proc`` says (``guest/specimens/psview.sh`` in the test image):
 ``enmei-ps: begin SEQ UPTIME``, one ``enmei-ps: PID COMM`` per process whose
 ``/proc/PID/stat`` it could read (as ``ps`` does), one ``enmei-ps: mod NAME`` per line of its
-``/proc/modules`` (what ``lsmod`` reads) and ``enmei-ps: mods COUNT``, ``enmei-ps: end SEQ UPTIME``.
+``/proc/modules`` (what ``lsmod`` reads) and ``enmei-ps: mods COUNT``, with ``enmei.fileview`` one
+``enmei-ps: file PATH`` per entry of its ``ls -a`` of each watched directory and ``enmei-ps: files
+COUNT`` (compared in ``crossview_files``), ``enmei-ps: end SEQ UPTIME``.
 ``InsideReader`` keeps the newest complete listing (modules compared in ``crossview_modules``).
 
 ``compare(inside, views)``: which processes are *hidden*: seen outside (in the list or the pid tree)
@@ -210,6 +212,7 @@ class InsideListing:
     end_s: float
     pids: Mapping[int, str]  # pid -> comm
     modules: frozenset[str] | None = None  # what its /proc/modules said; None: the listing had no modules part
+    files: frozenset[str] | None = None  # what its ls said of the watched directories; None: no file part
 
 
 @dataclass
@@ -222,6 +225,8 @@ class InsideReader:
     _pids: dict[int, str] = field(default_factory=dict)
     _mods: list[str] = field(default_factory=list)
     _mods_done: bool = False
+    _files: list[str] = field(default_factory=list)
+    _files_done: bool = False
 
     def feed(self, lines: Iterable[str]) -> list[InsideListing]:
         """Take console lines; returns the listings they completed (in order)."""
@@ -235,15 +240,23 @@ class InsideReader:
                 if parts[0] == "begin":
                     self._seq, self._begin, self._pids = int(parts[1]), float(parts[2]), {}
                     self._mods, self._mods_done = [], False
+                    self._files, self._files_done = [], False
                 elif parts[0] == "end":
                     if self._seq == int(parts[1]):
                         listing = InsideListing(self._seq, self._begin, float(parts[2]), dict(self._pids),
-                                                frozenset(self._mods) if self._mods_done else None)
+                                                frozenset(self._mods) if self._mods_done else None,
+                                                frozenset(self._files) if self._files_done else None)
                         self.newest = listing
                         done.append(listing)
                     self._seq = None
                 elif parts[0] == "mod" and self._seq is not None and len(self._mods) < _MAX_TASKS:
                     self._mods.append(parts[1])
+                elif parts[0] == "file" and self._seq is not None and len(self._files) < _MAX_TASKS:
+                    self._files.append(line[at + 10:].split(" ", 1)[1])
+                elif parts[0] == "files" and self._seq is not None:
+                    if int(parts[1]) != len(self._files):
+                        raise ValueError("file count")
+                    self._files_done = True
                 elif parts[0] == "mods" and self._seq is not None:
                     if int(parts[1]) != len(self._mods):  # a module line lost: the listing is torn
                         raise ValueError("module count")

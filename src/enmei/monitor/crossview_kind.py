@@ -28,7 +28,8 @@ def _make(site: ProbeSite, cfg: CrossviewProbeConfig) -> Probe:
     paths = MachinePaths.for_unit(state_dir, site.unit)
     return CrossviewProbe(site.unit, site.name, cfg.interval_s, site.clock, ram_path=paths.ram,
                           console_path=paths.console, kernel=Path(resolve(spec.image).kernel),
-                          listing_timeout_s=cfg.listing_timeout_s)
+                          listing_timeout_s=cfg.listing_timeout_s, data_disk=paths.data_disk,
+                          file_dirs=tuple(cfg.file_dirs))
 
 
 

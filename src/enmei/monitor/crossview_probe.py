@@ -26,6 +26,7 @@ from enmei.clock import Clock
 from enmei.model import Observation
 from enmei.monitor.base import Probe
 from enmei.monitor.crossview import Difference, InsideListing, InsideReader, OutsideView, compare, read_outside
+from enmei.monitor.crossview_files import FileView, compare_files, read_files
 from enmei.monitor.crossview_modules import ModuleDifference, ModuleReader, ModuleView, compare_modules
 from enmei.visor.qemu.errors import KernelInfoError
 from enmei.visor.qemu.guestmem import GuestMemory, MemoryReadError
@@ -36,9 +37,11 @@ __all__ = ["CrossviewProbe", "suspect_lines"]
 _MAX_READ = 4 << 20
 
 
-def suspect_lines(diff: Difference, mods: ModuleDifference | None = None) -> tuple[str, ...]:
-    """One JSON line per suspect of ``diff`` and ``mods`` (what the detector reads): a process
-    (``what = "process"``, key ``PID:START_NS``) or a module (``what = "module"``, key ``mod:NAME@ADDR``)."""
+def suspect_lines(diff: Difference, mods: ModuleDifference | None = None,
+                  files: list[str] | None = None) -> tuple[str, ...]:
+    """One JSON line per suspect of ``diff``, ``mods`` and ``files`` (what the detector reads): a process
+    (``what = "process"``, key ``PID:START_NS``), a module (``what = "module"``, key ``mod:NAME@ADDR``) or
+    a file (``what = "file"``, key ``file:PATH``, ``how = "ls"``: on the disk, not in the guest's ls)."""
     out: dict[str, dict[str, object]] = {}
     for how, tasks in (("list", diff.hidden_from_list), ("proc", diff.hidden)):
         for t in tasks:
@@ -49,6 +52,8 @@ def suspect_lines(diff: Difference, mods: ModuleDifference | None = None) -> tup
             for m in modules:
                 key = f"mod:{m.key}"
                 out.setdefault(key, {"key": key, "what": "module", **m.to_json(), "how": how})
+    for path in files or ():
+        out.setdefault(f"file:{path}", {"key": f"file:{path}", "what": "file", "path": path, "how": "ls"})
     return tuple(json.dumps(v, sort_keys=True) for v in out.values())
 
 
@@ -58,7 +63,8 @@ class CrossviewProbe(Probe):
 
     def __init__(self, unit: str, name: str, interval_s: float, clock: Clock, *, ram_path: Path,
                  console_path: Path, kernel: KernelInfo | Path, listing_timeout_s: float = 30.0,
-                 console_from: int | None = None) -> None:
+                 console_from: int | None = None, data_disk: Path | None = None,
+                 file_dirs: tuple[str, ...] = ()) -> None:
         super().__init__(unit, name, interval_s, clock)
         self.ram_path = ram_path
         self.console_path = console_path
@@ -72,6 +78,10 @@ class CrossviewProbe(Probe):
         self._since = clock.monotonic()
         self.last_views: tuple[OutsideView, ...] = ()
         self.last_module_views: tuple[ModuleView, ...] = ()
+        self.data_disk = data_disk
+        self.file_dirs = file_dirs
+        self._files_before: FileView | None = None
+        self.last_files_reason = ""
 
     def _size(self) -> int:
         try:
@@ -120,6 +130,15 @@ class CrossviewProbe(Probe):
         self.last_module_views = mviews
         return compare(listing, views), compare_modules(listing.modules, mviews), views
 
+    def _files(self, listing: InsideListing) -> tuple[list[str], str]:
+        """Hidden files (in the outside reads before and after ``listing``, not in it) and why none could be
+        told; nothing to do without watched directories."""
+        if self.data_disk is None or not self.file_dirs:
+            return [], ""
+        after = read_files(self.data_disk, self.file_dirs)
+        before, self._files_before = self._files_before, after
+        return compare_files(listing.files, before, after)
+
     async def observe(self) -> Observation:
         now = self.clock.monotonic()
         done = self._inside.feed(await asyncio.to_thread(self._lines))
@@ -131,6 +150,7 @@ class CrossviewProbe(Probe):
         self._since = now
         listing = done[-1]
         diff, mods, views = await asyncio.to_thread(self._check, listing)
+        hidden_files, files_reason = await asyncio.to_thread(self._files, listing)
         self.last_views = views
         if not diff.conclusive or not mods.conclusive:
             return self._obs(False, {"compared": 0.0, "listing_seq": float(listing.seq)},
@@ -143,9 +163,12 @@ class CrossviewProbe(Probe):
                                "hidden_modules": float(len(mods.hidden)),
                                "hidden_modules_from_list": float(len(mods.hidden_from_list)),
                                "modules": float(len(mviews[1].modules)) if mviews else 0.0,
-                               "module_read_ms": sum(v.read_ms for v in mviews)})
+                               "module_read_ms": sum(v.read_ms for v in mviews),
+                               "hidden_files": float(len(hidden_files)),
+                               "files_compared": 0.0 if files_reason or not self.file_dirs else 1.0})
+        self.last_files_reason = files_reason  # the first look, a torn read: no file comparison, not a failure
         return Observation(obs.unit, obs.probe, obs.ok, obs.mono, obs.wall, obs.values, None,
-                           suspect_lines(diff, mods))
+                           suspect_lines(diff, mods, hidden_files))
 
     async def aclose(self) -> None:
         if self._mem is not None:

@@ -54,26 +54,29 @@ async def test_churn_alone_is_clean_with_kaslr_on(vmh: VmHarness, specimen_image
     assert s.shadow["shadow_scan_s"] < scaled(60.0)
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
         vmh: VmHarness, specimen_image: crossview.ImageInfo) -> None:
     """One boot with both kernel-module specimens (built at image-build time against the image kernel's own
     headers): a sleep unlinked from the task list by cv_hide_task, and cv_hide_self unlinked from the
     module list, amid process churn and a module loaded and unloaded every 0.6 s. Both are found, with
-    how = "list" (seen only by the view that does not trust the list); nothing else is accused. Then a VM
+    how = "list" (seen only by the view that does not trust the list); the file that the tamper-bin
+    specimen's patched ls hides is found on the data disk read from outside; nothing else is accused. Then a VM
     Shadow scan of its data disk finds the tampered ls that the tamper-bin specimen left there."""
     b = vmh.backend()
     k = load(Path(specimen_image.kernel))
     unit = "cv-kmod"
-    spec = crossview.unit_spec(specimen_image, ["churn", "modchurn", "hide-task", "hide-module", "tamper-bin"])
+    spec = crossview.unit_spec(specimen_image, ["churn", "modchurn", "hide-task", "hide-module", "tamper-bin"],
+                               file_dirs=("/data/bin",))
     await b.start(unit, spec)
     paths = MachinePaths.for_unit(vmh.state_dir, unit)
     console = b.log_path(unit, "console") or paths.console
     clock = SystemClock()
     probe = CrossviewProbe(unit, "crossview", 0.5, clock, ram_path=paths.ram, console_path=console, kernel=k,
-                           console_from=0)
+                           console_from=0, data_disk=paths.data_disk, file_dirs=("/data/bin",))
     det = CrossviewDetector(unit, CrossviewOptions(kind="crossview"))
     found: list[Verdict] = []
+    want = {VerdictKind.HIDDEN_PROCESS, VerdictKind.HIDDEN_MODULE, VerdictKind.HIDDEN_FILE}
     seen_benign = False
     try:
         async def both() -> bool | None:
@@ -83,9 +86,9 @@ async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
             for v in probe.last_module_views:
                 seen_benign |= any(m.name == "cv_benign" for m in v.modules.values())
             kinds = {v.kind for v in found}
-            return True if {VerdictKind.HIDDEN_PROCESS, VerdictKind.HIDDEN_MODULE} <= kinds else None
+            return True if want <= kinds else None
 
-        await auntil(both, 120.0, "a hidden process and a hidden module", every_s=0.5)
+        await auntil(both, 150.0, "a hidden process, module and file", every_s=0.5)
         text = console.read_text(errors="replace")
         assert "hide-task failed" not in text and "hide-module failed" not in text, text[-2000:]
         pid = crossview._hidden_pid(console)
@@ -103,7 +106,9 @@ async def test_kernel_module_specimens_are_found_and_module_churn_is_not(
     mod = by_kind[VerdictKind.HIDDEN_MODULE].evidence
     assert (mod["name"], mod["how"]) == (crossview.HIDDEN_MODULE, "list")
     assert seen_benign, "the module churn was never seen from outside"
-    assert len(found) == 2, found  # no INCONCLUSIVE, no other accusation
+    # the file the patched ls hides, on the disk read from outside (only it: the rest of /data/bin is listed)
+    assert [v.evidence["path"] for v in found if v.kind == VerdictKind.HIDDEN_FILE] == ["/data/bin/.enmei-stash"]
+    assert len(found) == 3, found  # no INCONCLUSIVE, no other accusation
     # VM Shadow: the tampered ls and the file it hides, on the data disk, found by AIDE from outside
     assert shadow["reason"] == "", shadow
     assert {(f["what"], f["path"]) for f in shadow["findings"]} >= {("added", p) for p in crossview.TAMPERED}, shadow

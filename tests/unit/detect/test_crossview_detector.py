@@ -79,3 +79,12 @@ def test_a_module_that_persists_is_a_hidden_module() -> None:
     assert v.evidence["name"] == "rk" and v.evidence["how"] == "list" and v.evidence["what"] == "module"
     assert "on no module list" in v.summary and "rk" in v.summary
     assert d.feed(obs(3, [m])).verdicts == ()
+
+
+def test_a_file_that_persists_is_a_hidden_file() -> None:
+    d = det(confirm=2)
+    f = {"key": "file:/data/bin/.enmei-stash", "what": "file", "path": "/data/bin/.enmei-stash", "how": "ls"}
+    assert d.feed(obs(1, [f])).verdicts == ()
+    (v,) = d.feed(obs(2, [f])).verdicts
+    assert v.kind == VerdictKind.HIDDEN_FILE and v.evidence["path"] == "/data/bin/.enmei-stash"
+    assert "not in its ls" in v.summary

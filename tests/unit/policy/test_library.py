@@ -301,6 +301,8 @@ def test_a_suspected_keylogger_is_isolated_and_alerted_never_restarted(manager: 
     d = manager().decide(_verdict(VerdictKind.HIDDEN_MODULE, 1000.0, Severity.CRITICAL, name="rk"), view(1000.0, vm))
     assert [(x.action, x.rule) for x in d] == [("isolate", "malware-isolate"), ("alert", "malware-alert")]
     assert "hidden module" in d[1].reason
+    d = manager().decide(_verdict(VerdictKind.HIDDEN_FILE, 1000.0, Severity.CRITICAL, path="/data/x"), view(1000.0, vm))
+    assert [(x.action, x.rule) for x in d] == [("isolate", "malware-isolate"), ("alert", "malware-alert")]
     # clean and inconclusive verdicts ask for nothing
     for kind in (VerdictKind.CLEAN, VerdictKind.INCONCLUSIVE):
         assert m.decide(_verdict(kind, 2000.0, Severity.INFO), view(2000.0, vm)) == []

@@ -5,6 +5,8 @@
 #   enmei-ps: PID COMM          (each process whose /proc/PID/stat this guest can read, as ps does)
 #   enmei-ps: mod NAME          (each module of /proc/modules, as lsmod lists them)
 #   enmei-ps: mods COUNT
+#   enmei-ps: file PATH         (with enmei.fileview=DIR[,DIR...]: each entry the guest's ls -a gives)
+#   enmei-ps: files COUNT
 #   enmei-ps: end SEQ UPTIME
 # written to the console in one go. It forks nothing per listing (shell builtins only), so that it adds
 # no churn of its own.
@@ -13,6 +15,7 @@ EVERY=2
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         enmei.psview=*) EVERY="${arg#enmei.psview=}" ;;
+        enmei.fileview=*) FILES=$(echo "${arg#enmei.fileview=}" | tr ',' ' ') ;;
     esac
 done
 seq=0
@@ -33,6 +36,17 @@ while :; do
         n=$((n + 1))
     done < /proc/modules
     out="$out${nl}enmei-ps: mods $n"
+    if [ -n "$FILES" ]; then  # ls, not a glob: what a patched ls says (one fork per directory)
+        n=0
+        for dir in $FILES; do
+            for name in $(ls -a "$dir" 2>/dev/null); do
+                case "$name" in .|..) continue ;; esac
+                out="$out${nl}enmei-ps: file $dir/$name"
+                n=$((n + 1))
+            done
+        done
+        out="$out${nl}enmei-ps: files $n"
+    fi
     read -r up _ < /proc/uptime
     printf '%s\nenmei-ps: end %s %s\n' "$out" "$seq" "$up" > /dev/console
     sleep "$EVERY"
