@@ -36,10 +36,10 @@ while :; do
         n=$((n + 1))
     done < /proc/modules
     out="$out${nl}enmei-ps: mods $n"
-    if [ -n "$FILES" ]; then  # ls, not a glob: what a patched ls says (one fork per directory)
+    if [ -n "$FILES" ]; then  # /bin/ls, not a glob nor the shell's own applet: what a patched ls says
         n=0
         for dir in $FILES; do
-            for name in $(ls -a "$dir" 2>/dev/null); do
+            for name in $(/bin/ls -a "$dir" 2>/dev/null); do
                 case "$name" in .|..) continue ;; esac
                 out="$out${nl}enmei-ps: file $dir/$name"
                 n=$((n + 1))
