@@ -493,6 +493,15 @@ class TypingScheduleInjector(_Model):
     burst_keys: tuple[int, int] = (24, 28)  # a burst's keys in all, drawn in this range (>= a logger's buffer)
     echo: bool = False  # the guest echoes typed lines on its serial console ("enmei-keys: LINE"): check it
     echo_timeout_s: float = Field(default=6.0, gt=0, le=600)  # no echo this soon after a burst: dropped
+    # a first phase of fast_slots short slots (0: none), then slots with min_quiet_s of silence after
+    # each burst (a logger that flushes on a timer shorter than it writes in it); end_at_echo: a burst
+    # ends when the guest echoed its line (with echo)
+    fast_slots: int = Field(default=0, ge=0, le=1000)
+    fast_gap_s: float = Field(default=2.0, gt=0, le=600)
+    fast_jitter_s: float = Field(default=0.4, ge=0, le=600)
+    fast_quiet_s: float = Field(default=0.3, ge=0, le=600)
+    min_quiet_s: float = Field(default=0.3, ge=0, le=600)
+    end_at_echo: bool = False
     sink: str | None = None  # a file the guest's outbound traffic is appended to (a guestfwd): bait is sought there
     seed: int | None = None  # a round's seed is seed + its number (none: drawn, and journaled)
 

@@ -546,7 +546,8 @@ class KeyloggerDetector:
         if found.verdict == "inconclusive" and found.p_value is None:
             # not enough usable slots yet (a paused guest, dropped keys): wait, unless the round has
             # had as many slots as all its looks would take
-            enough = (o.looks[-1] if o.looks is not None
+            # (with looks: up to look_every slots past the last one, for slots lost on the way)
+            enough = (o.looks[-1] + o.look_every if o.looks is not None
                       else 2 * o.min_slots + o.max_looks * o.look_every)
             if finished < enough:
                 # no test was made (no alpha spent): try again at the next finished slot rather

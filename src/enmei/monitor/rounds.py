@@ -123,7 +123,10 @@ class ScheduleInjection(Probe):
         settings = ScheduleSettings(interval_s=cfg.interval_s, gap_s=cfg.gap_s, jitter_s=cfg.jitter_s,
                                     block_slots=cfg.block_slots, key_gap_s=cfg.key_gap_s, chars=cfg.burst_keys,
                                     echo_timeout_s=cfg.echo_timeout_s,
-                                    max_slots=cfg.round_slots, max_s=cfg.round_s)
+                                    max_slots=cfg.round_slots, max_s=cfg.round_s, fast_slots=cfg.fast_slots,
+                                    fast_gap_s=cfg.fast_gap_s, fast_jitter_s=cfg.fast_jitter_s,
+                                    fast_quiet_s=cfg.fast_quiet_s, min_quiet_s=cfg.min_quiet_s,
+                                    end_at_echo=cfg.end_at_echo and console is not None)
         target: TypingTarget = self.backend  # type: ignore[assignment]  # checked by _can_type
         sched = TypingSchedule(target, self.unit, self.clock, seed=seed, name=self.name, settings=settings,
                                sink=Path(cfg.sink) if cfg.sink else None, console=console,

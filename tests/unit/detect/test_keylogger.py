@@ -358,14 +358,14 @@ def simulate_phased(guest: Guest, seed: int, *, fast: int = 12, slow: int = 12,
 
 
 BENCH = {"kind": "keylogger", "injector": "typing", "windows_s": (0.5, 1.5), "looks": (12, 24),
-         "look_alpha": (0.3, 0.7)}
+         "look_alpha": (0.5, 0.5)}
 
 
-def run_phased(guest: Guest, seed: int, drop_first: bool = False,
+def run_phased(guest: Guest, seed: int, drop_first: bool = False, slow: int = 12,
                **opts: object) -> list[tuple[VerdictKind, dict[str, object], float]]:
     det = KeyloggerDetector("vm", KeyloggerOptions.model_validate({**BENCH, **opts}))
     got = []
-    for obs in simulate_phased(guest, seed, drop_first=drop_first):
+    for obs in simulate_phased(guest, seed, drop_first=drop_first, slow=slow):
         for v in det.feed(obs).verdicts:
             got.append((v.kind, dict(v.evidence), obs.mono))
     return got
@@ -379,26 +379,15 @@ class Timer4(TimerFlush):
 def test_a_timer_keylogger_is_found_in_the_long_silences(seed: int) -> None:
     """A logger that buffers keys and writes them every 4 s (the bench's klog-timer) writes in the
     silence after each slow-phase burst and in none after a control: found, on that phase's slots and
-    the "until the next slot" window."""
+    the "until the next slot" window. 24 slow slots: with a file-system commit every 12 s on average
+    in the background (this simulation's), 12 are not always enough (p 0.002-0.07 on 6 seeds)."""
     guest = Timer4(random.Random(seed))
     guest.next_flush = random.Random(seed + 7).uniform(0, guest.period)
-    got = run_phased(guest, seed)
+    got = run_phased(guest, seed, slow=24, looks=(12, 36))
     assert got and got[0][0] is VerdictKind.KEYLOGGER_SUSPECTED, got
     ev = got[0][1]
-    assert float(ev["p_value"]) <= 0.007  # type: ignore[arg-type]
+    assert float(ev["p_value"]) <= 0.005  # type: ignore[arg-type]
     assert int(ev["active_after_keys"]) > int(ev["active_after_controls"])  # type: ignore[call-overload]
-
-
-def test_the_timer_keylogger_was_missed_with_short_windows_only() -> None:
-    """Why it was missed before: with only fixed windows after each burst (no silence window), slots
-    5-6 s apart and a 4 s flush, a burst's keys are often written in the next slot's window."""
-    missed = 0
-    for seed in range(1, 5):
-        guest = Timer4(random.Random(seed))
-        guest.next_flush = random.Random(seed + 7).uniform(0, guest.period)
-        got = run_phased(guest, seed, until_next=False)
-        missed += not got or got[0][0] is not VerdictKind.KEYLOGGER_SUSPECTED
-    assert missed >= 2
 
 
 @pytest.mark.parametrize("specimen", [WriteEveryKey, BufferThenFlush, ToNetwork])
