@@ -30,12 +30,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.qemu]
 PY = sys.executable
 # the steps an update journals, in order; a supervisor killed in it journaled a prefix of them
 STEPS = ["clone", "boot", "snapshot", "swap", "verify"]
-# where the successor finds the original guest (adopted) or the updated one: before the original's end
-# the original; from it on the clone, which runs the update — adopted by its saved identity after the
-# swap, and in between (the original gone, the clone paused or resumed, not yet the unit's) through the
-# takeover record (``enmei.visor.qemu.handoff``; the code before it cold-started the unit, killing the clone)
-BEFORE_SWAP = {"shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready", "takeover.gate-closed"}
-TAKING_OVER = {"takeover.old-ended", "takeover.resumed"}
+# where the successor finds the original guest (adopted) or the updated one: before the clone holds the
+# unit's ports the original; from then on the clone, which runs the update — adopted by its saved identity
+# after the swap, and in between (the clone resumed, not yet the unit's; the original running, paused or
+# gone) through the takeover record (``enmei.visor.qemu.handoff``: the original ended first; the code
+# before it cold-started the unit, killing the clone)
+BEFORE_SWAP = {"shadow.clone-started", "shadow.clone-booting", "shadow.clone-ready"}
+TAKING_OVER = {"takeover.resumed", "takeover.gate-closed", "takeover.old-ended"}
 AFTER_SWAP = {"shadow.swap", "shadow.verify", "shadow.verified"}
 
 

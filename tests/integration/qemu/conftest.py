@@ -27,7 +27,7 @@ from enmei.model import UnitEvent, UnitEventKind, Verdict
 from enmei.visor.qemu import ImageInfo, QemuBackend, build
 from enmei.visor.qemu.cmdline import MachinePaths
 from support.qemu import our_qemus
-from support.wait import auntil
+from support.wait import auntil, scaled
 
 
 @pytest.fixture(scope="session")
@@ -101,8 +101,10 @@ class VmHarness:
     def spec(self, **kw: Any) -> QemuUnit:
         """A unit spec; without a warm standby unless asked (``phase_standby=True``): one QEMU per unit
         keeps the other tests light on two cores."""
+        # (the boot bound scaled: a TCG boot on a loaded 2-core host took more than 60 s)
         data: dict[str, Any] = {"backend": "qemu", "image": self.image.directory, "accel": "tcg",
-                                "forward": [f"{free_port()}:80"], "ready_timeout_s": 60.0, "phase_standby": False}
+                                "forward": [f"{free_port()}:80"], "ready_timeout_s": scaled(60.0),
+                                "phase_standby": False}
         data.update(kw)
         return QemuUnit.model_validate(data)
 
