@@ -461,6 +461,7 @@ class KeyloggerDetector:
         self._looked = 0
         self._last_looked_slots = 0
         self._next_look = self._first_look()
+        self._pending_look = 0  # a planned look put off by a retry at the next slot (0: none)
         self._bot_done = False
         self.last: Finding | None = None
         self.rounds = 0
@@ -540,6 +541,12 @@ class KeyloggerDetector:
             self._next_look = later[0] if later else finished + o.look_every
         else:
             self._next_look = finished + o.look_every
+        if self._pending_look > finished:
+            # this look came early, retried after one that had too few usable slots: the looks after
+            # it keep their planned places (an early look must not pull the next ones forward and spend
+            # the round's looks on fewer slots than planned)
+            self._next_look = self._pending_look
+        planned, self._pending_look = self._next_look, 0
         found = correlation_test(list(self._slots), series, windows_s=o.windows_s, channels=o.channels,
                                  alpha=o.alpha_at(self._looked), permutations=o.permutations, min_slots=o.min_slots,
                                  saturated_frac=o.saturated_frac, until_next=o.until_next)
@@ -552,6 +559,7 @@ class KeyloggerDetector:
             if finished < enough:
                 # no test was made (no alpha spent): try again at the next finished slot rather
                 # than at the next planned look (a slot lost early would cost a whole phase)
+                self._pending_look = planned
                 self._next_look = finished + 1
                 return NOTHING
             return self._conclude(now, found)
@@ -603,6 +611,7 @@ class KeyloggerDetector:
         self._looked = 0
         self._last_looked_slots = 0
         self._next_look = self._first_look()
+        self._pending_look = 0  # a planned look put off by a retry at the next slot (0: none)
         self._bot_done = False
 
     def peek(self) -> Finding:
@@ -628,6 +637,7 @@ class KeyloggerDetector:
         self._looked = 0
         self._last_looked_slots = 0
         self._next_look = self._first_look()
+        self._pending_look = 0  # a planned look put off by a retry at the next slot (0: none)
         self._bot_done = False
         self.last = None
 
