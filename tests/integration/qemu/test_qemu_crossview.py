@@ -47,7 +47,8 @@ async def test_churn_alone_is_clean_with_kaslr_on(vmh: VmHarness, specimen_image
     b = vmh.backend()
     s = await crossview.session(b, vmh.state_dir, specimen_image, "churn", 2, memory_mib=512, kaslr=True,
                                 max_trial_s=scaled(90.0))
-    assert [t["verdict"] for t in s.trials] == [str(VerdictKind.CLEAN)] * 2, s.trials
+    assert [t["verdict"] for t in s.trials] == [str(VerdictKind.CLEAN)] * 2, [
+        (t["verdict"], t.get("evidence")) for t in s.trials]
     assert s.hidden_pid is None
     # its data disk, copied while paused and checked by AIDE against the image's baseline: nothing changed
     assert s.shadow is not None and s.shadow["reason"] == "" and s.shadow["findings"] == [], s.shadow

@@ -590,13 +590,15 @@ class QemuBackend(Backend):
                            incoming=incoming, standby=standby is not None)
         machine = self._machine(name, spec, kernel, initrd, accel, paths, offset, standby=standby)
         try:
-            await machine.attach(pid, watch_console=standby is None)
+            # To its end (bounded by the QMP deadlines) even if the start is given up on meanwhile: a QMP
+            # connect cancelled half-way leaves its socket open; the machine is then ended whole.
+            await uninterrupted(machine.attach(pid, watch_console=standby is None))
         except (IdentityError, QmpError) as exc:
             self.host.kill_pid(pid)
             raise StartError(name, "start", f"QEMU pid {pid}: {exc}") from exc
         except asyncio.CancelledError:  # given up on before it was the unit's: nobody else would end it
             self.host.kill_pid(pid)
-            await uninterrupted(machine.detach())
+            await uninterrupted(machine.discard())
             raise
         if standby is None:
             self._vms[name] = machine
