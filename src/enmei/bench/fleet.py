@@ -160,6 +160,9 @@ def _failover(pg: TempPostgres, trials: int, ttl_s: float, seed: int) -> dict[st
     rng = random.Random(seed)
     members = _Members(pg.dsn, ttl_s)
     store = LeaseStore(pg.dsn)
+    # the tables exist before the members are polled (a member creates them too, but may not have yet:
+    # "relation enmei_leases does not exist" failed a fresh-clone run)
+    store.ensure_schema()
     detect: list[float] = []
     try:
         members.spawn()
